@@ -100,6 +100,8 @@ pub struct RequestHead {
     pub conn: ConnFlags,
     /// `Expect: 100-continue` present.
     pub expect_continue: bool,
+    /// Some line ended in a bare LF: forward rebuilt `name: value\r\n` lines, not `line` spans.
+    pub bare_lf: bool,
 }
 
 impl RequestHead {
@@ -121,6 +123,8 @@ pub struct ResponseHead {
     pub reason: Span,
     pub framing: Framing,
     pub conn: ConnFlags,
+    /// As `RequestHead::bare_lf`.
+    pub bare_lf: bool,
 }
 
 impl ResponseHead {
