@@ -1,5 +1,31 @@
-//! ringway: a thread-per-core HTTP/1.1 and TCP reverse proxy and load balancer on io_uring.
+//! ringway: a thread-per-core HTTP/1.1 reverse proxy and load balancer on io_uring.
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML file types, their validation, and the runtime types workers use.
+//! - [`template`]: `{placeholder}` templates for headers, rewrites and respond bodies.
+//! - [`server`]: starts the workers on bound listeners and drains them on shutdown.
+//! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
+//!   when io_uring is unavailable), its own accept loops, balancers and pools.
+//! - [`listener`]: SO_REUSEPORT listening sockets, bound before workers start.
+//! - [`proxy`]: the HTTP/1 data path of one downstream connection.
+//! - [`route`]: host/path/method/header route matching.
+//! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]) and body
+//!   framing ([`http1::body`]).
+//! - [`balance`]: per-worker balancer replicas over shared per-target atomics.
+//! - [`pool`]: per-worker pools of idle upstream connections.
+//! - [`stream`]: TCP and Unix streams behind one type.
+//! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
+pub mod balance;
 pub mod config;
+pub mod error;
 pub mod http1;
+pub mod listener;
+pub mod pool;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod stream;
 pub mod template;
+pub mod worker;

@@ -1,1 +1,126 @@
-fn main() {}
+//! The `ringway` command: run the proxy, or validate a configuration file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ringway::config::{self, Config, LogFormat};
+use ringway::server::Server;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A thread-per-core HTTP/1.1 reverse proxy and load balancer on io_uring.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Configuration file (YAML) to run with.
+    #[arg(short, long, global = true, default_value = "config.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default when no command is given).
+    Run,
+    /// Check a configuration file: exit 0 when valid, 1 with file:line:column: key: problem.
+    Validate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = config::load(&cli.config);
+    match cli.command {
+        Some(Command::Validate) => match loaded {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams)",
+                    cli.config.display(),
+                    c.listeners.len(),
+                    c.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Run) | None => match loaded {
+            Ok(c) => run(c),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG overrides the configured level.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.as_str()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    init_logging(&config);
+    // Block the signals before any worker thread exists so only this thread receives them.
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown_timeout = config.shutdown_timeout;
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("startup failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listeners: Vec<String> = server
+        .listeners()
+        .map(|(name, addr)| match addr {
+            config::ListenAddr::Tcp(a) => format!("{name}={a}"),
+            config::ListenAddr::Unix(p) => format!("{name}=unix/{}", p.display()),
+        })
+        .collect();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        workers = server.worker_count(),
+        driver = server.driver().name(),
+        listeners = %listeners.join(" "),
+        "ringway started"
+    );
+    for signal in signals.forever() {
+        match signal {
+            signal_hook::consts::SIGHUP => {
+                tracing::warn!("SIGHUP: configuration reload is not supported yet; ignoring");
+            }
+            _ => {
+                tracing::info!(
+                    timeout = ?shutdown_timeout,
+                    "shutting down: no new connections, draining in-flight requests"
+                );
+                break;
+            }
+        }
+    }
+    server.shutdown();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

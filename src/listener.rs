@@ -1,0 +1,109 @@
+//! Listening sockets, bound on the main thread before workers start so that a port in use is a
+//! startup error and `:0` resolves to one port that every worker shares via SO_REUSEPORT.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::config::{Config, ListenAddr};
+
+/// Pending connections the kernel queues per socket; nginx and HAProxy default to similar.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A bound socket for one worker, not yet registered with its runtime.
+pub enum BoundSocket {
+    Tcp(std::net::TcpListener),
+    Unix(UnixListener),
+}
+
+impl BoundSocket {
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            BoundSocket::Tcp(l) => l.as_raw_fd(),
+            BoundSocket::Unix(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// Every listener bound once per worker.
+pub struct Bound {
+    /// `sockets[worker][listener]`, in config listener order.
+    pub sockets: Vec<Vec<BoundSocket>>,
+    /// The address each listener actually got (`:0` resolved).
+    pub addrs: Vec<ListenAddr>,
+}
+
+pub fn bind_all(config: &Config, workers: usize) -> io::Result<Bound> {
+    let mut sockets: Vec<Vec<BoundSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let ctx = |e: io::Error, what: &str| {
+            io::Error::new(e.kind(), format!("listener {}: {what}: {e}", listener.name))
+        };
+        match &listener.addr {
+            ListenAddr::Tcp(addr) => {
+                let mut addr = *addr;
+                for per_worker in sockets.iter_mut() {
+                    let socket = bind_tcp(addr).map_err(|e| ctx(e, &format!("bind {addr}")))?;
+                    // The first bind resolves port 0; the rest join that port.
+                    addr = socket.local_addr()?;
+                    per_worker.push(BoundSocket::Tcp(socket));
+                }
+                addrs.push(ListenAddr::Tcp(addr));
+            }
+            ListenAddr::Unix(path) => {
+                // SO_REUSEPORT does not apply to Unix sockets: one socket, one dup per worker.
+                remove_stale_socket(path).map_err(|e| ctx(e, "remove stale socket"))?;
+                let first = UnixListener::bind(path)
+                    .map_err(|e| ctx(e, &format!("bind {}", path.display())))?;
+                first.set_nonblocking(true)?;
+                for per_worker in sockets.iter_mut() {
+                    per_worker.push(BoundSocket::Unix(first.try_clone()?));
+                }
+                addrs.push(ListenAddr::Unix(path.clone()));
+            }
+        }
+    }
+    Ok(Bound { sockets, addrs })
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "path exists and is not a socket",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Wakes a worker blocked in accept: shutdown(2) on a listening socket makes pending and
+/// future accepts fail, with io_uring and epoll alike.
+pub fn stop_accepting(fd: RawFd) {
+    // SAFETY: shutdown on a descriptor has no memory effects; the fd stays owned by its worker,
+    // which closes it only after its accept loop has ended (after this call returns).
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}

@@ -1,0 +1,1242 @@
+//! The HTTP/1 data path of one downstream connection: read a head, route it, answer it or
+//! forward it to an upstream target, stream both bodies, repeat while keep-alive holds.
+//!
+//! Buffers are owned by the connection and reused for every request on it; heads are parsed in
+//! place and forwarded line by line from the receive buffer, so a request costs no allocation
+//! once the connection is warm.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Action, Forwarded, HeaderOp, NamePattern, Respond, Route, TargetAddr, Upstream};
+use crate::error::{reason_phrase, write_error_response, ErrorKind, ProxyError, Side};
+use crate::http1::body::{write_chunk_header, ChunkedDecoder, LAST_CHUNK};
+use crate::http1::parse::{
+    parse_request, parse_response, Framing, HeadLimits, HeaderIdx, HeaderKind, Parse, RequestHead,
+    ResponseHead, Version,
+};
+use crate::pool::UpConn;
+use crate::route;
+use crate::stream::{reserve_read_space, Stream};
+use crate::template::{Placeholder, Placeholders};
+use crate::worker::WorkerCtx;
+
+/// Initial receive buffer per connection side: one read takes a typical head plus a small body.
+const INITIAL_BUF: usize = 16 * 1024;
+/// Body bytes streamed per read once a body is larger than what came with the head.
+const BODY_CHUNK: usize = 64 * 1024;
+/// Body bytes that ride along with the head in one write instead of a second write.
+const COALESCE_BODY: usize = 16 * 1024;
+/// Upstream response heads: generous fixed limits (upstreams are trusted more than clients).
+const RESPONSE_LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: 64 * 1024,
+    max_uri_bytes: 64 * 1024,
+    max_headers: 256,
+};
+/// Room a chunked decoder may need for one size line or trailer section (see http1::body).
+const CHUNK_FRAMING_ROOM: usize = 32 * 1024;
+
+/// Runs `f` under an optional timeout; `None` when it ran out.
+async fn timed<T>(limit: Option<Duration>, f: impl std::future::Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(d) => monoio::time::timeout(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+async fn timed_at<T>(deadline: Option<Instant>, f: impl std::future::Future<Output = T>) -> Option<T> {
+    match deadline {
+        Some(d) => monoio::time::timeout_at(d.into(), f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// Who the client is, computed once per connection.
+struct Client {
+    peer: Option<SocketAddr>,
+    /// `peer`'s X-Forwarded-* and Forwarded headers are believed.
+    trusted: bool,
+    ip_text: String,
+}
+
+/// One side's receive buffer: `buf[pos..]` holds bytes received but not yet consumed.
+struct RecvBuf {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl RecvBuf {
+    fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Moves unconsumed bytes to the front so spans of the next head start at 0.
+    fn compact(&mut self) {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    async fn read_more(&mut self, stream: &mut Stream, cap: usize) -> std::io::Result<usize> {
+        reserve_read_space(&mut self.buf, cap);
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = stream.read_more(buf).await;
+        self.buf = buf;
+        res
+    }
+}
+
+/// Per-connection scratch buffers, reused across requests.
+struct Scratch {
+    headers: Vec<HeaderIdx>,
+    resp_headers: Vec<HeaderIdx>,
+    out: Vec<u8>,
+    aux: Vec<u8>,
+    list: HeaderList,
+}
+
+/// Serves one downstream connection until it closes, fails or the server drains.
+pub async fn serve(ctx: &Rc<WorkerCtx>, listener: usize, mut stream: Stream, peer: Option<SocketAddr>) {
+    let config = &ctx.config;
+    let trusted = peer.is_some_and(|p| config.trusted_proxies.iter().any(|n| n.contains(&p.ip())));
+    let ip_text = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    let client = Client { peer, trusted, ip_text };
+    let mut down = RecvBuf { buf: Vec::with_capacity(INITIAL_BUF), pos: 0 };
+    let mut s = Scratch {
+        headers: Vec::with_capacity(32),
+        resp_headers: Vec::with_capacity(32),
+        out: Vec::with_capacity(4096),
+        aux: Vec::new(),
+        list: HeaderList::default(),
+    };
+    let mut ubuf: Vec<u8> = Vec::new();
+    let limits = HeadLimits {
+        max_head_bytes: config.limits.max_header_bytes,
+        max_uri_bytes: config.limits.max_uri_bytes,
+        max_headers: config.limits.max_headers,
+    };
+    let mut first = true;
+    loop {
+        let head = match read_head(ctx, &mut stream, &mut down, &limits, &mut s.headers, first).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(e) => {
+                answer_error(&mut stream, &mut s.out, &e).await;
+                return;
+            }
+        };
+        first = false;
+        ctx.active_requests.set(ctx.active_requests.get() + 1);
+        let keep = handle(ctx, listener, &client, &mut stream, &mut down, &mut ubuf, &mut s, &head).await;
+        ctx.active_requests.set(ctx.active_requests.get() - 1);
+        if !keep || ctx.draining() {
+            return;
+        }
+        down.compact();
+    }
+}
+
+/// Reads until a complete request head sits at the start of `down.buf`. `Ok(None)`: the client
+/// closed (or idled out) cleanly between requests.
+async fn read_head(
+    ctx: &WorkerCtx,
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    limits: &HeadLimits,
+    headers: &mut Vec<HeaderIdx>,
+    first: bool,
+) -> Result<Option<RequestHead>, ProxyError> {
+    debug_assert_eq!(down.pos, 0);
+    let l = &ctx.config.limits;
+    let mut deadline = if first { l.header_read_timeout.map(|d| Instant::now() + d) } else { None };
+    loop {
+        if !down.buf.is_empty() {
+            match parse_request(&down.buf, limits, headers) {
+                Parse::Complete(h) => return Ok(Some(h)),
+                Parse::Invalid(e) => return Err(ProxyError::downstream(ErrorKind::BadHead(e))),
+                Parse::Partial => {}
+            }
+            if deadline.is_none() {
+                deadline = l.header_read_timeout.map(|d| Instant::now() + d);
+            }
+        }
+        let idle = down.buf.is_empty() && !first;
+        let read = down.read_more(stream, limits.max_head_bytes);
+        let res = if idle {
+            match timed(l.idle_timeout, read).await {
+                Some(r) => r,
+                None => return Ok(None),
+            }
+        } else {
+            match timed_at(deadline, read).await {
+                Some(r) => r,
+                None if down.buf.is_empty() => return Ok(None),
+                None => return Err(ProxyError::downstream(ErrorKind::HeadTimeout)),
+            }
+        };
+        match res {
+            Ok(0) if down.buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(ProxyError::downstream(ErrorKind::ClientIo(std::io::ErrorKind::UnexpectedEof.into()))),
+            Ok(_) => {}
+            Err(_) if down.buf.is_empty() => return Ok(None),
+            Err(e) => return Err(ProxyError::downstream(ErrorKind::ClientIo(e))),
+        }
+    }
+}
+
+/// Sends the error's status (when the client can still be answered) and closes.
+async fn answer_error(stream: &mut Stream, out: &mut Vec<u8>, e: &ProxyError) {
+    match e.side {
+        Side::Downstream => tracing::debug!("closing client connection: {e}"),
+        _ => tracing::warn!("{e}"),
+    }
+    if let Some(status) = e.status() {
+        out.clear();
+        write_error_response(status, out);
+        let buf = std::mem::take(out);
+        let (_, buf) = stream.write_all(buf).await;
+        *out = buf;
+    }
+}
+
+/// Handles one request whose head sits at `down.buf[..head.head_len]`. Returns whether the
+/// connection can serve another request.
+#[allow(clippy::too_many_arguments)]
+async fn handle(
+    ctx: &Rc<WorkerCtx>,
+    listener: usize,
+    client: &Client,
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    ubuf: &mut Vec<u8>,
+    s: &mut Scratch,
+    head: &RequestHead,
+) -> bool {
+    let config = &ctx.config;
+    if let (Framing::Length(n), Some(max)) = (head.framing, config.limits.max_request_body) {
+        if n > max {
+            answer_error(stream, &mut s.out, &ProxyError::downstream(ErrorKind::BodyTooLarge)).await;
+            return false;
+        }
+    }
+    let crate::config::ListenerKind::Http { routes } = &config.listeners[listener].kind else {
+        return false;
+    };
+    let Some(route) = route::find(routes, &down.buf, head, &s.headers) else {
+        return respond_simple(stream, down, s, head, 404).await;
+    };
+    down.pos = head.head_len;
+    match &route.action {
+        Action::Respond(r) => respond(ctx, client, stream, down, s, head, r).await,
+        Action::Proxy(u) => {
+            let up = &config.upstreams[*u];
+            match forward(ctx, *u, up, route, client, stream, down, ubuf, s, head).await {
+                Ok(keep) => keep,
+                Err(Failure { error, answered }) => {
+                    if !answered {
+                        answer_error(stream, &mut s.out, &error).await;
+                    } else {
+                        tracing::debug!("response cut short: {error}");
+                    }
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// Whether the rest of the request body is already in the buffer (so answering without
+/// proxying can skip it and keep the connection).
+fn skip_buffered_body(down: &mut RecvBuf, head: &RequestHead) -> bool {
+    match head.framing {
+        Framing::None => true,
+        Framing::Length(n) if (down.pending() as u64) >= n => {
+            down.pos += n as usize;
+            true
+        }
+        _ => false,
+    }
+}
+
+async fn respond_simple(stream: &mut Stream, down: &mut RecvBuf, s: &mut Scratch, head: &RequestHead, status: u16) -> bool {
+    down.pos = head.head_len;
+    let keep = head.keep_alive() && skip_buffered_body(down, head);
+    let reason = reason_phrase(status);
+    s.out.clear();
+    let _ = write!(s.out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n", reason.len() + 5);
+    finish_conn_header(&mut s.out, head.version, keep);
+    if !is_head(&down.buf, head) {
+        let _ = writeln!(s.out, "{status} {reason}");
+    }
+    let out = std::mem::take(&mut s.out);
+    let (res, out) = stream.write_all(out).await;
+    s.out = out;
+    res.is_ok() && keep
+}
+
+fn is_head(buf: &[u8], head: &RequestHead) -> bool {
+    head.method.get(buf) == b"HEAD"
+}
+
+/// `Connection` for the client: close when we will, keep-alive when a 1.0 client asked for it.
+fn finish_conn_header(out: &mut Vec<u8>, version: Version, keep: bool) {
+    if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+async fn respond(
+    ctx: &WorkerCtx,
+    client: &Client,
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    s: &mut Scratch,
+    head: &RequestHead,
+    r: &Respond,
+) -> bool {
+    let keep = head.keep_alive() && skip_buffered_body(down, head) && !ctx.draining();
+    let info = ReqInfo {
+        buf: &down.buf,
+        head,
+        headers: &s.headers,
+        client,
+        path: head.path.get(&down.buf),
+        query: head.query.map(|q| q.get(&down.buf)),
+        upstream: "",
+        worker: ctx.id,
+    };
+    s.aux.clear();
+    r.body.render(&info, &mut s.aux);
+    s.out.clear();
+    let _ = write!(s.out, "HTTP/1.1 {} {}\r\n", r.status, reason_phrase(r.status));
+    for (name, value) in &r.headers {
+        s.out.extend_from_slice(name.as_bytes());
+        s.out.extend_from_slice(b": ");
+        value.render(&info, &mut s.out);
+        s.out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = r.status < 200 || r.status == 204 || r.status == 304;
+    if !bodiless {
+        let _ = write!(s.out, "Content-Length: {}\r\n", s.aux.len());
+    }
+    finish_conn_header(&mut s.out, head.version, keep);
+    if !bodiless && !is_head(&down.buf, head) {
+        s.out.extend_from_slice(&s.aux);
+    }
+    let out = std::mem::take(&mut s.out);
+    let (res, out) = stream.write_all(out).await;
+    s.out = out;
+    res.is_ok() && keep
+}
+
+/// A failed exchange: `answered` when part of a response already reached the client, so the
+/// only honest signal left is closing the connection.
+struct Failure {
+    error: ProxyError,
+    answered: bool,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Failure { error, answered: false }
+    }
+}
+
+/// Marks a request in flight on a target for as long as it lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicU32) -> Self {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+}
+
+/// Proxies one request to `up`. `Ok(keep)` when a full response reached the client.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    ctx: &Rc<WorkerCtx>,
+    u: usize,
+    up: &Upstream,
+    route: &Route,
+    client: &Client,
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    ubuf: &mut Vec<u8>,
+    s: &mut Scratch,
+    head: &RequestHead,
+) -> Result<bool, Failure> {
+    let bal = &ctx.balancers[u];
+    let method = route.method.as_deref().map(str::as_bytes).unwrap_or(head.method.get(&down.buf));
+    // A request can be replayed only while all of it is still in our buffer.
+    let body_buffered = match head.framing {
+        Framing::None => true,
+        Framing::Length(n) => down.pending() as u64 >= n,
+        _ => false,
+    };
+    let may_retry_sent = body_buffered && up.lb.retry_methods.iter().any(|m| m.as_bytes() == method);
+    let idempotent = is_idempotent(method);
+    let started = Instant::now();
+    let mut tried = crate::balance::Tried::default();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let can_try_again = |attempts: u32| match up.lb.try_duration {
+            Some(d) => started.elapsed() < d,
+            None => attempts <= up.lb.retries,
+        };
+        let Some(t) = bal.select(tried, |i| ctx.pool.has_idle(u, i)) else {
+            if can_try_again(attempts) {
+                tried = Default::default();
+                monoio::time::sleep(up.lb.try_interval).await;
+                continue;
+            }
+            return Err(ProxyError::upstream(ErrorKind::NoTarget, true).into());
+        };
+        let target = &up.targets[t];
+        let _in_flight = InFlight::new(&bal.shared(t).in_flight);
+        let (conn, fresh_only) = match ctx.pool.checkout(u, t, up.transport.idle_timeout) {
+            Some(c) => (c, false),
+            None => match dial(ctx, u, t, up).await {
+                Ok(c) => (c, true),
+                Err(e) => {
+                    tracing::warn!(upstream = %up.name, target = %target_name(&target.addr), "{e}");
+                    tried.insert(t);
+                    if can_try_again(attempts) {
+                        if bal.select(tried, |i| ctx.pool.has_idle(u, i)).is_none() {
+                            tried = Default::default();
+                            monoio::time::sleep(up.lb.try_interval).await;
+                        }
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+            },
+        };
+        let _ = fresh_only;
+        let reused = conn.reused;
+        match exchange(ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn).await {
+            Ok(keep) => return Ok(keep),
+            Err(f) => {
+                // A pooled connection the upstream had already closed: replay once on a fresh
+                // one when nothing of the response arrived and the request is safe to repeat.
+                let stale = reused
+                    && !f.answered
+                    && matches!(f.error.kind, ErrorKind::UpstreamIo { before_response: true, .. })
+                    && body_buffered
+                    && idempotent;
+                if stale {
+                    // Stale connections come from the pool; a fresh dial follows on the retry.
+                    while let Some(c) = ctx.pool.checkout(u, t, Some(Duration::ZERO)) {
+                        drop(c);
+                    }
+                    attempts -= 1;
+                    continue;
+                }
+                if !f.answered && f.error.retry_safe && may_retry_sent && can_try_again(attempts) {
+                    tried.insert(t);
+                    continue;
+                }
+                return Err(f);
+            }
+        }
+    }
+}
+
+fn target_name(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { host, .. } => host.clone(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
+    }
+}
+
+async fn dial(ctx: &WorkerCtx, u: usize, t: usize, up: &Upstream) -> Result<UpConn, ProxyError> {
+    let bal = &ctx.balancers[u];
+    if !bal.try_reserve_conn(t) {
+        return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
+    }
+    // The reservation is released by UpConn's Drop, or here on failure.
+    let release = || {
+        bal.shared(t).conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    };
+    let connect = async {
+        match &up.targets[t].addr {
+            TargetAddr::Tcp { addr, .. } => {
+                let s = monoio::net::TcpStream::connect_addr(*addr).await?;
+                s.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(Stream::Tcp(s))
+            }
+            TargetAddr::Unix(p) => Ok(Stream::Unix(monoio::net::UnixStream::connect(p).await?)),
+        }
+    };
+    match timed(up.transport.dial_timeout, connect).await {
+        Some(Ok(stream)) => Ok(UpConn::new(stream, bal.shared(t).clone())),
+        Some(Err(e)) => {
+            release();
+            Err(ProxyError::upstream(ErrorKind::Dial(e), true))
+        }
+        None => {
+            release();
+            Err(ProxyError::upstream(ErrorKind::DialTimeout, true))
+        }
+    }
+}
+
+/// How a body is written out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Encode {
+    /// Bytes as they came (Content-Length, or chunked passthrough).
+    Raw,
+    /// Wrap each read in a chunk (close-delimited upstream body to an HTTP/1.1 client).
+    Chunk,
+    /// Strip chunk framing (chunked upstream body to an HTTP/1.0 client).
+    Dechunk,
+}
+
+/// Errors while relaying a body, by side.
+fn io_err(side: Side, e: std::io::Error) -> ProxyError {
+    match side {
+        Side::Downstream => ProxyError::downstream(ErrorKind::ClientIo(e)),
+        _ => ProxyError::upstream(ErrorKind::UpstreamIo { err: e, before_response: false }, false),
+    }
+}
+
+fn timeout_err(side: Side) -> ProxyError {
+    match side {
+        Side::Downstream => ProxyError::downstream(ErrorKind::ClientIo(std::io::ErrorKind::TimedOut.into())),
+        _ => ProxyError::upstream(ErrorKind::UpstreamTimeout, false),
+    }
+}
+
+struct BodyLimits {
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    /// Payload bytes allowed (chunked request bodies against `max_request_body`).
+    max: Option<u64>,
+}
+
+/// Streams one body from `src` (whose `buf[pos..]` already holds bytes after the head) to
+/// `dst`. On return `src.buf[src.pos..]` holds whatever followed the body.
+#[allow(clippy::too_many_arguments)]
+async fn relay_body(
+    src_stream: &mut Stream,
+    src: &mut RecvBuf,
+    src_side: Side,
+    dst: &mut Stream,
+    dst_side: Side,
+    framing: Framing,
+    encode: Encode,
+    aux: &mut Vec<u8>,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Length(n) => {
+            let mut remaining = n;
+            loop {
+                let take = (src.pending() as u64).min(remaining) as usize;
+                if take > 0 {
+                    write_out(dst, dst_side, src, src.pos..src.pos + take, encode, aux, lim).await?;
+                    src.pos += take;
+                    remaining -= take as u64;
+                }
+                if remaining == 0 {
+                    return Ok(());
+                }
+                src.buf.clear();
+                src.pos = 0;
+                read_body(src_stream, src, src_side, lim, BODY_CHUNK).await?;
+            }
+        }
+        Framing::CloseDelimited => {
+            loop {
+                if src.pending() > 0 {
+                    write_out(dst, dst_side, src, src.pos..src.buf.len(), encode, aux, lim).await?;
+                }
+                src.buf.clear();
+                src.pos = 0;
+                match read_body(src_stream, src, src_side, lim, BODY_CHUNK).await {
+                    Ok(()) => {}
+                    Err(ProxyError { kind: ErrorKind::UpstreamIo { err, .. }, .. })
+                        if err.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    {
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if encode == Encode::Chunk {
+                aux.clear();
+                aux.extend_from_slice(LAST_CHUNK);
+                write_aux(dst, dst_side, aux, lim).await?;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut dec = ChunkedDecoder::new();
+            let mut payload = 0u64;
+            loop {
+                // Walk what is buffered: forward raw framing+data, or only the data.
+                let start = src.pos;
+                let mut p = src.pos;
+                aux.clear();
+                let mut done = false;
+                while p < src.buf.len() {
+                    let step = dec.step(&src.buf[p..]).map_err(|e| {
+                        let why = match e {
+                            crate::http1::body::BodyError::Malformed(w) => w,
+                            crate::http1::body::BodyError::TooLarge(w) => w,
+                        };
+                        match src_side {
+                            Side::Downstream => ProxyError::downstream(ErrorKind::BadBody(why)),
+                            _ => ProxyError::upstream(ErrorKind::UpstreamInvalid(why), false),
+                        }
+                    })?;
+                    if let Some(r) = &step.data {
+                        payload += r.len() as u64;
+                        if encode == Encode::Dechunk {
+                            aux.extend_from_slice(&src.buf[p + r.start..p + r.end]);
+                        }
+                    }
+                    p += step.consumed;
+                    if step.done {
+                        done = true;
+                        break;
+                    }
+                    if step.consumed == 0 {
+                        break;
+                    }
+                }
+                if lim.max.is_some_and(|m| payload > m) {
+                    return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
+                }
+                match encode {
+                    Encode::Dechunk => {
+                        if !aux.is_empty() {
+                            write_aux(dst, dst_side, aux, lim).await?;
+                        }
+                    }
+                    _ => {
+                        if p > start {
+                            write_out(dst, dst_side, src, start..p, Encode::Raw, aux, lim).await?;
+                        }
+                    }
+                }
+                src.pos = p;
+                if done {
+                    return Ok(());
+                }
+                // Keep an incomplete size line or trailer for the next step.
+                src.compact();
+                read_body(src_stream, src, src_side, lim, CHUNK_FRAMING_ROOM.max(BODY_CHUNK)).await?;
+            }
+        }
+    }
+}
+
+/// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
+async fn read_body(stream: &mut Stream, src: &mut RecvBuf, side: Side, lim: &BodyLimits, cap: usize) -> Result<(), ProxyError> {
+    match timed(lim.read_timeout, src.read_more(stream, cap)).await {
+        None => Err(timeout_err(side)),
+        Some(Ok(0)) => Err(io_err(side, std::io::ErrorKind::UnexpectedEof.into())),
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(io_err(side, e)),
+    }
+}
+
+async fn write_out(
+    dst: &mut Stream,
+    side: Side,
+    src: &mut RecvBuf,
+    range: std::ops::Range<usize>,
+    encode: Encode,
+    aux: &mut Vec<u8>,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    if encode == Encode::Chunk {
+        aux.clear();
+        write_chunk_header(range.len(), aux);
+        aux.extend_from_slice(&src.buf[range]);
+        aux.extend_from_slice(b"\r\n");
+        return write_aux(dst, side, aux, lim).await;
+    }
+    let buf = std::mem::take(&mut src.buf);
+    let res = timed(lim.write_timeout, dst.write_range(buf, range)).await;
+    match res {
+        Some((r, buf)) => {
+            src.buf = buf;
+            r.map_err(|e| io_err(side, e))
+        }
+        None => Err(timeout_err(side)),
+    }
+}
+
+async fn write_aux(dst: &mut Stream, side: Side, aux: &mut Vec<u8>, lim: &BodyLimits) -> Result<(), ProxyError> {
+    let buf = std::mem::take(aux);
+    match timed(lim.write_timeout, dst.write_all(buf)).await {
+        Some((r, buf)) => {
+            *aux = buf;
+            r.map_err(|e| io_err(side, e))
+        }
+        None => Err(timeout_err(side)),
+    }
+}
+
+/// One request/response exchange on `conn`. Returns the client keep-alive decision.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    ctx: &Rc<WorkerCtx>,
+    u: usize,
+    t: usize,
+    up: &Upstream,
+    route: &Route,
+    client: &Client,
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    ubuf: &mut Vec<u8>,
+    s: &mut Scratch,
+    head: &RequestHead,
+    mut conn: UpConn,
+) -> Result<bool, Failure> {
+    let tr = &up.transport;
+    let upstream_host = match &up.targets[t].addr {
+        TargetAddr::Tcp { host, .. } => host.as_str(),
+        TargetAddr::Unix(_) => "localhost",
+    };
+    s.out.clear();
+    write_request_head(ctx, up, route, client, &down.buf, head, &s.headers, upstream_host, &mut s.out, &mut s.aux, &mut s.list);
+    let reused = conn.reused;
+    // A small, fully buffered body rides along with the head in one write.
+    let body_in_buf = match head.framing {
+        Framing::Length(n) if n as usize <= COALESCE_BODY && down.pending() as u64 >= n => n as usize,
+        _ => 0,
+    };
+    s.out.extend_from_slice(&down.buf[down.pos..down.pos + body_in_buf]);
+    down.pos += body_in_buf;
+    let out = std::mem::take(&mut s.out);
+    let Some((res, out)) = timed(tr.write_timeout, conn.stream.write_all(out)).await else {
+        return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false).into());
+    };
+    s.out = out;
+    // Nothing of a response can have arrived yet: replay is safe on a reused connection.
+    res.map_err(|err| ProxyError::upstream(ErrorKind::UpstreamIo { err, before_response: true }, reused))?;
+    let req_limits = BodyLimits {
+        read_timeout: ctx.config.limits.idle_timeout,
+        write_timeout: tr.write_timeout,
+        max: ctx.config.limits.max_request_body,
+    };
+    let rest = match head.framing {
+        Framing::Length(n) => Framing::Length(n - body_in_buf as u64),
+        f => f,
+    };
+    let mut ub = RecvBuf { buf: std::mem::take(ubuf), pos: 0 };
+    ub.buf.clear();
+    // With Expect: 100-continue and no body bytes sent yet, the upstream decides first.
+    let has_rest = !matches!(rest, Framing::None | Framing::Length(0));
+    let mut body_sent = !(head.expect_continue && has_rest && down.pending() == 0);
+    if body_sent {
+        relay_body(stream, down, Side::Downstream, &mut conn.stream, Side::Upstream, rest, Encode::Raw, &mut s.aux, &req_limits).await?;
+    }
+    let head_req = is_head(&down.buf, head) || route.method.as_deref() == Some("HEAD");
+    let deadline = tr.response_header_timeout.map(|d| Instant::now() + d);
+    let resp: ResponseHead = loop {
+        match parse_response(&ub.buf[ub.pos..], head_req, &RESPONSE_LIMITS, &mut s.resp_headers) {
+            Parse::Complete(r) if r.status == 101 => {
+                return Err(ProxyError::upstream(ErrorKind::UpstreamInvalid("101 without an upgrade request"), false).into());
+            }
+            Parse::Complete(r) if r.status < 200 => {
+                // Interim responses reach HTTP/1.1 clients as they are.
+                let interim = ub.pos..ub.pos + r.head_len;
+                ub.pos += r.head_len;
+                if head.version == Version::Http11 {
+                    let buf = std::mem::take(&mut ub.buf);
+                    let (res, buf) = stream.write_range(buf, interim).await;
+                    ub.buf = buf;
+                    res.map_err(|e| io_err(Side::Downstream, e))?;
+                }
+                if r.status == 100 && !body_sent {
+                    relay_body(stream, down, Side::Downstream, &mut conn.stream, Side::Upstream, rest, Encode::Raw, &mut s.aux, &req_limits).await?;
+                    body_sent = true;
+                }
+                continue;
+            }
+            Parse::Complete(r) => break r,
+            Parse::Invalid(_) => {
+                return Err(ProxyError::upstream(ErrorKind::UpstreamInvalid("malformed response head"), false).into());
+            }
+            Parse::Partial => {}
+        }
+        ub.compact();
+        let nothing_yet = ub.buf.is_empty();
+        let Some(res) = timed_at(deadline, ub.read_more(&mut conn.stream, RESPONSE_LIMITS.max_head_bytes)).await else {
+            return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false).into());
+        };
+        let err = match res {
+            Ok(0) => std::io::ErrorKind::UnexpectedEof.into(),
+            Ok(_) => continue,
+            Err(e) => e,
+        };
+        let retry = nothing_yet && reused;
+        return Err(ProxyError::upstream(ErrorKind::UpstreamIo { err, before_response: nothing_yet }, retry).into());
+    };
+    // From here on the client may have seen bytes: failures close instead of answering.
+    let http10 = head.version == Version::Http10;
+    let encode = match resp.framing {
+        Framing::Chunked if http10 => Encode::Dechunk,
+        Framing::CloseDelimited if !http10 && !head_req => Encode::Chunk,
+        _ => Encode::Raw,
+    };
+    // A 1.0 client learns where a body of unknown length ends only by the close.
+    let unknown_len_to_10 = http10 && matches!(resp.framing, Framing::Chunked | Framing::CloseDelimited);
+    let keep = head.keep_alive() && body_sent && !ctx.draining() && !unknown_len_to_10;
+    s.out.clear();
+    write_response_head(ctx, up, client, &down.buf, head, &ub.buf[ub.pos..], &resp, &s.resp_headers, encode, keep, upstream_host, &mut s.out, &mut s.aux, &mut s.list);
+    ub.pos += resp.head_len;
+    let mut framing = resp.framing;
+    if let Framing::Length(n) = framing {
+        let take = (ub.pending() as u64).min(n).min(COALESCE_BODY as u64) as usize;
+        s.out.extend_from_slice(&ub.buf[ub.pos..ub.pos + take]);
+        ub.pos += take;
+        framing = Framing::Length(n - take as u64);
+    }
+    let out = std::mem::take(&mut s.out);
+    let (res, out) = stream.write_all(out).await;
+    s.out = out;
+    let answered = |error| Failure { error, answered: true };
+    res.map_err(|e| answered(io_err(Side::Downstream, e)))?;
+    let resp_limits = BodyLimits { read_timeout: tr.read_timeout, write_timeout: None, max: None };
+    relay_body(&mut conn.stream, &mut ub, Side::Upstream, stream, Side::Downstream, framing, encode, &mut s.aux, &resp_limits)
+        .await
+        .map_err(answered)?;
+    // Bytes after a complete response mean the upstream is confused: never reuse that.
+    let up_keep = resp.keep_alive() && tr.keepalive && resp.framing != Framing::CloseDelimited && ub.pending() == 0;
+    *ubuf = ub.buf;
+    if up_keep {
+        ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
+    }
+    Ok(keep)
+}
+
+/// Placeholder values for one request.
+struct ReqInfo<'a> {
+    buf: &'a [u8],
+    head: &'a RequestHead,
+    headers: &'a [HeaderIdx],
+    client: &'a Client,
+    /// After strip_prefix.
+    path: &'a [u8],
+    query: Option<&'a [u8]>,
+    upstream: &'a str,
+    worker: usize,
+}
+
+impl Placeholders for ReqInfo<'_> {
+    fn write(&self, p: &Placeholder, out: &mut Vec<u8>) {
+        match p {
+            Placeholder::ClientIp => out.extend_from_slice(self.client.ip_text.as_bytes()),
+            Placeholder::ClientPort => {
+                if let Some(peer) = self.client.peer {
+                    let _ = write!(out, "{}", peer.port());
+                }
+            }
+            Placeholder::Host => {
+                if let Some(h) = self.head.host {
+                    out.extend_from_slice(route::host_without_port(h.get(self.buf)));
+                }
+            }
+            Placeholder::Method => out.extend_from_slice(self.head.method.get(self.buf)),
+            Placeholder::Scheme => out.extend_from_slice(b"http"),
+            Placeholder::Path => out.extend_from_slice(self.path),
+            Placeholder::Query => {
+                if let Some(q) = self.query {
+                    out.extend_from_slice(q);
+                }
+            }
+            Placeholder::Uri => {
+                out.extend_from_slice(self.head.path.get(self.buf));
+                if let Some(q) = self.head.query {
+                    out.push(b'?');
+                    out.extend_from_slice(q.get(self.buf));
+                }
+            }
+            Placeholder::Header(name) => {
+                if let Some(h) = self.headers.iter().find(|h| h.name.get(self.buf).eq_ignore_ascii_case(name.as_bytes())) {
+                    out.extend_from_slice(h.value.get(self.buf));
+                }
+            }
+            Placeholder::UpstreamHostport => out.extend_from_slice(self.upstream.as_bytes()),
+            Placeholder::Worker => {
+                let _ = write!(out, "{}", self.worker);
+            }
+        }
+    }
+}
+
+/// Whether a header is replaced by the forwarded-header logic (and so not copied through).
+fn is_forwarding_header(kind: HeaderKind, mode: Forwarded) -> bool {
+    match mode {
+        Forwarded::Off => false,
+        Forwarded::Xff => matches!(kind, HeaderKind::XForwardedFor | HeaderKind::XForwardedProto | HeaderKind::XForwardedHost | HeaderKind::XRealIp),
+        Forwarded::Rfc7239 => matches!(kind, HeaderKind::XForwardedFor | HeaderKind::XForwardedProto | HeaderKind::XForwardedHost | HeaderKind::XRealIp | HeaderKind::Forwarded),
+    }
+}
+
+/// Header lines to emit, for the path where header operations rewrite them: original lines
+/// by index, or new ones whose bytes live in `arena`. Reused per connection.
+#[derive(Default)]
+struct HeaderList {
+    items: Vec<Item>,
+    arena: Vec<u8>,
+}
+
+#[derive(Clone)]
+enum Item {
+    Orig(usize),
+    New { name: std::ops::Range<usize>, value: std::ops::Range<usize> },
+}
+
+impl HeaderList {
+    fn clear(&mut self) {
+        self.items.clear();
+        self.arena.clear();
+    }
+
+    fn push_new(&mut self, name: &[u8], value: &[u8]) {
+        let n0 = self.arena.len();
+        self.arena.extend_from_slice(name);
+        let v0 = self.arena.len();
+        self.arena.extend_from_slice(value);
+        self.items.push(Item::New { name: n0..v0, value: v0..self.arena.len() });
+    }
+
+    fn name<'a>(&'a self, item: &Item, buf: &'a [u8], headers: &[HeaderIdx]) -> &'a [u8] {
+        match item {
+            Item::Orig(i) => headers[*i].name.get(buf),
+            Item::New { name, .. } => &self.arena[name.clone()],
+        }
+    }
+
+    fn value<'a>(&'a self, item: &Item, buf: &'a [u8], headers: &[HeaderIdx]) -> &'a [u8] {
+        match item {
+            Item::Orig(i) => headers[*i].value.get(buf),
+            Item::New { value, .. } => &self.arena[value.clone()],
+        }
+    }
+
+    fn apply(&mut self, ops: &[HeaderOp], buf: &[u8], headers: &[HeaderIdx], ctx: &impl Placeholders, tmp: &mut Vec<u8>) {
+        for op in ops {
+            match op {
+                HeaderOp::Set(name, value) => {
+                    self.remove_matching(buf, headers, |n| n.eq_ignore_ascii_case(name.as_bytes()));
+                    tmp.clear();
+                    value.render(ctx, tmp);
+                    self.push_new(name.as_bytes(), tmp);
+                }
+                HeaderOp::Add(name, value) => {
+                    tmp.clear();
+                    value.render(ctx, tmp);
+                    self.push_new(name.as_bytes(), tmp);
+                }
+                HeaderOp::Remove(NamePattern::Exact(name)) => {
+                    self.remove_matching(buf, headers, |n| n.eq_ignore_ascii_case(name.as_bytes()));
+                }
+                HeaderOp::Remove(NamePattern::Prefix(prefix)) => {
+                    self.remove_matching(buf, headers, |n| {
+                        n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                    });
+                }
+                HeaderOp::Replace { name, regex, with } => {
+                    for k in 0..self.items.len() {
+                        let item = self.items[k].clone();
+                        if !self.name(&item, buf, headers).eq_ignore_ascii_case(name.as_bytes()) {
+                            continue;
+                        }
+                        let Ok(value) = std::str::from_utf8(self.value(&item, buf, headers)) else { continue };
+                        let replaced = regex.replace_all(value, with.as_str());
+                        if let std::borrow::Cow::Owned(v) = replaced {
+                            let n0 = self.arena.len();
+                            self.arena.extend_from_slice(name.as_bytes());
+                            let v0 = self.arena.len();
+                            self.arena.extend_from_slice(v.as_bytes());
+                            self.items[k] = Item::New { name: n0..v0, value: v0..self.arena.len() };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove_matching(&mut self, buf: &[u8], headers: &[HeaderIdx], pred: impl Fn(&[u8]) -> bool) {
+        let arena = &self.arena;
+        self.items.retain(|item| {
+            let n = match item {
+                Item::Orig(i) => headers[*i].name.get(buf),
+                Item::New { name, .. } => &arena[name.clone()],
+            };
+            !pred(n)
+        });
+    }
+
+    fn write(&self, out: &mut Vec<u8>, buf: &[u8], headers: &[HeaderIdx], bare_lf: bool) {
+        for item in &self.items {
+            match item {
+                Item::Orig(i) => write_orig(out, buf, &headers[*i], bare_lf),
+                Item::New { name, value } => {
+                    out.extend_from_slice(&self.arena[name.clone()]);
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(&self.arena[value.clone()]);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+}
+
+/// Copies an untouched header: its original line, or a rebuilt CRLF line when the head used
+/// bare LF line ends (never forward a framing style the next hop might read differently).
+#[inline]
+fn write_orig(out: &mut Vec<u8>, buf: &[u8], h: &HeaderIdx, bare_lf: bool) {
+    if bare_lf {
+        out.extend_from_slice(h.name.get(buf));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(h.line.get(buf));
+    }
+}
+
+/// Where header lines go: straight out, or into a list the operations rewrite.
+enum Sink<'a> {
+    Direct(&'a mut Vec<u8>),
+    List(&'a mut HeaderList),
+}
+
+impl Sink<'_> {
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        match self {
+            Sink::Direct(out) => {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+            Sink::List(list) => list.push_new(name, value),
+        }
+    }
+}
+
+/// Appends the X-Forwarded-* (and Forwarded) fields for the upstream request.
+fn forwarded_headers(mode: Forwarded, client: &Client, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx], sink: &mut Sink, tmp: &mut Vec<u8>) {
+    if mode == Forwarded::Off {
+        return;
+    }
+    let incoming = |kind: HeaderKind| headers.iter().filter(move |h| h.kind == kind).map(|h| h.value.get(buf));
+    let host = head.host.map(|h| h.get(buf));
+    // X-Forwarded-For: extend a trusted chain, otherwise start a new one.
+    tmp.clear();
+    if client.trusted {
+        for v in incoming(HeaderKind::XForwardedFor) {
+            if !tmp.is_empty() {
+                tmp.extend_from_slice(b", ");
+            }
+            tmp.extend_from_slice(v);
+        }
+    }
+    if !client.ip_text.is_empty() {
+        if !tmp.is_empty() {
+            tmp.extend_from_slice(b", ");
+        }
+        tmp.extend_from_slice(client.ip_text.as_bytes());
+    }
+    if !tmp.is_empty() {
+        sink.header(b"X-Forwarded-For", tmp);
+    }
+    let keep_or = |kind: HeaderKind, default: Option<&[u8]>, name: &[u8], sink: &mut Sink| {
+        let trusted_value = if client.trusted { incoming(kind).next() } else { None };
+        if let Some(v) = trusted_value.or(default) {
+            sink.header(name, v);
+        }
+    };
+    keep_or(HeaderKind::XForwardedProto, Some(b"http"), b"X-Forwarded-Proto", sink);
+    keep_or(HeaderKind::XForwardedHost, host, b"X-Forwarded-Host", sink);
+    let ip = (!client.ip_text.is_empty()).then_some(client.ip_text.as_bytes());
+    keep_or(HeaderKind::XRealIp, ip, b"X-Real-IP", sink);
+    if mode == Forwarded::Rfc7239 {
+        tmp.clear();
+        if client.trusted {
+            for v in incoming(HeaderKind::Forwarded) {
+                if !tmp.is_empty() {
+                    tmp.extend_from_slice(b", ");
+                }
+                tmp.extend_from_slice(v);
+            }
+        }
+        if !tmp.is_empty() {
+            tmp.extend_from_slice(b", ");
+        }
+        match client.peer.map(|p| p.ip()) {
+            // RFC 7239 §6: IPv6 addresses are bracketed and the value quoted.
+            Some(IpAddr::V6(v6)) => {
+                let _ = write!(tmp, "for=\"[{v6}]\"");
+            }
+            Some(IpAddr::V4(v4)) => {
+                let _ = write!(tmp, "for={v4}");
+            }
+            None => tmp.extend_from_slice(b"for=unknown"),
+        }
+        if let Some(h) = host {
+            tmp.extend_from_slice(b";host=\"");
+            tmp.extend_from_slice(h);
+            tmp.push(b'"');
+        }
+        tmp.extend_from_slice(b";proto=http");
+        sink.header(b"Forwarded", tmp);
+    }
+}
+
+/// The request line and header section sent to the upstream.
+#[allow(clippy::too_many_arguments)]
+fn write_request_head(
+    ctx: &WorkerCtx,
+    up: &Upstream,
+    route: &Route,
+    client: &Client,
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderIdx],
+    upstream_host: &str,
+    out: &mut Vec<u8>,
+    tmp: &mut Vec<u8>,
+    list: &mut HeaderList,
+) {
+    let method = route.method.as_deref().map(str::as_bytes).unwrap_or(head.method.get(buf));
+    out.extend_from_slice(method);
+    out.push(b' ');
+    let path = head.path.get(buf);
+    let stripped = route.strip_prefix.as_deref().map(|p| route::strip_prefix(path, p.as_bytes())).unwrap_or(path);
+    let query = head.query.map(|q| q.get(buf));
+    let info = ReqInfo { buf, head, headers, client, path: stripped, query, upstream: upstream_host, worker: ctx.id };
+    if let Some(rewrite) = &route.rewrite {
+        let start = out.len();
+        rewrite.render(&info, out);
+        // "/v2{path}?{query}" with no query leaves a bare '?'.
+        if out.len() > start && out.last() == Some(&b'?') {
+            out.pop();
+        }
+    } else if route.strip_prefix.is_some() || head.target.get(buf).first() != Some(&b'/') {
+        if stripped.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(stripped);
+        if let Some(q) = query {
+            out.push(b'?');
+            out.extend_from_slice(q);
+        }
+    } else {
+        out.extend_from_slice(head.target.get(buf));
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mode = up.forwarded;
+    let ops = &up.headers.request;
+    if ops.is_empty() {
+        for h in headers.iter().filter(|h| !h.hop_by_hop && !is_forwarding_header(h.kind, mode)) {
+            write_orig(out, buf, h, head.bare_lf);
+        }
+        if head.host.is_none() {
+            let _ = write!(out, "Host: {upstream_host}\r\n");
+        }
+        forwarded_headers(mode, client, buf, head, headers, &mut Sink::Direct(out), tmp);
+    } else {
+        list.clear();
+        for (i, h) in headers.iter().enumerate() {
+            if !h.hop_by_hop && !is_forwarding_header(h.kind, mode) {
+                list.items.push(Item::Orig(i));
+            }
+        }
+        if head.host.is_none() {
+            list.push_new(b"Host", upstream_host.as_bytes());
+        }
+        forwarded_headers(mode, client, buf, head, headers, &mut Sink::List(list), tmp);
+        list.apply(ops, buf, headers, &info, tmp);
+        list.write(out, buf, headers, head.bare_lf);
+    }
+    if head.framing == Framing::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !up.transport.keepalive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The status line and header section sent to the client.
+#[allow(clippy::too_many_arguments)]
+fn write_response_head(
+    ctx: &WorkerCtx,
+    up: &Upstream,
+    client: &Client,
+    req_buf: &[u8],
+    req: &RequestHead,
+    rbuf: &[u8],
+    resp: &ResponseHead,
+    headers: &[HeaderIdx],
+    encode: Encode,
+    keep: bool,
+    upstream_host: &str,
+    out: &mut Vec<u8>,
+    tmp: &mut Vec<u8>,
+    list: &mut HeaderList,
+) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(resp.reason.get(rbuf));
+    out.extend_from_slice(b"\r\n");
+    let ops = &up.headers.response;
+    // Chunk re-coding changes framing: the upstream's Content-Length no longer applies.
+    let drop_length = encode != Encode::Raw;
+    let kept = |h: &&HeaderIdx| !h.hop_by_hop && !(drop_length && h.kind == HeaderKind::ContentLength);
+    if ops.is_empty() {
+        for h in headers.iter().filter(kept) {
+            write_orig(out, rbuf, h, resp.bare_lf);
+        }
+    } else {
+        list.clear();
+        for (i, h) in headers.iter().enumerate() {
+            if kept(&h) {
+                list.items.push(Item::Orig(i));
+            }
+        }
+        let info = ReqInfo {
+            buf: req_buf,
+            head: req,
+            headers: &[],
+            client,
+            path: req.path.get(req_buf),
+            query: req.query.map(|q| q.get(req_buf)),
+            upstream: upstream_host,
+            worker: ctx.id,
+        };
+        list.apply(ops, rbuf, headers, &info, tmp);
+        list.write(out, rbuf, headers, resp.bare_lf);
+    }
+    if encode == Encode::Chunk || (resp.framing == Framing::Chunked && encode == Encode::Raw) {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    finish_conn_header(out, req.version, keep);
+}

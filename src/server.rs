@@ -1,0 +1,141 @@
+//! Starting and stopping the whole proxy: binds listeners, starts one pinned worker thread per
+//! core, and drains them on shutdown. This is the library entry point tests use.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use crate::balance::{shared_targets, SharedTargets};
+use crate::config::{Config, Driver, ListenAddr};
+use crate::listener;
+use crate::worker::{self, DriverKind};
+
+/// State shared by all workers: only atomics (and immutable data).
+pub struct Shared {
+    pub draining: AtomicBool,
+    /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
+    pub targets: SharedTargets,
+}
+
+pub struct Server {
+    workers: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    names: Vec<String>,
+    addrs: Vec<ListenAddr>,
+    listener_fds: Vec<RawFd>,
+    driver: DriverKind,
+}
+
+impl Server {
+    /// Binds every listener and starts the workers; returns once all of them are serving.
+    pub fn start(config: Config) -> io::Result<Server> {
+        let workers = config.workers.max(1);
+        let bound = listener::bind_all(&config, workers)?;
+        let listener_fds = bound.sockets.iter().flatten().map(|s| s.raw_fd()).collect();
+        let shared = Arc::new(Shared {
+            draining: AtomicBool::new(false),
+            targets: shared_targets(&config.upstreams),
+        });
+        let driver = match config.driver {
+            Driver::Auto if !worker::io_uring_available() => {
+                tracing::warn!("io_uring is unavailable (kernel or seccomp); using the epoll driver");
+                Driver::Epoll
+            }
+            d => d,
+        };
+        let cores = if config.pin_workers {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let config = Arc::new(config);
+        let (tx, rx) = mpsc::channel();
+        let mut handles = Vec::with_capacity(workers);
+        for (id, sockets) in bound.sockets.into_iter().enumerate() {
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let (config, shared, tx) = (config.clone(), shared.clone(), tx.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("ringway-w{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    worker::run(id, driver, sockets, config, shared, |r| {
+                        let _ = tx.send(r);
+                    });
+                })?;
+            handles.push(handle);
+        }
+        drop(tx);
+        let mut server = Server {
+            workers: handles,
+            shared,
+            names: config.listeners.iter().map(|l| l.name.clone()).collect(),
+            addrs: bound.addrs,
+            listener_fds,
+            driver: DriverKind::Epoll,
+        };
+        for _ in 0..workers {
+            match rx.recv() {
+                Ok(Ok(kind)) => server.driver = kind,
+                Ok(Err(e)) => {
+                    server.stop_now();
+                    return Err(io::Error::new(e.kind(), format!("worker runtime: {e}")));
+                }
+                Err(_) => {
+                    server.stop_now();
+                    return Err(io::Error::other("a worker exited during startup"));
+                }
+            }
+        }
+        Ok(server)
+    }
+
+    /// The bound address of a TCP listener (with `:0` resolved).
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        let i = self.names.iter().position(|n| n == listener)?;
+        match &self.addrs[i] {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+
+    pub fn listeners(&self) -> impl Iterator<Item = (&str, &ListenAddr)> {
+        self.names.iter().map(String::as_str).zip(&self.addrs)
+    }
+
+    pub fn driver(&self) -> DriverKind {
+        self.driver
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops accepting; in-flight requests finish (up to `shutdown_timeout`), keep-alive
+    /// connections close after their current response. Returns when every worker has exited.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        for &fd in &self.listener_fds {
+            listener::stop_accepting(fd);
+        }
+        for handle in self.workers.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            self.stop_now();
+        }
+    }
+}

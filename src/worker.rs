@@ -1,0 +1,256 @@
+//! One worker per core: a pinned thread running its own monoio runtime, its own listeners,
+//! balancer replicas and connection pools. Nothing here is shared but `Shared`'s atomics.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::{TcpListener, UnixListener};
+
+use crate::balance::Balancer;
+use crate::config::{Config, Driver, ListenerKind};
+use crate::listener::BoundSocket;
+use crate::pool::Pool;
+use crate::server::Shared;
+use crate::stream::Stream;
+
+/// Submission queue entries per ring: enough for thousands of connections' in-flight ops
+/// without `EBUSY`; the completion queue is twice this.
+const RING_ENTRIES: u32 = 4096;
+/// How often a draining worker checks whether its in-flight requests are done.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// Back-off after accept fails for lack of descriptors, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Everything one worker owns.
+pub struct WorkerCtx {
+    pub id: usize,
+    pub config: Arc<Config>,
+    /// One replica per upstream, indexed like `config.upstreams`.
+    pub balancers: Vec<Balancer>,
+    pub pool: Pool,
+    pub shared: Arc<Shared>,
+    /// Requests being handled now (a drain waits for these).
+    pub active_requests: Cell<usize>,
+    /// Open downstream connections (for `limits.max_connections`).
+    pub open_conns: Cell<usize>,
+}
+
+impl WorkerCtx {
+    pub fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Which event loop a worker got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    IoUring,
+    /// io_uring with COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN: fewer interrupts and
+    /// task-work runs only when the worker asks for completions.
+    IoUringTuned,
+    Epoll,
+}
+
+impl DriverKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DriverKind::IoUring => "io_uring",
+            DriverKind::IoUringTuned => "io_uring (coop_taskrun, single_issuer, defer_taskrun)",
+            DriverKind::Epoll => "epoll",
+        }
+    }
+}
+
+/// Whether this kernel (and seccomp profile) lets us create an io_uring at all.
+pub fn io_uring_available() -> bool {
+    io_uring::IoUring::new(2).is_ok()
+}
+
+/// Runs a worker to completion on the current thread: returns once the server is draining and
+/// this worker's in-flight requests finished or `shutdown_timeout` passed.
+pub fn run(
+    id: usize,
+    driver: Driver,
+    sockets: Vec<BoundSocket>,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    started: impl FnOnce(io::Result<DriverKind>),
+) {
+    let ctx = move || {
+        let balancers = config
+            .upstreams
+            .iter()
+            .zip(&shared.targets)
+            .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
+            .collect();
+        let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
+        Rc::new(WorkerCtx {
+            id,
+            config,
+            balancers,
+            pool,
+            shared,
+            active_requests: Cell::new(0),
+            open_conns: Cell::new(0),
+        })
+    };
+    if driver != Driver::Epoll {
+        match build_uring() {
+            Ok((mut rt, kind)) => {
+                started(Ok(kind));
+                rt.block_on(worker_main(ctx(), sockets));
+                return;
+            }
+            Err(e) if driver == Driver::IoUring => {
+                started(Err(e));
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            started(Ok(DriverKind::Epoll));
+            rt.block_on(worker_main(ctx(), sockets));
+        }
+        Err(e) => started(Err(e)),
+    }
+}
+
+type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
+
+fn build_uring() -> io::Result<(UringRuntime, DriverKind)> {
+    let mut tuned = io_uring::IoUring::builder();
+    tuned
+        .setup_coop_taskrun()
+        .setup_single_issuer()
+        .setup_defer_taskrun();
+    let rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .with_entries(RING_ENTRIES)
+        .uring_builder(tuned)
+        .enable_timer()
+        .build();
+    match rt {
+        Ok(rt) => Ok((rt, DriverKind::IoUringTuned)),
+        // Older kernels refuse the flags; a plain ring still beats epoll.
+        Err(_) => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(RING_ENTRIES)
+            .enable_timer()
+            .build()
+            .map(|rt| (rt, DriverKind::IoUring)),
+    }
+}
+
+fn seed_for(worker: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ ((worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
+    let mut accepts = Vec::with_capacity(sockets.len());
+    for (index, socket) in sockets.into_iter().enumerate() {
+        match socket {
+            BoundSocket::Tcp(l) => match TcpListener::from_std(l) {
+                Ok(l) => accepts.push(monoio::spawn(accept_tcp(ctx.clone(), index, l))),
+                Err(e) => tracing::error!(worker = ctx.id, "listener registration failed: {e}"),
+            },
+            BoundSocket::Unix(l) => match UnixListener::from_std(l) {
+                Ok(l) => accepts.push(monoio::spawn(accept_unix(ctx.clone(), index, l))),
+                Err(e) => tracing::error!(worker = ctx.id, "listener registration failed: {e}"),
+            },
+        }
+    }
+    // Accept loops end only when the server drains (their sockets are shut down).
+    for a in accepts {
+        a.await;
+    }
+    let deadline = Instant::now() + ctx.config.shutdown_timeout;
+    while ctx.active_requests.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(DRAIN_POLL).await;
+    }
+    if ctx.active_requests.get() > 0 {
+        tracing::warn!(
+            worker = ctx.id,
+            in_flight = ctx.active_requests.get(),
+            "shutdown_timeout passed with requests in flight; closing them"
+        );
+    }
+}
+
+/// Admits a new downstream connection unless the worker is at `limits.max_connections`.
+fn admit(ctx: &WorkerCtx) -> bool {
+    match ctx.config.limits.max_connections {
+        Some(max) if ctx.open_conns.get() >= max => false,
+        _ => true,
+    }
+}
+
+async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if ctx.draining() {
+                    break;
+                }
+                if admit(&ctx) {
+                    spawn_conn(&ctx, index, Stream::Tcp(stream), Some(peer));
+                }
+            }
+            Err(e) => {
+                if ctx.draining() {
+                    break;
+                }
+                accept_failed(&ctx, e).await;
+            }
+        }
+    }
+}
+
+async fn accept_unix(ctx: Rc<WorkerCtx>, index: usize, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                if ctx.draining() {
+                    break;
+                }
+                if admit(&ctx) {
+                    spawn_conn(&ctx, index, Stream::Unix(stream), None);
+                }
+            }
+            Err(e) => {
+                if ctx.draining() {
+                    break;
+                }
+                accept_failed(&ctx, e).await;
+            }
+        }
+    }
+}
+
+async fn accept_failed(ctx: &WorkerCtx, e: io::Error) {
+    tracing::warn!(worker = ctx.id, "accept failed: {e}");
+    monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+}
+
+fn spawn_conn(ctx: &Rc<WorkerCtx>, listener: usize, stream: Stream, peer: Option<std::net::SocketAddr>) {
+    let ctx = ctx.clone();
+    ctx.open_conns.set(ctx.open_conns.get() + 1);
+    monoio::spawn(async move {
+        match &ctx.config.listeners[listener].kind {
+            ListenerKind::Http { .. } => crate::proxy::serve(&ctx, listener, stream, peer).await,
+            // Refused by config validation until layer-4 proxying lands.
+            ListenerKind::Tcp { .. } => {}
+        }
+        ctx.open_conns.set(ctx.open_conns.get() - 1);
+    });
+}
