@@ -3,12 +3,18 @@
 //! The runtime types are what workers consume: every name resolved (routes point at upstream
 //! indices), every duration parsed, every default filled in. `0`/"off" values become `None`.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use regex::Regex;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use yaml_rust2::parser::{Event, Parser};
 
 use crate::template::Template;
 
@@ -75,7 +81,9 @@ pub struct Listener {
 
 #[derive(Debug, Clone)]
 pub enum ListenerKind {
-    Http { routes: Vec<Route> },
+    Http {
+        routes: Vec<Route>,
+    },
     /// Layer 4; `upstream` indexes `Config::upstreams`.
     Tcp {
         upstream: usize,
@@ -141,7 +149,10 @@ pub struct Upstream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetAddr {
     /// `host` is what the user wrote (for Host-style placeholders and logs); `addr` is resolved.
-    Tcp { host: String, addr: SocketAddr },
+    Tcp {
+        host: String,
+        addr: SocketAddr,
+    },
     Unix(PathBuf),
 }
 
@@ -262,12 +273,3180 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
 
 /// Validates configuration text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    let _ = text;
-    Err(ConfigError {
-        file: file.to_string(),
-        line: 0,
-        column: 0,
-        key: String::new(),
-        message: "config parsing not implemented yet".into(),
+    let spans = Spans::build(text);
+    let v = Validator {
+        file,
+        spans: &spans,
+    };
+    // yaml-rust2 sees duplicate keys that serde would accept (maps) or place badly (structs).
+    if spans.complete {
+        if let Some((path, pos)) = &spans.duplicate {
+            let key = path.rsplit('.').next().unwrap_or(path);
+            return Err(v.error(path, *pos, format!("duplicate key `{key}`")));
+        }
+    }
+    let raw: FileConfig = serde_yaml::from_str(text).map_err(|e| v.serde_error(&e))?;
+    v.config(raw)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key-path -> position index (serde_yaml has no spans).
+
+/// 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Pos {
+    line: usize,
+    column: usize,
+}
+
+#[derive(Debug, Default)]
+struct Spans {
+    /// Where each mapping key, or each sequence item, starts.
+    keys: HashMap<String, Pos>,
+    /// Where each value starts.
+    values: HashMap<String, Pos>,
+    /// The first key written twice in one mapping, at its second occurrence.
+    duplicate: Option<(String, Pos)>,
+    /// False when yaml-rust2 stopped at a syntax error.
+    complete: bool,
+}
+
+enum Frame {
+    Map {
+        path: String,
+        /// `Some` while the value of this key is expected.
+        key: Option<String>,
+        /// Block mappings start one column late in yaml-rust2; fix from the first key.
+        fix: bool,
+        is_item: bool,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
+}
+
+impl Spans {
+    fn build(text: &str) -> Spans {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut s = Spans::default();
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut parser = Parser::new_from_str(text);
+        loop {
+            let Ok((event, mark)) = parser.next_token() else {
+                return s;
+            };
+            let pos = Pos {
+                line: mark.line(),
+                column: mark.col() + 1,
+            };
+            match &event {
+                Event::StreamEnd | Event::DocumentEnd => {
+                    s.complete = true;
+                    return s;
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    stack.pop();
+                }
+                Event::Scalar(..) | Event::Alias(_) => {
+                    s.node(&mut stack, &event, pos);
+                }
+                Event::MappingStart(..) => {
+                    let (path, is_item) = s.node(&mut stack, &event, pos);
+                    let flow = lines
+                        .get(pos.line.wrapping_sub(1))
+                        .and_then(|l| l.chars().nth(pos.column - 1))
+                        == Some('{');
+                    stack.push(Frame::Map {
+                        path,
+                        key: None,
+                        fix: !flow,
+                        is_item,
+                    });
+                }
+                Event::SequenceStart(..) => {
+                    let (path, _) = s.node(&mut stack, &event, pos);
+                    stack.push(Frame::Seq { path, next: 0 });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a node starting at `pos`; returns its path and whether it is a sequence item.
+    fn node(&mut self, stack: &mut [Frame], event: &Event, pos: Pos) -> (String, bool) {
+        match stack.last_mut() {
+            None => {
+                self.values.insert(String::new(), pos);
+                (String::new(), false)
+            }
+            Some(Frame::Seq { path, next }) => {
+                let p = format!("{path}[{next}]");
+                *next += 1;
+                self.keys.insert(p.clone(), pos);
+                self.values.insert(p.clone(), pos);
+                (p, true)
+            }
+            Some(Frame::Map {
+                path,
+                key,
+                fix,
+                is_item,
+            }) => {
+                if let Some(k) = key.take() {
+                    let p = join(path, &k);
+                    self.values.insert(p.clone(), pos);
+                    return (p, false);
+                }
+                if *fix {
+                    *fix = false;
+                    self.values.insert(path.clone(), pos);
+                    if *is_item {
+                        self.keys.insert(path.clone(), pos);
+                    }
+                }
+                let name = match event {
+                    Event::Scalar(v, ..) => v.clone(),
+                    _ => "?".to_string(),
+                };
+                let p = join(path, &name);
+                if self.keys.insert(p.clone(), pos).is_some()
+                    && self.duplicate.is_none()
+                    && name != "?"
+                    && name != "<<"
+                {
+                    self.duplicate = Some((p.clone(), pos));
+                }
+                *key = Some(name);
+                (p, false)
+            }
+        }
+    }
+
+    fn knows(&self, path: &str) -> bool {
+        self.keys.contains_key(path) || self.values.contains_key(path)
+    }
+
+    /// The position of `path`, else of its nearest written ancestor.
+    fn find(&self, path: &str, value: bool) -> Pos {
+        let mut p = path;
+        loop {
+            let (first, second) = if value {
+                (&self.values, &self.keys)
+            } else {
+                (&self.keys, &self.values)
+            };
+            if let Some(pos) = first.get(p).or_else(|| second.get(p)) {
+                return *pos;
+            }
+            match parent(p) {
+                Some(up) => p = up,
+                None => return Pos { line: 1, column: 1 },
+            }
+        }
+    }
+
+    /// The key written last at or before `pos` (to name the place of a syntax error).
+    fn key_before(&self, pos: Pos) -> String {
+        self.keys
+            .iter()
+            .filter(|(_, p)| **p <= pos)
+            .max_by_key(|(k, p)| (**p, k.len()))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+fn parent(path: &str) -> Option<&str> {
+    if path.is_empty() {
+        return None;
+    }
+    let cut = path.rfind(['.', '[']).unwrap_or(0);
+    Some(&path[..cut])
+}
+
+// ---------------------------------------------------------------------------------------------
+// File types: the YAML as written. Absent keys are `None`; defaults are applied in validation.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    workers: Option<Workers>,
+    pin_workers: Option<bool>,
+    driver: Option<String>,
+    shutdown_timeout: Option<Dur>,
+    admin: Option<AdminFile>,
+    log: Option<LogFile>,
+    limits: Option<LimitsFile>,
+    trusted_proxies: Option<Strings>,
+    listeners: Option<Vec<ListenerFile>>,
+    upstreams: Option<Named<UpstreamFile>>,
+}
+
+/// Deserialized only so its keys are known; the feature is not implemented yet.
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    level: Option<String>,
+    format: Option<String>,
+    access_log: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_header_bytes: Option<Size>,
+    max_uri_bytes: Option<Size>,
+    max_headers: Option<usize>,
+    max_request_body: Option<Size>,
+    header_read_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerFile {
+    name: Option<String>,
+    listen: String,
+    protocol: Option<String>,
+    proxy_protocol: Option<bool>,
+    tls: Option<ListenerTlsFile>,
+    routes: Option<Vec<RouteFile>>,
+    /// protocol: tcp only.
+    upstream: Option<String>,
+    /// protocol: tcp only.
+    idle_timeout: Option<Dur>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerTlsFile {
+    certificates: Option<Vec<CertificateFile>>,
+    min_version: Option<String>,
+    alpn: Option<Strings>,
+    handshake_timeout: Option<Dur>,
+    client_auth: Option<ClientAuthFile>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateFile {
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientAuthFile {
+    ca: Option<Strings>,
+    required: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    #[serde(rename = "match")]
+    matcher: Option<MatchFile>,
+    strip_prefix: Option<String>,
+    rewrite: Option<String>,
+    method: Option<String>,
+    respond: Option<RespondFile>,
+    upstream: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchFile {
+    host: Option<Strings>,
+    path: Option<String>,
+    except: Option<Strings>,
+    methods: Option<Strings>,
+    headers: Option<Named<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RespondFile {
+    status: Option<u16>,
+    body: Option<String>,
+    headers: Option<Named<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    targets: Option<Vec<TargetFile>>,
+    dynamic: Option<DynamicFile>,
+    split: Option<SplitFile>,
+    lb: Option<LbFile>,
+    health: Option<HealthFile>,
+    transport: Option<TransportFile>,
+    headers: Option<HeadersFile>,
+    forwarded: Option<String>,
+    flush_interval: Option<FlushInterval>,
+    request_buffer: Option<Size>,
+    response_buffer: Option<Size>,
+}
+
+enum TargetFile {
+    Address(String),
+    Detailed(TargetMapFile),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetMapFile {
+    address: String,
+    weight: Option<u32>,
+    max_connections: Option<u32>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DynamicFile {
+    srv: Option<String>,
+    a: Option<DynamicAFile>,
+    refresh: Option<Dur>,
+    resolvers: Option<Strings>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DynamicAFile {
+    name: Option<String>,
+    port: Option<u16>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SplitFile {
+    targets: Option<Vec<TargetFile>>,
+    percent: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LbFile {
+    policy: Option<String>,
+    choose: Option<usize>,
+    key: Option<String>,
+    secret: Option<String>,
+    retries: Option<u32>,
+    try_duration: Option<Dur>,
+    try_interval: Option<Dur>,
+    retry_methods: Option<Strings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    active: Option<ActiveHealthFile>,
+    passive: Option<PassiveHealthFile>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActiveHealthFile {
+    uri: Option<String>,
+    port: Option<u16>,
+    method: Option<String>,
+    interval: Option<Dur>,
+    timeout: Option<Dur>,
+    expect_status: Option<String>,
+    body: Option<String>,
+    headers: Option<Named<String>>,
+    fails: Option<u32>,
+    passes: Option<u32>,
+    max_latency: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PassiveHealthFile {
+    fail_duration: Option<Dur>,
+    max_fails: Option<u32>,
+    unhealthy_status: Option<Strings>,
+    unhealthy_latency: Option<Dur>,
+    unhealthy_request_count: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransportFile {
+    dial_timeout: Option<Dur>,
+    response_header_timeout: Option<Dur>,
+    read_timeout: Option<Dur>,
+    write_timeout: Option<Dur>,
+    keepalive: Option<bool>,
+    idle_timeout: Option<Dur>,
+    max_idle_per_worker: Option<usize>,
+    proxy_protocol: Option<String>,
+    tls: Option<TransportTlsFile>,
+    https_ports: Option<Vec<u16>>,
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransportTlsFile {
+    ca: Option<Strings>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    server_name: Option<String>,
+    insecure_skip_verify: Option<bool>,
+    handshake_timeout: Option<Dur>,
+    except_ports: Option<Vec<u16>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HeadersFile {
+    request: Option<Vec<HeaderOpFile>>,
+    response: Option<Vec<HeaderOpFile>>,
+}
+
+/// One single-key mapping of a `headers.request`/`headers.response` list.
+enum HeaderOpFile {
+    Set(Named<String>),
+    Add(Named<String>),
+    Remove(Strings),
+    Replace(ReplaceFile),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceFile {
+    name: String,
+    regex: String,
+    with: Option<String>,
+}
+
+/// `auto` or a positive count.
+enum Workers {
+    Auto,
+    Count(usize),
+}
+
+/// A duration; `None` when zero (off).
+struct Dur(Option<Duration>);
+
+/// `flush_interval`: a duration or -1; only whether it is non-zero matters for now.
+struct FlushInterval(bool);
+
+/// A byte count.
+struct Size(u64);
+
+/// A string or a list of strings.
+struct Strings {
+    items: Vec<String>,
+    list: bool,
+}
+
+/// A mapping in file order.
+struct Named<V>(Vec<(String, V)>);
+
+// Custom `Deserialize` impls: they fail inside serde_yaml, so their errors carry its location.
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`auto` or a positive integer")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Workers, E> {
+                match usize::try_from(n) {
+                    Ok(n) if n >= 1 => Ok(Workers::Count(n)),
+                    _ => Err(E::custom("must be `auto` or a positive integer")),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Workers, E> {
+                Err(E::custom("must be `auto` or a positive integer"))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Workers, E> {
+                if s == "auto" {
+                    return Ok(Workers::Auto);
+                }
+                match s.parse::<u64>() {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "invalid worker count \"{s}\" (expected `auto` or a positive integer)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\", \"5s\" or \"1m30s\"")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Dur, E> {
+                if n == 0 {
+                    Ok(Dur(None))
+                } else {
+                    Err(E::custom(format!(
+                        "duration {n} needs a unit, e.g. \"{n}s\" or \"{n}ms\""
+                    )))
+                }
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Dur, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "invalid duration {n} (cannot be negative)"
+                    ))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                let d = parse_duration(s).map_err(E::custom)?;
+                Ok(Dur((!d.is_zero()).then_some(d)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for FlushInterval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = FlushInterval;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"100ms\", 0, or -1")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<FlushInterval, E> {
+                match n {
+                    -1 => Ok(FlushInterval(true)),
+                    n if n >= 0 => self.visit_u64(n as u64),
+                    n => Err(E::custom(format!(
+                        "invalid flush interval {n} (expected a duration, 0, or -1)"
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<FlushInterval, E> {
+                if n == 0 {
+                    Ok(FlushInterval(false))
+                } else {
+                    Err(E::custom(format!(
+                        "duration {n} needs a unit, e.g. \"{n}ms\" (or -1 to flush every write)"
+                    )))
+                }
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<FlushInterval, E> {
+                if s.trim() == "-1" {
+                    return Ok(FlushInterval(true));
+                }
+                Ok(FlushInterval(
+                    !parse_duration(s).map_err(E::custom)?.is_zero(),
+                ))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as 4096, \"64KiB\" or \"1MB\"")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Size, E> {
+                match u64::try_from(n) {
+                    Ok(n) => Ok(Size(n)),
+                    Err(_) => Err(E::custom(format!("invalid size {n} (cannot be negative)"))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Size, E> {
+                parse_size(s).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strings;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Strings, E> {
+                Ok(Strings {
+                    items: vec![s.to_string()],
+                    list: false,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strings, A::Error> {
+                let mut items = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    items.push(s);
+                }
+                Ok(Strings { items, list: true })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Named<T>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    entries.push((k, map.next_value()?));
+                }
+                Ok(Named(entries))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for TargetFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TargetFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address string or a mapping with `address`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<TargetFile, E> {
+                Ok(TargetFile::Address(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TargetFile, A::Error> {
+                let m = TargetMapFile::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(TargetFile::Detailed(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+const HEADER_OPS: &[&str] = &["set", "add", "remove", "replace"];
+const ONE_OP: &str = "one operation per list item:";
+
+impl<'de> Deserialize<'de> for HeaderOpFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HeaderOpFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a mapping with one of `set`, `add`, `remove`, `replace`")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderOpFile, A::Error> {
+                let Some(op) = map.next_key::<String>()? else {
+                    return Err(de::Error::custom(
+                        "empty header operation (expected set, add, remove or replace)",
+                    ));
+                };
+                let parsed = match op.as_str() {
+                    "set" => HeaderOpFile::Set(map.next_value()?),
+                    "add" => HeaderOpFile::Add(map.next_value()?),
+                    "remove" => HeaderOpFile::Remove(map.next_value()?),
+                    "replace" => HeaderOpFile::Replace(map.next_value()?),
+                    other => return Err(de::Error::unknown_field(other, HEADER_OPS)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "{ONE_OP} `{extra}` needs its own list item"
+                    )));
+                }
+                Ok(parsed)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+const UNITS: &str = "ns, us, ms, s, m, h or d";
+
+/// `"250ms"`, `"1m30s"`, `"1.5h"`, `"0"`; units ns us ms s m h d.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let invalid =
+        || format!("invalid duration \"{s}\" (expected e.g. \"250ms\", \"5s\", \"1m30s\")");
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = t;
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(n);
+        let u = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(u);
+        if number.is_empty() {
+            return Err(invalid());
+        }
+        let unit_ns: u128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            "" => return Err(format!("duration \"{s}\" needs a unit ({UNITS})")),
+            _ => {
+                let why = format!("unknown unit \"{unit}\" (expected {UNITS})");
+                return Err(format!("invalid duration \"{s}\": {why}"));
+            }
+        };
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(invalid());
+        }
+        let too_large = || format!("invalid duration \"{s}\" (too large)");
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_large())?
+        };
+        // 18 fraction digits are more precision than nanoseconds need and cannot overflow.
+        let frac = &frac[..frac.len().min(18)];
+        let frac_ns = if frac.is_empty() {
+            0
+        } else {
+            frac.parse::<u128>().map_err(|_| invalid())? * unit_ns / 10u128.pow(frac.len() as u32)
+        };
+        total = whole
+            .checked_mul(unit_ns)
+            .and_then(|w| w.checked_add(frac_ns))
+            .and_then(|v| v.checked_add(total))
+            .ok_or_else(too_large)?;
+        rest = next;
+    }
+    u64::try_from(total)
+        .map(Duration::from_nanos)
+        .map_err(|_| format!("invalid duration \"{s}\" (too large)"))
+}
+
+/// `4096`, `"64KiB"` (1024-based), `"4KB"` (1000-based), `"10B"`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let n = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(n);
+    let invalid =
+        || format!("invalid size \"{s}\" (expected e.g. 4096, \"64KiB\", \"1MiB\", \"4KB\")");
+    if number.is_empty() {
+        return Err(invalid());
+    }
+    let multiplier: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+            "invalid size \"{s}\": unknown unit \"{}\" (expected B, KB, MB, GB, KiB, MiB or GiB)",
+            unit.trim_start()
+        ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|v| v.checked_mul(multiplier))
+        .ok_or_else(|| format!("invalid size \"{s}\" (too large)"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: file types -> runtime types.
+
+type Res<T> = Result<T, ConfigError>;
+
+const TLS_PLANNED: &str = "not supported yet (TLS to upstreams is planned)";
+const POLICIES: &str =
+    "random, random_choose, first, round_robin, weighted_round_robin, least_conn";
+
+struct Validator<'a> {
+    file: &'a str,
+    spans: &'a Spans,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: &str, pos: Pos, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the key itself (it should not be there, or something is missing under it).
+    fn at_key(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.error(key, self.spans.find(key, false), message)
+    }
+
+    /// A problem with the value written for the key.
+    fn at_value(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        self.error(key, self.spans.find(key, true), message)
+    }
+
+    fn serde_error(&self, e: &serde_yaml::Error) -> ConfigError {
+        let loc = e.location().map(|l| Pos {
+            line: l.line(),
+            column: l.column(),
+        });
+        let mut text = e.to_string();
+        if let Some(p) = loc {
+            text = text.replacen(&format!(" at line {} column {}", p.line, p.column), "", 1);
+        }
+        // serde_yaml prefixes the path of the value being read: `listeners[0].routes[0]: ...`.
+        let (path, message) = match text.split_once(": ") {
+            Some((p, m)) if self.spans.knows(p) || !p.contains(char::is_whitespace) => {
+                (p.to_string(), m.to_string())
+            }
+            _ => (String::new(), text.clone()),
+        };
+        let pos = loc.unwrap_or(Pos { line: 1, column: 1 });
+        for (serde_word, ours) in [
+            ("unknown field `", "unknown key `"),
+            ("duplicate field `", "duplicate key `"),
+        ] {
+            if let Some(rest) = message.strip_prefix(serde_word) {
+                let name = rest.split('`').next().unwrap_or_default();
+                let key = join(&path, name);
+                let pos = self.spans.keys.get(&key).copied().unwrap_or(pos);
+                return self.error(&key, pos, format!("{ours}{rest}"));
+            }
+        }
+        if let Some(rest) = message.strip_prefix(ONE_OP) {
+            let name = rest.split('`').nth(1).unwrap_or_default();
+            let key = join(&path, name);
+            let pos = self.spans.keys.get(&key).copied().unwrap_or(pos);
+            return self.error(&key, pos, message);
+        }
+        if let Some(rest) = message.strip_prefix("missing field `") {
+            return self.error(&path, pos, format!("missing key `{rest}"));
+        }
+        let key = if path.is_empty() && text == message && loc.is_some() {
+            self.spans.key_before(pos)
+        } else {
+            path
+        };
+        self.error(&key, pos, tidy_serde_message(&message))
+    }
+
+    fn config(&self, f: FileConfig) -> Res<Config> {
+        let workers = match f.workers {
+            Some(Workers::Count(n)) => n,
+            Some(Workers::Auto) | None => {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+        };
+        let driver = match f.driver.as_deref() {
+            None | Some("auto") => Driver::Auto,
+            Some("io_uring") => Driver::IoUring,
+            Some("epoll") => Driver::Epoll,
+            Some(other) => {
+                return Err(self.at_value(
+                    "driver",
+                    format!("unknown driver \"{other}\" (expected auto, io_uring or epoll)"),
+                ))
+            }
+        };
+        let shutdown_timeout = dur(f.shutdown_timeout, secs(30)).unwrap_or(Duration::ZERO);
+        if f.admin.is_some() {
+            return Err(self.at_key("admin", "not supported yet (the admin endpoint is planned)"));
+        }
+        let log = self.log(f.log.unwrap_or_default())?;
+        let limits = self.limits(f.limits.unwrap_or_default())?;
+        let trusted_proxies = self.trusted_proxies(f.trusted_proxies)?;
+
+        let upstreams_raw = f.upstreams.map(|n| n.0).unwrap_or_default();
+        let names: Vec<&str> = upstreams_raw.iter().map(|(n, _)| n.as_str()).collect();
+        let listeners = self.listeners(f.listeners, &names)?;
+        let upstreams = upstreams_raw
+            .into_iter()
+            .map(|(name, u)| self.upstream(name, u))
+            .collect::<Res<Vec<_>>>()?;
+        Ok(Config {
+            workers,
+            pin_workers: f.pin_workers.unwrap_or(true),
+            driver,
+            shutdown_timeout,
+            log,
+            limits,
+            trusted_proxies,
+            listeners,
+            upstreams,
+        })
+    }
+
+    fn log(&self, l: LogFile) -> Res<Log> {
+        let level = l.level.unwrap_or_else(|| "info".into());
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            return Err(self.at_value(
+                "log.level",
+                format!(
+                    "unknown log level \"{level}\" (expected error, warn, info, debug or trace)"
+                ),
+            ));
+        }
+        let format = match l.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(self.at_value(
+                    "log.format",
+                    format!("unknown log format \"{other}\" (expected text or json)"),
+                ))
+            }
+        };
+        if l.access_log == Some(true) {
+            return Err(self.at_value(
+                "log.access_log",
+                "not supported yet (access logging is planned)",
+            ));
+        }
+        Ok(Log { level, format })
+    }
+
+    fn limits(&self, l: LimitsFile) -> Res<Limits> {
+        let max_header_bytes = size(l.max_header_bytes, 64 * 1024);
+        if max_header_bytes < 1024 {
+            return Err(self.at_value(
+                "limits.max_header_bytes",
+                format!("must be at least 1KiB (1024), not {max_header_bytes}"),
+            ));
+        }
+        let max_uri_bytes = size(l.max_uri_bytes, 8 * 1024);
+        if max_uri_bytes < 16 {
+            return Err(self.at_value(
+                "limits.max_uri_bytes",
+                format!("must be at least 16, not {max_uri_bytes}"),
+            ));
+        }
+        let max_headers = l.max_headers.unwrap_or(100);
+        if !(1..=256).contains(&max_headers) {
+            return Err(self.at_value(
+                "limits.max_headers",
+                format!("must be from 1 to 256, not {max_headers}"),
+            ));
+        }
+        let usize_of = |key: &str, v: u64| {
+            usize::try_from(v).map_err(|_| self.at_value(key, "too large for this platform"))
+        };
+        Ok(Limits {
+            max_header_bytes: usize_of("limits.max_header_bytes", max_header_bytes)?,
+            max_uri_bytes: usize_of("limits.max_uri_bytes", max_uri_bytes)?,
+            max_headers,
+            max_request_body: Some(size(l.max_request_body, 0)).filter(|&n| n > 0),
+            header_read_timeout: dur(l.header_read_timeout, secs(10)),
+            idle_timeout: dur(l.idle_timeout, secs(60)),
+            max_connections: l.max_connections.filter(|&n| n > 0),
+        })
+    }
+
+    fn trusted_proxies(&self, list: Option<Strings>) -> Res<Vec<IpNet>> {
+        let Some(list) = list else {
+            return Ok(Vec::new());
+        };
+        let mut nets = Vec::new();
+        for (i, item) in list.items.iter().enumerate() {
+            let key = list.item_key("trusted_proxies", i);
+            if item == "private_ranges" {
+                for net in [
+                    "10.0.0.0/8",
+                    "172.16.0.0/12",
+                    "192.168.0.0/16",
+                    "127.0.0.0/8",
+                    "fc00::/7",
+                    "::1/128",
+                ] {
+                    nets.push(net.parse().expect("valid built-in range"));
+                }
+            } else if let Ok(net) = item.parse::<IpNet>() {
+                nets.push(net.trunc());
+            } else if let Ok(ip) = item.parse::<IpAddr>() {
+                nets.push(IpNet::from(ip));
+            } else {
+                let hint = "expected e.g. 10.0.0.0/8, 192.0.2.7 or private_ranges";
+                return Err(self.at_value(&key, format!("invalid CIDR \"{item}\" ({hint})")));
+            }
+        }
+        Ok(nets)
+    }
+
+    fn listeners(&self, list: Option<Vec<ListenerFile>>, upstreams: &[&str]) -> Res<Vec<Listener>> {
+        let list = list.unwrap_or_default();
+        if list.is_empty() {
+            return Err(self.at_key("listeners", "at least one listener is required"));
+        }
+        let mut out: Vec<Listener> = Vec::new();
+        for (i, l) in list.into_iter().enumerate() {
+            let key = format!("listeners[{i}]");
+            let named = l.name.is_some();
+            let listener = self.listener(&key, l, upstreams)?;
+            let name_key = join(&key, if named { "name" } else { "listen" });
+            if let Some(other) = out.iter().find(|o| o.name == listener.name) {
+                return Err(self.at_value(
+                    &name_key,
+                    format!("duplicate listener name \"{}\"", other.name),
+                ));
+            }
+            // Port 0 asks the kernel for a fresh port each time, so it never collides.
+            let fixed = !matches!(listener.addr, ListenAddr::Tcp(a) if a.port() == 0);
+            if let Some(other) = out.iter().find(|o| fixed && o.addr == listener.addr) {
+                return Err(self.at_value(
+                    &join(&key, "listen"),
+                    format!(
+                        "duplicate listen address (also used by listener \"{}\")",
+                        other.name
+                    ),
+                ));
+            }
+            out.push(listener);
+        }
+        Ok(out)
+    }
+
+    fn listener(&self, key: &str, l: ListenerFile, upstreams: &[&str]) -> Res<Listener> {
+        let name = l.name.unwrap_or_else(|| l.listen.clone());
+        if name.is_empty() {
+            return Err(self.at_value(&join(key, "name"), "must not be empty"));
+        }
+        let addr = parse_listen(&l.listen).map_err(|m| self.at_value(&join(key, "listen"), m))?;
+        match l.protocol.as_deref() {
+            None | Some("http") => {}
+            Some("tcp") => {
+                return Err(self.at_value(
+                    &join(key, "protocol"),
+                    "not supported yet (layer-4 proxying is planned)",
+                ))
+            }
+            Some(other) => {
+                return Err(self.at_value(
+                    &join(key, "protocol"),
+                    format!("unknown protocol \"{other}\" (expected http or tcp)"),
+                ))
+            }
+        }
+        if l.proxy_protocol == Some(true) {
+            return Err(self.at_value(
+                &join(key, "proxy_protocol"),
+                "not supported yet (the PROXY protocol is planned)",
+            ));
+        }
+        if l.tls.is_some() {
+            return Err(self.at_key(
+                &join(key, "tls"),
+                "not supported yet (TLS termination is planned)",
+            ));
+        }
+        if l.upstream.is_some() {
+            return Err(self.at_key(
+                &join(key, "upstream"),
+                "only valid with `protocol: tcp`; http listeners proxy through `routes`",
+            ));
+        }
+        if l.idle_timeout.is_some() {
+            return Err(self.at_key(
+                &join(key, "idle_timeout"),
+                "only valid with `protocol: tcp`; http listeners use `limits.idle_timeout`",
+            ));
+        }
+        let routes_key = join(key, "routes");
+        let routes = l.routes.unwrap_or_default();
+        if routes.is_empty() {
+            let at = if self.spans.knows(&routes_key) {
+                routes_key.as_str()
+            } else {
+                key
+            };
+            return Err(self.at_key(at, "an http listener needs at least one route"));
+        }
+        let routes = routes
+            .into_iter()
+            .enumerate()
+            .map(|(j, r)| self.route(&format!("{routes_key}[{j}]"), r, upstreams))
+            .collect::<Res<Vec<_>>>()?;
+        Ok(Listener {
+            name,
+            addr,
+            kind: ListenerKind::Http { routes },
+        })
+    }
+
+    fn route(&self, key: &str, r: RouteFile, upstreams: &[&str]) -> Res<Route> {
+        let matcher = match r.matcher {
+            Some(m) => self.matcher(&join(key, "match"), m)?,
+            None => Match::default(),
+        };
+        if let Some(p) = &r.strip_prefix {
+            if !p.starts_with('/') {
+                return Err(self.at_value(&join(key, "strip_prefix"), "must start with `/`"));
+            }
+        }
+        let rewrite = match &r.rewrite {
+            Some(t) => {
+                let k = join(key, "rewrite");
+                if !t.starts_with(['/', '{']) {
+                    return Err(
+                        self.at_value(&k, "must start with `/` (or a placeholder such as {path})")
+                    );
+                }
+                Some(self.template(&k, t)?)
+            }
+            None => None,
+        };
+        let method = match &r.method {
+            Some(m) => Some(self.method(&join(key, "method"), m)?),
+            None => None,
+        };
+        let respond_key = join(key, "respond");
+        // `respond:` with nothing under it still means "respond" (200, empty body).
+        let respond = r
+            .respond
+            .or_else(|| self.spans.knows(&respond_key).then(RespondFile::default));
+        let action = match (respond, &r.upstream) {
+            (Some(_), Some(_)) => {
+                return Err(self.at_key(
+                    &join(key, "upstream"),
+                    "a route takes exactly one of `respond` or `upstream`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.at_key(key, "a route needs one of `respond` or `upstream`"))
+            }
+            (Some(resp), None) => Action::Respond(self.respond(&respond_key, resp)?),
+            (None, Some(name)) => match upstreams.iter().position(|u| u == name) {
+                Some(i) => Action::Proxy(i),
+                None => {
+                    return Err(self.at_value(
+                        &join(key, "upstream"),
+                        format!("unknown upstream \"{name}\""),
+                    ))
+                }
+            },
+        };
+        Ok(Route {
+            matcher,
+            strip_prefix: r.strip_prefix,
+            rewrite,
+            method,
+            action,
+        })
+    }
+
+    fn matcher(&self, key: &str, m: MatchFile) -> Res<Match> {
+        let mut out = Match::default();
+        if let Some(hosts) = &m.host {
+            for (i, h) in hosts.items.iter().enumerate() {
+                let hm = host_match(h)
+                    .map_err(|e| self.at_value(&hosts.item_key(&join(key, "host"), i), e))?;
+                out.hosts.push(hm);
+            }
+        }
+        if let Some(p) = m.path {
+            if !p.starts_with('/') {
+                return Err(self.at_value(&join(key, "path"), "must start with `/`"));
+            }
+            out.path = Some(p);
+        }
+        if let Some(except) = &m.except {
+            for (i, p) in except.items.iter().enumerate() {
+                if !p.starts_with('/') {
+                    return Err(self.at_value(
+                        &except.item_key(&join(key, "except"), i),
+                        "must start with `/`",
+                    ));
+                }
+                out.except.push(p.clone());
+            }
+        }
+        if let Some(methods) = &m.methods {
+            for (i, me) in methods.items.iter().enumerate() {
+                out.methods
+                    .push(self.method(&methods.item_key(&join(key, "methods"), i), me)?);
+            }
+        }
+        if let Some(headers) = m.headers {
+            for (name, value) in headers.0 {
+                let k = join(&join(key, "headers"), &name);
+                self.header_name(&k, &name)?;
+                out.headers.push((name.to_ascii_lowercase(), value));
+            }
+        }
+        Ok(out)
+    }
+
+    fn respond(&self, key: &str, r: RespondFile) -> Res<Respond> {
+        let status = r.status.unwrap_or(200);
+        if !(100..=599).contains(&status) {
+            return Err(self.at_value(
+                &join(key, "status"),
+                format!("status {status} is out of range (100-599)"),
+            ));
+        }
+        let body = self.template(&join(key, "body"), r.body.as_deref().unwrap_or(""))?;
+        let mut headers = Vec::new();
+        for (name, value) in r.headers.map(|h| h.0).unwrap_or_default() {
+            let k = join(&join(key, "headers"), &name);
+            self.header_name(&k, &name)?;
+            headers.push((name, self.header_value(&k, &value)?));
+        }
+        Ok(Respond {
+            status,
+            body,
+            headers,
+        })
+    }
+
+    fn upstream(&self, name: String, u: UpstreamFile) -> Res<Upstream> {
+        let key = join("upstreams", &name);
+        if name.is_empty() {
+            return Err(self.at_key(&key, "an upstream name must not be empty"));
+        }
+        let mut targets = Vec::new();
+        for (i, t) in u.targets.unwrap_or_default().into_iter().enumerate() {
+            targets.push(self.target(&format!("{key}.targets[{i}]"), t)?);
+        }
+        if u.dynamic.is_some() {
+            return Err(self.at_key(
+                &join(&key, "dynamic"),
+                "not supported yet (dynamic upstreams are planned)",
+            ));
+        }
+        if u.split.is_some() {
+            return Err(self.at_key(
+                &join(&key, "split"),
+                "not supported yet (traffic splitting is planned)",
+            ));
+        }
+        if targets.is_empty() {
+            let k = join(&key, "targets");
+            let at = if self.spans.knows(&k) {
+                k.as_str()
+            } else {
+                key.as_str()
+            };
+            return Err(self.at_key(at, "an upstream needs at least one target"));
+        }
+        let lb = self.lb(&join(&key, "lb"), u.lb.unwrap_or_default())?;
+        if let Some(h) = u.health {
+            self.health(&join(&key, "health"), h)?;
+        }
+        let transport =
+            self.transport(&join(&key, "transport"), u.transport.unwrap_or_default())?;
+        let h = u.headers.unwrap_or_default();
+        let headers = HeaderOps {
+            request: self.header_ops(&join(&key, "headers.request"), h.request)?,
+            response: self.header_ops(&join(&key, "headers.response"), h.response)?,
+        };
+        let forwarded = match u.forwarded.as_deref() {
+            None | Some("xff") => Forwarded::Xff,
+            Some("rfc7239") => Forwarded::Rfc7239,
+            Some("off") => Forwarded::Off,
+            Some(other) => {
+                return Err(self.at_value(
+                    &join(&key, "forwarded"),
+                    format!("unknown forwarded mode \"{other}\" (expected xff, rfc7239 or off)"),
+                ))
+            }
+        };
+        if matches!(u.flush_interval, Some(FlushInterval(true))) {
+            return Err(self.at_value(
+                &join(&key, "flush_interval"),
+                "not supported yet (flush control is planned; responses are streamed)",
+            ));
+        }
+        for (k, v) in [
+            ("request_buffer", &u.request_buffer),
+            ("response_buffer", &u.response_buffer),
+        ] {
+            if matches!(v, Some(Size(n)) if *n > 0) {
+                return Err(self.at_value(
+                    &join(&key, k),
+                    "not supported yet (body buffering is planned; bodies are streamed)",
+                ));
+            }
+        }
+        Ok(Upstream {
+            name,
+            targets,
+            lb,
+            transport,
+            headers,
+            forwarded,
+        })
+    }
+
+    fn target(&self, key: &str, t: TargetFile) -> Res<Target> {
+        let (address, address_key, weight, max_connections) = match t {
+            TargetFile::Address(a) => (a, key.to_string(), None, None),
+            TargetFile::Detailed(m) => {
+                (m.address, join(key, "address"), m.weight, m.max_connections)
+            }
+        };
+        let addr = parse_target(&address).map_err(|m| self.at_value(&address_key, m))?;
+        let weight = weight.unwrap_or(1);
+        if weight == 0 {
+            return Err(self.at_value(&join(key, "weight"), "must be at least 1"));
+        }
+        Ok(Target {
+            addr,
+            weight,
+            max_connections: max_connections.filter(|&n| n > 0),
+        })
+    }
+
+    fn lb(&self, key: &str, lb: LbFile) -> Res<Lb> {
+        let policy = match lb.policy.as_deref().unwrap_or("random_choose") {
+            "random" => Policy::Random,
+            "random_choose" => Policy::RandomChoose,
+            "first" => Policy::First,
+            "round_robin" => Policy::RoundRobin,
+            "weighted_round_robin" => Policy::WeightedRoundRobin,
+            "least_conn" => Policy::LeastConn,
+            p @ ("ip_hash" | "client_ip_hash" | "uri_hash" | "query" | "header" | "cookie"
+            | "p2c_ewma") => {
+                return Err(self.at_value(
+                    &join(key, "policy"),
+                    format!("not supported yet (policy \"{p}\" is planned; supported: {POLICIES})"),
+                ))
+            }
+            other => {
+                return Err(self.at_value(
+                    &join(key, "policy"),
+                    format!("unknown lb policy \"{other}\" (expected one of {POLICIES})"),
+                ))
+            }
+        };
+        let choose = lb.choose.unwrap_or(2);
+        if choose < 2 {
+            return Err(self.at_value(&join(key, "choose"), "must be at least 2"));
+        }
+        for (k, v) in [("key", &lb.key), ("secret", &lb.secret)] {
+            if v.as_deref().is_some_and(|s| !s.is_empty()) {
+                let why = "used by the header, query and cookie policies, which are planned";
+                return Err(self.at_value(&join(key, k), format!("not supported yet ({why})")));
+            }
+        }
+        let retry_methods = match &lb.retry_methods {
+            Some(list) => list
+                .items
+                .iter()
+                .enumerate()
+                .map(|(i, m)| self.method(&list.item_key(&join(key, "retry_methods"), i), m))
+                .collect::<Res<Vec<_>>>()?,
+            None => vec!["GET".to_string()],
+        };
+        Ok(Lb {
+            policy,
+            choose,
+            retries: lb.retries.unwrap_or(0),
+            try_duration: dur(lb.try_duration, None),
+            try_interval: dur(lb.try_interval, Some(Duration::from_millis(250)))
+                .unwrap_or(Duration::ZERO),
+            retry_methods,
+        })
+    }
+
+    fn health(&self, key: &str, h: HealthFile) -> Res<()> {
+        if h.active.is_some() {
+            return Err(self.at_key(
+                &join(key, "active"),
+                "not supported yet (active health checks are planned)",
+            ));
+        }
+        let Some(p) = h.passive else {
+            return Ok(());
+        };
+        let non_default = [
+            (
+                "fail_duration",
+                matches!(p.fail_duration, Some(Dur(Some(_)))),
+            ),
+            ("max_fails", p.max_fails.is_some_and(|n| n != 1)),
+            (
+                "unhealthy_status",
+                p.unhealthy_status.is_some_and(|s| !s.items.is_empty()),
+            ),
+            (
+                "unhealthy_latency",
+                matches!(p.unhealthy_latency, Some(Dur(Some(_)))),
+            ),
+            (
+                "unhealthy_request_count",
+                p.unhealthy_request_count.is_some_and(|n| n != 0),
+            ),
+        ];
+        match non_default.iter().find(|(_, set)| *set) {
+            Some((k, _)) => Err(self.at_value(
+                &join(&join(key, "passive"), k),
+                "not supported yet (passive health checks are planned)",
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn transport(&self, key: &str, t: TransportFile) -> Res<Transport> {
+        match t.proxy_protocol.as_deref() {
+            None | Some("off") => {}
+            Some("v1" | "v2") => {
+                return Err(self.at_value(
+                    &join(key, "proxy_protocol"),
+                    "not supported yet (the PROXY protocol to upstreams is planned)",
+                ))
+            }
+            Some(other) => {
+                return Err(self.at_value(
+                    &join(key, "proxy_protocol"),
+                    format!("unknown proxy_protocol \"{other}\" (expected off, v1 or v2)"),
+                ))
+            }
+        }
+        if t.tls.is_some() {
+            return Err(self.at_key(&join(key, "tls"), TLS_PLANNED));
+        }
+        if t.https_ports.as_ref().is_some_and(|p| !p.is_empty()) {
+            return Err(self.at_value(&join(key, "https_ports"), TLS_PLANNED));
+        }
+        Ok(Transport {
+            dial_timeout: dur(t.dial_timeout, secs(3)),
+            response_header_timeout: dur(t.response_header_timeout, None),
+            read_timeout: dur(t.read_timeout, None),
+            write_timeout: dur(t.write_timeout, None),
+            keepalive: t.keepalive.unwrap_or(true),
+            idle_timeout: dur(t.idle_timeout, secs(60)),
+            max_idle_per_worker: t.max_idle_per_worker.unwrap_or(32),
+        })
+    }
+
+    fn header_ops(&self, key: &str, ops: Option<Vec<HeaderOpFile>>) -> Res<Vec<HeaderOp>> {
+        let mut out = Vec::new();
+        for (i, op) in ops.unwrap_or_default().into_iter().enumerate() {
+            let item = format!("{key}[{i}]");
+            match op {
+                HeaderOpFile::Set(fields) => {
+                    self.field_ops(&join(&item, "set"), fields, HeaderOp::Set, &mut out)?
+                }
+                HeaderOpFile::Add(fields) => {
+                    self.field_ops(&join(&item, "add"), fields, HeaderOp::Add, &mut out)?
+                }
+                HeaderOpFile::Remove(names) => {
+                    for (j, name) in names.items.iter().enumerate() {
+                        let k = names.item_key(&join(&item, "remove"), j);
+                        let pattern = name_pattern(name).ok_or_else(|| {
+                            let hint = "a name, or a prefix ending in `*`";
+                            self.at_value(
+                                &k,
+                                format!("invalid header name pattern \"{name}\" ({hint})"),
+                            )
+                        })?;
+                        out.push(HeaderOp::Remove(pattern));
+                    }
+                }
+                HeaderOpFile::Replace(r) => {
+                    let k = join(&item, "replace");
+                    self.header_name(&join(&k, "name"), &r.name)?;
+                    let regex = Regex::new(&r.regex).map_err(|e| {
+                        let text = e.to_string();
+                        let reason = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("error: "))
+                            .unwrap_or(&text)
+                            .to_string();
+                        self.at_value(&join(&k, "regex"), format!("invalid regex: {reason}"))
+                    })?;
+                    out.push(HeaderOp::Replace {
+                        name: r.name.to_ascii_lowercase(),
+                        regex,
+                        with: r.with.unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One `set`/`add` op per field, in file order.
+    fn field_ops(
+        &self,
+        key: &str,
+        fields: Named<String>,
+        op: fn(String, Template) -> HeaderOp,
+        out: &mut Vec<HeaderOp>,
+    ) -> Res<()> {
+        for (name, value) in fields.0 {
+            let k = join(key, &name);
+            self.header_name(&k, &name)?;
+            let value = self.header_value(&k, &value)?;
+            out.push(op(name, value));
+        }
+        Ok(())
+    }
+
+    fn header_name(&self, key: &str, name: &str) -> Res<()> {
+        if is_token(name) {
+            Ok(())
+        } else {
+            Err(self.at_key(key, format!("invalid header name \"{name}\"")))
+        }
+    }
+
+    fn header_value(&self, key: &str, value: &str) -> Res<Template> {
+        if value.contains(['\r', '\n', '\0']) {
+            return Err(self.at_value(key, "a header value cannot contain line breaks or NUL"));
+        }
+        self.template(key, value)
+    }
+
+    fn template(&self, key: &str, text: &str) -> Res<Template> {
+        Template::parse(text).map_err(|m| self.at_value(key, m))
+    }
+
+    fn method(&self, key: &str, m: &str) -> Res<String> {
+        if is_token(m) {
+            Ok(m.to_ascii_uppercase())
+        } else {
+            Err(self.at_value(key, format!("invalid method \"{m}\"")))
+        }
+    }
+}
+
+impl Strings {
+    /// The key of item `i`: `base[i]` for a list, `base` for a single string.
+    fn item_key(&self, base: &str, i: usize) -> String {
+        if self.list {
+            format!("{base}[{i}]")
+        } else {
+            base.to_string()
+        }
+    }
+}
+
+fn secs(n: u64) -> Option<Duration> {
+    Some(Duration::from_secs(n))
+}
+
+fn dur(d: Option<Dur>, default: Option<Duration>) -> Option<Duration> {
+    match d {
+        Some(Dur(v)) => v,
+        None => default,
+    }
+}
+
+fn size(s: Option<Size>, default: u64) -> u64 {
+    s.map_or(default, |Size(n)| n)
+}
+
+/// serde names Rust types in its messages; say what the YAML should hold instead.
+fn tidy_serde_message(message: &str) -> String {
+    let mut out = message.to_string();
+    if let Some(i) = out.find("expected struct ") {
+        out.truncate(i);
+        out.push_str("expected a mapping");
+    }
+    for (rust, yaml) in [
+        ("expected u8", "expected an integer from 0 to 255"),
+        ("expected u16", "expected an integer from 0 to 65535"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected a sequence", "expected a list"),
+    ] {
+        if let Some(head) = out.strip_suffix(rust) {
+            out = format!("{head}{yaml}");
+        }
+    }
+    out
+}
+
+/// `Server` -> exact `server`; `X-Internal-*` -> prefix `x-internal-`.
+fn name_pattern(name: &str) -> Option<NamePattern> {
+    let lower = name.to_ascii_lowercase();
+    match lower.strip_suffix('*') {
+        Some(prefix) if is_token(prefix) && !prefix.contains('*') => {
+            Some(NamePattern::Prefix(prefix.to_string()))
+        }
+        None if is_token(&lower) && !lower.contains('*') => Some(NamePattern::Exact(lower)),
+        _ => None,
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `"IP:port"`, `"[v6]:port"`, `"host:port"`, `":port"` (all IPv4 interfaces) or `"unix//path"`.
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = s.strip_prefix("unix/") {
+        if path.is_empty() {
+            return Err("a unix socket needs a path, e.g. \"unix//run/ringway.sock\"".into());
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "invalid listen address \"{s}\" (expected \"host:port\" or \"unix//path\", not a URL)"
+        ));
+    }
+    let (host, port) = split_host_port(s).ok_or_else(|| {
+        format!("invalid listen address \"{s}\" (expected \"host:port\", e.g. \"0.0.0.0:8080\")")
+    })?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    resolve(host, port).map(ListenAddr::Tcp)
+}
+
+/// `"host:port"`, `"http://host[:port]"` or `"unix//path"`.
+fn parse_target(s: &str) -> Result<TargetAddr, String> {
+    if let Some(path) = s.strip_prefix("unix/") {
+        if path.is_empty() {
+            return Err("a unix socket needs a path, e.g. \"unix//run/app.sock\"".into());
+        }
+        return Ok(TargetAddr::Unix(PathBuf::from(path)));
+    }
+    let (hostport, default_port) = match s.split_once("://") {
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" => (rest.strip_suffix('/').unwrap_or(rest), Some(80)),
+            "https" => return Err(TLS_PLANNED.into()),
+            "h2c" => return Err("not supported yet (HTTP/2 to upstreams is planned)".into()),
+            _ => {
+                return Err(format!(
+                    "unknown scheme \"{scheme}://\" (expected http://, https://, h2c:// or unix//)"
+                ))
+            }
+        },
+        None => (s, None),
+    };
+    if hostport.contains(['/', '?', '#']) {
+        return Err(format!("a target address takes no path: \"{s}\""));
+    }
+    let (host, port) = match (split_host_port(hostport), default_port) {
+        (Some(hp), _) => hp,
+        (None, None) => return Err(format!("target \"{s}\" needs a port, e.g. \"{s}:8080\"")),
+        (None, Some(p)) => match hostport.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => (v6, p),
+            None if !hostport.contains(':') => (hostport, p),
+            None => return Err(format!("invalid target address \"{s}\"")),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("target \"{s}\" needs a host"));
+    }
+    if port == 443 {
+        return Err(format!("{TLS_PLANNED}; port 443 means TLS"));
+    }
+    let addr = resolve(host, port)?;
+    Ok(TargetAddr::Tcp {
+        host: hostport.to_string(),
+        addr,
     })
+}
+
+/// Splits `host:port` / `[v6]:port`; the host comes back without brackets.
+fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        (host, after.strip_prefix(':')?)
+    } else {
+        let (host, port) = s.rsplit_once(':')?;
+        if host.contains(':') {
+            return None;
+        }
+        (host, port)
+    };
+    Some((host, port.parse().ok()?))
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("cannot resolve \"{host}\": no addresses")),
+        Err(e) => Err(format!("cannot resolve \"{host}\": {e}")),
+    }
+}
+
+/// `example.com` or `*.example.com`, lower-cased, no port.
+fn host_match(h: &str) -> Result<HostMatch, String> {
+    let lower = h.to_ascii_lowercase();
+    let (name, suffix) = match lower.strip_prefix("*.") {
+        Some(rest) => (rest, true),
+        None => (lower.as_str(), false),
+    };
+    let valid = if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        !suffix && v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if !valid {
+        return Err(if name.contains(':') && !name.starts_with('[') {
+            format!("invalid host \"{h}\" (host matches do not include a port)")
+        } else if name.contains('*') {
+            format!("invalid host \"{h}\" (a wildcard is only allowed as a leading \"*.\")")
+        } else {
+            format!("invalid host \"{h}\"")
+        });
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(lower)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract sits in `shared/` beside the repository (as CI lays it out).
+    const CONTRACT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/config.yaml");
+
+    fn contract_text() -> Option<String> {
+        let text = std::fs::read_to_string(CONTRACT).ok();
+        if text.is_none() {
+            eprintln!("skipped: the configuration contract is not at {CONTRACT}");
+        }
+        text
+    }
+
+    /// Strips the leading newline and common indentation so line 1 is the first YAML line.
+    fn dedent(s: &str) -> String {
+        let s = s.strip_prefix('\n').unwrap_or(s);
+        let indent = s
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start().len())
+            .min()
+            .unwrap_or(0);
+        let mut out: String = s
+            .lines()
+            .map(|l| l.get(indent..).unwrap_or("").trim_end())
+            .collect::<Vec<_>>()
+            .join("\n");
+        out.push('\n');
+        out
+    }
+
+    fn ok(yaml: &str) -> Config {
+        parse(&dedent(yaml), "t.yaml").unwrap_or_else(|e| panic!("unexpected error: {e}"))
+    }
+
+    fn err(yaml: &str) -> ConfigError {
+        match parse(&dedent(yaml), "t.yaml") {
+            Ok(_) => panic!("expected an error for:\n{yaml}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the line, the key and a part of the message.
+    #[track_caller]
+    fn assert_err(yaml: &str, line: usize, key: &str, message: &str) -> ConfigError {
+        let e = err(yaml);
+        assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
+        assert!(e.message.contains(message), "message of: {e}");
+        assert_eq!(e.file, "t.yaml");
+        assert!(e.column >= 1, "{e}");
+        e
+    }
+
+    /// A valid file with `extra` appended to the upstream `api` (indented under it).
+    fn with_upstream(extra: &str) -> String {
+        let mut y = String::from(
+            "listeners:\n  - listen: 127.0.0.1:8080\n    routes:\n      - upstream: api\n\
+             upstreams:\n  api:\n    targets: [127.0.0.1:9001]\n",
+        );
+        for line in dedent(extra).lines() {
+            y.push_str("    ");
+            y.push_str(line);
+            y.push('\n');
+        }
+        y
+    }
+
+    fn upstream_err(extra: &str) -> ConfigError {
+        parse(&with_upstream(extra), "t.yaml").expect_err("expected an error")
+    }
+
+    fn routes(c: &Config) -> &[Route] {
+        match &c.listeners[0].kind {
+            ListenerKind::Http { routes } => routes,
+            ListenerKind::Tcp { .. } => panic!("tcp listener"),
+        }
+    }
+
+    const MINIMAL: &str = r#"
+        listeners:
+          - listen: 127.0.0.1:8080
+            routes:
+              - respond: { body: "ok\n" }
+    "#;
+
+    #[test]
+    fn minimal_config_gets_every_default() {
+        let c = ok(MINIMAL);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.workers, cpus);
+        assert!(c.pin_workers);
+        assert_eq!(c.driver, Driver::Auto);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        let l = &c.limits;
+        assert_eq!(l.max_header_bytes, 64 * 1024);
+        assert_eq!(l.max_uri_bytes, 8 * 1024);
+        assert_eq!(l.max_headers, 100);
+        assert_eq!(l.max_request_body, None);
+        assert_eq!(l.header_read_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(l.max_connections, None);
+        assert!(c.trusted_proxies.is_empty());
+        assert!(c.upstreams.is_empty());
+        let listener = &c.listeners[0];
+        assert_eq!(listener.name, "127.0.0.1:8080");
+        assert_eq!(
+            listener.addr,
+            ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
+        let r = &routes(&c)[0];
+        assert!(r.matcher.hosts.is_empty() && r.matcher.path.is_none());
+        let Action::Respond(resp) = &r.action else {
+            panic!("expected respond")
+        };
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body.as_literal(), Some("ok\n"));
+    }
+
+    #[test]
+    fn upstream_defaults_follow_the_contract() {
+        let c = parse(&with_upstream(""), "t.yaml").unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.name, "api");
+        assert_eq!(u.lb.policy, Policy::RandomChoose);
+        assert_eq!(u.lb.choose, 2);
+        assert_eq!(u.lb.retries, 0);
+        assert_eq!(u.lb.try_duration, None);
+        assert_eq!(u.lb.try_interval, Duration::from_millis(250));
+        assert_eq!(u.lb.retry_methods, ["GET"]);
+        let t = &u.transport;
+        assert_eq!(t.dial_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(t.response_header_timeout, None);
+        assert_eq!(t.read_timeout, None);
+        assert_eq!(t.write_timeout, None);
+        assert!(t.keepalive);
+        assert_eq!(t.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(t.max_idle_per_worker, 32);
+        assert!(u.headers.request.is_empty() && u.headers.response.is_empty());
+        assert_eq!(u.forwarded, Forwarded::Xff);
+        assert_eq!(u.targets[0].weight, 1);
+        assert_eq!(u.targets[0].max_connections, None);
+    }
+
+    #[test]
+    fn full_supported_config_is_converted() {
+        let c = ok(r#"
+            workers: 3
+            pin_workers: false
+            driver: epoll
+            shutdown_timeout: 0
+            log: { level: debug, format: json, access_log: false }
+            limits:
+              max_header_bytes: 32KiB
+              max_uri_bytes: 4096
+              max_headers: 64
+              max_request_body: 10MB
+              header_read_timeout: 5s
+              idle_timeout: 0
+              max_connections: 1000
+            trusted_proxies: [10.1.2.3, 192.168.0.0/16]
+            listeners:
+              - name: web
+                listen: "[::1]:8081"
+                proxy_protocol: false
+                routes:
+                  - match:
+                      host: [Example.COM, "*.Example.com"]
+                      path: /api
+                      except: [/api/static]
+                      methods: [get, Post]
+                      headers: { X-Env: staging }
+                    strip_prefix: /api
+                    rewrite: "/v2{path}?{query}"
+                    method: put
+                    upstream: static
+                  - respond:
+                      status: 503
+                      body: '{"ok":false}'
+                      headers: { Content-Type: application/json, X-Worker: "{worker}" }
+              - listen: unix//run/ringway.sock
+                routes:
+                  - upstream: api
+            upstreams:
+              api:
+                targets:
+                  - 127.0.0.1:9001
+                  - address: http://10.0.0.2:8080
+                    weight: 3
+                    max_connections: 100
+                  - address: unix//run/app.sock
+                    max_connections: 0
+                lb:
+                  policy: weighted_round_robin
+                  choose: 3
+                  key: ""
+                  secret: ""
+                  retries: 2
+                  try_duration: 5s
+                  try_interval: 0
+                  retry_methods: [get, head]
+                health:
+                  passive: { fail_duration: 0s, max_fails: 1, unhealthy_status: [] }
+                transport:
+                  dial_timeout: 1s
+                  response_header_timeout: 30s
+                  read_timeout: 1m
+                  write_timeout: 1m30s
+                  keepalive: false
+                  idle_timeout: 2m
+                  max_idle_per_worker: 8
+                  proxy_protocol: off
+                  https_ports: []
+                headers:
+                  request:
+                    - set: { X-Env: prod, X-Real: "{client_ip}" }
+                    - add: { X-Trace: "{header.X-Request-Id}" }
+                    - remove: ["X-Internal-*", Server]
+                    - replace: { name: Referer, regex: "^http://", with: "https://" }
+                  response:
+                    - remove: X-Powered-By
+                forwarded: rfc7239
+                flush_interval: 0s
+                request_buffer: 0
+                response_buffer: 0
+              static:
+                targets: ["http://localhost"]
+                forwarded: off
+        "#);
+        assert_eq!(c.workers, 3);
+        assert!(!c.pin_workers);
+        assert_eq!(c.driver, Driver::Epoll);
+        assert_eq!(c.shutdown_timeout, Duration::ZERO);
+        assert_eq!(
+            (c.log.level.as_str(), c.log.format),
+            ("debug", LogFormat::Json)
+        );
+        let l = &c.limits;
+        assert_eq!(
+            (l.max_header_bytes, l.max_uri_bytes, l.max_headers),
+            (32768, 4096, 64)
+        );
+        assert_eq!(l.max_request_body, Some(10_000_000));
+        assert_eq!(l.header_read_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(l.idle_timeout, None);
+        assert_eq!(l.max_connections, Some(1000));
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.1.2.3/32", "192.168.0.0/16"]);
+
+        assert_eq!(c.listeners[0].name, "web");
+        assert_eq!(
+            c.listeners[0].addr,
+            ListenAddr::Tcp("[::1]:8081".parse().unwrap())
+        );
+        assert_eq!(c.listeners[1].name, "unix//run/ringway.sock");
+        assert_eq!(
+            c.listeners[1].addr,
+            ListenAddr::Unix("/run/ringway.sock".into())
+        );
+
+        let r = &routes(&c)[0];
+        let m = &r.matcher;
+        assert_eq!(
+            m.hosts,
+            [
+                HostMatch::Exact("example.com".into()),
+                HostMatch::Suffix(".example.com".into())
+            ]
+        );
+        assert_eq!(m.path.as_deref(), Some("/api"));
+        assert_eq!(m.except, ["/api/static"]);
+        assert_eq!(m.methods, ["GET", "POST"]);
+        assert_eq!(m.headers, [("x-env".to_string(), "staging".to_string())]);
+        assert_eq!(r.strip_prefix.as_deref(), Some("/api"));
+        assert!(r.rewrite.is_some());
+        assert_eq!(r.method.as_deref(), Some("PUT"));
+        assert!(
+            matches!(r.action, Action::Proxy(1)),
+            "static is the second upstream"
+        );
+        let Action::Respond(resp) = &routes(&c)[1].action else {
+            panic!("expected respond")
+        };
+        assert_eq!(resp.status, 503);
+        assert_eq!(resp.body.as_literal(), Some(r#"{"ok":false}"#));
+        assert_eq!(resp.headers.len(), 2);
+        assert_eq!(resp.headers[0].0, "Content-Type");
+        assert_eq!(resp.headers[0].1.as_literal(), Some("application/json"));
+        assert_eq!(resp.headers[1].1.as_literal(), None);
+
+        let api = &c.upstreams[0];
+        assert_eq!(
+            api.targets[0].addr,
+            TargetAddr::Tcp {
+                host: "127.0.0.1:9001".into(),
+                addr: "127.0.0.1:9001".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            api.targets[1].addr,
+            TargetAddr::Tcp {
+                host: "10.0.0.2:8080".into(),
+                addr: "10.0.0.2:8080".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            (api.targets[1].weight, api.targets[1].max_connections),
+            (3, Some(100))
+        );
+        assert_eq!(
+            api.targets[2].addr,
+            TargetAddr::Unix("/run/app.sock".into())
+        );
+        assert_eq!(api.targets[2].max_connections, None);
+        assert_eq!(api.lb.policy, Policy::WeightedRoundRobin);
+        assert_eq!((api.lb.choose, api.lb.retries), (3, 2));
+        assert_eq!(api.lb.try_duration, Some(Duration::from_secs(5)));
+        assert_eq!(api.lb.try_interval, Duration::ZERO);
+        assert_eq!(api.lb.retry_methods, ["GET", "HEAD"]);
+        let t = &api.transport;
+        assert_eq!(t.dial_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(t.response_header_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(t.read_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(t.write_timeout, Some(Duration::from_secs(90)));
+        assert!(!t.keepalive);
+        assert_eq!(t.idle_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(t.max_idle_per_worker, 8);
+        assert_eq!(api.forwarded, Forwarded::Rfc7239);
+
+        let req = &api.headers.request;
+        assert_eq!(req.len(), 6);
+        assert!(
+            matches!(&req[0], HeaderOp::Set(n, v) if n == "X-Env" && v.as_literal() == Some("prod"))
+        );
+        assert!(
+            matches!(&req[1], HeaderOp::Set(n, v) if n == "X-Real" && v.as_literal().is_none())
+        );
+        assert!(matches!(&req[2], HeaderOp::Add(n, _) if n == "X-Trace"));
+        assert!(matches!(&req[3], HeaderOp::Remove(NamePattern::Prefix(p)) if p == "x-internal-"));
+        assert!(matches!(&req[4], HeaderOp::Remove(NamePattern::Exact(p)) if p == "server"));
+        let HeaderOp::Replace { name, regex, with } = &req[5] else {
+            panic!("expected replace")
+        };
+        assert_eq!((name.as_str(), with.as_str()), ("referer", "https://"));
+        assert!(regex.is_match("http://a"));
+        assert!(matches!(
+            &api.headers.response[..],
+            [HeaderOp::Remove(NamePattern::Exact(p))] if p == "x-powered-by"
+        ));
+
+        let st = &c.upstreams[1];
+        assert_eq!(st.name, "static");
+        assert_eq!(st.forwarded, Forwarded::Off);
+        let TargetAddr::Tcp { host, addr } = &st.targets[0].addr else {
+            panic!("expected tcp")
+        };
+        assert_eq!(host, "localhost");
+        assert!(addr.ip().is_loopback());
+        assert_eq!(addr.port(), 80);
+    }
+
+    #[test]
+    fn error_display_is_file_line_column_key_message() {
+        let e = err(r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - upstream: api
+                  - upstream: apix
+            upstreams:
+              api:
+                targets: [127.0.0.1:9001]
+        "#);
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:5:19: listeners[0].routes[1].upstream: unknown upstream \"apix\""
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_reported_with_its_line() {
+        let e = assert_err(
+            r#"
+            workers: 2
+            wrokers: 3
+            "#,
+            2,
+            "wrokers",
+            "unknown key `wrokers`",
+        );
+        assert_eq!(e.column, 1);
+        assert!(
+            e.message.contains("`workers`"),
+            "lists the expected keys: {e}"
+        );
+    }
+
+    #[test]
+    fn unknown_nested_key_names_the_key_itself() {
+        let e = assert_err(
+            r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - respond: {}
+                    foo: 1
+            "#,
+            5,
+            "listeners[0].routes[0].foo",
+            "unknown key `foo`",
+        );
+        assert_eq!(e.column, 9);
+        let e = upstream_err("lb:\n  policy: first\n  retires: 2\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.lb.retires"),
+            "{e}"
+        );
+        assert!(e.message.starts_with("unknown key `retires`"), "{e}");
+        let e = upstream_err("targets2: []\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.targets2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_a_target_mapping_is_reported() {
+        let e = err(r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes: [{ upstream: api }]
+            upstreams:
+              api:
+                targets:
+                  - address: 127.0.0.1:9001
+                    wieght: 2
+        "#);
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.targets[0].wieght"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_is_reported_at_the_value() {
+        let e = assert_err(
+            r#"
+            limits:
+              max_headers: lots
+            "#,
+            2,
+            "limits.max_headers",
+            "invalid type: string \"lots\", expected a non-negative integer",
+        );
+        assert_eq!(e.column, 16);
+        assert_err("pin_workers: 3\n", 1, "pin_workers", "expected a boolean");
+        assert_err("listeners: {a: 1}\n", 1, "listeners", "expected a list");
+        assert_err("log: []\n", 1, "log", "expected a mapping");
+    }
+
+    #[test]
+    fn bad_duration_is_reported_with_its_line() {
+        let e = assert_err(
+            r#"
+            workers: 1
+            limits:
+              idle_timeout: 5 minutes
+            "#,
+            3,
+            "limits.idle_timeout",
+            "invalid duration \"5 minutes\"",
+        );
+        assert_eq!(e.column, 17);
+        let e = upstream_err("lb:\n  try_interval: 10x\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (9, "upstreams.api.lb.try_interval"),
+            "{e}"
+        );
+        assert!(e.message.contains("unknown unit \"x\""), "{e}");
+    }
+
+    #[test]
+    fn bare_nonzero_integer_duration_needs_a_unit() {
+        assert_err(
+            "shutdown_timeout: 30\n",
+            1,
+            "shutdown_timeout",
+            "needs a unit",
+        );
+        assert_err("shutdown_timeout: -5\n", 1, "shutdown_timeout", "negative");
+        assert_err(
+            "shutdown_timeout: \"30\"\n",
+            1,
+            "shutdown_timeout",
+            "needs a unit",
+        );
+    }
+
+    #[test]
+    fn durations_parse_units_fractions_and_concatenations() {
+        let d = |s| parse_duration(s).unwrap();
+        assert_eq!(d("250ms"), Duration::from_millis(250));
+        assert_eq!(d("5s"), Duration::from_secs(5));
+        assert_eq!(d("1m30s"), Duration::from_secs(90));
+        assert_eq!(d("2h"), Duration::from_secs(7200));
+        assert_eq!(d("1d"), Duration::from_secs(86400));
+        assert_eq!(d("1h2m3s4ms5us6ns"), Duration::new(3723, 4_005_006));
+        assert_eq!(d("1.5s"), Duration::from_millis(1500));
+        assert_eq!(d(".5ms"), Duration::from_micros(500));
+        assert_eq!(d("0"), Duration::ZERO);
+        assert_eq!(d("0s"), Duration::ZERO);
+        for bad in [
+            "",
+            "s",
+            "5",
+            "5x",
+            "1m30",
+            "-1s",
+            "1..5s",
+            "5 s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn zero_durations_mean_off() {
+        let c = ok(r#"
+            limits: { header_read_timeout: 0, idle_timeout: "0s" }
+            listeners: [{ listen: "127.0.0.1:1", routes: [{ respond: {} }] }]
+        "#);
+        assert_eq!(c.limits.header_read_timeout, None);
+        assert_eq!(c.limits.idle_timeout, None);
+        let c = parse(
+            &with_upstream("transport: { dial_timeout: 0, idle_timeout: 0s }"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].transport.dial_timeout, None);
+        assert_eq!(c.upstreams[0].transport.idle_timeout, None);
+    }
+
+    #[test]
+    fn sizes_parse_binary_and_decimal_units() {
+        let s = |v| parse_size(v).unwrap();
+        assert_eq!(s("4096"), 4096);
+        assert_eq!(s("10B"), 10);
+        assert_eq!(s("64KiB"), 65536);
+        assert_eq!(s("1MiB"), 1 << 20);
+        assert_eq!(s("1GiB"), 1 << 30);
+        assert_eq!(s("4KB"), 4000);
+        assert_eq!(s("1MB"), 1_000_000);
+        assert_eq!(s("2 kib"), 2048);
+        for bad in ["", "KiB", "4XB", "1.5MiB", "-1", "99999999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_size_is_reported_with_its_line() {
+        let e = assert_err(
+            r#"
+            limits:
+              max_uri_bytes: 8KiB
+              max_header_bytes: 64kibibytes
+            "#,
+            3,
+            "limits.max_header_bytes",
+            "invalid size \"64kibibytes\"",
+        );
+        assert_eq!(e.column, 21);
+        assert_err(
+            "limits: { max_request_body: -1 }\n",
+            1,
+            "limits.max_request_body",
+            "negative",
+        );
+    }
+
+    #[test]
+    fn unknown_upstream_name_is_reported_with_its_line() {
+        let e = assert_err(
+            r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - upstream: apix
+            upstreams:
+              api:
+                targets: [127.0.0.1:9001]
+            "#,
+            4,
+            "listeners[0].routes[0].upstream",
+            "unknown upstream \"apix\"",
+        );
+        assert_eq!(e.column, 19);
+    }
+
+    #[test]
+    fn route_with_both_respond_and_upstream_is_rejected() {
+        assert_err(
+            r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - respond: { status: 204 }
+                    upstream: api
+            upstreams:
+              api:
+                targets: [127.0.0.1:9001]
+            "#,
+            5,
+            "listeners[0].routes[0].upstream",
+            "exactly one of `respond` or `upstream`",
+        );
+    }
+
+    #[test]
+    fn route_with_neither_respond_nor_upstream_is_rejected() {
+        let e = assert_err(
+            r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - respond: {}
+                  - match: { path: /x }
+                    strip_prefix: /x
+            "#,
+            5,
+            "listeners[0].routes[1]",
+            "needs one of `respond` or `upstream`",
+        );
+        assert_eq!(e.column, 9);
+    }
+
+    #[test]
+    fn respond_without_fields_means_an_empty_200() {
+        let c = ok(r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - respond:
+        "#);
+        let Action::Respond(r) = &routes(&c)[0].action else {
+            panic!("expected respond")
+        };
+        assert_eq!((r.status, r.body.as_literal()), (200, Some("")));
+    }
+
+    #[test]
+    fn unknown_lb_policy_lists_the_valid_ones() {
+        let e = upstream_err("lb: { policy: fastest }");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.lb.policy"),
+            "{e}"
+        );
+        assert_eq!(
+            e.message,
+            "unknown lb policy \"fastest\" (expected one of random, random_choose, first, \
+             round_robin, weighted_round_robin, least_conn)"
+        );
+    }
+
+    #[test]
+    fn planned_lb_policies_are_not_supported_yet() {
+        for p in [
+            "ip_hash",
+            "client_ip_hash",
+            "uri_hash",
+            "query",
+            "header",
+            "cookie",
+            "p2c_ewma",
+        ] {
+            let e = upstream_err(&format!("lb:\n  policy: {p}\n"));
+            assert_eq!(
+                (e.line, e.key.as_str()),
+                (9, "upstreams.api.lb.policy"),
+                "{e}"
+            );
+            assert!(e.message.starts_with("not supported yet"), "{e}");
+        }
+        for p in [
+            "random",
+            "random_choose",
+            "first",
+            "round_robin",
+            "weighted_round_robin",
+            "least_conn",
+        ] {
+            parse(&with_upstream(&format!("lb: {{ policy: {p} }}")), "t").unwrap();
+        }
+    }
+
+    #[test]
+    fn lb_choose_below_two_is_rejected() {
+        let e = upstream_err("lb: { choose: 1 }");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.lb.choose"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_placeholder_is_reported_at_the_template() {
+        let e = assert_err(
+            r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - respond:
+                      status: 200
+                      body: "hello {nmae}"
+            "#,
+            6,
+            "listeners[0].routes[0].respond.body",
+            "unknown placeholder {nmae}",
+        );
+        assert_eq!(e.column, 17);
+        let e = upstream_err("headers:\n  request:\n    - set: { X-A: ok, X-B: \"{clientip}\" }\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.headers.request[0].set.X-B"),
+            "{e}"
+        );
+        assert_eq!(e.message, "unknown placeholder {clientip}");
+    }
+
+    #[test]
+    fn not_supported_yet_keys_are_rejected_at_their_line() {
+        let top = [
+            ("admin:\n  listen: 127.0.0.1:9901\n", 1, "admin"),
+            (
+                "log:\n  level: info\n  access_log: true\n",
+                3,
+                "log.access_log",
+            ),
+        ];
+        for (yaml, line, key) in top {
+            let text = format!("{yaml}{}", dedent(MINIMAL));
+            let e = parse(&text, "t").expect_err(key);
+            assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
+            assert!(e.message.starts_with("not supported yet"), "{e}");
+        }
+        let listener = [
+            ("proxy_protocol: true", 3, "listeners[0].proxy_protocol"),
+            ("tls:\n      certificates: []", 3, "listeners[0].tls"),
+        ];
+        for (extra, line, key) in listener {
+            let text = format!(
+                "listeners:\n  - listen: 127.0.0.1:8080\n    {extra}\n    \
+                 routes: [{{ respond: {{}} }}]\n"
+            );
+            let e = parse(&text, "t").expect_err(key);
+            assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
+            assert!(e.message.starts_with("not supported yet"), "{e}");
+        }
+        // Line 8 is the first line after the base file built by `with_upstream`.
+        let upstream = [
+            ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
+            (
+                "split: { targets: [127.0.0.1:9101], percent: 10 }",
+                8,
+                "split",
+            ),
+            ("health:\n  active: { uri: /health }", 9, "health.active"),
+            (
+                "health:\n  passive:\n    max_fails: 1\n    fail_duration: 10s",
+                11,
+                "health.passive.fail_duration",
+            ),
+            (
+                "health:\n  passive:\n    max_fails: 3",
+                10,
+                "health.passive.max_fails",
+            ),
+            (
+                "health:\n  passive: { unhealthy_status: [5xx] }",
+                9,
+                "health.passive.unhealthy_status",
+            ),
+            (
+                "transport:\n  proxy_protocol: v2",
+                9,
+                "transport.proxy_protocol",
+            ),
+            (
+                "transport:\n  tls: { insecure_skip_verify: true }",
+                9,
+                "transport.tls",
+            ),
+            (
+                "transport:\n  https_ports: [8443]",
+                9,
+                "transport.https_ports",
+            ),
+            ("lb:\n  key: X-User", 9, "lb.key"),
+            ("lb:\n  secret: s3cret", 9, "lb.secret"),
+            ("flush_interval: -1", 8, "flush_interval"),
+            ("flush_interval: 100ms", 8, "flush_interval"),
+            ("request_buffer: 4KiB", 8, "request_buffer"),
+            ("response_buffer: 1", 8, "response_buffer"),
+        ];
+        for (extra, line, key) in upstream {
+            let e = upstream_err(extra);
+            let key = format!("upstreams.api.{key}");
+            assert_eq!((e.line, e.key.as_str()), (line, key.as_str()), "{e}");
+            assert!(e.message.starts_with("not supported yet"), "{e}");
+        }
+    }
+
+    #[test]
+    fn not_supported_keys_at_their_default_values_are_accepted() {
+        let text = with_upstream(
+            r#"
+            lb: { key: "", secret: "" }
+            health:
+              passive:
+                fail_duration: 0s
+                max_fails: 1
+                unhealthy_status: []
+                unhealthy_latency: 0s
+                unhealthy_request_count: 0
+            transport: { proxy_protocol: off, https_ports: [] }
+            flush_interval: 0s
+            request_buffer: 0
+            response_buffer: 0KiB
+            "#,
+        );
+        let text = text.replace(
+            "  - listen: 127.0.0.1:8080\n",
+            "  - listen: 127.0.0.1:8080\n    proxy_protocol: false\n",
+        );
+        let text = format!("log: {{ access_log: false }}\n{text}");
+        parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn tcp_listener_is_not_supported_yet() {
+        let e = assert_err(
+            r#"
+            listeners:
+              - name: postgres
+                listen: "0.0.0.0:5433"
+                protocol: tcp
+                upstream: db
+                idle_timeout: 5m
+            "#,
+            4,
+            "listeners[0].protocol",
+            "not supported yet (layer-4 proxying is planned)",
+        );
+        assert_eq!(e.column, 15);
+        assert_err(
+            "listeners: [{ listen: \"127.0.0.1:1\", protocol: udp }]\n",
+            1,
+            "listeners[0].protocol",
+            "unknown protocol \"udp\"",
+        );
+    }
+
+    #[test]
+    fn tcp_only_keys_on_an_http_listener_are_rejected() {
+        assert_err(
+            r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                upstream: api
+                routes: [{ respond: {} }]
+            "#,
+            3,
+            "listeners[0].upstream",
+            "protocol: tcp",
+        );
+    }
+
+    #[test]
+    fn contract_file_keys_are_all_known() {
+        let Some(text) = contract_text() else { return };
+        if let Err(e) = serde_yaml::from_str::<FileConfig>(&text) {
+            panic!(
+                "{}",
+                Validator {
+                    file: CONTRACT,
+                    spans: &Spans::build(&text)
+                }
+                .serde_error(&e)
+            );
+        }
+    }
+
+    #[test]
+    fn contract_file_stops_at_a_not_supported_yet_error() {
+        let Some(text) = contract_text() else { return };
+        let e = parse(&text, "config.yaml").expect_err("the contract uses planned features");
+        assert!(e.message.starts_with("not supported yet"), "{e}");
+        assert_eq!(e.key, "admin");
+        let admin = text.lines().position(|l| l.starts_with("admin:")).unwrap() + 1;
+        assert_eq!((e.line, e.column), (admin, 1));
+    }
+
+    #[test]
+    fn upstream_indices_follow_file_order() {
+        let c = ok(r#"
+            listeners:
+              - listen: 127.0.0.1:8080
+                routes:
+                  - { match: { path: /z }, upstream: zeta }
+                  - { match: { path: /a }, upstream: alpha }
+                  - upstream: mid
+            upstreams:
+              zeta: { targets: [127.0.0.1:1] }
+              alpha: { targets: [127.0.0.1:2] }
+              mid: { targets: [127.0.0.1:3] }
+        "#);
+        let names: Vec<&str> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha", "mid"]);
+        let idx: Vec<usize> = routes(&c)
+            .iter()
+            .map(|r| match r.action {
+                Action::Proxy(i) => i,
+                Action::Respond(_) => usize::MAX,
+            })
+            .collect();
+        assert_eq!(idx, [0, 1, 2]);
+    }
+
+    #[test]
+    fn target_address_forms_are_resolved() {
+        let c = parse(
+            &with_upstream("").replace(
+                "targets: [127.0.0.1:9001]",
+                "targets: [\"localhost:9001\", \"[::1]:9002\", \
+                 \"http://127.0.0.1\", \"HTTP://[::1]/\"]",
+            ),
+            "t",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let t: Vec<(String, SocketAddr)> = c.upstreams[0]
+            .targets
+            .iter()
+            .map(|t| match &t.addr {
+                TargetAddr::Tcp { host, addr } => (host.clone(), *addr),
+                TargetAddr::Unix(_) => panic!("unix"),
+            })
+            .collect();
+        assert_eq!(t[0].0, "localhost:9001");
+        assert!(t[0].1.ip().is_loopback() && t[0].1.port() == 9001);
+        assert_eq!(t[1], ("[::1]:9002".into(), "[::1]:9002".parse().unwrap()));
+        assert_eq!(t[2], ("127.0.0.1".into(), "127.0.0.1:80".parse().unwrap()));
+        assert_eq!(t[3], ("[::1]".into(), "[::1]:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn tls_targets_are_not_supported_yet() {
+        for target in [
+            "https://api.example:8443",
+            "10.0.0.1:443",
+            "http://10.0.0.1:443",
+            "h2c://10.0.0.1:8080",
+        ] {
+            let text = with_upstream("").replace("[127.0.0.1:9001]", &format!("[\"{target}\"]"));
+            let e = parse(&text, "t").expect_err(target);
+            assert_eq!(
+                (e.line, e.key.as_str()),
+                (7, "upstreams.api.targets[0]"),
+                "{e}"
+            );
+            assert!(e.message.starts_with("not supported yet"), "{e}");
+        }
+    }
+
+    #[test]
+    fn bad_target_addresses_are_rejected_at_their_line() {
+        for (target, message) in [
+            ("10.0.0.1", "needs a port"),
+            ("ftp://10.0.0.1:21", "unknown scheme"),
+            ("http://10.0.0.1:8080/api", "no path"),
+            ("unix/", "needs a path"),
+            ("no-such-host.invalid:80", "cannot resolve"),
+        ] {
+            let text = with_upstream("").replace(
+                "[127.0.0.1:9001]",
+                &format!("\n      - 127.0.0.1:1\n      - \"{target}\""),
+            );
+            let e = parse(&text, "t").expect_err(target);
+            assert_eq!(
+                (e.line, e.key.as_str()),
+                (9, "upstreams.api.targets[1]"),
+                "{e}"
+            );
+            assert!(e.message.contains(message), "{e}");
+        }
+        let text = with_upstream("").replace(
+            "[127.0.0.1:9001]",
+            "[{ address: \"127.0.0.1:1\", weight: 0 }]",
+        );
+        let e = parse(&text, "t").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (7, "upstreams.api.targets[0].weight"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn upstream_without_targets_is_rejected() {
+        let e = err(r#"
+            listeners: [{ listen: "127.0.0.1:1", routes: [{ upstream: api }] }]
+            upstreams:
+              api:
+                lb: { policy: first }
+        "#);
+        assert_eq!((e.line, e.key.as_str()), (3, "upstreams.api"), "{e}");
+        assert!(e.message.contains("at least one target"), "{e}");
+    }
+
+    #[test]
+    fn listen_address_forms_are_parsed() {
+        let c = ok(r#"
+            listeners:
+              - { listen: "0.0.0.0:8080", routes: [{ respond: {} }] }
+              - { listen: "[::]:8080", routes: [{ respond: {} }] }
+              - { listen: "localhost:8081", routes: [{ respond: {} }] }
+              - { listen: ":8082", routes: [{ respond: {} }] }
+              - { listen: "unix//tmp/rw.sock", routes: [{ respond: {} }] }
+              - { listen: "127.0.0.1:0", routes: [{ respond: {} }] }
+              - { name: again, listen: "127.0.0.1:0", routes: [{ respond: {} }] }
+        "#);
+        let a: Vec<&ListenAddr> = c.listeners.iter().map(|l| &l.addr).collect();
+        assert_eq!(*a[0], ListenAddr::Tcp("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(*a[1], ListenAddr::Tcp("[::]:8080".parse().unwrap()));
+        assert!(matches!(a[2], ListenAddr::Tcp(s) if s.ip().is_loopback() && s.port() == 8081));
+        assert_eq!(*a[3], ListenAddr::Tcp("0.0.0.0:8082".parse().unwrap()));
+        assert_eq!(*a[4], ListenAddr::Unix("/tmp/rw.sock".into()));
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_rejected() {
+        for (listen, message) in [
+            ("8080", "expected \\\"host:port\\\""),
+            ("http://0.0.0.0:8080", "not a URL"),
+            ("0.0.0.0:99999", "expected \\\"host:port\\\""),
+        ] {
+            let text = format!(
+                "listeners:\n  - routes: [{{ respond: {{}} }}]\n    listen: \"{listen}\"\n"
+            );
+            let e = parse(&text, "t").expect_err(listen);
+            assert_eq!((e.line, e.key.as_str()), (3, "listeners[0].listen"), "{e}");
+            assert!(
+                e.to_string().contains(message.replace('\\', "").as_str()),
+                "{e}"
+            );
+        }
+        assert_err(
+            "listeners:\n  - routes: []\n",
+            2,
+            "listeners[0]",
+            "missing key `listen`",
+        );
+    }
+
+    #[test]
+    fn duplicate_listen_addresses_and_names_are_rejected() {
+        assert_err(
+            r#"
+            listeners:
+              - { name: a, listen: "127.0.0.1:8080", routes: [{ respond: {} }] }
+              - { name: b, listen: "127.0.0.1:8080", routes: [{ respond: {} }] }
+            "#,
+            3,
+            "listeners[1].listen",
+            "duplicate listen address (also used by listener \"a\")",
+        );
+        assert_err(
+            r#"
+            listeners:
+              - { name: a, listen: "127.0.0.1:8080", routes: [{ respond: {} }] }
+              - name: a
+                listen: "127.0.0.1:8081"
+                routes: [{ respond: {} }]
+            "#,
+            3,
+            "listeners[1].name",
+            "duplicate listener name \"a\"",
+        );
+    }
+
+    #[test]
+    fn listeners_are_required_and_need_routes() {
+        assert_err("", 1, "listeners", "at least one listener");
+        assert_err("workers: 2\n", 1, "listeners", "at least one listener");
+        assert_err(
+            "listeners:\n  - listen: 127.0.0.1:1\n    routes: []\n",
+            3,
+            "listeners[0].routes",
+            "at least one route",
+        );
+        assert_err(
+            "listeners:\n  - listen: 127.0.0.1:1\n",
+            2,
+            "listeners[0]",
+            "at least one route",
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_accept_cidrs_ips_and_private_ranges() {
+        let c = ok(r#"
+            trusted_proxies: [private_ranges, 203.0.113.9, "2001:db8::/32", 10.1.2.3/8]
+            listeners: [{ listen: "127.0.0.1:1", routes: [{ respond: {} }] }]
+        "#);
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            nets,
+            [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "127.0.0.0/8",
+                "fc00::/7",
+                "::1/128",
+                "203.0.113.9/32",
+                "2001:db8::/32",
+                "10.0.0.0/8"
+            ]
+        );
+        let c = ok(r#"
+            trusted_proxies: ::1
+            listeners: [{ listen: "127.0.0.1:1", routes: [{ respond: {} }] }]
+        "#);
+        assert_eq!(c.trusted_proxies[0].to_string(), "::1/128");
+    }
+
+    #[test]
+    fn bad_cidr_is_reported_at_its_item() {
+        let e = assert_err(
+            r#"
+            trusted_proxies:
+              - 10.0.0.0/8
+              - 10.0.0.0/33
+            "#,
+            3,
+            "trusted_proxies[1]",
+            "invalid CIDR \"10.0.0.0/33\"",
+        );
+        assert_eq!(e.column, 5);
+    }
+
+    #[test]
+    fn invalid_regex_is_reported_at_the_regex() {
+        let e = upstream_err(
+            "headers:\n  response:\n    - replace: { name: Location, regex: \"(http\" }\n",
+        );
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.headers.response[0].replace.regex"),
+            "{e}"
+        );
+        assert!(e.message.starts_with("invalid regex: "), "{e}");
+        assert!(!e.message.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn header_operations_are_validated() {
+        let cases = [
+            (
+                "- set: { \"Bad Name\": x }",
+                "request[0].set.Bad Name",
+                "invalid header name",
+            ),
+            (
+                "- add: { X-A: \"a\\nb\" }",
+                "request[0].add.X-A",
+                "line breaks",
+            ),
+            (
+                "- remove: \"*\"",
+                "request[0].remove",
+                "invalid header name pattern",
+            ),
+            (
+                "- remove: [X-A, \"X-*-B\"]",
+                "request[0].remove[1]",
+                "invalid header name pattern",
+            ),
+            (
+                "- delete: [X-A]",
+                "request[0].delete",
+                "unknown key `delete`",
+            ),
+            (
+                "- { set: { X-A: a }, add: { X-B: b } }",
+                "request[0].add",
+                "one operation per list item",
+            ),
+            ("- {}", "request[0]", "empty header operation"),
+            (
+                "- replace: { name: X-A }",
+                "request[0].replace",
+                "missing key `regex`",
+            ),
+        ];
+        for (op, key, message) in cases {
+            let e = upstream_err(&format!("headers:\n  request:\n    {op}\n"));
+            assert_eq!(e.line, 10, "{e}");
+            assert_eq!(e.key, format!("upstreams.api.headers.{key}"), "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
+    }
+
+    #[test]
+    fn route_values_are_validated_at_their_line() {
+        let base = "listeners:\n  - listen: 127.0.0.1:1\n    routes:\n      - respond: {}\n";
+        let cases = [
+            (
+                "match: { host: \"example.com:8080\" }",
+                "match.host",
+                "do not include a port",
+            ),
+            (
+                "match: { host: [a.com, \"a.*.com\"] }",
+                "match.host[1]",
+                "wildcard",
+            ),
+            ("match: { path: api }", "match.path", "must start with `/`"),
+            (
+                "match: { except: [/a, b] }",
+                "match.except[1]",
+                "must start with `/`",
+            ),
+            (
+                "match: { methods: [\"GE T\"] }",
+                "match.methods[0]",
+                "invalid method",
+            ),
+            (
+                "match: { headers: { \"X A\": b } }",
+                "match.headers.X A",
+                "invalid header name",
+            ),
+            ("strip_prefix: api", "strip_prefix", "must start with `/`"),
+            ("rewrite: v2", "rewrite", "must start with `/`"),
+            (
+                "rewrite: \"/{nope}\"",
+                "rewrite",
+                "unknown placeholder {nope}",
+            ),
+        ];
+        for (extra, key, message) in cases {
+            let e = parse(&format!("{base}        {extra}\n"), "t").expect_err(extra);
+            assert_eq!(e.line, 5, "{e}");
+            assert_eq!(e.key, format!("listeners[0].routes[0].{key}"), "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
+        let e = parse(&format!("{base}        respond: {{ status: 600 }}\n"), "t").unwrap_err();
+        assert!(e.message.contains("duplicate key `respond`"), "{e}");
+        let text = concat!(
+            "listeners:\n  - listen: 127.0.0.1:1\n    routes:\n",
+            "      - respond:\n          status: 600\n"
+        );
+        let e = parse(text, "t").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (5, "listeners[0].routes[0].respond.status"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn top_level_values_are_validated() {
+        assert_err("workers: 0\n", 1, "workers", "positive integer");
+        assert_err("workers: many\n", 1, "workers", "positive integer");
+        assert_err("driver: kqueue\n", 1, "driver", "unknown driver \"kqueue\"");
+        assert_err(
+            "log: { level: verbose }\n",
+            1,
+            "log.level",
+            "unknown log level",
+        );
+        assert_err(
+            "log: { format: xml }\n",
+            1,
+            "log.format",
+            "unknown log format",
+        );
+        let c = ok(&format!(
+            "workers: auto\ndriver: io_uring\n{}",
+            dedent(MINIMAL)
+        ));
+        assert_eq!(c.driver, Driver::IoUring);
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        assert_err(
+            "limits: { max_headers: 0 }\n",
+            1,
+            "limits.max_headers",
+            "from 1 to 256",
+        );
+        assert_err(
+            "limits:\n  max_headers: 257\n",
+            2,
+            "limits.max_headers",
+            "from 1 to 256",
+        );
+        assert_err(
+            "limits:\n  max_header_bytes: 1000\n",
+            2,
+            "limits.max_header_bytes",
+            "at least 1KiB",
+        );
+        assert_err(
+            "limits:\n  max_uri_bytes: 15B\n",
+            2,
+            "limits.max_uri_bytes",
+            "at least 16",
+        );
+        let c = ok(&format!(
+            "limits: {{ max_headers: 256, max_header_bytes: 1KiB }}\n{}",
+            dedent(MINIMAL)
+        ));
+        assert_eq!(
+            (c.limits.max_headers, c.limits.max_header_bytes),
+            (256, 1024)
+        );
+    }
+
+    #[test]
+    fn duplicate_key_is_reported_at_the_second_occurrence() {
+        assert_err(
+            r#"
+            workers: 2
+            log: { level: info }
+            workers: 3
+            "#,
+            3,
+            "workers",
+            "duplicate key `workers`",
+        );
+        let e = upstream_err("headers:\n  request:\n    - set: { X-A: a, X-A: b }\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.headers.request[0].set.X-A"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_a_location_and_the_nearest_key() {
+        let e = err(r#"
+            workers: 2
+            limits:
+              max_headers: [1, 2
+            log: {}
+        "#);
+        assert!(e.line >= 3, "{e}");
+        assert!(e.key.starts_with("limits"), "{e}");
+        assert!(!e.message.contains(" at line "), "{e}");
+        let e = err("workers: 2\nlog: {level: info\nlimits: {}\n");
+        assert_eq!((e.line, e.key.as_str()), (3, "log.level"), "{e}");
+        let e = err("workers: 2\n- x\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "workers"), "{e}");
+    }
+
+    #[test]
+    fn unknown_forwarded_and_proxy_protocol_values_are_rejected() {
+        let e = upstream_err("forwarded: x-forwarded");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.forwarded"),
+            "{e}"
+        );
+        let e = upstream_err("transport: { proxy_protocol: v3 }");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.transport.proxy_protocol"),
+            "{e}"
+        );
+        assert!(e.message.contains("expected off, v1 or v2"), "{e}");
+    }
 }
