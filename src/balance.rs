@@ -40,7 +40,12 @@ pub type SharedTargets = Vec<Vec<Arc<TargetShared>>>;
 pub fn shared_targets(upstreams: &[Upstream]) -> SharedTargets {
     upstreams
         .iter()
-        .map(|u| u.targets.iter().map(|_| Arc::new(TargetShared::new())).collect())
+        .map(|u| {
+            u.targets
+                .iter()
+                .map(|_| Arc::new(TargetShared::new()))
+                .collect()
+        })
         .collect()
 }
 
@@ -157,7 +162,9 @@ impl Balancer {
             Policy::RandomChoose => {
                 let mut best: Option<usize> = None;
                 for _ in 0..self.choose {
-                    let Some(i) = self.random_available(n, &ok) else { break };
+                    let Some(i) = self.random_available(n, &ok) else {
+                        break;
+                    };
                     if best.is_none_or(|b| self.in_flight(i) < self.in_flight(b)) {
                         best = Some(i);
                     }
@@ -173,7 +180,7 @@ impl Balancer {
                         Some(b) if self.in_flight(i) == self.in_flight(b) => {
                             // Reservoir sampling breaks ties uniformly at random.
                             ties += 1;
-                            if self.next_random() % (ties + 1) == 0 {
+                            if self.next_random().is_multiple_of(ties + 1) {
                                 best = Some(i);
                             }
                         }
@@ -238,7 +245,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Lb, TargetAddr, Transport, HeaderOps, Forwarded};
+    use crate::config::{Forwarded, HeaderOps, Lb, TargetAddr, Transport};
     use std::time::Duration;
 
     fn upstream(policy: Policy, weights: &[u32]) -> Upstream {
@@ -278,7 +285,11 @@ mod tests {
         }
     }
 
-    fn balancer(policy: Policy, weights: &[u32], worker: usize) -> (Balancer, Vec<Arc<TargetShared>>) {
+    fn balancer(
+        policy: Policy,
+        weights: &[u32],
+        worker: usize,
+    ) -> (Balancer, Vec<Arc<TargetShared>>) {
         let up = upstream(policy, weights);
         let shared = shared_targets(std::slice::from_ref(&up)).remove(0);
         (Balancer::new(&up, &shared, worker, 42), shared)
@@ -287,7 +298,9 @@ mod tests {
     #[test]
     fn round_robin_visits_each_target_once_per_cycle() {
         let (b, _) = balancer(Policy::RoundRobin, &[1, 1, 1], 0);
-        let picks: Vec<_> = (0..6).map(|_| b.select(Tried::default(), |_| false).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| b.select(Tried::default(), |_| false).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -295,7 +308,10 @@ mod tests {
     fn round_robin_workers_start_at_different_offsets() {
         let (b0, _) = balancer(Policy::RoundRobin, &[1, 1, 1], 0);
         let (b1, _) = balancer(Policy::RoundRobin, &[1, 1, 1], 1);
-        assert_ne!(b0.select(Tried::default(), |_| false), b1.select(Tried::default(), |_| false));
+        assert_ne!(
+            b0.select(Tried::default(), |_| false),
+            b1.select(Tried::default(), |_| false)
+        );
     }
 
     #[test]
@@ -312,7 +328,9 @@ mod tests {
     #[test]
     fn weighted_round_robin_follows_weights_smoothly() {
         let (b, _) = balancer(Policy::WeightedRoundRobin, &[5, 1, 1], 0);
-        let picks: Vec<_> = (0..7).map(|_| b.select(Tried::default(), |_| false).unwrap()).collect();
+        let picks: Vec<_> = (0..7)
+            .map(|_| b.select(Tried::default(), |_| false).unwrap())
+            .collect();
         assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 5);
         // Smooth: the heavy target is never picked more than twice in a row here.
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
@@ -330,9 +348,14 @@ mod tests {
     fn random_choose_never_picks_the_busier_of_two_targets() {
         let (b, shared) = balancer(Policy::RandomChoose, &[1, 1], 0);
         shared[0].in_flight.store(3, Ordering::Relaxed);
-        let ones = (0..1000).filter(|_| b.select(Tried::default(), |_| false) == Some(1)).count();
+        let ones = (0..1000)
+            .filter(|_| b.select(Tried::default(), |_| false) == Some(1))
+            .count();
         // With 2 samples the busy target wins only when both samples hit it (~1/4).
-        assert!(ones > 650, "picked the idle target only {ones} times of 1000");
+        assert!(
+            ones > 650,
+            "picked the idle target only {ones} times of 1000"
+        );
     }
 
     #[test]

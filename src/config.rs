@@ -1795,12 +1795,16 @@ impl Validator<'_> {
                                 format!("invalid header name pattern \"{name}\" ({hint})"),
                             )
                         })?;
+                        if let NamePattern::Exact(n) = &pattern {
+                            self.not_managed(&k, n)?;
+                        }
                         out.push(HeaderOp::Remove(pattern));
                     }
                 }
                 HeaderOpFile::Replace(r) => {
                     let k = join(&item, "replace");
                     self.header_name(&join(&k, "name"), &r.name)?;
+                    self.not_managed(&join(&k, "name"), &r.name)?;
                     let regex = Regex::new(&r.regex).map_err(|e| {
                         let text = e.to_string();
                         let reason = text
@@ -1832,6 +1836,7 @@ impl Validator<'_> {
         for (name, value) in fields.0 {
             let k = join(key, &name);
             self.header_name(&k, &name)?;
+            self.not_managed(&k, &name)?;
             let value = self.header_value(&k, &value)?;
             out.push(op(name, value));
         }
@@ -1844,6 +1849,18 @@ impl Validator<'_> {
         } else {
             Err(self.at_key(key, format!("invalid header name \"{name}\"")))
         }
+    }
+
+    /// Framing and hop-by-hop fields belong to the proxy: letting operations touch them would
+    /// let a config desynchronise message boundaries (request smuggling).
+    fn not_managed(&self, key: &str, name: &str) -> Res<()> {
+        if MANAGED_HEADERS.iter().any(|m| m.eq_ignore_ascii_case(name)) {
+            return Err(self.at_value(
+                key,
+                format!("\"{name}\" is managed by the proxy (message framing / hop-by-hop) and cannot be changed"),
+            ));
+        }
+        Ok(())
     }
 
     fn header_value(&self, key: &str, value: &str) -> Res<Template> {
@@ -1913,6 +1930,18 @@ fn tidy_serde_message(message: &str) -> String {
     }
     out
 }
+
+/// Fields header operations may not touch (see `not_managed`); prefix removals skip them.
+pub const MANAGED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// `Server` -> exact `server`; `X-Internal-*` -> prefix `x-internal-`.
 fn name_pattern(name: &str) -> Option<NamePattern> {
@@ -2061,7 +2090,10 @@ mod tests {
     use super::*;
 
     /// The contract sits in `shared/` beside the repository (as CI lays it out).
-    const CONTRACT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/config.yaml");
+    const CONTRACT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/reference/config.yaml"
+    );
 
     fn contract_text() -> Option<String> {
         let text = std::fs::read_to_string(CONTRACT).ok();

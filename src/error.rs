@@ -31,7 +31,10 @@ pub enum ErrorKind {
     /// The upstream broke the protocol (bad head, bad framing).
     UpstreamInvalid(&'static str),
     /// The upstream closed or failed; `before_response` when no response byte had arrived.
-    UpstreamIo { err: io::Error, before_response: bool },
+    UpstreamIo {
+        err: io::Error,
+        before_response: bool,
+    },
     UpstreamTimeout,
 }
 
@@ -45,11 +48,19 @@ pub struct ProxyError {
 
 impl ProxyError {
     pub fn downstream(kind: ErrorKind) -> Self {
-        ProxyError { side: Side::Downstream, kind, retry_safe: false }
+        ProxyError {
+            side: Side::Downstream,
+            kind,
+            retry_safe: false,
+        }
     }
 
     pub fn upstream(kind: ErrorKind, retry_safe: bool) -> Self {
-        ProxyError { side: Side::Upstream, kind, retry_safe }
+        ProxyError {
+            side: Side::Upstream,
+            kind,
+            retry_safe,
+        }
     }
 
     /// The status the client gets, or `None` when the client cannot be answered (it is gone).

@@ -26,7 +26,11 @@ pub struct UpConn {
 impl UpConn {
     /// Wraps a freshly dialed stream whose slot was already reserved in `shared.conns`.
     pub fn new(stream: Stream, shared: Arc<TargetShared>) -> Self {
-        UpConn { stream, shared, reused: false }
+        UpConn {
+            stream,
+            shared,
+            reused: false,
+        }
     }
 }
 

@@ -10,7 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::config::{Action, Forwarded, HeaderOp, NamePattern, Respond, Route, TargetAddr, Upstream};
+use crate::config::{
+    Action, Forwarded, HeaderOp, NamePattern, Respond, Route, TargetAddr, Upstream,
+};
 use crate::error::{reason_phrase, write_error_response, ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, ChunkedDecoder, LAST_CHUNK};
 use crate::http1::parse::{
@@ -46,7 +48,10 @@ async fn timed<T>(limit: Option<Duration>, f: impl std::future::Future<Output = 
     }
 }
 
-async fn timed_at<T>(deadline: Option<Instant>, f: impl std::future::Future<Output = T>) -> Option<T> {
+async fn timed_at<T>(
+    deadline: Option<Instant>,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
     match deadline {
         Some(d) => monoio::time::timeout_at(d.into(), f).await.ok(),
         None => Some(f.await),
@@ -61,10 +66,12 @@ struct Client {
     ip_text: String,
 }
 
-/// One side's receive buffer: `buf[pos..]` holds bytes received but not yet consumed.
+/// One side's receive buffer: `buf[pos..]` holds bytes received but not yet consumed;
+/// `buf[..floor]` is kept while a body streams (the request head that spans point into).
 struct RecvBuf {
     buf: Vec<u8>,
     pos: usize,
+    floor: usize,
 }
 
 impl RecvBuf {
@@ -72,12 +79,21 @@ impl RecvBuf {
         self.buf.len() - self.pos
     }
 
-    /// Moves unconsumed bytes to the front so spans of the next head start at 0.
+    /// Moves unconsumed bytes down to `floor` (to 0 between requests, so spans of the next
+    /// head start at 0).
     fn compact(&mut self) {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        debug_assert!(self.pos >= self.floor);
+        if self.pos > self.floor {
+            self.buf.drain(self.floor..self.pos);
+            self.pos = self.floor;
         }
+    }
+
+    /// Forgets everything consumed above `floor`; only valid when nothing is pending.
+    fn reset(&mut self) {
+        debug_assert_eq!(self.pending(), 0);
+        self.buf.truncate(self.floor);
+        self.pos = self.floor;
     }
 
     async fn read_more(&mut self, stream: &mut Stream, cap: usize) -> std::io::Result<usize> {
@@ -99,12 +115,25 @@ struct Scratch {
 }
 
 /// Serves one downstream connection until it closes, fails or the server drains.
-pub async fn serve(ctx: &Rc<WorkerCtx>, listener: usize, mut stream: Stream, peer: Option<SocketAddr>) {
+pub async fn serve(
+    ctx: &Rc<WorkerCtx>,
+    listener: usize,
+    mut stream: Stream,
+    peer: Option<SocketAddr>,
+) {
     let config = &ctx.config;
     let trusted = peer.is_some_and(|p| config.trusted_proxies.iter().any(|n| n.contains(&p.ip())));
     let ip_text = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-    let client = Client { peer, trusted, ip_text };
-    let mut down = RecvBuf { buf: Vec::with_capacity(INITIAL_BUF), pos: 0 };
+    let client = Client {
+        peer,
+        trusted,
+        ip_text,
+    };
+    let mut down = RecvBuf {
+        buf: Vec::with_capacity(INITIAL_BUF),
+        pos: 0,
+        floor: 0,
+    };
     let mut s = Scratch {
         headers: Vec::with_capacity(32),
         resp_headers: Vec::with_capacity(32),
@@ -120,21 +149,33 @@ pub async fn serve(ctx: &Rc<WorkerCtx>, listener: usize, mut stream: Stream, pee
     };
     let mut first = true;
     loop {
-        let head = match read_head(ctx, &mut stream, &mut down, &limits, &mut s.headers, first).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
-            Err(e) => {
-                answer_error(&mut stream, &mut s.out, &e).await;
-                return;
-            }
-        };
+        let head =
+            match read_head(ctx, &mut stream, &mut down, &limits, &mut s.headers, first).await {
+                Ok(Some(h)) => h,
+                Ok(None) => return,
+                Err(e) => {
+                    answer_error(&mut stream, &mut s.out, &e).await;
+                    return;
+                }
+            };
         first = false;
         ctx.active_requests.set(ctx.active_requests.get() + 1);
-        let keep = handle(ctx, listener, &client, &mut stream, &mut down, &mut ubuf, &mut s, &head).await;
+        let keep = handle(
+            ctx,
+            listener,
+            &client,
+            &mut stream,
+            &mut down,
+            &mut ubuf,
+            &mut s,
+            &head,
+        )
+        .await;
         ctx.active_requests.set(ctx.active_requests.get() - 1);
         if !keep || ctx.draining() {
             return;
         }
+        down.floor = 0;
         down.compact();
     }
 }
@@ -151,7 +192,11 @@ async fn read_head(
 ) -> Result<Option<RequestHead>, ProxyError> {
     debug_assert_eq!(down.pos, 0);
     let l = &ctx.config.limits;
-    let mut deadline = if first { l.header_read_timeout.map(|d| Instant::now() + d) } else { None };
+    let mut deadline = if first {
+        l.header_read_timeout.map(|d| Instant::now() + d)
+    } else {
+        None
+    };
     loop {
         if !down.buf.is_empty() {
             match parse_request(&down.buf, limits, headers) {
@@ -163,7 +208,9 @@ async fn read_head(
                 deadline = l.header_read_timeout.map(|d| Instant::now() + d);
             }
         }
-        let idle = down.buf.is_empty() && !first;
+        // A cancelled read takes the buffer with it: decide from what we had before.
+        let had_bytes = !down.buf.is_empty();
+        let idle = !had_bytes && !first;
         let read = down.read_more(stream, limits.max_head_bytes);
         let res = if idle {
             match timed(l.idle_timeout, read).await {
@@ -173,15 +220,19 @@ async fn read_head(
         } else {
             match timed_at(deadline, read).await {
                 Some(r) => r,
-                None if down.buf.is_empty() => return Ok(None),
+                None if !had_bytes => return Ok(None),
                 None => return Err(ProxyError::downstream(ErrorKind::HeadTimeout)),
             }
         };
         match res {
-            Ok(0) if down.buf.is_empty() => return Ok(None),
-            Ok(0) => return Err(ProxyError::downstream(ErrorKind::ClientIo(std::io::ErrorKind::UnexpectedEof.into()))),
+            Ok(0) if !had_bytes => return Ok(None),
+            Ok(0) => {
+                return Err(ProxyError::downstream(ErrorKind::ClientIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )))
+            }
             Ok(_) => {}
-            Err(_) if down.buf.is_empty() => return Ok(None),
+            Err(_) if !had_bytes => return Ok(None),
             Err(e) => return Err(ProxyError::downstream(ErrorKind::ClientIo(e))),
         }
     }
@@ -218,7 +269,12 @@ async fn handle(
     let config = &ctx.config;
     if let (Framing::Length(n), Some(max)) = (head.framing, config.limits.max_request_body) {
         if n > max {
-            answer_error(stream, &mut s.out, &ProxyError::downstream(ErrorKind::BodyTooLarge)).await;
+            answer_error(
+                stream,
+                &mut s.out,
+                &ProxyError::downstream(ErrorKind::BodyTooLarge),
+            )
+            .await;
             return false;
         }
     }
@@ -229,6 +285,7 @@ async fn handle(
         return respond_simple(stream, down, s, head, 404).await;
     };
     down.pos = head.head_len;
+    down.floor = head.head_len;
     match &route.action {
         Action::Respond(r) => respond(ctx, client, stream, down, s, head, r).await,
         Action::Proxy(u) => {
@@ -261,7 +318,13 @@ fn skip_buffered_body(down: &mut RecvBuf, head: &RequestHead) -> bool {
     }
 }
 
-async fn respond_simple(stream: &mut Stream, down: &mut RecvBuf, s: &mut Scratch, head: &RequestHead, status: u16) -> bool {
+async fn respond_simple(
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    s: &mut Scratch,
+    head: &RequestHead,
+    status: u16,
+) -> bool {
     down.pos = head.head_len;
     let keep = head.keep_alive() && skip_buffered_body(down, head);
     let reason = reason_phrase(status);
@@ -314,7 +377,12 @@ async fn respond(
     s.aux.clear();
     r.body.render(&info, &mut s.aux);
     s.out.clear();
-    let _ = write!(s.out, "HTTP/1.1 {} {}\r\n", r.status, reason_phrase(r.status));
+    let _ = write!(
+        s.out,
+        "HTTP/1.1 {} {}\r\n",
+        r.status,
+        reason_phrase(r.status)
+    );
     for (name, value) in &r.headers {
         s.out.extend_from_slice(name.as_bytes());
         s.out.extend_from_slice(b": ");
@@ -344,7 +412,10 @@ struct Failure {
 
 impl From<ProxyError> for Failure {
     fn from(error: ProxyError) -> Self {
-        Failure { error, answered: false }
+        Failure {
+            error,
+            answered: false,
+        }
     }
 }
 
@@ -365,7 +436,10 @@ impl Drop for InFlight<'_> {
 }
 
 fn is_idempotent(method: &[u8]) -> bool {
-    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE")
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
 }
 
 /// Proxies one request to `up`. `Ok(keep)` when a full response reached the client.
@@ -383,14 +457,19 @@ async fn forward(
     head: &RequestHead,
 ) -> Result<bool, Failure> {
     let bal = &ctx.balancers[u];
-    let method = route.method.as_deref().map(str::as_bytes).unwrap_or(head.method.get(&down.buf));
+    let method = route
+        .method
+        .as_deref()
+        .map(str::as_bytes)
+        .unwrap_or(head.method.get(&down.buf));
     // A request can be replayed only while all of it is still in our buffer.
     let body_buffered = match head.framing {
         Framing::None => true,
         Framing::Length(n) => down.pending() as u64 >= n,
         _ => false,
     };
-    let may_retry_sent = body_buffered && up.lb.retry_methods.iter().any(|m| m.as_bytes() == method);
+    let may_retry_sent =
+        body_buffered && up.lb.retry_methods.iter().any(|m| m.as_bytes() == method);
     let idempotent = is_idempotent(method);
     let started = Instant::now();
     let mut tried = crate::balance::Tried::default();
@@ -431,14 +510,24 @@ async fn forward(
         };
         let _ = fresh_only;
         let reused = conn.reused;
-        match exchange(ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn).await {
+        match exchange(
+            ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn,
+        )
+        .await
+        {
             Ok(keep) => return Ok(keep),
             Err(f) => {
                 // A pooled connection the upstream had already closed: replay once on a fresh
                 // one when nothing of the response arrived and the request is safe to repeat.
                 let stale = reused
                     && !f.answered
-                    && matches!(f.error.kind, ErrorKind::UpstreamIo { before_response: true, .. })
+                    && matches!(
+                        f.error.kind,
+                        ErrorKind::UpstreamIo {
+                            before_response: true,
+                            ..
+                        }
+                    )
                     && body_buffered
                     && idempotent;
                 if stale {
@@ -473,7 +562,9 @@ async fn dial(ctx: &WorkerCtx, u: usize, t: usize, up: &Upstream) -> Result<UpCo
     }
     // The reservation is released by UpConn's Drop, or here on failure.
     let release = || {
-        bal.shared(t).conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        bal.shared(t)
+            .conns
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     };
     let connect = async {
         match &up.targets[t].addr {
@@ -507,19 +598,29 @@ enum Encode {
     Chunk,
     /// Strip chunk framing (chunked upstream body to an HTTP/1.0 client).
     Dechunk,
+    /// Read and drop (a HEAD client whose upstream request was not HEAD).
+    Discard,
 }
 
 /// Errors while relaying a body, by side.
 fn io_err(side: Side, e: std::io::Error) -> ProxyError {
     match side {
         Side::Downstream => ProxyError::downstream(ErrorKind::ClientIo(e)),
-        _ => ProxyError::upstream(ErrorKind::UpstreamIo { err: e, before_response: false }, false),
+        _ => ProxyError::upstream(
+            ErrorKind::UpstreamIo {
+                err: e,
+                before_response: false,
+            },
+            false,
+        ),
     }
 }
 
 fn timeout_err(side: Side) -> ProxyError {
     match side {
-        Side::Downstream => ProxyError::downstream(ErrorKind::ClientIo(std::io::ErrorKind::TimedOut.into())),
+        Side::Downstream => {
+            ProxyError::downstream(ErrorKind::ClientIo(std::io::ErrorKind::TimedOut.into()))
+        }
         _ => ProxyError::upstream(ErrorKind::UpstreamTimeout, false),
     }
 }
@@ -552,15 +653,23 @@ async fn relay_body(
             loop {
                 let take = (src.pending() as u64).min(remaining) as usize;
                 if take > 0 {
-                    write_out(dst, dst_side, src, src.pos..src.pos + take, encode, aux, lim).await?;
+                    write_out(
+                        dst,
+                        dst_side,
+                        src,
+                        src.pos..src.pos + take,
+                        encode,
+                        aux,
+                        lim,
+                    )
+                    .await?;
                     src.pos += take;
                     remaining -= take as u64;
                 }
                 if remaining == 0 {
                     return Ok(());
                 }
-                src.buf.clear();
-                src.pos = 0;
+                src.reset();
                 read_body(src_stream, src, src_side, lim, BODY_CHUNK).await?;
             }
         }
@@ -568,14 +677,15 @@ async fn relay_body(
             loop {
                 if src.pending() > 0 {
                     write_out(dst, dst_side, src, src.pos..src.buf.len(), encode, aux, lim).await?;
+                    src.pos = src.buf.len();
                 }
-                src.buf.clear();
-                src.pos = 0;
+                src.reset();
                 match read_body(src_stream, src, src_side, lim, BODY_CHUNK).await {
                     Ok(()) => {}
-                    Err(ProxyError { kind: ErrorKind::UpstreamIo { err, .. }, .. })
-                        if err.kind() == std::io::ErrorKind::UnexpectedEof =>
-                    {
+                    Err(ProxyError {
+                        kind: ErrorKind::UpstreamIo { err, .. },
+                        ..
+                    }) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
                         break;
                     }
                     Err(e) => return Err(e),
@@ -627,6 +737,7 @@ async fn relay_body(
                     return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
                 }
                 match encode {
+                    Encode::Discard => {}
                     Encode::Dechunk => {
                         if !aux.is_empty() {
                             write_aux(dst, dst_side, aux, lim).await?;
@@ -644,14 +755,27 @@ async fn relay_body(
                 }
                 // Keep an incomplete size line or trailer for the next step.
                 src.compact();
-                read_body(src_stream, src, src_side, lim, CHUNK_FRAMING_ROOM.max(BODY_CHUNK)).await?;
+                read_body(
+                    src_stream,
+                    src,
+                    src_side,
+                    lim,
+                    CHUNK_FRAMING_ROOM.max(BODY_CHUNK),
+                )
+                .await?;
             }
         }
     }
 }
 
 /// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
-async fn read_body(stream: &mut Stream, src: &mut RecvBuf, side: Side, lim: &BodyLimits, cap: usize) -> Result<(), ProxyError> {
+async fn read_body(
+    stream: &mut Stream,
+    src: &mut RecvBuf,
+    side: Side,
+    lim: &BodyLimits,
+    cap: usize,
+) -> Result<(), ProxyError> {
     match timed(lim.read_timeout, src.read_more(stream, cap)).await {
         None => Err(timeout_err(side)),
         Some(Ok(0)) => Err(io_err(side, std::io::ErrorKind::UnexpectedEof.into())),
@@ -669,6 +793,9 @@ async fn write_out(
     aux: &mut Vec<u8>,
     lim: &BodyLimits,
 ) -> Result<(), ProxyError> {
+    if encode == Encode::Discard {
+        return Ok(());
+    }
     if encode == Encode::Chunk {
         aux.clear();
         write_chunk_header(range.len(), aux);
@@ -687,7 +814,12 @@ async fn write_out(
     }
 }
 
-async fn write_aux(dst: &mut Stream, side: Side, aux: &mut Vec<u8>, lim: &BodyLimits) -> Result<(), ProxyError> {
+async fn write_aux(
+    dst: &mut Stream,
+    side: Side,
+    aux: &mut Vec<u8>,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
     let buf = std::mem::take(aux);
     match timed(lim.write_timeout, dst.write_all(buf)).await {
         Some((r, buf)) => {
@@ -715,19 +847,37 @@ async fn exchange(
     mut conn: UpConn,
 ) -> Result<bool, Failure> {
     let tr = &up.transport;
+    let client_head = is_head(&down.buf, head);
+    // What the upstream was asked decides its response framing; a method override can differ.
+    let upstream_head = route.method.as_deref().map_or(client_head, |m| m == "HEAD");
     let upstream_host = match &up.targets[t].addr {
         TargetAddr::Tcp { host, .. } => host.as_str(),
         TargetAddr::Unix(_) => "localhost",
     };
     s.out.clear();
-    write_request_head(ctx, up, route, client, &down.buf, head, &s.headers, upstream_host, &mut s.out, &mut s.aux, &mut s.list);
+    write_request_head(
+        ctx,
+        up,
+        route,
+        client,
+        &down.buf,
+        head,
+        &s.headers,
+        upstream_host,
+        &mut s.out,
+        &mut s.aux,
+        &mut s.list,
+    );
     let reused = conn.reused;
     // A small, fully buffered body rides along with the head in one write.
     let body_in_buf = match head.framing {
-        Framing::Length(n) if n as usize <= COALESCE_BODY && down.pending() as u64 >= n => n as usize,
+        Framing::Length(n) if n as usize <= COALESCE_BODY && down.pending() as u64 >= n => {
+            n as usize
+        }
         _ => 0,
     };
-    s.out.extend_from_slice(&down.buf[down.pos..down.pos + body_in_buf]);
+    s.out
+        .extend_from_slice(&down.buf[down.pos..down.pos + body_in_buf]);
     down.pos += body_in_buf;
     let out = std::mem::take(&mut s.out);
     let Some((res, out)) = timed(tr.write_timeout, conn.stream.write_all(out)).await else {
@@ -735,7 +885,15 @@ async fn exchange(
     };
     s.out = out;
     // Nothing of a response can have arrived yet: replay is safe on a reused connection.
-    res.map_err(|err| ProxyError::upstream(ErrorKind::UpstreamIo { err, before_response: true }, reused))?;
+    res.map_err(|err| {
+        ProxyError::upstream(
+            ErrorKind::UpstreamIo {
+                err,
+                before_response: true,
+            },
+            reused,
+        )
+    })?;
     let req_limits = BodyLimits {
         read_timeout: ctx.config.limits.idle_timeout,
         write_timeout: tr.write_timeout,
@@ -745,20 +903,43 @@ async fn exchange(
         Framing::Length(n) => Framing::Length(n - body_in_buf as u64),
         f => f,
     };
-    let mut ub = RecvBuf { buf: std::mem::take(ubuf), pos: 0 };
+    let mut ub = RecvBuf {
+        buf: std::mem::take(ubuf),
+        pos: 0,
+        floor: 0,
+    };
     ub.buf.clear();
     // With Expect: 100-continue and no body bytes sent yet, the upstream decides first.
     let has_rest = !matches!(rest, Framing::None | Framing::Length(0));
     let mut body_sent = !(head.expect_continue && has_rest && down.pending() == 0);
     if body_sent {
-        relay_body(stream, down, Side::Downstream, &mut conn.stream, Side::Upstream, rest, Encode::Raw, &mut s.aux, &req_limits).await?;
+        relay_body(
+            stream,
+            down,
+            Side::Downstream,
+            &mut conn.stream,
+            Side::Upstream,
+            rest,
+            Encode::Raw,
+            &mut s.aux,
+            &req_limits,
+        )
+        .await?;
     }
-    let head_req = is_head(&down.buf, head) || route.method.as_deref() == Some("HEAD");
     let deadline = tr.response_header_timeout.map(|d| Instant::now() + d);
     let resp: ResponseHead = loop {
-        match parse_response(&ub.buf[ub.pos..], head_req, &RESPONSE_LIMITS, &mut s.resp_headers) {
+        match parse_response(
+            &ub.buf[ub.pos..],
+            upstream_head,
+            &RESPONSE_LIMITS,
+            &mut s.resp_headers,
+        ) {
             Parse::Complete(r) if r.status == 101 => {
-                return Err(ProxyError::upstream(ErrorKind::UpstreamInvalid("101 without an upgrade request"), false).into());
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamInvalid("101 without an upgrade request"),
+                    false,
+                )
+                .into());
             }
             Parse::Complete(r) if r.status < 200 => {
                 // Interim responses reach HTTP/1.1 clients as they are.
@@ -771,20 +952,40 @@ async fn exchange(
                     res.map_err(|e| io_err(Side::Downstream, e))?;
                 }
                 if r.status == 100 && !body_sent {
-                    relay_body(stream, down, Side::Downstream, &mut conn.stream, Side::Upstream, rest, Encode::Raw, &mut s.aux, &req_limits).await?;
+                    relay_body(
+                        stream,
+                        down,
+                        Side::Downstream,
+                        &mut conn.stream,
+                        Side::Upstream,
+                        rest,
+                        Encode::Raw,
+                        &mut s.aux,
+                        &req_limits,
+                    )
+                    .await?;
                     body_sent = true;
                 }
                 continue;
             }
             Parse::Complete(r) => break r,
             Parse::Invalid(_) => {
-                return Err(ProxyError::upstream(ErrorKind::UpstreamInvalid("malformed response head"), false).into());
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamInvalid("malformed response head"),
+                    false,
+                )
+                .into());
             }
             Parse::Partial => {}
         }
         ub.compact();
         let nothing_yet = ub.buf.is_empty();
-        let Some(res) = timed_at(deadline, ub.read_more(&mut conn.stream, RESPONSE_LIMITS.max_head_bytes)).await else {
+        let Some(res) = timed_at(
+            deadline,
+            ub.read_more(&mut conn.stream, RESPONSE_LIMITS.max_head_bytes),
+        )
+        .await
+        else {
             return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false).into());
         };
         let err = match res {
@@ -793,23 +994,51 @@ async fn exchange(
             Err(e) => e,
         };
         let retry = nothing_yet && reused;
-        return Err(ProxyError::upstream(ErrorKind::UpstreamIo { err, before_response: nothing_yet }, retry).into());
+        return Err(ProxyError::upstream(
+            ErrorKind::UpstreamIo {
+                err,
+                before_response: nothing_yet,
+            },
+            retry,
+        )
+        .into());
     };
     // From here on the client may have seen bytes: failures close instead of answering.
     let http10 = head.version == Version::Http10;
     let encode = match resp.framing {
+        _ if client_head => Encode::Discard,
         Framing::Chunked if http10 => Encode::Dechunk,
-        Framing::CloseDelimited if !http10 && !head_req => Encode::Chunk,
+        Framing::CloseDelimited if !http10 => Encode::Chunk,
         _ => Encode::Raw,
     };
     // A 1.0 client learns where a body of unknown length ends only by the close.
-    let unknown_len_to_10 = http10 && matches!(resp.framing, Framing::Chunked | Framing::CloseDelimited);
+    let unknown_len_to_10 = http10
+        && !client_head
+        && matches!(resp.framing, Framing::Chunked | Framing::CloseDelimited);
+    // A HEAD sent upstream for a GET client: the client still needs a framed (empty) body.
+    let zero_length = upstream_head && !client_head && !matches!(resp.status, 204 | 304);
     let keep = head.keep_alive() && body_sent && !ctx.draining() && !unknown_len_to_10;
     s.out.clear();
-    write_response_head(ctx, up, client, &down.buf, head, &ub.buf[ub.pos..], &resp, &s.resp_headers, encode, keep, upstream_host, &mut s.out, &mut s.aux, &mut s.list);
+    write_response_head(
+        ctx,
+        up,
+        client,
+        &down.buf,
+        head,
+        &ub.buf[ub.pos..],
+        &resp,
+        &s.resp_headers,
+        encode,
+        zero_length,
+        keep,
+        upstream_host,
+        &mut s.out,
+        &mut s.aux,
+        &mut s.list,
+    );
     ub.pos += resp.head_len;
     let mut framing = resp.framing;
-    if let Framing::Length(n) = framing {
+    if let (Framing::Length(n), false) = (framing, client_head) {
         let take = (ub.pending() as u64).min(n).min(COALESCE_BODY as u64) as usize;
         s.out.extend_from_slice(&ub.buf[ub.pos..ub.pos + take]);
         ub.pos += take;
@@ -818,14 +1047,34 @@ async fn exchange(
     let out = std::mem::take(&mut s.out);
     let (res, out) = stream.write_all(out).await;
     s.out = out;
-    let answered = |error| Failure { error, answered: true };
+    let answered = |error| Failure {
+        error,
+        answered: true,
+    };
     res.map_err(|e| answered(io_err(Side::Downstream, e)))?;
-    let resp_limits = BodyLimits { read_timeout: tr.read_timeout, write_timeout: None, max: None };
-    relay_body(&mut conn.stream, &mut ub, Side::Upstream, stream, Side::Downstream, framing, encode, &mut s.aux, &resp_limits)
-        .await
-        .map_err(answered)?;
+    let resp_limits = BodyLimits {
+        read_timeout: tr.read_timeout,
+        write_timeout: None,
+        max: None,
+    };
+    relay_body(
+        &mut conn.stream,
+        &mut ub,
+        Side::Upstream,
+        stream,
+        Side::Downstream,
+        framing,
+        encode,
+        &mut s.aux,
+        &resp_limits,
+    )
+    .await
+    .map_err(answered)?;
     // Bytes after a complete response mean the upstream is confused: never reuse that.
-    let up_keep = resp.keep_alive() && tr.keepalive && resp.framing != Framing::CloseDelimited && ub.pending() == 0;
+    let up_keep = resp.keep_alive()
+        && tr.keepalive
+        && resp.framing != Framing::CloseDelimited
+        && ub.pending() == 0;
     *ubuf = ub.buf;
     if up_keep {
         ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
@@ -876,7 +1125,11 @@ impl Placeholders for ReqInfo<'_> {
                 }
             }
             Placeholder::Header(name) => {
-                if let Some(h) = self.headers.iter().find(|h| h.name.get(self.buf).eq_ignore_ascii_case(name.as_bytes())) {
+                if let Some(h) = self
+                    .headers
+                    .iter()
+                    .find(|h| h.name.get(self.buf).eq_ignore_ascii_case(name.as_bytes()))
+                {
                     out.extend_from_slice(h.value.get(self.buf));
                 }
             }
@@ -892,8 +1145,21 @@ impl Placeholders for ReqInfo<'_> {
 fn is_forwarding_header(kind: HeaderKind, mode: Forwarded) -> bool {
     match mode {
         Forwarded::Off => false,
-        Forwarded::Xff => matches!(kind, HeaderKind::XForwardedFor | HeaderKind::XForwardedProto | HeaderKind::XForwardedHost | HeaderKind::XRealIp),
-        Forwarded::Rfc7239 => matches!(kind, HeaderKind::XForwardedFor | HeaderKind::XForwardedProto | HeaderKind::XForwardedHost | HeaderKind::XRealIp | HeaderKind::Forwarded),
+        Forwarded::Xff => matches!(
+            kind,
+            HeaderKind::XForwardedFor
+                | HeaderKind::XForwardedProto
+                | HeaderKind::XForwardedHost
+                | HeaderKind::XRealIp
+        ),
+        Forwarded::Rfc7239 => matches!(
+            kind,
+            HeaderKind::XForwardedFor
+                | HeaderKind::XForwardedProto
+                | HeaderKind::XForwardedHost
+                | HeaderKind::XRealIp
+                | HeaderKind::Forwarded
+        ),
     }
 }
 
@@ -908,7 +1174,10 @@ struct HeaderList {
 #[derive(Clone)]
 enum Item {
     Orig(usize),
-    New { name: std::ops::Range<usize>, value: std::ops::Range<usize> },
+    New {
+        name: std::ops::Range<usize>,
+        value: std::ops::Range<usize>,
+    },
 }
 
 impl HeaderList {
@@ -922,7 +1191,10 @@ impl HeaderList {
         self.arena.extend_from_slice(name);
         let v0 = self.arena.len();
         self.arena.extend_from_slice(value);
-        self.items.push(Item::New { name: n0..v0, value: v0..self.arena.len() });
+        self.items.push(Item::New {
+            name: n0..v0,
+            value: v0..self.arena.len(),
+        });
     }
 
     fn name<'a>(&'a self, item: &Item, buf: &'a [u8], headers: &[HeaderIdx]) -> &'a [u8] {
@@ -939,7 +1211,14 @@ impl HeaderList {
         }
     }
 
-    fn apply(&mut self, ops: &[HeaderOp], buf: &[u8], headers: &[HeaderIdx], ctx: &impl Placeholders, tmp: &mut Vec<u8>) {
+    fn apply(
+        &mut self,
+        ops: &[HeaderOp],
+        buf: &[u8],
+        headers: &[HeaderIdx],
+        ctx: &impl Placeholders,
+        tmp: &mut Vec<u8>,
+    ) {
         for op in ops {
             match op {
                 HeaderOp::Set(name, value) => {
@@ -957,24 +1236,35 @@ impl HeaderList {
                     self.remove_matching(buf, headers, |n| n.eq_ignore_ascii_case(name.as_bytes()));
                 }
                 HeaderOp::Remove(NamePattern::Prefix(prefix)) => {
+                    // Framing stays the proxy's: `Content-*` must not take Content-Length.
                     self.remove_matching(buf, headers, |n| {
-                        n.len() >= prefix.len() && n[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                        n.len() >= prefix.len()
+                            && n[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                            && !n.eq_ignore_ascii_case(b"content-length")
                     });
                 }
                 HeaderOp::Replace { name, regex, with } => {
                     for k in 0..self.items.len() {
                         let item = self.items[k].clone();
-                        if !self.name(&item, buf, headers).eq_ignore_ascii_case(name.as_bytes()) {
+                        if !self
+                            .name(&item, buf, headers)
+                            .eq_ignore_ascii_case(name.as_bytes())
+                        {
                             continue;
                         }
-                        let Ok(value) = std::str::from_utf8(self.value(&item, buf, headers)) else { continue };
+                        let Ok(value) = std::str::from_utf8(self.value(&item, buf, headers)) else {
+                            continue;
+                        };
                         let replaced = regex.replace_all(value, with.as_str());
                         if let std::borrow::Cow::Owned(v) = replaced {
                             let n0 = self.arena.len();
                             self.arena.extend_from_slice(name.as_bytes());
                             let v0 = self.arena.len();
                             self.arena.extend_from_slice(v.as_bytes());
-                            self.items[k] = Item::New { name: n0..v0, value: v0..self.arena.len() };
+                            self.items[k] = Item::New {
+                                name: n0..v0,
+                                value: v0..self.arena.len(),
+                            };
                         }
                     }
                 }
@@ -1043,11 +1333,24 @@ impl Sink<'_> {
 }
 
 /// Appends the X-Forwarded-* (and Forwarded) fields for the upstream request.
-fn forwarded_headers(mode: Forwarded, client: &Client, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx], sink: &mut Sink, tmp: &mut Vec<u8>) {
+fn forwarded_headers(
+    mode: Forwarded,
+    client: &Client,
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderIdx],
+    sink: &mut Sink,
+    tmp: &mut Vec<u8>,
+) {
     if mode == Forwarded::Off {
         return;
     }
-    let incoming = |kind: HeaderKind| headers.iter().filter(move |h| h.kind == kind).map(|h| h.value.get(buf));
+    let incoming = |kind: HeaderKind| {
+        headers
+            .iter()
+            .filter(move |h| h.kind == kind)
+            .map(|h| h.value.get(buf))
+    };
     let host = head.host.map(|h| h.get(buf));
     // X-Forwarded-For: extend a trusted chain, otherwise start a new one.
     tmp.clear();
@@ -1069,12 +1372,21 @@ fn forwarded_headers(mode: Forwarded, client: &Client, buf: &[u8], head: &Reques
         sink.header(b"X-Forwarded-For", tmp);
     }
     let keep_or = |kind: HeaderKind, default: Option<&[u8]>, name: &[u8], sink: &mut Sink| {
-        let trusted_value = if client.trusted { incoming(kind).next() } else { None };
+        let trusted_value = if client.trusted {
+            incoming(kind).next()
+        } else {
+            None
+        };
         if let Some(v) = trusted_value.or(default) {
             sink.header(name, v);
         }
     };
-    keep_or(HeaderKind::XForwardedProto, Some(b"http"), b"X-Forwarded-Proto", sink);
+    keep_or(
+        HeaderKind::XForwardedProto,
+        Some(b"http"),
+        b"X-Forwarded-Proto",
+        sink,
+    );
     keep_or(HeaderKind::XForwardedHost, host, b"X-Forwarded-Host", sink);
     let ip = (!client.ip_text.is_empty()).then_some(client.ip_text.as_bytes());
     keep_or(HeaderKind::XRealIp, ip, b"X-Real-IP", sink);
@@ -1126,13 +1438,30 @@ fn write_request_head(
     tmp: &mut Vec<u8>,
     list: &mut HeaderList,
 ) {
-    let method = route.method.as_deref().map(str::as_bytes).unwrap_or(head.method.get(buf));
+    let method = route
+        .method
+        .as_deref()
+        .map(str::as_bytes)
+        .unwrap_or(head.method.get(buf));
     out.extend_from_slice(method);
     out.push(b' ');
     let path = head.path.get(buf);
-    let stripped = route.strip_prefix.as_deref().map(|p| route::strip_prefix(path, p.as_bytes())).unwrap_or(path);
+    let stripped = route
+        .strip_prefix
+        .as_deref()
+        .map(|p| route::strip_prefix(path, p.as_bytes()))
+        .unwrap_or(path);
     let query = head.query.map(|q| q.get(buf));
-    let info = ReqInfo { buf, head, headers, client, path: stripped, query, upstream: upstream_host, worker: ctx.id };
+    let info = ReqInfo {
+        buf,
+        head,
+        headers,
+        client,
+        path: stripped,
+        query,
+        upstream: upstream_host,
+        worker: ctx.id,
+    };
     if let Some(rewrite) = &route.rewrite {
         let start = out.len();
         rewrite.render(&info, out);
@@ -1156,13 +1485,24 @@ fn write_request_head(
     let mode = up.forwarded;
     let ops = &up.headers.request;
     if ops.is_empty() {
-        for h in headers.iter().filter(|h| !h.hop_by_hop && !is_forwarding_header(h.kind, mode)) {
+        for h in headers
+            .iter()
+            .filter(|h| !h.hop_by_hop && !is_forwarding_header(h.kind, mode))
+        {
             write_orig(out, buf, h, head.bare_lf);
         }
         if head.host.is_none() {
             let _ = write!(out, "Host: {upstream_host}\r\n");
         }
-        forwarded_headers(mode, client, buf, head, headers, &mut Sink::Direct(out), tmp);
+        forwarded_headers(
+            mode,
+            client,
+            buf,
+            head,
+            headers,
+            &mut Sink::Direct(out),
+            tmp,
+        );
     } else {
         list.clear();
         for (i, h) in headers.iter().enumerate() {
@@ -1198,6 +1538,7 @@ fn write_response_head(
     resp: &ResponseHead,
     headers: &[HeaderIdx],
     encode: Encode,
+    zero_length: bool,
     keep: bool,
     upstream_host: &str,
     out: &mut Vec<u8>,
@@ -1209,8 +1550,9 @@ fn write_response_head(
     out.extend_from_slice(b"\r\n");
     let ops = &up.headers.response;
     // Chunk re-coding changes framing: the upstream's Content-Length no longer applies.
-    let drop_length = encode != Encode::Raw;
-    let kept = |h: &&HeaderIdx| !h.hop_by_hop && !(drop_length && h.kind == HeaderKind::ContentLength);
+    let drop_length = matches!(encode, Encode::Chunk | Encode::Dechunk) || zero_length;
+    let kept =
+        |h: &&HeaderIdx| !(h.hop_by_hop || drop_length && h.kind == HeaderKind::ContentLength);
     if ops.is_empty() {
         for h in headers.iter().filter(kept) {
             write_orig(out, rbuf, h, resp.bare_lf);
@@ -1237,6 +1579,9 @@ fn write_response_head(
     }
     if encode == Encode::Chunk || (resp.framing == Framing::Chunked && encode == Encode::Raw) {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if zero_length {
+        out.extend_from_slice(b"Content-Length: 0\r\n");
     }
     finish_conn_header(out, req.version, keep);
 }

@@ -4,8 +4,15 @@
 use crate::config::{HostMatch, Match, Route};
 use crate::http1::parse::{HeaderIdx, RequestHead};
 
-pub fn find<'a>(routes: &'a [Route], buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> Option<&'a Route> {
-    routes.iter().find(|r| matches(&r.matcher, buf, head, headers))
+pub fn find<'a>(
+    routes: &'a [Route],
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderIdx],
+) -> Option<&'a Route> {
+    routes
+        .iter()
+        .find(|r| matches(&r.matcher, buf, head, headers))
 }
 
 fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> bool {
@@ -33,9 +40,10 @@ fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> 
         }
     }
     m.headers.iter().all(|(name, value)| {
-        headers
-            .iter()
-            .any(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()) && h.value.get(buf) == value.as_bytes())
+        headers.iter().any(|h| {
+            h.name.get(buf).eq_ignore_ascii_case(name.as_bytes())
+                && h.value.get(buf) == value.as_bytes()
+        })
     })
 }
 
@@ -117,6 +125,9 @@ mod tests {
         assert!(host_matches(&wild, b"a.example.com"));
         assert!(host_matches(&wild, b"A.Example.COM"));
         assert!(!host_matches(&wild, b"example.com"));
-        assert!(host_matches(&HostMatch::Exact("example.com".into()), b"EXAMPLE.com."));
+        assert!(host_matches(
+            &HostMatch::Exact("example.com".into()),
+            b"EXAMPLE.com."
+        ));
     }
 }

@@ -41,7 +41,9 @@ impl Server {
         });
         let driver = match config.driver {
             Driver::Auto if !worker::io_uring_available() => {
-                tracing::warn!("io_uring is unavailable (kernel or seccomp); using the epoll driver");
+                tracing::warn!(
+                    "io_uring is unavailable (kernel or seccomp); using the epoll driver"
+                );
                 Driver::Epoll
             }
             d => d,

@@ -66,7 +66,9 @@ pub const MIN_READ_SPACE: usize = 4096;
 pub fn reserve_read_space(buf: &mut Vec<u8>, cap: usize) {
     let spare = buf.capacity() - buf.len();
     if spare < MIN_READ_SPACE {
-        let want = (buf.len() + MIN_READ_SPACE).max(buf.capacity() * 2).min(cap.max(buf.len() + MIN_READ_SPACE));
+        let want = (buf.len() + MIN_READ_SPACE)
+            .max(buf.capacity() * 2)
+            .min(cap.max(buf.len() + MIN_READ_SPACE));
         buf.reserve_exact(want - buf.len());
     }
 }

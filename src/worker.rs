@@ -189,10 +189,7 @@ async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
 
 /// Admits a new downstream connection unless the worker is at `limits.max_connections`.
 fn admit(ctx: &WorkerCtx) -> bool {
-    match ctx.config.limits.max_connections {
-        Some(max) if ctx.open_conns.get() >= max => false,
-        _ => true,
-    }
+    !matches!(ctx.config.limits.max_connections, Some(max) if ctx.open_conns.get() >= max)
 }
 
 async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
@@ -242,7 +239,12 @@ async fn accept_failed(ctx: &WorkerCtx, e: io::Error) {
     monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
 }
 
-fn spawn_conn(ctx: &Rc<WorkerCtx>, listener: usize, stream: Stream, peer: Option<std::net::SocketAddr>) {
+fn spawn_conn(
+    ctx: &Rc<WorkerCtx>,
+    listener: usize,
+    stream: Stream,
+    peer: Option<std::net::SocketAddr>,
+) {
     let ctx = ctx.clone();
     ctx.open_conns.set(ctx.open_conns.get() + 1);
     monoio::spawn(async move {
