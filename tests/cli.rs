@@ -1,0 +1,402 @@
+//! The `ringway` binary: --help, `validate` (exit codes and `file:line:col: key: message`
+//! errors), the shipped config.yaml, and SIGTERM/SIGINT handling of a running proxy.
+
+#[macro_use]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringway");
+
+/// Runs the binary to completion (at most 20 s).
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringway");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("ringway did not exit within 20 s")
+        .expect("ringway output")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn validate(path: &Path) -> Output {
+    run(&["validate", "--config", path.to_str().unwrap()])
+}
+
+/// The error line for `path`, split as `(line, column, key, message)`; panics unless stderr's
+/// first line has the `file:line:col: key: message` shape.
+fn located_error(o: &Output, path: &Path) -> (usize, usize, String, String) {
+    let err = stderr(o);
+    let first = err.lines().next().unwrap_or("");
+    let prefix = format!("{}:", path.display());
+    let rest = first
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("error does not start with the file name {prefix:?}: {err:?}"));
+    let mut parts = rest.splitn(4, ": ");
+    let pos = parts.next().unwrap();
+    let (line, col) = pos
+        .split_once(':')
+        .unwrap_or_else(|| panic!("no line:column in {first:?}"));
+    let (Ok(line), Ok(col)) = (line.parse::<usize>(), col.parse::<usize>()) else {
+        panic!("line/column are not numbers in {first:?}");
+    };
+    let key = parts
+        .next()
+        .unwrap_or_else(|| panic!("no key in {first:?}"))
+        .to_string();
+    let message = parts.collect::<Vec<_>>().join(": ");
+    assert!(!message.is_empty(), "no message in {first:?}");
+    (line, col, key, message)
+}
+
+const GOOD: &str = "\
+workers: 1
+pin_workers: false
+listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    routes:
+      - match: { path: /health }
+        respond: { status: 200, body: \"ok\\n\" }
+      - upstream: app
+upstreams:
+  app:
+    targets: [127.0.0.1:9]
+";
+
+#[test]
+fn help_exits_zero_and_documents_validate() {
+    let o = run(&["--help"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = stdout(&o);
+    assert!(
+        out.contains("validate"),
+        "--help does not mention validate:\n{out}"
+    );
+    assert!(
+        out.contains("--config"),
+        "--help does not mention --config:\n{out}"
+    );
+}
+
+#[test]
+fn validate_accepts_a_good_file() {
+    let dir = TempDir::new();
+    let f = dir.write("good.yaml", GOOD);
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert!(stdout(&o).contains("ok"), "{}", stdout(&o));
+}
+
+#[test]
+fn validate_reports_an_unknown_top_level_key_with_its_position() {
+    let dir = TempDir::new();
+    let f = dir.write("bad.yaml", &format!("{GOOD}bogus_key: 1\n"));
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let (line, col, key, message) = located_error(&o, &f);
+    assert_eq!(
+        line,
+        GOOD.lines().count() + 1,
+        "wrong line in {}",
+        stderr(&o)
+    );
+    assert_eq!(col, 1);
+    assert!(key.ends_with("bogus_key"), "key {key:?}");
+    assert!(
+        message.to_lowercase().contains("unknown"),
+        "message {message:?}"
+    );
+}
+
+#[test]
+fn validate_reports_an_unknown_nested_key_with_its_position() {
+    let dir = TempDir::new();
+    let text = GOOD.replace(
+        "    targets: [127.0.0.1:9]\n",
+        "    targets: [127.0.0.1:9]\n    lb: { polcy: first }\n",
+    );
+    let f = dir.write("bad.yaml", &text);
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let (line, _col, key, _message) = located_error(&o, &f);
+    assert_eq!(line, 13, "{}", stderr(&o));
+    assert!(
+        key.contains("upstreams") && key.ends_with("polcy"),
+        "key {key:?}"
+    );
+}
+
+#[test]
+fn validate_reports_an_unknown_upstream_with_its_position() {
+    let dir = TempDir::new();
+    let f = dir.write(
+        "bad.yaml",
+        &GOOD.replace("      - upstream: app", "      - upstream: nope"),
+    );
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let (line, col, key, message) = located_error(&o, &f);
+    assert_eq!(line, 9, "{}", stderr(&o));
+    assert!(col > 1);
+    assert_eq!(key, "listeners[0].routes[1].upstream");
+    assert!(message.contains("nope"), "message {message:?}");
+}
+
+#[test]
+fn validate_rejects_a_bad_value_with_its_position() {
+    let dir = TempDir::new();
+    let f = dir.write("bad.yaml", &GOOD.replace("workers: 1", "workers: lots"));
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let (line, _col, key, _message) = located_error(&o, &f);
+    assert_eq!(line, 1);
+    assert_eq!(key, "workers");
+}
+
+#[test]
+fn validate_rejects_keys_that_are_not_supported_yet() {
+    let dir = TempDir::new();
+    let text = GOOD.replace(
+        "    listen: 127.0.0.1:0\n",
+        "    listen: 127.0.0.1:0\n    tls:\n      certificates: [{ cert: a.pem, key: a.key }]\n",
+    );
+    let f = dir.write("tls.yaml", &text);
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let (line, _col, key, message) = located_error(&o, &f);
+    assert_eq!(line, 6);
+    assert!(key.ends_with("tls"), "key {key:?}");
+    assert!(message.contains("not supported yet"), "message {message:?}");
+}
+
+#[test]
+fn validate_reports_yaml_syntax_errors_with_a_line() {
+    let dir = TempDir::new();
+    let f = dir.write(
+        "syntax.yaml",
+        "listeners:\n  - name: web\n    listen: [unclosed\n",
+    );
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = stderr(&o);
+    let prefix = format!("{}:", f.display());
+    assert!(err.starts_with(&prefix), "{err:?}");
+    let line: usize = err[prefix.len()..]
+        .split(':')
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or_else(|| panic!("no line number in {err:?}"));
+    assert!(line >= 3, "{err:?}");
+}
+
+#[test]
+fn validate_reports_a_missing_file() {
+    let dir = TempDir::new();
+    let missing = dir.join("missing.yaml");
+    let o = validate(&missing);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        stderr(&o).contains(missing.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn shipped_config_yaml_validates() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    if !shipped.exists() {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED shipped_config_yaml_validates: {} does not exist yet",
+            shipped.display()
+        );
+        return;
+    }
+    let o = validate(&shipped);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn running_with_an_invalid_config_exits_1() {
+    let dir = TempDir::new();
+    let f = dir.write("bad.yaml", &format!("{GOOD}bogus_key: 1\n"));
+    let o = run(&["--config", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(stderr(&o).contains("bogus_key"), "{}", stderr(&o));
+}
+
+/// A running `ringway` with its stderr lines on a channel.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = Command::new(BIN)
+            .args(["--config", config.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringway");
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the startup log line and returns the `web` listener's address.
+    fn wait_started(&mut self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line
+                        .split_whitespace()
+                        .find_map(|w| w.trim_matches('"').split("web=").nth(1).map(str::to_string));
+                    self.seen.push(line);
+                    if let Some(addr) = found {
+                        let addr = addr.trim_end_matches(['"', ',']);
+                        return addr
+                            .parse()
+                            .unwrap_or_else(|_| panic!("bad address {addr:?}"));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = self.child.kill();
+        panic!(
+            "ringway never logged its listeners; stderr so far: {:#?}",
+            self.seen
+        );
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; kills it and fails otherwise.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let rest: Vec<String> = self.lines.try_iter().collect();
+                panic!(
+                    "ringway did not exit within {limit:?}; stderr: {:#?} {rest:#?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn running_config(dir: &TempDir) -> std::path::PathBuf {
+    dir.write(
+        "run.yaml",
+        "workers: 1\npin_workers: false\nshutdown_timeout: 5s\nlog: { level: info }\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - respond: { status: 200, body: \"alive\\n\" }\n",
+    )
+}
+
+#[test]
+fn sigterm_stops_a_running_proxy_with_exit_code_0() {
+    let dir = TempDir::new();
+    let mut p = Running::start(&running_config(&dir));
+    let addr = p.wait_started();
+    assert_eq!(get(addr, "/").text(), "alive\n");
+    p.signal(libc::SIGTERM);
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        "the port is closed after exit"
+    );
+}
+
+#[test]
+fn sigint_stops_a_running_proxy_with_exit_code_0() {
+    let dir = TempDir::new();
+    let mut p = Running::start(&running_config(&dir));
+    let addr = p.wait_started();
+    assert_eq!(get(addr, "/").status, 200);
+    p.signal(libc::SIGINT);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish() {
+    let b1 = Backend::start("b1");
+    let dir = TempDir::new();
+    let cfg = dir.write(
+        "run.yaml",
+        &subst(
+            "workers: 1\npin_workers: false\nshutdown_timeout: 5s\nlog: { level: info }\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: [$B1]\n",
+            &[("B1", b1.target())],
+        ),
+    );
+    let mut p = Running::start(&cfg);
+    let addr = p.wait_started();
+    let mut c = Client::connect(addr);
+    c.send(get_req("/sleep?ms=700", ""));
+    assert!(b1.wait_for_requests(1, Duration::from_secs(3)));
+    p.signal(libc::SIGTERM);
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slept\n");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
