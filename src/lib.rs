@@ -28,4 +28,5 @@ pub mod route;
 pub mod server;
 pub mod stream;
 pub mod template;
+pub mod tunnel;
 pub mod worker;

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -13,9 +13,20 @@ use crate::config::{Config, Driver, ListenAddr};
 use crate::listener;
 use crate::worker::{self, DriverKind};
 
+/// Counters one worker writes and anyone may read (summed over workers when read).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Body bytes moved with splice(2), client -> upstream.
+    pub spliced_up: AtomicU64,
+    /// Body bytes moved with splice(2), upstream -> client.
+    pub spliced_down: AtomicU64,
+}
+
 /// State shared by all workers: only atomics (and immutable data).
 pub struct Shared {
     pub draining: AtomicBool,
+    /// One entry per worker, indexed by worker id.
+    pub stats: Vec<WorkerStats>,
     /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
     pub targets: SharedTargets,
 }
@@ -37,6 +48,7 @@ impl Server {
         let listener_fds = bound.sockets.iter().flatten().map(|s| s.raw_fd()).collect();
         let shared = Arc::new(Shared {
             draining: AtomicBool::new(false),
+            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             targets: shared_targets(&config.upstreams),
         });
         let driver = match config.driver {
@@ -111,6 +123,16 @@ impl Server {
 
     pub fn driver(&self) -> DriverKind {
         self.driver
+    }
+
+    /// Body bytes moved with splice so far: (client -> upstream, upstream -> client).
+    pub fn spliced_bytes(&self) -> (u64, u64) {
+        self.shared.stats.iter().fold((0, 0), |(u, d), s| {
+            (
+                u + s.spliced_up.load(Ordering::Relaxed),
+                d + s.spliced_down.load(Ordering::Relaxed),
+            )
+        })
     }
 
     pub fn worker_count(&self) -> usize {

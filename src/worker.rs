@@ -1,7 +1,7 @@
 //! One worker per core: a pinned thread running its own monoio runtime, its own listeners,
 //! balancer replicas and connection pools. Nothing here is shared but `Shared`'s atomics.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use crate::config::{Config, Driver, ListenerKind};
 use crate::listener::BoundSocket;
 use crate::pool::Pool;
 use crate::server::Shared;
-use crate::stream::Stream;
+use crate::stream::{SplicePipe, Stream};
 
 /// Submission queue entries per ring: enough for thousands of connections' in-flight ops
 /// without `EBUSY`; the completion queue is twice this.
@@ -24,6 +24,9 @@ const RING_ENTRIES: u32 = 4096;
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Back-off after accept fails for lack of descriptors, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Empty pipes a worker keeps for splicing bodies: enough for its concurrent large transfers
+/// without holding many descriptors.
+const MAX_CACHED_PIPES: usize = 16;
 
 /// Everything one worker owns.
 pub struct WorkerCtx {
@@ -37,11 +40,42 @@ pub struct WorkerCtx {
     pub active_requests: Cell<usize>,
     /// Open downstream connections (for `limits.max_connections`).
     pub open_conns: Cell<usize>,
+    /// Empty splice pipes ready for reuse.
+    pipes: RefCell<Vec<SplicePipe>>,
 }
 
 impl WorkerCtx {
     pub fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// A pipe for splicing, or `None` when none can be made (the caller copies instead).
+    pub fn take_pipe(&self) -> Option<SplicePipe> {
+        if let Some(p) = self.pipes.borrow_mut().pop() {
+            return Some(p);
+        }
+        SplicePipe::new()
+            .inspect_err(|e| tracing::debug!(worker = self.id, "no splice pipe: {e}"))
+            .ok()
+    }
+
+    /// Returns a pipe that is known to be empty.
+    pub fn return_pipe(&self, pipe: SplicePipe) {
+        let mut pipes = self.pipes.borrow_mut();
+        if pipes.len() < MAX_CACHED_PIPES {
+            pipes.push(pipe);
+        }
+    }
+
+    pub fn count_spliced(&self, upward: bool, n: u64) {
+        // One writer per counter: a relaxed add on an uncontended line.
+        let stats = &self.shared.stats[self.id];
+        let c = if upward {
+            &stats.spliced_up
+        } else {
+            &stats.spliced_down
+        };
+        c.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -96,6 +130,7 @@ pub fn run(
             shared,
             active_requests: Cell::new(0),
             open_conns: Cell::new(0),
+            pipes: RefCell::new(Vec::new()),
         })
     };
     if driver != Driver::Epoll {
