@@ -609,6 +609,8 @@ struct UpstreamFile {
     transport: Option<TransportFile>,
     headers: Option<HeadersFile>,
     forwarded: Option<String>,
+    // Validated only: every upstream read is written to the client at once.
+    #[allow(dead_code)]
     flush_interval: Option<FlushInterval>,
     request_buffer: Option<Size>,
     response_buffer: Option<Size>,
