@@ -26,6 +26,11 @@ pub struct Config {
     pub pin_workers: bool,
     pub driver: Driver,
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, keep accepting this long (readiness already failing) so load balancers
+    /// and Kubernetes endpoints stop sending traffic before the listeners close.
+    pub shutdown_delay: Duration,
+    /// Control-plane HTTP endpoint (metrics, health, readiness); `None` = off.
+    pub admin: Option<SocketAddr>,
     pub log: Log,
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
@@ -490,6 +495,7 @@ struct FileConfig {
     pin_workers: Option<bool>,
     driver: Option<String>,
     shutdown_timeout: Option<Dur>,
+    shutdown_delay: Option<Dur>,
     admin: Option<AdminFile>,
     log: Option<LogFile>,
     limits: Option<LimitsFile>,
@@ -498,8 +504,6 @@ struct FileConfig {
     upstreams: Option<Named<UpstreamFile>>,
 }
 
-/// Deserialized only so its keys are known; the feature is not implemented yet.
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdminFile {
@@ -1215,9 +1219,20 @@ impl Validator<'_> {
             }
         };
         let shutdown_timeout = dur(f.shutdown_timeout, secs(30)).unwrap_or(Duration::ZERO);
-        if f.admin.is_some() {
-            return Err(self.at_key("admin", "not supported yet (the admin endpoint is planned)"));
-        }
+        let shutdown_delay = dur(f.shutdown_delay, None).unwrap_or(Duration::ZERO);
+        let admin = match f.admin {
+            None => None,
+            Some(AdminFile { listen: None }) => {
+                return Err(self.at_key("admin", "needs `listen` (an IP:port address)"))
+            }
+            Some(AdminFile { listen: Some(l) }) => match parse_listen(&l) {
+                Ok(ListenAddr::Tcp(a)) => Some(a),
+                Ok(ListenAddr::Unix(_)) => {
+                    return Err(self.at_value("admin.listen", "must be a TCP address (IP:port)"))
+                }
+                Err(m) => return Err(self.at_value("admin.listen", m)),
+            },
+        };
         let log = self.log(f.log.unwrap_or_default())?;
         let limits = self.limits(f.limits.unwrap_or_default())?;
         let trusted_proxies = self.trusted_proxies(f.trusted_proxies)?;
@@ -1234,6 +1249,8 @@ impl Validator<'_> {
             pin_workers: f.pin_workers.unwrap_or(true),
             driver,
             shutdown_timeout,
+            shutdown_delay,
+            admin,
             log,
             limits,
             trusted_proxies,
@@ -2863,14 +2880,11 @@ mod tests {
 
     #[test]
     fn not_supported_yet_keys_are_rejected_at_their_line() {
-        let top = [
-            ("admin:\n  listen: 127.0.0.1:9901\n", 1, "admin"),
-            (
-                "log:\n  level: info\n  access_log: true\n",
-                3,
-                "log.access_log",
-            ),
-        ];
+        let top = [(
+            "log:\n  level: info\n  access_log: true\n",
+            3,
+            "log.access_log",
+        )];
         for (yaml, line, key) in top {
             let text = format!("{yaml}{}", dedent(MINIMAL));
             let e = parse(&text, "t").expect_err(key);
@@ -3025,9 +3039,7 @@ mod tests {
         let Some(text) = contract_text() else { return };
         let e = parse(&text, "config.yaml").expect_err("the contract uses planned features");
         assert!(e.message.starts_with("not supported yet"), "{e}");
-        assert_eq!(e.key, "admin");
-        let admin = text.lines().position(|l| l.starts_with("admin:")).unwrap() + 1;
-        assert_eq!((e.line, e.column), (admin, 1));
+        assert!(e.line > 0 && !e.key.is_empty(), "{e}");
     }
 
     #[test]

@@ -116,6 +116,8 @@ struct Scratch {
     out: Vec<u8>,
     aux: Vec<u8>,
     list: HeaderList,
+    /// Status of the response sent for the current request (0: none), for metrics.
+    status: u16,
 }
 
 /// Serves one downstream connection until it closes, fails or the server drains.
@@ -144,6 +146,7 @@ pub async fn serve(
         out: Vec::with_capacity(4096),
         aux: Vec::new(),
         list: HeaderList::default(),
+        status: 0,
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let limits = HeadLimits {
@@ -159,11 +162,18 @@ pub async fn serve(
                 Ok(None) => return,
                 Err(e) => {
                     answer_error(&mut stream, &mut s.out, &e).await;
+                    ctx.metrics()
+                        .request_done(listener, e.status().unwrap_or(0), Duration::ZERO);
                     return;
                 }
             };
         first = false;
+        let started = Instant::now();
+        s.status = 0;
         ctx.active_requests.set(ctx.active_requests.get() + 1);
+        ctx.metrics()
+            .in_flight
+            .set(ctx.active_requests.get() as u64);
         let next = handle(
             ctx,
             listener,
@@ -175,6 +185,8 @@ pub async fn serve(
             &head,
         )
         .await;
+        ctx.metrics()
+            .request_done(listener, s.status, started.elapsed());
         let keep = match next {
             Exchange::Done(keep) => keep,
             Exchange::Upgraded(conn) => {
@@ -186,10 +198,16 @@ pub async fn serve(
                 tracing::debug!(sent, received, "upgraded connection closed");
                 drop(slot);
                 ctx.active_requests.set(ctx.active_requests.get() - 1);
+                ctx.metrics()
+                    .in_flight
+                    .set(ctx.active_requests.get() as u64);
                 return;
             }
         };
         ctx.active_requests.set(ctx.active_requests.get() - 1);
+        ctx.metrics()
+            .in_flight
+            .set(ctx.active_requests.get() as u64);
         if !keep || ctx.draining() {
             return;
         }
@@ -319,6 +337,7 @@ async fn handle(
                 Ok(next) => next,
                 Err(Failure { error, answered }) => {
                     if !answered {
+                        s.status = error.status().unwrap_or(0);
                         answer_error(stream, &mut s.out, &error).await;
                     } else {
                         tracing::debug!("response cut short: {error}");
@@ -350,6 +369,7 @@ async fn respond_simple(
     head: &RequestHead,
     status: u16,
 ) -> bool {
+    s.status = status;
     down.pos = head.head_len;
     let keep = head.keep_alive() && skip_buffered_body(down, head);
     let reason = reason_phrase(status);
@@ -389,6 +409,7 @@ async fn respond(
     r: &Respond,
 ) -> bool {
     let keep = head.keep_alive() && skip_buffered_body(down, head) && !ctx.draining();
+    s.status = r.status;
     let info = ReqInfo {
         buf: &down.buf,
         head,
@@ -1043,6 +1064,8 @@ async fn exchange(
             reused,
         )
     })?;
+    ctx.metrics().upstream_requests[u][t][reused as usize].inc();
+    let sent_at = Instant::now();
     let req_limits = BodyLimits {
         read_timeout: ctx.config.limits.idle_timeout,
         write_timeout: tr.write_timeout,
@@ -1093,6 +1116,7 @@ async fn exchange(
                     )
                     .into());
                 }
+                s.status = 101;
                 break r;
             }
             Parse::Complete(r) if r.status < 200 => {
@@ -1124,7 +1148,11 @@ async fn exchange(
                 }
                 continue;
             }
-            Parse::Complete(r) => break r,
+            Parse::Complete(r) => {
+                ctx.metrics().upstream_response_time[u].observe(sent_at.elapsed());
+                s.status = r.status;
+                break r;
+            }
             Parse::Invalid(_) => {
                 return Err(ProxyError::upstream(
                     ErrorKind::UpstreamInvalid("malformed response head"),

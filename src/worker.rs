@@ -77,14 +77,19 @@ impl WorkerCtx {
     }
 
     pub fn count_spliced(&self, upward: bool, n: u64) {
-        // One writer per counter: a relaxed add on an uncontended line.
-        let stats = &self.shared.stats[self.id];
+        let m = self.metrics();
         let c = if upward {
-            &stats.spliced_up
+            &m.spliced_up
         } else {
-            &stats.spliced_down
+            &m.spliced_down
         };
-        c.fetch_add(n, Ordering::Relaxed);
+        c.add(n);
+    }
+
+    /// This worker's counters (only this worker writes them).
+    #[inline]
+    pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.shared.metrics[self.id]
     }
 }
 
@@ -278,9 +283,8 @@ async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                if ctx.draining() {
-                    break;
-                }
+                // Still served while draining: shutdown_delay keeps accepting on purpose.
+                ctx.metrics().accepted.inc();
                 if admit(&ctx) {
                     spawn_conn(&ctx, index, Stream::Tcp(stream), Some(peer));
                 }
@@ -309,9 +313,7 @@ async fn accept_unix(ctx: Rc<WorkerCtx>, index: usize, listener: UnixListener) {
         };
         match accepted {
             Ok((stream, _)) => {
-                if ctx.draining() {
-                    break;
-                }
+                ctx.metrics().accepted.inc();
                 if admit(&ctx) {
                     spawn_conn(&ctx, index, Stream::Unix(stream), None);
                 }
