@@ -50,6 +50,15 @@ pub struct Log {
     /// `error|warn|info|debug|trace`.
     pub level: String,
     pub format: LogFormat,
+    /// One line per request; `None` = off.
+    pub access_log: Option<AccessLog>,
+}
+
+/// Where access log lines go: `access_log: true` -> standard output; a path -> that file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Stdout,
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,12 +519,20 @@ struct AdminFile {
     listen: Option<String>,
 }
 
+/// `access_log: true|false` (standard output), or a file path.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "true, false or a file path")]
+enum AccessLogFile {
+    On(bool),
+    Path(String),
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LogFile {
     level: Option<String>,
     format: Option<String>,
-    access_log: Option<bool>,
+    access_log: Option<AccessLogFile>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1279,13 +1296,19 @@ impl Validator<'_> {
                 ))
             }
         };
-        if l.access_log == Some(true) {
-            return Err(self.at_value(
-                "log.access_log",
-                "not supported yet (access logging is planned)",
-            ));
-        }
-        Ok(Log { level, format })
+        let access_log = match l.access_log {
+            None | Some(AccessLogFile::On(false)) => None,
+            Some(AccessLogFile::On(true)) => Some(AccessLog::Stdout),
+            Some(AccessLogFile::Path(p)) if p.is_empty() => {
+                return Err(self.at_value("log.access_log", "expected true, false or a file path"))
+            }
+            Some(AccessLogFile::Path(p)) => Some(AccessLog::File(PathBuf::from(p))),
+        };
+        Ok(Log {
+            level,
+            format,
+            access_log,
+        })
     }
 
     fn limits(&self, l: LimitsFile) -> Res<Limits> {
@@ -2880,11 +2903,7 @@ mod tests {
 
     #[test]
     fn not_supported_yet_keys_are_rejected_at_their_line() {
-        let top = [(
-            "log:\n  level: info\n  access_log: true\n",
-            3,
-            "log.access_log",
-        )];
+        let top: [(&str, usize, &str); 0] = [];
         for (yaml, line, key) in top {
             let text = format!("{yaml}{}", dedent(MINIMAL));
             let e = parse(&text, "t").expect_err(key);
@@ -2978,6 +2997,22 @@ mod tests {
         );
         let text = format!("log: {{ access_log: false }}\n{text}");
         parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn access_log_goes_to_stdout_or_a_file() {
+        let on = ok(&format!("log: {{ access_log: true }}\n{}", dedent(MINIMAL)));
+        assert_eq!(on.log.access_log, Some(AccessLog::Stdout));
+        let file = ok(&format!(
+            "log: {{ access_log: /var/log/rw.log }}\n{}",
+            dedent(MINIMAL)
+        ));
+        assert_eq!(
+            file.log.access_log,
+            Some(AccessLog::File("/var/log/rw.log".into()))
+        );
+        let off = ok(MINIMAL);
+        assert_eq!(off.log.access_log, None);
     }
 
     #[test]

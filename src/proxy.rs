@@ -118,6 +118,11 @@ struct Scratch {
     list: HeaderList,
     /// Status of the response sent for the current request (0: none), for metrics.
     status: u16,
+    /// Request bytes read and response bytes sent for the current request (access log).
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The upstream target that answered, as `[upstream, target]` (access log).
+    target: Option<(usize, usize)>,
 }
 
 /// Serves one downstream connection until it closes, fails or the server drains.
@@ -147,6 +152,9 @@ pub async fn serve(
         aux: Vec::new(),
         list: HeaderList::default(),
         status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        target: None,
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let limits = HeadLimits {
@@ -170,6 +178,9 @@ pub async fn serve(
         first = false;
         let started = Instant::now();
         s.status = 0;
+        s.bytes_in = head.head_len as u64;
+        s.bytes_out = 0;
+        s.target = None;
         ctx.active_requests.set(ctx.active_requests.get() + 1);
         ctx.metrics()
             .in_flight
@@ -187,6 +198,9 @@ pub async fn serve(
         .await;
         ctx.metrics()
             .request_done(listener, s.status, started.elapsed());
+        if let Some(log) = &ctx.access {
+            log_request(ctx, log, &client, &down.buf, &head, &s, started.elapsed());
+        }
         let keep = match next {
             Exchange::Done(keep) => keep,
             Exchange::Upgraded(conn) => {
@@ -339,6 +353,7 @@ async fn handle(
                     if !answered {
                         s.status = error.status().unwrap_or(0);
                         answer_error(stream, &mut s.out, &error).await;
+                        s.bytes_out = s.out.len() as u64;
                     } else {
                         tracing::debug!("response cut short: {error}");
                     }
@@ -347,6 +362,32 @@ async fn handle(
             }
         }
     }
+}
+
+/// Writes the access log line for the request just handled.
+fn log_request(
+    ctx: &WorkerCtx,
+    log: &crate::access::WorkerLog,
+    client: &Client,
+    buf: &[u8],
+    head: &RequestHead,
+    s: &Scratch,
+    took: Duration,
+) {
+    let upstream = s
+        .target
+        .map(|(u, t)| target_name(&ctx.config.upstreams[u].targets[t].addr));
+    log.record(&crate::access::Record {
+        client: &client.ip_text,
+        method: head.method.get(buf),
+        uri: head.target.get(buf),
+        status: s.status,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        duration: took,
+        upstream: upstream.as_deref(),
+        worker: ctx.id,
+    });
 }
 
 /// Whether the rest of the request body is already in the buffer (so answering without
@@ -379,6 +420,7 @@ async fn respond_simple(
     if !is_head(&down.buf, head) {
         let _ = writeln!(s.out, "{status} {reason}");
     }
+    s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
     let (res, out) = stream.write_all(out).await;
     s.out = out;
@@ -443,6 +485,7 @@ async fn respond(
     if !bodiless && !is_head(&down.buf, head) {
         s.out.extend_from_slice(&s.aux);
     }
+    s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
     let (res, out) = stream.write_all(out).await;
     s.out = out;
@@ -705,6 +748,8 @@ struct BodyLimits {
     write_timeout: Option<Duration>,
     /// Payload bytes allowed (chunked request bodies against `max_request_body`).
     max: Option<u64>,
+    /// Body bytes (as framed on the wire) read from the source so far, for the access log.
+    moved: std::cell::Cell<u64>,
 }
 
 /// Streams one body from `src` (whose `buf[pos..]` already holds bytes after the head) to
@@ -742,6 +787,7 @@ async fn relay_body(
                     .await?;
                     src.pos += take;
                     remaining -= take as u64;
+                    lim.moved.set(lim.moved.get() + take as u64);
                 }
                 if remaining == 0 {
                     return Ok(());
@@ -759,6 +805,7 @@ async fn relay_body(
                         )
                         .await?;
                         ctx.return_pipe(pipe);
+                        lim.moved.set(lim.moved.get() + remaining);
                         return Ok(());
                     }
                 }
@@ -770,6 +817,7 @@ async fn relay_body(
             loop {
                 if src.pending() > 0 {
                     write_out(dst, dst_side, src, src.pos..src.buf.len(), encode, aux, lim).await?;
+                    lim.moved.set(lim.moved.get() + src.pending() as u64);
                     src.pos = src.buf.len();
                 }
                 src.reset();
@@ -842,6 +890,7 @@ async fn relay_body(
                         }
                     }
                 }
+                lim.moved.set(lim.moved.get() + (p - start) as u64);
                 src.pos = p;
                 if done {
                     return Ok(());
@@ -1070,6 +1119,7 @@ async fn exchange(
         read_timeout: ctx.config.limits.idle_timeout,
         write_timeout: tr.write_timeout,
         max: ctx.config.limits.max_request_body,
+        moved: Default::default(),
     };
     let rest = match head.framing {
         Framing::Length(n) => Framing::Length(n - body_in_buf as u64),
@@ -1187,6 +1237,8 @@ async fn exchange(
         )
         .into());
     };
+    s.bytes_in += body_in_buf as u64 + req_limits.moved.get();
+    s.target = Some((u, t));
     if resp.status == 101 {
         return switch_protocols(stream, down, &mut ub, ubuf, s, &resp, conn).await;
     }
@@ -1252,6 +1304,7 @@ async fn exchange(
         ub.pos += take;
         framing = Framing::Length(n - take as u64);
     }
+    s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
     let (res, out) = stream.write_all(out).await;
     s.out = out;
@@ -1264,6 +1317,7 @@ async fn exchange(
         read_timeout: tr.read_timeout,
         write_timeout: None,
         max: None,
+        moved: Default::default(),
     };
     relay_body(
         ctx,
@@ -1280,6 +1334,7 @@ async fn exchange(
     )
     .await
     .map_err(answered)?;
+    s.bytes_out += resp_limits.moved.get();
     // Bytes after a complete response mean the upstream is confused: never reuse that.
     let up_keep = resp.keep_alive()
         && tr.keepalive

@@ -34,6 +34,8 @@ pub struct Server {
     shutdown_delay: std::time::Duration,
     /// Stopped last, so /readyz reports the drain while it happens.
     admin: Option<crate::admin::Admin>,
+    /// Writes access log lines; finishes after the workers (who hold its senders) exit.
+    access_writer: Option<crate::access::Writer>,
 }
 
 impl Server {
@@ -61,6 +63,13 @@ impl Server {
         } else {
             Vec::new()
         };
+        let (access_writer, access_tx) = match &config.log.access_log {
+            Some(target) => {
+                let (w, tx) = crate::access::Writer::start(target)?;
+                (Some(w), Some(tx))
+            }
+            None => (None, None),
+        };
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(workers);
@@ -71,19 +80,21 @@ impl Server {
             wakers.push(ours);
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (config, shared, tx) = (config.clone(), shared.clone(), tx.clone());
+            let access = access_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(id, driver, sockets, theirs, config, shared, |r| {
+                    worker::run(id, driver, sockets, theirs, access, config, shared, |r| {
                         let _ = tx.send(r);
                     });
                 })?;
             handles.push(handle);
         }
         drop(tx);
+        drop(access_tx);
         let mut server = Server {
             workers: handles,
             shared,
@@ -94,6 +105,7 @@ impl Server {
             driver: DriverKind::Epoll,
             shutdown_delay: config.shutdown_delay,
             admin: None,
+            access_writer,
         };
         for _ in 0..workers {
             match rx.recv() {
@@ -186,6 +198,9 @@ impl Server {
             }
         }
         self.admin = None;
+        if let Some(w) = self.access_writer.take() {
+            w.finish();
+        }
     }
 }
 

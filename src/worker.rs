@@ -35,6 +35,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub struct WorkerCtx {
     pub id: usize,
     pub config: Arc<Config>,
+    /// This worker's access log buffer, when access logging is on.
+    pub access: Option<crate::access::WorkerLog>,
     /// One replica per upstream, indexed like `config.upstreams`.
     pub balancers: Vec<Balancer>,
     pub pool: Pool,
@@ -118,6 +120,8 @@ pub fn io_uring_available() -> bool {
     io_uring::IoUring::new(2).is_ok()
 }
 
+// Each argument is one thing the server hands a worker; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 /// Runs a worker to completion on the current thread: returns once the server is draining and
 /// this worker's in-flight requests finished or `shutdown_timeout` passed.
 pub fn run(
@@ -125,6 +129,7 @@ pub fn run(
     driver: Driver,
     sockets: Vec<BoundSocket>,
     wake: std::os::unix::net::UnixStream,
+    access: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     config: Arc<Config>,
     shared: Arc<Shared>,
     started: impl FnOnce(io::Result<DriverKind>),
@@ -137,8 +142,10 @@ pub fn run(
             .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
             .collect();
         let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
+        let access = access.map(|tx| crate::access::WorkerLog::new(tx, config.log.format));
         Rc::new(WorkerCtx {
             id,
+            access,
             config,
             balancers,
             pool,
@@ -229,6 +236,9 @@ async fn worker_main(
             },
         }
     }
+    if ctx.access.is_some() {
+        monoio::spawn(flush_access_log(ctx.clone()));
+    }
     // The control thread closes its end of `wake` when the server drains: a readable socket
     // wakes io_uring and epoll alike, where shutdown(2) of a Unix listener does not wake epoll.
     match monoio::net::UnixStream::from_std(wake) {
@@ -261,6 +271,23 @@ async fn worker_main(
     let deadline = Instant::now() + CLOSE_GRACE;
     while ctx.open_conns.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(DRAIN_POLL).await;
+    }
+    if let Some(log) = &ctx.access {
+        log.flush();
+    }
+}
+
+/// Hands the access log buffer to the writer thread now and then, so lines from a quiet
+/// worker do not wait for the buffer to fill.
+async fn flush_access_log(ctx: Rc<WorkerCtx>) {
+    while !ctx.close_all.is_closed() {
+        monoio::select! {
+            _ = monoio::time::sleep(crate::access::FLUSH_INTERVAL) => {},
+            _ = ctx.close_all.wait() => {},
+        }
+        if let Some(log) = &ctx.access {
+            log.flush();
+        }
     }
 }
 

@@ -75,6 +75,10 @@ driver_tests! {
         }
         assert_eq!(c.request(get_req("/status/503", "")).status, 503);
         drop(c);
+        // A worker counts a request right after writing its response: let the last one land.
+        assert!(wait_for(Duration::from_secs(2), || {
+            sample(&scrape(admin), "ringway_requests_total", &[]) == 6.0
+        }));
         let m = scrape(admin);
         assert_eq!(sample(&m, "ringway_requests_total", &[("listener", "web"), ("code", "2xx")]), 5.0);
         assert_eq!(sample(&m, "ringway_requests_total", &[("listener", "web"), ("code", "5xx")]), 1.0);
