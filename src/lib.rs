@@ -13,6 +13,8 @@
 //! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]) and body
 //!   framing ([`http1::body`]).
 //! - [`balance`]: per-worker balancer replicas over shared per-target atomics.
+//! - [`health`]: active health checks on one control thread, published through the shared
+//!   per-target atomics.
 //! - [`pool`]: per-worker pools of idle upstream connections.
 //! - [`stream`]: TCP and Unix streams behind one type.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
@@ -20,6 +22,7 @@
 pub mod balance;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod http1;
 pub mod listener;
 pub mod pool;

@@ -483,6 +483,8 @@ async fn forward(
         head,
         &s.headers,
     );
+    // Where the buffered body starts: each replay sends it again from here.
+    let body_start = down.pos;
     let started = Instant::now();
     let mut tried = crate::balance::Tried::default();
     let mut attempts = 0u32;
@@ -535,6 +537,9 @@ async fn forward(
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
             && lb_key.get(&down.buf) != Some(bal.cookie(t).as_bytes());
         let mut seen = None;
+        if body_buffered {
+            down.pos = body_start;
+        }
         let result = exchange(
             ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn, set_cookie, &mut seen,
         )
@@ -566,7 +571,14 @@ async fn forward(
                     attempts -= 1;
                     continue;
                 }
-                if !f.answered && f.error.retry_safe && may_retry_sent && can_try_again(attempts) {
+                // Retry when nothing reached the upstream, or when it did but the method may be
+                // repeated (retry_methods) and the whole body is still ours to send again.
+                let replayable = body_buffered && (f.error.retry_safe || may_retry_sent);
+                if !f.answered
+                    && f.error.side == Side::Upstream
+                    && replayable
+                    && can_try_again(attempts)
+                {
                     tried.insert(t);
                     continue;
                 }

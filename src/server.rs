@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 
 use crate::balance::{shared_targets, SharedTargets};
 use crate::config::{Config, Driver, ListenAddr};
+use crate::health;
 use crate::listener;
 use crate::worker::{self, DriverKind};
 
@@ -27,6 +28,8 @@ pub struct Server {
     addrs: Vec<ListenAddr>,
     listener_fds: Vec<RawFd>,
     driver: DriverKind,
+    /// The active health checker's control thread, when some upstream has `health.active`.
+    health: Option<health::Checker>,
 }
 
 impl Server {
@@ -79,6 +82,7 @@ impl Server {
             addrs: bound.addrs,
             listener_fds,
             driver: DriverKind::Epoll,
+            health: None,
         };
         for _ in 0..workers {
             match rx.recv() {
@@ -91,6 +95,13 @@ impl Server {
                     server.stop_now();
                     return Err(io::Error::other("a worker exited during startup"));
                 }
+            }
+        }
+        match health::Checker::start(config.clone(), server.shared.targets.clone()) {
+            Ok(checker) => server.health = checker,
+            Err(e) => {
+                server.stop_now();
+                return Err(io::Error::new(e.kind(), format!("health checker: {e}")));
             }
         }
         Ok(server)
@@ -124,6 +135,9 @@ impl Server {
     }
 
     fn stop_now(&mut self) {
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
         self.shared.draining.store(true, Ordering::SeqCst);
         for &fd in &self.listener_fds {
             listener::stop_accepting(fd);

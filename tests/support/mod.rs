@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod fixed;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use backend::{pattern, refused_addr, Backend, Options as BackendOptions, Request};
 pub use client::{get, get_req, Client, ReadError, Response};
+pub use fixed::FixedBackend;
 
 use ringway::server::Server;
 
