@@ -145,6 +145,12 @@ impl Server {
         for handle in self.workers.drain(..) {
             let _ = handle.join();
         }
+        // Our socket files would otherwise block the next start's bind ("not a socket" aside).
+        for addr in &self.addrs {
+            if let ListenAddr::Unix(path) = addr {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 
