@@ -822,4 +822,17 @@ mod tests {
         let after_fast = f64::from_bits(s.ewma.load(Ordering::Relaxed));
         assert!(after_fast > 90e6, "{after_fast}");
     }
+
+    #[test]
+    fn round_robin_cycles_exactly_on_every_worker_from_its_own_offset() {
+        let up = upstream(Policy::RoundRobin, &[1, 1, 1]);
+        let shared = shared_targets(std::slice::from_ref(&up)).remove(0);
+        for worker in 0..4 {
+            let b = Balancer::new(&up, &shared, worker, 9);
+            let picks: Vec<_> = (0..6).map(|_| pick(&b, None)).collect();
+            let start = worker % 3;
+            let want: Vec<_> = (0..6).map(|k| (start + k) % 3).collect();
+            assert_eq!(picks, want, "worker {worker}");
+        }
+    }
 }
