@@ -17,9 +17,11 @@
 //!   per-target atomics.
 //! - [`pool`]: per-worker pools of idle upstream connections.
 //! - [`stream`]: TCP and Unix streams behind one type.
+//! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
 pub mod balance;
+pub mod closer;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -483,13 +483,14 @@ async fn forward(
         head,
         &s.headers,
     );
-    // Where the buffered body starts: each replay sends it again from here.
-    let body_start = down.pos;
     let started = Instant::now();
+    // Each attempt sends the body from here again (only ever replayed when fully buffered).
+    let body_start = down.pos;
     let mut tried = crate::balance::Tried::default();
     let mut attempts = 0u32;
     loop {
         attempts += 1;
+        down.pos = body_start;
         let can_try_again = |attempts: u32| match up.lb.try_duration {
             Some(d) => started.elapsed() < d,
             None => attempts <= up.lb.retries,
@@ -505,10 +506,21 @@ async fn forward(
         };
         let target = &up.targets[t];
         let _in_flight = InFlight::new(&bal.shared(t).in_flight);
-        let (conn, fresh_only) = match ctx.pool.checkout(u, t, up.transport.idle_timeout) {
-            Some(c) => (c, false),
+        // A request that cannot be replayed must not meet a pooled connection the upstream
+        // already closed: a non-blocking peek finds that out for one syscall. Replayable
+        // requests skip it and are replayed if the connection turns out stale.
+        let replayable = idempotent && body_buffered;
+        let mut pooled = ctx.pool.checkout(u, t, up.transport.idle_timeout);
+        while pooled
+            .as_ref()
+            .is_some_and(|c| !replayable && c.stream.peer_closed())
+        {
+            pooled = ctx.pool.checkout(u, t, up.transport.idle_timeout);
+        }
+        let conn = match pooled {
+            Some(c) => c,
             None => match dial(ctx, u, t, up).await {
-                Ok(c) => (c, true),
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(upstream = %up.name, target = %target_name(&target.addr), "{e}");
                     // A full target refused a new connection: that says nothing of its health.
@@ -531,15 +543,11 @@ async fn forward(
                 }
             },
         };
-        let _ = fresh_only;
         let reused = conn.reused;
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
             && lb_key.get(&down.buf) != Some(bal.cookie(t).as_bytes());
         let mut seen = None;
-        if body_buffered {
-            down.pos = body_start;
-        }
         let result = exchange(
             ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn, set_cookie, &mut seen,
         )
@@ -571,14 +579,17 @@ async fn forward(
                     attempts -= 1;
                     continue;
                 }
-                // Retry when nothing reached the upstream, or when it did but the method may be
-                // repeated (retry_methods) and the whole body is still ours to send again.
-                let replayable = body_buffered && (f.error.retry_safe || may_retry_sent);
-                if !f.answered
-                    && f.error.side == Side::Upstream
-                    && replayable
-                    && can_try_again(attempts)
-                {
+                // Sent requests are replayed on another target only when retry_methods allows
+                // and no byte of a response came back.
+                let unanswered = matches!(
+                    f.error.kind,
+                    ErrorKind::UpstreamIo {
+                        before_response: true,
+                        ..
+                    }
+                );
+                let replay = f.error.retry_safe || (may_retry_sent && unanswered);
+                if !f.answered && replay && can_try_again(attempts) {
                     tried.insert(t);
                     continue;
                 }

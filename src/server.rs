@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -26,7 +25,9 @@ pub struct Server {
     shared: Arc<Shared>,
     names: Vec<String>,
     addrs: Vec<ListenAddr>,
-    listener_fds: Vec<RawFd>,
+    listener_fds: Vec<std::os::fd::RawFd>,
+    /// Our ends of one socketpair per worker: closing them wakes the workers to drain.
+    wakers: Vec<std::os::unix::net::UnixStream>,
     driver: DriverKind,
     /// The active health checker's control thread, when some upstream has `health.active`.
     health: Option<health::Checker>,
@@ -59,7 +60,11 @@ impl Server {
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(workers);
+        let mut wakers = Vec::with_capacity(workers);
         for (id, sockets) in bound.sockets.into_iter().enumerate() {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            theirs.set_nonblocking(true)?;
+            wakers.push(ours);
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (config, shared, tx) = (config.clone(), shared.clone(), tx.clone());
             let handle = std::thread::Builder::new()
@@ -68,7 +73,7 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(id, driver, sockets, config, shared, |r| {
+                    worker::run(id, driver, sockets, theirs, config, shared, |r| {
                         let _ = tx.send(r);
                     });
                 })?;
@@ -80,6 +85,7 @@ impl Server {
             shared,
             names: config.listeners.iter().map(|l| l.name.clone()).collect(),
             addrs: bound.addrs,
+            wakers,
             listener_fds,
             driver: DriverKind::Epoll,
             health: None,
@@ -142,6 +148,7 @@ impl Server {
         for &fd in &self.listener_fds {
             listener::stop_accepting(fd);
         }
+        self.wakers.clear();
         for handle in self.workers.drain(..) {
             let _ = handle.join();
         }

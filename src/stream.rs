@@ -58,6 +58,30 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Whether an idle connection was closed (or sent unexpected bytes) by its peer, checked
+    /// with a non-blocking peek that consumes nothing.
+    pub fn peer_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        };
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most 1 byte into `byte`, which outlives the call.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // 0: FIN; >0: bytes nobody asked for; <0 with EAGAIN: alive and quiet.
+        n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+    }
+}
+
 /// Bytes of spare capacity to ensure before a read; small reads waste syscalls.
 pub const MIN_READ_SPACE: usize = 4096;
 

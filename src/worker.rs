@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use monoio::net::{TcpListener, UnixListener};
 
 use crate::balance::Balancer;
+use crate::closer::Closer;
 use crate::config::{Config, Driver, ListenerKind};
 use crate::listener::BoundSocket;
 use crate::pool::Pool;
@@ -24,6 +25,8 @@ const RING_ENTRIES: u32 = 4096;
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Back-off after accept fails for lack of descriptors, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// After the drain, how long connection tasks get to notice the close and drop their sockets.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything one worker owns.
 pub struct WorkerCtx {
@@ -37,6 +40,12 @@ pub struct WorkerCtx {
     pub active_requests: Cell<usize>,
     /// Open downstream connections (for `limits.max_connections`).
     pub open_conns: Cell<usize>,
+    /// Fired when the server drains: accept loops stop (epoll; io_uring accepts end by
+    /// shutdown(2) of their socket, see `listener::stop_accepting`).
+    stop_accepting: Closer,
+    uring: Cell<bool>,
+    /// Fired after the drain: every connection task ends, closing its sockets.
+    close_all: Closer,
 }
 
 impl WorkerCtx {
@@ -76,6 +85,7 @@ pub fn run(
     id: usize,
     driver: Driver,
     sockets: Vec<BoundSocket>,
+    wake: std::os::unix::net::UnixStream,
     config: Arc<Config>,
     shared: Arc<Shared>,
     started: impl FnOnce(io::Result<DriverKind>),
@@ -96,13 +106,18 @@ pub fn run(
             shared,
             active_requests: Cell::new(0),
             open_conns: Cell::new(0),
+            stop_accepting: Closer::default(),
+            uring: Cell::new(false),
+            close_all: Closer::default(),
         })
     };
     if driver != Driver::Epoll {
         match build_uring() {
             Ok((mut rt, kind)) => {
                 started(Ok(kind));
-                rt.block_on(worker_main(ctx(), sockets));
+                let ctx = ctx();
+                ctx.uring.set(true);
+                rt.block_on(worker_main(ctx, sockets, wake));
                 return;
             }
             Err(e) if driver == Driver::IoUring => {
@@ -118,7 +133,7 @@ pub fn run(
     {
         Ok(mut rt) => {
             started(Ok(DriverKind::Epoll));
-            rt.block_on(worker_main(ctx(), sockets));
+            rt.block_on(worker_main(ctx(), sockets, wake));
         }
         Err(e) => started(Err(e)),
     }
@@ -156,7 +171,11 @@ fn seed_for(worker: usize) -> u64 {
     t ^ ((worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
-async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
+async fn worker_main(
+    ctx: Rc<WorkerCtx>,
+    sockets: Vec<BoundSocket>,
+    wake: std::os::unix::net::UnixStream,
+) {
     let mut accepts = Vec::with_capacity(sockets.len());
     for (index, socket) in sockets.into_iter().enumerate() {
         match socket {
@@ -170,7 +189,19 @@ async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
             },
         }
     }
-    // Accept loops end only when the server drains (their sockets are shut down).
+    // The control thread closes its end of `wake` when the server drains: a readable socket
+    // wakes io_uring and epoll alike, where shutdown(2) of a Unix listener does not wake epoll.
+    match monoio::net::UnixStream::from_std(wake) {
+        Ok(mut wake) => {
+            use monoio::io::AsyncReadRent;
+            let _ = wake.read(Vec::with_capacity(1)).await;
+        }
+        Err(e) => {
+            tracing::error!(worker = ctx.id, "cannot watch for shutdown: {e}");
+            std::future::pending::<()>().await;
+        }
+    }
+    ctx.stop_accepting.close();
     for a in accepts {
         a.await;
     }
@@ -185,6 +216,12 @@ async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
             "shutdown_timeout passed with requests in flight; closing them"
         );
     }
+    // End every connection task so their sockets close now, not whenever the runtime goes.
+    ctx.close_all.close();
+    let deadline = Instant::now() + CLOSE_GRACE;
+    while ctx.open_conns.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
 /// Admits a new downstream connection unless the worker is at `limits.max_connections`.
@@ -194,7 +231,17 @@ fn admit(ctx: &WorkerCtx) -> bool {
 
 async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
     loop {
-        match listener.accept().await {
+        // On io_uring an accept must complete, never be dropped in flight (see
+        // `listener::stop_accepting`); epoll has nothing in the kernel to leave behind.
+        let accepted = if ctx.uring.get() {
+            listener.accept().await
+        } else {
+            monoio::select! {
+                r = listener.accept() => r,
+                _ = ctx.stop_accepting.wait() => break,
+            }
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 if ctx.draining() {
                     break;
@@ -215,7 +262,17 @@ async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
 
 async fn accept_unix(ctx: Rc<WorkerCtx>, index: usize, listener: UnixListener) {
     loop {
-        match listener.accept().await {
+        // On io_uring an accept must complete, never be dropped in flight (see
+        // `listener::stop_accepting`); epoll has nothing in the kernel to leave behind.
+        let accepted = if ctx.uring.get() {
+            listener.accept().await
+        } else {
+            monoio::select! {
+                r = listener.accept() => r,
+                _ = ctx.stop_accepting.wait() => break,
+            }
+        };
+        match accepted {
             Ok((stream, _)) => {
                 if ctx.draining() {
                     break;
@@ -248,10 +305,18 @@ fn spawn_conn(
     let ctx = ctx.clone();
     ctx.open_conns.set(ctx.open_conns.get() + 1);
     monoio::spawn(async move {
-        match &ctx.config.listeners[listener].kind {
-            ListenerKind::Http { .. } => crate::proxy::serve(&ctx, listener, stream, peer).await,
-            // Refused by config validation until layer-4 proxying lands.
-            ListenerKind::Tcp { .. } => {}
+        let serve = async {
+            match &ctx.config.listeners[listener].kind {
+                ListenerKind::Http { .. } => {
+                    crate::proxy::serve(&ctx, listener, stream, peer).await
+                }
+                // Refused by config validation until layer-4 proxying lands.
+                ListenerKind::Tcp { .. } => {}
+            }
+        };
+        monoio::select! {
+            _ = serve => {},
+            _ = ctx.close_all.wait() => {},
         }
         ctx.open_conns.set(ctx.open_conns.get() - 1);
     });

@@ -154,14 +154,22 @@ fn held_load_steers_quick_requests_away(lb: &str, min_share: f64) {
         &[("A", a.target()), ("B", b.target())],
     );
     let addr = proxy.addr();
-    let slow = std::thread::spawn(move || get(addr, "/sleep?ms=1500").status);
+    let slow = std::thread::spawn(move || get(addr, "/sleep?ms=3000").status);
     assert!(wait_for(Duration::from_secs(2), || a.requests()
         + b.requests()
         == 1));
     let held = if a.requests() == 1 { "a" } else { "b" };
-    let n = 40;
-    let other = (0..n).filter(|_| who(&proxy, "/", "") != held).count();
+    // Only answers given while the slow request still holds its target count.
+    let (mut n, mut other) = (0, 0);
+    while n < 40 && !slow.is_finished() {
+        let name = who(&proxy, "/", "");
+        if !slow.is_finished() {
+            n += 1;
+            other += usize::from(name != held);
+        }
+    }
     assert_eq!(slow.join().unwrap(), 200);
+    assert!(n >= 10, "only {n} requests fit into the slow one");
     let share = other as f64 / n as f64;
     assert!(
         share >= min_share,
@@ -171,7 +179,9 @@ fn held_load_steers_quick_requests_away(lb: &str, min_share: f64) {
 
 #[test]
 fn least_conn_avoids_the_target_another_worker_keeps_busy() {
-    held_load_steers_quick_requests_away("{ policy: least_conn }", 1.0);
+    // Not 100%: a quick request's in-flight mark is dropped just after its last byte is
+    // written, so the next request (maybe on the other worker) can still see a 1-1 tie.
+    held_load_steers_quick_requests_away("{ policy: least_conn }", 0.85);
 }
 
 #[test]
