@@ -372,6 +372,7 @@ impl Balancer {
         key: Option<&[u8]>,
         ok: &impl Fn(usize) -> bool,
     ) -> Option<usize> {
+        debug_assert!(range.end <= self.targets.len());
         let (base, n) = (range.start, range.len());
         if n == 0 {
             return None;

@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Scenario: lb-policies. Sourced by run.sh it is one policy (env LB_POLICY, default
 # random_choose) over three targets; executed directly it runs run.sh once per policy
 # (ringway only) and prints ringway's CPU per request for each, so a policy's cost shows:
