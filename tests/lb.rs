@@ -288,3 +288,29 @@ fn all_targets_down_answers_503_after_try_duration() {
     assert!(took >= Duration::from_millis(600), "gave up after {took:?}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
+
+#[test]
+fn split_sends_its_percent_of_10k_requests_within_two_percent() {
+    let main = Backend::start("main");
+    let canary = Backend::start("canary");
+    let yaml = one_upstream_yaml(
+        "$M",
+        "    split: { targets: [\"$C\"], percent: 20 }\n    lb: { policy: round_robin }\n",
+    );
+    let proxy = Proxy::start(
+        Driver::any(),
+        &yaml,
+        &[("M", main.target()), ("C", canary.target())],
+    );
+    let mut c = proxy.client();
+    let n = 10_000;
+    for _ in 0..n {
+        assert_eq!(c.request(get_req("/", "")).status, 200);
+    }
+    let share = canary.requests() as f64 / n as f64;
+    assert_eq!(main.requests() + canary.requests(), n);
+    assert!(
+        (share - 0.20).abs() < 0.02,
+        "canary got {share:.3} of requests"
+    );
+}
