@@ -42,6 +42,9 @@ pub struct TargetShared {
     pub conns: AtomicU32,
     /// The active health checker's verdict (true until probes say otherwise).
     pub healthy: AtomicBool,
+    /// A worker found this capped target full with no idle connection of its own. Pools are
+    /// per worker, so whichever worker holds an idle one closes it to hand the slot over.
+    pub wanted: AtomicBool,
     /// Passive failures: a ring of `now_ms` stamps (0 = empty) as long as `max_fails`. The slot
     /// at `fail_next` is the oldest remembered failure: the target is down while it is recent.
     fails: Box<[AtomicU64]>,
@@ -61,6 +64,7 @@ impl TargetShared {
             in_flight: AtomicU32::new(0),
             conns: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
+            wanted: AtomicBool::new(false),
             fails: (0..max_fails.max(1)).map(|_| AtomicU64::new(0)).collect(),
             fail_next: AtomicU32::new(0),
             ewma: AtomicU64::new(0f64.to_bits()),
@@ -303,9 +307,20 @@ impl Balancer {
             }
         }
         match t.max_conns {
-            Some(max) => s.conns.load(Ordering::Relaxed) < max || has_idle(i),
-            None => true,
+            Some(max) if s.conns.load(Ordering::Relaxed) >= max && !has_idle(i) => {
+                // Load first: a flag already raised costs no cache-line write.
+                if !s.wanted.load(Ordering::Relaxed) {
+                    s.wanted.store(true, Ordering::Relaxed);
+                }
+                false
+            }
+            _ => true,
         }
+    }
+
+    /// Whether target `i` has a `max_connections` cap.
+    pub fn is_capped(&self, i: usize) -> bool {
+        self.targets[i].max_conns.is_some()
     }
 
     fn next_random(&self) -> u64 {
@@ -507,6 +522,7 @@ impl Balancer {
         match t.max_conns {
             Some(max) if prev >= max => {
                 t.shared.conns.fetch_sub(1, Ordering::AcqRel);
+                t.shared.wanted.store(true, Ordering::Relaxed);
                 false
             }
             _ => true,

@@ -1302,7 +1302,17 @@ async fn exchange(
         && ub.pending() == 0;
     *ubuf = ub.buf;
     if up_keep {
-        ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
+        let bal = &ctx.balancers[u];
+        let shared = bal.shared(t);
+        // Another worker waits for a slot of this capped target: close instead of pooling.
+        let wanted = bal.is_capped(t)
+            && shared.wanted.load(std::sync::atomic::Ordering::Relaxed)
+            && shared
+                .wanted
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if !wanted {
+            ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
+        }
     }
     Ok(keep)
 }
