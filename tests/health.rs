@@ -168,3 +168,25 @@ fn active_health_checks_status_and_body_and_plain_connects_without_uri() {
         .iter()
         .all(|(s, n)| *s == 200 && n == "b"));
 }
+
+#[test]
+fn active_health_probes_send_the_configured_method_uri_and_headers() {
+    let a = Backend::start("a");
+    let yaml = one_upstream_yaml(
+        "$A",
+        "    health:\n      active:\n        uri: \"/healthz?deep=1\"\n        method: HEAD\n        \
+         interval: 50ms\n        headers: { Host: api.internal, X-Probe: ringway }\n",
+    );
+    let _proxy = Proxy::start(Driver::any(), &yaml, &[("A", a.target())]);
+    assert!(a.wait_for_requests(1, Duration::from_secs(2)));
+    let probe = a.recorded().remove(0);
+    assert_eq!(probe.method, "HEAD");
+    assert_eq!(probe.target, "/healthz?deep=1");
+    assert_eq!(probe.header("host"), Some("api.internal"));
+    assert_eq!(
+        probe.header_all("host").len(),
+        1,
+        "Host is replaced, not added"
+    );
+    assert_eq!(probe.header("x-probe"), Some("ringway"));
+}

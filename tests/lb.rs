@@ -116,7 +116,7 @@ fn client_ip_hash_uses_the_forwarded_client_behind_a_trusted_proxy() {
 
 #[test]
 fn cookie_policy_sets_a_cookie_once_and_sticks_to_its_target() {
-    let (proxy, _bs) = three("{ policy: cookie, key: sticky, secret: s3cret }", 2);
+    let (proxy, bs) = three("{ policy: cookie, key: sticky, secret: s3cret }", 2);
     let mut c = proxy.client();
     let r = c.request(get_req("/", ""));
     let set = r
@@ -127,7 +127,12 @@ fn cookie_policy_sets_a_cookie_once_and_sticks_to_its_target() {
     let pair = set.split(';').next().unwrap().to_string();
     let (name, value) = pair.split_once('=').unwrap();
     assert_eq!(name, "sticky");
-    assert_eq!(value.len(), 64, "hex HMAC-SHA256: {set}");
+    let owner = bs.iter().find(|b| b.name() == target).unwrap();
+    assert_eq!(
+        value,
+        ringway::balance::cookie_value("s3cret", &owner.target()),
+        "hex HMAC-SHA256(secret, dial address): {set}"
+    );
     for _ in 0..20 {
         let mut c = proxy.client();
         let r = c.request(get_req("/", &format!("Cookie: other=1; {pair}\r\n")));
