@@ -15,6 +15,7 @@
 //! - [`balance`]: per-worker balancer replicas over shared per-target atomics.
 //! - [`health`]: active health checks on one control thread, published through the shared
 //!   per-target atomics.
+//! - [`target`]: per-target state shared by all workers (load, health, latency), atomics only.
 //! - [`pool`]: per-worker pools of idle upstream connections.
 //! - [`stream`]: TCP and Unix streams behind one type.
 //! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
@@ -32,5 +33,6 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod stream;
+pub mod target;
 pub mod template;
 pub mod worker;
