@@ -8,6 +8,8 @@
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
 //!   when io_uring is unavailable), its own accept loops, balancers and pools.
 //! - [`listener`]: SO_REUSEPORT listening sockets, bound before workers start.
+//! - [`metrics`]: per-worker counters summed on scrape into Prometheus text.
+//! - [`admin`]: the control-plane HTTP endpoint (metrics, health, readiness, upstreams).
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection.
 //! - [`route`]: host/path/method/header route matching.
 //! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]) and body
@@ -21,6 +23,7 @@
 //! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
+pub mod admin;
 pub mod balance;
 pub mod closer;
 pub mod config;
@@ -28,6 +31,7 @@ pub mod error;
 pub mod health;
 pub mod http1;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod route;
@@ -35,4 +39,5 @@ pub mod server;
 pub mod stream;
 pub mod target;
 pub mod template;
+pub mod tunnel;
 pub mod worker;

@@ -21,7 +21,7 @@ use crate::http1::parse::{
 };
 use crate::pool::UpConn;
 use crate::route;
-use crate::stream::{reserve_read_space, Stream};
+use crate::stream::{reserve_read_space, SplicePipe, Stream, MIN_READ_SPACE, SPLICE_CHUNK};
 use crate::template::{Placeholder, Placeholders};
 use crate::worker::WorkerCtx;
 
@@ -40,6 +40,10 @@ const RESPONSE_LIMITS: HeadLimits = HeadLimits {
 /// X-Forwarded-For hops client_ip_hash looks at (nearest first): a bounded stack array keeps
 /// selection allocation-free; a longer chain is read from its nearest hops.
 const MAX_XFF_HOPS: usize = 16;
+/// Content-Length bodies at least this large move with splice(2) on plaintext sockets; smaller
+/// ones are cheaper as one read and one write (splice costs two operations and, on io_uring, a
+/// hop through a kernel worker thread).
+pub const SPLICE_MIN_BODY: u64 = 64 * 1024;
 /// Room a chunked decoder may need for one size line or trailer section (see http1::body).
 const CHUNK_FRAMING_ROOM: usize = 32 * 1024;
 
@@ -115,6 +119,8 @@ struct Scratch {
     out: Vec<u8>,
     aux: Vec<u8>,
     list: HeaderList,
+    /// Status of the response sent for the current request (0: none), for metrics.
+    status: u16,
 }
 
 /// Serves one downstream connection until it closes, fails or the server drains.
@@ -143,6 +149,7 @@ pub async fn serve(
         out: Vec::with_capacity(4096),
         aux: Vec::new(),
         list: HeaderList::default(),
+        status: 0,
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let limits = HeadLimits {
@@ -158,12 +165,19 @@ pub async fn serve(
                 Ok(None) => return,
                 Err(e) => {
                     answer_error(&mut stream, &mut s.out, &e).await;
+                    ctx.metrics()
+                        .request_done(listener, e.status().unwrap_or(0), Duration::ZERO);
                     return;
                 }
             };
         first = false;
+        let started = Instant::now();
+        s.status = 0;
         ctx.active_requests.set(ctx.active_requests.get() + 1);
-        let keep = handle(
+        ctx.metrics()
+            .in_flight
+            .set(ctx.active_requests.get() as u64);
+        let next = handle(
             ctx,
             listener,
             &client,
@@ -174,7 +188,29 @@ pub async fn serve(
             &head,
         )
         .await;
+        ctx.metrics()
+            .request_done(listener, s.status, started.elapsed());
+        let keep = match next {
+            Exchange::Done(keep) => keep,
+            Exchange::Upgraded(conn) => {
+                // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
+                let UpConn {
+                    stream: up, slot, ..
+                } = conn;
+                let (sent, received) = crate::tunnel::run(stream, up).await;
+                tracing::debug!(sent, received, "upgraded connection closed");
+                drop(slot);
+                ctx.active_requests.set(ctx.active_requests.get() - 1);
+                ctx.metrics()
+                    .in_flight
+                    .set(ctx.active_requests.get() as u64);
+                return;
+            }
+        };
         ctx.active_requests.set(ctx.active_requests.get() - 1);
+        ctx.metrics()
+            .in_flight
+            .set(ctx.active_requests.get() as u64);
         if !keep || ctx.draining() {
             return;
         }
@@ -256,8 +292,15 @@ async fn answer_error(stream: &mut Stream, out: &mut Vec<u8>, e: &ProxyError) {
     }
 }
 
-/// Handles one request whose head sits at `down.buf[..head.head_len]`. Returns whether the
-/// connection can serve another request.
+/// How an exchange left the client connection.
+enum Exchange {
+    /// A full response was sent; whether the connection can serve another request.
+    Done(bool),
+    /// The upstream switched protocols: relay bytes both ways from now on.
+    Upgraded(UpConn),
+}
+
+/// Handles one request whose head sits at `down.buf[..head.head_len]`.
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     ctx: &Rc<WorkerCtx>,
@@ -268,7 +311,7 @@ async fn handle(
     ubuf: &mut Vec<u8>,
     s: &mut Scratch,
     head: &RequestHead,
-) -> bool {
+) -> Exchange {
     let config = &ctx.config;
     if let (Framing::Length(n), Some(max)) = (head.framing, config.limits.max_request_body) {
         if n > max {
@@ -278,30 +321,31 @@ async fn handle(
                 &ProxyError::downstream(ErrorKind::BodyTooLarge),
             )
             .await;
-            return false;
+            return Exchange::Done(false);
         }
     }
     let crate::config::ListenerKind::Http { routes } = &config.listeners[listener].kind else {
-        return false;
+        return Exchange::Done(false);
     };
     let Some(route) = route::find(routes, &down.buf, head, &s.headers) else {
-        return respond_simple(stream, down, s, head, 404).await;
+        return Exchange::Done(respond_simple(stream, down, s, head, 404).await);
     };
     down.pos = head.head_len;
     down.floor = head.head_len;
     match &route.action {
-        Action::Respond(r) => respond(ctx, client, stream, down, s, head, r).await,
+        Action::Respond(r) => Exchange::Done(respond(ctx, client, stream, down, s, head, r).await),
         Action::Proxy(u) => {
             let up = &config.upstreams[*u];
             match forward(ctx, *u, up, route, client, stream, down, ubuf, s, head).await {
-                Ok(keep) => keep,
+                Ok(next) => next,
                 Err(Failure { error, answered }) => {
                     if !answered {
+                        s.status = error.status().unwrap_or(0);
                         answer_error(stream, &mut s.out, &error).await;
                     } else {
                         tracing::debug!("response cut short: {error}");
                     }
-                    false
+                    Exchange::Done(false)
                 }
             }
         }
@@ -328,6 +372,7 @@ async fn respond_simple(
     head: &RequestHead,
     status: u16,
 ) -> bool {
+    s.status = status;
     down.pos = head.head_len;
     let keep = head.keep_alive() && skip_buffered_body(down, head);
     let reason = reason_phrase(status);
@@ -367,6 +412,7 @@ async fn respond(
     r: &Respond,
 ) -> bool {
     let keep = head.keep_alive() && skip_buffered_body(down, head) && !ctx.draining();
+    s.status = r.status;
     let info = ReqInfo {
         buf: &down.buf,
         head,
@@ -458,8 +504,14 @@ async fn forward(
     ubuf: &mut Vec<u8>,
     s: &mut Scratch,
     head: &RequestHead,
-) -> Result<bool, Failure> {
+) -> Result<Exchange, Failure> {
     let bal = &ctx.balancers[u];
+    if up.request_buffer > 0 {
+        let idle = ctx.config.limits.idle_timeout;
+        fill_body(stream, down, head.framing, up.request_buffer, idle)
+            .await
+            .map_err(|e| Failure::from(ProxyError::downstream(ErrorKind::ClientIo(e))))?;
+    }
     let method = route
         .method
         .as_deref()
@@ -556,7 +608,7 @@ async fn forward(
             note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
         }
         match result {
-            Ok(keep) => return Ok(keep),
+            Ok(next) => return Ok(next),
             Err(f) => {
                 // A pooled connection the upstream had already closed: replay once on a fresh
                 // one when nothing of the response arrived and the request is safe to repeat.
@@ -854,6 +906,8 @@ struct BodyLimits {
 /// `dst`. On return `src.buf[src.pos..]` holds whatever followed the body.
 #[allow(clippy::too_many_arguments)]
 async fn relay_body(
+    ctx: &WorkerCtx,
+    upward: bool,
     src_stream: &mut Stream,
     src: &mut RecvBuf,
     src_side: Side,
@@ -886,6 +940,22 @@ async fn relay_body(
                 }
                 if remaining == 0 {
                     return Ok(());
+                }
+                if encode == Encode::Raw
+                    && remaining >= SPLICE_MIN_BODY
+                    && src_stream.can_splice()
+                    && dst.can_splice()
+                {
+                    if let Some(mut pipe) = ctx.take_pipe() {
+                        // An error may leave bytes in the pipe: then it is dropped, not reused.
+                        splice_body(
+                            ctx, upward, src_stream, src_side, dst, dst_side, &mut pipe, remaining,
+                            lim,
+                        )
+                        .await?;
+                        ctx.return_pipe(pipe);
+                        return Ok(());
+                    }
                 }
                 src.reset();
                 read_body(src_stream, src, src_side, lim, BODY_CHUNK).await?;
@@ -986,6 +1056,83 @@ async fn relay_body(
     }
 }
 
+/// Moves `remaining` body bytes socket -> pipe -> socket without copying them through user
+/// space. Never reads past the body, so a pipelined next request stays in the socket.
+#[allow(clippy::too_many_arguments)]
+async fn splice_body(
+    ctx: &WorkerCtx,
+    upward: bool,
+    src: &mut Stream,
+    src_side: Side,
+    dst: &mut Stream,
+    dst_side: Side,
+    pipe: &mut SplicePipe,
+    mut remaining: u64,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    while remaining > 0 {
+        let want = remaining.min(SPLICE_CHUNK as u64) as u32;
+        let n = match timed(lim.read_timeout, src.splice_in(pipe, want)).await {
+            None => return Err(timeout_err(src_side)),
+            Some(Ok(0)) => return Err(io_err(src_side, std::io::ErrorKind::UnexpectedEof.into())),
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(io_err(src_side, e)),
+        };
+        match timed(lim.write_timeout, dst.splice_out(pipe, n)).await {
+            None => return Err(timeout_err(dst_side)),
+            Some(Err(e)) => return Err(io_err(dst_side, e)),
+            Some(Ok(())) => {}
+        }
+        remaining -= n as u64;
+        ctx.count_spliced(upward, n as u64);
+    }
+    Ok(())
+}
+
+/// Reads until `want` body bytes (or the whole body, if shorter) sit in `rb` after `rb.pos`,
+/// for `request_buffer` / `response_buffer`. End of stream stops early without error: the relay
+/// that follows reports a truncated body.
+async fn fill_body(
+    stream: &mut Stream,
+    rb: &mut RecvBuf,
+    framing: Framing,
+    want: u64,
+    read_timeout: Option<Duration>,
+) -> std::io::Result<()> {
+    let target = match framing {
+        Framing::None => return Ok(()),
+        Framing::Length(n) => n.min(want),
+        Framing::Chunked | Framing::CloseDelimited => want,
+    } as usize;
+    let cap = rb.pos + target + MIN_READ_SPACE;
+    while rb.pending() < target {
+        if framing == Framing::Chunked && chunked_complete(&rb.buf[rb.pos..]) {
+            break;
+        }
+        match timed(read_timeout, rb.read_more(stream, cap)).await {
+            None => return Err(std::io::ErrorKind::TimedOut.into()),
+            Some(Ok(0)) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `bytes` hold a whole chunked body (malformed counts as complete: the relay says so).
+fn chunked_complete(bytes: &[u8]) -> bool {
+    let mut dec = ChunkedDecoder::new();
+    let mut p = 0;
+    loop {
+        match dec.step(&bytes[p..]) {
+            Ok(step) if step.done => return true,
+            Ok(step) if step.consumed == 0 => return false,
+            Ok(step) => p += step.consumed,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
 async fn read_body(
     stream: &mut Stream,
@@ -1065,9 +1212,8 @@ async fn exchange(
     mut conn: UpConn,
     set_cookie: bool,
     seen: &mut Option<(u16, Duration)>,
-) -> Result<bool, Failure> {
+) -> Result<Exchange, Failure> {
     let tr = &up.transport;
-    let sent_at = Instant::now();
     let client_head = is_head(&down.buf, head);
     // What the upstream was asked decides its response framing; a method override can differ.
     let upstream_head = route.method.as_deref().map_or(client_head, |m| m == "HEAD");
@@ -1115,6 +1261,8 @@ async fn exchange(
             reused,
         )
     })?;
+    ctx.metrics().upstream_requests[u][t][reused as usize].inc();
+    let sent_at = Instant::now();
     let req_limits = BodyLimits {
         read_timeout: ctx.config.limits.idle_timeout,
         write_timeout: tr.write_timeout,
@@ -1135,6 +1283,8 @@ async fn exchange(
     let mut body_sent = !(head.expect_continue && has_rest && down.pending() == 0);
     if body_sent {
         relay_body(
+            ctx,
+            true,
             stream,
             down,
             Side::Downstream,
@@ -1156,11 +1306,15 @@ async fn exchange(
             &mut s.resp_headers,
         ) {
             Parse::Complete(r) if r.status == 101 => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamInvalid("101 without an upgrade request"),
-                    false,
-                )
-                .into());
+                if !head.conn.upgrade {
+                    return Err(ProxyError::upstream(
+                        ErrorKind::UpstreamInvalid("101 without an upgrade request"),
+                        false,
+                    )
+                    .into());
+                }
+                s.status = 101;
+                break r;
             }
             Parse::Complete(r) if r.status < 200 => {
                 // Interim responses reach HTTP/1.1 clients as they are.
@@ -1174,6 +1328,8 @@ async fn exchange(
                 }
                 if r.status == 100 && !body_sent {
                     relay_body(
+                        ctx,
+                        true,
                         stream,
                         down,
                         Side::Downstream,
@@ -1191,6 +1347,8 @@ async fn exchange(
             }
             Parse::Complete(r) => {
                 *seen = Some((r.status, sent_at.elapsed()));
+                ctx.metrics().upstream_response_time[u].observe(sent_at.elapsed());
+                s.status = r.status;
                 break r;
             }
             Parse::Invalid(_) => {
@@ -1227,7 +1385,31 @@ async fn exchange(
         )
         .into());
     };
+    if resp.status == 101 {
+        return switch_protocols(stream, down, &mut ub, ubuf, s, &resp, conn).await;
+    }
     // From here on the client may have seen bytes: failures close instead of answering.
+    if up.response_buffer > 0 && !client_head {
+        ub.pos += resp.head_len;
+        let filled = fill_body(
+            &mut conn.stream,
+            &mut ub,
+            resp.framing,
+            up.response_buffer,
+            tr.read_timeout,
+        )
+        .await;
+        ub.pos -= resp.head_len;
+        filled.map_err(|err| {
+            ProxyError::upstream(
+                ErrorKind::UpstreamIo {
+                    err,
+                    before_response: false,
+                },
+                false,
+            )
+        })?;
+    }
     let http10 = head.version == Version::Http10;
     let encode = match resp.framing {
         _ if client_head => Encode::Discard,
@@ -1283,6 +1465,8 @@ async fn exchange(
         max: None,
     };
     relay_body(
+        ctx,
+        false,
         &mut conn.stream,
         &mut ub,
         Side::Upstream,
@@ -1314,7 +1498,52 @@ async fn exchange(
             ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
         }
     }
-    Ok(keep)
+    Ok(Exchange::Done(keep))
+}
+
+/// Relays a `101 Switching Protocols` and hands both connections over to a tunnel. Bytes that
+/// already arrived past either head (early frames) go across first.
+async fn switch_protocols(
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    ub: &mut RecvBuf,
+    ubuf: &mut Vec<u8>,
+    s: &mut Scratch,
+    resp: &ResponseHead,
+    mut conn: UpConn,
+) -> Result<Exchange, Failure> {
+    let rbuf = &ub.buf[ub.pos..];
+    s.out.clear();
+    s.out.extend_from_slice(b"HTTP/1.1 101 ");
+    s.out.extend_from_slice(resp.reason.get(rbuf));
+    s.out.extend_from_slice(b"\r\n");
+    for h in &s.resp_headers {
+        if !h.hop_by_hop || h.kind == HeaderKind::Upgrade {
+            write_orig(&mut s.out, rbuf, h, resp.bare_lf);
+        }
+    }
+    s.out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
+    s.out.extend_from_slice(&ub.buf[ub.pos + resp.head_len..]);
+    let out = std::mem::take(&mut s.out);
+    let (res, out) = stream.write_all(out).await;
+    s.out = out;
+    res.map_err(|e| Failure {
+        error: io_err(Side::Downstream, e),
+        answered: true,
+    })?;
+    if down.pending() > 0 {
+        let range = down.pos..down.buf.len();
+        let buf = std::mem::take(&mut down.buf);
+        let (res, buf) = conn.stream.write_range(buf, range).await;
+        down.buf = buf;
+        down.pos = down.buf.len();
+        res.map_err(|e| Failure {
+            error: io_err(Side::Upstream, e),
+            answered: true,
+        })?;
+    }
+    *ubuf = std::mem::take(&mut ub.buf);
+    Ok(Exchange::Upgraded(conn))
 }
 
 /// Placeholder values for one request.
@@ -1755,7 +1984,13 @@ fn write_request_head(
     if head.framing == Framing::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    if !up.transport.keepalive {
+    if head.conn.upgrade {
+        // Upgrade is hop-by-hop except when upgrading: then it must reach the upstream.
+        for h in headers.iter().filter(|h| h.kind == HeaderKind::Upgrade) {
+            write_orig(out, buf, h, head.bare_lf);
+        }
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
+    } else if !up.transport.keepalive {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");

@@ -11,11 +11,14 @@ use crate::balance::{shared_targets, SharedTargets};
 use crate::config::{Config, Driver, ListenAddr};
 use crate::health;
 use crate::listener;
+use crate::metrics::WorkerMetrics;
 use crate::worker::{self, DriverKind};
 
 /// State shared by all workers: only atomics (and immutable data).
 pub struct Shared {
     pub draining: AtomicBool,
+    /// One entry per worker, indexed by worker id; each written only by its worker.
+    pub metrics: Vec<WorkerMetrics>,
     /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
     pub targets: SharedTargets,
 }
@@ -31,6 +34,9 @@ pub struct Server {
     driver: DriverKind,
     /// The active health checker's control thread, when some upstream has `health.active`.
     health: Option<health::Checker>,
+    shutdown_delay: std::time::Duration,
+    /// Stopped last, so /readyz reports the drain while it happens.
+    admin: Option<crate::admin::Admin>,
 }
 
 impl Server {
@@ -41,6 +47,7 @@ impl Server {
         let listener_fds = bound.sockets.iter().flatten().map(|s| s.raw_fd()).collect();
         let shared = Arc::new(Shared {
             draining: AtomicBool::new(false),
+            metrics: (0..workers).map(|_| WorkerMetrics::new(&config)).collect(),
             targets: shared_targets(&config.upstreams),
         });
         let driver = match config.driver {
@@ -89,6 +96,8 @@ impl Server {
             listener_fds,
             driver: DriverKind::Epoll,
             health: None,
+            shutdown_delay: config.shutdown_delay,
+            admin: None,
         };
         for _ in 0..workers {
             match rx.recv() {
@@ -110,7 +119,27 @@ impl Server {
                 return Err(io::Error::new(e.kind(), format!("health checker: {e}")));
             }
         }
+        if let Some(addr) = config.admin {
+            let bound = server
+                .names
+                .iter()
+                .cloned()
+                .zip(server.addrs.iter().cloned())
+                .collect();
+            match crate::admin::Admin::start(addr, config.clone(), server.shared.clone(), bound) {
+                Ok(a) => server.admin = Some(a),
+                Err(e) => {
+                    server.stop_now();
+                    return Err(e);
+                }
+            }
+        }
         Ok(server)
+    }
+
+    /// The admin endpoint's bound address (with `:0` resolved), when it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
     }
 
     /// The bound address of a TCP listener (with `:0` resolved).
@@ -130,6 +159,13 @@ impl Server {
         self.driver
     }
 
+    /// Body bytes moved with splice so far: (client -> upstream, upstream -> client).
+    pub fn spliced_bytes(&self) -> (u64, u64) {
+        self.shared.metrics.iter().fold((0, 0), |(u, d), m| {
+            (u + m.spliced_up.get(), d + m.spliced_down.get())
+        })
+    }
+
     pub fn worker_count(&self) -> usize {
         self.workers.len()
     }
@@ -145,6 +181,11 @@ impl Server {
             h.stop();
         }
         self.shared.draining.store(true, Ordering::SeqCst);
+        // Readiness fails from now on; keep accepting meanwhile so traffic that load
+        // balancers still send (until they notice) is served, not refused.
+        if !self.shutdown_delay.is_zero() && !self.workers.is_empty() {
+            std::thread::sleep(self.shutdown_delay);
+        }
         for &fd in &self.listener_fds {
             listener::stop_accepting(fd);
         }
@@ -158,6 +199,7 @@ impl Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+        self.admin = None;
     }
 }
 

@@ -96,3 +96,52 @@ pub fn reserve_read_space(buf: &mut Vec<u8>, cap: usize) {
         buf.reserve_exact(want - buf.len());
     }
 }
+
+/// A pipe pair for splice(2): bytes go socket -> `write` end -> `read` end -> socket without
+/// entering user space. Reused across transfers by a worker only when left empty.
+pub struct SplicePipe {
+    pub(crate) read: monoio::net::Pipe,
+    pub(crate) write: monoio::net::Pipe,
+}
+
+/// Bytes moved per splice: the pipe's capacity (16 pages by default) bounds each step.
+pub const SPLICE_CHUNK: u32 = 64 * 1024;
+
+impl SplicePipe {
+    pub fn new() -> io::Result<Self> {
+        let (read, write) = monoio::net::unix::new_pipe()?;
+        Ok(SplicePipe { read, write })
+    }
+}
+
+impl Stream {
+    /// Moves up to `len` bytes from this socket into the pipe; `Ok(0)` is end of stream.
+    pub async fn splice_in(&mut self, pipe: &mut SplicePipe, len: u32) -> io::Result<u32> {
+        use monoio::io::splice::SpliceSource;
+        match self {
+            Stream::Tcp(s) => s.splice_to_pipe(&mut pipe.write, len).await,
+            Stream::Unix(s) => s.splice_to_pipe(&mut pipe.write, len).await,
+        }
+    }
+
+    /// Moves exactly `len` bytes out of the pipe into this socket.
+    pub async fn splice_out(&mut self, pipe: &mut SplicePipe, mut len: u32) -> io::Result<()> {
+        use monoio::io::splice::SpliceDestination;
+        while len > 0 {
+            let n = match self {
+                Stream::Tcp(s) => s.splice_from_pipe(&mut pipe.read, len).await?,
+                Stream::Unix(s) => s.splice_from_pipe(&mut pipe.read, len).await?,
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            len -= n;
+        }
+        Ok(())
+    }
+
+    /// Whether this stream's bytes can move with splice (plaintext sockets can; TLS cannot).
+    pub fn can_splice(&self) -> bool {
+        matches!(self, Stream::Tcp(_) | Stream::Unix(_))
+    }
+}

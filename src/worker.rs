@@ -1,7 +1,7 @@
 //! One worker per core: a pinned thread running its own monoio runtime, its own listeners,
 //! balancer replicas and connection pools. Nothing here is shared but `Shared`'s atomics.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ use crate::config::{Config, Driver, ListenerKind};
 use crate::listener::BoundSocket;
 use crate::pool::Pool;
 use crate::server::Shared;
-use crate::stream::Stream;
+use crate::stream::{SplicePipe, Stream};
 
 /// Submission queue entries per ring: enough for thousands of connections' in-flight ops
 /// without `EBUSY`; the completion queue is twice this.
@@ -28,6 +28,9 @@ const HANDOVER_POLL: Duration = Duration::from_millis(20);
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Back-off after accept fails for lack of descriptors, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Empty pipes a worker keeps for splicing bodies: enough for its concurrent large transfers
+/// without holding many descriptors.
+const MAX_CACHED_PIPES: usize = 16;
 /// After the drain, how long connection tasks get to notice the close and drop their sockets.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -43,6 +46,8 @@ pub struct WorkerCtx {
     pub active_requests: Cell<usize>,
     /// Open downstream connections (for `limits.max_connections`).
     pub open_conns: Cell<usize>,
+    /// Empty splice pipes ready for reuse.
+    pipes: RefCell<Vec<SplicePipe>>,
     /// Fired when the server drains: accept loops stop (epoll; io_uring accepts end by
     /// shutdown(2) of their socket, see `listener::stop_accepting`).
     stop_accepting: Closer,
@@ -54,6 +59,40 @@ pub struct WorkerCtx {
 impl WorkerCtx {
     pub fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// A pipe for splicing, or `None` when none can be made (the caller copies instead).
+    pub fn take_pipe(&self) -> Option<SplicePipe> {
+        if let Some(p) = self.pipes.borrow_mut().pop() {
+            return Some(p);
+        }
+        SplicePipe::new()
+            .inspect_err(|e| tracing::debug!(worker = self.id, "no splice pipe: {e}"))
+            .ok()
+    }
+
+    /// Returns a pipe that is known to be empty.
+    pub fn return_pipe(&self, pipe: SplicePipe) {
+        let mut pipes = self.pipes.borrow_mut();
+        if pipes.len() < MAX_CACHED_PIPES {
+            pipes.push(pipe);
+        }
+    }
+
+    pub fn count_spliced(&self, upward: bool, n: u64) {
+        let m = self.metrics();
+        let c = if upward {
+            &m.spliced_up
+        } else {
+            &m.spliced_down
+        };
+        c.add(n);
+    }
+
+    /// This worker's counters (only this worker writes them).
+    #[inline]
+    pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.shared.metrics[self.id]
     }
 }
 
@@ -109,6 +148,7 @@ pub fn run(
             shared,
             active_requests: Cell::new(0),
             open_conns: Cell::new(0),
+            pipes: RefCell::new(Vec::new()),
             stop_accepting: Closer::default(),
             uring: Cell::new(false),
             close_all: Closer::default(),
@@ -266,9 +306,8 @@ async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                if ctx.draining() {
-                    break;
-                }
+                // Still served while draining: shutdown_delay keeps accepting on purpose.
+                ctx.metrics().accepted.inc();
                 if admit(&ctx) {
                     spawn_conn(&ctx, index, Stream::Tcp(stream), Some(peer));
                 }
@@ -297,9 +336,7 @@ async fn accept_unix(ctx: Rc<WorkerCtx>, index: usize, listener: UnixListener) {
         };
         match accepted {
             Ok((stream, _)) => {
-                if ctx.draining() {
-                    break;
-                }
+                ctx.metrics().accepted.inc();
                 if admit(&ctx) {
                     spawn_conn(&ctx, index, Stream::Unix(stream), None);
                 }

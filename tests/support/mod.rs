@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod client;
 pub mod fixed;
+pub mod streaming;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -216,6 +217,11 @@ impl Proxy {
                 panic!("{msg}");
             }
         }
+    }
+
+    /// The running server (for counters such as spliced bytes).
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server still running")
     }
 
     /// Takes the server out, e.g. to shut it down from another thread.
