@@ -162,7 +162,7 @@ fn upstreams_json(config: &Config, shared: &Shared) -> String {
                 .map(|(t, s)| {
                     serde_json::json!({
                         "target": target_label(&t.addr),
-                        "healthy": s.healthy.load(Ordering::Relaxed),
+                        "healthy": s.is_healthy(&u.health.passive),
                         "in_flight": s.in_flight.load(Ordering::Relaxed),
                         "connections": s.conns.load(Ordering::Relaxed),
                         "weight": t.weight,

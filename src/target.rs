@@ -62,6 +62,15 @@ impl TargetShared {
         }
     }
 
+    /// Healthy by both the active checker and passive failure memory (for the admin endpoint
+    /// and metrics; selection keeps `fail_duration` at hand and asks the two separately).
+    pub fn is_healthy(&self, passive: &crate::config::PassiveHealth) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && !passive
+                .fail_duration
+                .is_some_and(|d| self.passive_down(now_ms(), d.as_millis().max(1) as u64))
+    }
+
     /// Remembers one passive failure at `now` (from [`now_ms`]).
     pub fn record_failure(&self, now: u64) {
         let i = self.fail_next.fetch_add(1, Ordering::Relaxed) as usize % self.fails.len();

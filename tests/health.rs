@@ -190,3 +190,38 @@ fn active_health_probes_send_the_configured_method_uri_and_headers() {
     );
     assert_eq!(probe.header("x-probe"), Some("ringway"));
 }
+
+/// The admin endpoint's `/upstreams` body (Connection: close, read to the end).
+fn admin_upstreams(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /upstreams HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn admin_reports_a_passively_failed_target_unhealthy_until_fail_duration_passes() {
+    let bad = FixedBackend::start("bad", 503, any_port());
+    let yaml = format!(
+        "admin:\n  listen: 127.0.0.1:0\n{}",
+        one_upstream_yaml(
+            "$BAD",
+            "    health: { passive: { fail_duration: 500ms, unhealthy_status: [503] } }\n",
+        )
+    );
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("BAD", bad.target())]);
+    let admin = proxy.server().admin_addr().expect("admin enabled");
+    let compact = |s: String| s.replace([' ', '\n'], "");
+    assert!(compact(admin_upstreams(admin)).contains("\"healthy\":true"));
+    assert_eq!(proxy.get("/").status, 503);
+    assert!(compact(admin_upstreams(admin)).contains("\"healthy\":false"));
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(compact(admin_upstreams(admin)).contains("\"healthy\":true"));
+}
