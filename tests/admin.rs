@@ -75,7 +75,16 @@ driver_tests! {
         }
         assert_eq!(c.request(get_req("/status/503", "")).status, 503);
         drop(c);
-        let m = scrape(admin);
+        // A request is counted just after its response is written: the client can read the
+        // last response before the worker has counted it, so wait for the count to land.
+        let mut m = scrape(admin);
+        for _ in 0..200 {
+            if sample(&m, "ringway_requests_total", &[("listener", "web")]) >= 6.0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            m = scrape(admin);
+        }
         assert_eq!(sample(&m, "ringway_requests_total", &[("listener", "web"), ("code", "2xx")]), 5.0);
         assert_eq!(sample(&m, "ringway_requests_total", &[("listener", "web"), ("code", "5xx")]), 1.0);
         // One client connection: one upstream connection, reused for the next five requests.
