@@ -110,6 +110,7 @@ scenario_file="$HERE/scenarios/$scenario.sh"
 [[ $scenario =~ ^[A-Za-z0-9._-]+$ && -f $scenario_file ]] ||
   usage_err "no scenario '$scenario' (have: $(cd "$HERE/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
 SCENARIO_WRK_ARGS=()
+SCENARIO_RENDER_SED=()  # extra sed expressions for rendering this scenario's templates
 # shellcheck source=scenarios/small-keepalive.sh
 source "$scenario_file"
 # A scenario may ask for its own connection count unless --connections was given.
@@ -232,7 +233,7 @@ fail_proxy() { STATUS[$1]=failed; REASON[$1]=$2; echo "  $1: FAILED: $2"; }
 render() { # template out -> copy with {{...}} filled in
   sed -e "s|{{RUN_DIR}}|$RUN_DIR|g" \
       -e "s|{{BACKEND_ADDR}}|$HOST:$BACKEND_PORT|g" \
-      -e "s|{{LISTEN_ADDR}}|$HOST:${3:-0}|g" "$HERE/$1" >"$2"
+      -e "s|{{LISTEN_ADDR}}|$HOST:${3:-0}|g" "${SCENARIO_RENDER_SED[@]}" "$HERE/$1" >"$2"
 }
 
 # ---- core layout ----------------------------------------------------------

@@ -162,7 +162,7 @@ fn upstreams_json(config: &Config, shared: &Shared) -> String {
                 .map(|(t, s)| {
                     serde_json::json!({
                         "target": target_label(&t.addr),
-                        "healthy": s.healthy.load(Ordering::Relaxed),
+                        "healthy": s.is_healthy(&u.health.passive),
                         "in_flight": s.in_flight.load(Ordering::Relaxed),
                         "connections": s.conns.load(Ordering::Relaxed),
                         "weight": t.weight,
@@ -184,11 +184,18 @@ fn policy_name(p: Policy) -> &'static str {
         Policy::RoundRobin => "round_robin",
         Policy::WeightedRoundRobin => "weighted_round_robin",
         Policy::LeastConn => "least_conn",
+        Policy::IpHash => "ip_hash",
+        Policy::ClientIpHash => "client_ip_hash",
+        Policy::UriHash => "uri_hash",
+        Policy::Query => "query",
+        Policy::Header => "header",
+        Policy::Cookie => "cookie",
+        Policy::P2cEwma => "p2c_ewma",
     }
 }
 
-/// The effective configuration as JSON. It holds no secrets yet (no TLS keys, no cookie
-/// secrets are implemented); those must be redacted here when they arrive.
+/// The effective configuration as JSON. It holds no secrets: the cookie policy's secret is
+/// never written here (no TLS keys exist yet); redact those here when they arrive.
 fn config_json(config: &Config, bound: &[(String, ListenAddr)]) -> String {
     let addr = |a: &ListenAddr| match a {
         ListenAddr::Tcp(a) => a.to_string(),

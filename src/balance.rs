@@ -1,38 +1,21 @@
 //! Target selection. Every worker owns a replica of each upstream's balancer (`Cell` state, no
-//! locks); the inputs that must be global (in-flight requests, open connections, health) are
-//! atomics in `TargetShared`, so replicas decide sensibly together.
+//! locks); the inputs that must be global (in-flight requests, open connections, active and
+//! passive health, latency) are atomics in `TargetShared`, so replicas decide sensibly together.
 
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::config::{Policy, Target, Upstream};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
-/// State of one target shared by all workers.
-#[derive(Debug)]
-pub struct TargetShared {
-    /// Requests being proxied to this target right now, across workers.
-    pub in_flight: AtomicU32,
-    /// Open (or dialing) connections to this target, across workers, pooled ones included.
-    pub conns: AtomicU32,
-    pub healthy: AtomicBool,
-}
+use crate::config::{Policy, Split, Target, TargetAddr, Upstream};
+pub use crate::target::{now_ms, TargetShared};
 
-impl TargetShared {
-    pub fn new() -> Self {
-        TargetShared {
-            in_flight: AtomicU32::new(0),
-            conns: AtomicU32::new(0),
-            healthy: AtomicBool::new(true),
-        }
-    }
-}
-
-impl Default for TargetShared {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Random probes before `random_available` falls back to a scan, so a mostly-down upstream
+/// still finds its live targets in bounded time.
+const RANDOM_PROBES: usize = 3;
 
 /// Shared state for every target of every upstream: `[upstream][target]`.
 pub type SharedTargets = Vec<Vec<Arc<TargetShared>>>;
@@ -43,10 +26,46 @@ pub fn shared_targets(upstreams: &[Upstream]) -> SharedTargets {
         .map(|u| {
             u.targets
                 .iter()
-                .map(|_| Arc::new(TargetShared::new()))
+                .map(|_| Arc::new(TargetShared::with_max_fails(u.health.passive.max_fails)))
                 .collect()
         })
         .collect()
+}
+
+/// The address a target is dialed at, as the cookie policy hashes it (Caddy's `Dial`).
+pub fn dial_name(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { host, .. } => host.clone(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
+    }
+}
+
+/// The cookie policy's value for a target: hex HMAC-SHA256(secret, dial address).
+pub fn cookie_value(secret: &str, dial: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC-SHA256 takes keys of any length");
+    mac.update(dial.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// FNV-1a: a stable, allocation-free hash of a key's bytes.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A 64-bit finalizer (murmur3's fmix64): spreads the key/target combination for HRW scores.
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
 }
 
 /// The targets already tried for one request; selection skips them while others remain.
@@ -70,16 +89,26 @@ pub struct Balancer {
     policy: Policy,
     choose: usize,
     targets: Vec<TargetRef>,
-    rr_next: Cell<usize>,
+    split: Option<Split>,
+    /// Round robin's next index, per side (main, split).
+    rr_next: [Cell<usize>; 2],
     /// Smooth weighted round robin's current weights (nginx's algorithm).
     wrr_current: RefCell<Vec<i64>>,
     rng: Cell<u64>,
+    /// Passive health's memory in ms; `None` when passive health is off.
+    fail_ms: Option<u64>,
+    /// `unhealthy_request_count`.
+    max_requests: Option<u32>,
 }
 
 struct TargetRef {
     shared: Arc<TargetShared>,
     weight: u32,
     max_conns: Option<u32>,
+    /// The target's identity for rendezvous hashing.
+    hrw_seed: u64,
+    /// The cookie policy's value for this target (empty for other policies).
+    cookie: String,
 }
 
 impl Balancer {
@@ -91,20 +120,44 @@ impl Balancer {
             .targets
             .iter()
             .zip(shared)
-            .map(|(t, s): (&Target, _)| TargetRef {
-                shared: s.clone(),
-                weight: t.weight.max(1),
-                max_conns: t.max_connections,
+            .map(|(t, s): (&Target, _)| {
+                let dial = dial_name(&t.addr);
+                TargetRef {
+                    shared: s.clone(),
+                    weight: t.weight.max(1),
+                    max_conns: t.max_connections,
+                    hrw_seed: mix64(fnv1a(dial.as_bytes())),
+                    cookie: if up.lb.policy == Policy::Cookie {
+                        cookie_value(&up.lb.secret, &dial)
+                    } else {
+                        String::new()
+                    },
+                }
             })
             .collect();
-        let n = targets.len().max(1);
+        let split = up.split.filter(|s| s.start > 0 && s.start < targets.len());
+        let side_len = |side: usize| match split {
+            Some(s) if side == 1 => targets.len() - s.start,
+            Some(s) => s.start,
+            None => targets.len(),
+        };
         Balancer {
             policy: up.lb.policy,
             choose: up.lb.choose.max(1),
-            rr_next: Cell::new(worker % n),
+            rr_next: [
+                Cell::new(worker % side_len(0).max(1)),
+                Cell::new(worker % side_len(1).max(1)),
+            ],
             wrr_current: RefCell::new(vec![0; targets.len()]),
             targets,
+            split,
             rng: Cell::new(seed | 1),
+            fail_ms: up
+                .health
+                .passive
+                .fail_duration
+                .map(|d| d.as_millis().max(1) as u64),
+            max_requests: up.health.passive.unhealthy_request_count,
         }
     }
 
@@ -116,17 +169,60 @@ impl Balancer {
         self.targets.is_empty()
     }
 
-    /// Whether a target can take a request now: healthy, not tried, and below its connection cap
-    /// unless `reuse` says an idle pooled connection is at hand (reusing one adds no connection).
-    fn available(&self, i: usize, tried: Tried, has_idle: &impl Fn(usize) -> bool) -> bool {
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Whether passive health is on (callers skip failure bookkeeping otherwise).
+    pub fn passive_enabled(&self) -> bool {
+        self.fail_ms.is_some()
+    }
+
+    /// The cookie policy's value for target `i`.
+    pub fn cookie(&self, i: usize) -> &str {
+        &self.targets[i].cookie
+    }
+
+    /// Whether a target can take a request now: healthy (actively and passively), not tried,
+    /// below `unhealthy_request_count`, and below its connection cap unless `has_idle` says an
+    /// idle pooled connection is at hand (reusing one adds no connection).
+    fn available(
+        &self,
+        i: usize,
+        tried: Tried,
+        now: u64,
+        has_idle: &impl Fn(usize) -> bool,
+    ) -> bool {
         let t = &self.targets[i];
-        if tried.contains(i) || !t.shared.healthy.load(Ordering::Relaxed) {
+        let s = &t.shared;
+        if tried.contains(i) || !s.healthy.load(Ordering::Relaxed) {
             return false;
         }
-        match t.max_conns {
-            Some(max) => t.shared.conns.load(Ordering::Relaxed) < max || has_idle(i),
-            None => true,
+        if let Some(ms) = self.fail_ms {
+            if s.passive_down(now, ms) {
+                return false;
+            }
         }
+        if let Some(max) = self.max_requests {
+            if s.in_flight.load(Ordering::Relaxed) >= max {
+                return false;
+            }
+        }
+        match t.max_conns {
+            Some(max) if s.conns.load(Ordering::Relaxed) >= max && !has_idle(i) => {
+                // Load first: a flag already raised costs no cache-line write.
+                if !s.wanted.load(Ordering::Relaxed) {
+                    s.wanted.store(true, Ordering::Relaxed);
+                }
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether target `i` has a `max_connections` cap.
+    pub fn is_capped(&self, i: usize) -> bool {
+        self.targets[i].max_conns.is_some()
     }
 
     fn next_random(&self) -> u64 {
@@ -143,26 +239,74 @@ impl Balancer {
         self.targets[i].shared.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Picks a target index, or `None` when none is available. Never allocates.
-    pub fn select(&self, tried: Tried, has_idle: impl Fn(usize) -> bool) -> Option<usize> {
+    /// Picks a target index, or `None` when none is available. `key` is the request's hash key
+    /// for the hashing policies (the cookie value for `cookie`), borrowed from the request
+    /// buffer; `None` falls back to random. Never allocates.
+    pub fn select(
+        &self,
+        tried: Tried,
+        key: Option<&[u8]>,
+        has_idle: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = self.targets.len();
         if n == 0 {
             return None;
         }
-        let ok = |i: usize| self.available(i, tried, &has_idle);
-        match self.policy {
-            Policy::First => (0..n).find(|&i| ok(i)),
-            Policy::RoundRobin => {
-                let start = self.rr_next.get();
-                let pick = (0..n).map(|k| (start + k) % n).find(|&i| ok(i))?;
-                self.rr_next.set((pick + 1) % n);
-                Some(pick)
+        let now = if self.fail_ms.is_some() { now_ms() } else { 0 };
+        let ok = |i: usize| self.available(i, tried, now, &has_idle);
+        if self.policy == Policy::Cookie {
+            // Sticky: the target the cookie names wins while it is available, on either side.
+            if let Some(v) = key {
+                if let Some(i) = (0..n).find(|&i| self.targets[i].cookie.as_bytes() == v) {
+                    if ok(i) {
+                        return Some(i);
+                    }
+                }
             }
-            Policy::Random => self.random_available(n, &ok),
+        }
+        match self.split {
+            None => self.select_in(0, 0..n, key, &ok),
+            Some(sp) => {
+                let to_split = (self.next_random() % 100) < sp.percent as u64;
+                let (main, canary) = (0..sp.start, sp.start..n);
+                let (first, second) = if to_split {
+                    ((1, canary), (0, main))
+                } else {
+                    ((0, main), (1, canary))
+                };
+                // A side with nothing available hands its request to the other side.
+                self.select_in(first.0, first.1, key, &ok)
+                    .or_else(|| self.select_in(second.0, second.1, key, &ok))
+            }
+        }
+    }
+
+    /// The policy applied to the targets in `range` (one side of a split, or all of them).
+    fn select_in(
+        &self,
+        side: usize,
+        range: Range<usize>,
+        key: Option<&[u8]>,
+        ok: &impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        debug_assert!(range.end <= self.targets.len());
+        let (base, n) = (range.start, range.len());
+        if n == 0 {
+            return None;
+        }
+        match self.policy {
+            Policy::First => range.clone().find(|&i| ok(i)),
+            Policy::RoundRobin => {
+                let start = self.rr_next[side].get();
+                let pick = (0..n).map(|k| (start + k) % n).find(|&k| ok(base + k))?;
+                self.rr_next[side].set((pick + 1) % n);
+                Some(base + pick)
+            }
+            Policy::Random | Policy::Cookie => self.random_available(range, ok),
             Policy::RandomChoose => {
                 let mut best: Option<usize> = None;
                 for _ in 0..self.choose {
-                    let Some(i) = self.random_available(n, &ok) else {
+                    let Some(i) = self.random_available(range.clone(), ok) else {
                         break;
                     };
                     if best.is_none_or(|b| self.in_flight(i) < self.in_flight(b)) {
@@ -174,7 +318,7 @@ impl Balancer {
             Policy::LeastConn => {
                 let mut best: Option<usize> = None;
                 let mut ties = 0u64;
-                for i in (0..n).filter(|&i| ok(i)) {
+                for i in range.filter(|&i| ok(i)) {
                     match best {
                         Some(b) if self.in_flight(i) > self.in_flight(b) => {}
                         Some(b) if self.in_flight(i) == self.in_flight(b) => {
@@ -196,7 +340,7 @@ impl Balancer {
                 let mut current = self.wrr_current.borrow_mut();
                 let mut total = 0i64;
                 let mut best: Option<usize> = None;
-                for i in (0..n).filter(|&i| ok(i)) {
+                for i in range.filter(|&i| ok(i)) {
                     let w = self.targets[i].weight as i64;
                     current[i] += w;
                     total += w;
@@ -208,20 +352,65 @@ impl Balancer {
                 current[b] -= total;
                 Some(b)
             }
+            Policy::IpHash
+            | Policy::ClientIpHash
+            | Policy::UriHash
+            | Policy::Query
+            | Policy::Header => match key {
+                Some(k) => self.rendezvous(range, k, ok),
+                None => self.random_available(range, ok),
+            },
+            Policy::P2cEwma => {
+                let a = self.random_available(range.clone(), ok)?;
+                // A second, different sample: a random offset from the first that skips it.
+                let off = 1 + (self.next_random() % (n as u64).max(2).saturating_sub(1)) as usize;
+                let b = (0..n - 1)
+                    .map(|k| base + (a - base + off + k) % n)
+                    .find(|&i| i != a && ok(i));
+                match b {
+                    Some(b)
+                        if self.targets[b].shared.ewma_cost()
+                            < self.targets[a].shared.ewma_cost() =>
+                    {
+                        Some(b)
+                    }
+                    _ => Some(a),
+                }
+            }
         }
     }
 
-    /// A uniformly random available target: a few random probes, then a scan from a random
-    /// start so a mostly-down upstream still finds its live targets.
-    fn random_available(&self, n: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
-        for _ in 0..3 {
-            let i = (self.next_random() % n as u64) as usize;
+    /// Rendezvous (highest random weight) hashing: each available target scores
+    /// `mix(hash(key) ^ target)`; the best wins, so removing a target remaps only its keys.
+    fn rendezvous(
+        &self,
+        range: Range<usize>,
+        key: &[u8],
+        ok: &impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let h = fnv1a(key);
+        range
+            .filter(|&i| ok(i))
+            .max_by_key(|&i| mix64(h ^ self.targets[i].hrw_seed))
+    }
+
+    /// A uniformly random available target in `range`: a few random probes, then a scan from
+    /// a random start.
+    fn random_available(&self, range: Range<usize>, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+        let (base, n) = (range.start, range.len() as u64);
+        if n == 0 {
+            return None;
+        }
+        for _ in 0..RANDOM_PROBES {
+            let i = base + (self.next_random() % n) as usize;
             if ok(i) {
                 return Some(i);
             }
         }
-        let start = (self.next_random() % n as u64) as usize;
-        (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+        let start = (self.next_random() % n) as usize;
+        (0..n as usize)
+            .map(|k| base + (start + k) % n as usize)
+            .find(|&i| ok(i))
     }
 
     pub fn shared(&self, i: usize) -> &Arc<TargetShared> {
@@ -235,6 +424,7 @@ impl Balancer {
         match t.max_conns {
             Some(max) if prev >= max => {
                 t.shared.conns.fetch_sub(1, Ordering::AcqRel);
+                t.shared.wanted.store(true, Ordering::Relaxed);
                 false
             }
             _ => true,
@@ -245,7 +435,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Forwarded, HeaderOps, Lb, TargetAddr, Transport};
+    use crate::config::{Forwarded, HeaderOps, Health, Lb, Transport};
     use std::time::Duration;
 
     fn upstream(policy: Policy, weights: &[u32]) -> Upstream {
@@ -263,9 +453,13 @@ mod tests {
                     max_connections: None,
                 })
                 .collect(),
+            split: None,
+            health: Health::default(),
             lb: Lb {
                 policy,
                 choose: 2,
+                key: String::new(),
+                secret: String::new(),
                 retries: 0,
                 try_duration: None,
                 try_interval: Duration::from_millis(250),
@@ -301,7 +495,7 @@ mod tests {
     fn round_robin_visits_each_target_once_per_cycle() {
         let (b, _) = balancer(Policy::RoundRobin, &[1, 1, 1], 0);
         let picks: Vec<_> = (0..6)
-            .map(|_| b.select(Tried::default(), |_| false).unwrap())
+            .map(|_| b.select(Tried::default(), None, |_| false).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
@@ -311,8 +505,8 @@ mod tests {
         let (b0, _) = balancer(Policy::RoundRobin, &[1, 1, 1], 0);
         let (b1, _) = balancer(Policy::RoundRobin, &[1, 1, 1], 1);
         assert_ne!(
-            b0.select(Tried::default(), |_| false),
-            b1.select(Tried::default(), |_| false)
+            b0.select(Tried::default(), None, |_| false),
+            b1.select(Tried::default(), None, |_| false)
         );
     }
 
@@ -322,16 +516,16 @@ mod tests {
         shared[1].healthy.store(false, Ordering::Relaxed);
         let mut tried = Tried::default();
         tried.insert(0);
-        assert_eq!(b.select(tried, |_| false), Some(2));
+        assert_eq!(b.select(tried, None, |_| false), Some(2));
         tried.insert(2);
-        assert_eq!(b.select(tried, |_| false), None);
+        assert_eq!(b.select(tried, None, |_| false), None);
     }
 
     #[test]
     fn weighted_round_robin_follows_weights_smoothly() {
         let (b, _) = balancer(Policy::WeightedRoundRobin, &[5, 1, 1], 0);
         let picks: Vec<_> = (0..7)
-            .map(|_| b.select(Tried::default(), |_| false).unwrap())
+            .map(|_| b.select(Tried::default(), None, |_| false).unwrap())
             .collect();
         assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 5);
         // Smooth: the heavy target is never picked more than twice in a row here.
@@ -343,7 +537,7 @@ mod tests {
         let (b, shared) = balancer(Policy::LeastConn, &[1, 1, 1], 0);
         shared[0].in_flight.store(5, Ordering::Relaxed);
         shared[2].in_flight.store(1, Ordering::Relaxed);
-        assert_eq!(b.select(Tried::default(), |_| false), Some(1));
+        assert_eq!(b.select(Tried::default(), None, |_| false), Some(1));
     }
 
     #[test]
@@ -351,7 +545,7 @@ mod tests {
         let (b, shared) = balancer(Policy::RandomChoose, &[1, 1], 0);
         shared[0].in_flight.store(3, Ordering::Relaxed);
         let ones = (0..1000)
-            .filter(|_| b.select(Tried::default(), |_| false) == Some(1))
+            .filter(|_| b.select(Tried::default(), None, |_| false) == Some(1))
             .count();
         // With 2 samples the busy target wins only when both samples hit it (~1/4).
         assert!(
@@ -368,7 +562,172 @@ mod tests {
         let b = Balancer::new(&up, &shared, 0, 1);
         assert!(b.try_reserve_conn(0));
         assert!(!b.try_reserve_conn(0));
-        assert_eq!(b.select(Tried::default(), |_| false), Some(1));
-        assert_eq!(b.select(Tried::default(), |i| i == 0), Some(0));
+        assert_eq!(b.select(Tried::default(), None, |_| false), Some(1));
+        assert_eq!(b.select(Tried::default(), None, |i| i == 0), Some(0));
+    }
+
+    fn pick(b: &Balancer, key: Option<&[u8]>) -> usize {
+        b.select(Tried::default(), key, |_| false).unwrap()
+    }
+
+    #[test]
+    fn cookie_value_equals_caddys_documented_example() {
+        assert_eq!(
+            cookie_value("secret", "10.1.0.10:8080"),
+            "cdd96966817dd14a99f47ee17451464f29998da170814a16b483e4c1ff4c48cf"
+        );
+    }
+
+    #[test]
+    fn cookie_policy_sticks_to_the_target_its_cookie_names_while_it_is_available() {
+        let (b, shared) = balancer(Policy::Cookie, &[1, 1, 1], 0);
+        let v = b.cookie(2).as_bytes().to_vec();
+        assert!((0..50).all(|_| pick(&b, Some(&v)) == 2));
+        shared[2].healthy.store(false, Ordering::Relaxed);
+        assert!((0..50).all(|_| pick(&b, Some(&v)) != 2));
+        // An unknown cookie falls back to random over all targets.
+        let seen: std::collections::HashSet<_> =
+            (0..200).map(|_| pick(&b, Some(b"nope"))).collect();
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn weighted_round_robin_ratios_hold_within_two_percent_over_10k_picks() {
+        let (b, _) = balancer(Policy::WeightedRoundRobin, &[5, 3, 2], 0);
+        let mut counts = [0usize; 3];
+        for _ in 0..10_000 {
+            counts[pick(&b, None)] += 1;
+        }
+        for (c, want) in counts.iter().zip([0.5, 0.3, 0.2]) {
+            let got = *c as f64 / 10_000.0;
+            assert!((got - want).abs() < 0.02, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn hashing_policies_map_the_same_key_to_the_same_target() {
+        for policy in [
+            Policy::UriHash,
+            Policy::Header,
+            Policy::Query,
+            Policy::IpHash,
+        ] {
+            let (b, _) = balancer(policy, &[1, 1, 1, 1], 0);
+            for k in 0..100u32 {
+                let key = format!("key-{k}");
+                let first = pick(&b, Some(key.as_bytes()));
+                assert!((0..5).all(|_| pick(&b, Some(key.as_bytes())) == first));
+            }
+        }
+    }
+
+    #[test]
+    fn rendezvous_hashing_remaps_only_the_removed_targets_keys() {
+        // Property: for many target counts and each removed target, every key that did not
+        // live on the removed target keeps its target; the removed target's keys spread out.
+        for n in 2..8usize {
+            let (b, shared) = balancer(Policy::UriHash, &vec![1; n], 0);
+            let keys: Vec<String> = (0..2000)
+                .map(|k| format!("/item/{k}?v={}", k * 7))
+                .collect();
+            let before: Vec<usize> = keys.iter().map(|k| pick(&b, Some(k.as_bytes()))).collect();
+            for (gone, gone_shared) in shared.iter().enumerate() {
+                gone_shared.healthy.store(false, Ordering::Relaxed);
+                let mut moved_to = vec![0usize; n];
+                for (k, &was) in keys.iter().zip(&before) {
+                    let now = pick(&b, Some(k.as_bytes()));
+                    if was == gone {
+                        assert_ne!(now, gone);
+                        moved_to[now] += 1;
+                    } else {
+                        assert_eq!(now, was, "key {k} moved though its target stayed");
+                    }
+                }
+                gone_shared.healthy.store(true, Ordering::Relaxed);
+                if n > 2 {
+                    let receivers = moved_to.iter().filter(|&&c| c > 0).count();
+                    assert!(
+                        receivers > 1,
+                        "removed keys all went to one target: {moved_to:?}"
+                    );
+                }
+            }
+            // Keys spread over every target in the first place.
+            for t in 0..n {
+                let share = before.iter().filter(|&&p| p == t).count() as f64 / 2000.0;
+                assert!(
+                    (share - 1.0 / n as f64).abs() < 0.06,
+                    "n={n} target {t}: {share}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hashing_policies_without_a_key_pick_at_random() {
+        let (b, _) = balancer(Policy::Header, &[1, 1, 1], 0);
+        let seen: std::collections::HashSet<_> = (0..200).map(|_| pick(&b, None)).collect();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn split_sends_its_percent_within_two_percent_over_10k_picks() {
+        let mut up = upstream(Policy::RoundRobin, &[1, 1, 1, 1]);
+        up.split = Some(Split {
+            start: 2,
+            percent: 10,
+        });
+        let shared = shared_targets(std::slice::from_ref(&up)).remove(0);
+        let b = Balancer::new(&up, &shared, 0, 7);
+        let mut counts = [0usize; 4];
+        for _ in 0..10_000 {
+            counts[pick(&b, None)] += 1;
+        }
+        let split = (counts[2] + counts[3]) as f64 / 10_000.0;
+        assert!((split - 0.10).abs() < 0.02, "{counts:?}");
+        // Each side is balanced by the policy.
+        assert!(counts[0].abs_diff(counts[1]) <= 1, "{counts:?}");
+        assert!(counts[2].abs_diff(counts[3]) <= 1, "{counts:?}");
+        // A side with nothing available hands over to the other.
+        shared[2].healthy.store(false, Ordering::Relaxed);
+        shared[3].healthy.store(false, Ordering::Relaxed);
+        assert!((0..500).all(|_| pick(&b, None) < 2));
+    }
+
+    #[test]
+    fn passive_health_and_request_count_gate_selection() {
+        let mut up = upstream(Policy::RoundRobin, &[1, 1]);
+        up.health.passive.fail_duration = Some(Duration::from_secs(60));
+        up.health.passive.unhealthy_request_count = Some(2);
+        let shared = shared_targets(std::slice::from_ref(&up)).remove(0);
+        let b = Balancer::new(&up, &shared, 0, 1);
+        shared[0].record_failure(now_ms());
+        assert!((0..10).all(|_| pick(&b, None) == 1));
+        shared[1].in_flight.store(2, Ordering::Relaxed);
+        assert_eq!(b.select(Tried::default(), None, |_| false), None);
+    }
+
+    #[test]
+    fn p2c_ewma_prefers_the_faster_target() {
+        let (b, shared) = balancer(Policy::P2cEwma, &[1, 1], 0);
+        shared[0].observe_latency(Duration::from_millis(50));
+        shared[1].observe_latency(Duration::from_millis(1));
+        assert!((0..100).all(|_| pick(&b, None) == 1));
+        // Load counts too: enough requests in flight on the fast one tip the balance.
+        shared[1].in_flight.store(100, Ordering::Relaxed);
+        assert!((0..100).all(|_| pick(&b, None) == 0));
+    }
+
+    #[test]
+    fn round_robin_cycles_exactly_on_every_worker_from_its_own_offset() {
+        let up = upstream(Policy::RoundRobin, &[1, 1, 1]);
+        let shared = shared_targets(std::slice::from_ref(&up)).remove(0);
+        for worker in 0..4 {
+            let b = Balancer::new(&up, &shared, worker, 9);
+            let picks: Vec<_> = (0..6).map(|_| pick(&b, None)).collect();
+            let start = worker % 3;
+            let want: Vec<_> = (0..6).map(|k| (start + k) % 3).collect();
+            assert_eq!(picks, want, "worker {worker}");
+        }
     }
 }

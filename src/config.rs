@@ -153,8 +153,11 @@ pub struct Respond {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
+    /// The main targets, followed by the split targets (from `split_start` on) when `split` is set.
     pub targets: Vec<Target>,
+    pub split: Option<Split>,
     pub lb: Lb,
+    pub health: Health,
     pub transport: Transport,
     pub headers: HeaderOps,
     pub forwarded: Forwarded,
@@ -185,10 +188,22 @@ pub struct Target {
     pub max_connections: Option<u32>,
 }
 
+/// Blue-green / canary: `percent` of requests go to `targets[start..]`, the rest to `targets[..start]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub start: usize,
+    /// 0..=100.
+    pub percent: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Lb {
     pub policy: Policy,
     pub choose: usize,
+    /// header: field name; query: query key; cookie: cookie name ("lb" by default).
+    pub key: String,
+    /// cookie: HMAC-SHA256 secret for the cookie value.
+    pub secret: String,
     pub retries: u32,
     pub try_duration: Option<Duration>,
     pub try_interval: Duration,
@@ -204,6 +219,108 @@ pub enum Policy {
     RoundRobin,
     WeightedRoundRobin,
     LeastConn,
+    IpHash,
+    ClientIpHash,
+    UriHash,
+    Query,
+    Header,
+    Cookie,
+    P2cEwma,
+}
+
+/// Status codes as inclusive ranges: `200`, `2xx`, `200-299`, or a comma list of those.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusSet(pub Vec<(u16, u16)>);
+
+impl StatusSet {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Parses one comma-separated list of `NNN`, `Nxx` or `NNN-NNN`.
+    pub fn parse(text: &str) -> Result<StatusSet, String> {
+        let mut out = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let bad = || format!("invalid status \"{part}\" (expected e.g. 200, 2xx, 200-299)");
+            let code = |s: &str| {
+                s.parse::<u16>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .ok_or_else(bad)
+            };
+            let range = if let Some(d) = part.strip_suffix("xx").or(part.strip_suffix("XX")) {
+                let d: u16 = d
+                    .parse()
+                    .ok()
+                    .filter(|d| (1..=5).contains(d))
+                    .ok_or_else(bad)?;
+                (d * 100, d * 100 + 99)
+            } else if let Some((lo, hi)) = part.split_once('-') {
+                let (lo, hi) = (code(lo.trim())?, code(hi.trim())?);
+                if lo > hi {
+                    return Err(bad());
+                }
+                (lo, hi)
+            } else {
+                let c = code(part)?;
+                (c, c)
+            };
+            out.push(range);
+        }
+        Ok(StatusSet(out))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub active: Option<ActiveHealth>,
+    pub passive: PassiveHealth,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActiveHealth {
+    /// `None`: a TCP connect probe.
+    pub uri: Option<String>,
+    /// 0 = the target's own port.
+    pub port: u16,
+    /// GET or HEAD.
+    pub method: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub expect_status: StatusSet,
+    pub body: Option<Regex>,
+    /// In file order; a `Host` entry replaces the target's host.
+    pub headers: Vec<(String, String)>,
+    pub fails: u32,
+    pub passes: u32,
+    pub max_latency: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassiveHealth {
+    /// `None` disables passive health.
+    pub fail_duration: Option<Duration>,
+    pub max_fails: u32,
+    pub unhealthy_status: StatusSet,
+    pub unhealthy_latency: Option<Duration>,
+    /// Concurrent requests at which a target counts as full; `None` = no limit.
+    pub unhealthy_request_count: Option<u32>,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            fail_duration: None,
+            max_fails: 1,
+            unhealthy_status: StatusSet::default(),
+            unhealthy_latency: None,
+            unhealthy_request_count: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -668,7 +785,6 @@ struct DynamicAFile {
     port: Option<u16>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SplitFile {
@@ -696,7 +812,6 @@ struct HealthFile {
     passive: Option<PassiveHealthFile>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActiveHealthFile {
@@ -1143,8 +1258,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 type Res<T> = Result<T, ConfigError>;
 
 const TLS_PLANNED: &str = "not supported yet (TLS to upstreams is planned)";
-const POLICIES: &str =
-    "random, random_choose, first, round_robin, weighted_round_robin, least_conn";
+const POLICIES: &str = "random, random_choose, first, round_robin, weighted_round_robin, \
+     least_conn, ip_hash, client_ip_hash, uri_hash, query, header, cookie, p2c_ewma";
+/// The cookie policy's cookie name when `key` is empty (Caddy's default).
+pub const DEFAULT_COOKIE: &str = "lb";
+/// Failures one target remembers: each is an atomic timestamp in a per-target ring.
+pub const MAX_PASSIVE_FAILS: usize = 64;
+/// Probes more often than this would load the targets for no gain in detection time.
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 struct Validator<'a> {
     file: &'a str,
@@ -1617,13 +1738,26 @@ impl Validator<'_> {
                 "not supported yet (dynamic upstreams are planned)",
             ));
         }
-        if u.split.is_some() {
-            return Err(self.at_key(
-                &join(&key, "split"),
-                "not supported yet (traffic splitting is planned)",
-            ));
+        let main_targets = targets.len();
+        let mut split = None;
+        if let Some(sp) = u.split {
+            let sk = join(&key, "split");
+            for (i, t) in sp.targets.unwrap_or_default().into_iter().enumerate() {
+                targets.push(self.target(&format!("{sk}.targets[{i}]"), t)?);
+            }
+            if targets.len() == main_targets {
+                return Err(self.at_key(&sk, "split needs at least one target"));
+            }
+            let percent = sp.percent.unwrap_or(0);
+            if percent > 100 {
+                return Err(self.at_value(&join(&sk, "percent"), "must be between 0 and 100"));
+            }
+            split = Some(Split {
+                start: main_targets,
+                percent,
+            });
         }
-        if targets.is_empty() {
+        if main_targets == 0 {
             let k = join(&key, "targets");
             let at = if self.spans.knows(&k) {
                 k.as_str()
@@ -1633,9 +1767,10 @@ impl Validator<'_> {
             return Err(self.at_key(at, "an upstream needs at least one target"));
         }
         let lb = self.lb(&join(&key, "lb"), u.lb.unwrap_or_default())?;
-        if let Some(h) = u.health {
-            self.health(&join(&key, "health"), h)?;
-        }
+        let health = match u.health {
+            Some(h) => self.health(&join(&key, "health"), h)?,
+            None => Health::default(),
+        };
         let transport =
             self.transport(&join(&key, "transport"), u.transport.unwrap_or_default())?;
         let h = u.headers.unwrap_or_default();
@@ -1680,7 +1815,9 @@ impl Validator<'_> {
         Ok(Upstream {
             name,
             targets,
+            split,
             lb,
+            health,
             transport,
             headers,
             forwarded,
@@ -1716,13 +1853,13 @@ impl Validator<'_> {
             "round_robin" => Policy::RoundRobin,
             "weighted_round_robin" => Policy::WeightedRoundRobin,
             "least_conn" => Policy::LeastConn,
-            p @ ("ip_hash" | "client_ip_hash" | "uri_hash" | "query" | "header" | "cookie"
-            | "p2c_ewma") => {
-                return Err(self.at_value(
-                    &join(key, "policy"),
-                    format!("not supported yet (policy \"{p}\" is planned; supported: {POLICIES})"),
-                ))
-            }
+            "ip_hash" => Policy::IpHash,
+            "client_ip_hash" => Policy::ClientIpHash,
+            "uri_hash" => Policy::UriHash,
+            "query" => Policy::Query,
+            "header" => Policy::Header,
+            "cookie" => Policy::Cookie,
+            "p2c_ewma" => Policy::P2cEwma,
             other => {
                 return Err(self.at_value(
                     &join(key, "policy"),
@@ -1734,11 +1871,39 @@ impl Validator<'_> {
         if choose < 2 {
             return Err(self.at_value(&join(key, "choose"), "must be at least 2"));
         }
-        for (k, v) in [("key", &lb.key), ("secret", &lb.secret)] {
-            if v.as_deref().is_some_and(|s| !s.is_empty()) {
-                let why = "used by the header, query and cookie policies, which are planned";
-                return Err(self.at_value(&join(key, k), format!("not supported yet ({why})")));
+        let mut lb_key = lb.key.clone().unwrap_or_default();
+        match policy {
+            Policy::Header | Policy::Query if lb_key.is_empty() => {
+                let what = if policy == Policy::Header {
+                    "a header name"
+                } else {
+                    "a query key"
+                };
+                let k = join(key, "key");
+                let at = if self.spans.knows(&k) {
+                    k
+                } else {
+                    join(key, "policy")
+                };
+                return Err(self.at_value(&at, format!("this policy needs `key`: {what}")));
             }
+            Policy::Header => self.header_name(&join(key, "key"), &lb_key)?,
+            Policy::Cookie if lb_key.is_empty() => lb_key = DEFAULT_COOKIE.to_string(),
+            Policy::Cookie if !is_token(&lb_key) => {
+                return Err(self.at_value(&join(key, "key"), "not a valid cookie name"));
+            }
+            Policy::Query | Policy::Cookie => {}
+            _ if !lb_key.is_empty() => {
+                return Err(self.at_value(
+                    &join(key, "key"),
+                    "only the header, query and cookie policies use `key`",
+                ));
+            }
+            _ => {}
+        }
+        let secret = lb.secret.clone().unwrap_or_default();
+        if !secret.is_empty() && policy != Policy::Cookie {
+            return Err(self.at_value(&join(key, "secret"), "only the cookie policy uses `secret`"));
         }
         let retry_methods = match &lb.retry_methods {
             Some(list) => list
@@ -1752,6 +1917,8 @@ impl Validator<'_> {
         Ok(Lb {
             policy,
             choose,
+            key: lb_key,
+            secret,
             retries: lb.retries.unwrap_or(0),
             try_duration: dur(lb.try_duration, None),
             try_interval: dur(lb.try_interval, Some(Duration::from_millis(250)))
@@ -1760,42 +1927,110 @@ impl Validator<'_> {
         })
     }
 
-    fn health(&self, key: &str, h: HealthFile) -> Res<()> {
-        if h.active.is_some() {
-            return Err(self.at_key(
-                &join(key, "active"),
-                "not supported yet (active health checks are planned)",
+    fn health(&self, key: &str, h: HealthFile) -> Res<Health> {
+        let active = match h.active {
+            Some(a) => Some(self.active_health(&join(key, "active"), a)?),
+            None => None,
+        };
+        let passive = match h.passive {
+            Some(p) => self.passive_health(&join(key, "passive"), p)?,
+            None => PassiveHealth::default(),
+        };
+        Ok(Health { active, passive })
+    }
+
+    fn active_health(&self, key: &str, a: ActiveHealthFile) -> Res<ActiveHealth> {
+        let uri = a.uri.filter(|u| !u.is_empty());
+        if let Some(u) = &uri {
+            if !u.starts_with('/') || u.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(self.at_value(
+                    &join(key, "uri"),
+                    "must be an origin-form URI starting with / (no spaces)",
+                ));
+            }
+        }
+        let method = match a.method.as_deref().map(str::to_ascii_uppercase).as_deref() {
+            None | Some("GET") => "GET".to_string(),
+            Some("HEAD") => "HEAD".to_string(),
+            Some(other) => {
+                return Err(self.at_value(
+                    &join(key, "method"),
+                    format!("unsupported probe method \"{other}\" (expected GET or HEAD)"),
+                ))
+            }
+        };
+        let interval = dur(a.interval, secs(10)).unwrap_or_default();
+        if interval < MIN_PROBE_INTERVAL {
+            return Err(self.at_value(
+                &join(key, "interval"),
+                format!("must be at least {MIN_PROBE_INTERVAL:?}"),
             ));
         }
-        let Some(p) = h.passive else {
-            return Ok(());
+        let timeout = dur(a.timeout, secs(5)).unwrap_or(interval);
+        let expect_status = match a.expect_status.as_deref() {
+            None | Some("") => StatusSet(vec![(200, 299)]),
+            Some(s) => {
+                StatusSet::parse(s).map_err(|m| self.at_value(&join(key, "expect_status"), m))?
+            }
         };
-        let non_default = [
-            (
-                "fail_duration",
-                matches!(p.fail_duration, Some(Dur(Some(_)))),
-            ),
-            ("max_fails", p.max_fails.is_some_and(|n| n != 1)),
-            (
-                "unhealthy_status",
-                p.unhealthy_status.is_some_and(|s| !s.items.is_empty()),
-            ),
-            (
-                "unhealthy_latency",
-                matches!(p.unhealthy_latency, Some(Dur(Some(_)))),
-            ),
-            (
-                "unhealthy_request_count",
-                p.unhealthy_request_count.is_some_and(|n| n != 0),
-            ),
-        ];
-        match non_default.iter().find(|(_, set)| *set) {
-            Some((k, _)) => Err(self.at_value(
-                &join(&join(key, "passive"), k),
-                "not supported yet (passive health checks are planned)",
-            )),
-            None => Ok(()),
+        let body =
+            match a.body.as_deref() {
+                None | Some("") => None,
+                Some(re) => Some(Regex::new(re).map_err(|e| {
+                    self.at_value(&join(key, "body"), format!("invalid regex: {e}"))
+                })?),
+            };
+        let mut headers = Vec::new();
+        for (name, value) in a.headers.map(|h| h.0).unwrap_or_default() {
+            let k = join(&join(key, "headers"), &name);
+            self.header_name(&k, &name)?;
+            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(self.at_value(&k, "header values must not contain CR, LF or NUL"));
+            }
+            headers.push((name, value));
         }
+        let counts = |k: &str, v: Option<u32>| match v.unwrap_or(2) {
+            0 => Err(self.at_value(&join(key, k), "must be at least 1")),
+            n => Ok(n),
+        };
+        Ok(ActiveHealth {
+            uri,
+            port: a.port.unwrap_or(0),
+            method,
+            interval,
+            timeout,
+            expect_status,
+            body,
+            headers,
+            fails: counts("fails", a.fails)?,
+            passes: counts("passes", a.passes)?,
+            max_latency: dur(a.max_latency, None),
+        })
+    }
+
+    fn passive_health(&self, key: &str, p: PassiveHealthFile) -> Res<PassiveHealth> {
+        let max_fails = p.max_fails.unwrap_or(1);
+        if max_fails == 0 || max_fails as usize > MAX_PASSIVE_FAILS {
+            return Err(self.at_value(
+                &join(key, "max_fails"),
+                format!("must be between 1 and {MAX_PASSIVE_FAILS}"),
+            ));
+        }
+        let mut unhealthy_status = StatusSet::default();
+        if let Some(list) = &p.unhealthy_status {
+            for (i, s) in list.items.iter().enumerate() {
+                let k = list.item_key(&join(key, "unhealthy_status"), i);
+                let set = StatusSet::parse(s).map_err(|m| self.at_value(&k, m))?;
+                unhealthy_status.0.extend(set.0);
+            }
+        }
+        Ok(PassiveHealth {
+            fail_duration: dur(p.fail_duration, None),
+            max_fails,
+            unhealthy_status,
+            unhealthy_latency: dur(p.unhealthy_latency, None),
+            unhealthy_request_count: p.unhealthy_request_count.filter(|&n| n > 0),
+        })
     }
 
     fn transport(&self, key: &str, t: TransportFile) -> Res<Transport> {
@@ -2831,29 +3066,13 @@ mod tests {
         assert_eq!(
             e.message,
             "unknown lb policy \"fastest\" (expected one of random, random_choose, first, \
-             round_robin, weighted_round_robin, least_conn)"
+             round_robin, weighted_round_robin, least_conn, ip_hash, client_ip_hash, uri_hash, \
+             query, header, cookie, p2c_ewma)"
         );
     }
 
     #[test]
-    fn planned_lb_policies_are_not_supported_yet() {
-        for p in [
-            "ip_hash",
-            "client_ip_hash",
-            "uri_hash",
-            "query",
-            "header",
-            "cookie",
-            "p2c_ewma",
-        ] {
-            let e = upstream_err(&format!("lb:\n  policy: {p}\n"));
-            assert_eq!(
-                (e.line, e.key.as_str()),
-                (9, "upstreams.api.lb.policy"),
-                "{e}"
-            );
-            assert!(e.message.starts_with("not supported yet"), "{e}");
-        }
+    fn every_contract_lb_policy_is_accepted() {
         for p in [
             "random",
             "random_choose",
@@ -2861,9 +3080,205 @@ mod tests {
             "round_robin",
             "weighted_round_robin",
             "least_conn",
+            "ip_hash",
+            "client_ip_hash",
+            "uri_hash",
+            "cookie",
+            "p2c_ewma",
         ] {
             parse(&with_upstream(&format!("lb: {{ policy: {p} }}")), "t").unwrap();
         }
+        for p in ["query", "header"] {
+            parse(
+                &with_upstream(&format!("lb: {{ policy: {p}, key: x }}")),
+                "t",
+            )
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn header_and_query_policies_need_a_key() {
+        let e = upstream_err("lb:\n  policy: header\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (9, "upstreams.api.lb.policy"),
+            "{e}"
+        );
+        assert!(e.message.contains("needs `key`"), "{e}");
+        let e = upstream_err("lb:\n  policy: query\n  key: \"\"\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.lb.key"),
+            "{e}"
+        );
+        let e = upstream_err("lb:\n  policy: header\n  key: \"Bad Name\"\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.lb.key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_and_secret_are_refused_for_policies_that_do_not_use_them() {
+        let e = upstream_err("lb:\n  policy: round_robin\n  key: X-User\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.lb.key"),
+            "{e}"
+        );
+        let e = upstream_err("lb:\n  policy: header\n  key: X-User\n  secret: s\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (11, "upstreams.api.lb.secret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cookie_policy_defaults_its_name_to_lb_and_keeps_the_secret() {
+        let c = parse(
+            &with_upstream("lb: { policy: cookie, secret: s3cret }"),
+            "t",
+        )
+        .unwrap();
+        let lb = &c.upstreams[0].lb;
+        assert_eq!(
+            (lb.policy, lb.key.as_str(), lb.secret.as_str()),
+            (Policy::Cookie, "lb", "s3cret")
+        );
+        let c = parse(&with_upstream("lb: { policy: cookie, key: sticky }"), "t").unwrap();
+        assert_eq!(c.upstreams[0].lb.key, "sticky");
+    }
+
+    #[test]
+    fn split_targets_follow_the_main_targets() {
+        let c = parse(
+            &with_upstream("split: { targets: [127.0.0.1:9101, 127.0.0.1:9102], percent: 10 }"),
+            "t",
+        )
+        .unwrap();
+        let u = &c.upstreams[0];
+        assert_eq!(u.targets.len(), 3);
+        assert_eq!(
+            u.split,
+            Some(Split {
+                start: 1,
+                percent: 10
+            })
+        );
+        let e = upstream_err("split:\n  targets: [127.0.0.1:9101]\n  percent: 101\n");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.split.percent"),
+            "{e}"
+        );
+        let e = upstream_err("split:\n  targets: []\n");
+        assert_eq!((e.line, e.key.as_str()), (8, "upstreams.api.split"), "{e}");
+        let e = upstream_err("split:\n  targets: [nope]\n");
+        assert_eq!(e.key, "upstreams.api.split.targets[0]", "{e}");
+    }
+
+    #[test]
+    fn status_sets_take_codes_classes_ranges_and_lists() {
+        let s = StatusSet::parse("200,204").unwrap();
+        assert!(s.contains(200) && s.contains(204) && !s.contains(201));
+        let s = StatusSet::parse("2xx").unwrap();
+        assert!(s.contains(200) && s.contains(299) && !s.contains(300));
+        let s = StatusSet::parse("200-299").unwrap();
+        assert!(s.contains(250) && !s.contains(199));
+        for bad in ["", "6xx", "299-200", "abc", "99"] {
+            assert!(StatusSet::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn active_health_defaults_and_values_are_validated() {
+        let c = parse(&with_upstream("health:\n  active: { uri: /health }"), "t").unwrap();
+        let a = c.upstreams[0].health.active.as_ref().unwrap();
+        assert_eq!(a.uri.as_deref(), Some("/health"));
+        assert_eq!((a.method.as_str(), a.fails, a.passes), ("GET", 2, 2));
+        assert_eq!(
+            (a.interval, a.timeout),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        assert!(a.expect_status.contains(204));
+        let c = parse(&with_upstream("health:\n  active: { interval: 1s }"), "t").unwrap();
+        assert!(c.upstreams[0].health.active.as_ref().unwrap().uri.is_none());
+        let cases = [
+            (
+                "health:\n  active:\n    method: POST",
+                10,
+                "method",
+                "GET or HEAD",
+            ),
+            (
+                "health:\n  active:\n    expect_status: 2zz",
+                10,
+                "expect_status",
+                "invalid status",
+            ),
+            (
+                "health:\n  active:\n    body: \"(\"",
+                10,
+                "body",
+                "invalid regex",
+            ),
+            (
+                "health:\n  active:\n    fails: 0",
+                10,
+                "fails",
+                "at least 1",
+            ),
+            (
+                "health:\n  active:\n    uri: health",
+                10,
+                "uri",
+                "starting with /",
+            ),
+            (
+                "health:\n  active:\n    interval: 1ms",
+                10,
+                "interval",
+                "at least",
+            ),
+        ];
+        for (yaml, line, key, msg) in cases {
+            let e = upstream_err(yaml);
+            let key = format!("upstreams.api.health.active.{key}");
+            assert_eq!((e.line, e.key.as_str()), (line, key.as_str()), "{e}");
+            assert!(e.message.contains(msg), "{e}");
+        }
+    }
+
+    #[test]
+    fn passive_health_values_are_validated() {
+        let c = parse(
+            &with_upstream(
+                "health:\n  passive:\n    fail_duration: 10s\n    max_fails: 3\n    \
+                 unhealthy_status: [5xx, 429]\n    unhealthy_request_count: 7",
+            ),
+            "t",
+        )
+        .unwrap();
+        let p = &c.upstreams[0].health.passive;
+        assert_eq!(p.fail_duration, Some(Duration::from_secs(10)));
+        assert_eq!(p.max_fails, 3);
+        assert!(p.unhealthy_status.contains(503) && p.unhealthy_status.contains(429));
+        assert!(!p.unhealthy_status.contains(404));
+        assert_eq!(p.unhealthy_request_count, Some(7));
+        let e = upstream_err("health:\n  passive:\n    max_fails: 0");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (10, "upstreams.api.health.passive.max_fails"),
+            "{e}"
+        );
+        let e = upstream_err("health:\n  passive:\n    unhealthy_status: [5xx, 7]");
+        assert_eq!(
+            e.key, "upstreams.api.health.passive.unhealthy_status[1]",
+            "{e}"
+        );
     }
 
     #[test]
@@ -2927,27 +3342,6 @@ mod tests {
         let upstream = [
             ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
             (
-                "split: { targets: [127.0.0.1:9101], percent: 10 }",
-                8,
-                "split",
-            ),
-            ("health:\n  active: { uri: /health }", 9, "health.active"),
-            (
-                "health:\n  passive:\n    max_fails: 1\n    fail_duration: 10s",
-                11,
-                "health.passive.fail_duration",
-            ),
-            (
-                "health:\n  passive:\n    max_fails: 3",
-                10,
-                "health.passive.max_fails",
-            ),
-            (
-                "health:\n  passive: { unhealthy_status: [5xx] }",
-                9,
-                "health.passive.unhealthy_status",
-            ),
-            (
                 "transport:\n  proxy_protocol: v2",
                 9,
                 "transport.proxy_protocol",
@@ -2962,8 +3356,6 @@ mod tests {
                 9,
                 "transport.https_ports",
             ),
-            ("lb:\n  key: X-User", 9, "lb.key"),
-            ("lb:\n  secret: s3cret", 9, "lb.secret"),
         ];
         for (extra, line, key) in upstream {
             let e = upstream_err(extra);

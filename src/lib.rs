@@ -16,6 +16,9 @@
 //! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]) and body
 //!   framing ([`http1::body`]).
 //! - [`balance`]: per-worker balancer replicas over shared per-target atomics.
+//! - [`health`]: active health checks on one control thread, published through the shared
+//!   per-target atomics.
+//! - [`target`]: per-target state shared by all workers (load, health, latency), atomics only.
 //! - [`pool`]: per-worker pools of idle upstream connections.
 //! - [`stream`]: TCP and Unix streams behind one type.
 //! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
@@ -27,6 +30,7 @@ pub mod balance;
 pub mod closer;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod http1;
 pub mod listener;
 pub mod metrics;
@@ -35,6 +39,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod stream;
+pub mod target;
 pub mod template;
 pub mod tunnel;
 pub mod worker;

@@ -240,7 +240,7 @@ pub fn render(config: &Config, shared: &Shared) -> String {
         ),
         (
             "ringway_upstream_healthy",
-            "1 when the target is considered healthy.",
+            "1 when the target is healthy (active checks and passive failure memory).",
             2,
         ),
     ] {
@@ -252,7 +252,7 @@ pub fn render(config: &Config, shared: &Shared) -> String {
                 let v = match pick {
                     0 => s.in_flight.load(Ordering::Relaxed) as u64,
                     1 => s.conns.load(Ordering::Relaxed) as u64,
-                    _ => s.healthy.load(Ordering::Relaxed) as u64,
+                    _ => s.is_healthy(&u.health.passive) as u64,
                 };
                 let _ = writeln!(
                     out,

@@ -115,6 +115,20 @@ impl Pool {
         idle.push_back(Idle { conn, since: now });
     }
 
+    /// Closes this worker's oldest idle connection to a capped target that another worker
+    /// is waiting for (`TargetShared::wanted`), freeing its slot. True when one was closed.
+    pub fn hand_over(&self, upstream: usize, target: usize, shared: &TargetShared) -> bool {
+        let mut idle = self.idle[upstream][target].borrow_mut();
+        if idle.is_empty() || !shared.wanted.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !shared.wanted.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        idle.pop_front();
+        true
+    }
+
     /// Idle connections held for a target (for tests and metrics).
     pub fn idle_count(&self, upstream: usize, target: usize) -> usize {
         self.idle[upstream][target].borrow().len()

@@ -37,6 +37,9 @@ const RESPONSE_LIMITS: HeadLimits = HeadLimits {
     max_uri_bytes: 64 * 1024,
     max_headers: 256,
 };
+/// X-Forwarded-For hops client_ip_hash looks at (nearest first): a bounded stack array keeps
+/// selection allocation-free; a longer chain is read from its nearest hops.
+const MAX_XFF_HOPS: usize = 16;
 /// Content-Length bodies at least this large move with splice(2) on plaintext sockets; smaller
 /// ones are cheaper as one read and one write (splice costs two operations and, on io_uring, a
 /// hop through a kernel worker thread).
@@ -566,6 +569,15 @@ async fn forward(
     let may_retry_sent =
         body_buffered && up.lb.retry_methods.iter().any(|m| m.as_bytes() == method);
     let idempotent = is_idempotent(method);
+    let lb_key = LbKey::find(
+        bal.policy(),
+        &up.lb.key,
+        &ctx.config.trusted_proxies,
+        client,
+        &down.buf,
+        head,
+        &s.headers,
+    );
     let started = Instant::now();
     // Each attempt sends the body from here again (only ever replayed when fully buffered).
     let body_start = down.pos;
@@ -578,7 +590,8 @@ async fn forward(
             Some(d) => started.elapsed() < d,
             None => attempts <= up.lb.retries,
         };
-        let Some(t) = bal.select(tried, |i| ctx.pool.has_idle(u, i)) else {
+        let key = lb_key.get(&down.buf);
+        let Some(t) = bal.select(tried, key, |i| ctx.pool.has_idle(u, i)) else {
             if can_try_again(attempts) {
                 tried = Default::default();
                 monoio::time::sleep(up.lb.try_interval).await;
@@ -605,9 +618,17 @@ async fn forward(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(upstream = %up.name, target = %target_name(&target.addr), "{e}");
+                    // A full target refused a new connection: that says nothing of its health.
+                    if bal.passive_enabled() && !matches!(e.kind, ErrorKind::NoTarget) {
+                        bal.shared(t).record_failure(crate::balance::now_ms());
+                    }
                     tried.insert(t);
                     if can_try_again(attempts) {
-                        if bal.select(tried, |i| ctx.pool.has_idle(u, i)).is_none() {
+                        let key = lb_key.get(&down.buf);
+                        if bal
+                            .select(tried, key, |i| ctx.pool.has_idle(u, i))
+                            .is_none()
+                        {
                             tried = Default::default();
                             monoio::time::sleep(up.lb.try_interval).await;
                         }
@@ -618,11 +639,18 @@ async fn forward(
             },
         };
         let reused = conn.reused;
-        match exchange(
-            ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn,
+        // The cookie policy (re)issues its cookie whenever the request did not name this target.
+        let set_cookie = bal.policy() == crate::config::Policy::Cookie
+            && lb_key.get(&down.buf) != Some(bal.cookie(t).as_bytes());
+        let mut seen = None;
+        let result = exchange(
+            ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn, set_cookie, &mut seen,
         )
-        .await
-        {
+        .await;
+        if let Some((status, latency)) = seen {
+            note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
+        }
+        match result {
             Ok(next) => return Ok(next),
             Err(f) => {
                 // A pooled connection the upstream had already closed: replay once on a fresh
@@ -664,6 +692,173 @@ async fn forward(
             }
         }
     }
+}
+
+/// Feeds one response into the target's shared latency estimate and passive health memory.
+fn note_response(
+    shared: &crate::balance::TargetShared,
+    up: &Upstream,
+    passive: bool,
+    status: u16,
+    latency: Duration,
+) {
+    if up.lb.policy == crate::config::Policy::P2cEwma {
+        shared.observe_latency(latency);
+    }
+    let p = &up.health.passive;
+    let failed =
+        p.unhealthy_status.contains(status) || p.unhealthy_latency.is_some_and(|max| latency > max);
+    if passive && failed {
+        shared.record_failure(crate::balance::now_ms());
+    }
+}
+
+/// Where a request's hash key lives: spans into the request buffer stay valid across retries
+/// (the head is kept while the body streams), addresses are copied onto the stack.
+#[derive(Clone, Copy)]
+enum LbKey {
+    None,
+    Span(usize, usize),
+    Ip([u8; 16], usize),
+}
+
+impl LbKey {
+    fn get<'a>(&'a self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        match self {
+            LbKey::None => None,
+            LbKey::Span(a, b) => Some(&buf[*a..*b]),
+            LbKey::Ip(bytes, len) => Some(&bytes[..*len]),
+        }
+    }
+
+    fn ip(ip: IpAddr) -> LbKey {
+        let mut bytes = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) => {
+                bytes[..4].copy_from_slice(&v4.octets());
+                LbKey::Ip(bytes, 4)
+            }
+            IpAddr::V6(v6) => {
+                bytes.copy_from_slice(&v6.octets());
+                LbKey::Ip(bytes, 16)
+            }
+        }
+    }
+
+    /// The key the policy hashes on; `None` (random) when the request does not carry it.
+    fn find(
+        policy: crate::config::Policy,
+        name: &str,
+        trusted: &[ipnet::IpNet],
+        client: &Client,
+        buf: &[u8],
+        head: &RequestHead,
+        headers: &[HeaderIdx],
+    ) -> LbKey {
+        use crate::config::Policy;
+        let span = |s: &crate::http1::parse::Span| LbKey::Span(s.start as usize, s.end as usize);
+        fn fields<'a>(
+            headers: &'a [HeaderIdx],
+            buf: &'a [u8],
+            n: &'a str,
+        ) -> impl Iterator<Item = &'a HeaderIdx> + 'a {
+            headers
+                .iter()
+                .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(n.as_bytes()))
+        }
+        let named = |n: &'static str| fields(headers, buf, n);
+        match policy {
+            Policy::IpHash => client.peer.map_or(LbKey::None, |p| LbKey::ip(p.ip())),
+            Policy::ClientIpHash => match client.peer {
+                Some(p) if client.trusted => {
+                    client_ip_behind(trusted, named("x-forwarded-for").map(|h| h.value.get(buf)))
+                        .map_or(LbKey::ip(p.ip()), LbKey::ip)
+                }
+                Some(p) => LbKey::ip(p.ip()),
+                None => LbKey::None,
+            },
+            Policy::UriHash => span(&head.target),
+            Policy::Header => fields(headers, buf, name)
+                .next()
+                .map_or(LbKey::None, |h| span(&h.value)),
+            Policy::Query => head.query.map_or(LbKey::None, |q| {
+                pair_in(buf, q.start as usize, q.end as usize, b'&', name.as_bytes())
+                    .map_or(LbKey::None, |(a, b)| LbKey::Span(a, b))
+            }),
+            Policy::Cookie => named("cookie")
+                .find_map(|h| {
+                    pair_in(
+                        buf,
+                        h.value.start as usize,
+                        h.value.end as usize,
+                        b';',
+                        name.as_bytes(),
+                    )
+                })
+                .map_or(LbKey::None, |(a, b)| LbKey::Span(a, b)),
+            _ => LbKey::None,
+        }
+    }
+}
+
+/// The client behind trusted proxies: X-Forwarded-For read right to left, the first hop that
+/// is not a trusted proxy (or the leftmost when all are trusted).
+fn client_ip_behind<'a>(
+    trusted: &[ipnet::IpNet],
+    values: impl Iterator<Item = &'a [u8]>,
+) -> Option<IpAddr> {
+    let mut last = None;
+    // Later fields continue the list; walk hops from the nearest one back.
+    let mut hops: [Option<IpAddr>; MAX_XFF_HOPS] = [None; MAX_XFF_HOPS];
+    let mut n = 0;
+    for v in values {
+        for hop in v.split(|&b| b == b',') {
+            let text = std::str::from_utf8(hop).unwrap_or("").trim();
+            let ip = text.parse::<IpAddr>().ok();
+            if n < MAX_XFF_HOPS {
+                hops[n] = ip;
+                n += 1;
+            } else {
+                hops.copy_within(1.., 0);
+                hops[MAX_XFF_HOPS - 1] = ip;
+            }
+        }
+    }
+    for hop in hops[..n].iter().rev() {
+        let ip = (*hop)?;
+        last = Some(ip);
+        if !trusted.iter().any(|net| net.contains(&ip)) {
+            return Some(ip);
+        }
+    }
+    last
+}
+
+/// The value of `name` in a `sep`-separated list of `name=value` pairs in `buf[start..end]`,
+/// as indices into `buf`.
+fn pair_in(buf: &[u8], start: usize, end: usize, sep: u8, name: &[u8]) -> Option<(usize, usize)> {
+    let mut at = start;
+    while at <= end {
+        let stop = buf[at..end]
+            .iter()
+            .position(|&b| b == sep)
+            .map_or(end, |p| at + p);
+        let mut a = at;
+        while a < stop && buf[a] == b' ' {
+            a += 1;
+        }
+        if let Some(eq) = buf[a..stop].iter().position(|&b| b == b'=') {
+            if &buf[a..a + eq] == name {
+                let mut b = stop;
+                while b > a + eq + 1 && buf[b - 1] == b' ' {
+                    b -= 1;
+                }
+                return Some((a + eq + 1, b));
+            }
+        }
+        at = stop + 1;
+    }
+    None
 }
 
 fn target_name(addr: &TargetAddr) -> String {
@@ -1064,6 +1259,8 @@ async fn exchange(
     s: &mut Scratch,
     head: &RequestHead,
     mut conn: UpConn,
+    set_cookie: bool,
+    seen: &mut Option<(u16, Duration)>,
 ) -> Result<Exchange, Failure> {
     let tr = &up.transport;
     let client_head = is_head(&down.buf, head);
@@ -1199,6 +1396,7 @@ async fn exchange(
                 continue;
             }
             Parse::Complete(r) => {
+                *seen = Some((r.status, sent_at.elapsed()));
                 ctx.metrics().upstream_response_time[u].observe(sent_at.elapsed());
                 s.status = r.status;
                 break r;
@@ -1292,6 +1490,7 @@ async fn exchange(
         zero_length,
         keep,
         upstream_host,
+        set_cookie.then(|| (up.lb.key.as_str(), ctx.balancers[u].cookie(t))),
         &mut s.out,
         &mut s.aux,
         &mut s.list,
@@ -1342,7 +1541,17 @@ async fn exchange(
         && ub.pending() == 0;
     *ubuf = ub.buf;
     if up_keep {
-        ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
+        let bal = &ctx.balancers[u];
+        let shared = bal.shared(t);
+        // Another worker waits for a slot of this capped target: close instead of pooling.
+        let wanted = bal.is_capped(t)
+            && shared.wanted.load(std::sync::atomic::Ordering::Relaxed)
+            && shared
+                .wanted
+                .swap(false, std::sync::atomic::Ordering::Relaxed);
+        if !wanted {
+            ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
+        }
     }
     Ok(Exchange::Done(keep))
 }
@@ -1857,6 +2066,7 @@ fn write_response_head(
     zero_length: bool,
     keep: bool,
     upstream_host: &str,
+    set_cookie: Option<(&str, &str)>,
     out: &mut Vec<u8>,
     tmp: &mut Vec<u8>,
     list: &mut HeaderList,
@@ -1898,6 +2108,9 @@ fn write_response_head(
     }
     if zero_length {
         out.extend_from_slice(b"Content-Length: 0\r\n");
+    }
+    if let Some((name, value)) = set_cookie {
+        let _ = write!(out, "Set-Cookie: {name}={value}; Path=/\r\n");
     }
     finish_conn_header(out, req.version, keep);
 }

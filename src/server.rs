@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::balance::{shared_targets, SharedTargets};
 use crate::config::{Config, Driver, ListenAddr};
+use crate::health;
 use crate::listener;
 use crate::metrics::WorkerMetrics;
 use crate::worker::{self, DriverKind};
@@ -31,6 +32,8 @@ pub struct Server {
     /// Our ends of one socketpair per worker: closing them wakes the workers to drain.
     wakers: Vec<std::os::unix::net::UnixStream>,
     driver: DriverKind,
+    /// The active health checker's control thread, when some upstream has `health.active`.
+    health: Option<health::Checker>,
     shutdown_delay: std::time::Duration,
     /// Stopped last, so /readyz reports the drain while it happens.
     admin: Option<crate::admin::Admin>,
@@ -103,6 +106,7 @@ impl Server {
             wakers,
             listener_fds,
             driver: DriverKind::Epoll,
+            health: None,
             shutdown_delay: config.shutdown_delay,
             admin: None,
             access_writer,
@@ -118,6 +122,13 @@ impl Server {
                     server.stop_now();
                     return Err(io::Error::other("a worker exited during startup"));
                 }
+            }
+        }
+        match health::Checker::start(config.clone(), server.shared.targets.clone()) {
+            Ok(checker) => server.health = checker,
+            Err(e) => {
+                server.stop_now();
+                return Err(io::Error::new(e.kind(), format!("health checker: {e}")));
             }
         }
         if let Some(addr) = config.admin {
@@ -178,6 +189,9 @@ impl Server {
     }
 
     fn stop_now(&mut self) {
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
         self.shared.draining.store(true, Ordering::SeqCst);
         // Readiness fails from now on; keep accepting meanwhile so traffic that load
         // balancers still send (until they notice) is served, not refused.

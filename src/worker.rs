@@ -21,6 +21,9 @@ use crate::stream::{SplicePipe, Stream};
 /// Submission queue entries per ring: enough for thousands of connections' in-flight ops
 /// without `EBUSY`; the completion queue is twice this.
 const RING_ENTRIES: u32 = 4096;
+/// How often a worker looks for idle connections another worker needs the slots of (capped
+/// targets only): well under the default try_interval, so a waiting request loses little.
+const HANDOVER_POLL: Duration = Duration::from_millis(20);
 /// How often a draining worker checks whether its in-flight requests are done.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Back-off after accept fails for lack of descriptors, so the loop does not spin.
@@ -239,6 +242,13 @@ async fn worker_main(
     if ctx.access.is_some() {
         monoio::spawn(flush_access_log(ctx.clone()));
     }
+    let capped = ctx
+        .balancers
+        .iter()
+        .any(|b| (0..b.len()).any(|t| b.is_capped(t)));
+    if capped {
+        monoio::spawn(hand_over_idle_slots(ctx.clone()));
+    }
     // The control thread closes its end of `wake` when the server drains: a readable socket
     // wakes io_uring and epoll alike, where shutdown(2) of a Unix listener does not wake epoll.
     match monoio::net::UnixStream::from_std(wake) {
@@ -287,6 +297,19 @@ async fn flush_access_log(ctx: Rc<WorkerCtx>) {
         }
         if let Some(log) = &ctx.access {
             log.flush();
+        }
+    }
+}
+
+/// With `max_connections` caps, an idle pooled connection in one worker would starve another
+/// worker of that target's slots until `idle_timeout`: this task hands such slots over.
+async fn hand_over_idle_slots(ctx: Rc<WorkerCtx>) {
+    while !ctx.draining() {
+        monoio::time::sleep(HANDOVER_POLL).await;
+        for (u, b) in ctx.balancers.iter().enumerate() {
+            for t in (0..b.len()).filter(|&t| b.is_capped(t)) {
+                ctx.pool.hand_over(u, t, b.shared(t));
+            }
         }
     }
 }

@@ -11,6 +11,8 @@
 #   SCENARIO_WRK_ARGS       extra wrk arguments (array), e.g. (-H "Connection: close")
 #   SCENARIO_TEMPLATE_*     config templates (relative to loadtest/), override to
 #                           change a backend or peer config for this scenario only
+#   SCENARIO_RENDER_SED     extra sed expressions (array) applied when rendering
+#                           the templates, e.g. (-e "s|{{LB}}|round_robin|g")
 SCENARIO_DESC='12-byte body ("hello world\n"), keep-alive client and upstream, GET /'
 SCENARIO_PATH=/
 SCENARIO_EXPECT_STATUS=200

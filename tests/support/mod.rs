@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod fixed;
 pub mod streaming;
 
 use std::io::Write as _;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 pub use backend::{pattern, refused_addr, Backend, Options as BackendOptions, Request};
 pub use client::{get, get_req, Client, ReadError, Response};
+pub use fixed::FixedBackend;
 
 use ringway::server::Server;
 
