@@ -14,7 +14,8 @@
 //!   framing ([`http1::body`]).
 //! - [`balance`]: per-worker balancer replicas over shared per-target atomics.
 //! - [`pool`]: per-worker pools of idle upstream connections.
-//! - [`stream`]: TCP and Unix streams behind one type.
+//! - [`stream`]: TCP, Unix and TLS streams behind one type.
+//! - [`tls`]: rustls configs: SNI certificate choice, client auth, reload, upstream TLS.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
 pub mod balance;
@@ -28,4 +29,5 @@ pub mod route;
 pub mod server;
 pub mod stream;
 pub mod template;
+pub mod tls;
 pub mod worker;

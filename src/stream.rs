@@ -1,4 +1,4 @@
-//! One type for TCP and Unix-socket connections, so the data path is written once.
+//! One type for TCP, Unix-socket and TLS connections, so the data path is written once.
 
 use std::io;
 
@@ -9,6 +9,10 @@ use monoio::net::{TcpStream, UnixStream};
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client whose TLS we terminate; boxed because the session and its buffers are large.
+    TlsServer(Box<monoio_rustls::ServerTlsStream<TcpStream>>),
+    /// An upstream we dialed with TLS.
+    TlsClient(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -22,6 +26,8 @@ impl Stream {
         let (res, slice) = match self {
             Stream::Tcp(s) => s.read(slice).await,
             Stream::Unix(s) => s.read(slice).await,
+            Stream::TlsServer(s) => s.read(slice).await,
+            Stream::TlsClient(s) => s.read(slice).await,
         };
         (res, slice.into_inner())
     }
@@ -39,6 +45,8 @@ impl Stream {
         let (res, slice) = match self {
             Stream::Tcp(s) => s.write_all(slice).await,
             Stream::Unix(s) => s.write_all(slice).await,
+            Stream::TlsServer(s) => s.write_all(slice).await,
+            Stream::TlsClient(s) => s.write_all(slice).await,
         };
         (res.map(|_| ()), slice.into_inner())
     }
@@ -54,7 +62,14 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown().await,
             Stream::Unix(s) => s.shutdown().await,
+            // close_notify first, then FIN.
+            Stream::TlsServer(s) => s.shutdown().await,
+            Stream::TlsClient(s) => s.shutdown().await,
         }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
     }
 }
 

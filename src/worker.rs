@@ -248,6 +248,11 @@ fn spawn_conn(
     let ctx = ctx.clone();
     ctx.open_conns.set(ctx.open_conns.get() + 1);
     monoio::spawn(async move {
+        // The handshake runs here, in the connection's task, so the accept loop never waits.
+        let Some(stream) = terminate_tls(&ctx, listener, stream, peer).await else {
+            ctx.open_conns.set(ctx.open_conns.get() - 1);
+            return;
+        };
         match &ctx.config.listeners[listener].kind {
             ListenerKind::Http { .. } => crate::proxy::serve(&ctx, listener, stream, peer).await,
             // Refused by config validation until layer-4 proxying lands.
@@ -255,4 +260,42 @@ fn spawn_conn(
         }
         ctx.open_conns.set(ctx.open_conns.get() - 1);
     });
+}
+
+/// Runs the TLS handshake when the listener terminates TLS (plain streams pass through).
+/// A failed or timed-out handshake is counted and logged at debug: it concerns that client only.
+async fn terminate_tls(
+    ctx: &WorkerCtx,
+    listener: usize,
+    stream: Stream,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Stream> {
+    let Some(state) = &ctx.shared.listener_tls[listener] else {
+        return Some(stream);
+    };
+    // Validation allows TLS on TCP listeners only.
+    let tcp = match stream {
+        Stream::Tcp(tcp) => tcp,
+        other => return Some(other),
+    };
+    // Loaded once per connection: a reload applies to connections accepted after it.
+    let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());
+    let handshake = acceptor.accept(tcp);
+    let result = match state.settings.handshake_timeout {
+        Some(limit) => monoio::time::timeout(limit, handshake)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut).into())),
+        None => handshake.await,
+    };
+    match result {
+        Ok(tls) => Some(Stream::TlsServer(Box::new(tls))),
+        Err(e) => {
+            ctx.shared
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let reason = crate::tls::failure_reason(&e.into());
+            tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
+            None
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -214,6 +215,11 @@ impl Proxy {
                 panic!("{msg}");
             }
         }
+    }
+
+    /// The running server (e.g. to reload TLS certificates in-process).
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("server still running")
     }
 
     /// Takes the server out, e.g. to shut it down from another thread.
