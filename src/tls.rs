@@ -414,6 +414,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn upstream_certificate_failures_are_named() {
+        use rustls::CertificateError as C;
+        let wrap = |c: C| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(c),
+            )
+        };
+        assert_eq!(
+            failure_reason(&wrap(C::UnknownIssuer)),
+            "certificate from an unknown issuer"
+        );
+        assert_eq!(
+            failure_reason(&wrap(C::NotValidForName)),
+            "certificate name mismatch"
+        );
+        assert_eq!(failure_reason(&wrap(C::Expired)), "certificate expired");
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(failure_reason(&plain), plain.to_string());
+    }
+
+    #[test]
     fn host_of_strips_ports_and_brackets() {
         assert_eq!(host_of("api.example:8443"), "api.example");
         assert_eq!(host_of("[::1]:443"), "::1");

@@ -204,7 +204,10 @@ fn validate_names_an_unreadable_certificate_file_at_its_line() {
     let (line, _col, key, message) = located_error(&o, &f);
     assert_eq!(line, 8);
     assert_eq!(key, "listeners[0].tls.certificates[0].cert");
-    assert!(message.contains("cannot read /nonexistent/a.pem"), "message {message:?}");
+    assert!(
+        message.contains("cannot read /nonexistent/a.pem"),
+        "message {message:?}"
+    );
 }
 
 #[test]
