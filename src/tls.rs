@@ -403,7 +403,7 @@ pub fn failure_reason(e: &std::io::Error) -> String {
             C::Expired | C::ExpiredContext { .. } => "certificate expired".into(),
             C::NotValidYet | C::NotValidYetContext { .. } => "certificate not valid yet".into(),
             C::Revoked => "certificate revoked".into(),
-            other => format!("invalid certificate: {other:?}"),
+            _ => r.to_string(),
         },
         other => other.to_string(),
     }
