@@ -43,7 +43,7 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 usage_err() { echo "run.sh: $*" >&2; echo "try: $0 --help" >&2; exit 2; }
 posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || usage_err "$1 needs a positive integer, got '$2'"; }
 
-duration=10 rounds=3 connections=64 warmup=1
+duration=10 rounds=3 connections=64 connections_given=0 warmup=1
 quick=0 build=1 pin=1 keep_tmp=0 scenario=small-keepalive
 duration_set=0 rounds_set=0
 proxies=("${ALL_PROXIES[@]}")
@@ -53,7 +53,7 @@ while (($#)); do
     --quick) quick=1 ;;
     --duration) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; duration=$2; duration_set=1; shift ;;
     --rounds) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; rounds=$2; rounds_set=1; shift ;;
-    --connections) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; connections=$2; shift ;;
+    --connections) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; connections=$2; connections_given=1; shift ;;
     --proxies) (($# >= 2)) || usage_err "$1 needs a value"
       IFS=, read -ra proxies <<<"$2"
       for p in "${proxies[@]}"; do [[ -n ${PORT[$p]:-} ]] || usage_err "unknown proxy '$p'"; done
@@ -85,6 +85,8 @@ SCENARIO_WRK_ARGS=()
 SCENARIO_SCHEME=http
 # shellcheck source=scenarios/small-keepalive.sh
 source "$scenario_file"
+# A scenario may ask for its own connection count unless --connections was given.
+if [[ -n ${SCENARIO_CONNECTIONS:-} && $connections_given == 0 ]]; then connections=$SCENARIO_CONNECTIONS; fi
 : "${SCENARIO_DESC:?} ${SCENARIO_PATH:?} ${SCENARIO_EXPECT_STATUS:?}"
 : "${SCENARIO_EXPECT_BODY=}"
 : "${SCENARIO_TEMPLATE_BACKEND:=nginx-backend.conf}" "${SCENARIO_TEMPLATE_RINGWAY:=ringway.yaml}"
@@ -269,6 +271,8 @@ probe() { # port -> "" if the scenario's expected response comes back, else why 
     --status "$SCENARIO_EXPECT_STATUS" --body "$SCENARIO_EXPECT_BODY" 2>&1 || true
 }
 
+# A scenario may prepare files in the run dir (e.g. an object for the backend to serve).
+if declare -F scenario_setup >/dev/null; then scenario_setup "$RUN_DIR"; fi
 render "$SCENARIO_TEMPLATE_BACKEND" "$RUN_DIR/nginx-backend.conf"
 start_proc backend "$BACKEND_CPU" "$NGINX" -p "$RUN_DIR/nginx-backend" -e "$RUN_DIR/logs/nginx-backend.error.log" \
   -c "$RUN_DIR/nginx-backend.conf"

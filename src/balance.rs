@@ -284,6 +284,8 @@ mod tests {
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,
+            request_buffer: 0,
+            response_buffer: 0,
         }
     }
 

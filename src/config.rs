@@ -191,7 +191,14 @@ pub struct Upstream {
     pub transport: Transport,
     pub headers: HeaderOps,
     pub forwarded: Forwarded,
+    /// Request body bytes read before the upstream is dialed (0 = stream at once).
+    pub request_buffer: u64,
+    /// Response body bytes read before the response head is sent on (0 = stream at once).
+    pub response_buffer: u64,
 }
+
+/// Largest `request_buffer` / `response_buffer`: the bytes are held per connection.
+pub const MAX_BODY_BUFFER: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetAddr {
@@ -650,6 +657,8 @@ struct UpstreamFile {
     transport: Option<TransportFile>,
     headers: Option<HeadersFile>,
     forwarded: Option<String>,
+    // Validated only: every upstream read is written to the client at once.
+    #[allow(dead_code)]
     flush_interval: Option<FlushInterval>,
     request_buffer: Option<Size>,
     response_buffer: Option<Size>,
@@ -800,8 +809,8 @@ enum Workers {
 /// A duration; `None` when zero (off).
 struct Dur(Option<Duration>);
 
-/// `flush_interval`: a duration or -1; only whether it is non-zero matters for now.
-struct FlushInterval(bool);
+/// `flush_interval`: a duration or -1. Validated only: every read is flushed at once.
+struct FlushInterval(#[allow(dead_code)] bool);
 
 /// A byte count.
 struct Size(u64);
@@ -1817,21 +1826,27 @@ impl Validator<'_> {
                 ))
             }
         };
-        if matches!(u.flush_interval, Some(FlushInterval(true))) {
-            return Err(self.at_value(
-                &join(&key, "flush_interval"),
-                "not supported yet (flush control is planned; responses are streamed)",
-            ));
-        }
-        for (k, v) in [
+        // flush_interval needs nothing at run time: every upstream read is written to the
+        // client at once, which meets any interval (and -1, and event streams).
+        let mut buffers = [0u64; 2];
+        for (i, (k, v)) in [
             ("request_buffer", &u.request_buffer),
             ("response_buffer", &u.response_buffer),
-        ] {
-            if matches!(v, Some(Size(n)) if *n > 0) {
-                return Err(self.at_value(
-                    &join(&key, k),
-                    "not supported yet (body buffering is planned; bodies are streamed)",
-                ));
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(Size(n)) = v {
+                if *n > MAX_BODY_BUFFER {
+                    return Err(self.at_value(
+                        &join(&key, k),
+                        format!(
+                            "at most {} MiB (held per connection)",
+                            MAX_BODY_BUFFER >> 20
+                        ),
+                    ));
+                }
+                buffers[i] = *n;
             }
         }
         Ok(Upstream {
@@ -1841,6 +1856,8 @@ impl Validator<'_> {
             transport,
             headers,
             forwarded,
+            request_buffer: buffers[0],
+            response_buffer: buffers[1],
         })
     }
 
@@ -2401,6 +2418,24 @@ mod tests {
             ListenerKind::Http { routes } => routes,
             ListenerKind::Tcp { .. } => panic!("tcp listener"),
         }
+    }
+
+    #[test]
+    fn streaming_keys_are_accepted_and_buffers_are_bounded() {
+        let c = parse(
+            &with_upstream("flush_interval: -1\nrequest_buffer: 4KiB\nresponse_buffer: 1MiB"),
+            "t.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstreams[0].request_buffer, 4096);
+        assert_eq!(c.upstreams[0].response_buffer, 1 << 20);
+        let e = upstream_err("request_buffer: 1GiB");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.request_buffer"),
+            "{e}"
+        );
+        assert!(e.message.contains("at most 16 MiB"), "{e}");
     }
 
     const MINIMAL: &str = r#"
@@ -3118,10 +3153,6 @@ mod tests {
             ),
             ("lb:\n  key: X-User", 9, "lb.key"),
             ("lb:\n  secret: s3cret", 9, "lb.secret"),
-            ("flush_interval: -1", 8, "flush_interval"),
-            ("flush_interval: 100ms", 8, "flush_interval"),
-            ("request_buffer: 4KiB", 8, "request_buffer"),
-            ("response_buffer: 1", 8, "response_buffer"),
         ];
         for (extra, line, key) in upstream {
             let e = upstream_err(extra);

@@ -16,9 +16,11 @@
 //! - [`pool`]: per-worker pools of idle upstream connections.
 //! - [`stream`]: TCP, Unix and TLS streams behind one type.
 //! - [`tls`]: rustls configs: SNI certificate choice, client auth, reload, upstream TLS.
+//! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
 pub mod balance;
+pub mod closer;
 pub mod config;
 pub mod error;
 pub mod http1;
@@ -30,4 +32,5 @@ pub mod server;
 pub mod stream;
 pub mod template;
 pub mod tls;
+pub mod tunnel;
 pub mod worker;

@@ -3,10 +3,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
@@ -98,8 +99,9 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Wakes a worker blocked in accept: shutdown(2) on a listening socket makes pending and
-/// future accepts fail, with io_uring and epoll alike.
+/// Completes accepts pending on a listening socket (they fail), so no accept is left in flight
+/// in the kernel when a worker's runtime goes away: an io_uring accept dropped instead would
+/// keep the socket open, and a dead socket in the SO_REUSEPORT group swallows connections.
 pub fn stop_accepting(fd: RawFd) {
     // SAFETY: shutdown on a descriptor has no memory effects; the fd stays owned by its worker,
     // which closes it only after its accept loop has ended (after this call returns).

@@ -15,10 +15,26 @@ use std::time::{Duration, Instant};
 use crate::balance::TargetShared;
 use crate::stream::Stream;
 
+/// A reserved connection slot against a target's `conns`; released when dropped.
+pub struct ConnSlot(Arc<TargetShared>);
+
+impl ConnSlot {
+    /// Wraps a slot already reserved in `shared.conns` (see `Balancer::try_reserve_conn`).
+    pub fn reserved(shared: Arc<TargetShared>) -> Self {
+        ConnSlot(shared)
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// An open upstream connection; counts against its target's `conns` until dropped.
 pub struct UpConn {
     pub stream: Stream,
-    shared: Arc<TargetShared>,
+    pub slot: ConnSlot,
     /// Came out of the pool (so it may have been closed by the upstream meanwhile).
     pub reused: bool,
 }
@@ -28,15 +44,9 @@ impl UpConn {
     pub fn new(stream: Stream, shared: Arc<TargetShared>) -> Self {
         UpConn {
             stream,
-            shared,
+            slot: ConnSlot::reserved(shared),
             reused: false,
         }
-    }
-}
-
-impl Drop for UpConn {
-    fn drop(&mut self) {
-        self.shared.conns.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

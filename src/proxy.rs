@@ -21,7 +21,7 @@ use crate::http1::parse::{
 };
 use crate::pool::UpConn;
 use crate::route;
-use crate::stream::{reserve_read_space, Stream};
+use crate::stream::{reserve_read_space, SplicePipe, Stream, MIN_READ_SPACE, SPLICE_CHUNK};
 use crate::template::{Placeholder, Placeholders};
 use crate::worker::WorkerCtx;
 
@@ -37,6 +37,10 @@ const RESPONSE_LIMITS: HeadLimits = HeadLimits {
     max_uri_bytes: 64 * 1024,
     max_headers: 256,
 };
+/// Content-Length bodies at least this large move with splice(2) on plaintext sockets; smaller
+/// ones are cheaper as one read and one write (splice costs two operations and, on io_uring, a
+/// hop through a kernel worker thread).
+pub const SPLICE_MIN_BODY: u64 = 64 * 1024;
 /// Room a chunked decoder may need for one size line or trailer section (see http1::body).
 const CHUNK_FRAMING_ROOM: usize = 32 * 1024;
 
@@ -163,7 +167,7 @@ pub async fn serve(
             };
         first = false;
         ctx.active_requests.set(ctx.active_requests.get() + 1);
-        let keep = handle(
+        let next = handle(
             ctx,
             listener,
             &client,
@@ -174,6 +178,20 @@ pub async fn serve(
             &head,
         )
         .await;
+        let keep = match next {
+            Exchange::Done(keep) => keep,
+            Exchange::Upgraded(conn) => {
+                // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
+                let UpConn {
+                    stream: up, slot, ..
+                } = conn;
+                let (sent, received) = crate::tunnel::run(stream, up).await;
+                tracing::debug!(sent, received, "upgraded connection closed");
+                drop(slot);
+                ctx.active_requests.set(ctx.active_requests.get() - 1);
+                return;
+            }
+        };
         ctx.active_requests.set(ctx.active_requests.get() - 1);
         if !keep || ctx.draining() {
             return;
@@ -256,8 +274,15 @@ async fn answer_error(stream: &mut Stream, out: &mut Vec<u8>, e: &ProxyError) {
     }
 }
 
-/// Handles one request whose head sits at `down.buf[..head.head_len]`. Returns whether the
-/// connection can serve another request.
+/// How an exchange left the client connection.
+enum Exchange {
+    /// A full response was sent; whether the connection can serve another request.
+    Done(bool),
+    /// The upstream switched protocols: relay bytes both ways from now on.
+    Upgraded(UpConn),
+}
+
+/// Handles one request whose head sits at `down.buf[..head.head_len]`.
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     ctx: &Rc<WorkerCtx>,
@@ -268,7 +293,7 @@ async fn handle(
     ubuf: &mut Vec<u8>,
     s: &mut Scratch,
     head: &RequestHead,
-) -> bool {
+) -> Exchange {
     let config = &ctx.config;
     if let (Framing::Length(n), Some(max)) = (head.framing, config.limits.max_request_body) {
         if n > max {
@@ -278,30 +303,30 @@ async fn handle(
                 &ProxyError::downstream(ErrorKind::BodyTooLarge),
             )
             .await;
-            return false;
+            return Exchange::Done(false);
         }
     }
     let crate::config::ListenerKind::Http { routes } = &config.listeners[listener].kind else {
-        return false;
+        return Exchange::Done(false);
     };
     let Some(route) = route::find(routes, &down.buf, head, &s.headers) else {
-        return respond_simple(stream, down, s, head, 404).await;
+        return Exchange::Done(respond_simple(stream, down, s, head, 404).await);
     };
     down.pos = head.head_len;
     down.floor = head.head_len;
     match &route.action {
-        Action::Respond(r) => respond(ctx, client, stream, down, s, head, r).await,
+        Action::Respond(r) => Exchange::Done(respond(ctx, client, stream, down, s, head, r).await),
         Action::Proxy(u) => {
             let up = &config.upstreams[*u];
             match forward(ctx, *u, up, route, client, stream, down, ubuf, s, head).await {
-                Ok(keep) => keep,
+                Ok(next) => next,
                 Err(Failure { error, answered }) => {
                     if !answered {
                         answer_error(stream, &mut s.out, &error).await;
                     } else {
                         tracing::debug!("response cut short: {error}");
                     }
-                    false
+                    Exchange::Done(false)
                 }
             }
         }
@@ -458,8 +483,14 @@ async fn forward(
     ubuf: &mut Vec<u8>,
     s: &mut Scratch,
     head: &RequestHead,
-) -> Result<bool, Failure> {
+) -> Result<Exchange, Failure> {
     let bal = &ctx.balancers[u];
+    if up.request_buffer > 0 {
+        let idle = ctx.config.limits.idle_timeout;
+        fill_body(stream, down, head.framing, up.request_buffer, idle)
+            .await
+            .map_err(|e| Failure::from(ProxyError::downstream(ErrorKind::ClientIo(e))))?;
+    }
     let method = route
         .method
         .as_deref()
@@ -475,10 +506,13 @@ async fn forward(
         body_buffered && up.lb.retry_methods.iter().any(|m| m.as_bytes() == method);
     let idempotent = is_idempotent(method);
     let started = Instant::now();
+    // Each attempt sends the body from here again (only ever replayed when fully buffered).
+    let body_start = down.pos;
     let mut tried = crate::balance::Tried::default();
     let mut attempts = 0u32;
     loop {
         attempts += 1;
+        down.pos = body_start;
         let can_try_again = |attempts: u32| match up.lb.try_duration {
             Some(d) => started.elapsed() < d,
             None => attempts <= up.lb.retries,
@@ -493,10 +527,21 @@ async fn forward(
         };
         let target = &up.targets[t];
         let _in_flight = InFlight::new(&bal.shared(t).in_flight);
-        let (conn, fresh_only) = match ctx.pool.checkout(u, t, up.transport.idle_timeout) {
-            Some(c) => (c, false),
+        // A request that cannot be replayed must not meet a pooled connection the upstream
+        // already closed: a non-blocking peek finds that out for one syscall. Replayable
+        // requests skip it and are replayed if the connection turns out stale.
+        let replayable = idempotent && body_buffered;
+        let mut pooled = ctx.pool.checkout(u, t, up.transport.idle_timeout);
+        while pooled
+            .as_ref()
+            .is_some_and(|c| !replayable && c.stream.peer_closed())
+        {
+            pooled = ctx.pool.checkout(u, t, up.transport.idle_timeout);
+        }
+        let conn = match pooled {
+            Some(c) => c,
             None => match dial(ctx, u, t, up).await {
-                Ok(c) => (c, true),
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(upstream = %up.name, target = %target_name(&target.addr), "{e}");
                     tried.insert(t);
@@ -511,14 +556,13 @@ async fn forward(
                 }
             },
         };
-        let _ = fresh_only;
         let reused = conn.reused;
         match exchange(
             ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn,
         )
         .await
         {
-            Ok(keep) => return Ok(keep),
+            Ok(next) => return Ok(next),
             Err(f) => {
                 // A pooled connection the upstream had already closed: replay once on a fresh
                 // one when nothing of the response arrived and the request is safe to repeat.
@@ -541,7 +585,17 @@ async fn forward(
                     attempts -= 1;
                     continue;
                 }
-                if !f.answered && f.error.retry_safe && may_retry_sent && can_try_again(attempts) {
+                // Sent requests are replayed on another target only when retry_methods allows
+                // and no byte of a response came back.
+                let unanswered = matches!(
+                    f.error.kind,
+                    ErrorKind::UpstreamIo {
+                        before_response: true,
+                        ..
+                    }
+                );
+                let replay = f.error.retry_safe || (may_retry_sent && unanswered);
+                if !f.answered && replay && can_try_again(attempts) {
                     tried.insert(t);
                     continue;
                 }
@@ -619,10 +673,11 @@ async fn originate_tls(
     ) else {
         unreachable!("validation gives every TLS target its settings and a TCP address");
     };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     let name = crate::tls::server_name(settings, host)
         .map_err(|e| ProxyError::upstream(ErrorKind::UpstreamTls(e.message), true))?;
     match timed(settings.handshake_timeout, connector.connect(name, tcp)).await {
-        Some(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls))),
+        Some(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls), fd)),
         Some(Err(e)) => {
             let reason = crate::tls::failure_reason(&e.into());
             Err(ProxyError::upstream(ErrorKind::UpstreamTls(reason), true))
@@ -681,6 +736,8 @@ struct BodyLimits {
 /// `dst`. On return `src.buf[src.pos..]` holds whatever followed the body.
 #[allow(clippy::too_many_arguments)]
 async fn relay_body(
+    ctx: &WorkerCtx,
+    upward: bool,
     src_stream: &mut Stream,
     src: &mut RecvBuf,
     src_side: Side,
@@ -713,6 +770,22 @@ async fn relay_body(
                 }
                 if remaining == 0 {
                     return Ok(());
+                }
+                if encode == Encode::Raw
+                    && remaining >= SPLICE_MIN_BODY
+                    && src_stream.can_splice()
+                    && dst.can_splice()
+                {
+                    if let Some(mut pipe) = ctx.take_pipe() {
+                        // An error may leave bytes in the pipe: then it is dropped, not reused.
+                        splice_body(
+                            ctx, upward, src_stream, src_side, dst, dst_side, &mut pipe, remaining,
+                            lim,
+                        )
+                        .await?;
+                        ctx.return_pipe(pipe);
+                        return Ok(());
+                    }
                 }
                 src.reset();
                 read_body(src_stream, src, src_side, lim, BODY_CHUNK).await?;
@@ -813,6 +886,83 @@ async fn relay_body(
     }
 }
 
+/// Moves `remaining` body bytes socket -> pipe -> socket without copying them through user
+/// space. Never reads past the body, so a pipelined next request stays in the socket.
+#[allow(clippy::too_many_arguments)]
+async fn splice_body(
+    ctx: &WorkerCtx,
+    upward: bool,
+    src: &mut Stream,
+    src_side: Side,
+    dst: &mut Stream,
+    dst_side: Side,
+    pipe: &mut SplicePipe,
+    mut remaining: u64,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    while remaining > 0 {
+        let want = remaining.min(SPLICE_CHUNK as u64) as u32;
+        let n = match timed(lim.read_timeout, src.splice_in(pipe, want)).await {
+            None => return Err(timeout_err(src_side)),
+            Some(Ok(0)) => return Err(io_err(src_side, std::io::ErrorKind::UnexpectedEof.into())),
+            Some(Ok(n)) => n,
+            Some(Err(e)) => return Err(io_err(src_side, e)),
+        };
+        match timed(lim.write_timeout, dst.splice_out(pipe, n)).await {
+            None => return Err(timeout_err(dst_side)),
+            Some(Err(e)) => return Err(io_err(dst_side, e)),
+            Some(Ok(())) => {}
+        }
+        remaining -= n as u64;
+        ctx.count_spliced(upward, n as u64);
+    }
+    Ok(())
+}
+
+/// Reads until `want` body bytes (or the whole body, if shorter) sit in `rb` after `rb.pos`,
+/// for `request_buffer` / `response_buffer`. End of stream stops early without error: the relay
+/// that follows reports a truncated body.
+async fn fill_body(
+    stream: &mut Stream,
+    rb: &mut RecvBuf,
+    framing: Framing,
+    want: u64,
+    read_timeout: Option<Duration>,
+) -> std::io::Result<()> {
+    let target = match framing {
+        Framing::None => return Ok(()),
+        Framing::Length(n) => n.min(want),
+        Framing::Chunked | Framing::CloseDelimited => want,
+    } as usize;
+    let cap = rb.pos + target + MIN_READ_SPACE;
+    while rb.pending() < target {
+        if framing == Framing::Chunked && chunked_complete(&rb.buf[rb.pos..]) {
+            break;
+        }
+        match timed(read_timeout, rb.read_more(stream, cap)).await {
+            None => return Err(std::io::ErrorKind::TimedOut.into()),
+            Some(Ok(0)) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `bytes` hold a whole chunked body (malformed counts as complete: the relay says so).
+fn chunked_complete(bytes: &[u8]) -> bool {
+    let mut dec = ChunkedDecoder::new();
+    let mut p = 0;
+    loop {
+        match dec.step(&bytes[p..]) {
+            Ok(step) if step.done => return true,
+            Ok(step) if step.consumed == 0 => return false,
+            Ok(step) => p += step.consumed,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
 async fn read_body(
     stream: &mut Stream,
@@ -890,7 +1040,7 @@ async fn exchange(
     s: &mut Scratch,
     head: &RequestHead,
     mut conn: UpConn,
-) -> Result<bool, Failure> {
+) -> Result<Exchange, Failure> {
     let tr = &up.transport;
     let client_head = is_head(&down.buf, head);
     // What the upstream was asked decides its response framing; a method override can differ.
@@ -959,6 +1109,8 @@ async fn exchange(
     let mut body_sent = !(head.expect_continue && has_rest && down.pending() == 0);
     if body_sent {
         relay_body(
+            ctx,
+            true,
             stream,
             down,
             Side::Downstream,
@@ -980,11 +1132,14 @@ async fn exchange(
             &mut s.resp_headers,
         ) {
             Parse::Complete(r) if r.status == 101 => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamInvalid("101 without an upgrade request"),
-                    false,
-                )
-                .into());
+                if !head.conn.upgrade {
+                    return Err(ProxyError::upstream(
+                        ErrorKind::UpstreamInvalid("101 without an upgrade request"),
+                        false,
+                    )
+                    .into());
+                }
+                break r;
             }
             Parse::Complete(r) if r.status < 200 => {
                 // Interim responses reach HTTP/1.1 clients as they are.
@@ -998,6 +1153,8 @@ async fn exchange(
                 }
                 if r.status == 100 && !body_sent {
                     relay_body(
+                        ctx,
+                        true,
                         stream,
                         down,
                         Side::Downstream,
@@ -1048,7 +1205,31 @@ async fn exchange(
         )
         .into());
     };
+    if resp.status == 101 {
+        return switch_protocols(stream, down, &mut ub, ubuf, s, &resp, conn).await;
+    }
     // From here on the client may have seen bytes: failures close instead of answering.
+    if up.response_buffer > 0 && !client_head {
+        ub.pos += resp.head_len;
+        let filled = fill_body(
+            &mut conn.stream,
+            &mut ub,
+            resp.framing,
+            up.response_buffer,
+            tr.read_timeout,
+        )
+        .await;
+        ub.pos -= resp.head_len;
+        filled.map_err(|err| {
+            ProxyError::upstream(
+                ErrorKind::UpstreamIo {
+                    err,
+                    before_response: false,
+                },
+                false,
+            )
+        })?;
+    }
     let http10 = head.version == Version::Http10;
     let encode = match resp.framing {
         _ if client_head => Encode::Discard,
@@ -1103,6 +1284,8 @@ async fn exchange(
         max: None,
     };
     relay_body(
+        ctx,
+        false,
         &mut conn.stream,
         &mut ub,
         Side::Upstream,
@@ -1124,7 +1307,52 @@ async fn exchange(
     if up_keep {
         ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
     }
-    Ok(keep)
+    Ok(Exchange::Done(keep))
+}
+
+/// Relays a `101 Switching Protocols` and hands both connections over to a tunnel. Bytes that
+/// already arrived past either head (early frames) go across first.
+async fn switch_protocols(
+    stream: &mut Stream,
+    down: &mut RecvBuf,
+    ub: &mut RecvBuf,
+    ubuf: &mut Vec<u8>,
+    s: &mut Scratch,
+    resp: &ResponseHead,
+    mut conn: UpConn,
+) -> Result<Exchange, Failure> {
+    let rbuf = &ub.buf[ub.pos..];
+    s.out.clear();
+    s.out.extend_from_slice(b"HTTP/1.1 101 ");
+    s.out.extend_from_slice(resp.reason.get(rbuf));
+    s.out.extend_from_slice(b"\r\n");
+    for h in &s.resp_headers {
+        if !h.hop_by_hop || h.kind == HeaderKind::Upgrade {
+            write_orig(&mut s.out, rbuf, h, resp.bare_lf);
+        }
+    }
+    s.out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
+    s.out.extend_from_slice(&ub.buf[ub.pos + resp.head_len..]);
+    let out = std::mem::take(&mut s.out);
+    let (res, out) = stream.write_all(out).await;
+    s.out = out;
+    res.map_err(|e| Failure {
+        error: io_err(Side::Downstream, e),
+        answered: true,
+    })?;
+    if down.pending() > 0 {
+        let range = down.pos..down.buf.len();
+        let buf = std::mem::take(&mut down.buf);
+        let (res, buf) = conn.stream.write_range(buf, range).await;
+        down.buf = buf;
+        down.pos = down.buf.len();
+        res.map_err(|e| Failure {
+            error: io_err(Side::Upstream, e),
+            answered: true,
+        })?;
+    }
+    *ubuf = std::mem::take(&mut ub.buf);
+    Ok(Exchange::Upgraded(conn))
 }
 
 /// Placeholder values for one request.
@@ -1566,7 +1794,13 @@ fn write_request_head(
     if head.framing == Framing::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    if !up.transport.keepalive {
+    if head.conn.upgrade {
+        // Upgrade is hop-by-hop except when upgrading: then it must reach the upstream.
+        for h in headers.iter().filter(|h| h.kind == HeaderKind::Upgrade) {
+            write_orig(out, buf, h, head.bare_lf);
+        }
+        out.extend_from_slice(b"Connection: Upgrade\r\n");
+    } else if !up.transport.keepalive {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -14,9 +13,20 @@ use crate::listener;
 use crate::tls::ListenerTlsState;
 use crate::worker::{self, DriverKind};
 
+/// Counters one worker writes and anyone may read (summed over workers when read).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Body bytes moved with splice(2), client -> upstream.
+    pub spliced_up: AtomicU64,
+    /// Body bytes moved with splice(2), upstream -> client.
+    pub spliced_down: AtomicU64,
+}
+
 /// State shared by all workers: only atomics (and immutable data).
 pub struct Shared {
     pub draining: AtomicBool,
+    /// One entry per worker, indexed by worker id.
+    pub stats: Vec<WorkerStats>,
     /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
     pub targets: SharedTargets,
     /// Per listener (indexed like `Config::listeners`): its live TLS server config.
@@ -93,7 +103,9 @@ pub struct Server {
     config: Arc<Config>,
     names: Vec<String>,
     addrs: Vec<ListenAddr>,
-    listener_fds: Vec<RawFd>,
+    listener_fds: Vec<std::os::fd::RawFd>,
+    /// Our ends of one socketpair per worker: closing them wakes the workers to drain.
+    wakers: Vec<std::os::unix::net::UnixStream>,
     driver: DriverKind,
 }
 
@@ -105,6 +117,7 @@ impl Server {
         let listener_fds = bound.sockets.iter().flatten().map(|s| s.raw_fd()).collect();
         let shared = Arc::new(Shared {
             draining: AtomicBool::new(false),
+            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
             targets: shared_targets(&config.upstreams),
             listener_tls: tls_states(&config)?,
             upstream_tls: tls_connectors(&config)?,
@@ -127,7 +140,11 @@ impl Server {
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(workers);
+        let mut wakers = Vec::with_capacity(workers);
         for (id, sockets) in bound.sockets.into_iter().enumerate() {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            theirs.set_nonblocking(true)?;
+            wakers.push(ours);
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (config, shared, tx) = (config.clone(), shared.clone(), tx.clone());
             let handle = std::thread::Builder::new()
@@ -136,7 +153,7 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(id, driver, sockets, config, shared, |r| {
+                    worker::run(id, driver, sockets, theirs, config, shared, |r| {
                         let _ = tx.send(r);
                     });
                 })?;
@@ -149,6 +166,7 @@ impl Server {
             config: config.clone(),
             names: config.listeners.iter().map(|l| l.name.clone()).collect(),
             addrs: bound.addrs,
+            wakers,
             listener_fds,
             driver: DriverKind::Epoll,
         };
@@ -185,6 +203,16 @@ impl Server {
         self.driver
     }
 
+    /// Body bytes moved with splice so far: (client -> upstream, upstream -> client).
+    pub fn spliced_bytes(&self) -> (u64, u64) {
+        self.shared.stats.iter().fold((0, 0), |(u, d), s| {
+            (
+                u + s.spliced_up.load(Ordering::Relaxed),
+                d + s.spliced_down.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     pub fn worker_count(&self) -> usize {
         self.workers.len()
     }
@@ -210,8 +238,15 @@ impl Server {
         for &fd in &self.listener_fds {
             listener::stop_accepting(fd);
         }
+        self.wakers.clear();
         for handle in self.workers.drain(..) {
             let _ = handle.join();
+        }
+        // Our socket files would otherwise block the next start's bind ("not a socket" aside).
+        for addr in &self.addrs {
+            if let ListenAddr::Unix(path) = addr {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One type for TCP, Unix-socket and TLS connections, so the data path is written once.
 
 use std::io;
+use std::os::fd::RawFd;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -10,9 +11,10 @@ pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     /// A client whose TLS we terminate; boxed because the session and its buffers are large.
-    TlsServer(Box<monoio_rustls::ServerTlsStream<TcpStream>>),
-    /// An upstream we dialed with TLS.
-    TlsClient(Box<monoio_rustls::ClientTlsStream<TcpStream>>),
+    /// The descriptor is the TCP socket's, for non-blocking peeks.
+    TlsServer(Box<monoio_rustls::ServerTlsStream<TcpStream>>, RawFd),
+    /// An upstream we dialed with TLS (and its TCP socket's descriptor).
+    TlsClient(Box<monoio_rustls::ClientTlsStream<TcpStream>>, RawFd),
 }
 
 impl Stream {
@@ -26,8 +28,8 @@ impl Stream {
         let (res, slice) = match self {
             Stream::Tcp(s) => s.read(slice).await,
             Stream::Unix(s) => s.read(slice).await,
-            Stream::TlsServer(s) => s.read(slice).await,
-            Stream::TlsClient(s) => s.read(slice).await,
+            Stream::TlsServer(s, _) => s.read(slice).await,
+            Stream::TlsClient(s, _) => s.read(slice).await,
         };
         (res, slice.into_inner())
     }
@@ -45,8 +47,8 @@ impl Stream {
         let (res, slice) = match self {
             Stream::Tcp(s) => s.write_all(slice).await,
             Stream::Unix(s) => s.write_all(slice).await,
-            Stream::TlsServer(s) => s.write_all(slice).await,
-            Stream::TlsClient(s) => s.write_all(slice).await,
+            Stream::TlsServer(s, _) => s.write_all(slice).await,
+            Stream::TlsClient(s, _) => s.write_all(slice).await,
         };
         (res.map(|_| ()), slice.into_inner())
     }
@@ -63,14 +65,45 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown().await,
             Stream::Unix(s) => s.shutdown().await,
             // close_notify first, then FIN.
-            Stream::TlsServer(s) => s.shutdown().await,
-            Stream::TlsClient(s) => s.shutdown().await,
+            Stream::TlsServer(s, _) => s.shutdown().await,
+            Stream::TlsClient(s, _) => s.shutdown().await,
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::TlsServer(_) | Stream::TlsClient(_))
+        matches!(self, Stream::TlsServer(..) | Stream::TlsClient(..))
     }
+}
+
+impl Stream {
+    /// Whether an idle connection was closed (or sent unexpected bytes) by its peer, checked
+    /// with a non-blocking peek that consumes nothing.
+    pub fn peer_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            // Any byte on an idle TLS connection (close_notify included) means it is done.
+            Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
+        };
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most 1 byte into `byte`, which outlives the call.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // 0: FIN; >0: bytes nobody asked for; <0 with EAGAIN: alive and quiet.
+        n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+    }
+}
+
+/// TLS bytes must pass through rustls; callers check `can_splice` first.
+fn not_spliceable() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "TLS streams cannot splice")
 }
 
 /// Bytes of spare capacity to ensure before a read; small reads waste syscalls.
@@ -85,5 +118,56 @@ pub fn reserve_read_space(buf: &mut Vec<u8>, cap: usize) {
             .max(buf.capacity() * 2)
             .min(cap.max(buf.len() + MIN_READ_SPACE));
         buf.reserve_exact(want - buf.len());
+    }
+}
+
+/// A pipe pair for splice(2): bytes go socket -> `write` end -> `read` end -> socket without
+/// entering user space. Reused across transfers by a worker only when left empty.
+pub struct SplicePipe {
+    pub(crate) read: monoio::net::Pipe,
+    pub(crate) write: monoio::net::Pipe,
+}
+
+/// Bytes moved per splice: the pipe's capacity (16 pages by default) bounds each step.
+pub const SPLICE_CHUNK: u32 = 64 * 1024;
+
+impl SplicePipe {
+    pub fn new() -> io::Result<Self> {
+        let (read, write) = monoio::net::unix::new_pipe()?;
+        Ok(SplicePipe { read, write })
+    }
+}
+
+impl Stream {
+    /// Moves up to `len` bytes from this socket into the pipe; `Ok(0)` is end of stream.
+    pub async fn splice_in(&mut self, pipe: &mut SplicePipe, len: u32) -> io::Result<u32> {
+        use monoio::io::splice::SpliceSource;
+        match self {
+            Stream::Tcp(s) => s.splice_to_pipe(&mut pipe.write, len).await,
+            Stream::Unix(s) => s.splice_to_pipe(&mut pipe.write, len).await,
+            Stream::TlsServer(..) | Stream::TlsClient(..) => Err(not_spliceable()),
+        }
+    }
+
+    /// Moves exactly `len` bytes out of the pipe into this socket.
+    pub async fn splice_out(&mut self, pipe: &mut SplicePipe, mut len: u32) -> io::Result<()> {
+        use monoio::io::splice::SpliceDestination;
+        while len > 0 {
+            let n = match self {
+                Stream::Tcp(s) => s.splice_from_pipe(&mut pipe.read, len).await?,
+                Stream::Unix(s) => s.splice_from_pipe(&mut pipe.read, len).await?,
+                Stream::TlsServer(..) | Stream::TlsClient(..) => return Err(not_spliceable()),
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            len -= n;
+        }
+        Ok(())
+    }
+
+    /// Whether this stream's bytes can move with splice (plaintext sockets can; TLS cannot).
+    pub fn can_splice(&self) -> bool {
+        matches!(self, Stream::Tcp(_) | Stream::Unix(_))
     }
 }

@@ -1,7 +1,7 @@
 //! One worker per core: a pinned thread running its own monoio runtime, its own listeners,
 //! balancer replicas and connection pools. Nothing here is shared but `Shared`'s atomics.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use monoio::net::{TcpListener, UnixListener};
 
 use crate::balance::Balancer;
+use crate::closer::Closer;
 use crate::config::{Config, Driver, ListenerKind};
 use crate::listener::BoundSocket;
 use crate::pool::Pool;
 use crate::server::Shared;
-use crate::stream::Stream;
+use crate::stream::{SplicePipe, Stream};
 
 /// Submission queue entries per ring: enough for thousands of connections' in-flight ops
 /// without `EBUSY`; the completion queue is twice this.
@@ -24,6 +25,11 @@ const RING_ENTRIES: u32 = 4096;
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Back-off after accept fails for lack of descriptors, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Empty pipes a worker keeps for splicing bodies: enough for its concurrent large transfers
+/// without holding many descriptors.
+const MAX_CACHED_PIPES: usize = 16;
+/// After the drain, how long connection tasks get to notice the close and drop their sockets.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything one worker owns.
 pub struct WorkerCtx {
@@ -37,11 +43,48 @@ pub struct WorkerCtx {
     pub active_requests: Cell<usize>,
     /// Open downstream connections (for `limits.max_connections`).
     pub open_conns: Cell<usize>,
+    /// Empty splice pipes ready for reuse.
+    pipes: RefCell<Vec<SplicePipe>>,
+    /// Fired when the server drains: accept loops stop (epoll; io_uring accepts end by
+    /// shutdown(2) of their socket, see `listener::stop_accepting`).
+    stop_accepting: Closer,
+    uring: Cell<bool>,
+    /// Fired after the drain: every connection task ends, closing its sockets.
+    close_all: Closer,
 }
 
 impl WorkerCtx {
     pub fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// A pipe for splicing, or `None` when none can be made (the caller copies instead).
+    pub fn take_pipe(&self) -> Option<SplicePipe> {
+        if let Some(p) = self.pipes.borrow_mut().pop() {
+            return Some(p);
+        }
+        SplicePipe::new()
+            .inspect_err(|e| tracing::debug!(worker = self.id, "no splice pipe: {e}"))
+            .ok()
+    }
+
+    /// Returns a pipe that is known to be empty.
+    pub fn return_pipe(&self, pipe: SplicePipe) {
+        let mut pipes = self.pipes.borrow_mut();
+        if pipes.len() < MAX_CACHED_PIPES {
+            pipes.push(pipe);
+        }
+    }
+
+    pub fn count_spliced(&self, upward: bool, n: u64) {
+        // One writer per counter: a relaxed add on an uncontended line.
+        let stats = &self.shared.stats[self.id];
+        let c = if upward {
+            &stats.spliced_up
+        } else {
+            &stats.spliced_down
+        };
+        c.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -76,6 +119,7 @@ pub fn run(
     id: usize,
     driver: Driver,
     sockets: Vec<BoundSocket>,
+    wake: std::os::unix::net::UnixStream,
     config: Arc<Config>,
     shared: Arc<Shared>,
     started: impl FnOnce(io::Result<DriverKind>),
@@ -96,13 +140,19 @@ pub fn run(
             shared,
             active_requests: Cell::new(0),
             open_conns: Cell::new(0),
+            pipes: RefCell::new(Vec::new()),
+            stop_accepting: Closer::default(),
+            uring: Cell::new(false),
+            close_all: Closer::default(),
         })
     };
     if driver != Driver::Epoll {
         match build_uring() {
             Ok((mut rt, kind)) => {
                 started(Ok(kind));
-                rt.block_on(worker_main(ctx(), sockets));
+                let ctx = ctx();
+                ctx.uring.set(true);
+                rt.block_on(worker_main(ctx, sockets, wake));
                 return;
             }
             Err(e) if driver == Driver::IoUring => {
@@ -118,7 +168,7 @@ pub fn run(
     {
         Ok(mut rt) => {
             started(Ok(DriverKind::Epoll));
-            rt.block_on(worker_main(ctx(), sockets));
+            rt.block_on(worker_main(ctx(), sockets, wake));
         }
         Err(e) => started(Err(e)),
     }
@@ -156,7 +206,11 @@ fn seed_for(worker: usize) -> u64 {
     t ^ ((worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
-async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
+async fn worker_main(
+    ctx: Rc<WorkerCtx>,
+    sockets: Vec<BoundSocket>,
+    wake: std::os::unix::net::UnixStream,
+) {
     let mut accepts = Vec::with_capacity(sockets.len());
     for (index, socket) in sockets.into_iter().enumerate() {
         match socket {
@@ -170,7 +224,19 @@ async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
             },
         }
     }
-    // Accept loops end only when the server drains (their sockets are shut down).
+    // The control thread closes its end of `wake` when the server drains: a readable socket
+    // wakes io_uring and epoll alike, where shutdown(2) of a Unix listener does not wake epoll.
+    match monoio::net::UnixStream::from_std(wake) {
+        Ok(mut wake) => {
+            use monoio::io::AsyncReadRent;
+            let _ = wake.read(Vec::with_capacity(1)).await;
+        }
+        Err(e) => {
+            tracing::error!(worker = ctx.id, "cannot watch for shutdown: {e}");
+            std::future::pending::<()>().await;
+        }
+    }
+    ctx.stop_accepting.close();
     for a in accepts {
         a.await;
     }
@@ -185,6 +251,12 @@ async fn worker_main(ctx: Rc<WorkerCtx>, sockets: Vec<BoundSocket>) {
             "shutdown_timeout passed with requests in flight; closing them"
         );
     }
+    // End every connection task so their sockets close now, not whenever the runtime goes.
+    ctx.close_all.close();
+    let deadline = Instant::now() + CLOSE_GRACE;
+    while ctx.open_conns.get() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
 /// Admits a new downstream connection unless the worker is at `limits.max_connections`.
@@ -194,7 +266,17 @@ fn admit(ctx: &WorkerCtx) -> bool {
 
 async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
     loop {
-        match listener.accept().await {
+        // On io_uring an accept must complete, never be dropped in flight (see
+        // `listener::stop_accepting`); epoll has nothing in the kernel to leave behind.
+        let accepted = if ctx.uring.get() {
+            listener.accept().await
+        } else {
+            monoio::select! {
+                r = listener.accept() => r,
+                _ = ctx.stop_accepting.wait() => break,
+            }
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 if ctx.draining() {
                     break;
@@ -215,7 +297,17 @@ async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
 
 async fn accept_unix(ctx: Rc<WorkerCtx>, index: usize, listener: UnixListener) {
     loop {
-        match listener.accept().await {
+        // On io_uring an accept must complete, never be dropped in flight (see
+        // `listener::stop_accepting`); epoll has nothing in the kernel to leave behind.
+        let accepted = if ctx.uring.get() {
+            listener.accept().await
+        } else {
+            monoio::select! {
+                r = listener.accept() => r,
+                _ = ctx.stop_accepting.wait() => break,
+            }
+        };
+        match accepted {
             Ok((stream, _)) => {
                 if ctx.draining() {
                     break;
@@ -248,15 +340,22 @@ fn spawn_conn(
     let ctx = ctx.clone();
     ctx.open_conns.set(ctx.open_conns.get() + 1);
     monoio::spawn(async move {
-        // The handshake runs here, in the connection's task, so the accept loop never waits.
-        let Some(stream) = terminate_tls(&ctx, listener, stream, peer).await else {
-            ctx.open_conns.set(ctx.open_conns.get() - 1);
-            return;
+        let serve = async {
+            // The handshake runs here, in the connection's task, so the accept loop never waits.
+            let Some(stream) = terminate_tls(&ctx, listener, stream, peer).await else {
+                return;
+            };
+            match &ctx.config.listeners[listener].kind {
+                ListenerKind::Http { .. } => {
+                    crate::proxy::serve(&ctx, listener, stream, peer).await
+                }
+                // Refused by config validation until layer-4 proxying lands.
+                ListenerKind::Tcp { .. } => {}
+            }
         };
-        match &ctx.config.listeners[listener].kind {
-            ListenerKind::Http { .. } => crate::proxy::serve(&ctx, listener, stream, peer).await,
-            // Refused by config validation until layer-4 proxying lands.
-            ListenerKind::Tcp { .. } => {}
+        monoio::select! {
+            _ = serve => {},
+            _ = ctx.close_all.wait() => {},
         }
         ctx.open_conns.set(ctx.open_conns.get() - 1);
     });
@@ -278,6 +377,7 @@ async fn terminate_tls(
         Stream::Tcp(tcp) => tcp,
         other => return Some(other),
     };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     // Loaded once per connection: a reload applies to connections accepted after it.
     let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());
     let handshake = acceptor.accept(tcp);
@@ -288,7 +388,7 @@ async fn terminate_tls(
         None => handshake.await,
     };
     match result {
-        Ok(tls) => Some(Stream::TlsServer(Box::new(tls))),
+        Ok(tls) => Some(Stream::TlsServer(Box::new(tls), fd)),
         Err(e) => {
             ctx.shared
                 .tls_handshake_failures

@@ -251,4 +251,19 @@ driver_tests! {
         assert_eq!(r.text(), "abcdeHEADx");
         assert_eq!(b1.only_request().body, b"abcdeHEADx");
     }
+
+    fn request_without_length_or_chunked_has_no_body(driver) {
+        let (proxy, b1) = proxy_to_one_backend(driver);
+        let mut c = proxy.client();
+        // Requests are never close-delimited: what follows the head is the next request.
+        c.send(format!("POST /echo-body HTTP/1.1\r\nHost: test.local\r\n\r\n{}", get_req("/second", "")));
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_empty());
+        assert_eq!(c.read_response().header("x-path"), Some("/second"));
+        let log = b1.recorded();
+        assert_eq!(log.len(), 2);
+        assert!(log[0].body.is_empty());
+        assert!(!log[0].has_header("transfer-encoding"));
+    }
 }

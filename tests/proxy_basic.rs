@@ -236,4 +236,88 @@ driver_tests! {
         }
         assert_eq!(b1.requests(), 160);
     }
+
+    fn expect_100_continue_with_the_body_sent_at_once_is_answered(driver) {
+        let (proxy, b1) = proxy_to_one_backend(driver);
+        let mut c = proxy.client();
+        c.send("POST /continue HTTP/1.1\r\nHost: test.local\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\nabcd");
+        let r = c.read_final_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "got 4 bytes\n");
+        assert_eq!(b1.only_request().body, b"abcd");
+        assert_eq!(c.request(get_req("/next", "")).header("x-path"), Some("/next"));
+    }
+
+    fn early_hints_reach_http11_clients_before_the_final_response(driver) {
+        let (proxy, _b1) = proxy_to_one_backend(driver);
+        let mut c = proxy.client();
+        c.send(get_req("/early-hints", ""));
+        let hints = c.read_response();
+        assert_eq!(hints.status, 103);
+        assert_eq!(hints.header("link"), Some("</style.css>; rel=preload"));
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "after hints\n");
+    }
+
+    fn early_hints_are_not_sent_to_http10_clients(driver) {
+        let (proxy, _b1) = proxy_to_one_backend(driver);
+        let mut c = proxy.client();
+        let r = c.request("GET /early-hints HTTP/1.0\r\n\r\n");
+        assert_eq!(r.status, 200, "HTTP/1.0 has no interim responses: {}", r.head_text());
+        assert_eq!(r.text(), "after hints\n");
+    }
+
+    fn client_half_close_after_a_request_still_gets_the_response(driver) {
+        let (proxy, _b1) = proxy_to_one_backend(driver);
+        let mut c = proxy.client();
+        c.send(get_req("/half", ""));
+        c.shutdown_write();
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-path"), Some("/half"));
+        c.read_until_close();
+    }
+
+    fn client_vanishing_mid_body_does_not_disturb_later_requests(driver) {
+        let (proxy, b1) = proxy_to_one_backend(driver);
+        {
+            let mut c = proxy.client();
+            c.send("POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 1000\r\n\r\nonly ten b");
+        }
+        {
+            let mut c = proxy.client();
+            c.send(get_req("/sleep?ms=300", ""));
+            assert!(b1.wait_for_requests(1, Duration::from_secs(3)));
+        }
+        for _ in 0..3 {
+            assert_eq!(proxy.get("/after").status, 200);
+        }
+        let log = b1.recorded();
+        assert!(log.iter().all(|r| r.body.is_empty()), "a partial body was completed: {log:#?}");
+        assert_eq!(log.iter().filter(|r| r.target == "/after").count(), 3);
+    }
+
+    fn options_asterisk_is_forwarded_as_is(driver) {
+        let (proxy, b1) = proxy_to_one_backend(driver);
+        let r = proxy.client().request("OPTIONS * HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        assert_eq!(r.status, 200);
+        let got = b1.only_request();
+        assert_eq!(got.method, "OPTIONS");
+        assert_eq!(got.target, "*");
+    }
+
+    fn percent_encoded_target_is_forwarded_byte_for_byte(driver) {
+        let (proxy, b1) = proxy_to_one_backend(driver);
+        let target = "/a%20b/%2e%2E/c?x=%2F&y=a+b&z";
+        proxy.client().request(get_req(target, ""));
+        assert_eq!(b1.only_request().target, target);
+    }
+
+    fn reason_phrase_from_the_backend_is_kept(driver) {
+        let (proxy, _b1) = proxy_to_one_backend(driver);
+        let r = proxy.client().request(get_req("/status/418", ""));
+        assert_eq!(r.status, 418);
+        assert_eq!(r.reason, "Other");
+    }
 }

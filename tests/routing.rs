@@ -280,3 +280,26 @@ fn respond_route_skips_a_request_body() {
     let r = c.request(get_req("/", ""));
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn head_client_with_a_get_override_gets_only_the_head() {
+    let (p, a, _f) = setup("      - method: GET\n        upstream: a\n");
+    let mut c = p.client();
+    c.send("HEAD /big?n=1000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_head_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(a.only_request().method, "GET");
+    // The upstream's body must not leak into the client connection.
+    let r = c.request(get_req("/next", ""));
+    assert_eq!(r.header("x-path"), Some("/next"));
+}
+
+#[test]
+fn respond_placeholders_scheme_worker_and_client_port() {
+    let (p, _a, _f) = setup("      - respond:\n          status: 200\n          body: \"{scheme} {worker} {client_port}\"\n");
+    let stream = std::net::TcpStream::connect(p.addr()).unwrap();
+    let port = stream.local_addr().unwrap().port();
+    let mut c = Client::from_tcp(stream);
+    let r = c.request(get_req("/", ""));
+    assert_eq!(r.text(), format!("http 0 {port}"));
+}

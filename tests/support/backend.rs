@@ -18,6 +18,7 @@
 //! | `/sleep?ms=N` | 200 `slept` after N ms |
 //! | `/stall` | a head promising 10 bytes, 2 bytes, then silence for 5 s |
 //! | `/continue` | 100 Continue when asked (`Expect`), then 200 `got N bytes` |
+//! | `/early-hints` | 103 Early Hints with a Link field, then 200 `after hints` |
 //! | `/continue/reject` | 417 without reading the body, then close |
 //! | `/resp-headers` | 200 with X-Internal-Secret, X-Internal-Id, Server, Location, X-Keep |
 //! | `/hop` | 200 with hop-by-hop fields (Connection-named, Keep-Alive, Proxy-Connection...) |
@@ -121,6 +122,8 @@ pub struct Options {
     /// Close every connection right after its response, without saying so (`Connection: close`
     /// is not sent): the proxy pools a connection the backend has already closed.
     pub close_after_response: bool,
+    /// Record each request, then close the connection without answering it.
+    pub drop_requests: bool,
     /// Listen on this Unix socket path instead of 127.0.0.1:0.
     pub unix: Option<PathBuf>,
 }
@@ -538,6 +541,9 @@ fn serve(conn: &mut Conn, id: usize, name: &str, opts: &Options, stats: &Stats) 
             stats.requests.fetch_add(1, Ordering::SeqCst);
             stats.changed.notify_all();
         }
+        if opts.drop_requests {
+            return Ok(());
+        }
         let head_only = req.method == "HEAD";
         let keep = if req.minor == 0 {
             req.header("connection")
@@ -612,6 +618,12 @@ fn serve(conn: &mut Conn, id: usize, name: &str, opts: &Options, stats: &Stats) 
                 )?;
                 std::thread::sleep(Duration::from_secs(5));
                 return Ok(());
+            }
+            "/early-hints" => {
+                w.write_all(
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+                )?;
+                w.write_all(&reply(200, &base, b"after hints\n", head_only))?;
             }
             "/continue" => {
                 let body = format!("got {} bytes\n", req.body.len());

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod streaming;
 pub mod tls;
 
 use std::io::Write as _;
@@ -217,7 +218,7 @@ impl Proxy {
         }
     }
 
-    /// The running server (e.g. to reload TLS certificates in-process).
+    /// The running server (counters such as spliced bytes; TLS reload in-process).
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server still running")
     }
