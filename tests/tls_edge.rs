@@ -381,3 +381,76 @@ fn rsa_pkcs1_ecdsa_sec1_and_ed25519_keys_are_served() {
         assert_eq!(c.get(sni, "/").unwrap().body, "ok");
     }
 }
+
+/// A TLS listener in front of the streaming tests' bulk backend.
+fn tls_to_bulk(edge: &Edge) -> (Proxy, support::streaming::BulkServer) {
+    let bulk = support::streaming::BulkServer::start();
+    let yaml = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    tls:\n      certificates: [{ cert: $A_CERT, key: $A_KEY }]\n    routes: [{ upstream: app }]\nupstreams:\n  app:\n    targets: [$BULK]\n";
+    let mut vars = edge.vars();
+    vars.push(("BULK", bulk.target()));
+    (Proxy::start(Driver::any(), yaml, &vars), bulk)
+}
+
+fn read_head(r: &mut impl std::io::Read) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(r.read(&mut byte).unwrap(), 1, "closed inside a head");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[test]
+fn an_upgrade_tunnels_through_a_tls_listener() {
+    use std::io::{Read, Write};
+    let edge = Edge::new();
+    let (proxy, _bulk) = tls_to_bulk(&edge);
+    let config = client_config(edge.pki.roots(), None);
+    let mut c = TlsClient::connect(proxy.addr(), config, Some("a.test")).unwrap();
+    c.tls
+        .write_all(
+            b"GET /raw HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly",
+        )
+        .unwrap();
+    let head = read_head(&mut c.tls);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut got = [0u8; 5];
+    c.tls.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"early");
+    for _ in 0..3 {
+        c.tls.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        c.tls.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+    }
+}
+
+#[test]
+fn large_bodies_cross_a_tls_listener_intact_without_splice() {
+    use std::io::{Read, Write};
+    let edge = Edge::new();
+    let (proxy, _bulk) = tls_to_bulk(&edge);
+    let len: u64 = 3 << 20;
+    let config = client_config(edge.pki.roots(), None);
+    let mut c = TlsClient::connect(proxy.addr(), config, Some("a.test")).unwrap();
+    write!(c.tls, "GET /source/{len} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let head = read_head(&mut c.tls);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = vec![0u8; len as usize];
+    c.tls.read_exact(&mut body).unwrap();
+    let mut payload = support::streaming::Payload::new();
+    let got = support::streaming::hex(&<sha2::Sha256 as sha2::Digest>::digest(&body));
+    assert_eq!(got, payload.sha256(len));
+    // And upward: the sink answers with the hash of what it received.
+    write!(
+        c.tls,
+        "POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    c.tls.write_all(&body).unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.trim(), format!("{} {len}", payload.sha256(len)));
+    assert_eq!(proxy.server().spliced_bytes(), (0, 0));
+}

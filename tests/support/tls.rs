@@ -274,6 +274,11 @@ impl TlsClient {
         self.request(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"))
     }
 
+    /// Reads the next response (after bytes written straight to `tls`).
+    pub fn read_response(&mut self) -> io::Result<TlsResponse> {
+        read_response(&mut self.tls, &mut self.buf)
+    }
+
     pub fn request(&mut self, raw: &str) -> io::Result<TlsResponse> {
         self.tls.write_all(raw.as_bytes())?;
         self.tls.flush()?;
