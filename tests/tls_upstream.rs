@@ -200,3 +200,20 @@ fn except_ports_dial_those_targets_without_tls() {
     let r = proxy.get("/");
     assert_eq!((r.status, r.text().as_str()), (200, "plain\n"));
 }
+
+#[test]
+fn a_large_response_from_a_tls_upstream_arrives_whole_without_splice() {
+    let s = setup(false);
+    let ca = s.pki.ca_file.display();
+    let proxy = proxy_to(
+        Driver::any(),
+        &format!("https://{}", s.backend.addr),
+        &format!("tls: {{ ca: [{ca}], server_name: backend.test }}"),
+    );
+    let n = 2 << 20;
+    let r = proxy.get(&format!("/big?n={n}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), n);
+    assert!(r.body.iter().all(|&b| b == b'x'));
+    assert_eq!(proxy.server().spliced_bytes(), (0, 0));
+}

@@ -342,7 +342,7 @@ struct Counts {
 }
 
 /// An HTTPS backend on 127.0.0.1: one thread per connection, keep-alive. Every response is
-/// 200 with body `NAME sni=<sni or -> client_cert=<yes|no>\n`.
+/// 200 with body `NAME sni=<sni or -> client_cert=<yes|no>\n`, except `GET /big?n=N`: N `x`s.
 pub struct TlsBackend {
     pub addr: SocketAddr,
     counts: Arc<Counts>,
@@ -493,7 +493,16 @@ fn serve(
         *last_head.lock().unwrap() = head.clone();
         counts.requests.fetch_add(1, Ordering::SeqCst);
         let close = head.to_ascii_lowercase().contains("connection: close");
-        let body = format!("{name} sni={sni} client_cert={client_cert}\n");
+        // `GET /big?n=N`: N bytes of `x` (large enough for the proxy's bulk paths).
+        let big = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|t| t.strip_prefix("/big?n="))
+            .and_then(|n| n.parse::<usize>().ok());
+        let body = match big {
+            Some(n) => "x".repeat(n),
+            None => format!("{name} sni={sni} client_cert={client_cert}\n"),
+        };
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{}\r\n{body}",
             body.len(),
