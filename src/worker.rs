@@ -354,11 +354,35 @@ fn spawn_conn(
             }
         };
         monoio::select! {
-            _ = serve => {},
+            _ = CatchPanic(Box::pin(serve)) => {},
             _ = ctx.close_all.wait() => {},
         }
         ctx.open_conns.set(ctx.open_conns.get() - 1);
     });
+}
+
+/// Ends one connection, not the worker, when its task panics. monoio-rustls keeps its I/O
+/// buffers in `Option`s that are `expect`ed present; a TLS stream whose halves meet a protocol
+/// error while the other half is mid-write (an upgraded tunnel) panics inside the library.
+/// Requests in flight on that connection stay counted until shutdown_timeout.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("a connection task panicked; that connection is closed");
+                std::task::Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// Runs the TLS handshake when the listener terminates TLS (plain streams pass through).
@@ -397,5 +421,25 @@ async fn terminate_tls(
             tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_connection_task_ends_alone() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        let survived = rt.block_on(async {
+            let boom = monoio::spawn(CatchPanic(Box::pin(async {
+                panic!("a library bug in a connection task");
+            })));
+            boom.await;
+            true
+        });
+        assert!(survived);
     }
 }
