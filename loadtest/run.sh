@@ -2,8 +2,8 @@
 # ringway load test: ringway vs nginx vs HAProxy, each with one worker, in front
 # of one single-process nginx backend, all on 127.0.0.1. See README.md.
 #
-#   loadtest/run.sh [--quick] [--duration SECS] [--rounds N] [--connections N]
-#                   [--proxies ringway,nginx,haproxy] [--scenario NAME]
+#   loadtest/run.sh [SCENARIO...] [--quick] [--duration SECS] [--rounds N]
+#                   [--connections N] [--proxies ringway,nginx,haproxy] [--scenario NAME]
 #                   [--no-build] [--no-pin] [--keep-tmp]
 #
 # Exit: 0 every selected proxy produced numbers; 3 some did not (the others are
@@ -31,7 +31,8 @@ usage() {
   --rounds N         rounds; each round runs every proxy once, in order (default 3)
   --connections N    wrk connections (default 64; wrk always uses 1 thread)
   --proxies LIST     comma-separated subset of: ringway,nginx,haproxy (default all)
-  --scenario NAME    loadtest/scenarios/NAME.sh (default small-keepalive)
+  SCENARIO...        names from loadtest/scenarios/ (default: every scenario, in turn)
+  --scenario NAME    just loadtest/scenarios/NAME.sh
   --no-build         don't run `cargo build --release`; use the existing binary
   --no-pin           don't place processes on cores with taskset
   --keep-tmp         keep the temp run dir (configs, logs, raw wrk output)
@@ -44,7 +45,8 @@ usage_err() { echo "run.sh: $*" >&2; echo "try: $0 --help" >&2; exit 2; }
 posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || usage_err "$1 needs a positive integer, got '$2'"; }
 
 duration=10 rounds=3 connections=64 connections_given=0 warmup=1
-quick=0 build=1 pin=1 keep_tmp=0 scenario=small-keepalive
+quick=0 build=1 pin=1 keep_tmp=0 scenario='' scenarios=()
+orig_args=("$@")
 duration_set=0 rounds_set=0
 proxies=("${ALL_PROXIES[@]}")
 
@@ -64,10 +66,36 @@ while (($#)); do
     --no-pin) pin=0 ;;
     --keep-tmp) keep_tmp=1 ;;
     -h|--help) usage; exit 0 ;;
-    *) usage_err "unknown argument '$1'" ;;
+    -*) usage_err "unknown argument '$1'" ;;
+    *) scenarios+=("$1") ;;
   esac
   shift
 done
+# Several scenarios (or none named: all of them): run each in turn through this script, after
+# one build, and report each as usual. One failing scenario does not stop the others.
+if [[ -z $scenario ]]; then
+  if ((${#scenarios[@]} == 0)); then
+    for f in "$HERE"/scenarios/*.sh; do scenarios+=("$(basename "$f" .sh)"); done
+  fi
+  if ((${#scenarios[@]} == 1)); then
+    scenario=${scenarios[0]}
+  else
+    if ((build)); then
+      (cd "$HERE/.." && cargo build --release --quiet --bin ringway) || die "cargo build --release failed"
+    fi
+    rest=()
+    for a in "${orig_args[@]}"; do
+      for sc in "${scenarios[@]}"; do [[ $a == "$sc" ]] && continue 2; done
+      rest+=("$a")
+    done
+    worst=0
+    for sc in "${scenarios[@]}"; do
+      echo "=================== scenario: $sc"
+      "$0" "${rest[@]}" --no-build --scenario "$sc" || { rc=$?; ((rc > worst)) && worst=$rc; }
+    done
+    exit "$worst"
+  fi
+fi
 if ((quick)); then
   ((duration_set)) || duration=2
   ((rounds_set)) || rounds=1

@@ -8,6 +8,9 @@
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
 //!   when io_uring is unavailable), its own accept loops, balancers and pools.
 //! - [`listener`]: SO_REUSEPORT listening sockets, bound before workers start.
+//! - [`access`]: the access log, buffered per worker and written by its own thread.
+//! - [`metrics`]: per-worker counters summed on scrape into Prometheus text.
+//! - [`admin`]: the control-plane HTTP endpoint (metrics, health, readiness, upstreams).
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection.
 //! - [`route`]: host/path/method/header route matching.
 //! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]) and body
@@ -19,12 +22,15 @@
 //! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
+pub mod access;
+pub mod admin;
 pub mod balance;
 pub mod closer;
 pub mod config;
 pub mod error;
 pub mod http1;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod route;

@@ -108,6 +108,7 @@ fn run(config: Config) -> ExitCode {
         workers = server.worker_count(),
         driver = server.driver().name(),
         listeners = %listeners.join(" "),
+        admin = ?server.admin_addr(),
         "ringway started"
     );
     for signal in signals.forever() {

@@ -118,6 +118,13 @@ struct Scratch {
     out: Vec<u8>,
     aux: Vec<u8>,
     list: HeaderList,
+    /// Status of the response sent for the current request (0: none), for metrics.
+    status: u16,
+    /// Request bytes read and response bytes sent for the current request (access log).
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The upstream target that answered, as `[upstream, target]` (access log).
+    target: Option<(usize, usize)>,
 }
 
 /// Serves one downstream connection until it closes, fails or the server drains.
@@ -147,6 +154,10 @@ pub async fn serve(
         out: Vec::with_capacity(4096),
         aux: Vec::new(),
         list: HeaderList::default(),
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        target: None,
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let limits = HeadLimits {
@@ -162,11 +173,21 @@ pub async fn serve(
                 Ok(None) => return,
                 Err(e) => {
                     answer_error(&mut stream, &mut s.out, &e).await;
+                    ctx.metrics()
+                        .request_done(listener, e.status().unwrap_or(0), Duration::ZERO);
                     return;
                 }
             };
         first = false;
+        let started = Instant::now();
+        s.status = 0;
+        s.bytes_in = head.head_len as u64;
+        s.bytes_out = 0;
+        s.target = None;
         ctx.active_requests.set(ctx.active_requests.get() + 1);
+        ctx.metrics()
+            .in_flight
+            .set(ctx.active_requests.get() as u64);
         let next = handle(
             ctx,
             listener,
@@ -178,6 +199,11 @@ pub async fn serve(
             &head,
         )
         .await;
+        ctx.metrics()
+            .request_done(listener, s.status, started.elapsed());
+        if let Some(log) = &ctx.access {
+            log_request(ctx, log, &client, &down.buf, &head, &s, started.elapsed());
+        }
         let keep = match next {
             Exchange::Done(keep) => keep,
             Exchange::Upgraded(conn) => {
@@ -189,10 +215,16 @@ pub async fn serve(
                 tracing::debug!(sent, received, "upgraded connection closed");
                 drop(slot);
                 ctx.active_requests.set(ctx.active_requests.get() - 1);
+                ctx.metrics()
+                    .in_flight
+                    .set(ctx.active_requests.get() as u64);
                 return;
             }
         };
         ctx.active_requests.set(ctx.active_requests.get() - 1);
+        ctx.metrics()
+            .in_flight
+            .set(ctx.active_requests.get() as u64);
         if !keep || ctx.draining() {
             return;
         }
@@ -322,7 +354,9 @@ async fn handle(
                 Ok(next) => next,
                 Err(Failure { error, answered }) => {
                     if !answered {
+                        s.status = error.status().unwrap_or(0);
                         answer_error(stream, &mut s.out, &error).await;
+                        s.bytes_out = s.out.len() as u64;
                     } else {
                         tracing::debug!("response cut short: {error}");
                     }
@@ -331,6 +365,32 @@ async fn handle(
             }
         }
     }
+}
+
+/// Writes the access log line for the request just handled.
+fn log_request(
+    ctx: &WorkerCtx,
+    log: &crate::access::WorkerLog,
+    client: &Client,
+    buf: &[u8],
+    head: &RequestHead,
+    s: &Scratch,
+    took: Duration,
+) {
+    let upstream = s
+        .target
+        .map(|(u, t)| target_name(&ctx.config.upstreams[u].targets[t].addr));
+    log.record(&crate::access::Record {
+        client: &client.ip_text,
+        method: head.method.get(buf),
+        uri: head.target.get(buf),
+        status: s.status,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        duration: took,
+        upstream: upstream.as_deref(),
+        worker: ctx.id,
+    });
 }
 
 /// Whether the rest of the request body is already in the buffer (so answering without
@@ -353,6 +413,7 @@ async fn respond_simple(
     head: &RequestHead,
     status: u16,
 ) -> bool {
+    s.status = status;
     down.pos = head.head_len;
     let keep = head.keep_alive() && skip_buffered_body(down, head);
     let reason = reason_phrase(status);
@@ -362,6 +423,7 @@ async fn respond_simple(
     if !is_head(&down.buf, head) {
         let _ = writeln!(s.out, "{status} {reason}");
     }
+    s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
     let (res, out) = stream.write_all(out).await;
     s.out = out;
@@ -392,6 +454,7 @@ async fn respond(
     r: &Respond,
 ) -> bool {
     let keep = head.keep_alive() && skip_buffered_body(down, head) && !ctx.draining();
+    s.status = r.status;
     let info = ReqInfo {
         buf: &down.buf,
         head,
@@ -425,6 +488,7 @@ async fn respond(
     if !bodiless && !is_head(&down.buf, head) {
         s.out.extend_from_slice(&s.aux);
     }
+    s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
     let (res, out) = stream.write_all(out).await;
     s.out = out;
@@ -730,6 +794,8 @@ struct BodyLimits {
     write_timeout: Option<Duration>,
     /// Payload bytes allowed (chunked request bodies against `max_request_body`).
     max: Option<u64>,
+    /// Body bytes (as framed on the wire) read from the source so far, for the access log.
+    moved: std::cell::Cell<u64>,
 }
 
 /// Streams one body from `src` (whose `buf[pos..]` already holds bytes after the head) to
@@ -767,6 +833,7 @@ async fn relay_body(
                     .await?;
                     src.pos += take;
                     remaining -= take as u64;
+                    lim.moved.set(lim.moved.get() + take as u64);
                 }
                 if remaining == 0 {
                     return Ok(());
@@ -784,6 +851,7 @@ async fn relay_body(
                         )
                         .await?;
                         ctx.return_pipe(pipe);
+                        lim.moved.set(lim.moved.get() + remaining);
                         return Ok(());
                     }
                 }
@@ -795,6 +863,7 @@ async fn relay_body(
             loop {
                 if src.pending() > 0 {
                     write_out(dst, dst_side, src, src.pos..src.buf.len(), encode, aux, lim).await?;
+                    lim.moved.set(lim.moved.get() + src.pending() as u64);
                     src.pos = src.buf.len();
                 }
                 src.reset();
@@ -867,6 +936,7 @@ async fn relay_body(
                         }
                     }
                 }
+                lim.moved.set(lim.moved.get() + (p - start) as u64);
                 src.pos = p;
                 if done {
                     return Ok(());
@@ -1089,10 +1159,13 @@ async fn exchange(
             reused,
         )
     })?;
+    ctx.metrics().upstream_requests[u][t][reused as usize].inc();
+    let sent_at = Instant::now();
     let req_limits = BodyLimits {
         read_timeout: ctx.config.limits.idle_timeout,
         write_timeout: tr.write_timeout,
         max: ctx.config.limits.max_request_body,
+        moved: Default::default(),
     };
     let rest = match head.framing {
         Framing::Length(n) => Framing::Length(n - body_in_buf as u64),
@@ -1139,6 +1212,7 @@ async fn exchange(
                     )
                     .into());
                 }
+                s.status = 101;
                 break r;
             }
             Parse::Complete(r) if r.status < 200 => {
@@ -1170,7 +1244,11 @@ async fn exchange(
                 }
                 continue;
             }
-            Parse::Complete(r) => break r,
+            Parse::Complete(r) => {
+                ctx.metrics().upstream_response_time[u].observe(sent_at.elapsed());
+                s.status = r.status;
+                break r;
+            }
             Parse::Invalid(_) => {
                 return Err(ProxyError::upstream(
                     ErrorKind::UpstreamInvalid("malformed response head"),
@@ -1205,6 +1283,8 @@ async fn exchange(
         )
         .into());
     };
+    s.bytes_in += body_in_buf as u64 + req_limits.moved.get();
+    s.target = Some((u, t));
     if resp.status == 101 {
         return switch_protocols(stream, down, &mut ub, ubuf, s, &resp, conn).await;
     }
@@ -1270,6 +1350,7 @@ async fn exchange(
         ub.pos += take;
         framing = Framing::Length(n - take as u64);
     }
+    s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
     let (res, out) = stream.write_all(out).await;
     s.out = out;
@@ -1282,6 +1363,7 @@ async fn exchange(
         read_timeout: tr.read_timeout,
         write_timeout: None,
         max: None,
+        moved: Default::default(),
     };
     relay_body(
         ctx,
@@ -1298,6 +1380,7 @@ async fn exchange(
     )
     .await
     .map_err(answered)?;
+    s.bytes_out += resp_limits.moved.get();
     // Bytes after a complete response mean the upstream is confused: never reuse that.
     let up_keep = resp.keep_alive()
         && tr.keepalive

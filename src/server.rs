@@ -10,23 +10,15 @@ use std::thread::JoinHandle;
 use crate::balance::{shared_targets, SharedTargets};
 use crate::config::{Config, Driver, ListenAddr};
 use crate::listener;
+use crate::metrics::WorkerMetrics;
 use crate::tls::ListenerTlsState;
 use crate::worker::{self, DriverKind};
-
-/// Counters one worker writes and anyone may read (summed over workers when read).
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Body bytes moved with splice(2), client -> upstream.
-    pub spliced_up: AtomicU64,
-    /// Body bytes moved with splice(2), upstream -> client.
-    pub spliced_down: AtomicU64,
-}
 
 /// State shared by all workers: only atomics (and immutable data).
 pub struct Shared {
     pub draining: AtomicBool,
-    /// One entry per worker, indexed by worker id.
-    pub stats: Vec<WorkerStats>,
+    /// One entry per worker, indexed by worker id; each written only by its worker.
+    pub metrics: Vec<WorkerMetrics>,
     /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
     pub targets: SharedTargets,
     /// Per listener (indexed like `Config::listeners`): its live TLS server config.
@@ -107,6 +99,11 @@ pub struct Server {
     /// Our ends of one socketpair per worker: closing them wakes the workers to drain.
     wakers: Vec<std::os::unix::net::UnixStream>,
     driver: DriverKind,
+    shutdown_delay: std::time::Duration,
+    /// Stopped last, so /readyz reports the drain while it happens.
+    admin: Option<crate::admin::Admin>,
+    /// Writes access log lines; finishes after the workers (who hold its senders) exit.
+    access_writer: Option<crate::access::Writer>,
 }
 
 impl Server {
@@ -117,7 +114,7 @@ impl Server {
         let listener_fds = bound.sockets.iter().flatten().map(|s| s.raw_fd()).collect();
         let shared = Arc::new(Shared {
             draining: AtomicBool::new(false),
-            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
+            metrics: (0..workers).map(|_| WorkerMetrics::new(&config)).collect(),
             targets: shared_targets(&config.upstreams),
             listener_tls: tls_states(&config)?,
             upstream_tls: tls_connectors(&config)?,
@@ -137,6 +134,13 @@ impl Server {
         } else {
             Vec::new()
         };
+        let (access_writer, access_tx) = match &config.log.access_log {
+            Some(target) => {
+                let (w, tx) = crate::access::Writer::start(target)?;
+                (Some(w), Some(tx))
+            }
+            None => (None, None),
+        };
         let config = Arc::new(config);
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(workers);
@@ -147,19 +151,21 @@ impl Server {
             wakers.push(ours);
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             let (config, shared, tx) = (config.clone(), shared.clone(), tx.clone());
+            let access = access_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(id, driver, sockets, theirs, config, shared, |r| {
+                    worker::run(id, driver, sockets, theirs, access, config, shared, |r| {
                         let _ = tx.send(r);
                     });
                 })?;
             handles.push(handle);
         }
         drop(tx);
+        drop(access_tx);
         let mut server = Server {
             workers: handles,
             shared,
@@ -169,6 +175,9 @@ impl Server {
             wakers,
             listener_fds,
             driver: DriverKind::Epoll,
+            shutdown_delay: config.shutdown_delay,
+            admin: None,
+            access_writer,
         };
         for _ in 0..workers {
             match rx.recv() {
@@ -183,7 +192,27 @@ impl Server {
                 }
             }
         }
+        if let Some(addr) = config.admin {
+            let bound = server
+                .names
+                .iter()
+                .cloned()
+                .zip(server.addrs.iter().cloned())
+                .collect();
+            match crate::admin::Admin::start(addr, config.clone(), server.shared.clone(), bound) {
+                Ok(a) => server.admin = Some(a),
+                Err(e) => {
+                    server.stop_now();
+                    return Err(e);
+                }
+            }
+        }
         Ok(server)
+    }
+
+    /// The admin endpoint's bound address (with `:0` resolved), when it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
     }
 
     /// The bound address of a TCP listener (with `:0` resolved).
@@ -205,11 +234,8 @@ impl Server {
 
     /// Body bytes moved with splice so far: (client -> upstream, upstream -> client).
     pub fn spliced_bytes(&self) -> (u64, u64) {
-        self.shared.stats.iter().fold((0, 0), |(u, d), s| {
-            (
-                u + s.spliced_up.load(Ordering::Relaxed),
-                d + s.spliced_down.load(Ordering::Relaxed),
-            )
+        self.shared.metrics.iter().fold((0, 0), |(u, d), m| {
+            (u + m.spliced_up.get(), d + m.spliced_down.get())
         })
     }
 
@@ -235,6 +261,11 @@ impl Server {
 
     fn stop_now(&mut self) {
         self.shared.draining.store(true, Ordering::SeqCst);
+        // Readiness fails from now on; keep accepting meanwhile so traffic that load
+        // balancers still send (until they notice) is served, not refused.
+        if !self.shutdown_delay.is_zero() && !self.workers.is_empty() {
+            std::thread::sleep(self.shutdown_delay);
+        }
         for &fd in &self.listener_fds {
             listener::stop_accepting(fd);
         }
@@ -247,6 +278,10 @@ impl Server {
             if let ListenAddr::Unix(path) = addr {
                 let _ = std::fs::remove_file(path);
             }
+        }
+        self.admin = None;
+        if let Some(w) = self.access_writer.take() {
+            w.finish();
         }
     }
 }

@@ -35,6 +35,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub struct WorkerCtx {
     pub id: usize,
     pub config: Arc<Config>,
+    /// This worker's access log buffer, when access logging is on.
+    pub access: Option<crate::access::WorkerLog>,
     /// One replica per upstream, indexed like `config.upstreams`.
     pub balancers: Vec<Balancer>,
     pub pool: Pool,
@@ -77,14 +79,19 @@ impl WorkerCtx {
     }
 
     pub fn count_spliced(&self, upward: bool, n: u64) {
-        // One writer per counter: a relaxed add on an uncontended line.
-        let stats = &self.shared.stats[self.id];
+        let m = self.metrics();
         let c = if upward {
-            &stats.spliced_up
+            &m.spliced_up
         } else {
-            &stats.spliced_down
+            &m.spliced_down
         };
-        c.fetch_add(n, Ordering::Relaxed);
+        c.add(n);
+    }
+
+    /// This worker's counters (only this worker writes them).
+    #[inline]
+    pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.shared.metrics[self.id]
     }
 }
 
@@ -113,6 +120,8 @@ pub fn io_uring_available() -> bool {
     io_uring::IoUring::new(2).is_ok()
 }
 
+// Each argument is one thing the server hands a worker; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 /// Runs a worker to completion on the current thread: returns once the server is draining and
 /// this worker's in-flight requests finished or `shutdown_timeout` passed.
 pub fn run(
@@ -120,6 +129,7 @@ pub fn run(
     driver: Driver,
     sockets: Vec<BoundSocket>,
     wake: std::os::unix::net::UnixStream,
+    access: Option<std::sync::mpsc::Sender<Vec<u8>>>,
     config: Arc<Config>,
     shared: Arc<Shared>,
     started: impl FnOnce(io::Result<DriverKind>),
@@ -132,8 +142,10 @@ pub fn run(
             .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
             .collect();
         let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
+        let access = access.map(|tx| crate::access::WorkerLog::new(tx, config.log.format));
         Rc::new(WorkerCtx {
             id,
+            access,
             config,
             balancers,
             pool,
@@ -224,6 +236,9 @@ async fn worker_main(
             },
         }
     }
+    if ctx.access.is_some() {
+        monoio::spawn(flush_access_log(ctx.clone()));
+    }
     // The control thread closes its end of `wake` when the server drains: a readable socket
     // wakes io_uring and epoll alike, where shutdown(2) of a Unix listener does not wake epoll.
     match monoio::net::UnixStream::from_std(wake) {
@@ -257,6 +272,23 @@ async fn worker_main(
     while ctx.open_conns.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(DRAIN_POLL).await;
     }
+    if let Some(log) = &ctx.access {
+        log.flush();
+    }
+}
+
+/// Hands the access log buffer to the writer thread now and then, so lines from a quiet
+/// worker do not wait for the buffer to fill.
+async fn flush_access_log(ctx: Rc<WorkerCtx>) {
+    while !ctx.close_all.is_closed() {
+        monoio::select! {
+            _ = monoio::time::sleep(crate::access::FLUSH_INTERVAL) => {},
+            _ = ctx.close_all.wait() => {},
+        }
+        if let Some(log) = &ctx.access {
+            log.flush();
+        }
+    }
 }
 
 /// Admits a new downstream connection unless the worker is at `limits.max_connections`.
@@ -278,9 +310,8 @@ async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                if ctx.draining() {
-                    break;
-                }
+                // Still served while draining: shutdown_delay keeps accepting on purpose.
+                ctx.metrics().accepted.inc();
                 if admit(&ctx) {
                     spawn_conn(&ctx, index, Stream::Tcp(stream), Some(peer));
                 }
@@ -309,9 +340,7 @@ async fn accept_unix(ctx: Rc<WorkerCtx>, index: usize, listener: UnixListener) {
         };
         match accepted {
             Ok((stream, _)) => {
-                if ctx.draining() {
-                    break;
-                }
+                ctx.metrics().accepted.inc();
                 if admit(&ctx) {
                     spawn_conn(&ctx, index, Stream::Unix(stream), None);
                 }

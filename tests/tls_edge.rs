@@ -454,3 +454,51 @@ fn large_bodies_cross_a_tls_listener_intact_without_splice() {
     assert_eq!(r.body.trim(), format!("{} {len}", payload.sha256(len)));
     assert_eq!(proxy.server().spliced_bytes(), (0, 0));
 }
+
+/// One request to the admin endpoint; (status, body).
+fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn post_reload_swaps_certificates_and_metrics_count_failed_handshakes() {
+    let edge = Edge::new();
+    let proxy = edge.start(Driver::any(), "", "admin:\n  listen: 127.0.0.1:0\n");
+    let admin_addr = proxy.server().admin_addr().unwrap();
+    edge.pki.server("a", &["a.test", "posted.test"]);
+    let (status, body) = admin(admin_addr, "POST", "/reload");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"listeners\":1"), "{body}");
+    let c = TlsClient::connect(
+        proxy.addr(),
+        client_config(edge.pki.roots(), None),
+        Some("a.test"),
+    )
+    .unwrap();
+    assert_eq!(c.peer_names(), ["a.test", "posted.test"]);
+    // A broken key: 500 naming it, and the running certificates stay.
+    std::fs::write(edge.dir.join("a.key"), "garbage").unwrap();
+    let (status, body) = admin(admin_addr, "POST", "/reload");
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("certificates[0].key"), "{body}");
+    // A plain-HTTP client fails its handshake: counted in /metrics.
+    let mut plain = proxy.client();
+    plain.send("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    let _ = plain.read_until_close();
+    let (_, metrics) = admin(admin_addr, "GET", "/metrics");
+    assert!(
+        metrics.contains("ringway_tls_handshake_failures_total 1"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,244 @@
+//! The admin endpoint: a small blocking HTTP/1.1 server on its own thread, never on a worker.
+//! `GET /metrics /healthz /readyz /upstreams /config`, `POST /reload`.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Config, ListenAddr, ListenerKind, Policy, TargetAddr};
+use crate::server::Shared;
+
+/// An admin request head larger than this is refused: the endpoint takes no bodies.
+const MAX_ADMIN_HEAD: usize = 16 * 1024;
+/// A scraper or probe that stalls this long is dropped (it must not block the next one).
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Admin {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Admin {
+    pub fn start(
+        addr: SocketAddr,
+        config: Arc<Config>,
+        shared: Arc<Shared>,
+        listeners: Vec<(String, ListenAddr)>,
+    ) -> io::Result<Admin> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("admin listen {addr}: {e}")))?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ringway-admin".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    if let Err(e) = serve(conn, &config, &shared, &listeners) {
+                        tracing::debug!("admin request failed: {e}");
+                    }
+                }
+            })?;
+        Ok(Admin {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // A connection wakes the blocking accept so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    mut conn: TcpStream,
+    config: &Config,
+    shared: &Shared,
+    listeners: &[(String, ListenAddr)],
+) -> io::Result<()> {
+    conn.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    conn.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let (method, path) = loop {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let path = req.path.unwrap_or("/");
+                let path = path.split('?').next().unwrap_or("/");
+                break (req.method.unwrap_or("").to_string(), path.to_string());
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_ADMIN_HEAD => {}
+            _ => return respond(&mut conn, 400, "text/plain", "bad request\n"),
+        }
+    };
+    let draining = shared.draining.load(Ordering::SeqCst);
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/healthz") => respond(&mut conn, 200, "text/plain", "ok\n"),
+        ("GET", "/readyz") if draining => respond(&mut conn, 503, "text/plain", "draining\n"),
+        ("GET", "/readyz") => respond(&mut conn, 200, "text/plain", "ready\n"),
+        ("GET", "/metrics") => {
+            let body = crate::metrics::render(config, shared);
+            respond(&mut conn, 200, "text/plain; version=0.0.4", &body)
+        }
+        ("GET", "/upstreams") => respond(
+            &mut conn,
+            200,
+            "application/json",
+            &upstreams_json(config, shared),
+        ),
+        ("GET", "/config") => respond(
+            &mut conn,
+            200,
+            "application/json",
+            &config_json(config, listeners),
+        ),
+        // Only TLS certificates reload for now (like SIGHUP); other changes need a restart.
+        ("POST", "/reload") => match shared.reload_tls(&config.listeners) {
+            Ok(n) => respond(
+                &mut conn,
+                200,
+                "application/json",
+                &format!(
+                    "{{\"reloaded\":\"tls_certificates\",\"listeners\":{n},\"note\":\"other configuration changes need a restart\"}}\n"
+                ),
+            ),
+            Err(e) => respond(
+                &mut conn,
+                500,
+                "application/json",
+                &format!("{}\n", serde_json::json!({ "error": e })),
+            ),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/config" | "/reload") => {
+            respond(&mut conn, 405, "text/plain", "method not allowed\n")
+        }
+        _ => respond(&mut conn, 404, "text/plain", "not found\n"),
+    }
+}
+
+fn respond(conn: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+    let reason = crate::error::reason_phrase(status);
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body.as_bytes())
+}
+
+fn target_label(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { host, .. } => host.clone(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
+    }
+}
+
+fn upstreams_json(config: &Config, shared: &Shared) -> String {
+    let list: Vec<serde_json::Value> = config
+        .upstreams
+        .iter()
+        .zip(&shared.targets)
+        .map(|(u, states)| {
+            let targets: Vec<serde_json::Value> = u
+                .targets
+                .iter()
+                .zip(states)
+                .map(|(t, s)| {
+                    serde_json::json!({
+                        "target": target_label(&t.addr),
+                        "healthy": s.healthy.load(Ordering::Relaxed),
+                        "in_flight": s.in_flight.load(Ordering::Relaxed),
+                        "connections": s.conns.load(Ordering::Relaxed),
+                        "weight": t.weight,
+                        "max_connections": t.max_connections,
+                    })
+                })
+                .collect();
+            serde_json::json!({ "name": u.name, "policy": policy_name(u.lb.policy), "targets": targets })
+        })
+        .collect();
+    serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
+}
+
+fn policy_name(p: Policy) -> &'static str {
+    match p {
+        Policy::Random => "random",
+        Policy::RandomChoose => "random_choose",
+        Policy::First => "first",
+        Policy::RoundRobin => "round_robin",
+        Policy::WeightedRoundRobin => "weighted_round_robin",
+        Policy::LeastConn => "least_conn",
+    }
+}
+
+/// The effective configuration as JSON. It holds no secrets yet (no TLS keys, no cookie
+/// secrets are implemented); those must be redacted here when they arrive.
+fn config_json(config: &Config, bound: &[(String, ListenAddr)]) -> String {
+    let addr = |a: &ListenAddr| match a {
+        ListenAddr::Tcp(a) => a.to_string(),
+        ListenAddr::Unix(p) => format!("unix/{}", p.display()),
+    };
+    let listeners: Vec<serde_json::Value> = config
+        .listeners
+        .iter()
+        .zip(bound)
+        .map(|(l, (_, a))| {
+            let (protocol, routes) = match &l.kind {
+                ListenerKind::Http { routes } => ("http", routes.len()),
+                ListenerKind::Tcp { .. } => ("tcp", 0),
+            };
+            serde_json::json!({ "name": l.name, "listen": addr(a), "protocol": protocol, "routes": routes })
+        })
+        .collect();
+    let upstreams: Vec<serde_json::Value> = config
+        .upstreams
+        .iter()
+        .map(|u| {
+            serde_json::json!({
+                "name": u.name,
+                "targets": u.targets.iter().map(|t| target_label(&t.addr)).collect::<Vec<_>>(),
+                "policy": policy_name(u.lb.policy),
+                "retries": u.lb.retries,
+                "keepalive": u.transport.keepalive,
+                "max_idle_per_worker": u.transport.max_idle_per_worker,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "workers": config.workers,
+        "driver": format!("{:?}", config.driver).to_lowercase(),
+        "shutdown_timeout_ms": config.shutdown_timeout.as_millis() as u64,
+        "shutdown_delay_ms": config.shutdown_delay.as_millis() as u64,
+        "admin": config.admin.map(|a| a.to_string()),
+        "listeners": listeners,
+        "upstreams": upstreams,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
