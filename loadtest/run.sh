@@ -153,10 +153,6 @@ done
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ringway-loadtest.XXXXXX")
 mkdir -p "$RUN_DIR"/{logs,raw,nginx-backend,nginx-proxy}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-# A scenario may prepare files in the run dir (e.g. a TLS certificate) before configs render.
-if declare -F scenario_setup >/dev/null; then
-  scenario_setup "$RUN_DIR" || die "scenario setup failed"
-fi
 OUT="$HERE/results/$STAMP-$(hostname -s 2>/dev/null || hostname)"
 
 declare -A PID=() PSTART=() STATUS=() REASON=()
