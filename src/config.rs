@@ -617,7 +617,8 @@ struct ListenerFile {
 #[serde(deny_unknown_fields)]
 struct ListenerTlsFile {
     certificates: Option<Vec<CertificateFile>>,
-    min_version: Option<String>,
+    /// A string ("1.2") or, unquoted, a YAML number (1.2).
+    min_version: Option<serde_yaml::Value>,
     alpn: Option<Strings>,
     handshake_timeout: Option<Dur>,
     client_auth: Option<ClientAuthFile>,
@@ -1541,7 +1542,12 @@ impl Validator<'_> {
             let item = format!("{list_key}[{i}]");
             certificates.push(self.cert_paths(&item, "cert", c.cert, "key", c.key)?);
         }
-        let min_version = match t.min_version.as_deref() {
+        let min_version = t.min_version.map(|v| match v {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Number(n) => n.to_string(),
+            other => format!("{other:?}"),
+        });
+        let min_version = match min_version.as_deref() {
             None | Some("1.2") => TlsVersion::V12,
             Some("1.3") => TlsVersion::V13,
             Some(other) => {
@@ -3450,6 +3456,11 @@ mod tests {
         assert_eq!(tls.min_version, TlsVersion::V13);
         assert_eq!(tls.handshake_timeout, secs(2));
         assert!(!tls.client_auth.as_ref().unwrap().required);
+        let unquoted = ok(&tls_listener(&format!(
+            "certificates: [{{ cert: {cert}, key: {key} }}]\nmin_version: 1.3\n"
+        )));
+        let tls = unquoted.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.min_version, TlsVersion::V13);
         let _ = std::fs::remove_dir_all(dir);
     }
 
