@@ -111,6 +111,7 @@ scenario_file="$HERE/scenarios/$scenario.sh"
   usage_err "no scenario '$scenario' (have: $(cd "$HERE/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
 SCENARIO_WRK_ARGS=()
 SCENARIO_RENDER_SED=()  # extra sed expressions for rendering this scenario's templates
+SCENARIO_SCHEME=http
 # shellcheck source=scenarios/small-keepalive.sh
 source "$scenario_file"
 # A scenario may ask for its own connection count unless --connections was given.
@@ -291,7 +292,7 @@ fi
 
 # ---- start everything (once; idle peers cost nothing while another is measured)
 probe() { # port -> "" if the scenario's expected response comes back, else why not
-  "$PYTHON" "$HELPER" probe --url "http://$HOST:$1$SCENARIO_PATH" \
+  "$PYTHON" "$HELPER" probe --url "${2:-$SCENARIO_SCHEME}://$HOST:$1$SCENARIO_PATH" \
     --status "$SCENARIO_EXPECT_STATUS" --body "$SCENARIO_EXPECT_BODY" 2>&1 || true
 }
 
@@ -303,7 +304,7 @@ start_proc backend "$BACKEND_CPU" "$NGINX" -p "$RUN_DIR/nginx-backend" -e "$RUN_
 if ! wait_port backend "$BACKEND_PORT"; then
   die "backend nginx did not start on $HOST:$BACKEND_PORT: $(log_tail backend) $(tail -n2 "$RUN_DIR/logs/nginx-backend.error.log" 2>/dev/null)"
 fi
-why=$(probe "$BACKEND_PORT")
+why=$(probe "$BACKEND_PORT" http)
 [[ -z $why ]] || die "backend answers wrongly: $why"
 
 start_peer() { # name -> starts it, or marks it failed
@@ -343,7 +344,7 @@ echo
 # ---- measure ----------------------------------------------------------------
 seq=0
 measure() { # proxy round
-  local p=$1 r=$2 pid=${PID[$1]} url="http://$HOST:${PORT[$1]}$SCENARIO_PATH" base rc=0
+  local p=$1 r=$2 pid=${PID[$1]} url="$SCENARIO_SCHEME://$HOST:${PORT[$1]}$SCENARIO_PATH" base rc=0
   local cpu0 cpu1 bcpu0 bcpu1 ns0 ns1 stat0 stat1 t0 t1
   seq=$((seq + 1)); base="$RUN_DIR/raw/$(printf %03d "$seq")-$p-r$r"
   "$TIMEOUT" $((warmup + 30)) "${wrk_cmd[@]}" -t1 -c"$connections" -d"${warmup}s" \

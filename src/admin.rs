@@ -119,12 +119,23 @@ fn serve(
             "application/json",
             &config_json(config, listeners),
         ),
-        ("POST", "/reload") => respond(
-            &mut conn,
-            501,
-            "application/json",
-            "{\"error\":\"configuration reload is not supported yet; restart to apply changes\"}\n",
-        ),
+        // Only TLS certificates reload for now (like SIGHUP); other changes need a restart.
+        ("POST", "/reload") => match shared.reload_tls(&config.listeners) {
+            Ok(n) => respond(
+                &mut conn,
+                200,
+                "application/json",
+                &format!(
+                    "{{\"reloaded\":\"tls_certificates\",\"listeners\":{n},\"note\":\"other configuration changes need a restart\"}}\n"
+                ),
+            ),
+            Err(e) => respond(
+                &mut conn,
+                500,
+                "application/json",
+                &format!("{}\n", serde_json::json!({ "error": e })),
+            ),
+        },
         (_, "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/config" | "/reload") => {
             respond(&mut conn, 405, "text/plain", "method not allowed\n")
         }

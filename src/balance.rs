@@ -449,6 +449,7 @@ mod tests {
                         host: format!("127.0.0.1:{}", 9000 + i),
                         addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                     },
+                    tls: false,
                     weight: w,
                     max_connections: None,
                 })
@@ -473,6 +474,7 @@ mod tests {
                 keepalive: true,
                 idle_timeout: None,
                 max_idle_per_worker: 32,
+                tls: None,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,

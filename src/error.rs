@@ -28,6 +28,8 @@ pub enum ErrorKind {
     NoTarget,
     Dial(io::Error),
     DialTimeout,
+    /// The TLS handshake with the upstream failed; says why (unknown issuer, name mismatch...).
+    UpstreamTls(String),
     /// The upstream broke the protocol (bad head, bad framing).
     UpstreamInvalid(&'static str),
     /// The upstream closed or failed; `before_response` when no response byte had arrived.
@@ -72,9 +74,10 @@ impl ProxyError {
             ErrorKind::HeadTimeout => Some(408),
             ErrorKind::ClientIo(_) => None,
             ErrorKind::NoTarget => Some(503),
-            ErrorKind::Dial(_) | ErrorKind::UpstreamInvalid(_) | ErrorKind::UpstreamIo { .. } => {
-                Some(502)
-            }
+            ErrorKind::Dial(_)
+            | ErrorKind::UpstreamTls(_)
+            | ErrorKind::UpstreamInvalid(_)
+            | ErrorKind::UpstreamIo { .. } => Some(502),
             ErrorKind::DialTimeout | ErrorKind::UpstreamTimeout => Some(504),
         }
     }
@@ -91,6 +94,7 @@ impl std::fmt::Display for ProxyError {
             ErrorKind::NoTarget => write!(f, "no upstream target available"),
             ErrorKind::Dial(e) => write!(f, "upstream dial failed: {e}"),
             ErrorKind::DialTimeout => write!(f, "upstream dial timed out"),
+            ErrorKind::UpstreamTls(why) => write!(f, "upstream TLS handshake failed: {why}"),
             ErrorKind::UpstreamInvalid(r) => write!(f, "invalid upstream response: {r}"),
             ErrorKind::UpstreamIo { err, .. } => write!(f, "upstream i/o: {err}"),
             ErrorKind::UpstreamTimeout => write!(f, "upstream timed out"),

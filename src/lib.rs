@@ -20,7 +20,8 @@
 //!   per-target atomics.
 //! - [`target`]: per-target state shared by all workers (load, health, latency), atomics only.
 //! - [`pool`]: per-worker pools of idle upstream connections.
-//! - [`stream`]: TCP and Unix streams behind one type.
+//! - [`stream`]: TCP, Unix and TLS streams behind one type.
+//! - [`tls`]: rustls configs: SNI certificate choice, client auth, reload, upstream TLS.
 //! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
@@ -41,5 +42,6 @@ pub mod server;
 pub mod stream;
 pub mod target;
 pub mod template;
+pub mod tls;
 pub mod tunnel;
 pub mod worker;

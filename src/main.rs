@@ -113,9 +113,11 @@ fn run(config: Config) -> ExitCode {
     );
     for signal in signals.forever() {
         match signal {
-            signal_hook::consts::SIGHUP => {
-                tracing::warn!("SIGHUP: configuration reload is not supported yet; ignoring");
-            }
+            // Only certificates reload for now; other configuration changes need a restart.
+            signal_hook::consts::SIGHUP => match server.reload_tls() {
+                Ok(n) => tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
+                Err(e) => tracing::error!("SIGHUP: TLS reload failed, old certificates kept: {e}"),
+            },
             _ => {
                 tracing::info!(
                     timeout = ?shutdown_timeout,

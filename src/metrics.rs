@@ -303,5 +303,17 @@ pub fn render(config: &Config, shared: &Shared) -> String {
         out,
         "ringway_spliced_bytes_total{{direction=\"downstream\"}} {down}"
     );
+    let _ = writeln!(
+        out,
+        "# HELP ringway_tls_handshake_failures_total Client TLS handshakes that failed or timed out."
+    );
+    let _ = writeln!(out, "# TYPE ringway_tls_handshake_failures_total counter");
+    let _ = writeln!(
+        out,
+        "ringway_tls_handshake_failures_total {}",
+        shared
+            .tls_handshake_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     out
 }

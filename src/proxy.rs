@@ -71,6 +71,8 @@ struct Client {
     /// `peer`'s X-Forwarded-* and Forwarded headers are believed.
     trusted: bool,
     ip_text: String,
+    /// `https` or `http`: how the client reached us.
+    scheme: &'static str,
 }
 
 /// One side's receive buffer: `buf[pos..]` holds bytes received but not yet consumed;
@@ -142,6 +144,7 @@ pub async fn serve(
         peer,
         trusted,
         ip_text,
+        scheme: if stream.is_tls() { "https" } else { "http" },
     };
     let mut down = RecvBuf {
         buf: Vec::with_capacity(INITIAL_BUF),
@@ -889,16 +892,59 @@ async fn dial(ctx: &WorkerCtx, u: usize, t: usize, up: &Upstream) -> Result<UpCo
             TargetAddr::Unix(p) => Ok(Stream::Unix(monoio::net::UnixStream::connect(p).await?)),
         }
     };
-    match timed(up.transport.dial_timeout, connect).await {
-        Some(Ok(stream)) => Ok(UpConn::new(stream, bal.shared(t).clone())),
+    let stream = match timed(up.transport.dial_timeout, connect).await {
+        Some(Ok(stream)) => stream,
         Some(Err(e)) => {
             release();
-            Err(ProxyError::upstream(ErrorKind::Dial(e), true))
+            return Err(ProxyError::upstream(ErrorKind::Dial(e), true));
         }
         None => {
             release();
-            Err(ProxyError::upstream(ErrorKind::DialTimeout, true))
+            return Err(ProxyError::upstream(ErrorKind::DialTimeout, true));
         }
+    };
+    let stream = match (up.targets[t].tls, stream) {
+        (true, Stream::Tcp(tcp)) => match originate_tls(ctx, u, t, up, tcp).await {
+            Ok(s) => s,
+            Err(e) => {
+                release();
+                return Err(e);
+            }
+        },
+        (_, stream) => stream,
+    };
+    Ok(UpConn::new(stream, bal.shared(t).clone()))
+}
+
+/// The TLS handshake toward a TLS target, verified (unless `insecure_skip_verify`) against
+/// `server_name` or the target's host. Certificate problems become a 502 saying why.
+async fn originate_tls(
+    ctx: &WorkerCtx,
+    u: usize,
+    t: usize,
+    up: &Upstream,
+    tcp: monoio::net::TcpStream,
+) -> Result<Stream, ProxyError> {
+    let (Some(connector), Some(settings), TargetAddr::Tcp { host, .. }) = (
+        &ctx.shared.upstream_tls[u],
+        &up.transport.tls,
+        &up.targets[t].addr,
+    ) else {
+        unreachable!("validation gives every TLS target its settings and a TCP address");
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    let name = crate::tls::server_name(settings, host)
+        .map_err(|e| ProxyError::upstream(ErrorKind::UpstreamTls(e.message), true))?;
+    match timed(settings.handshake_timeout, connector.connect(name, tcp)).await {
+        Some(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls), fd)),
+        Some(Err(e)) => {
+            let reason = crate::tls::failure_reason(&e.into());
+            Err(ProxyError::upstream(ErrorKind::UpstreamTls(reason), true))
+        }
+        None => Err(ProxyError::upstream(
+            ErrorKind::UpstreamTls("TLS handshake timed out".into()),
+            true,
+        )),
     }
 }
 
@@ -1629,7 +1675,7 @@ impl Placeholders for ReqInfo<'_> {
                 }
             }
             Placeholder::Method => out.extend_from_slice(self.head.method.get(self.buf)),
-            Placeholder::Scheme => out.extend_from_slice(b"http"),
+            Placeholder::Scheme => out.extend_from_slice(self.client.scheme.as_bytes()),
             Placeholder::Path => out.extend_from_slice(self.path),
             Placeholder::Query => {
                 if let Some(q) = self.query {
@@ -1902,7 +1948,7 @@ fn forwarded_headers(
     };
     keep_or(
         HeaderKind::XForwardedProto,
-        Some(b"http"),
+        Some(client.scheme.as_bytes()),
         b"X-Forwarded-Proto",
         sink,
     );
@@ -1937,7 +1983,8 @@ fn forwarded_headers(
             tmp.extend_from_slice(h);
             tmp.push(b'"');
         }
-        tmp.extend_from_slice(b";proto=http");
+        tmp.extend_from_slice(b";proto=");
+        tmp.extend_from_slice(client.scheme.as_bytes());
         sink.header(b"Forwarded", tmp);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
@@ -12,6 +12,7 @@ use crate::config::{Config, Driver, ListenAddr};
 use crate::health;
 use crate::listener;
 use crate::metrics::WorkerMetrics;
+use crate::tls::ListenerTlsState;
 use crate::worker::{self, DriverKind};
 
 /// State shared by all workers: only atomics (and immutable data).
@@ -21,11 +22,78 @@ pub struct Shared {
     pub metrics: Vec<WorkerMetrics>,
     /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
     pub targets: SharedTargets,
+    /// Per listener (indexed like `Config::listeners`): its live TLS server config.
+    pub listener_tls: Vec<Option<ListenerTlsState>>,
+    /// Per upstream: the TLS client config its TLS targets are dialed with (one session cache
+    /// for all workers, so a new connection can resume).
+    pub upstream_tls: Vec<Option<monoio_rustls::TlsConnector>>,
+    /// Client handshakes that failed or timed out, on every listener.
+    pub tls_handshake_failures: AtomicU64,
+}
+
+impl Shared {
+    /// Rebuilds every TLS listener's certificates from their files (SIGHUP). New connections
+    /// get the new config; open ones keep theirs. A listener whose files are broken keeps
+    /// the config it had; the error names it.
+    pub fn reload_tls(&self, listeners: &[crate::config::Listener]) -> Result<usize, String> {
+        let mut reloaded = 0;
+        let mut errors = Vec::new();
+        for (state, l) in self.listener_tls.iter().zip(listeners) {
+            if let Some(state) = state {
+                match state.reload() {
+                    Ok(()) => reloaded += 1,
+                    Err(e) => errors.push(format!("listener {}: tls.{e}", l.name)),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(reloaded)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+fn tls_states(config: &Config) -> io::Result<Vec<Option<ListenerTlsState>>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| match &l.tls {
+            Some(t) => ListenerTlsState::new(t)
+                .map(Some)
+                .map_err(|e| io::Error::other(format!("listener {}: tls.{e}", l.name))),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+fn tls_connectors(config: &Config) -> io::Result<Vec<Option<monoio_rustls::TlsConnector>>> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| match &u.transport.tls {
+            Some(t) => {
+                if t.insecure_skip_verify {
+                    tracing::warn!(
+                        upstream = %u.name,
+                        "insecure_skip_verify: TLS certificates of this upstream are not verified"
+                    );
+                }
+                crate::tls::client_config(t)
+                    .map(|c| Some(monoio_rustls::TlsConnector::from(Arc::new(c))))
+                    .map_err(|e| {
+                        io::Error::other(format!("upstream {}: transport.tls.{e}", u.name))
+                    })
+            }
+            None => Ok(None),
+        })
+        .collect()
 }
 
 pub struct Server {
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    config: Arc<Config>,
     names: Vec<String>,
     addrs: Vec<ListenAddr>,
     listener_fds: Vec<std::os::fd::RawFd>,
@@ -51,6 +119,9 @@ impl Server {
             draining: AtomicBool::new(false),
             metrics: (0..workers).map(|_| WorkerMetrics::new(&config)).collect(),
             targets: shared_targets(&config.upstreams),
+            listener_tls: tls_states(&config)?,
+            upstream_tls: tls_connectors(&config)?,
+            tls_handshake_failures: AtomicU64::new(0),
         });
         let driver = match config.driver {
             Driver::Auto if !worker::io_uring_available() => {
@@ -101,6 +172,7 @@ impl Server {
         let mut server = Server {
             workers: handles,
             shared,
+            config: config.clone(),
             names: config.listeners.iter().map(|l| l.name.clone()).collect(),
             addrs: bound.addrs,
             wakers,
@@ -180,6 +252,16 @@ impl Server {
 
     pub fn worker_count(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Reloads TLS certificates from their files (SIGHUP); see [`Shared::reload_tls`].
+    pub fn reload_tls(&self) -> Result<usize, String> {
+        self.shared.reload_tls(&self.config.listeners)
+    }
+
+    /// Client TLS handshakes that failed so far.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.shared.tls_handshake_failures.load(Ordering::Relaxed)
     }
 
     /// Stops accepting; in-flight requests finish (up to `shutdown_timeout`), keep-alive

@@ -1,6 +1,7 @@
-//! One type for TCP and Unix-socket connections, so the data path is written once.
+//! One type for TCP, Unix-socket and TLS connections, so the data path is written once.
 
 use std::io;
+use std::os::fd::RawFd;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -9,6 +10,11 @@ use monoio::net::{TcpStream, UnixStream};
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client whose TLS we terminate; boxed because the session and its buffers are large.
+    /// The descriptor is the TCP socket's, for non-blocking peeks.
+    TlsServer(Box<monoio_rustls::ServerTlsStream<TcpStream>>, RawFd),
+    /// An upstream we dialed with TLS (and its TCP socket's descriptor).
+    TlsClient(Box<monoio_rustls::ClientTlsStream<TcpStream>>, RawFd),
 }
 
 impl Stream {
@@ -22,6 +28,8 @@ impl Stream {
         let (res, slice) = match self {
             Stream::Tcp(s) => s.read(slice).await,
             Stream::Unix(s) => s.read(slice).await,
+            Stream::TlsServer(s, _) => s.read(slice).await,
+            Stream::TlsClient(s, _) => s.read(slice).await,
         };
         (res, slice.into_inner())
     }
@@ -39,6 +47,8 @@ impl Stream {
         let (res, slice) = match self {
             Stream::Tcp(s) => s.write_all(slice).await,
             Stream::Unix(s) => s.write_all(slice).await,
+            Stream::TlsServer(s, _) => s.write_all(slice).await,
+            Stream::TlsClient(s, _) => s.write_all(slice).await,
         };
         (res.map(|_| ()), slice.into_inner())
     }
@@ -54,7 +64,14 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown().await,
             Stream::Unix(s) => s.shutdown().await,
+            // close_notify first, then FIN.
+            Stream::TlsServer(s, _) => s.shutdown().await,
+            Stream::TlsClient(s, _) => s.shutdown().await,
         }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsServer(..) | Stream::TlsClient(..))
     }
 }
 
@@ -66,6 +83,8 @@ impl Stream {
         let fd = match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            // Any byte on an idle TLS connection (close_notify included) means it is done.
+            Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
         };
         let mut byte = 0u8;
         // SAFETY: recv writes at most 1 byte into `byte`, which outlives the call.
@@ -80,6 +99,11 @@ impl Stream {
         // 0: FIN; >0: bytes nobody asked for; <0 with EAGAIN: alive and quiet.
         n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
     }
+}
+
+/// TLS bytes must pass through rustls; callers check `can_splice` first.
+fn not_spliceable() -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, "TLS streams cannot splice")
 }
 
 /// Bytes of spare capacity to ensure before a read; small reads waste syscalls.
@@ -121,6 +145,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.splice_to_pipe(&mut pipe.write, len).await,
             Stream::Unix(s) => s.splice_to_pipe(&mut pipe.write, len).await,
+            Stream::TlsServer(..) | Stream::TlsClient(..) => Err(not_spliceable()),
         }
     }
 
@@ -131,6 +156,7 @@ impl Stream {
             let n = match self {
                 Stream::Tcp(s) => s.splice_from_pipe(&mut pipe.read, len).await?,
                 Stream::Unix(s) => s.splice_from_pipe(&mut pipe.read, len).await?,
+                Stream::TlsServer(..) | Stream::TlsClient(..) => return Err(not_spliceable()),
             };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());

@@ -15,11 +15,23 @@ const COPY_BUF: usize = 16 * 1024;
 
 /// Relays until both directions have ended. Returns (client->upstream, upstream->client) bytes.
 pub async fn run(client: Stream, upstream: Stream) -> (u64, u64) {
-    match (client, upstream) {
-        (Stream::Tcp(a), Stream::Tcp(b)) => both(a, b).await,
-        (Stream::Tcp(a), Stream::Unix(b)) => both(a, b).await,
-        (Stream::Unix(a), Stream::Tcp(b)) => both(a, b).await,
-        (Stream::Unix(a), Stream::Unix(b)) => both(a, b).await,
+    // Every pairing of stream kinds; TLS streams split into halves like sockets do
+    // (monoio-rustls keeps reads independent of writes).
+    macro_rules! to_upstream {
+        ($a:expr) => {
+            match upstream {
+                Stream::Tcp(b) => both($a, b).await,
+                Stream::Unix(b) => both($a, b).await,
+                Stream::TlsServer(b, _) => both($a, *b).await,
+                Stream::TlsClient(b, _) => both($a, *b).await,
+            }
+        };
+    }
+    match client {
+        Stream::Tcp(a) => to_upstream!(a),
+        Stream::Unix(a) => to_upstream!(a),
+        Stream::TlsServer(a, _) => to_upstream!(*a),
+        Stream::TlsClient(a, _) => to_upstream!(*a),
     }
 }
 

@@ -393,6 +393,10 @@ fn spawn_conn(
     ctx.open_conns.set(ctx.open_conns.get() + 1);
     monoio::spawn(async move {
         let serve = async {
+            // The handshake runs here, in the connection's task, so the accept loop never waits.
+            let Some(stream) = terminate_tls(&ctx, listener, stream, peer).await else {
+                return;
+            };
             match &ctx.config.listeners[listener].kind {
                 ListenerKind::Http { .. } => {
                     crate::proxy::serve(&ctx, listener, stream, peer).await
@@ -402,9 +406,92 @@ fn spawn_conn(
             }
         };
         monoio::select! {
-            _ = serve => {},
+            _ = CatchPanic(Box::pin(serve)) => {},
             _ = ctx.close_all.wait() => {},
         }
         ctx.open_conns.set(ctx.open_conns.get() - 1);
     });
+}
+
+/// Ends one connection, not the worker, when its task panics. monoio-rustls keeps its I/O
+/// buffers in `Option`s that are `expect`ed present; a TLS stream whose halves meet a protocol
+/// error while the other half is mid-write (an upgraded tunnel) panics inside the library.
+/// Requests in flight on that connection stay counted until shutdown_timeout.
+struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                tracing::error!("a connection task panicked; that connection is closed");
+                std::task::Poll::Ready(())
+            }
+        }
+    }
+}
+
+/// Runs the TLS handshake when the listener terminates TLS (plain streams pass through).
+/// A failed or timed-out handshake is counted and logged at debug: it concerns that client only.
+async fn terminate_tls(
+    ctx: &WorkerCtx,
+    listener: usize,
+    stream: Stream,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Stream> {
+    let Some(state) = &ctx.shared.listener_tls[listener] else {
+        return Some(stream);
+    };
+    // Validation allows TLS on TCP listeners only.
+    let tcp = match stream {
+        Stream::Tcp(tcp) => tcp,
+        other => return Some(other),
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    // Loaded once per connection: a reload applies to connections accepted after it.
+    let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());
+    let handshake = acceptor.accept(tcp);
+    let result = match state.settings.handshake_timeout {
+        Some(limit) => monoio::time::timeout(limit, handshake)
+            .await
+            .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut).into())),
+        None => handshake.await,
+    };
+    match result {
+        Ok(tls) => Some(Stream::TlsServer(Box::new(tls), fd)),
+        Err(e) => {
+            ctx.shared
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            let reason = crate::tls::failure_reason(&e.into());
+            tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_connection_task_ends_alone() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        let survived = rt.block_on(async {
+            let boom = monoio::spawn(CatchPanic(Box::pin(async {
+                panic!("a library bug in a connection task");
+            })));
+            boom.await;
+            true
+        });
+        assert!(survived);
+    }
 }

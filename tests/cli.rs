@@ -180,15 +180,34 @@ fn validate_rejects_keys_that_are_not_supported_yet() {
     let dir = TempDir::new();
     let text = GOOD.replace(
         "    listen: 127.0.0.1:0\n",
-        "    listen: 127.0.0.1:0\n    tls:\n      certificates: [{ cert: a.pem, key: a.key }]\n",
+        "    listen: 127.0.0.1:0\n    proxy_protocol: true\n",
+    );
+    let f = dir.write("pp.yaml", &text);
+    let o = validate(&f);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let (line, _col, key, message) = located_error(&o, &f);
+    assert_eq!(line, 6);
+    assert!(key.ends_with("proxy_protocol"), "key {key:?}");
+    assert!(message.contains("not supported yet"), "message {message:?}");
+}
+
+#[test]
+fn validate_names_an_unreadable_certificate_file_at_its_line() {
+    let dir = TempDir::new();
+    let text = GOOD.replace(
+        "    listen: 127.0.0.1:0\n",
+        "    listen: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: /nonexistent/a.pem\n          key: /nonexistent/a.key\n",
     );
     let f = dir.write("tls.yaml", &text);
     let o = validate(&f);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let (line, _col, key, message) = located_error(&o, &f);
-    assert_eq!(line, 6);
-    assert!(key.ends_with("tls"), "key {key:?}");
-    assert!(message.contains("not supported yet"), "message {message:?}");
+    assert_eq!(line, 8);
+    assert_eq!(key, "listeners[0].tls.certificates[0].cert");
+    assert!(
+        message.contains("cannot read /nonexistent/a.pem"),
+        "message {message:?}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod client;
 pub mod fixed;
 pub mod streaming;
+pub mod tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -219,7 +220,7 @@ impl Proxy {
         }
     }
 
-    /// The running server (for counters such as spliced bytes).
+    /// The running server (counters such as spliced bytes; TLS reload in-process).
     pub fn server(&self) -> &Server {
         self.server.as_ref().expect("server still running")
     }
