@@ -37,10 +37,24 @@ impl Checker {
             .filter(|(u, _)| u.health.active.is_some())
             .flat_map(|(u, shared)| {
                 let active = Arc::new(u.health.active.clone().expect("filtered above"));
-                u.targets
-                    .iter()
-                    .zip(shared)
-                    .map(move |(t, shared)| Probe::new(&u.name, &t.addr, active.clone(), shared))
+                // TLS targets are probed over TLS, verified as the data path verifies them
+                // (validation already built this config once, so it cannot fail here).
+                let settings = u.transport.tls.clone();
+                let client = settings
+                    .as_ref()
+                    .and_then(|s| crate::tls::client_config(s).ok())
+                    .map(Arc::new);
+                u.targets.iter().zip(shared).map(move |(t, shared)| {
+                    let tls = match (&t.addr, &settings, &client) {
+                        (TargetAddr::Tcp { host, .. }, Some(s), Some(c)) if t.tls => {
+                            crate::tls::server_name(s, host)
+                                .ok()
+                                .map(|n| (c.clone(), n))
+                        }
+                        _ => None,
+                    };
+                    Probe::new(&u.name, &t.addr, active.clone(), shared, tls)
+                })
             })
             .collect();
         if probes.is_empty() {
@@ -86,7 +100,14 @@ enum ProbeAddr {
 }
 
 /// One target's checker state (owned by the control thread, so plain fields).
+/// What a TLS probe needs: the upstream's client config and the name to verify.
+type ProbeTls = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
 struct Probe {
+    tls: Option<ProbeTls>,
     upstream: String,
     target: String,
     addr: ProbeAddr,
@@ -105,6 +126,7 @@ impl Probe {
         addr: &TargetAddr,
         cfg: Arc<ActiveHealth>,
         shared: Arc<TargetShared>,
+        tls: Option<ProbeTls>,
     ) -> Probe {
         let target = dial_name(addr);
         let (addr, host) = match addr {
@@ -122,6 +144,7 @@ impl Probe {
             TargetAddr::Unix(p) => (ProbeAddr::Unix(p.clone()), "localhost".to_string()),
         };
         Probe {
+            tls,
             upstream: upstream.to_string(),
             target,
             addr,
@@ -136,7 +159,7 @@ impl Probe {
 
     /// Runs one probe and folds its result into the fails/passes hysteresis.
     fn check(&mut self) {
-        let result = probe(&self.addr, &self.host, &self.cfg);
+        let result = probe(&self.addr, &self.host, &self.cfg, self.tls.as_ref());
         let up = self.shared.healthy.load(Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -205,10 +228,11 @@ fn run(mut probes: Vec<Probe>, stop: &(Mutex<bool>, Condvar)) {
     }
 }
 
-/// Either kind of probe connection.
+/// A probe connection: plain TCP, Unix, or TLS over TCP.
 enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
 
 impl Conn {
@@ -223,6 +247,10 @@ impl Conn {
                 s.set_read_timeout(t)?;
                 s.set_write_timeout(t)
             }
+            Conn::Tls(s) => {
+                s.sock.set_read_timeout(t)?;
+                s.sock.set_write_timeout(t)
+            }
         }
     }
 }
@@ -232,6 +260,7 @@ impl Read for Conn {
         match self {
             Conn::Tcp(s) => s.read(buf),
             Conn::Unix(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
         }
     }
 }
@@ -241,16 +270,25 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Conn::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
 /// One probe: a connect (no `uri`) or an HTTP request, all within `timeout`; `Err` says why
 /// it failed.
-fn probe(addr: &ProbeAddr, host: &str, cfg: &ActiveHealth) -> Result<(), String> {
+fn probe(
+    addr: &ProbeAddr,
+    host: &str,
+    cfg: &ActiveHealth,
+    tls: Option<&ProbeTls>,
+) -> Result<(), String> {
     let started = Instant::now();
     let deadline = started + cfg.timeout;
     let remaining = || deadline.saturating_duration_since(Instant::now());
@@ -259,6 +297,21 @@ fn probe(addr: &ProbeAddr, host: &str, cfg: &ActiveHealth) -> Result<(), String>
         ProbeAddr::Unix(p) => UnixStream::connect(p).map(Conn::Unix),
     }
     .map_err(|e| format!("connect: {e}"))?;
+    if let (Some((client, name)), Conn::Tcp(tcp)) = (tls, &conn) {
+        let tcp = tcp.try_clone().map_err(|e| e.to_string())?;
+        let mut session = rustls::ClientConnection::new(client.clone(), name.clone())
+            .map_err(|e| format!("TLS: {e}"))?;
+        let mut sock = tcp;
+        let t = Some(remaining().max(Duration::from_millis(1)));
+        sock.set_read_timeout(t).map_err(|e| e.to_string())?;
+        sock.set_write_timeout(t).map_err(|e| e.to_string())?;
+        while session.is_handshaking() {
+            session
+                .complete_io(&mut sock)
+                .map_err(|e| format!("TLS handshake: {}", crate::tls::failure_reason(&e)))?;
+        }
+        conn = Conn::Tls(Box::new(rustls::StreamOwned::new(session, sock)));
+    }
     if let Some(uri) = &cfg.uri {
         let mut req = format!("{} {uri} HTTP/1.1\r\n", cfg.method);
         if !cfg

@@ -182,3 +182,40 @@ driver_tests! {
         assert_eq!(String::from_utf8_lossy(&body), format!("{} {n}", Payload::new().sha256(n)));
     }
 }
+
+driver_tests! {
+    fn a_stalled_reader_does_not_slow_another_client_on_the_same_worker(driver) {
+        // workers: 1 (the test default) puts both clients on one worker.
+        let (proxy, _bulk) = bulk_proxy(driver, "");
+        let rss_before = rss_kib();
+        let mut slow = connect(&proxy);
+        write!(slow, "GET /source/{} HTTP/1.1\r\nHost: t\r\n\r\n", 512u64 << 20).unwrap();
+        read_head(&mut slow);
+        // The slow client takes 1 KiB a second; the proxy must apply backpressure to its
+        // upstream, not buffer the body, and keep serving the other client at full speed.
+        let mut kib = [0u8; 1024];
+        slow.read_exact(&mut kib).unwrap();
+        let started = Instant::now();
+        let n = 64u64 << 20;
+        let mut fast = connect(&proxy);
+        write!(fast, "GET /source/{n} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        read_head(&mut fast);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut left = n;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let got = fast.read(&mut buf[..want]).unwrap();
+            assert!(got > 0);
+            left -= got as u64;
+            if started.elapsed().as_secs() as usize >= 1 + (n - left) as usize / (8 << 20) {
+                slow.read_exact(&mut kib).unwrap();
+            }
+        }
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "the fast client took {took:?} for 64 MiB");
+        let growth = rss_kib().saturating_sub(rss_before);
+        assert!(growth < 64 * 1024, "RSS grew by {growth} KiB with a stalled reader");
+        // The slow transfer is still open and still delivering.
+        slow.read_exact(&mut kib).unwrap();
+    }
+}

@@ -4,6 +4,7 @@
 #[macro_use]
 mod support;
 
+use std::time::Duration;
 use support::tls::{Pki, TlsBackend};
 use support::*;
 
@@ -216,4 +217,44 @@ fn a_large_response_from_a_tls_upstream_arrives_whole_without_splice() {
     assert_eq!(r.body.len(), n);
     assert!(r.body.iter().all(|&b| b == b'x'));
     assert_eq!(proxy.server().spliced_bytes(), (0, 0));
+}
+
+#[test]
+fn active_health_probes_tls_targets_over_verified_tls() {
+    let s = setup(false);
+    let ca = s.pki.ca_file.display();
+    let target = format!("https://{}", s.backend.addr);
+    let health = "    health:\n      active: { uri: /health, interval: 50ms, timeout: 1s, fails: 1, passes: 1 }\n";
+    let ok = Proxy::start(
+        Driver::any(),
+        &one_upstream_yaml(
+            &format!("\"{target}\""),
+            &format!(
+                "    transport:\n      tls: {{ ca: [{ca}], server_name: backend.test }}\n{health}"
+            ),
+        ),
+        &[],
+    );
+    // The probes complete TLS handshakes against the backend, and the target stays up.
+    assert!(
+        wait_for(Duration::from_secs(3), || s.backend.handshakes() >= 2),
+        "no TLS probes"
+    );
+    assert_eq!(ok.get("/").status, 200);
+    ok.shutdown();
+    // Verified as the data path verifies: a name the certificate lacks marks the target down.
+    let bad = Proxy::start(
+        Driver::any(),
+        &one_upstream_yaml(
+            &format!("\"{target}\""),
+            &format!(
+                "    transport:\n      tls: {{ ca: [{ca}], server_name: other.test }}\n{health}"
+            ),
+        ),
+        &[],
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || bad.get("/").status == 503),
+        "a target failing TLS verification in its probes is never marked down"
+    );
 }
