@@ -1165,6 +1165,8 @@ async fn splice_body(
     mut remaining: u64,
     lim: &BodyLimits,
 ) -> Result<(), ProxyError> {
+    src.prepare_splice().map_err(|e| io_err(src_side, e))?;
+    dst.prepare_splice().map_err(|e| io_err(dst_side, e))?;
     while remaining > 0 {
         let want = remaining.min(SPLICE_CHUNK as u64) as u32;
         let n = match timed(lim.read_timeout, src.splice_in(pipe, want)).await {

@@ -221,3 +221,32 @@ driver_tests! {
         slow.read_exact(&mut kib).unwrap();
     }
 }
+
+driver_tests! {
+    fn keep_alive_connections_serve_more_requests_after_spliced_bodies(driver) {
+        // Splicing switches both sockets to non-blocking mode; the runtime's own reads and
+        // writes on them must go on working for the next requests.
+        let (proxy, _bulk) = bulk_proxy(driver, "");
+        let mut s = connect(&proxy);
+        let n = 3u64 << 20;
+        for _ in 0..3 {
+            write!(s, "GET /source/{n} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let head = read_head(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let mut body = vec![0u8; n as usize];
+            s.read_exact(&mut body).unwrap();
+            write!(s, "POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: {n}\r\n\r\n").unwrap();
+            Payload::new().for_each(n, |b| s.write_all(b).unwrap());
+            let head = read_head(&mut s);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let mut digest = vec![0u8; 64 + 1 + n.to_string().len()];
+            s.read_exact(&mut digest).unwrap();
+            write!(s, "GET /source/10 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            assert!(read_head(&mut s).starts_with("HTTP/1.1 200"));
+            let mut small = [0u8; 10];
+            s.read_exact(&mut small).unwrap();
+        }
+        let (up, down) = proxy.server().spliced_bytes();
+        assert!(up >= 3 * n - (64 << 10) * 3 && down >= 3 * n - (64 << 10) * 3, "{up} {down}");
+    }
+}
