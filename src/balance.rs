@@ -279,6 +279,7 @@ mod tests {
                 keepalive: true,
                 idle_timeout: None,
                 max_idle_per_worker: 32,
+                proxy_protocol: crate::config::ProxyProtocol::Off,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,
