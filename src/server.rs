@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 
 use crate::balance::{shared_targets, SharedTargets};
 use crate::config::{Config, Driver, ListenAddr};
+use crate::l4::TunnelCounters;
 use crate::listener;
 use crate::metrics::WorkerMetrics;
 use crate::worker::{self, DriverKind};
@@ -20,6 +21,8 @@ pub struct Shared {
     pub metrics: Vec<WorkerMetrics>,
     /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
     pub targets: SharedTargets,
+    /// Layer-4 tunnel counters, indexed by worker id.
+    pub tunnels: Vec<TunnelCounters>,
 }
 
 pub struct Server {
@@ -48,6 +51,7 @@ impl Server {
             draining: AtomicBool::new(false),
             metrics: (0..workers).map(|_| WorkerMetrics::new(&config)).collect(),
             targets: shared_targets(&config.upstreams),
+            tunnels: (0..workers).map(|_| TunnelCounters::default()).collect(),
         });
         let driver = match config.driver {
             Driver::Auto if !worker::io_uring_available() => {
@@ -165,6 +169,24 @@ impl Server {
         self.shared.metrics.iter().fold((0, 0), |(u, d), m| {
             (u + m.spliced_up.get(), d + m.spliced_down.get())
         })
+    }
+
+    /// Layer-4 payload bytes moved with splice(2), summed over workers.
+    pub fn l4_spliced_bytes(&self) -> u64 {
+        let sum = self.shared.tunnels.iter();
+        sum.map(|c| c.spliced_bytes.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Layer-4 payload bytes moved through a user-space buffer (the no-pipe fallback).
+    pub fn l4_copied_bytes(&self) -> u64 {
+        let sum = self.shared.tunnels.iter();
+        sum.map(|c| c.copied_bytes.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Layer-4 tunnels that reached a target, summed over workers.
+    pub fn l4_tunnels(&self) -> u64 {
+        let sum = self.shared.tunnels.iter();
+        sum.map(|c| c.tunnels.load(Ordering::Relaxed)).sum()
     }
 
     pub fn worker_count(&self) -> usize {

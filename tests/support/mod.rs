@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod client;
 pub mod streaming;
+pub mod l4;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
