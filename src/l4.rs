@@ -1,17 +1,21 @@
 //! Layer-4 tunnels: each connection accepted on a `protocol: tcp` listener is joined to one
 //! upstream target and bytes flow both ways until both sides have finished.
 //!
-//! Payload moves with splice(2) through one pipe per direction, so it never enters user space
-//! (io_uring's `IORING_OP_SPLICE`, or nonblocking splice on the epoll driver). Half-close is
+//! Payload moves with splice(2) through one pipe per direction, so it never enters user space.
+//! The runtime supplies readiness (an io_uring poll, or epoll) and the splice itself is a
+//! nonblocking syscall, as HAProxy does: io_uring's own `IORING_OP_SPLICE` always runs in an
+//! io-wq kernel thread that blocks while the socket is idle, one thread per pending splice,
+//! which costs a context switch per chunk and a thread per idle tunnel. Half-close is
 //! passed on (a FIN becomes shutdown(SHUT_WR) on the other side while the other direction keeps
 //! flowing); a reset or error on either side resets both (SO_LINGER 0), so the peer learns of
 //! the failure instead of seeing a clean end.
 
 use std::cell::Cell;
 use std::future::Future;
-use std::io;
+use std::io::{self, Read as _, Write as _};
+use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,14 +23,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use monoio::buf::IoBufMut;
-use monoio::io::splice::{SpliceDestination, SpliceSource};
-use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Split,
-    Splitable,
-};
-use monoio::net::unix::new_pipe;
-use monoio::net::{Pipe, TcpStream, UnixStream};
+use monoio::net::{TcpStream, UnixStream};
 
 use crate::balance::{TargetShared, Tried};
 use crate::config::{ListenerKind, TargetAddr, Upstream};
@@ -36,7 +33,7 @@ use crate::worker::WorkerCtx;
 
 /// Bytes asked of one splice: the default pipe capacity (16 pages), so one splice in fills the
 /// pipe and the bytes leave in one or two splices out.
-const SPLICE_CHUNK: u32 = 64 * 1024;
+const SPLICE_CHUNK: usize = 64 * 1024;
 /// Buffer of the copying fallback (used when no pipe can be had, e.g. out of descriptors).
 const COPY_CHUNK: usize = 64 * 1024;
 
@@ -224,42 +221,70 @@ pub enum Side {
     Upstream,
 }
 
+/// A connection the tunnel drives: readiness from the runtime (an io_uring poll, or epoll), the
+/// data moved by nonblocking syscalls on the raw descriptor.
+trait Conn: AsRawFd {
+    async fn readable(&self) -> io::Result<()>;
+    async fn writable(&self) -> io::Result<()>;
+}
+
+// `relaxed: false`: on the epoll driver readiness is re-checked with poll(2), because our own
+// syscalls (not the runtime's) consumed the last readiness.
+impl Conn for TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        TcpStream::readable(self, false).await
+    }
+    async fn writable(&self) -> io::Result<()> {
+        TcpStream::writable(self, false).await
+    }
+}
+
+impl Conn for UnixStream {
+    async fn readable(&self) -> io::Result<()> {
+        UnixStream::readable(self, false).await
+    }
+    async fn writable(&self) -> io::Result<()> {
+        UnixStream::writable(self, false).await
+    }
+}
+
 /// Moves bytes between `a` (the client) and `b` (the upstream) until both directions ended,
 /// an error or reset happened, or the tunnel idled out.
-async fn pump<A, B>(a: A, b: B, idle: Option<Duration>, counters: &TunnelCounters) -> End
-where
-    A: Split + AsyncWriteRent + AsRawFd,
-    B: Split + AsyncWriteRent + AsRawFd,
-    OwnedReadHalf<A>: AsyncReadRent + SpliceSource,
-    OwnedWriteHalf<A>: AsyncWriteRent + SpliceDestination,
-    OwnedReadHalf<B>: AsyncReadRent + SpliceSource,
-    OwnedWriteHalf<B>: AsyncWriteRent + SpliceDestination,
-{
-    let (a_fd, b_fd) = (a.as_raw_fd(), b.as_raw_fd());
-    let (mut ar, mut aw) = a.into_split();
-    let (mut br, mut bw) = b.into_split();
-    let last = Cell::new(Instant::now());
-    let pipes = new_pipe().and_then(|p| Ok((p, new_pipe()?)));
-    let end = match pipes {
-        Ok((up_pipe, down_pipe)) => {
-            let up = splice_one_way(&mut ar, &mut bw, up_pipe, &last, counters);
-            let down = splice_one_way(&mut br, &mut aw, down_pipe, &last, counters);
-            both_ways(up, down, idle, &last).await
+async fn pump<A: Conn, B: Conn>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+    counters: &TunnelCounters,
+) -> End {
+    for (fd, side) in [
+        (a.as_raw_fd(), Side::Client),
+        (b.as_raw_fd(), Side::Upstream),
+    ] {
+        // io_uring's sockets are blocking; our syscalls must not be.
+        if let Err(e) = socket(fd).set_nonblocking(true) {
+            return End::Reset(side, e);
         }
+    }
+    let pipes = Pipe::new().and_then(|p| Ok((p, Pipe::new()?)));
+    let (mut up, mut down) = match pipes {
+        Ok((p, q)) => (Carrier::Pipe(p), Carrier::Pipe(q)),
         Err(e) => {
             tracing::debug!("no pipe for splice ({e}); copying through a buffer");
-            let up = copy_one_way(&mut ar, &mut bw, &last, counters);
-            let down = copy_one_way(&mut br, &mut aw, &last, counters);
-            both_ways(up, down, idle, &last).await
+            let buffer = || Carrier::Buffer(vec![0; COPY_CHUNK]);
+            (buffer(), buffer())
         }
     };
-    // Reuniting skips the write halves' shutdown-on-drop: a reset must not be preceded by a FIN.
-    let a = ar.reunite(aw).ok();
-    let b = br.reunite(bw).ok();
-    debug_assert!(a.is_some() && b.is_some(), "halves of one stream reunite");
+    let last = Cell::new(Instant::now());
+    let end = both_ways(
+        one_way(&a, &b, &mut up, &last, counters),
+        one_way(&b, &a, &mut down, &last, counters),
+        idle,
+        &last,
+    )
+    .await;
     if matches!(end, End::Reset(..)) {
-        abort_on_close(a_fd);
-        abort_on_close(b_fd);
+        abort_on_close(a.as_raw_fd());
+        abort_on_close(b.as_raw_fd());
     }
     drop((a, b));
     end
@@ -326,91 +351,118 @@ async fn idle_watch(idle: Option<Duration>, last: &Cell<Instant>) {
     }
 }
 
-/// One direction with splice: socket -> pipe -> socket, until EOF (passed on as SHUT_WR).
-async fn splice_one_way<R, W>(
-    r: &mut R,
-    w: &mut W,
-    (mut pipe_r, mut pipe_w): (Pipe, Pipe),
-    last: &Cell<Instant>,
-    counters: &TunnelCounters,
-) -> Result<(), DirError>
-where
-    R: SpliceSource,
-    W: SpliceDestination + AsyncWriteRent,
-{
-    loop {
-        let n = r
-            .splice_to_pipe(&mut pipe_w, SPLICE_CHUNK)
-            .await
-            .map_err(DirError::Read)?;
-        if n == 0 {
-            return w.shutdown().await.map_err(DirError::Write);
+/// How one direction's payload gets from one socket to the other.
+enum Carrier {
+    /// splice(2) in and out of a pipe: the bytes stay in the kernel.
+    Pipe(Pipe),
+    /// read(2) and write(2) through this buffer (when no pipe could be had).
+    Buffer(Vec<u8>),
+}
+
+impl Carrier {
+    /// Takes up to a chunk from `src`; `Ok(0)` is EOF.
+    fn fill(&mut self, src: RawFd) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => splice(src, p.w.as_raw_fd(), SPLICE_CHUNK),
+            Carrier::Buffer(buf) => (&*socket(src)).read(buf),
         }
-        last.set(Instant::now());
-        let mut left = n;
-        while left > 0 {
-            let m = w
-                .splice_from_pipe(&mut pipe_r, left)
-                .await
-                .map_err(DirError::Write)?;
-            if m == 0 {
-                return Err(DirError::Write(io::ErrorKind::WriteZero.into()));
-            }
-            debug_assert!(m <= left);
-            left -= m;
+    }
+
+    /// Passes on up to `len` of the bytes taken, starting `done` bytes in.
+    fn drain(&mut self, dst: RawFd, done: usize, len: usize) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => splice(p.r.as_raw_fd(), dst, len),
+            Carrier::Buffer(buf) => (&*socket(dst)).write(&buf[done..done + len]),
         }
-        last.set(Instant::now());
-        counters
-            .spliced_bytes
-            .fetch_add(u64::from(n), Ordering::Relaxed);
     }
 }
 
-/// One direction through a user-space buffer (when no pipe could be created).
-async fn copy_one_way<R, W>(
-    r: &mut R,
-    w: &mut W,
+/// One direction, until EOF (passed on as SHUT_WR) or an error.
+async fn one_way(
+    src: &impl Conn,
+    dst: &impl Conn,
+    carrier: &mut Carrier,
     last: &Cell<Instant>,
     counters: &TunnelCounters,
-) -> Result<(), DirError>
-where
-    R: AsyncReadRent,
-    W: AsyncWriteRent,
-{
-    let mut buf: Vec<u8> = Vec::with_capacity(COPY_CHUNK);
+) -> Result<(), DirError> {
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     loop {
-        buf.clear();
-        let (res, b) = r.read(buf.slice_mut(0..COPY_CHUNK)).await;
-        buf = b.into_inner();
-        let n = res.map_err(DirError::Read)?;
+        let n = loop {
+            match carrier.fill(src_fd) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    src.readable().await.map_err(DirError::Read)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DirError::Read(e)),
+            }
+        };
         if n == 0 {
-            return w.shutdown().await.map_err(DirError::Write);
+            return socket(dst_fd)
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(DirError::Write);
         }
         last.set(Instant::now());
-        let (res, b) = w.write_all(buf).await;
-        buf = b;
-        res.map_err(DirError::Write)?;
+        let mut done = 0;
+        while done < n {
+            match carrier.drain(dst_fd, done, n - done) {
+                Ok(0) => return Err(DirError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable().await.map_err(DirError::Write)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DirError::Write(e)),
+            }
+        }
+        debug_assert_eq!(done, n);
         last.set(Instant::now());
-        counters.copied_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let counter = match carrier {
+            Carrier::Pipe(_) => &counters.spliced_bytes,
+            Carrier::Buffer(_) => &counters.copied_bytes,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// A nonblocking pipe, owned by one direction of one tunnel.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array, which lives across the call.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are new, open, and owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Pipe { r, w })
+    }
+}
+
+/// One nonblocking splice(2) of up to `len` bytes; one end must be a pipe.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    let null = std::ptr::null_mut();
+    // SAFETY: with null offsets splice(2) touches no memory of ours; both descriptors are owned
+    // by live values of the calling tunnel for the whole call.
+    let n = unsafe { libc::splice(from, null, to, null, len, flags) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// The socket behind `fd`, borrowed: for options, shutdown and plain reads and writes.
+fn socket(fd: RawFd) -> ManuallyDrop<socket2::Socket> {
+    // SAFETY: `fd` is an open socket owned by a stream of the calling tunnel that outlives the
+    // returned value; ManuallyDrop keeps this borrow from closing it.
+    ManuallyDrop::new(unsafe { socket2::Socket::from_raw_fd(fd) })
 }
 
 /// SO_LINGER with a zero timeout: the coming close(2) sends RST instead of FIN, which is how a
 /// reset on one side is passed on to the other. No effect on Unix sockets.
-fn abort_on_close(fd: std::os::fd::RawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live stack value; `fd` is
-    // still open (its stream is dropped only after this call) and owned by this tunnel.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+fn abort_on_close(fd: RawFd) {
+    let _ = socket(fd).set_linger(Some(Duration::ZERO));
 }
