@@ -466,3 +466,62 @@ fn socket(fd: RawFd) -> ManuallyDrop<socket2::Socket> {
 fn abort_on_close(fd: RawFd) {
     let _ = socket(fd).set_linger(Some(Duration::ZERO));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream as StdUnix;
+
+    /// Drives `one_way` from `near_a` to `near_b` with `carrier` while threads write `data`
+    /// into `far_a` (then FIN) and read `far_b` to its end.
+    fn carry(carrier: Carrier, data: Vec<u8>) -> (Vec<u8>, TunnelCounters) {
+        let (near_a, mut far_a) = StdUnix::pair().unwrap();
+        let (near_b, mut far_b) = StdUnix::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            far_a.write_all(&data).unwrap();
+            far_a.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            far_b.read_to_end(&mut got).unwrap();
+            got
+        });
+        let counters = TunnelCounters::default();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let a = UnixStream::from_std(near_a).unwrap();
+            let b = UnixStream::from_std(near_b).unwrap();
+            for fd in [a.as_raw_fd(), b.as_raw_fd()] {
+                socket(fd).set_nonblocking(true).unwrap();
+            }
+            let mut carrier = carrier;
+            let last = Cell::new(Instant::now());
+            let r = one_way(&a, &b, &mut carrier, &last, &counters).await;
+            assert!(r.is_ok(), "one_way failed");
+        });
+        writer.join().unwrap();
+        (reader.join().unwrap(), counters)
+    }
+
+    fn data() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn buffered_fallback_moves_every_byte_and_passes_the_fin_on() {
+        let (got, counters) = carry(Carrier::Buffer(vec![0; 1000]), data());
+        assert!(got == data(), "bytes differ");
+        assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 3_000_000);
+        assert_eq!(counters.spliced_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn splice_moves_every_byte_between_unix_sockets_and_passes_the_fin_on() {
+        let (got, counters) = carry(Carrier::Pipe(Pipe::new().unwrap()), data());
+        assert!(got == data(), "bytes differ");
+        assert_eq!(counters.spliced_bytes.load(Ordering::Relaxed), 3_000_000);
+    }
+}
