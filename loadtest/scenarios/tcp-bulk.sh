@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Scenario: tcp-bulk — layer-4 proxying: ringway (`protocol: tcp`, splice) vs HAProxy
-# (`mode tcp`, `option splice-auto`) vs nginx (`stream`, buffered copy), one worker each,
+# (`mode tcp`, `option splice-request/-response`: always splice) vs nginx (`stream`, buffered copy), one worker each,
 # in front of one sink (loadtest/tcpbench). Reports per proxy:
 #   bulk:  GB/s streamed client -> proxy -> sink, and the proxy's CPU seconds per GB
 #   short: connections per second (connect, 1 byte each way, close), CPU ms per 1000
@@ -144,7 +144,8 @@ global
     maxconn 4096
 defaults
     mode tcp
-    option splice-auto
+    option splice-request
+    option splice-response
     timeout connect 5s
     timeout client 60s
     timeout server 60s
