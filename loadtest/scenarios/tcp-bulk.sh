@@ -44,6 +44,7 @@ while (($#)); do
     --no-build) build=0 ;;
     --no-pin) pin=0 ;;
     --scenario) shift ;;   # passed through by run.sh
+    tcp-bulk) ;;           # run.sh's positional scenario name
     --keep-tmp) ;;         # accepted for run.sh compatibility
     -h|--help) usage; exit 0 ;;
     *) usage_err "unknown argument '$1'" ;;
@@ -111,15 +112,19 @@ trap 'exit 130' INT TERM
 
 # ---- build ------------------------------------------------------------------
 TCPBENCH_DIR="$HERE/tcpbench"
-if ((build)); then
-  echo "building:  tcpbench and ringway (cargo build --release)"
+TCPBENCH="$TCPBENCH_DIR/target/release/tcpbench"
+# The load generator is built even with --no-build (which is about ringway) when it is missing.
+if ((build)) || [[ ! -x $TCPBENCH ]]; then
+  echo "building:  tcpbench (cargo build --release in loadtest/tcpbench)"
   (cd "$TCPBENCH_DIR" && "$CARGO" build --release -q) || { echo "tcp-bulk.sh: tcpbench build failed" >&2; exit 1; }
+fi
+if ((build)); then
+  echo "building:  ringway (cargo build --release)"
   if has ringway && [[ -z ${RINGWAY_BIN:-} ]]; then
     (cd "$REPO" && "$CARGO" build --release -q) >"$RUN_DIR/ringway-build.log" 2>&1 ||
       skip ringway "cargo build --release failed: $(grep -m1 '^error' "$RUN_DIR/ringway-build.log")"
   fi
 fi
-TCPBENCH="$TCPBENCH_DIR/target/release/tcpbench"
 RINGWAY=${RINGWAY_BIN:-$REPO/target/release/ringway}
 [[ -x $TCPBENCH ]] || { echo "tcp-bulk.sh: no $TCPBENCH (drop --no-build)" >&2; exit 1; }
 if has ringway && [[ -z ${STATUS[ringway]:-} && ! -x $RINGWAY ]]; then skip ringway "no executable at $RINGWAY"; fi

@@ -6,8 +6,8 @@
 
 pub mod backend;
 pub mod client;
-pub mod streaming;
 pub mod l4;
+pub mod streaming;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
