@@ -119,8 +119,24 @@ pub async fn serve(
         }
     }
     let up = &ctx.config.upstreams[upstream];
+    let started = Instant::now();
+    let client_text = source.map(|s| s.to_string()).unwrap_or_default();
+    let log = |target: Option<usize>, end: &str, moved: [u64; 2]| {
+        if let Some(log) = &ctx.access {
+            log.record_tcp(&crate::access::TcpRecord {
+                client: &client_text,
+                upstream: target.map(|t| target_name(&up.targets[t].addr)).as_deref(),
+                bytes_in: moved[0],
+                bytes_out: moved[1],
+                duration: started.elapsed(),
+                end,
+                worker: ctx.id,
+            });
+        }
+    };
     let Some((t, mut target, _slot)) = connect(ctx, upstream, up).await else {
         tracing::debug!(upstream = %up.name, "no target reachable; closing the client");
+        log(None, "no_target", [0, 0]);
         return;
     };
     ctx.shared.tunnels[ctx.id]
@@ -133,18 +149,28 @@ pub async fn serve(
     if !first.is_empty() {
         if let (Err(e), _) = target.write_all(first).await {
             tracing::debug!(upstream = %up.name, target = t, "upstream write failed: {e}");
+            log(Some(t), "upstream_error", [0, 0]);
             return;
         }
     }
     let _active = Active::new(&ctx.active_requests);
     let counters = &ctx.shared.tunnels[ctx.id];
+    let moved = [Cell::new(0), Cell::new(0)];
     let end = match (client, target) {
-        (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters).await,
-        (Stream::Tcp(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters).await,
-        (Stream::Unix(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters).await,
-        (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters).await,
+        (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Tcp(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Unix(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
     };
     tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
+    log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
+}
+
+fn target_name(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { host, .. } => host.clone(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
+    }
 }
 
 /// Picks and dials a target, failing over per `retries` / `try_duration` / `try_interval`.
@@ -223,6 +249,18 @@ pub enum End {
     Reset(Side, io::Error),
 }
 
+impl End {
+    /// How the access log names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Idle => "idle_timeout",
+            End::Reset(Side::Client, _) => "client_error",
+            End::Reset(Side::Upstream, _) => "upstream_error",
+        }
+    }
+}
+
 /// Which connection an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -264,6 +302,7 @@ async fn pump<A: Conn, B: Conn>(
     b: B,
     idle: Option<Duration>,
     counters: &TunnelCounters,
+    moved: &[Cell<u64>; 2],
 ) -> End {
     for (fd, side) in [
         (a.as_raw_fd(), Side::Client),
@@ -285,8 +324,8 @@ async fn pump<A: Conn, B: Conn>(
     };
     let last = Cell::new(Instant::now());
     let end = both_ways(
-        one_way(&a, &b, &mut up, &last, counters),
-        one_way(&b, &a, &mut down, &last, counters),
+        one_way(&a, &b, &mut up, &last, counters, &moved[0]),
+        one_way(&b, &a, &mut down, &last, counters, &moved[1]),
         idle,
         &last,
     )
@@ -402,6 +441,7 @@ async fn one_way(
     carrier: &mut Carrier,
     last: &Cell<Instant>,
     counters: &TunnelCounters,
+    moved: &Cell<u64>,
 ) -> Result<(), DirError> {
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     loop {
@@ -440,6 +480,7 @@ async fn one_way(
             Carrier::Buffer(_) => &counters.copied_bytes,
         };
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        moved.set(moved.get() + n as u64);
     }
 }
 
@@ -535,7 +576,9 @@ mod tests {
             }
             let mut carrier = carrier;
             let last = Cell::new(Instant::now());
-            let r = one_way(&a, &b, &mut carrier, &last, &counters).await;
+            let moved = Cell::new(0);
+            let r = one_way(&a, &b, &mut carrier, &last, &counters, &moved).await;
+            assert_eq!(moved.get(), 3_000_000);
             assert!(r.is_ok(), "one_way failed");
         });
         writer.join().unwrap();

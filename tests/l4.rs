@@ -343,3 +343,56 @@ fn v2_by_hand(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     h.extend_from_slice(&dst.port().to_be_bytes());
     h
 }
+
+#[test]
+fn access_log_has_a_line_per_tcp_connection_with_bytes_each_way_and_how_it_ended() {
+    let dir = TempDir::new();
+    let path = dir.join("access.log");
+    let b1 = L4Backend::start(Mode::Echo);
+    let dead = refused_addr().to_string();
+    let yaml = format!(
+        "log: {{ format: json, access_log: {} }}\n{}",
+        path.display(),
+        tcp_yaml("$B1", "", "    lb: { policy: first }\n")
+    );
+    let mut proxy = start(Driver::any(), &yaml, &b1);
+    let mut c = connect(proxy.addr());
+    let client = c.local_addr().unwrap().to_string();
+    c.write_all(b"ping").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_end_or_error(&mut c).unwrap(), b"pingbye");
+    shutdown_bounded(proxy.take_server()).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let l = &lines[0];
+    assert_eq!(l["client"], client.as_str());
+    assert_eq!(l["protocol"], "tcp");
+    assert_eq!(l["upstream"], b1.target().as_str());
+    assert_eq!(
+        (l["bytes_in"].as_u64(), l["bytes_out"].as_u64()),
+        (Some(4), Some(7))
+    );
+    assert_eq!(l["end"], "closed");
+    for field in ["time", "duration_ms", "worker"] {
+        assert!(l.get(field).is_some(), "missing {field}: {l}");
+    }
+    // No reachable target: the line says so.
+    let path2 = dir.join("access2.log");
+    let yaml = format!(
+        "log: {{ format: json, access_log: {} }}\n{}",
+        path2.display(),
+        tcp_yaml("$DEAD", "", "")
+    );
+    let mut proxy = Proxy::start(Driver::any(), &yaml, &[("DEAD", dead)]);
+    let mut c = connect(proxy.addr());
+    let _ = read_to_end_or_error(&mut c);
+    shutdown_bounded(proxy.take_server()).unwrap();
+    let text = std::fs::read_to_string(&path2).unwrap();
+    let l: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(l["end"], "no_target");
+    assert!(l["upstream"].is_null(), "{l}");
+}
