@@ -10,6 +10,7 @@
 # still reported); 2 usage error or missing tools; 1 other setup failure.
 set -euo pipefail
 
+ORIG_ARGS=("$@")
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 HELPER="$HERE/helper.py"
@@ -109,6 +110,8 @@ has_proxy() { local p; for p in "${proxies[@]}"; do [[ $p == "$1" ]] && return 0
 scenario_file="$HERE/scenarios/$scenario.sh"
 [[ $scenario =~ ^[A-Za-z0-9._-]+$ && -f $scenario_file ]] ||
   usage_err "no scenario '$scenario' (have: $(cd "$HERE/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
+# A scenario with its own load generator (marked `# standalone-scenario`) runs on its own.
+if grep -qx '# standalone-scenario' "$scenario_file"; then exec bash "$scenario_file" "${ORIG_ARGS[@]}"; fi
 SCENARIO_WRK_ARGS=()
 SCENARIO_RENDER_SED=()  # extra sed expressions for rendering this scenario's templates
 SCENARIO_SCHEME=http

@@ -79,6 +79,20 @@ pub struct Record<'a> {
     pub worker: usize,
 }
 
+/// One layer-4 connection's line.
+pub struct TcpRecord<'a> {
+    pub client: &'a str,
+    /// The target tunnelled to; `None` when none could be reached.
+    pub upstream: Option<&'a str>,
+    /// Client -> upstream and upstream -> client payload bytes.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    /// How it ended: closed, idle_timeout, client_error, upstream_error, no_target.
+    pub end: &'a str,
+    pub worker: usize,
+}
+
 /// A worker's side of the access log.
 pub struct WorkerLog {
     buf: RefCell<String>,
@@ -123,6 +137,44 @@ impl WorkerLog {
                     "{time} {} \"{method} {uri}\" {} in={} out={} {ms:.3}ms upstream={} worker={}",
                     if r.client.is_empty() { "-" } else { r.client },
                     r.status,
+                    r.bytes_in,
+                    r.bytes_out,
+                    r.upstream.unwrap_or("-"),
+                    r.worker
+                );
+            }
+        }
+        if buf.len() >= FLUSH_BYTES {
+            drop(buf);
+            self.flush();
+        }
+    }
+
+    pub fn record_tcp(&self, r: &TcpRecord) {
+        let mut buf = self.buf.borrow_mut();
+        let time = rfc3339(SystemTime::now());
+        let ms = r.duration.as_secs_f64() * 1000.0;
+        match self.format {
+            LogFormat::Json => {
+                let line = serde_json::json!({
+                    "time": time,
+                    "protocol": "tcp",
+                    "client": r.client,
+                    "upstream": r.upstream,
+                    "bytes_in": r.bytes_in,
+                    "bytes_out": r.bytes_out,
+                    "duration_ms": (ms * 1000.0).round() / 1000.0,
+                    "end": r.end,
+                    "worker": r.worker,
+                });
+                let _ = writeln!(buf, "{line}");
+            }
+            LogFormat::Text => {
+                let _ = writeln!(
+                    buf,
+                    "{time} {} TCP {} in={} out={} {ms:.3}ms upstream={} worker={}",
+                    if r.client.is_empty() { "-" } else { r.client },
+                    r.end,
                     r.bytes_in,
                     r.bytes_out,
                     r.upstream.unwrap_or("-"),

@@ -475,6 +475,7 @@ mod tests {
                 idle_timeout: None,
                 max_idle_per_worker: 32,
                 tls: None,
+                proxy_protocol: crate::config::ProxyProtocol::Off,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,

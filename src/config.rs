@@ -93,6 +93,8 @@ pub struct Listener {
     pub kind: ListenerKind,
     /// Terminate TLS on this listener.
     pub tls: Option<ListenerTls>,
+    /// Each connection starts with a PROXY v1/v2 header from a `trusted_proxies` peer.
+    pub proxy_protocol: bool,
 }
 
 /// `listeners[].tls`: files are read when the server starts and again on reload.
@@ -383,6 +385,18 @@ pub struct Transport {
     pub max_idle_per_worker: usize,
     /// Present when any target of the upstream is dialed with TLS.
     pub tls: Option<UpstreamTls>,
+    /// PROXY protocol header sent first on each new upstream connection.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Which PROXY protocol header, if any, opens each upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    /// The human-readable text header.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -730,6 +744,14 @@ struct ListenerFile {
     idle_timeout: Option<Dur>,
 }
 
+/// The keys of a `protocol: tcp` listener.
+struct TcpListenerFile {
+    has_routes: bool,
+    upstream: Option<String>,
+    idle_timeout: Option<Dur>,
+}
+
+#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListenerTlsFile {
@@ -1424,11 +1446,13 @@ impl Validator<'_> {
 
         let upstreams_raw = f.upstreams.map(|n| n.0).unwrap_or_default();
         let names: Vec<&str> = upstreams_raw.iter().map(|(n, _)| n.as_str()).collect();
-        let listeners = self.listeners(f.listeners, &names)?;
+        let has_trusted = !trusted_proxies.is_empty();
+        let listeners = self.listeners(f.listeners, &names, has_trusted)?;
         let upstreams = upstreams_raw
             .into_iter()
             .map(|(name, u)| self.upstream(name, u))
             .collect::<Res<Vec<_>>>()?;
+        self.proxy_protocol_only_for_tcp(&listeners, &upstreams)?;
         Ok(Config {
             workers,
             pin_workers: f.pin_workers.unwrap_or(true),
@@ -1442,6 +1466,38 @@ impl Validator<'_> {
             listeners,
             upstreams,
         })
+    }
+
+    /// Pooled http connections are shared by many clients, so a PROXY header naming one of
+    /// them would be wrong for the rest: only tcp listeners' upstreams may send one for now.
+    fn proxy_protocol_only_for_tcp(
+        &self,
+        listeners: &[Listener],
+        upstreams: &[Upstream],
+    ) -> Res<()> {
+        for l in listeners {
+            let ListenerKind::Http { routes } = &l.kind else {
+                continue;
+            };
+            for r in routes {
+                let Action::Proxy(u) = r.action else {
+                    continue;
+                };
+                let up = &upstreams[u];
+                if up.transport.proxy_protocol != ProxyProtocol::Off {
+                    let key = format!("upstreams.{}.transport.proxy_protocol", up.name);
+                    return Err(self.at_value(
+                        &key,
+                        format!(
+                            "not supported yet on upstreams of http listeners (used by \
+                             listener \"{}\"); tcp listeners' upstreams support it",
+                            l.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn log(&self, l: LogFile) -> Res<Log> {
@@ -1545,7 +1601,12 @@ impl Validator<'_> {
         Ok(nets)
     }
 
-    fn listeners(&self, list: Option<Vec<ListenerFile>>, upstreams: &[&str]) -> Res<Vec<Listener>> {
+    fn listeners(
+        &self,
+        list: Option<Vec<ListenerFile>>,
+        upstreams: &[&str],
+        has_trusted: bool,
+    ) -> Res<Vec<Listener>> {
         let list = list.unwrap_or_default();
         if list.is_empty() {
             return Err(self.at_key("listeners", "at least one listener is required"));
@@ -1554,7 +1615,7 @@ impl Validator<'_> {
         for (i, l) in list.into_iter().enumerate() {
             let key = format!("listeners[{i}]");
             let named = l.name.is_some();
-            let listener = self.listener(&key, l, upstreams)?;
+            let listener = self.listener(&key, l, upstreams, has_trusted)?;
             let name_key = join(&key, if named { "name" } else { "listen" });
             if let Some(other) = out.iter().find(|o| o.name == listener.name) {
                 return Err(self.at_value(
@@ -1578,37 +1639,63 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    fn listener(&self, key: &str, l: ListenerFile, upstreams: &[&str]) -> Res<Listener> {
+    fn listener(
+        &self,
+        key: &str,
+        l: ListenerFile,
+        upstreams: &[&str],
+        has_trusted: bool,
+    ) -> Res<Listener> {
         let name = l.name.unwrap_or_else(|| l.listen.clone());
         if name.is_empty() {
             return Err(self.at_value(&join(key, "name"), "must not be empty"));
         }
         let addr = parse_listen(&l.listen).map_err(|m| self.at_value(&join(key, "listen"), m))?;
-        match l.protocol.as_deref() {
-            None | Some("http") => {}
-            Some("tcp") => {
-                return Err(self.at_value(
-                    &join(key, "protocol"),
-                    "not supported yet (layer-4 proxying is planned)",
-                ))
-            }
+        let tcp = match l.protocol.as_deref() {
+            None | Some("http") => false,
+            Some("tcp") => true,
             Some(other) => {
                 return Err(self.at_value(
                     &join(key, "protocol"),
                     format!("unknown protocol \"{other}\" (expected http or tcp)"),
                 ))
             }
-        }
-        if l.proxy_protocol == Some(true) {
-            return Err(self.at_value(
-                &join(key, "proxy_protocol"),
-                "not supported yet (the PROXY protocol is planned)",
-            ));
+        };
+        let proxy_protocol = l.proxy_protocol == Some(true);
+        if proxy_protocol {
+            let pp_key = join(key, "proxy_protocol");
+            if matches!(addr, ListenAddr::Unix(_)) {
+                return Err(self.at_value(
+                    &pp_key,
+                    "not supported on unix listeners (their peers have no address to check \
+                     against trusted_proxies)",
+                ));
+            }
+            if !has_trusted {
+                return Err(self.at_value(
+                    &pp_key,
+                    "needs trusted_proxies: PROXY headers are accepted only from those peers",
+                ));
+            }
         }
         let tls = match l.tls {
             Some(t) => Some(self.listener_tls(&join(key, "tls"), &addr, t)?),
             None => None,
         };
+        if tcp {
+            if tls.is_some() {
+                return Err(self.at_key(
+                    &join(key, "tls"),
+                    "not supported yet (TLS on tcp listeners is planned)",
+                ));
+            }
+            let tcp = TcpListenerFile {
+                has_routes: l.routes.is_some(),
+                upstream: l.upstream,
+                idle_timeout: l.idle_timeout,
+            };
+            return self.tcp_listener(key, name, addr, tcp, upstreams, proxy_protocol);
+        }
         if l.upstream.is_some() {
             return Err(self.at_key(
                 &join(key, "upstream"),
@@ -1641,6 +1728,41 @@ impl Validator<'_> {
             addr,
             kind: ListenerKind::Http { routes },
             tls,
+            proxy_protocol,
+        })
+    }
+
+    fn tcp_listener(
+        &self,
+        key: &str,
+        name: String,
+        addr: ListenAddr,
+        l: TcpListenerFile,
+        upstreams: &[&str],
+        proxy_protocol: bool,
+    ) -> Res<Listener> {
+        if l.has_routes {
+            return Err(self.at_key(
+                &join(key, "routes"),
+                "only valid on http listeners; a tcp listener names one `upstream`",
+            ));
+        }
+        let up_key = join(key, "upstream");
+        let Some(up_name) = l.upstream else {
+            return Err(self.at_key(key, "a tcp listener needs an `upstream`"));
+        };
+        let Some(upstream) = upstreams.iter().position(|u| *u == up_name) else {
+            return Err(self.at_value(&up_key, format!("unknown upstream \"{up_name}\"")));
+        };
+        Ok(Listener {
+            name,
+            addr,
+            kind: ListenerKind::Tcp {
+                upstream,
+                idle_timeout: dur(l.idle_timeout, None),
+            },
+            tls: None,
+            proxy_protocol,
         })
     }
 
@@ -2261,21 +2383,17 @@ impl Validator<'_> {
     }
 
     fn transport(&self, key: &str, t: TransportFile) -> Res<Transport> {
-        match t.proxy_protocol.as_deref() {
-            None | Some("off") => {}
-            Some("v1" | "v2") => {
-                return Err(self.at_value(
-                    &join(key, "proxy_protocol"),
-                    "not supported yet (the PROXY protocol to upstreams is planned)",
-                ))
-            }
+        let proxy_protocol = match t.proxy_protocol.as_deref() {
+            None | Some("off") => ProxyProtocol::Off,
+            Some("v1") => ProxyProtocol::V1,
+            Some("v2") => ProxyProtocol::V2,
             Some(other) => {
                 return Err(self.at_value(
                     &join(key, "proxy_protocol"),
                     format!("unknown proxy_protocol \"{other}\" (expected off, v1 or v2)"),
                 ))
             }
-        }
+        };
         let tls = match t.tls {
             Some(f) => {
                 let cert = f.client_cert.filter(|c| !c.is_empty());
@@ -2309,6 +2427,7 @@ impl Validator<'_> {
             idle_timeout: dur(t.idle_timeout, secs(60)),
             max_idle_per_worker: t.max_idle_per_worker.unwrap_or(32),
             tls,
+            proxy_protocol,
         })
     }
 
@@ -3568,7 +3687,7 @@ mod tests {
             assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
             assert!(e.message.starts_with("not supported yet"), "{e}");
         }
-        let listener = [("proxy_protocol: true", 3, "listeners[0].proxy_protocol")];
+        let listener: [(&str, usize, &str); 0] = [];
         for (extra, line, key) in listener {
             let text = format!(
                 "listeners:\n  - listen: 127.0.0.1:8080\n    {extra}\n    \
@@ -3638,27 +3757,115 @@ mod tests {
     }
 
     #[test]
-    fn tcp_listener_is_not_supported_yet() {
-        let e = assert_err(
-            r#"
+    fn tcp_listener_names_its_upstream_and_idle_timeout() {
+        let c = ok(r#"
+            trusted_proxies: [10.0.0.0/8]
             listeners:
               - name: postgres
-                listen: "0.0.0.0:5433"
+                listen: "127.0.0.1:5433"
                 protocol: tcp
+                proxy_protocol: true
                 upstream: db
                 idle_timeout: 5m
-            "#,
+            upstreams:
+              db:
+                targets: [127.0.0.1:5432, unix//run/pg.sock]
+                transport: { proxy_protocol: v2 }
+            "#);
+        let l = &c.listeners[0];
+        assert!(l.proxy_protocol);
+        let ListenerKind::Tcp {
+            upstream,
+            idle_timeout,
+        } = l.kind
+        else {
+            panic!("expected a tcp listener");
+        };
+        assert_eq!(upstream, 0);
+        assert_eq!(idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(c.upstreams[0].transport.proxy_protocol, ProxyProtocol::V2);
+        let c = ok("listeners: [{ listen: \"127.0.0.1:1\", protocol: tcp, upstream: u }]\n\
+                    upstreams: { u: { targets: [127.0.0.1:2], transport: { proxy_protocol: v1 } } }\n");
+        assert!(!c.listeners[0].proxy_protocol);
+        assert!(matches!(
+            c.listeners[0].kind,
+            ListenerKind::Tcp {
+                idle_timeout: None,
+                ..
+            }
+        ));
+        assert_eq!(c.upstreams[0].transport.proxy_protocol, ProxyProtocol::V1);
+    }
+
+    #[test]
+    fn tcp_listener_mistakes_are_located() {
+        let up = "upstreams: { db: { targets: [127.0.0.1:5432] } }\n";
+        let e = assert_err(
+            &format!(
+                "listeners:\n  - listen: 127.0.0.1:1\n    protocol: tcp\n    upstream: dbx\n{up}"
+            ),
             4,
-            "listeners[0].protocol",
-            "not supported yet (layer-4 proxying is planned)",
+            "listeners[0].upstream",
+            "unknown upstream \"dbx\"",
         );
         assert_eq!(e.column, 15);
+        assert_err(
+            &format!("listeners:\n  - listen: 127.0.0.1:1\n    protocol: tcp\n{up}"),
+            2,
+            "listeners[0]",
+            "a tcp listener needs an `upstream`",
+        );
+        assert_err(
+            &format!(
+                "listeners:\n  - listen: 127.0.0.1:1\n    protocol: tcp\n    upstream: db\n    \
+                 routes: [{{ upstream: db }}]\n{up}"
+            ),
+            5,
+            "listeners[0].routes",
+            "only valid on http listeners",
+        );
         assert_err(
             "listeners: [{ listen: \"127.0.0.1:1\", protocol: udp }]\n",
             1,
             "listeners[0].protocol",
             "unknown protocol \"udp\"",
         );
+    }
+
+    #[test]
+    fn proxy_protocol_listener_needs_trusted_proxies_and_an_ip_listener() {
+        let route = "    routes: [{ respond: {} }]\n";
+        assert_err(
+            &format!("listeners:\n  - listen: 127.0.0.1:1\n    proxy_protocol: true\n{route}"),
+            3,
+            "listeners[0].proxy_protocol",
+            "needs trusted_proxies",
+        );
+        assert_err(
+            &format!(
+                "trusted_proxies: [127.0.0.1]\nlisteners:\n  - listen: unix//tmp/rw.sock\n    \
+                 proxy_protocol: true\n{route}"
+            ),
+            4,
+            "listeners[0].proxy_protocol",
+            "not supported on unix listeners",
+        );
+        let c = ok(&format!(
+            "trusted_proxies: [127.0.0.1]\nlisteners:\n  - listen: 127.0.0.1:1\n    \
+             proxy_protocol: true\n{route}"
+        ));
+        assert!(c.listeners[0].proxy_protocol);
+    }
+
+    #[test]
+    fn proxy_protocol_to_upstreams_of_http_routes_is_not_supported_yet() {
+        let e = upstream_err("transport:\n  proxy_protocol: v1");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (9, "upstreams.api.transport.proxy_protocol")
+        );
+        assert!(e.message.starts_with("not supported yet"), "{e}");
+        assert!(e.message.contains("tcp listeners"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - [`metrics`]: per-worker counters summed on scrape into Prometheus text.
 //! - [`admin`]: the control-plane HTTP endpoint (metrics, health, readiness, upstreams).
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection.
+//! - [`l4`]: layer-4 tunnels of `protocol: tcp` listeners (splice(2) through pipes).
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, sent to upstreams and read from front
+//!   balancers.
 //! - [`route`]: host/path/method/header route matching.
 //! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]) and body
 //!   framing ([`http1::body`]).
@@ -33,10 +36,12 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod http1;
+pub mod l4;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod route;
 pub mod server;
 pub mod stream;

@@ -138,6 +138,21 @@ pub async fn serve(
     peer: Option<SocketAddr>,
 ) {
     let config = &ctx.config;
+    let mut down = RecvBuf {
+        buf: Vec::with_capacity(INITIAL_BUF),
+        pos: 0,
+        floor: 0,
+    };
+    let mut peer = peer;
+    if config.listeners[listener].proxy_protocol {
+        // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
+        let trusted = &config.trusted_proxies;
+        match crate::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf).await {
+            Some(Some((source, _))) => peer = Some(source),
+            Some(None) => {}
+            None => return,
+        }
+    }
     let trusted = peer.is_some_and(|p| config.trusted_proxies.iter().any(|n| n.contains(&p.ip())));
     let ip_text = peer.map(|p| p.ip().to_string()).unwrap_or_default();
     let client = Client {
@@ -145,11 +160,6 @@ pub async fn serve(
         trusted,
         ip_text,
         scheme: if stream.is_tls() { "https" } else { "http" },
-    };
-    let mut down = RecvBuf {
-        buf: Vec::with_capacity(INITIAL_BUF),
-        pos: 0,
-        floor: 0,
     };
     let mut s = Scratch {
         headers: Vec::with_capacity(32),

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use crate::balance::{shared_targets, SharedTargets};
 use crate::config::{Config, Driver, ListenAddr};
 use crate::health;
+use crate::l4::TunnelCounters;
 use crate::listener;
 use crate::metrics::WorkerMetrics;
 use crate::tls::ListenerTlsState;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub upstream_tls: Vec<Option<monoio_rustls::TlsConnector>>,
     /// Client handshakes that failed or timed out, on every listener.
     pub tls_handshake_failures: AtomicU64,
+    /// Layer-4 tunnel counters, indexed by worker id.
+    pub tunnels: Vec<TunnelCounters>,
 }
 
 impl Shared {
@@ -122,6 +125,7 @@ impl Server {
             listener_tls: tls_states(&config)?,
             upstream_tls: tls_connectors(&config)?,
             tls_handshake_failures: AtomicU64::new(0),
+            tunnels: (0..workers).map(|_| TunnelCounters::default()).collect(),
         });
         let driver = match config.driver {
             Driver::Auto if !worker::io_uring_available() => {
@@ -248,6 +252,24 @@ impl Server {
         self.shared.metrics.iter().fold((0, 0), |(u, d), m| {
             (u + m.spliced_up.get(), d + m.spliced_down.get())
         })
+    }
+
+    /// Layer-4 payload bytes moved with splice(2), summed over workers.
+    pub fn l4_spliced_bytes(&self) -> u64 {
+        let sum = self.shared.tunnels.iter();
+        sum.map(|c| c.spliced_bytes.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Layer-4 payload bytes moved through a user-space buffer (the no-pipe fallback).
+    pub fn l4_copied_bytes(&self) -> u64 {
+        let sum = self.shared.tunnels.iter();
+        sum.map(|c| c.copied_bytes.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Layer-4 tunnels that reached a target, summed over workers.
+    pub fn l4_tunnels(&self) -> u64 {
+        let sum = self.shared.tunnels.iter();
+        sum.map(|c| c.tunnels.load(Ordering::Relaxed)).sum()
     }
 
     pub fn worker_count(&self) -> usize {

@@ -401,8 +401,7 @@ fn spawn_conn(
                 ListenerKind::Http { .. } => {
                     crate::proxy::serve(&ctx, listener, stream, peer).await
                 }
-                // Refused by config validation until layer-4 proxying lands.
-                ListenerKind::Tcp { .. } => {}
+                ListenerKind::Tcp { .. } => crate::l4::serve(&ctx, listener, stream, peer).await,
             }
         };
         monoio::select! {

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod client;
 pub mod fixed;
+pub mod l4;
 pub mod streaming;
 pub mod tls;
 

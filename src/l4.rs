@@ -1,0 +1,633 @@
+//! Layer-4 tunnels: each connection accepted on a `protocol: tcp` listener is joined to one
+//! upstream target and bytes flow both ways until both sides have finished.
+//!
+//! Payload moves with splice(2) through one pipe per direction, so it never enters user space.
+//! The runtime supplies readiness (an io_uring poll, or epoll) and the splice itself is a
+//! nonblocking syscall, as HAProxy does: io_uring's own `IORING_OP_SPLICE` always runs in an
+//! io-wq kernel thread that blocks while the socket is idle, one thread per pending splice,
+//! which costs a context switch per chunk and a thread per idle tunnel. Half-close is
+//! passed on (a FIN becomes shutdown(SHUT_WR) on the other side while the other direction keeps
+//! flowing); a reset or error on either side resets both (SO_LINGER 0), so the peer learns of
+//! the failure instead of seeing a clean end.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io::{self, Read as _, Write as _};
+use std::mem::ManuallyDrop;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use monoio::net::{TcpStream, UnixStream};
+
+use crate::balance::{TargetShared, Tried};
+use crate::config::{ListenerKind, TargetAddr, Upstream};
+use crate::proxy_protocol;
+use crate::stream::Stream;
+use crate::worker::WorkerCtx;
+
+/// Bytes asked of one splice: the default pipe capacity (16 pages), so one splice in fills the
+/// pipe and the bytes leave in one or two splices out.
+const SPLICE_CHUNK: usize = 64 * 1024;
+/// Buffer of the copying fallback (used when no pipe can be had, e.g. out of descriptors).
+const COPY_CHUNK: usize = 64 * 1024;
+/// Empty pipes a worker keeps for its next tunnels: creating and closing two pipes costs six
+/// syscalls per connection, a third of a short tunnel's work. An idle pipe holds two
+/// descriptors and no buffer pages.
+const PIPE_POOL: usize = 64;
+
+thread_local! {
+    /// This worker's empty pipes (one worker per thread; never shared).
+    static PIPES: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Tunnel counters of one worker, written only by that worker (relaxed adds on its own cache
+/// line) and summed by `Server` for tests and metrics.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct TunnelCounters {
+    /// Payload bytes moved with splice(2), both directions.
+    pub spliced_bytes: AtomicU64,
+    /// Payload bytes moved through a user-space buffer (the fallback), both directions.
+    pub copied_bytes: AtomicU64,
+    /// Tunnels that reached a target.
+    pub tunnels: AtomicU64,
+}
+
+/// Holds one connection slot and one in-flight mark on a target for the tunnel's life (tcp
+/// counts open connections, so least_conn and max_connections see tunnels).
+struct Slot(Arc<TargetShared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.conns.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a tunnel as in-flight work (a drain waits for it up to `shutdown_timeout`), also
+/// when the worker's shutdown drops the task.
+struct Active<'a>(&'a Cell<usize>);
+
+impl<'a> Active<'a> {
+    fn new(c: &'a Cell<usize>) -> Self {
+        c.set(c.get() + 1);
+        Active(c)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Serves one connection of a tcp listener until both directions are done.
+pub async fn serve(
+    ctx: &Rc<WorkerCtx>,
+    listener: usize,
+    mut client: Stream,
+    peer: Option<SocketAddr>,
+) {
+    let l = &ctx.config.listeners[listener];
+    let ListenerKind::Tcp {
+        upstream,
+        idle_timeout,
+    } = l.kind
+    else {
+        debug_assert!(false, "l4::serve on an http listener");
+        return;
+    };
+    let mut source = peer;
+    let mut dest = match &client {
+        Stream::Tcp(s) => s.local_addr().ok(),
+        _ => None,
+    };
+    let mut early = Vec::new();
+    if l.proxy_protocol {
+        match proxy_protocol::accept(&ctx.config.trusted_proxies, &mut client, peer, &mut early)
+            .await
+        {
+            Some(Some((s, d))) => (source, dest) = (Some(s), Some(d)),
+            Some(None) => {}
+            None => return,
+        }
+    }
+    let up = &ctx.config.upstreams[upstream];
+    let started = Instant::now();
+    let client_text = source.map(|s| s.to_string()).unwrap_or_default();
+    let log = |target: Option<usize>, end: &str, moved: [u64; 2]| {
+        if let Some(log) = &ctx.access {
+            log.record_tcp(&crate::access::TcpRecord {
+                client: &client_text,
+                upstream: target.map(|t| target_name(&up.targets[t].addr)).as_deref(),
+                bytes_in: moved[0],
+                bytes_out: moved[1],
+                duration: started.elapsed(),
+                end,
+                worker: ctx.id,
+            });
+        }
+    };
+    // ip_hash keys on the peer, client_ip_hash on the client a PROXY header carried.
+    let key_ip = match up.lb.policy {
+        crate::config::Policy::IpHash => peer.map(|p| p.ip()),
+        crate::config::Policy::ClientIpHash => source.map(|s| s.ip()),
+        _ => None,
+    };
+    let key_bytes = key_ip.map(|ip| match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    });
+    let Some((t, mut target, _slot)) = connect(ctx, upstream, up, key_bytes.as_deref()).await
+    else {
+        tracing::debug!(upstream = %up.name, "no target reachable; closing the client");
+        log(None, "no_target", [0, 0]);
+        return;
+    };
+    ctx.shared.tunnels[ctx.id]
+        .tunnels
+        .fetch_add(1, Ordering::Relaxed);
+    // The PROXY header and whatever the client sent after its own header go out first.
+    let mut first = Vec::new();
+    proxy_protocol::write_header(up.transport.proxy_protocol, source, dest, &mut first);
+    first.extend_from_slice(&early);
+    if !first.is_empty() {
+        if let (Err(e), _) = target.write_all(first).await {
+            tracing::debug!(upstream = %up.name, target = t, "upstream write failed: {e}");
+            log(Some(t), "upstream_error", [0, 0]);
+            return;
+        }
+    }
+    let _active = Active::new(&ctx.active_requests);
+    let counters = &ctx.shared.tunnels[ctx.id];
+    let moved = [Cell::new(0), Cell::new(0)];
+    let end = match (client, target) {
+        (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Tcp(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Unix(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        // TLS streams cannot be spliced: the buffered relay (validation keeps TLS off tcp
+        // listeners for now, so this is only a safe default).
+        (client, target) => {
+            let (up_bytes, down_bytes) = crate::tunnel::run(client, target).await;
+            moved[0].set(up_bytes);
+            moved[1].set(down_bytes);
+            End::Closed
+        }
+    };
+    tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
+    log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
+}
+
+fn target_name(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { host, .. } => host.clone(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
+    }
+}
+
+/// Picks and dials a target, failing over per `retries` / `try_duration` / `try_interval`.
+async fn connect(
+    ctx: &WorkerCtx,
+    u: usize,
+    up: &Upstream,
+    key: Option<&[u8]>,
+) -> Option<(usize, Stream, Slot)> {
+    let bal = &ctx.balancers[u];
+    let started = Instant::now();
+    let mut tried = Tried::default();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let can_try_again = match up.lb.try_duration {
+            Some(d) => started.elapsed() < d,
+            None => attempts <= up.lb.retries,
+        };
+        let Some(t) = bal.select(tried, key, |_| false) else {
+            if !can_try_again {
+                return None;
+            }
+            tried = Tried::default();
+            monoio::time::sleep(up.lb.try_interval).await;
+            continue;
+        };
+        if !bal.try_reserve_conn(t) {
+            // Filled up by another worker since select looked.
+            tried.insert(t);
+            continue;
+        }
+        let shared = bal.shared(t).clone();
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(shared);
+        match dial(&up.targets[t].addr, up.transport.dial_timeout).await {
+            Ok(s) => return Some((t, s, slot)),
+            Err(e) => {
+                tracing::warn!(upstream = %up.name, target = t, "tcp dial failed: {e}");
+                if bal.passive_enabled() {
+                    bal.shared(t).record_failure(crate::balance::now_ms());
+                }
+                drop(slot);
+                tried.insert(t);
+                if !can_try_again {
+                    return None;
+                }
+                if bal.select(tried, key, |_| false).is_none() {
+                    tried = Tried::default();
+                    monoio::time::sleep(up.lb.try_interval).await;
+                }
+            }
+        }
+    }
+}
+
+async fn dial(addr: &TargetAddr, timeout: Option<Duration>) -> io::Result<Stream> {
+    let connect = async {
+        match addr {
+            TargetAddr::Tcp { addr, .. } => {
+                let s = TcpStream::connect_addr(*addr).await?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            TargetAddr::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p).await?)),
+        }
+    };
+    match timeout {
+        Some(d) => monoio::time::timeout(d, connect)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        None => connect.await,
+    }
+}
+
+/// How a tunnel ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides finished cleanly (each direction saw its FIN and passed it on).
+    Closed,
+    /// No byte moved either way for `idle_timeout`.
+    Idle,
+    /// A side failed or reset; both were reset.
+    Reset(Side, io::Error),
+}
+
+impl End {
+    /// How the access log names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Idle => "idle_timeout",
+            End::Reset(Side::Client, _) => "client_error",
+            End::Reset(Side::Upstream, _) => "upstream_error",
+        }
+    }
+}
+
+/// Which connection an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
+
+/// A connection the tunnel drives: readiness from the runtime (an io_uring poll, or epoll), the
+/// data moved by nonblocking syscalls on the raw descriptor.
+trait Conn: AsRawFd {
+    async fn readable(&self) -> io::Result<()>;
+    async fn writable(&self) -> io::Result<()>;
+}
+
+// `relaxed: false`: on the epoll driver readiness is re-checked with poll(2), because our own
+// syscalls (not the runtime's) consumed the last readiness.
+impl Conn for TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        TcpStream::readable(self, false).await
+    }
+    async fn writable(&self) -> io::Result<()> {
+        TcpStream::writable(self, false).await
+    }
+}
+
+impl Conn for UnixStream {
+    async fn readable(&self) -> io::Result<()> {
+        UnixStream::readable(self, false).await
+    }
+    async fn writable(&self) -> io::Result<()> {
+        UnixStream::writable(self, false).await
+    }
+}
+
+/// Moves bytes between `a` (the client) and `b` (the upstream) until both directions ended,
+/// an error or reset happened, or the tunnel idled out.
+async fn pump<A: Conn, B: Conn>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+    counters: &TunnelCounters,
+    moved: &[Cell<u64>; 2],
+) -> End {
+    for (fd, side) in [
+        (a.as_raw_fd(), Side::Client),
+        (b.as_raw_fd(), Side::Upstream),
+    ] {
+        // io_uring's sockets are blocking; our syscalls must not be.
+        if let Err(e) = socket(fd).set_nonblocking(true) {
+            return End::Reset(side, e);
+        }
+    }
+    let pipes = Pipe::take().and_then(|p| Ok((p, Pipe::take()?)));
+    let (mut up, mut down) = match pipes {
+        Ok((p, q)) => (Carrier::Pipe(p), Carrier::Pipe(q)),
+        Err(e) => {
+            tracing::debug!("no pipe for splice ({e}); copying through a buffer");
+            let buffer = || Carrier::Buffer(vec![0; COPY_CHUNK]);
+            (buffer(), buffer())
+        }
+    };
+    let last = Cell::new(Instant::now());
+    let end = both_ways(
+        one_way(&a, &b, &mut up, &last, counters, &moved[0]),
+        one_way(&b, &a, &mut down, &last, counters, &moved[1]),
+        idle,
+        &last,
+    )
+    .await;
+    if matches!(end, End::Reset(..)) {
+        abort_on_close(a.as_raw_fd());
+        abort_on_close(b.as_raw_fd());
+    }
+    drop((a, b));
+    // After a clean end both pipes are empty (each direction drains its pipe before reading
+    // again); after anything else one may still hold bytes, so it is closed instead.
+    if matches!(end, End::Closed) {
+        for carrier in [up, down] {
+            if let Carrier::Pipe(p) = carrier {
+                p.give_back();
+            }
+        }
+    }
+    end
+}
+
+/// A direction's failure: which end of it failed.
+enum DirError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Runs both directions (upload = client to upstream, download = the reverse) and the idle
+/// watchdog; ends when both directions are done, on the first error, or when idle.
+async fn both_ways(
+    up: impl Future<Output = Result<(), DirError>>,
+    down: impl Future<Output = Result<(), DirError>>,
+    idle: Option<Duration>,
+    last: &Cell<Instant>,
+) -> End {
+    let mut up = pin!(up);
+    let mut down = pin!(down);
+    let mut watchdog = pin!(idle_watch(idle, last));
+    let (mut up_done, mut down_done) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !up_done {
+            if let Poll::Ready(r) = up.as_mut().poll(cx) {
+                up_done = true;
+                match r {
+                    Ok(()) => {}
+                    Err(DirError::Read(e)) => return Poll::Ready(End::Reset(Side::Client, e)),
+                    Err(DirError::Write(e)) => return Poll::Ready(End::Reset(Side::Upstream, e)),
+                }
+            }
+        }
+        if !down_done {
+            if let Poll::Ready(r) = down.as_mut().poll(cx) {
+                down_done = true;
+                match r {
+                    Ok(()) => {}
+                    Err(DirError::Read(e)) => return Poll::Ready(End::Reset(Side::Upstream, e)),
+                    Err(DirError::Write(e)) => return Poll::Ready(End::Reset(Side::Client, e)),
+                }
+            }
+        }
+        if up_done && down_done {
+            return Poll::Ready(End::Closed);
+        }
+        watchdog.as_mut().poll(cx).map(|()| End::Idle)
+    })
+    .await
+}
+
+/// Completes once no byte has moved for `idle` (never when `None`).
+async fn idle_watch(idle: Option<Duration>, last: &Cell<Instant>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let due = last.get() + idle;
+        if Instant::now() >= due {
+            return;
+        }
+        monoio::time::sleep_until(due.into()).await;
+    }
+}
+
+/// How one direction's payload gets from one socket to the other.
+enum Carrier {
+    /// splice(2) in and out of a pipe: the bytes stay in the kernel.
+    Pipe(Pipe),
+    /// read(2) and write(2) through this buffer (when no pipe could be had).
+    Buffer(Vec<u8>),
+}
+
+impl Carrier {
+    /// Takes up to a chunk from `src`; `Ok(0)` is EOF.
+    fn fill(&mut self, src: RawFd) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => splice(src, p.w.as_raw_fd(), SPLICE_CHUNK),
+            Carrier::Buffer(buf) => (&*socket(src)).read(buf),
+        }
+    }
+
+    /// Passes on up to `len` of the bytes taken, starting `done` bytes in.
+    fn drain(&mut self, dst: RawFd, done: usize, len: usize) -> io::Result<usize> {
+        match self {
+            Carrier::Pipe(p) => splice(p.r.as_raw_fd(), dst, len),
+            Carrier::Buffer(buf) => (&*socket(dst)).write(&buf[done..done + len]),
+        }
+    }
+}
+
+/// One direction, until EOF (passed on as SHUT_WR) or an error.
+async fn one_way(
+    src: &impl Conn,
+    dst: &impl Conn,
+    carrier: &mut Carrier,
+    last: &Cell<Instant>,
+    counters: &TunnelCounters,
+    moved: &Cell<u64>,
+) -> Result<(), DirError> {
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    loop {
+        let n = loop {
+            match carrier.fill(src_fd) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    src.readable().await.map_err(DirError::Read)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DirError::Read(e)),
+            }
+        };
+        if n == 0 {
+            return socket(dst_fd)
+                .shutdown(std::net::Shutdown::Write)
+                .map_err(DirError::Write);
+        }
+        last.set(Instant::now());
+        let mut done = 0;
+        while done < n {
+            match carrier.drain(dst_fd, done, n - done) {
+                Ok(0) => return Err(DirError::Write(io::ErrorKind::WriteZero.into())),
+                Ok(m) => done += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    dst.writable().await.map_err(DirError::Write)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DirError::Write(e)),
+            }
+        }
+        debug_assert_eq!(done, n);
+        last.set(Instant::now());
+        let counter = match carrier {
+            Carrier::Pipe(_) => &counters.spliced_bytes,
+            Carrier::Buffer(_) => &counters.copied_bytes,
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        moved.set(moved.get() + n as u64);
+    }
+}
+
+/// A nonblocking pipe, owned by one direction of one tunnel.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Pipe {
+    /// An empty pipe from this worker's pool, or a new one.
+    fn take() -> io::Result<Pipe> {
+        match PIPES.with(|p| p.borrow_mut().pop()) {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Returns an empty pipe to this worker's pool (closing it when the pool is full).
+    fn give_back(self) {
+        PIPES.with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < PIPE_POOL {
+                pool.push(self);
+            }
+        });
+    }
+
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array, which lives across the call.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are new, open, and owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Pipe { r, w })
+    }
+}
+
+/// One nonblocking splice(2) of up to `len` bytes; one end must be a pipe.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    let null = std::ptr::null_mut();
+    // SAFETY: with null offsets splice(2) touches no memory of ours; both descriptors are owned
+    // by live values of the calling tunnel for the whole call.
+    let n = unsafe { libc::splice(from, null, to, null, len, flags) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// The socket behind `fd`, borrowed: for options, shutdown and plain reads and writes.
+fn socket(fd: RawFd) -> ManuallyDrop<socket2::Socket> {
+    // SAFETY: `fd` is an open socket owned by a stream of the calling tunnel that outlives the
+    // returned value; ManuallyDrop keeps this borrow from closing it.
+    ManuallyDrop::new(unsafe { socket2::Socket::from_raw_fd(fd) })
+}
+
+/// SO_LINGER with a zero timeout: the coming close(2) sends RST instead of FIN, which is how a
+/// reset on one side is passed on to the other. No effect on Unix sockets.
+fn abort_on_close(fd: RawFd) {
+    let _ = socket(fd).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream as StdUnix;
+
+    /// Drives `one_way` from `near_a` to `near_b` with `carrier` while threads write `data`
+    /// into `far_a` (then FIN) and read `far_b` to its end.
+    fn carry(carrier: Carrier, data: Vec<u8>) -> (Vec<u8>, TunnelCounters) {
+        let (near_a, mut far_a) = StdUnix::pair().unwrap();
+        let (near_b, mut far_b) = StdUnix::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            far_a.write_all(&data).unwrap();
+            far_a.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            far_b.read_to_end(&mut got).unwrap();
+            got
+        });
+        let counters = TunnelCounters::default();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let a = UnixStream::from_std(near_a).unwrap();
+            let b = UnixStream::from_std(near_b).unwrap();
+            for fd in [a.as_raw_fd(), b.as_raw_fd()] {
+                socket(fd).set_nonblocking(true).unwrap();
+            }
+            let mut carrier = carrier;
+            let last = Cell::new(Instant::now());
+            let moved = Cell::new(0);
+            let r = one_way(&a, &b, &mut carrier, &last, &counters, &moved).await;
+            assert_eq!(moved.get(), 3_000_000);
+            assert!(r.is_ok(), "one_way failed");
+        });
+        writer.join().unwrap();
+        (reader.join().unwrap(), counters)
+    }
+
+    fn data() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn buffered_fallback_moves_every_byte_and_passes_the_fin_on() {
+        let (got, counters) = carry(Carrier::Buffer(vec![0; 1000]), data());
+        assert!(got == data(), "bytes differ");
+        assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 3_000_000);
+        assert_eq!(counters.spliced_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn splice_moves_every_byte_between_unix_sockets_and_passes_the_fin_on() {
+        let (got, counters) = carry(Carrier::Pipe(Pipe::new().unwrap()), data());
+        assert!(got == data(), "bytes differ");
+        assert_eq!(counters.spliced_bytes.load(Ordering::Relaxed), 3_000_000);
+    }
+}
