@@ -1682,19 +1682,20 @@ impl Validator<'_> {
             Some(t) => Some(self.listener_tls(&join(key, "tls"), &addr, t)?),
             None => None,
         };
+        if proxy_protocol && tls.is_some() {
+            // The PROXY header comes before the TLS handshake; ours reads it after.
+            return Err(self.at_value(
+                &join(key, "proxy_protocol"),
+                "not supported yet together with tls (PROXY before TLS is planned)",
+            ));
+        }
         if tcp {
-            if tls.is_some() {
-                return Err(self.at_key(
-                    &join(key, "tls"),
-                    "not supported yet (TLS on tcp listeners is planned)",
-                ));
-            }
             let tcp = TcpListenerFile {
                 has_routes: l.routes.is_some(),
                 upstream: l.upstream,
                 idle_timeout: l.idle_timeout,
             };
-            return self.tcp_listener(key, name, addr, tcp, upstreams, proxy_protocol);
+            return self.tcp_listener(key, name, addr, tcp, upstreams, proxy_protocol, tls);
         }
         if l.upstream.is_some() {
             return Err(self.at_key(
@@ -1740,6 +1741,7 @@ impl Validator<'_> {
         l: TcpListenerFile,
         upstreams: &[&str],
         proxy_protocol: bool,
+        tls: Option<ListenerTls>,
     ) -> Res<Listener> {
         if l.has_routes {
             return Err(self.at_key(
@@ -1761,7 +1763,7 @@ impl Validator<'_> {
                 upstream,
                 idle_timeout: dur(l.idle_timeout, None),
             },
-            tls: None,
+            tls,
             proxy_protocol,
         })
     }
