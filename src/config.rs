@@ -749,6 +749,8 @@ struct TcpListenerFile {
     has_routes: bool,
     upstream: Option<String>,
     idle_timeout: Option<Dur>,
+    proxy_protocol: bool,
+    tls: Option<ListenerTls>,
 }
 
 #[allow(dead_code)]
@@ -1694,8 +1696,10 @@ impl Validator<'_> {
                 has_routes: l.routes.is_some(),
                 upstream: l.upstream,
                 idle_timeout: l.idle_timeout,
+                proxy_protocol,
+                tls,
             };
-            return self.tcp_listener(key, name, addr, tcp, upstreams, proxy_protocol, tls);
+            return self.tcp_listener(key, name, addr, tcp, upstreams);
         }
         if l.upstream.is_some() {
             return Err(self.at_key(
@@ -1740,8 +1744,6 @@ impl Validator<'_> {
         addr: ListenAddr,
         l: TcpListenerFile,
         upstreams: &[&str],
-        proxy_protocol: bool,
-        tls: Option<ListenerTls>,
     ) -> Res<Listener> {
         if l.has_routes {
             return Err(self.at_key(
@@ -1763,8 +1765,8 @@ impl Validator<'_> {
                 upstream,
                 idle_timeout: dur(l.idle_timeout, None),
             },
-            tls,
-            proxy_protocol,
+            tls: l.tls,
+            proxy_protocol: l.proxy_protocol,
         })
     }
 
