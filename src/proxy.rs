@@ -1240,6 +1240,32 @@ fn chunked_complete(bytes: &[u8]) -> bool {
     }
 }
 
+/// Streams the rest of a request body from the client to the upstream, as received.
+async fn send_request_body(
+    ctx: &WorkerCtx,
+    client: &mut Stream,
+    down: &mut RecvBuf,
+    upstream: &mut Stream,
+    rest: Framing,
+    aux: &mut Vec<u8>,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    relay_body(
+        ctx,
+        true,
+        client,
+        down,
+        Side::Downstream,
+        upstream,
+        Side::Upstream,
+        rest,
+        Encode::Raw,
+        aux,
+        lim,
+    )
+    .await
+}
+
 /// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
 async fn read_body(
     stream: &mut Stream,
@@ -1390,16 +1416,12 @@ async fn exchange(
     let has_rest = !matches!(rest, Framing::None | Framing::Length(0));
     let mut body_sent = !(head.expect_continue && has_rest && down.pending() == 0);
     if body_sent {
-        relay_body(
+        send_request_body(
             ctx,
-            true,
             stream,
             down,
-            Side::Downstream,
             &mut conn.stream,
-            Side::Upstream,
             rest,
-            Encode::Raw,
             &mut s.aux,
             &req_limits,
         )
@@ -1435,16 +1457,12 @@ async fn exchange(
                     res.map_err(|e| io_err(Side::Downstream, e))?;
                 }
                 if r.status == 100 && !body_sent {
-                    relay_body(
+                    send_request_body(
                         ctx,
-                        true,
                         stream,
                         down,
-                        Side::Downstream,
                         &mut conn.stream,
-                        Side::Upstream,
                         rest,
-                        Encode::Raw,
                         &mut s.aux,
                         &req_limits,
                     )

@@ -5,44 +5,14 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use support::streaming::*;
-use support::*;
 
 /// The issue asks for 1 GiB each way; the payload is cheap to make and hashing is optimised.
 const BIG: u64 = 1 << 30;
 /// How much the whole test process may grow while big bodies stream through the proxy.
 const MAX_RSS_GROWTH_KIB: u64 = 32 * 1024;
-
-fn bulk_proxy(driver: Driver, upstream_extra: &str) -> (Proxy, BulkServer) {
-    let bulk = BulkServer::start();
-    let yaml = one_upstream_yaml("$B", upstream_extra);
-    let proxy = Proxy::start(driver, &yaml, &[("B", bulk.target())]);
-    (proxy, bulk)
-}
-
-fn read_head(s: &mut Retry) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).unwrap(),
-            1,
-            "connection closed inside a head"
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
-}
-
-fn connect(proxy: &Proxy) -> Retry {
-    let s = TcpStream::connect(proxy.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    Retry(s)
-}
 
 driver_tests! {
     fn one_gib_download_arrives_intact_with_splice_and_bounded_memory(driver) {

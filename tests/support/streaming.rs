@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -247,4 +247,32 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// A proxy in front of a fresh `BulkServer` (upstream `app`, `upstream_extra` under it).
+pub fn bulk_proxy(driver: super::Driver, upstream_extra: &str) -> (super::Proxy, BulkServer) {
+    let bulk = BulkServer::start();
+    let yaml = super::one_upstream_yaml("$B", upstream_extra);
+    let proxy = super::Proxy::start(driver, &yaml, &[("B", bulk.target())]);
+    (proxy, bulk)
+}
+
+pub fn read_head(s: &mut Retry) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "connection closed inside a head"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+pub fn connect(proxy: &super::Proxy) -> Retry {
+    let s = TcpStream::connect(proxy.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    Retry(s)
 }
