@@ -144,10 +144,8 @@ impl WorkerLog {
                 );
             }
         }
-        if buf.len() >= FLUSH_BYTES {
-            drop(buf);
-            self.flush();
-        }
+        drop(buf);
+        self.flush_if_full();
     }
 
     pub fn record_tcp(&self, r: &TcpRecord) {
@@ -182,8 +180,12 @@ impl WorkerLog {
                 );
             }
         }
-        if buf.len() >= FLUSH_BYTES {
-            drop(buf);
+        drop(buf);
+        self.flush_if_full();
+    }
+
+    fn flush_if_full(&self) {
+        if self.buf.borrow().len() >= FLUSH_BYTES {
             self.flush();
         }
     }

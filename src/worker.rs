@@ -230,11 +230,11 @@ async fn worker_main(
     for (index, socket) in sockets.into_iter().enumerate() {
         match socket {
             BoundSocket::Tcp(l) => match TcpListener::from_std(l) {
-                Ok(l) => accepts.push(monoio::spawn(accept_tcp(ctx.clone(), index, l))),
+                Ok(l) => accepts.push(monoio::spawn(accept_loop(ctx.clone(), index, l))),
                 Err(e) => tracing::error!(worker = ctx.id, "listener registration failed: {e}"),
             },
             BoundSocket::Unix(l) => match UnixListener::from_std(l) {
-                Ok(l) => accepts.push(monoio::spawn(accept_unix(ctx.clone(), index, l))),
+                Ok(l) => accepts.push(monoio::spawn(accept_loop(ctx.clone(), index, l))),
                 Err(e) => tracing::error!(worker = ctx.id, "listener registration failed: {e}"),
             },
         }
@@ -319,15 +319,34 @@ fn admit(ctx: &WorkerCtx) -> bool {
     !matches!(ctx.config.limits.max_connections, Some(max) if ctx.open_conns.get() >= max)
 }
 
-async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
+/// A listening socket of either family, accepted from by one loop.
+trait Accept {
+    async fn accept_conn(&self) -> io::Result<(Stream, Option<std::net::SocketAddr>)>;
+}
+
+impl Accept for TcpListener {
+    async fn accept_conn(&self) -> io::Result<(Stream, Option<std::net::SocketAddr>)> {
+        let (s, peer) = self.accept().await?;
+        Ok((Stream::Tcp(s), Some(peer)))
+    }
+}
+
+impl Accept for UnixListener {
+    async fn accept_conn(&self) -> io::Result<(Stream, Option<std::net::SocketAddr>)> {
+        let (s, _) = self.accept().await?;
+        Ok((Stream::Unix(s), None))
+    }
+}
+
+async fn accept_loop(ctx: Rc<WorkerCtx>, index: usize, listener: impl Accept) {
     loop {
         // On io_uring an accept must complete, never be dropped in flight (see
         // `listener::stop_accepting`); epoll has nothing in the kernel to leave behind.
         let accepted = if ctx.uring.get() {
-            listener.accept().await
+            listener.accept_conn().await
         } else {
             monoio::select! {
-                r = listener.accept() => r,
+                r = listener.accept_conn() => r,
                 _ = ctx.stop_accepting.wait() => break,
             }
         };
@@ -336,36 +355,7 @@ async fn accept_tcp(ctx: Rc<WorkerCtx>, index: usize, listener: TcpListener) {
                 // Still served while draining: shutdown_delay keeps accepting on purpose.
                 ctx.metrics().accepted.inc();
                 if admit(&ctx) {
-                    spawn_conn(&ctx, index, Stream::Tcp(stream), Some(peer));
-                }
-            }
-            Err(e) => {
-                if ctx.draining() {
-                    break;
-                }
-                accept_failed(&ctx, e).await;
-            }
-        }
-    }
-}
-
-async fn accept_unix(ctx: Rc<WorkerCtx>, index: usize, listener: UnixListener) {
-    loop {
-        // On io_uring an accept must complete, never be dropped in flight (see
-        // `listener::stop_accepting`); epoll has nothing in the kernel to leave behind.
-        let accepted = if ctx.uring.get() {
-            listener.accept().await
-        } else {
-            monoio::select! {
-                r = listener.accept() => r,
-                _ = ctx.stop_accepting.wait() => break,
-            }
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                ctx.metrics().accepted.inc();
-                if admit(&ctx) {
-                    spawn_conn(&ctx, index, Stream::Unix(stream), None);
+                    spawn_conn(&ctx, index, stream, peer);
                 }
             }
             Err(e) => {
