@@ -4,11 +4,13 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::{Config, ListenAddr, ListenerKind, Policy, TargetAddr};
+use crate::config::{ListenAddr, ListenerKind, Policy, TargetAddr};
+use crate::control::Control;
+use crate::generation::Generation;
 use crate::server::Shared;
 
 /// An admin request head larger than this is refused: the endpoint takes no bodies.
@@ -25,9 +27,8 @@ pub struct Admin {
 impl Admin {
     pub fn start(
         addr: SocketAddr,
-        config: Arc<Config>,
         shared: Arc<Shared>,
-        listeners: Vec<(String, ListenAddr)>,
+        control: Arc<Mutex<Control>>,
     ) -> io::Result<Admin> {
         let listener = TcpListener::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("admin listen {addr}: {e}")))?;
@@ -42,7 +43,7 @@ impl Admin {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    if let Err(e) = serve(conn, &config, &shared, &listeners) {
+                    if let Err(e) = serve(conn, &shared, &control) {
                         tracing::debug!("admin request failed: {e}");
                     }
                 }
@@ -70,12 +71,7 @@ impl Drop for Admin {
     }
 }
 
-fn serve(
-    mut conn: TcpStream,
-    config: &Config,
-    shared: &Shared,
-    listeners: &[(String, ListenAddr)],
-) -> io::Result<()> {
+fn serve(mut conn: TcpStream, shared: &Shared, control: &Mutex<Control>) -> io::Result<()> {
     conn.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
     conn.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
     let mut buf = Vec::with_capacity(1024);
@@ -99,43 +95,37 @@ fn serve(
         }
     };
     let draining = shared.draining.load(Ordering::SeqCst);
+    let gen = shared.current.load_full();
     match (method.as_str(), path.as_str()) {
         ("GET", "/healthz") => respond(&mut conn, 200, "text/plain", "ok\n"),
         ("GET", "/readyz") if draining => respond(&mut conn, 503, "text/plain", "draining\n"),
         ("GET", "/readyz") => respond(&mut conn, 200, "text/plain", "ready\n"),
         ("GET", "/metrics") => {
-            let body = crate::metrics::render(config, shared);
+            let body = crate::metrics::render(shared, &shared.registry);
             respond(&mut conn, 200, "text/plain; version=0.0.4", &body)
         }
-        ("GET", "/upstreams") => respond(
-            &mut conn,
-            200,
-            "application/json",
-            &upstreams_json(config, shared),
-        ),
-        ("GET", "/config") => respond(
-            &mut conn,
-            200,
-            "application/json",
-            &config_json(config, listeners),
-        ),
-        // Only TLS certificates reload for now (like SIGHUP); other changes need a restart.
-        ("POST", "/reload") => match shared.reload_tls(&config.listeners) {
-            Ok(n) => respond(
-                &mut conn,
-                200,
-                "application/json",
-                &format!(
-                    "{{\"reloaded\":\"tls_certificates\",\"listeners\":{n},\"note\":\"other configuration changes need a restart\"}}\n"
-                ),
-            ),
-            Err(e) => respond(
-                &mut conn,
-                500,
-                "application/json",
-                &format!("{}\n", serde_json::json!({ "error": e })),
-            ),
-        },
+        ("GET", "/upstreams") => respond(&mut conn, 200, "application/json", &upstreams_json(&gen)),
+        ("GET", "/config") => respond(&mut conn, 200, "application/json", &config_json(&gen)),
+        ("POST", "/reload") => {
+            // Reloads are serialized with each other and with shutdown.
+            let result = control.lock().unwrap_or_else(|e| e.into_inner()).reload();
+            match result {
+                Ok(r) => {
+                    let body = serde_json::json!({
+                        "reloaded": true,
+                        "generation": r.generation,
+                        "listeners_added": r.listeners_added,
+                        "listeners_removed": r.listeners_removed,
+                        "restart_required": r.restart_required,
+                    });
+                    respond(&mut conn, 200, "application/json", &format!("{body}\n"))
+                }
+                Err(e) => {
+                    let body = serde_json::json!({ "reloaded": false, "error": e });
+                    respond(&mut conn, 400, "application/json", &format!("{body}\n"))
+                }
+            }
+        }
         (_, "/healthz" | "/readyz" | "/metrics" | "/upstreams" | "/config" | "/reload") => {
             respond(&mut conn, 405, "text/plain", "method not allowed\n")
         }
@@ -160,11 +150,12 @@ fn target_label(addr: &TargetAddr) -> String {
     }
 }
 
-fn upstreams_json(config: &Config, shared: &Shared) -> String {
-    let list: Vec<serde_json::Value> = config
+fn upstreams_json(gen: &Generation) -> String {
+    let list: Vec<serde_json::Value> = gen
+        .config
         .upstreams
         .iter()
-        .zip(&shared.targets)
+        .zip(&gen.targets)
         .map(|(u, states)| {
             let targets: Vec<serde_json::Value> = u
                 .targets
@@ -207,7 +198,8 @@ fn policy_name(p: Policy) -> &'static str {
 
 /// The effective configuration as JSON. It holds no secrets: the cookie policy's secret is
 /// never written here (no TLS keys exist yet); redact those here when they arrive.
-fn config_json(config: &Config, bound: &[(String, ListenAddr)]) -> String {
+fn config_json(gen: &Generation) -> String {
+    let config = &gen.config;
     let addr = |a: &ListenAddr| match a {
         ListenAddr::Tcp(a) => a.to_string(),
         ListenAddr::Unix(p) => format!("unix/{}", p.display()),
@@ -215,8 +207,8 @@ fn config_json(config: &Config, bound: &[(String, ListenAddr)]) -> String {
     let listeners: Vec<serde_json::Value> = config
         .listeners
         .iter()
-        .zip(bound)
-        .map(|(l, (_, a))| {
+        .zip(&gen.addrs)
+        .map(|(l, a)| {
             let (protocol, routes) = match &l.kind {
                 ListenerKind::Http { routes } => ("http", routes.len()),
                 ListenerKind::Tcp { .. } => ("tcp", 0),
@@ -244,6 +236,8 @@ fn config_json(config: &Config, bound: &[(String, ListenAddr)]) -> String {
         "shutdown_timeout_ms": config.shutdown_timeout.as_millis() as u64,
         "shutdown_delay_ms": config.shutdown_delay.as_millis() as u64,
         "admin": config.admin.map(|a| a.to_string()),
+        "generation": gen.id,
+        "source": config.source.as_ref().map(|p| p.display().to_string()),
         "listeners": listeners,
         "upstreams": upstreams,
     });

@@ -174,6 +174,13 @@ impl Balancer {
     }
 
     /// Whether passive health is on (callers skip failure bookkeeping otherwise).
+    /// Records a passive failure of target `t` (when passive health is on).
+    pub fn record_failure(&self, t: usize) {
+        if let Some(ms) = self.fail_ms {
+            self.shared(t).record_failure_within(now_ms(), ms);
+        }
+    }
+
     pub fn passive_enabled(&self) -> bool {
         self.fail_ms.is_some()
     }

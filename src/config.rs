@@ -36,6 +36,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
+    /// The file this was read from: a reload reads it again (`None`: parsed from text).
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,7 +473,9 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         key: String::new(),
         message: format!("cannot read: {e}"),
     })?;
-    parse(&text, &path.display().to_string())
+    let mut config = parse(&text, &path.display().to_string())?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
 }
 
 /// Validates configuration text; `file` names it in errors.
@@ -1467,6 +1471,7 @@ impl Validator<'_> {
             trusted_proxies,
             listeners,
             upstreams,
+            source: None,
         })
     }
 

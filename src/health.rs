@@ -178,6 +178,7 @@ impl Probe {
                 self.fails = self.fails.saturating_add(1);
                 if up && self.fails >= self.cfg.fails {
                     self.shared.healthy.store(false, Ordering::Relaxed);
+                    self.shared.active_marks.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         upstream = %self.upstream, target = %self.target,
                         "target is down: {} failed health checks in a row, last: {reason}",

@@ -122,7 +122,7 @@ pub async fn serve(
     let started = Instant::now();
     let client_text = source.map(|s| s.to_string()).unwrap_or_default();
     let log = |target: Option<usize>, end: &str, moved: [u64; 2]| {
-        if let Some(log) = &ctx.access {
+        if let Some(log) = &ctx.core.access {
             log.record_tcp(&crate::access::TcpRecord {
                 client: &client_text,
                 upstream: target.map(|t| target_name(&up.targets[t].addr)).as_deref(),
@@ -164,7 +164,7 @@ pub async fn serve(
             return;
         }
     }
-    let _active = Active::new(&ctx.active_requests);
+    let _active = Active::new(&ctx.core.active_requests);
     let counters = &ctx.shared.tunnels[ctx.id];
     let moved = [Cell::new(0), Cell::new(0)];
     let end = match (client, target) {
@@ -217,6 +217,7 @@ async fn connect(
             monoio::time::sleep(up.lb.try_interval).await;
             continue;
         };
+        ctx.gen_metrics().selected[u][t].inc();
         if !bal.try_reserve_conn(t) {
             // Filled up by another worker since select looked.
             tried.insert(t);
@@ -229,9 +230,7 @@ async fn connect(
             Ok(s) => return Some((t, s, slot)),
             Err(e) => {
                 tracing::warn!(upstream = %up.name, target = t, "tcp dial failed: {e}");
-                if bal.passive_enabled() {
-                    bal.shared(t).record_failure(crate::balance::now_ms());
-                }
+                bal.record_failure(t);
                 drop(slot);
                 tried.insert(t);
                 if !can_try_again {

@@ -5,6 +5,10 @@
 //! - [`config`]: the YAML file types, their validation, and the runtime types workers use.
 //! - [`template`]: `{placeholder}` templates for headers, rewrites and respond bodies.
 //! - [`server`]: starts the workers on bound listeners and drains them on shutdown.
+//! - [`control`]: the control side of a running server: sockets, worker links, health
+//!   checker, and configuration reloads that swap a new generation into every worker.
+//! - [`generation`]: one loaded configuration and the state workers share because of it;
+//!   unchanged targets carry their health and pooled connections across reloads.
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
 //!   when io_uring is unavailable), its own accept loops, balancers and pools.
 //! - [`listener`]: SO_REUSEPORT listening sockets, bound before workers start.
@@ -33,7 +37,9 @@ pub mod admin;
 pub mod balance;
 pub mod closer;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod generation;
 pub mod health;
 pub mod http1;
 pub mod l4;

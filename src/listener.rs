@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Socket, Type};
 
-use crate::config::{Config, ListenAddr};
+use crate::config::{ListenAddr, Listener};
 
 /// Pending connections the kernel queues per socket; nginx and HAProxy default to similar.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -31,46 +31,49 @@ impl BoundSocket {
     }
 }
 
-/// Every listener bound once per worker.
+/// One listener bound once per worker: `sockets[worker]`, and the address it got (`:0`
+/// resolved).
 pub struct Bound {
-    /// `sockets[worker][listener]`, in config listener order.
-    pub sockets: Vec<Vec<BoundSocket>>,
-    /// The address each listener actually got (`:0` resolved).
-    pub addrs: Vec<ListenAddr>,
+    pub sockets: Vec<BoundSocket>,
+    pub addr: ListenAddr,
 }
 
-pub fn bind_all(config: &Config, workers: usize) -> io::Result<Bound> {
-    let mut sockets: Vec<Vec<BoundSocket>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::with_capacity(config.listeners.len());
-    for listener in &config.listeners {
-        let ctx = |e: io::Error, what: &str| {
-            io::Error::new(e.kind(), format!("listener {}: {what}: {e}", listener.name))
-        };
-        match &listener.addr {
-            ListenAddr::Tcp(addr) => {
-                let mut addr = *addr;
-                for per_worker in sockets.iter_mut() {
-                    let socket = bind_tcp(addr).map_err(|e| ctx(e, &format!("bind {addr}")))?;
-                    // The first bind resolves port 0; the rest join that port.
-                    addr = socket.local_addr()?;
-                    per_worker.push(BoundSocket::Tcp(socket));
-                }
-                addrs.push(ListenAddr::Tcp(addr));
+/// Binds `listener` once per worker (TCP: SO_REUSEPORT sockets sharing one port; Unix: one
+/// socket, one descriptor per worker).
+pub fn bind(listener: &Listener, workers: usize) -> io::Result<Bound> {
+    let ctx = |e: io::Error, what: &str| {
+        io::Error::new(e.kind(), format!("listener {}: {what}: {e}", listener.name))
+    };
+    let mut sockets = Vec::with_capacity(workers);
+    match &listener.addr {
+        ListenAddr::Tcp(addr) => {
+            let mut addr = *addr;
+            for _ in 0..workers {
+                let socket = bind_tcp(addr).map_err(|e| ctx(e, &format!("bind {addr}")))?;
+                // The first bind resolves port 0; the rest join that port.
+                addr = socket.local_addr()?;
+                sockets.push(BoundSocket::Tcp(socket));
             }
-            ListenAddr::Unix(path) => {
-                // SO_REUSEPORT does not apply to Unix sockets: one socket, one dup per worker.
-                remove_stale_socket(path).map_err(|e| ctx(e, "remove stale socket"))?;
-                let first = UnixListener::bind(path)
-                    .map_err(|e| ctx(e, &format!("bind {}", path.display())))?;
-                first.set_nonblocking(true)?;
-                for per_worker in sockets.iter_mut() {
-                    per_worker.push(BoundSocket::Unix(first.try_clone()?));
-                }
-                addrs.push(ListenAddr::Unix(path.clone()));
+            Ok(Bound {
+                sockets,
+                addr: ListenAddr::Tcp(addr),
+            })
+        }
+        ListenAddr::Unix(path) => {
+            // SO_REUSEPORT does not apply to Unix sockets: one socket, one dup per worker.
+            remove_stale_socket(path).map_err(|e| ctx(e, "remove stale socket"))?;
+            let first = UnixListener::bind(path)
+                .map_err(|e| ctx(e, &format!("bind {}", path.display())))?;
+            first.set_nonblocking(true)?;
+            for _ in 0..workers {
+                sockets.push(BoundSocket::Unix(first.try_clone()?));
             }
+            Ok(Bound {
+                sockets,
+                addr: ListenAddr::Unix(path.clone()),
+            })
         }
     }
-    Ok(Bound { sockets, addrs })
 }
 
 fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -98,6 +98,7 @@ fn run(config: Config) -> ExitCode {
     };
     let listeners: Vec<String> = server
         .listeners()
+        .into_iter()
         .map(|(name, addr)| match addr {
             config::ListenAddr::Tcp(a) => format!("{name}={a}"),
             config::ListenAddr::Unix(p) => format!("{name}=unix/{}", p.display()),
@@ -113,11 +114,10 @@ fn run(config: Config) -> ExitCode {
     );
     for signal in signals.forever() {
         match signal {
-            // Only certificates reload for now; other configuration changes need a restart.
-            signal_hook::consts::SIGHUP => match server.reload_tls() {
-                Ok(n) => tracing::info!(listeners = n, "SIGHUP: TLS certificates reloaded"),
-                Err(e) => tracing::error!("SIGHUP: TLS reload failed, old certificates kept: {e}"),
-            },
+            // Logged by the reload itself, success or failure.
+            signal_hook::consts::SIGHUP => {
+                let _ = server.reload();
+            }
             _ => {
                 tracing::info!(
                     timeout = ?shutdown_timeout,

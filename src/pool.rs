@@ -23,6 +23,11 @@ impl ConnSlot {
     pub fn reserved(shared: Arc<TargetShared>) -> Self {
         ConnSlot(shared)
     }
+
+    /// The target this connection counts against.
+    pub fn target(&self) -> &Arc<TargetShared> {
+        &self.0
+    }
 }
 
 impl Drop for ConnSlot {
@@ -127,6 +132,13 @@ impl Pool {
         }
         idle.pop_front();
         true
+    }
+
+    /// Moves every idle connection of `from` into `to`'s pool at `to_index` (a reload keeps the
+    /// connections of targets that did not change), keeping their idle-since times.
+    pub fn move_idle(&self, from: (usize, usize), to: &Pool, to_index: (usize, usize)) {
+        let moved = std::mem::take(&mut *self.idle[from.0][from.1].borrow_mut());
+        to.idle[to_index.0][to_index.1].borrow_mut().extend(moved);
     }
 
     /// Idle connections held for a target (for tests and metrics).

@@ -130,35 +130,35 @@ struct Scratch {
     target: Option<(usize, usize)>,
 }
 
-/// Serves one downstream connection until it closes, fails or the server drains.
+/// Serves one downstream connection until it closes, fails or the server drains. Each request
+/// is handled by the newest configuration at the time its head arrived: after a reload, a
+/// keep-alive connection moves on with its next request, and closes when its listener is gone.
 pub async fn serve(
-    ctx: &Rc<WorkerCtx>,
-    listener: usize,
+    mut ctx: Rc<WorkerCtx>,
+    socket: usize,
+    mut listener: usize,
     mut stream: Stream,
     peer: Option<SocketAddr>,
 ) {
-    let config = &ctx.config;
     let mut down = RecvBuf {
         buf: Vec::with_capacity(INITIAL_BUF),
         pos: 0,
         floor: 0,
     };
     let mut peer = peer;
-    if config.listeners[listener].proxy_protocol {
+    if ctx.config.listeners[listener].proxy_protocol {
         // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
-        let trusted = &config.trusted_proxies;
+        let trusted = &ctx.config.trusted_proxies;
         match crate::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf).await {
             Some(Some((source, _))) => peer = Some(source),
             Some(None) => {}
             None => return,
         }
     }
-    let trusted = peer.is_some_and(|p| config.trusted_proxies.iter().any(|n| n.contains(&p.ip())));
-    let ip_text = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-    let client = Client {
+    let mut client = Client {
         peer,
-        trusted,
-        ip_text,
+        trusted: is_trusted(&ctx, peer),
+        ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
         scheme: if stream.is_tls() { "https" } else { "http" },
     };
     let mut s = Scratch {
@@ -173,36 +173,50 @@ pub async fn serve(
         target: None,
     };
     let mut ubuf: Vec<u8> = Vec::new();
-    let limits = HeadLimits {
-        max_head_bytes: config.limits.max_header_bytes,
-        max_uri_bytes: config.limits.max_uri_bytes,
-        max_headers: config.limits.max_headers,
-    };
     let mut first = true;
     loop {
+        let limits = HeadLimits {
+            max_head_bytes: ctx.config.limits.max_header_bytes,
+            max_uri_bytes: ctx.config.limits.max_uri_bytes,
+            max_headers: ctx.config.limits.max_headers,
+        };
         let head =
-            match read_head(ctx, &mut stream, &mut down, &limits, &mut s.headers, first).await {
+            match read_head(&ctx, &mut stream, &mut down, &limits, &mut s.headers, first).await {
                 Ok(Some(h)) => h,
                 Ok(None) => return,
                 Err(e) => {
                     answer_error(&mut stream, &mut s.out, &e).await;
-                    ctx.metrics()
-                        .request_done(listener, e.status().unwrap_or(0), Duration::ZERO);
+                    let status = e.status().unwrap_or(0);
+                    ctx.request_done(listener, status, Duration::ZERO, None);
                     return;
                 }
             };
         first = false;
+        // A reload since the last request: this one uses the new configuration, unless the
+        // listener went away with it (then the old one answers this request, the last).
+        let mut last = false;
+        if let Some(newer) = ctx.newer() {
+            match newer.gen.listener_of(socket) {
+                Some(l) if is_http(&newer, l) => {
+                    ctx = newer;
+                    listener = l;
+                    client.trusted = is_trusted(&ctx, peer);
+                }
+                _ => last = true,
+            }
+        }
         let started = Instant::now();
         s.status = 0;
         s.bytes_in = head.head_len as u64;
         s.bytes_out = 0;
         s.target = None;
-        ctx.active_requests.set(ctx.active_requests.get() + 1);
+        let core = &ctx.core;
+        core.active_requests.set(core.active_requests.get() + 1);
         ctx.metrics()
             .in_flight
-            .set(ctx.active_requests.get() as u64);
+            .set(core.active_requests.get() as u64);
         let next = handle(
-            ctx,
+            &ctx,
             listener,
             &client,
             &mut stream,
@@ -212,10 +226,9 @@ pub async fn serve(
             &head,
         )
         .await;
-        ctx.metrics()
-            .request_done(listener, s.status, started.elapsed());
-        if let Some(log) = &ctx.access {
-            log_request(ctx, log, &client, &down.buf, &head, &s, started.elapsed());
+        ctx.request_done(listener, s.status, started.elapsed(), s.target);
+        if let Some(log) = &core.access {
+            log_request(&ctx, log, &client, &down.buf, &head, &s, started.elapsed());
         }
         let keep = match next {
             Exchange::Done(keep) => keep,
@@ -227,23 +240,35 @@ pub async fn serve(
                 let (sent, received) = crate::tunnel::run(stream, up).await;
                 tracing::debug!(sent, received, "upgraded connection closed");
                 drop(slot);
-                ctx.active_requests.set(ctx.active_requests.get() - 1);
+                core.active_requests.set(core.active_requests.get() - 1);
                 ctx.metrics()
                     .in_flight
-                    .set(ctx.active_requests.get() as u64);
+                    .set(core.active_requests.get() as u64);
                 return;
             }
         };
-        ctx.active_requests.set(ctx.active_requests.get() - 1);
+        core.active_requests.set(core.active_requests.get() - 1);
         ctx.metrics()
             .in_flight
-            .set(ctx.active_requests.get() as u64);
-        if !keep || ctx.draining() {
+            .set(core.active_requests.get() as u64);
+        if !keep || last || ctx.draining() {
             return;
         }
         down.floor = 0;
         down.compact();
     }
+}
+
+fn is_trusted(ctx: &WorkerCtx, peer: Option<SocketAddr>) -> bool {
+    let trusted = &ctx.config.trusted_proxies;
+    peer.is_some_and(|p| trusted.iter().any(|n| n.contains(&p.ip())))
+}
+
+fn is_http(ctx: &WorkerCtx, listener: usize) -> bool {
+    matches!(
+        ctx.config.listeners[listener].kind,
+        crate::config::ListenerKind::Http { .. }
+    )
 }
 
 /// Reads until a complete request head sits at the start of `down.buf`. `Ok(None)`: the client
@@ -596,6 +621,7 @@ async fn forward(
     let body_start = down.pos;
     let mut tried = crate::balance::Tried::default();
     let mut attempts = 0u32;
+    let mut waiting = PoolWait(None);
     loop {
         attempts += 1;
         down.pos = body_start;
@@ -607,11 +633,14 @@ async fn forward(
         let Some(t) = bal.select(tried, key, |i| ctx.pool.has_idle(u, i)) else {
             if can_try_again(attempts) {
                 tried = Default::default();
+                waiting.start(ctx, u);
                 monoio::time::sleep(up.lb.try_interval).await;
                 continue;
             }
+            waiting.end(ctx, u);
             return Err(ProxyError::upstream(ErrorKind::NoTarget, true).into());
         };
+        ctx.gen_metrics().selected[u][t].inc();
         let target = &up.targets[t];
         let _in_flight = InFlight::new(&bal.shared(t).in_flight);
         // A request that cannot be replayed must not meet a pooled connection the upstream
@@ -632,8 +661,8 @@ async fn forward(
                 Err(e) => {
                     tracing::warn!(upstream = %up.name, target = %target_name(&target.addr), "{e}");
                     // A full target refused a new connection: that says nothing of its health.
-                    if bal.passive_enabled() && !matches!(e.kind, ErrorKind::NoTarget) {
-                        bal.shared(t).record_failure(crate::balance::now_ms());
+                    if !matches!(e.kind, ErrorKind::NoTarget) {
+                        bal.record_failure(t);
                     }
                     tried.insert(t);
                     if can_try_again(attempts) {
@@ -643,14 +672,17 @@ async fn forward(
                             .is_none()
                         {
                             tried = Default::default();
+                            waiting.start(ctx, u);
                             monoio::time::sleep(up.lb.try_interval).await;
                         }
                         continue;
                     }
+                    waiting.end(ctx, u);
                     return Err(e.into());
                 }
             },
         };
+        waiting.end(ctx, u);
         let reused = conn.reused;
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
@@ -707,6 +739,24 @@ async fn forward(
     }
 }
 
+/// When a request started waiting for a target with a free slot (for the pool wait metrics).
+struct PoolWait(Option<Instant>);
+
+impl PoolWait {
+    fn start(&mut self, ctx: &WorkerCtx, u: usize) {
+        if self.0.is_none() {
+            self.0 = Some(Instant::now());
+            ctx.gen_metrics().pool_waits[u].inc();
+        }
+    }
+
+    fn end(&mut self, ctx: &WorkerCtx, u: usize) {
+        if let Some(since) = self.0.take() {
+            ctx.gen_metrics().pool_wait_time[u].observe(since.elapsed());
+        }
+    }
+}
+
 /// Feeds one response into the target's shared latency estimate and passive health memory.
 fn note_response(
     shared: &crate::balance::TargetShared,
@@ -721,8 +771,8 @@ fn note_response(
     let p = &up.health.passive;
     let failed =
         p.unhealthy_status.contains(status) || p.unhealthy_latency.is_some_and(|max| latency > max);
-    if passive && failed {
-        shared.record_failure(crate::balance::now_ms());
+    if let (true, true, Some(d)) = (passive, failed, p.fail_duration) {
+        shared.record_failure_within(crate::balance::now_ms(), d.as_millis().max(1) as u64);
     }
 }
 
@@ -936,7 +986,7 @@ async fn originate_tls(
     tcp: monoio::net::TcpStream,
 ) -> Result<Stream, ProxyError> {
     let (Some(connector), Some(settings), TargetAddr::Tcp { host, .. }) = (
-        &ctx.shared.upstream_tls[u],
+        &ctx.gen.upstream_tls[u],
         &up.transport.tls,
         &up.targets[t].addr,
     ) else {
@@ -945,7 +995,13 @@ async fn originate_tls(
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     let name = crate::tls::server_name(settings, host)
         .map_err(|e| ProxyError::upstream(ErrorKind::UpstreamTls(e.message), true))?;
-    match timed(settings.handshake_timeout, connector.connect(name, tcp)).await {
+    let result = timed(settings.handshake_timeout, connector.connect(name, tcp)).await;
+    if !matches!(result, Some(Ok(_))) {
+        ctx.shared
+            .upstream_tls_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    match result {
         Some(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls), fd)),
         Some(Err(e)) => {
             let reason = crate::tls::failure_reason(&e.into());
@@ -1048,14 +1104,14 @@ async fn relay_body(
                     && src_stream.can_splice()
                     && dst.can_splice()
                 {
-                    if let Some(mut pipe) = ctx.take_pipe() {
+                    if let Some(mut pipe) = ctx.core.take_pipe() {
                         // An error may leave bytes in the pipe: then it is dropped, not reused.
                         splice_body(
                             ctx, upward, src_stream, src_side, dst, dst_side, &mut pipe, remaining,
                             lim,
                         )
                         .await?;
-                        ctx.return_pipe(pipe);
+                        ctx.core.return_pipe(pipe);
                         lim.moved.set(lim.moved.get() + remaining);
                         return Ok(());
                     }
@@ -1191,7 +1247,7 @@ async fn splice_body(
             Some(Ok(())) => {}
         }
         remaining -= n as u64;
-        ctx.count_spliced(upward, n as u64);
+        ctx.core.count_spliced(upward, n as u64);
     }
     Ok(())
 }
@@ -1394,7 +1450,7 @@ async fn exchange(
             reused,
         )
     })?;
-    ctx.metrics().upstream_requests[u][t][reused as usize].inc();
+    ctx.gen_metrics().upstream_requests[u][t][reused as usize].inc();
     let sent_at = Instant::now();
     let req_limits = BodyLimits {
         read_timeout: ctx.config.limits.idle_timeout,
@@ -1473,7 +1529,7 @@ async fn exchange(
             }
             Parse::Complete(r) => {
                 *seen = Some((r.status, sent_at.elapsed()));
-                ctx.metrics().upstream_response_time[u].observe(sent_at.elapsed());
+                ctx.gen_metrics().upstream_response_time[u].observe(sent_at.elapsed());
                 s.status = r.status;
                 break r;
             }
@@ -1626,7 +1682,7 @@ async fn exchange(
                 .wanted
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
         if !wanted {
-            ctx.pool.checkin(u, t, conn, tr.max_idle_per_worker);
+            ctx.checkin(u, t, conn);
         }
     }
     Ok(Exchange::Done(keep))

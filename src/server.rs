@@ -4,16 +4,18 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::balance::{shared_targets, SharedTargets};
+use arc_swap::ArcSwap;
+
 use crate::config::{Config, Driver, ListenAddr};
+use crate::control::{Control, Reloaded, WorkerLink};
+use crate::generation::Generation;
 use crate::health;
 use crate::l4::TunnelCounters;
-use crate::listener;
-use crate::metrics::WorkerMetrics;
-use crate::tls::ListenerTlsState;
+use crate::listener::{self, BoundSocket};
+use crate::metrics::{Registry, WorkerMetrics};
 use crate::worker::{self, DriverKind};
 
 /// State shared by all workers: only atomics (and immutable data).
@@ -21,27 +23,30 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// One entry per worker, indexed by worker id; each written only by its worker.
     pub metrics: Vec<WorkerMetrics>,
-    /// `[upstream][target]` health and load, indexed like `Config::upstreams`.
-    pub targets: SharedTargets,
-    /// Per listener (indexed like `Config::listeners`): its live TLS server config.
-    pub listener_tls: Vec<Option<ListenerTlsState>>,
-    /// Per upstream: the TLS client config its TLS targets are dialed with (one session cache
-    /// for all workers, so a new connection can resume).
-    pub upstream_tls: Vec<Option<monoio_rustls::TlsConnector>>,
     /// Client handshakes that failed or timed out, on every listener.
     pub tls_handshake_failures: AtomicU64,
+    /// Handshakes with TLS targets that failed or timed out.
+    pub upstream_tls_failures: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
     /// Layer-4 tunnel counters, indexed by worker id.
     pub tunnels: Vec<TunnelCounters>,
+    /// The configuration new connections get (workers learn of a new one by message; this is
+    /// for the admin endpoint and the control side).
+    pub current: ArcSwap<Generation>,
+    /// Every generation whose counters a scrape must still sum.
+    pub registry: Mutex<Registry>,
 }
 
 impl Shared {
-    /// Rebuilds every TLS listener's certificates from their files (SIGHUP). New connections
-    /// get the new config; open ones keep theirs. A listener whose files are broken keeps
-    /// the config it had; the error names it.
-    pub fn reload_tls(&self, listeners: &[crate::config::Listener]) -> Result<usize, String> {
+    /// Rebuilds every TLS listener's certificates from their files. New connections get the
+    /// new config; open ones keep theirs. A listener whose files are broken keeps the config
+    /// it had; the error names it.
+    pub fn reload_tls(&self) -> Result<usize, String> {
+        let gen = self.current.load_full();
         let mut reloaded = 0;
         let mut errors = Vec::new();
-        for (state, l) in self.listener_tls.iter().zip(listeners) {
+        for (state, l) in gen.listener_tls.iter().zip(&gen.config.listeners) {
             if let Some(state) = state {
                 match state.reload() {
                     Ok(()) => reloaded += 1,
@@ -57,55 +62,11 @@ impl Shared {
     }
 }
 
-fn tls_states(config: &Config) -> io::Result<Vec<Option<ListenerTlsState>>> {
-    config
-        .listeners
-        .iter()
-        .map(|l| match &l.tls {
-            Some(t) => ListenerTlsState::new(t)
-                .map(Some)
-                .map_err(|e| io::Error::other(format!("listener {}: tls.{e}", l.name))),
-            None => Ok(None),
-        })
-        .collect()
-}
-
-fn tls_connectors(config: &Config) -> io::Result<Vec<Option<monoio_rustls::TlsConnector>>> {
-    config
-        .upstreams
-        .iter()
-        .map(|u| match &u.transport.tls {
-            Some(t) => {
-                if t.insecure_skip_verify {
-                    tracing::warn!(
-                        upstream = %u.name,
-                        "insecure_skip_verify: TLS certificates of this upstream are not verified"
-                    );
-                }
-                crate::tls::client_config(t)
-                    .map(|c| Some(monoio_rustls::TlsConnector::from(Arc::new(c))))
-                    .map_err(|e| {
-                        io::Error::other(format!("upstream {}: transport.tls.{e}", u.name))
-                    })
-            }
-            None => Ok(None),
-        })
-        .collect()
-}
-
 pub struct Server {
     workers: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
-    config: Arc<Config>,
-    names: Vec<String>,
-    addrs: Vec<ListenAddr>,
-    listener_fds: Vec<std::os::fd::RawFd>,
-    /// Our ends of one socketpair per worker: closing them wakes the workers to drain.
-    wakers: Vec<std::os::unix::net::UnixStream>,
+    control: Arc<Mutex<Control>>,
     driver: DriverKind,
-    /// The active health checker's control thread, when some upstream has `health.active`.
-    health: Option<health::Checker>,
-    shutdown_delay: std::time::Duration,
     /// Stopped last, so /readyz reports the drain while it happens.
     admin: Option<crate::admin::Admin>,
     /// Writes access log lines; finishes after the workers (who hold its senders) exit.
@@ -116,17 +77,16 @@ impl Server {
     /// Binds every listener and starts the workers; returns once all of them are serving.
     pub fn start(config: Config) -> io::Result<Server> {
         let workers = config.workers.max(1);
-        let bound = listener::bind_all(&config, workers)?;
-        let listener_fds = bound.sockets.iter().flatten().map(|s| s.raw_fd()).collect();
-        let shared = Arc::new(Shared {
-            draining: AtomicBool::new(false),
-            metrics: (0..workers).map(|_| WorkerMetrics::new(&config)).collect(),
-            targets: shared_targets(&config.upstreams),
-            listener_tls: tls_states(&config)?,
-            upstream_tls: tls_connectors(&config)?,
-            tls_handshake_failures: AtomicU64::new(0),
-            tunnels: (0..workers).map(|_| TunnelCounters::default()).collect(),
-        });
+        let mut sockets: Vec<Vec<(usize, BoundSocket)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::with_capacity(config.listeners.len());
+        for (id, l) in config.listeners.iter().enumerate() {
+            let bound = listener::bind(l, workers)?;
+            addrs.push(bound.addr);
+            for (w, socket) in bound.sockets.into_iter().enumerate() {
+                sockets[w].push((id, socket));
+            }
+        }
         let driver = match config.driver {
             Driver::Auto if !worker::io_uring_available() => {
                 tracing::warn!(
@@ -148,24 +108,60 @@ impl Server {
             }
             None => (None, None),
         };
+        let admin_addr = config.admin;
         let config = Arc::new(config);
+        let ids = (0..config.listeners.len()).collect();
+        let gen = Arc::new(Generation::build(
+            1,
+            config.clone(),
+            None,
+            ids,
+            addrs,
+            workers,
+        )?);
+        let mut registry = Registry::default();
+        registry.add(gen.clone());
+        let shared = Arc::new(Shared {
+            draining: AtomicBool::new(false),
+            metrics: (0..workers).map(|_| WorkerMetrics::default()).collect(),
+            tls_handshake_failures: AtomicU64::new(0),
+            upstream_tls_failures: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            tunnels: (0..workers).map(|_| TunnelCounters::default()).collect(),
+            current: ArcSwap::new(gen.clone()),
+            registry: Mutex::new(registry),
+        });
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(workers);
-        let mut wakers = Vec::with_capacity(workers);
-        for (id, sockets) in bound.sockets.into_iter().enumerate() {
+        let mut links = Vec::with_capacity(workers);
+        for (id, sockets) in sockets.into_iter().enumerate() {
             let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
             theirs.set_nonblocking(true)?;
-            wakers.push(ours);
+            let (inbox_tx, inbox) = mpsc::channel();
+            links.push(WorkerLink {
+                tx: inbox_tx,
+                wake: ours,
+            });
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-            let (config, shared, tx) = (config.clone(), shared.clone(), tx.clone());
-            let access = access_tx.clone();
+            let init = worker::WorkerInit {
+                id,
+                driver,
+                sockets,
+                wake: theirs,
+                inbox,
+                access: access_tx.clone(),
+                gen: gen.clone(),
+                shared: shared.clone(),
+            };
+            let tx = tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("ringway-w{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(id, driver, sockets, theirs, access, config, shared, |r| {
+                    worker::run(init, |r| {
                         let _ = tx.send(r);
                     });
                 })?;
@@ -173,17 +169,12 @@ impl Server {
         }
         drop(tx);
         drop(access_tx);
+        let control = Control::new(shared.clone(), links, &config.listeners, None);
         let mut server = Server {
             workers: handles,
             shared,
-            config: config.clone(),
-            names: config.listeners.iter().map(|l| l.name.clone()).collect(),
-            addrs: bound.addrs,
-            wakers,
-            listener_fds,
+            control: Arc::new(Mutex::new(control)),
             driver: DriverKind::Epoll,
-            health: None,
-            shutdown_delay: config.shutdown_delay,
             admin: None,
             access_writer,
         };
@@ -200,21 +191,16 @@ impl Server {
                 }
             }
         }
-        match health::Checker::start(config.clone(), server.shared.targets.clone()) {
-            Ok(checker) => server.health = checker,
+        match health::Checker::start(config.clone(), gen.targets.clone()) {
+            Ok(checker) => server.control().set_health(checker),
             Err(e) => {
                 server.stop_now();
                 return Err(io::Error::new(e.kind(), format!("health checker: {e}")));
             }
         }
-        if let Some(addr) = config.admin {
-            let bound = server
-                .names
-                .iter()
-                .cloned()
-                .zip(server.addrs.iter().cloned())
-                .collect();
-            match crate::admin::Admin::start(addr, config.clone(), server.shared.clone(), bound) {
+        if let Some(addr) = admin_addr {
+            let shared = server.shared.clone();
+            match crate::admin::Admin::start(addr, shared, server.control.clone()) {
                 Ok(a) => server.admin = Some(a),
                 Err(e) => {
                     server.stop_now();
@@ -225,6 +211,26 @@ impl Server {
         Ok(server)
     }
 
+    fn control(&self) -> std::sync::MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-reads the configuration file and swaps it into every worker (SIGHUP, `POST /reload`).
+    /// On any error the running configuration stays.
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        self.control().reload()
+    }
+
+    /// Swaps an already validated configuration in, as a reload of its file would.
+    pub fn reload_with(&self, config: Config) -> Result<Reloaded, String> {
+        self.control().swap_in(config)
+    }
+
+    /// The configuration new connections get now.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.current.load().config.clone()
+    }
+
     /// The admin endpoint's bound address (with `:0` resolved), when it is enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|a| a.addr())
@@ -232,15 +238,23 @@ impl Server {
 
     /// The bound address of a TCP listener (with `:0` resolved).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        let i = self.names.iter().position(|n| n == listener)?;
-        match &self.addrs[i] {
+        let gen = self.shared.current.load();
+        let i = gen
+            .config
+            .listeners
+            .iter()
+            .position(|l| l.name == listener)?;
+        match &gen.addrs[i] {
             ListenAddr::Tcp(a) => Some(*a),
             ListenAddr::Unix(_) => None,
         }
     }
 
-    pub fn listeners(&self) -> impl Iterator<Item = (&str, &ListenAddr)> {
-        self.names.iter().map(String::as_str).zip(&self.addrs)
+    /// Each listener's name and bound address.
+    pub fn listeners(&self) -> Vec<(String, ListenAddr)> {
+        let gen = self.shared.current.load();
+        let names = gen.config.listeners.iter().map(|l| l.name.clone());
+        names.zip(gen.addrs.iter().cloned()).collect()
     }
 
     pub fn driver(&self) -> DriverKind {
@@ -276,9 +290,9 @@ impl Server {
         self.workers.len()
     }
 
-    /// Reloads TLS certificates from their files (SIGHUP); see [`Shared::reload_tls`].
+    /// Reloads TLS certificates from their files; see [`Shared::reload_tls`].
     pub fn reload_tls(&self) -> Result<usize, String> {
-        self.shared.reload_tls(&self.config.listeners)
+        self.shared.reload_tls()
     }
 
     /// Client TLS handshakes that failed so far.
@@ -293,27 +307,18 @@ impl Server {
     }
 
     fn stop_now(&mut self) {
-        if let Some(h) = self.health.take() {
-            h.stop();
-        }
-        self.shared.draining.store(true, Ordering::SeqCst);
-        // Readiness fails from now on; keep accepting meanwhile so traffic that load
-        // balancers still send (until they notice) is served, not refused.
-        if !self.shutdown_delay.is_zero() && !self.workers.is_empty() {
-            std::thread::sleep(self.shutdown_delay);
-        }
-        for &fd in &self.listener_fds {
-            listener::stop_accepting(fd);
-        }
-        self.wakers.clear();
+        let delay = self.shared.current.load().config.shutdown_delay;
+        let unix_paths = {
+            let mut control = self.control();
+            control.drain(delay);
+            control.unix_paths()
+        };
         for handle in self.workers.drain(..) {
             let _ = handle.join();
         }
         // Our socket files would otherwise block the next start's bind ("not a socket" aside).
-        for addr in &self.addrs {
-            if let ListenAddr::Unix(path) = addr {
-                let _ = std::fs::remove_file(path);
-            }
+        for path in unix_paths {
+            let _ = std::fs::remove_file(path);
         }
         self.admin = None;
         if let Some(w) = self.access_writer.take() {

@@ -39,6 +39,9 @@ pub struct TargetShared {
     /// at `fail_next` is the oldest remembered failure: the target is down while it is recent.
     fails: Box<[AtomicU64]>,
     fail_next: AtomicU32,
+    /// Times passive failures took this target down, and times active probes did.
+    pub passive_marks: AtomicU64,
+    pub active_marks: AtomicU64,
     /// p2c_ewma: peak-EWMA of response latency in ns (f64 bits) and when it was last updated.
     ewma: AtomicU64,
     ewma_at: AtomicU64,
@@ -57,6 +60,8 @@ impl TargetShared {
             wanted: AtomicBool::new(false),
             fails: (0..max_fails.max(1)).map(|_| AtomicU64::new(0)).collect(),
             fail_next: AtomicU32::new(0),
+            passive_marks: AtomicU64::new(0),
+            active_marks: AtomicU64::new(0),
             ewma: AtomicU64::new(0f64.to_bits()),
             ewma_at: AtomicU64::new(0),
         }
@@ -75,6 +80,16 @@ impl TargetShared {
     pub fn record_failure(&self, now: u64) {
         let i = self.fail_next.fetch_add(1, Ordering::Relaxed) as usize % self.fails.len();
         self.fails[i].store(now, Ordering::Relaxed);
+    }
+
+    /// Remembers one passive failure and counts it when it takes the target down (failure
+    /// path only, so the extra loads cost nothing on success).
+    pub fn record_failure_within(&self, now: u64, fail_ms: u64) {
+        let was_down = self.passive_down(now, fail_ms);
+        self.record_failure(now);
+        if !was_down && self.passive_down(now, fail_ms) {
+            self.passive_marks.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Whether `max_fails` failures happened within `fail_ms` before `now`. Lock-free: one load

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use monoio::net::{TcpListener, UnixListener};
@@ -13,8 +13,9 @@ use monoio::net::{TcpListener, UnixListener};
 use crate::balance::Balancer;
 use crate::closer::Closer;
 use crate::config::{Config, Driver, ListenerKind};
-use crate::listener::BoundSocket;
-use crate::pool::Pool;
+use crate::generation::Generation;
+use crate::listener::{self, BoundSocket};
+use crate::pool::{Pool, UpConn};
 use crate::server::Shared;
 use crate::stream::{SplicePipe, Stream};
 
@@ -34,17 +35,13 @@ const MAX_CACHED_PIPES: usize = 16;
 /// After the drain, how long connection tasks get to notice the close and drop their sockets.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Everything one worker owns.
-pub struct WorkerCtx {
+/// What a worker owns for its whole life, whatever configuration it serves.
+pub struct WorkerCore {
     pub id: usize,
-    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
     /// This worker's access log buffer, when access logging is on.
     pub access: Option<crate::access::WorkerLog>,
-    /// One replica per upstream, indexed like `config.upstreams`.
-    pub balancers: Vec<Balancer>,
-    pub pool: Pool,
-    pub shared: Arc<Shared>,
-    /// Requests being handled now (a drain waits for these).
+    /// Requests (and tunnels) being handled now (a drain waits for these).
     pub active_requests: Cell<usize>,
     /// Open downstream connections (for `limits.max_connections`).
     pub open_conns: Cell<usize>,
@@ -56,11 +53,37 @@ pub struct WorkerCtx {
     uring: Cell<bool>,
     /// Fired after the drain: every connection task ends, closing its sockets.
     close_all: Closer,
+    /// The generation new connections and requests use; `None` once the worker has stopped
+    /// (each generation's context points back here, so the last one is let go explicitly).
+    current: RefCell<Option<Rc<WorkerCtx>>>,
+    /// This worker's accept loops, by socket id.
+    accepts: RefCell<Vec<AcceptLoop>>,
+    /// Whether the task that hands idle slots of capped targets to other workers runs.
+    handing_over: Cell<bool>,
 }
 
-impl WorkerCtx {
+struct AcceptLoop {
+    socket: usize,
+    fd: std::os::fd::RawFd,
+    /// Fired when a reload removes this listener.
+    stop: Rc<Closer>,
+    task: monoio::task::JoinHandle<()>,
+}
+
+impl WorkerCore {
+    /// The context of the current generation.
+    pub fn current(&self) -> Option<Rc<WorkerCtx>> {
+        self.current.borrow().clone()
+    }
+
     pub fn draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// This worker's counters (only this worker writes them).
+    #[inline]
+    pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.shared.metrics[self.id]
     }
 
     /// A pipe for splicing, or `None` when none can be made (the caller copies instead).
@@ -90,11 +113,120 @@ impl WorkerCtx {
         };
         c.add(n);
     }
+}
 
-    /// This worker's counters (only this worker writes them).
+/// A worker's view of one generation: its configuration, this worker's balancer replicas and
+/// connection pool for it. Connection tasks hold the context of the request they are serving.
+pub struct WorkerCtx {
+    pub id: usize,
+    pub core: Rc<WorkerCore>,
+    pub gen: Arc<Generation>,
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    /// One replica per upstream, indexed like `config.upstreams`.
+    pub balancers: Vec<Balancer>,
+    pub pool: Pool,
+}
+
+impl WorkerCtx {
+    /// Builds this worker's context for `gen`, moving idle connections to targets that did not
+    /// change out of `prev`'s pool (no reconnect storm after a reload).
+    fn new(core: &Rc<WorkerCore>, gen: Arc<Generation>, prev: Option<&WorkerCtx>) -> WorkerCtx {
+        let id = core.id;
+        let config = gen.config.clone();
+        let balancers = config
+            .upstreams
+            .iter()
+            .zip(&gen.targets)
+            .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
+            .collect();
+        let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
+        if let Some(prev) = prev {
+            for (u, targets) in gen.targets.iter().enumerate() {
+                for (t, shared) in targets.iter().enumerate() {
+                    if let Some((pu, pt)) = prev.find_target(shared) {
+                        prev.pool.move_idle((pu, pt), &pool, (u, t));
+                    }
+                }
+            }
+        }
+        WorkerCtx {
+            id,
+            core: core.clone(),
+            shared: core.shared.clone(),
+            config,
+            gen,
+            balancers,
+            pool,
+        }
+    }
+
+    /// Where a target (by its shared state) sits in this generation.
+    fn find_target(&self, shared: &Arc<crate::balance::TargetShared>) -> Option<(usize, usize)> {
+        self.gen.targets.iter().enumerate().find_map(|(u, ts)| {
+            ts.iter()
+                .position(|s| Arc::ptr_eq(s, shared))
+                .map(|t| (u, t))
+        })
+    }
+
+    /// The current generation's context when a reload replaced this one.
+    pub fn newer(&self) -> Option<Rc<WorkerCtx>> {
+        let current = self.core.current.borrow();
+        match &*current {
+            Some(c) if !std::ptr::eq(&**c, self) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps an upstream connection for reuse: in this pool, or after a reload in the current
+    /// generation's, when the target is still there; otherwise it closes.
+    pub fn checkin(&self, u: usize, t: usize, conn: UpConn) {
+        match self.newer() {
+            None => {
+                let max_idle = self.config.upstreams[u].transport.max_idle_per_worker;
+                self.pool.checkin(u, t, conn, max_idle);
+            }
+            Some(current) => {
+                if let Some((u, t)) = current.find_target(conn.slot.target()) {
+                    let max_idle = current.config.upstreams[u].transport.max_idle_per_worker;
+                    current.pool.checkin(u, t, conn, max_idle);
+                }
+            }
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.core.draining()
+    }
+
+    /// This worker's counters that no reload renames.
     #[inline]
     pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
-        &self.shared.metrics[self.id]
+        self.core.metrics()
+    }
+
+    /// This worker's counters labelled by this generation's names.
+    #[inline]
+    pub fn gen_metrics(&self) -> &crate::metrics::GenMetrics {
+        &self.gen.metrics[self.id]
+    }
+
+    /// Counts a finished request: by listener and status class, and by target when one answered.
+    pub fn request_done(
+        &self,
+        listener: usize,
+        status: u16,
+        took: Duration,
+        target: Option<(usize, usize)>,
+    ) {
+        let class = crate::metrics::status_class(status);
+        let g = self.gen_metrics();
+        g.requests[listener][class].inc();
+        if let Some((u, t)) = target {
+            g.target_responses[u][t][class].inc();
+        }
+        self.metrics().request_duration.observe(took);
     }
 }
 
@@ -123,51 +255,72 @@ pub fn io_uring_available() -> bool {
     io_uring::IoUring::new(2).is_ok()
 }
 
-// Each argument is one thing the server hands a worker; bundling them would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// A message from the control thread; the wake socket gets one byte after each.
+pub enum WorkerMsg {
+    /// Switch to a new generation; bind accept loops for added sockets, stop removed ones.
+    Reload {
+        gen: Arc<Generation>,
+        add: Vec<(usize, BoundSocket)>,
+        remove: Vec<usize>,
+        /// Told once this worker serves new connections with `gen`.
+        done: mpsc::Sender<usize>,
+    },
+}
+
+/// What the server hands a worker when it starts it.
+pub struct WorkerInit {
+    pub id: usize,
+    pub driver: Driver,
+    /// `(socket id, socket)` for every listener.
+    pub sockets: Vec<(usize, BoundSocket)>,
+    /// Readable when a message waits in `inbox`; closed when the server drains.
+    pub wake: std::os::unix::net::UnixStream,
+    pub inbox: mpsc::Receiver<WorkerMsg>,
+    pub access: Option<mpsc::Sender<Vec<u8>>>,
+    pub gen: Arc<Generation>,
+    pub shared: Arc<Shared>,
+}
+
 /// Runs a worker to completion on the current thread: returns once the server is draining and
 /// this worker's in-flight requests finished or `shutdown_timeout` passed.
-pub fn run(
-    id: usize,
-    driver: Driver,
-    sockets: Vec<BoundSocket>,
-    wake: std::os::unix::net::UnixStream,
-    access: Option<std::sync::mpsc::Sender<Vec<u8>>>,
-    config: Arc<Config>,
-    shared: Arc<Shared>,
-    started: impl FnOnce(io::Result<DriverKind>),
-) {
-    let ctx = move || {
-        let balancers = config
-            .upstreams
-            .iter()
-            .zip(&shared.targets)
-            .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
-            .collect();
-        let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
-        let access = access.map(|tx| crate::access::WorkerLog::new(tx, config.log.format));
-        Rc::new(WorkerCtx {
+pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
+    let WorkerInit {
+        id,
+        driver,
+        sockets,
+        wake,
+        inbox,
+        access,
+        gen,
+        shared,
+    } = init;
+    let core = move || {
+        let access = access.map(|tx| crate::access::WorkerLog::new(tx, gen.config.log.format));
+        let core = Rc::new(WorkerCore {
             id,
-            access,
-            config,
-            balancers,
-            pool,
             shared,
+            access,
             active_requests: Cell::new(0),
             open_conns: Cell::new(0),
             pipes: RefCell::new(Vec::new()),
             stop_accepting: Closer::default(),
             uring: Cell::new(false),
             close_all: Closer::default(),
-        })
+            current: RefCell::new(None),
+            accepts: RefCell::new(Vec::new()),
+            handing_over: Cell::new(false),
+        });
+        let ctx = WorkerCtx::new(&core, gen, None);
+        *core.current.borrow_mut() = Some(Rc::new(ctx));
+        core
     };
     if driver != Driver::Epoll {
         match build_uring() {
             Ok((mut rt, kind)) => {
                 started(Ok(kind));
-                let ctx = ctx();
-                ctx.uring.set(true);
-                rt.block_on(worker_main(ctx, sockets, wake));
+                let core = core();
+                core.uring.set(true);
+                rt.block_on(worker_main(core, sockets, wake, inbox));
                 return;
             }
             Err(e) if driver == Driver::IoUring => {
@@ -183,7 +336,7 @@ pub fn run(
     {
         Ok(mut rt) => {
             started(Ok(DriverKind::Epoll));
-            rt.block_on(worker_main(ctx(), sockets, wake));
+            rt.block_on(worker_main(core(), sockets, wake, inbox));
         }
         Err(e) => started(Err(e)),
     }
@@ -222,101 +375,178 @@ fn seed_for(worker: usize) -> u64 {
 }
 
 async fn worker_main(
-    ctx: Rc<WorkerCtx>,
-    sockets: Vec<BoundSocket>,
+    core: Rc<WorkerCore>,
+    sockets: Vec<(usize, BoundSocket)>,
     wake: std::os::unix::net::UnixStream,
+    inbox: mpsc::Receiver<WorkerMsg>,
 ) {
-    let mut accepts = Vec::with_capacity(sockets.len());
-    for (index, socket) in sockets.into_iter().enumerate() {
-        match socket {
-            BoundSocket::Tcp(l) => match TcpListener::from_std(l) {
-                Ok(l) => accepts.push(monoio::spawn(accept_loop(ctx.clone(), index, l))),
-                Err(e) => tracing::error!(worker = ctx.id, "listener registration failed: {e}"),
-            },
-            BoundSocket::Unix(l) => match UnixListener::from_std(l) {
-                Ok(l) => accepts.push(monoio::spawn(accept_loop(ctx.clone(), index, l))),
-                Err(e) => tracing::error!(worker = ctx.id, "listener registration failed: {e}"),
-            },
-        }
+    for (socket, bound) in sockets {
+        start_accepting(&core, socket, bound);
     }
-    if ctx.access.is_some() {
-        monoio::spawn(flush_access_log(ctx.clone()));
+    if core.access.is_some() {
+        monoio::spawn(flush_access_log(core.clone()));
     }
-    let capped = ctx
-        .balancers
-        .iter()
-        .any(|b| (0..b.len()).any(|t| b.is_capped(t)));
-    if capped {
-        monoio::spawn(hand_over_idle_slots(ctx.clone()));
-    }
-    // The control thread closes its end of `wake` when the server drains: a readable socket
-    // wakes io_uring and epoll alike, where shutdown(2) of a Unix listener does not wake epoll.
+    start_handing_over(&core);
+    // The control thread writes a byte after each message and closes its end when the server
+    // drains: a readable socket wakes io_uring and epoll alike, where shutdown(2) of a Unix
+    // listener does not wake epoll.
     match monoio::net::UnixStream::from_std(wake) {
         Ok(mut wake) => {
             use monoio::io::AsyncReadRent;
-            let _ = wake.read(Vec::with_capacity(1)).await;
+            let mut buf = Vec::with_capacity(64);
+            loop {
+                let (res, b) = wake.read(buf).await;
+                buf = b;
+                buf.clear();
+                match res {
+                    Ok(n) if n > 0 => {
+                        while let Ok(msg) = inbox.try_recv() {
+                            apply(&core, msg);
+                        }
+                    }
+                    _ => break,
+                }
+            }
         }
         Err(e) => {
-            tracing::error!(worker = ctx.id, "cannot watch for shutdown: {e}");
+            tracing::error!(worker = core.id, "cannot watch for control messages: {e}");
             std::future::pending::<()>().await;
         }
     }
-    ctx.stop_accepting.close();
-    for a in accepts {
-        a.await;
+    core.stop_accepting.close();
+    let accepts = std::mem::take(&mut *core.accepts.borrow_mut());
+    for a in &accepts {
+        listener::stop_accepting(a.fd);
     }
-    let deadline = Instant::now() + ctx.config.shutdown_timeout;
-    while ctx.active_requests.get() > 0 && Instant::now() < deadline {
+    for a in accepts {
+        a.task.await;
+    }
+    let shutdown_timeout = core
+        .current()
+        .map_or(Duration::ZERO, |c| c.config.shutdown_timeout);
+    let deadline = Instant::now() + shutdown_timeout;
+    while core.active_requests.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(DRAIN_POLL).await;
     }
-    if ctx.active_requests.get() > 0 {
+    if core.active_requests.get() > 0 {
         tracing::warn!(
-            worker = ctx.id,
-            in_flight = ctx.active_requests.get(),
+            worker = core.id,
+            in_flight = core.active_requests.get(),
             "shutdown_timeout passed with requests in flight; closing them"
         );
     }
     // End every connection task so their sockets close now, not whenever the runtime goes.
-    ctx.close_all.close();
+    core.close_all.close();
     let deadline = Instant::now() + CLOSE_GRACE;
-    while ctx.open_conns.get() > 0 && Instant::now() < deadline {
+    while core.open_conns.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(DRAIN_POLL).await;
     }
-    if let Some(log) = &ctx.access {
+    // Pools close their idle upstream connections here (the contexts point back at `core`).
+    core.current.borrow_mut().take();
+    if let Some(log) = &core.access {
         log.flush();
+    }
+}
+
+/// Switches this worker to a new generation.
+fn apply(core: &Rc<WorkerCore>, msg: WorkerMsg) {
+    match msg {
+        WorkerMsg::Reload {
+            gen,
+            add,
+            remove,
+            done,
+        } => {
+            let generation = gen.id;
+            let prev = core.current();
+            let ctx = WorkerCtx::new(core, gen, prev.as_deref());
+            *core.current.borrow_mut() = Some(Rc::new(ctx));
+            drop(prev);
+            for (socket, bound) in add {
+                start_accepting(core, socket, bound);
+            }
+            core.accepts.borrow_mut().retain(|a| {
+                if !remove.contains(&a.socket) {
+                    return true;
+                }
+                a.stop.close();
+                listener::stop_accepting(a.fd);
+                false
+            });
+            start_handing_over(core);
+            let _ = done.send(core.id);
+            tracing::debug!(
+                worker = core.id,
+                generation,
+                "serving the new configuration"
+            );
+        }
+    }
+}
+
+fn start_accepting(core: &Rc<WorkerCore>, socket: usize, bound: BoundSocket) {
+    let fd = bound.raw_fd();
+    let stop = Rc::new(Closer::default());
+    let task = match bound {
+        BoundSocket::Tcp(l) => TcpListener::from_std(l)
+            .map(|l| monoio::spawn(accept_loop(core.clone(), socket, l, stop.clone()))),
+        BoundSocket::Unix(l) => UnixListener::from_std(l)
+            .map(|l| monoio::spawn(accept_loop(core.clone(), socket, l, stop.clone()))),
+    };
+    match task {
+        Ok(task) => core.accepts.borrow_mut().push(AcceptLoop {
+            socket,
+            fd,
+            stop,
+            task,
+        }),
+        Err(e) => tracing::error!(worker = core.id, "listener registration failed: {e}"),
     }
 }
 
 /// Hands the access log buffer to the writer thread now and then, so lines from a quiet
 /// worker do not wait for the buffer to fill.
-async fn flush_access_log(ctx: Rc<WorkerCtx>) {
-    while !ctx.close_all.is_closed() {
+async fn flush_access_log(core: Rc<WorkerCore>) {
+    while !core.close_all.is_closed() {
         monoio::select! {
             _ = monoio::time::sleep(crate::access::FLUSH_INTERVAL) => {},
-            _ = ctx.close_all.wait() => {},
+            _ = core.close_all.wait() => {},
         }
-        if let Some(log) = &ctx.access {
+        if let Some(log) = &core.access {
             log.flush();
         }
     }
 }
 
+fn start_handing_over(core: &Rc<WorkerCore>) {
+    let Some(ctx) = core.current() else { return };
+    let capped = ctx
+        .balancers
+        .iter()
+        .any(|b| (0..b.len()).any(|t| b.is_capped(t)));
+    if capped && !core.handing_over.replace(true) {
+        monoio::spawn(hand_over_idle_slots(core.clone()));
+    }
+}
+
 /// With `max_connections` caps, an idle pooled connection in one worker would starve another
 /// worker of that target's slots until `idle_timeout`: this task hands such slots over.
-async fn hand_over_idle_slots(ctx: Rc<WorkerCtx>) {
-    while !ctx.draining() {
+async fn hand_over_idle_slots(core: Rc<WorkerCore>) {
+    while !core.draining() {
         monoio::time::sleep(HANDOVER_POLL).await;
+        let Some(ctx) = core.current() else { break };
         for (u, b) in ctx.balancers.iter().enumerate() {
             for t in (0..b.len()).filter(|&t| b.is_capped(t)) {
                 ctx.pool.hand_over(u, t, b.shared(t));
             }
         }
     }
+    core.handing_over.set(false);
 }
 
 /// Admits a new downstream connection unless the worker is at `limits.max_connections`.
 fn admit(ctx: &WorkerCtx) -> bool {
-    !matches!(ctx.config.limits.max_connections, Some(max) if ctx.open_conns.get() >= max)
+    !matches!(ctx.config.limits.max_connections, Some(max) if ctx.core.open_conns.get() >= max)
 }
 
 /// A listening socket of either family, accepted from by one loop.
@@ -338,49 +568,56 @@ impl Accept for UnixListener {
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, index: usize, listener: impl Accept) {
+async fn accept_loop(core: Rc<WorkerCore>, socket: usize, listener: impl Accept, stop: Rc<Closer>) {
     loop {
         // On io_uring an accept must complete, never be dropped in flight (see
         // `listener::stop_accepting`); epoll has nothing in the kernel to leave behind.
-        let accepted = if ctx.uring.get() {
+        let accepted = if core.uring.get() {
             listener.accept_conn().await
         } else {
             monoio::select! {
                 r = listener.accept_conn() => r,
-                _ = ctx.stop_accepting.wait() => break,
+                _ = core.stop_accepting.wait() => break,
+                _ = stop.wait() => break,
             }
         };
         match accepted {
             Ok((stream, peer)) => {
                 // Still served while draining: shutdown_delay keeps accepting on purpose.
-                ctx.metrics().accepted.inc();
+                core.metrics().accepted.inc();
+                let Some(ctx) = core.current() else { break };
+                // A removed listener's socket is stopped before its generation goes away.
+                let Some(index) = ctx.gen.listener_of(socket) else {
+                    continue;
+                };
                 if admit(&ctx) {
-                    spawn_conn(&ctx, index, stream, peer);
+                    spawn_conn(ctx, socket, index, stream, peer);
                 }
             }
             Err(e) => {
-                if ctx.draining() {
+                if core.draining() || stop.is_closed() {
                     break;
                 }
-                accept_failed(&ctx, e).await;
+                accept_failed(&core, e).await;
             }
         }
     }
 }
 
-async fn accept_failed(ctx: &WorkerCtx, e: io::Error) {
-    tracing::warn!(worker = ctx.id, "accept failed: {e}");
+async fn accept_failed(core: &WorkerCore, e: io::Error) {
+    tracing::warn!(worker = core.id, "accept failed: {e}");
     monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
 }
 
 fn spawn_conn(
-    ctx: &Rc<WorkerCtx>,
+    ctx: Rc<WorkerCtx>,
+    socket: usize,
     listener: usize,
     stream: Stream,
     peer: Option<std::net::SocketAddr>,
 ) {
-    let ctx = ctx.clone();
-    ctx.open_conns.set(ctx.open_conns.get() + 1);
+    let core = ctx.core.clone();
+    core.open_conns.set(core.open_conns.get() + 1);
     monoio::spawn(async move {
         let serve = async {
             // The handshake runs here, in the connection's task, so the accept loop never waits.
@@ -389,16 +626,16 @@ fn spawn_conn(
             };
             match &ctx.config.listeners[listener].kind {
                 ListenerKind::Http { .. } => {
-                    crate::proxy::serve(&ctx, listener, stream, peer).await
+                    crate::proxy::serve(ctx.clone(), socket, listener, stream, peer).await
                 }
                 ListenerKind::Tcp { .. } => crate::l4::serve(&ctx, listener, stream, peer).await,
             }
         };
         monoio::select! {
             _ = CatchPanic(Box::pin(serve)) => {},
-            _ = ctx.close_all.wait() => {},
+            _ = core.close_all.wait() => {},
         }
-        ctx.open_conns.set(ctx.open_conns.get() - 1);
+        core.open_conns.set(core.open_conns.get() - 1);
     });
 }
 
@@ -434,7 +671,7 @@ async fn terminate_tls(
     stream: Stream,
     peer: Option<std::net::SocketAddr>,
 ) -> Option<Stream> {
-    let Some(state) = &ctx.shared.listener_tls[listener] else {
+    let Some(state) = &ctx.gen.listener_tls[listener] else {
         return Some(stream);
     };
     // Validation allows TLS on TCP listeners only.

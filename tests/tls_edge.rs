@@ -479,7 +479,7 @@ fn post_reload_swaps_certificates_and_metrics_count_failed_handshakes() {
     edge.pki.server("a", &["a.test", "posted.test"]);
     let (status, body) = admin(admin_addr, "POST", "/reload");
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"listeners\":1"), "{body}");
+    assert!(body.contains("\"generation\":2"), "{body}");
     let c = TlsClient::connect(
         proxy.addr(),
         client_config(edge.pki.roots(), None),
@@ -490,7 +490,7 @@ fn post_reload_swaps_certificates_and_metrics_count_failed_handshakes() {
     // A broken key: 500 naming it, and the running certificates stay.
     std::fs::write(edge.dir.join("a.key"), "garbage").unwrap();
     let (status, body) = admin(admin_addr, "POST", "/reload");
-    assert_eq!(status, 500, "{body}");
+    assert_eq!(status, 400, "{body}");
     assert!(body.contains("certificates[0].key"), "{body}");
     // A plain-HTTP client fails its handshake: counted in /metrics.
     let mut plain = proxy.client();
@@ -498,7 +498,7 @@ fn post_reload_swaps_certificates_and_metrics_count_failed_handshakes() {
     let _ = plain.read_until_close();
     let (_, metrics) = admin(admin_addr, "GET", "/metrics");
     assert!(
-        metrics.contains("ringway_tls_handshake_failures_total 1"),
+        metrics.contains("ringway_tls_handshake_failures_total{side=\"downstream\"} 1"),
         "{metrics}"
     );
 }

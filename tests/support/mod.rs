@@ -172,6 +172,9 @@ pub struct Proxy {
     /// The TCP address of the listener named `web` (if there is one).
     pub addr: Option<SocketAddr>,
     pub yaml: String,
+    /// Holds the config file a reload re-reads (`rewrite_config`).
+    dir: TempDir,
+    driver: Driver,
 }
 
 impl Proxy {
@@ -179,7 +182,10 @@ impl Proxy {
     /// with the config error when it does not parse.
     pub fn start(driver: Driver, yaml: &str, vars: &[(&str, String)]) -> Proxy {
         let yaml = with_test_defaults(&subst(yaml, vars), driver);
-        let config = ringway::config::parse(&yaml, "test.yaml")
+        // From a file, as `ringway run` does, so that reloads have something to re-read.
+        let dir = TempDir::new();
+        let path = dir.write("ringway.yaml", &yaml);
+        let config = ringway::config::load(&path)
             .unwrap_or_else(|e| panic!("test config did not parse: {e}\n--- config ---\n{yaml}"));
         let server = Server::start(config)
             .unwrap_or_else(|e| panic!("Server::start failed: {e}\n--- config ---\n{yaml}"));
@@ -188,7 +194,21 @@ impl Proxy {
             server: Some(server),
             addr,
             yaml,
+            dir,
+            driver,
         }
+    }
+
+    /// The config file's text as the proxy reads it (test defaults included).
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ringway.yaml")).unwrap()
+    }
+
+    /// Replaces the config file with `yaml` (after substitution and the test defaults, as in
+    /// `start`); the next reload reads it.
+    pub fn rewrite_config(&self, yaml: &str, vars: &[(&str, String)]) {
+        let yaml = with_test_defaults(&subst(yaml, vars), self.driver);
+        self.dir.write("ringway.yaml", &yaml);
     }
 
     /// The `web` listener's address.

@@ -1,0 +1,200 @@
+//! A generation: one loaded configuration and what every worker shares because of it (target
+//! health and load, TLS configs, labelled metrics). A reload builds the next generation next to
+//! the running one; requests in flight finish on the generation they started on.
+//!
+//! Targets are matched across generations by upstream name, address and transport settings:
+//! a target that is unchanged keeps its [`TargetShared`] (health verdict, passive failures,
+//! connection count), and because pooled connections point at that same state, a worker can
+//! tell which of its idle connections may move to the new generation by pointer equality.
+
+use std::io;
+use std::sync::Arc;
+
+use crate::balance::{SharedTargets, TargetShared};
+use crate::config::{Config, ListenAddr, Upstream};
+use crate::metrics::GenMetrics;
+use crate::tls::ListenerTlsState;
+
+/// One configuration and its shared state. Immutable once built (only atomics inside change).
+pub struct Generation {
+    /// Counts up from 1 with each successful reload.
+    pub id: u64,
+    pub config: Arc<Config>,
+    /// `[upstream][target]` health and load, indexed like `config.upstreams`.
+    pub targets: SharedTargets,
+    /// Per listener (indexed like `config.listeners`): its TLS server config.
+    pub listener_tls: Vec<Option<ListenerTlsState>>,
+    /// Per upstream: the TLS client config its TLS targets are dialed with.
+    pub upstream_tls: Vec<Option<monoio_rustls::TlsConnector>>,
+    /// Per listener: the id of the bound socket it accepts on. Socket ids outlive generations,
+    /// so a connection knows its listener again after a reload.
+    pub sockets: Vec<usize>,
+    /// Per listener: the address it is bound at (`:0` resolved).
+    pub addrs: Vec<ListenAddr>,
+    /// Per worker: counters labelled by this configuration's listeners, upstreams and targets.
+    pub metrics: Vec<GenMetrics>,
+}
+
+impl Generation {
+    /// Builds generation `id` from `config`. Targets unchanged since `prev` keep its shared state.
+    pub fn build(
+        id: u64,
+        config: Arc<Config>,
+        prev: Option<&Generation>,
+        sockets: Vec<usize>,
+        addrs: Vec<ListenAddr>,
+        workers: usize,
+    ) -> io::Result<Generation> {
+        debug_assert_eq!(sockets.len(), config.listeners.len());
+        debug_assert_eq!(addrs.len(), config.listeners.len());
+        let targets = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                (0..u.targets.len())
+                    .map(|t| {
+                        prev.and_then(|p| p.find_target(u, t)).unwrap_or_else(|| {
+                            Arc::new(TargetShared::with_max_fails(u.health.passive.max_fails))
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(Generation {
+            id,
+            listener_tls: tls_states(&config)?,
+            upstream_tls: tls_connectors(&config)?,
+            metrics: (0..workers).map(|_| GenMetrics::new(&config)).collect(),
+            targets,
+            sockets,
+            addrs,
+            config,
+        })
+    }
+
+    /// The shared state of the target in this generation that `new.targets[t]` continues.
+    fn find_target(&self, new: &Upstream, t: usize) -> Option<Arc<TargetShared>> {
+        let (ui, old) = self
+            .config
+            .upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.name == new.name)?;
+        // Connections and the failure ring only carry over where they mean the same thing.
+        if old.health.passive.max_fails != new.health.passive.max_fails
+            || format!("{:?}", old.transport) != format!("{:?}", new.transport)
+        {
+            return None;
+        }
+        let target = &new.targets[t];
+        let ti = old
+            .targets
+            .iter()
+            .position(|o| o.addr == target.addr && o.tls == target.tls)?;
+        let shared = self.targets[ui][ti].clone();
+        if new.health.active.is_none() {
+            // Nothing would ever probe it up again.
+            shared
+                .healthy
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(shared)
+    }
+
+    /// The listener (index into `config.listeners`) that accepts on socket `socket`.
+    pub fn listener_of(&self, socket: usize) -> Option<usize> {
+        self.sockets.iter().position(|&s| s == socket)
+    }
+}
+
+fn tls_states(config: &Config) -> io::Result<Vec<Option<ListenerTlsState>>> {
+    config
+        .listeners
+        .iter()
+        .map(|l| match &l.tls {
+            Some(t) => ListenerTlsState::new(t)
+                .map(Some)
+                .map_err(|e| io::Error::other(format!("listener {}: tls.{e}", l.name))),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+fn tls_connectors(config: &Config) -> io::Result<Vec<Option<monoio_rustls::TlsConnector>>> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| match &u.transport.tls {
+            Some(t) => {
+                if t.insecure_skip_verify {
+                    tracing::warn!(
+                        upstream = %u.name,
+                        "insecure_skip_verify: TLS certificates of this upstream are not verified"
+                    );
+                }
+                crate::tls::client_config(t)
+                    .map(|c| Some(monoio_rustls::TlsConnector::from(Arc::new(c))))
+                    .map_err(|e| {
+                        io::Error::other(format!("upstream {}: transport.tls.{e}", u.name))
+                    })
+            }
+            None => Ok(None),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Arc<Config> {
+        Arc::new(crate::config::parse(yaml, "test.yaml").expect("valid config"))
+    }
+
+    fn addrs() -> Vec<ListenAddr> {
+        vec![ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())]
+    }
+
+    const BASE: &str = "
+listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    routes:
+      - upstream: app
+upstreams:
+  app:
+    targets: [127.0.0.1:9001, 127.0.0.1:9002]
+";
+
+    #[test]
+    fn unchanged_targets_keep_their_shared_state_and_new_ones_start_fresh() {
+        let old = Generation::build(1, config(BASE), None, vec![0], addrs(), 1).unwrap();
+        old.targets[0][1].record_failure(5);
+        let next = BASE.replace(
+            "[127.0.0.1:9001, 127.0.0.1:9002]",
+            "[127.0.0.1:9002, 127.0.0.1:9003]",
+        );
+        let new = Generation::build(2, config(&next), Some(&old), vec![0], addrs(), 1).unwrap();
+        assert!(Arc::ptr_eq(&new.targets[0][0], &old.targets[0][1]));
+        assert!(!Arc::ptr_eq(&new.targets[0][1], &old.targets[0][0]));
+        assert!(
+            new.targets[0][0].passive_down(6, 1_000),
+            "failure memory carried over"
+        );
+    }
+
+    #[test]
+    fn a_changed_transport_gives_targets_fresh_state() {
+        let old = Generation::build(1, config(BASE), None, vec![0], addrs(), 1).unwrap();
+        let next = format!("{BASE}    transport:\n      dial_timeout: 7s\n");
+        let new = Generation::build(2, config(&next), Some(&old), vec![0], addrs(), 1).unwrap();
+        assert!(!Arc::ptr_eq(&new.targets[0][0], &old.targets[0][0]));
+    }
+
+    #[test]
+    fn listeners_are_found_by_their_socket_id() {
+        let g = Generation::build(1, config(BASE), None, vec![7], addrs(), 1).unwrap();
+        assert_eq!(g.listener_of(7), Some(0));
+        assert_eq!(g.listener_of(0), None);
+    }
+}
