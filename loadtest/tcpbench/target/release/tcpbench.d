@@ -1,1 +1,1 @@
-/work/wt/l4/loadtest/tcpbench/target/release/tcpbench: /work/wt/l4/loadtest/tcpbench/src/main.rs
+/work/wt/harness/loadtest/tcpbench/target/release/tcpbench: /work/wt/harness/loadtest/tcpbench/src/main.rs /work/wt/harness/loadtest/tcpbench/src/ws.rs
