@@ -6,6 +6,7 @@
 //! tcpbench bulk  ADDR SECONDS CONNECTIONS  stream 256 KiB writes on each connection
 //! tcpbench short ADDR SECONDS CONNECTIONS  connect, send 1 byte, read 1 byte, close; repeat
 //! tcpbench ws-echo LISTEN                  WebSocket echo backend (see ws.rs)
+//! tcpbench http-sink LISTEN                HTTP backend reading each body whole, answering "ok"
 //! tcpbench ws-load ADDR SECONDS CONNECTIONS SIZE
 //!                                          WebSocket ping-pong of SIZE-byte messages
 //! ```
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod http_sink;
 mod ws;
 
 /// Bytes per write in `bulk`: large writes keep the client's own CPU cost low.
@@ -31,13 +33,14 @@ fn main() {
     let usage = || -> ! {
         eprintln!(
             "usage: tcpbench sink LISTEN | bulk ADDR SECONDS CONNS | short ADDR SECONDS CONNS\n\
-             \x20      | ws-echo LISTEN | ws-load ADDR SECONDS CONNS SIZE"
+             \x20      | ws-echo LISTEN | ws-load ADDR SECONDS CONNS SIZE | http-sink LISTEN"
         );
         std::process::exit(2)
     };
     match args.first().map(String::as_str) {
         Some("sink") if args.len() == 2 => sink(&args[1]),
         Some("ws-echo") if args.len() == 2 => ws::echo_server(&args[1]),
+        Some("http-sink") if args.len() == 2 => http_sink::serve(&args[1]),
         Some("ws-load") if args.len() == 5 => {
             let secs: f64 = args[2].parse().unwrap_or_else(|_| usage());
             let conns: usize = args[3].parse().unwrap_or_else(|_| usage());
