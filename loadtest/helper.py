@@ -391,7 +391,7 @@ def build_scenario(settings, proxies, runs):
             ratios[p] = {"rate_ratio": _ratio(rw["rate"], peer["rate"]),
                          "cpu_per_unit_ratio": _ratio(rw["cpu_us_per_unit"]["total"], peer["cpu_us_per_unit"]["total"])}
             for k, v in rw["extra"].items():
-                if k.endswith("_kb"):
+                if k.endswith("per_conn_kb"):
                     ratios[p][k + "_ratio"] = _ratio(v, peer["extra"].get(k))
         else:
             ratios[p] = {"rate_ratio": None, "cpu_per_unit_ratio": None}
@@ -471,12 +471,13 @@ def render_scenario(doc):
     if ratios:
         L.append("")
         head = "| ringway vs | rate ratio (>1: ringway more) | CPU/unit ratio (<1: ringway cheaper) |"
-        head += "".join(f" {k.replace('_kb', '')} ratio (<1: ringway smaller) |" for k in extra_keys)
+        ratio_keys = [k for k in extra_keys if k.endswith("per_conn_kb")]
+        head += "".join(f" {k.replace('_kb', '')} ratio (<1: ringway smaller) |" for k in ratio_keys)
         L.append(head)
         L.append("|---|" + "---:|" * (head.count("|") - 2))
         for p, r in ratios.items():
             row = f"| {p} | {_fmt(r['rate_ratio'], '.2f')} | {_fmt(r['cpu_per_unit_ratio'], '.2f')} |"
-            row += "".join(f" {_fmt(r.get(k + '_ratio'), '.2f')} |" for k in extra_keys)
+            row += "".join(f" {_fmt(r.get(k + '_ratio'), '.2f')} |" for k in ratio_keys)
             L.append(row)
     notes = [f"{p}: not measured: {why}" for p, why in doc.get("skipped", {}).items()]
     for p, s in summary.items():

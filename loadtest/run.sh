@@ -377,11 +377,12 @@ fi
 # tcpbench is the load generator and backend of some scenarios (websocket).
 TCPBENCH_DIR="$HERE/tcpbench"
 TCPBENCH="$TCPBENCH_DIR/target/release/tcpbench"
-build_tcpbench() {
-  [[ -x $TCPBENCH ]] && ((!build)) && return 0
+build_tcpbench() { # always (a no-op when up to date): --no-build is about ringway
+  [[ -n ${TCPBENCH_BUILT:-} ]] && return 0
   echo "building:  tcpbench (cargo build --release in loadtest/tcpbench)"
   (cd "$TCPBENCH_DIR" && CARGO_TARGET_DIR="$TCPBENCH_DIR/target" "$TIMEOUT" "$BUILD_TIMEOUT" cargo build --release -q) ||
     die "tcpbench build failed"
+  TCPBENCH_BUILT=1
 }
 
 # ---- start everything (once; idle peers cost nothing while another is measured)

@@ -10,6 +10,7 @@ SCENARIO_EXPECT_STATUS=200
 SCENARIO_EXPECT_BODY=$'hello world\n'
 SCENARIO_BACKEND_PORTS=(18000 18007 18008)
 SCENARIO_ERRORS_OK=1   # the errors are what this scenario measures
+SCENARIO_LOADGEN_NAME=wrk
 SCENARIO_TEMPLATE_RINGWAY=scenarios/backend-fail/ringway.yaml
 SCENARIO_TEMPLATE_NGINX=scenarios/backend-fail/nginx-proxy.conf
 SCENARIO_TEMPLATE_HAPROXY=scenarios/backend-fail/haproxy.cfg

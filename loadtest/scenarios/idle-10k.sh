@@ -2,7 +2,7 @@
 # proxy process per run, then 10,000 client connections opened one after another, one request
 # on each (so each is a real, used keep-alive connection), held; the proxy's RSS growth divided
 # by the connections held is rss_per_conn_kb. --quick opens 1,000.
-SCENARIO_DESC='10,000 idle keep-alive connections held (one request each): proxy RSS per connection'
+SCENARIO_DESC='idle keep-alive connections held (one request each): proxy RSS per connection'
 SCENARIO_PATH=/
 SCENARIO_EXPECT_STATUS=200
 SCENARIO_EXPECT_BODY=$'hello world\n'
@@ -16,10 +16,10 @@ IDLE_FIT=$((($(ulimit -Hn) - 100) / 2 - 200))
 if ((IDLE_CONNS > IDLE_FIT)); then
   echo "idle-10k: ulimit -Hn is $(ulimit -Hn); HAProxy needs 2 fds per connection: holding $IDLE_FIT, not $IDLE_CONNS" >&2
   IDLE_CONNS=$IDLE_FIT
-  SCENARIO_DESC="$IDLE_CONNS idle keep-alive connections held (one request each; fd limit $(ulimit -Hn)): proxy RSS per connection"
 fi
 IDLE_TIMEOUT=180         # seconds to open, hold and close them all, even on a slow machine
 SCENARIO_CONNECTIONS=$IDLE_CONNS
+SCENARIO_DESC="$IDLE_CONNS $SCENARIO_DESC"
 
 scenario_load() { # proxy url base
   "$TIMEOUT" "$IDLE_TIMEOUT" "${loadgen_prefix[@]}" "$PYTHON" "$HELPER" idle --port "${PORT[$1]}" \

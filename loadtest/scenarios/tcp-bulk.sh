@@ -114,11 +114,9 @@ trap 'exit 130' INT TERM
 # ---- build ------------------------------------------------------------------
 TCPBENCH_DIR="$HERE/tcpbench"
 TCPBENCH="$TCPBENCH_DIR/target/release/tcpbench"
-# The load generator is built even with --no-build (which is about ringway) when it is missing.
-if ((build)) || [[ ! -x $TCPBENCH ]]; then
-  echo "building:  tcpbench (cargo build --release in loadtest/tcpbench)"
-  (cd "$TCPBENCH_DIR" && CARGO_TARGET_DIR="$TCPBENCH_DIR/target" "$CARGO" build --release -q) || { echo "tcp-bulk.sh: tcpbench build failed" >&2; exit 1; }
-fi
+# The load generator is built even with --no-build (which is about ringway): a no-op when current.
+echo "building:  tcpbench (cargo build --release in loadtest/tcpbench)"
+(cd "$TCPBENCH_DIR" && CARGO_TARGET_DIR="$TCPBENCH_DIR/target" "$CARGO" build --release -q) || { echo "tcp-bulk.sh: tcpbench build failed" >&2; exit 1; }
 if ((build)); then
   echo "building:  ringway (cargo build --release)"
   if has ringway && [[ -z ${RINGWAY_BIN:-} ]]; then
