@@ -637,7 +637,7 @@ def charts(gp, out, name, doc):
              lambda s: (s["rate"], s["rate_min"], s["rate_max"])),
             ("cpu", f"proxy CPU µs per {unit} (median, whiskers min–max; lower is better)",
              lambda s: (s["cpu_us_per_unit"]["total"], s["cpu_us_per_unit_min"], s["cpu_us_per_unit_max"]))]
-    for k in sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("_kb")}):
+    for k in sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("per_conn_kb")}):
         bars.append((k, f"{k.replace('_kb', '').replace('_', ' ')} KiB (median, whiskers min–max; lower is better)",
                      lambda s, k=k: (s["extra"].get(k), s["extra_min"].get(k), s["extra_max"].get(k))))
     for key, title, get in bars:
