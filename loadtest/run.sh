@@ -469,9 +469,12 @@ run_wrk() { # url base seconds [warmup] -> wrk output in base.wrk (or base.warmu
 run_oha() { # url base seconds [warmup] -> oha's JSON in base.oha (or base.warmup)
   local url=$1 base=$2 secs=$3 out=$2.oha
   [[ ${4:-} == warmup ]] && out=$2.warmup
-  "$TIMEOUT" $((secs + RUN_SLACK)) "${loadgen_prefix[@]}" "$OHA" --no-tui -j -z "${secs}s" -c "$connections" \
+  "$TIMEOUT" $((secs + RUN_SLACK)) "${loadgen_prefix[@]}" "$OHA" --no-tui "${OHA_JSON[@]}" -z "${secs}s" -c "$connections" \
     "${SCENARIO_OHA_ARGS[@]}" "$url" >"$out" 2>"$out.err"
 }
+# Newer oha spells JSON output --output-format json; older ones -j.
+OHA_JSON=(-j)
+[[ -n $OHA ]] && "$OHA" --help 2>/dev/null | grep -q -- '--output-format' && OHA_JSON=(--output-format json)
 LOADGEN=wrk
 if [[ ${SCENARIO_LOADGEN:-wrk} == oha ]]; then
   if [[ -n $OHA ]]; then LOADGEN=oha
