@@ -4,9 +4,16 @@
   helper.py machine --out FILE --tool NAME=PATH... --repo DIR   print + save machine info
   helper.py probe --url URL --status N --body TEXT              silent on success, else why
   helper.py line RAW_BASE                                       one progress line for a run
-  helper.py report --run-dir DIR --out DIR                      table, results.json, exit code
+  helper.py report --run-dir DIR --out DIR                      one scenario: scenario.json, summary.md
+  helper.py report-runs --runs FILE.jsonl --out DIR ...         the same from ready-made runs (tcp-bulk)
+  helper.py idle --port N --conns N --pid PID --out FILE        idle-10k's client: RSS per connection
+  helper.py aggregate --out DIR                                 every scenario: results.json, summary.md, charts
 """
 import argparse
+import datetime
+import glob
+import shutil
+import time
 import http.client
 import json
 import os
@@ -21,10 +28,13 @@ import urllib.parse
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 OTHER_LOAD_WARN = 0.05
-PROXY_ORDER = ["ringway", "nginx", "haproxy"]
+PROXY_ORDER = ["ringway", "nginx", "haproxy", "caddy"]
+PERCENTILES = ["p50", "p90", "p99", "p99.9"]
+CHART_TIMEOUT = 60  # seconds for one gnuplot call; a few small data files
 
 
 # ---------------------------------------------------------------- machine
+VERSION_ARGS = {"wrk": ["-v"], "nginx": ["-v"], "haproxy": ["-v"], "caddy": ["version"], "gnuplot": ["--version"]}
 def _cmd_first_line(argv):
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
@@ -48,7 +58,7 @@ def cmd_machine(a):
     except OSError:
         pass
     tools = dict(t.split("=", 1) for t in a.tool)
-    version_args = {"wrk": ["-v"], "nginx": ["-v"], "haproxy": ["-v"]}
+    version_args = VERSION_ARGS
     versions = {n: _cmd_first_line([p] + version_args.get(n, ["--version"])) for n, p in tools.items()}
     git = _cmd_first_line(["git", "-C", a.repo, "describe", "--always", "--dirty", "--abbrev=12"])
     info = {
@@ -169,83 +179,147 @@ def _children_cpu_s(path):
     return total
 
 
+def _read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _num(v):
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if x != x else x  # NaN -> None
+
+
+def load_generator_result(base):
+    """(loadgen, units, elapsed_s, latency_us, errors, extra, raw) from whichever output the run left."""
+    raw = _read(base + ".wrk")
+    if raw is not None:
+        w = parse_wrk(raw)
+        m = re.search(r"^LT_RESULT (.*)$", raw, re.M)
+        lat = {k: v for k, v in w["latency_us"].items() if k in ("p50", "p90", "p99")}
+        if m:
+            kv = dict(x.split("=", 1) for x in m.group(1).split())
+            lat = {"p50": _num(kv["p50_us"]), "p90": _num(kv["p90_us"]), "p99": _num(kv["p99_us"]),
+                   "p99.9": _num(kv["p999_us"])}
+        return "wrk", w["requests"], w["elapsed_s"], lat, w["errors"], {}, raw
+    raw = _read(base + ".oha")
+    if raw is not None:
+        try:
+            j = json.loads(raw)
+        except ValueError:
+            return "oha", None, None, {}, {"oha_output": 1}, {}, raw + (_read(base + ".oha.err") or "")
+        codes = {int(k): v for k, v in (j.get("statusCodeDistribution") or {}).items()}
+        # Requests cut off by the -z deadline are not errors of the proxy.
+        errs = {k: v for k, v in (j.get("errorDistribution") or {}).items() if "deadline" not in k}
+        n = sum(codes.values())
+        lp = j.get("latencyPercentiles") or {}
+        lat = {p: (lp.get(p) * 1e6 if lp.get(p) is not None else None) for p in PERCENTILES}
+        errors = {"socket": sum(errs.values()), "non_2xx_3xx": sum(v for c, v in codes.items() if c >= 400)}
+        elapsed = (j.get("summary") or {}).get("total")
+        return "oha", n, elapsed, lat, errors, {}, raw
+    raw = _read(base + ".metrics")
+    if raw is not None:
+        kv = dict(x.split("=", 1) for x in raw.split() if "=" in x)
+        units = _num(kv.pop("units", None))
+        elapsed = _num(kv.pop("seconds", None))
+        errors = {"errors": int(_num(kv.pop("errors", 0)) or 0)}
+        lat = {}
+        for p, key in (("p50", "p50_us"), ("p90", "p90_us"), ("p99", "p99_us"), ("p99.9", "p999_us")):
+            if key in kv:
+                lat[p] = _num(kv.pop(key))
+        extra = {k: _num(v) for k, v in kv.items() if _num(v) is not None}
+        return kv.get("loadgen", "custom"), units, elapsed, lat, errors, extra, raw
+    return "none", None, None, {}, {}, {}, ""
+
+
 def load_run(base):
     meta = _read_meta(base + ".meta")
-    try:
-        with open(base + ".wrk", errors="replace") as f:
-            raw = f.read()
-    except OSError:
-        raw = ""
-    w = parse_wrk(raw)
+    loadgen, units, elapsed, lat, errors, extra, raw = load_generator_result(base)
     u0, s0 = _ticks(meta["cpu_before"])
     u1, s1 = _ticks(meta["cpu_after"])
     bu0, bs0 = _ticks(meta["backend_cpu_before"])
     bu1, bs1 = _ticks(meta["backend_cpu_after"])
+    r0, h0 = _ticks(meta["rss_before"])
+    r1, h1 = _ticks(meta["rss_after"])
     tick_us = 1e6 / CLK_TCK
     d = _procstat_delta(meta["procstat_before"], meta["procstat_after"])
     total = sum(d)
     c0, c1 = _children_cpu_s(base + ".times0"), _children_cpu_s(base + ".times1")
-    wrk_cpu = c1 - c0 if c0 is not None and c1 is not None else None
+    gen_cpu = c1 - c0 if c0 is not None and c1 is not None else None
     wall = float(meta["wall_end"]) - float(meta["wall_start"])
-    if wrk_cpu is not None and wrk_cpu > wall + 0.1:
-        wrk_cpu = None  # one wrk thread can't beat the wall clock: another child was reaped meanwhile
-    ours = (u1 - u0) + (s1 - s0) + (bu1 - bu0) + (bs1 - bs0) + (wrk_cpu or 0) * CLK_TCK
+    ours = (u1 - u0) + (s1 - s0) + (bu1 - bu0) + (bs1 - bs0) + (gen_cpu or 0) * CLK_TCK
     other = d[0] + d[1] + d[2] + d[5] + d[6] - ours
+    unit = meta.get("unit", "req")
     run = {
         "proxy": meta["proxy"], "round": int(meta["round"]), "seq": int(meta["seq"]),
-        "port": int(meta["port"]), "pid": int(meta["pid"]), "wrk_exit": int(meta["wrk_rc"]),
-        "alive_after": meta["alive_after"] == "1",
-        "wall_s": wall,
-        "requests": w["requests"], "elapsed_s": w["elapsed_s"], "rps": w["rps"],
-        "latency_avg_us": w["latency_avg_us"], "latency_us": w["latency_us"], "errors": w["errors"],
+        "port": int(meta["port"]), "pid": int(meta["pid"]), "loadgen": loadgen,
+        "loadgen_exit": int(meta["loadgen_rc"]), "alive_after": meta["alive_after"] == "1",
+        "wall_s": wall, "unit": unit, "units": units, "elapsed_s": elapsed,
+        "rate": units / elapsed if units and elapsed else None,
+        "latency_us": lat, "errors": errors, "errors_total": int(sum(errors.values())),
         "cpu_ticks": {"utime": u1 - u0, "stime": s1 - s0, "clk_tck": CLK_TCK},
         "backend_cpu_ticks": {"utime": bu1 - bu0, "stime": bs1 - bs0},
         "sched_ns": int(meta["sched_ns_after"]) - int(meta["sched_ns_before"]),
-        "wrk_cpu_s": wrk_cpu,
+        "rss_kb": {"before": r0, "after": r1, "peak": max(h0, h1)},
+        "loadgen_cpu_s": gen_cpu,
         "machine_ticks": dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"), d)),
         "steal_fraction": d[7] / total if total else 0.0,
-        # Busy CPU on the whole machine not spent in the proxy, the backend or
-        # wrk: other work sharing the box (builds, tests) that skews the run.
-        "other_busy_fraction": max(0.0, other / total) if total and wrk_cpu is not None else None,
-        "wrk_output": raw,
+        # Busy CPU on the whole machine not spent in the proxy, the backend or the load
+        # generator: other work sharing the box (builds, tests) that skews the run.
+        "other_busy_fraction": max(0.0, other / total) if total and gen_cpu is not None else None,
+        "extra": extra,
+        "raw_output": raw[-20000:],
     }
-    n = run["requests"] or 0
+    # One load-generator thread can't beat the wall clock: another child was reaped meanwhile.
+    if gen_cpu is not None and gen_cpu > wall * 4 + 0.1:
+        run["loadgen_cpu_s"] = run["other_busy_fraction"] = None
+    n = units or 0
     problems = []
-    if run["wrk_exit"] != 0:
-        problems.append(f"wrk exit {run['wrk_exit']}" + (" (timed out)" if run["wrk_exit"] == 124 else ""))
-    if not n or run["rps"] is None:
-        problems.append("no requests completed")
-    nerr = sum(run["errors"].values())
-    if nerr:
-        problems.append("errors: " + ", ".join(f"{k} {v}" for k, v in run["errors"].items() if v))
+    if run["loadgen_exit"] != 0:
+        problems.append(f"load generator exit {run['loadgen_exit']}" + (" (timed out)" if run["loadgen_exit"] == 124 else ""))
+    if not n:
+        problems.append("nothing completed")
+    if run["errors_total"] and meta.get("errors_ok") != "1":
+        problems.append("errors: " + ", ".join(f"{k} {v}" for k, v in errors.items() if v))
     if not run["alive_after"]:
         problems.append("proxy process died")
     run["valid"] = not problems
     run["problems"] = problems
     if n:
-        run["cpu_us_per_req"] = {
+        run["cpu_us_per_unit"] = {
             "user": (u1 - u0) * tick_us / n,
             "sys": (s1 - s0) * tick_us / n,
             "total": ((u1 - u0) + (s1 - s0)) * tick_us / n,
             "sched_total": run["sched_ns"] / 1e3 / n,
         }
-        run["backend_cpu_us_per_req"] = ((bu1 - bu0) + (bs1 - bs0)) * tick_us / n
+        run["backend_cpu_us_per_unit"] = ((bu1 - bu0) + (bs1 - bs0)) * tick_us / n
     else:
-        run["cpu_us_per_req"] = None
-        run["backend_cpu_us_per_req"] = None
+        run["cpu_us_per_unit"] = None
+        run["backend_cpu_us_per_unit"] = None
     return run
+
+
+def _fmt(v, spec=",.0f"):
+    return "-" if v is None else format(v, spec)
 
 
 def cmd_line(a):
     r = load_run(a.base)
-    c = r["cpu_us_per_req"]
+    c = r["cpu_us_per_unit"]
     head = f"  round {r['round']} {r['proxy']:<8}"
-    if r["rps"] is None or c is None:
+    if c is None:
         print(f"{head} FAILED: {'; '.join(r['problems'])}")
         return 0
     lat = r["latency_us"]
-    print(f"{head} {r['rps']:>10,.0f} req/s  p50 {_ms(lat.get('p50'))}  p99 {_ms(lat.get('p99'))} ms  "
-          f"cpu {c['user']:.2f}u+{c['sys']:.2f}s={c['total']:.2f} us/req"
+    extra = "".join(f"  {k} {_fmt(v, ',.1f')}" for k, v in r["extra"].items() if k.endswith("_kb"))
+    print(f"{head} {_fmt(r['rate'])} {r['unit']}/s  p50 {_ms(lat.get('p50'))}  p99 {_ms(lat.get('p99'))} "
+          f"p99.9 {_ms(lat.get('p99.9'))} ms  cpu {c['user']:.2f}u+{c['sys']:.2f}s={c['total']:.2f} us/{r['unit']}"
+          f"  errors {r['errors_total']}  rss {r['rss_kb']['peak'] / 1024:.1f} MiB{extra}"
           + (f"  (other load {r['other_busy_fraction']:.0%})"
              if (r["other_busy_fraction"] or 0) > OTHER_LOAD_WARN else "")
           + (f"  [{'; '.join(r['problems'])}]" if r["problems"] else ""))
@@ -262,40 +336,44 @@ def _med(vals):
     return statistics.median(vals) if vals else None
 
 
+def _minmax(vals):
+    vals = [v for v in vals if v is not None]
+    return (min(vals), max(vals)) if vals else (None, None)
+
+
 def summarize(runs):
     ok = [r for r in runs if r["valid"]]
     s = {"runs": len(runs), "valid_runs": len(ok)}
     if not ok:
         return s
+    cpu = [r["cpu_us_per_unit"]["total"] for r in ok]
     s.update({
-        "rps": _med(r["rps"] for r in ok),
-        "rps_min": min(r["rps"] for r in ok),
-        "rps_max": max(r["rps"] for r in ok),
-        "p50_us": _med(r["latency_us"].get("p50") for r in ok),
-        "p99_us": _med(r["latency_us"].get("p99") for r in ok),
-        "cpu_us_per_req": {k: _med(r["cpu_us_per_req"][k] for r in ok)
-                           for k in ("user", "sys", "total", "sched_total")},
-        "backend_cpu_us_per_req": _med(r["backend_cpu_us_per_req"] for r in ok),
-        "max_steal_fraction": max(r["steal_fraction"] for r in ok),
-        "max_other_busy_fraction": max((r["other_busy_fraction"] or 0) for r in ok),
-        "max_wrk_core_fraction": max((r["wrk_cpu_s"] or 0) / r["wall_s"] for r in ok),
+        "rate": _med(r["rate"] for r in ok),
+        "rate_min": _minmax(r["rate"] for r in ok)[0],
+        "rate_max": _minmax(r["rate"] for r in ok)[1],
+        "latency_us": {p: _med(r["latency_us"].get(p) for r in ok) for p in PERCENTILES},
+        "cpu_us_per_unit": {k: _med(r["cpu_us_per_unit"][k] for r in ok)
+                            for k in ("user", "sys", "total", "sched_total")},
+        "cpu_us_per_unit_min": min(cpu), "cpu_us_per_unit_max": max(cpu),
+        "backend_cpu_us_per_unit": _med(r.get("backend_cpu_us_per_unit") for r in ok),
+        "errors": _med(r["errors_total"] for r in ok),
+        "errors_max": max(r["errors_total"] for r in ok),
+        "rss_peak_kb": max(r["rss_kb"]["peak"] for r in ok),
+        "extra": {k: _med(r["extra"].get(k) for r in ok) for k in sorted({k for r in ok for k in r["extra"]})},
+        "extra_min": {k: _minmax(r["extra"].get(k) for r in ok)[0] for k in sorted({k for r in ok for k in r["extra"]})},
+        "extra_max": {k: _minmax(r["extra"].get(k) for r in ok)[1] for k in sorted({k for r in ok for k in r["extra"]})},
+        "max_steal_fraction": max(r.get("steal_fraction") or 0 for r in ok),
+        "max_other_busy_fraction": max((r.get("other_busy_fraction") or 0) for r in ok),
     })
     return s
 
 
-def cmd_report(a):
-    settings = _read_meta(os.path.join(a.run_dir, "settings.env"))
-    with open(os.path.join(a.run_dir, "machine.json")) as f:
-        machine = json.load(f)
-    proxies = {}
-    with open(os.path.join(a.run_dir, "proxies.tsv")) as f:
-        for line in f:
-            name, status, port, reason = (line.rstrip("\n").split("\t") + [""] * 4)[:4]
-            proxies[name] = {"status": status, "port": int(port), "reason": reason}
-    raw = os.path.join(a.run_dir, "raw")
-    runs = [load_run(os.path.join(raw, f[:-5])) for f in sorted(os.listdir(raw)) if f.endswith(".meta")]
+def _ratio(a, b):
+    return a / b if a is not None and b else None
 
-    selected = [p for p in PROXY_ORDER if proxies.get(p, {}).get("status") != "skipped"]
+
+def build_scenario(settings, proxies, runs):
+    selected = [p for p in PROXY_ORDER if p in proxies and proxies[p]["status"] != "skipped"]
     summary = {p: summarize([r for r in runs if r["proxy"] == p]) for p in selected}
     for p in selected:
         summary[p]["status"] = proxies[p]["status"]
@@ -310,74 +388,342 @@ def cmd_report(a):
             continue
         peer = summary[p]
         if rw.get("valid_runs") and peer.get("valid_runs"):
-            ratios[p] = {"rps_ratio": rw["rps"] / peer["rps"],
-                         "cpu_per_req_ratio": (rw["cpu_us_per_req"]["total"] / peer["cpu_us_per_req"]["total"]
-                                               if peer["cpu_us_per_req"]["total"] else None)}
+            ratios[p] = {"rate_ratio": _ratio(rw["rate"], peer["rate"]),
+                         "cpu_per_unit_ratio": _ratio(rw["cpu_us_per_unit"]["total"], peer["cpu_us_per_unit"]["total"])}
+            for k, v in rw["extra"].items():
+                if k.endswith("per_conn_kb"):
+                    ratios[p][k + "_ratio"] = _ratio(v, peer["extra"].get(k))
         else:
-            ratios[p] = {"rps_ratio": None, "cpu_per_req_ratio": None}
+            ratios[p] = {"rate_ratio": None, "cpu_per_unit_ratio": None}
+    skipped = {p: proxies[p]["reason"] for p in PROXY_ORDER
+               if p in proxies and proxies[p]["status"] == "skipped" and proxies[p]["reason"]}
+    return {"scenario": settings["scenario"], "settings": settings, "proxies": proxies, "skipped": skipped,
+            "summary": summary, "ringway_ratios": ratios, "runs": runs}
 
-    md = render_markdown(settings, machine, selected, summary, ratios)
+
+def cmd_report(a):
+    settings = _read_meta(os.path.join(a.run_dir, "settings.env"))
+    proxies = {}
+    with open(os.path.join(a.run_dir, "proxies.tsv")) as f:
+        for line in f:
+            name, status, port, reason = (line.rstrip("\n").split("\t") + [""] * 4)[:4]
+            proxies[name] = {"status": status, "port": int(port), "reason": reason}
+    raw = os.path.join(a.run_dir, "raw")
+    runs = [load_run(os.path.join(raw, f[:-5])) for f in sorted(os.listdir(raw)) if f.endswith(".meta")]
+    return write_scenario(build_scenario(settings, proxies, runs), a.out)
+
+
+def write_scenario(doc, out):
+    md = render_scenario(doc)
     print(md, end="")
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "summary.md"), "w") as f:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(md)
-    doc = {"schema": 1, "settings": settings, "machine": machine, "proxies": proxies,
-           "summary": summary, "ringway_ratios": ratios, "runs": runs}
-    with open(os.path.join(a.out, "results.json"), "w") as f:
+    with open(os.path.join(out, "scenario.json"), "w") as f:
         json.dump(doc, f, indent=2)
-    print(f"\nwrote {os.path.relpath(a.out)}/results.json and summary.md")
-    return 0 if all(summary[p]["valid_runs"] > 0 for p in selected) else 3
+    print(f"\nwrote {os.path.relpath(out)}/scenario.json and summary.md")
+    s = doc["summary"]
+    return 0 if s and all(v["valid_runs"] > 0 for v in s.values()) else 3
 
 
-def render_markdown(st, m, selected, summary, ratios):
-    L = []
-    L.append(f"## ringway load test: {st['scenario']}\n")
-    L.append(f"{st['scenario_desc']}. wrk -t{st['wrk_threads']} -c{st['connections']} "
-             f"-d{st['duration_s']}s --latency after a {st['warmup_s']}s warm-up; "
-             f"{st['rounds']} round(s), medians over valid runs.\n")
-    pin = (f"proxy CPU {st['proxy_cpu']}, backend CPU {st['backend_cpu']}, wrk CPU {st['loadgen_cpu']}"
-           if st["pinned"] == "1" else "not pinned")
-    tools = ", ".join(f"{t['version']}" for t in m["tools"].values())
-    L.append(f"Machine: {m['cpu_model']}, {m['cpus_online']} cores, kernel {m['kernel']}; {pin}. "
-             f"{tools}; ringway {m['ringway_git']}. Started {st['started_utc']} on {m['hostname']}.\n")
-    L.append("| proxy | runs ok | RPS | RPS min–max | p50 ms | p99 ms "
-             "| CPU µs/req user | sys | total | backend µs/req |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for p in selected:
-        s = summary[p]
+def cmd_report_runs(a):
+    """Scenarios with their own driver (tcp-bulk) hand over finished runs as JSON lines."""
+    with open(a.runs) as f:
+        runs = [json.loads(l) for l in f if l.strip()]
+    proxies = {}
+    for spec in a.proxy:
+        name, status, reason = (spec.split(":", 2) + ["", ""])[:3]
+        proxies[name] = {"status": status, "port": 0, "reason": reason}
+    settings = {"scenario": a.name, "scenario_desc": a.desc, "unit": a.unit, "loadgen": "tcpbench",
+                "duration_s": a.duration, "rounds": a.rounds, "workers": "1", "connections": a.connections,
+                "warmup_s": "1", "pinned": a.pinned, "started_utc": a.started}
+    return write_scenario(build_scenario(settings, proxies, runs), a.out)
+
+
+def _unit_rate(unit):
+    return {"req": "req/s", "MiB": "MiB/s", "msg": "msg/s", "conn": "conn/s"}.get(unit, unit + "/s")
+
+
+def render_scenario(doc):
+    st, summary, ratios = doc["settings"], doc["summary"], doc["ringway_ratios"]
+    unit = st.get("unit", "req")
+    L = [f"### {st['scenario']}\n",
+         f"{st['scenario_desc']}. Load: {st.get('loadgen', 'wrk')}, {st.get('connections', '?')} connections, "
+         f"{st.get('duration_s')}s per run after a {st.get('warmup_s')}s warm-up, {st.get('rounds')} round(s), "
+         f"{st.get('workers', 1)} worker(s) per proxy; medians over valid runs.\n"]
+    extra_keys = sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("_kb")})
+    head = (f"| proxy | runs ok | {_unit_rate(unit)} | min–max | p50 ms | p90 ms | p99 ms | p99.9 ms "
+            f"| CPU µs/{unit} user | sys | total | backend µs/{unit} | errors | peak RSS MiB |")
+    head += "".join(f" {k.replace('_kb', ' KiB')} |" for k in extra_keys)
+    L.append(head)
+    L.append("|---|" + "---:|" * (head.count("|") - 2))
+    for p, s in summary.items():
         if not s["valid_runs"]:
-            L.append(f"| {p} | {s['valid_runs']}/{s['runs']} | FAILED: {s['reason'].replace('|', '/')} "
-                     "| | | | | | | |")
+            L.append(f"| {p} | {s['valid_runs']}/{s['runs']} | FAILED: {s['reason'].replace('|', '/')} |")
             continue
-        c = s["cpu_us_per_req"]
-        L.append(f"| {p} | {s['valid_runs']}/{s['runs']} | {s['rps']:,.0f} | {s['rps_min']:,.0f}–{s['rps_max']:,.0f} "
-                 f"| {_ms(s['p50_us'])} | {_ms(s['p99_us'])} "
-                 f"| {c['user']:.2f} | {c['sys']:.2f} | {c['total']:.2f} | {s['backend_cpu_us_per_req']:.2f} |")
+        c, lat = s["cpu_us_per_unit"], s["latency_us"]
+        row = (f"| {p} | {s['valid_runs']}/{s['runs']} | {_fmt(s['rate'])} | {_fmt(s['rate_min'])}–{_fmt(s['rate_max'])} "
+               f"| {_ms(lat['p50'])} | {_ms(lat['p90'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} "
+               f"| {_fmt(c['user'], '.2f')} | {_fmt(c['sys'], '.2f')} | {c['total']:.2f} | {_fmt(s['backend_cpu_us_per_unit'], '.2f')} "
+               f"| {_fmt(s['errors'])} | {s['rss_peak_kb'] / 1024:.1f} |")
+        row += "".join(f" {_fmt(s['extra'].get(k), ',.2f')} |" for k in extra_keys)
+        L.append(row)
     if ratios:
         L.append("")
-        L.append("| ringway vs | RPS ratio (>1: ringway serves more) | CPU/req ratio (<1: ringway cheaper) |")
-        L.append("|---|---:|---:|")
+        head = "| ringway vs | rate ratio (>1: ringway more) | CPU/unit ratio (<1: ringway cheaper) |"
+        ratio_keys = [k for k in extra_keys if k.endswith("per_conn_kb")]
+        head += "".join(f" {k.replace('_kb', '')} ratio (<1: ringway smaller) |" for k in ratio_keys)
+        L.append(head)
+        L.append("|---|" + "---:|" * (head.count("|") - 2))
         for p, r in ratios.items():
-            f = lambda v: "n/a" if v is None else f"{v:.2f}"
-            L.append(f"| {p} | {f(r['rps_ratio'])} | {f(r['cpu_per_req_ratio'])} |")
-    notes = []
-    for p in selected:
-        s = summary[p]
+            row = f"| {p} | {_fmt(r['rate_ratio'], '.2f')} | {_fmt(r['cpu_per_unit_ratio'], '.2f')} |"
+            row += "".join(f" {_fmt(r.get(k + '_ratio'), '.2f')} |" for k in ratio_keys)
+            L.append(row)
+    notes = [f"{p}: not measured: {why}" for p, why in doc.get("skipped", {}).items()]
+    for p, s in summary.items():
         if s["valid_runs"] and s["valid_runs"] < s["runs"]:
             notes.append(f"{p}: {s['runs'] - s['valid_runs']} run(s) excluded (errors or failures, see results.json).")
         if s.get("max_steal_fraction", 0) > 0.02:
-            notes.append(f"{p}: up to {s['max_steal_fraction']:.0%} CPU steal during a run; the host was busy, "
-                         "numbers are noisy.")
+            notes.append(f"{p}: up to {s['max_steal_fraction']:.0%} CPU steal during a run; numbers are noisy.")
         if s.get("max_other_busy_fraction", 0) > OTHER_LOAD_WARN:
             notes.append(f"{p}: up to {s['max_other_busy_fraction']:.0%} of the machine's CPU went to other "
                          "processes during a run; numbers are skewed, rerun on a quiet machine.")
-        if s.get("max_wrk_core_fraction", 0) > 0.85:
-            notes.append(f"{p}: wrk used {s['max_wrk_core_fraction']:.0%} of its core; the load generator may be "
-                         "the bottleneck, so RPS understates this proxy.")
     if notes:
         L.append("")
         L.extend(f"- {n}" for n in notes)
     return "\n".join(L) + "\n"
+
+
+# ---------------------------------------------------------------- idle connections
+def _tree(pid):
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for t in glob.glob(f"/proc/{p}/task/*/children"):
+            try:
+                todo.extend(int(c) for c in open(t).read().split())
+            except OSError:
+                pass
+    return out
+
+
+def _rss_kb(pid):
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def _one_response(sock, buf=b""):
+    """Reads one small HTTP response (Content-Length or chunked); returns the status."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    status = int(head.split(b" ", 2)[1])
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    done = (lambda b: len(b) >= int(m.group(1))) if m else (lambda b: b.endswith(b"0\r\n\r\n"))
+    while not done(body):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed mid-body")
+        body += chunk
+    return status
+
+
+def cmd_idle(a):
+    """Opens N keep-alive connections one after another, one request on each (so each is a
+    real, used connection and the proxy's upstream pool stays small), holds them, and reports
+    the proxy's RSS growth per connection. Closes with RST so no TIME_WAIT piles up."""
+    before = _rss_kb(a.pid)
+    socks, errors, t0 = [], 0, time.monotonic()
+    req = f"GET {a.path} HTTP/1.1\r\nHost: {a.host}:{a.port}\r\n\r\n".encode()
+    deadline = t0 + a.timeout
+    for _ in range(a.conns):
+        if time.monotonic() > deadline:
+            errors += a.conns - len(socks) - errors
+            break
+        try:
+            s = socket.create_connection((a.host, a.port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.sendall(req)
+            if _one_response(s) != 200:
+                errors += 1
+            socks.append(s)
+        except OSError:
+            errors += 1
+    opened = time.monotonic() - t0
+    time.sleep(a.settle)  # let the proxy finish its bookkeeping before reading RSS
+    alive = 0
+    for s in socks:  # a peer that closed an idle connection would show as readable EOF
+        try:
+            s.setblocking(False)
+            alive += 1 if s.recv(1) else 0
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+    with_conns = _rss_kb(a.pid)
+    for s in socks:
+        s.close()
+    n = len(socks)
+    per = (with_conns - before) / n if n else float("nan")
+    line = (f"loadgen=idle units={n} seconds={opened:.3f} errors={errors + (n - alive)} "
+            f"rss_before_kb={before} rss_with_conns_kb={with_conns} rss_per_conn_kb={per:.3f} held={alive}")
+    with open(a.out, "w") as f:
+        f.write(line + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------- aggregate + charts
+def _find_tool(name):
+    p = shutil.which(name)
+    if p:
+        return p
+    for d in ("/usr/local/sbin", "/usr/sbin", "/sbin", os.path.expanduser("~/.cargo/bin")):
+        if os.access(os.path.join(d, name), os.X_OK):
+            return os.path.join(d, name)
+    return None
+
+
+def machine_info(repo):
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
+    except OSError:
+        pass
+    tools = {}
+    for n in ("wrk", "oha", "nginx", "haproxy", "caddy", "gnuplot"):
+        p = _find_tool(n)
+        tools[n] = {"path": p, "version": _cmd_first_line([p] + VERSION_ARGS.get(n, ["--version"])) if p else "not installed"}
+    return {"hostname": socket.gethostname(), "cpu_model": model, "cpus_online": os.cpu_count(),
+            "cpus_allowed": sorted(os.sched_getaffinity(0)), "kernel": platform.release(), "clk_tck": CLK_TCK,
+            "tools": tools,
+            "ringway_git": _cmd_first_line(["git", "-C", repo, "describe", "--always", "--dirty", "--abbrev=12"])}
+
+
+COLORS = {"ringway": "#cc3311", "nginx": "#009988", "haproxy": "#0077bb", "caddy": "#ee7733"}
+
+
+def _gnuplot(gp, script, cwd):
+    try:
+        p = subprocess.run([gp], input=script, text=True, cwd=cwd, capture_output=True, timeout=CHART_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    return p.stderr.strip() if p.returncode else None
+
+
+def charts(gp, out, name, doc):
+    """SVGs for one scenario: rate and CPU/unit (median bars, min–max whiskers), latency percentiles."""
+    summary = {p: s for p, s in doc["summary"].items() if s.get("valid_runs")}
+    if not summary:
+        return []
+    unit = doc["settings"].get("unit", "req")
+    d = os.path.join(out, "charts")
+    os.makedirs(d, exist_ok=True)
+    made = []
+    common = ("set terminal svg size 640,400 dynamic font 'sans,12' background rgb 'white'\n"
+              "set style fill solid 0.7 border -1\nset boxwidth 0.6\nset grid ytics\nset yrange [0:*]\n"
+              "set xrange [-0.6:*]\nunset key\nset xtics nomirror\n")
+    bars = [("rate", f"{_unit_rate(unit)} (median, whiskers min–max; higher is better)",
+             lambda s: (s["rate"], s["rate_min"], s["rate_max"])),
+            ("cpu", f"proxy CPU µs per {unit} (median, whiskers min–max; lower is better)",
+             lambda s: (s["cpu_us_per_unit"]["total"], s["cpu_us_per_unit_min"], s["cpu_us_per_unit_max"]))]
+    for k in sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("per_conn_kb")}):
+        bars.append((k, f"{k.replace('_kb', '').replace('_', ' ')} KiB (median, whiskers min–max; lower is better)",
+                     lambda s, k=k: (s["extra"].get(k), s["extra_min"].get(k), s["extra_max"].get(k))))
+    for key, title, get in bars:
+        rows = [(p, *get(s)) for p, s in summary.items()]
+        rows = [r for r in rows if r[1] is not None]
+        if not rows:
+            continue
+        dat = f"{name}-{key}.dat"
+        with open(os.path.join(d, dat), "w") as f:
+            for i, (p, med, lo, hi) in enumerate(rows):
+                f.write(f"{p} {med} {lo} {hi} 0x{COLORS.get(p, '#777777')[1:]}\n")
+        svg = f"{name}-{key}.svg"
+        err = _gnuplot(gp, common + f"set output '{svg}'\nset title \"{name}: {title}\"\n"
+                       f"plot '{dat}' using 0:2:5:xtic(1) with boxes lc rgb variable, "
+                       f"'' using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 lw 1.5\n", d)
+        if err:
+            print(f"gnuplot ({svg}): {err}", file=sys.stderr)
+        else:
+            made.append(f"charts/{svg}")
+    lat_rows = [(p, s["latency_us"]) for p, s in summary.items()
+                if any(s.get("latency_us", {}).get(q) for q in PERCENTILES)]
+    if lat_rows:
+        dat, svg = f"{name}-latency.dat", f"{name}-latency.svg"
+        with open(os.path.join(d, dat), "w") as f:
+            f.write("pct " + " ".join(p for p, _ in lat_rows) + "\n")
+            for q in PERCENTILES:
+                f.write(q + " " + " ".join(_fmt(l.get(q) and l[q] / 1e3, ".4f") for _, l in lat_rows) + "\n")
+        plots = ", ".join(f"'{dat}' using 0:{i + 2}:xtic(1) with linespoints lw 2 pt 7 lc rgb '{COLORS.get(p, '#777777')}'"
+                          f" title '{p}'" for i, (p, _) in enumerate(lat_rows))
+        err = _gnuplot(gp, "set terminal svg size 640,400 dynamic font 'sans,12' background rgb 'white'\n"
+                       f"set output '{svg}'\nset title \"{name}: latency percentiles, ms (median of runs; log scale)\"\n"
+                       "set datafile missing '-'\nset logscale y\nset grid ytics\nset key top left\n"
+                       f"set xrange [-0.3:{len(PERCENTILES) - 0.7}]\nplot {plots}\n", d)
+        if err:
+            print(f"gnuplot ({svg}): {err}", file=sys.stderr)
+        else:
+            made.append(f"charts/{svg}")
+    return made
+
+
+def cmd_aggregate(a):
+    out = a.out
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    machine = machine_info(repo)
+    docs = {}
+    for path in sorted(glob.glob(os.path.join(out, "*", "scenario.json"))):
+        with open(path) as f:
+            doc = json.load(f)
+        docs[doc["scenario"]] = doc
+    gp = _find_tool("gnuplot")
+    if not gp:
+        print("charts skipped: gnuplot is not installed (apt-get install -y gnuplot-nox)", file=sys.stderr)
+    L = ["# ringway load test\n"]
+    t = machine["tools"]
+    L.append(f"Machine: {machine['cpu_model']}, {machine['cpus_online']} cores "
+             f"(allowed {','.join(map(str, machine['cpus_allowed']))}), kernel {machine['kernel']}, "
+             f"host {machine['hostname']}. ringway {machine['ringway_git']}.\n")
+    L.append("Tools: " + "; ".join(f"{n}: {v['version']}" for n, v in t.items()) + ".\n")
+    L.append("All load on 127.0.0.1; each proxy runs alone while measured, in turn (A B C D per round). "
+             "Rates and latencies depend on this machine; the ratios are what carries over. "
+             "Numbers from a machine busy with other work (see the notes) are not worth comparing.\n")
+    L.append("| scenario | unit | " + " | ".join(f"{p} rate" for p in PROXY_ORDER)
+             + " | " + " | ".join(f"{p} CPU µs/unit" for p in PROXY_ORDER) + " |")
+    L.append("|---|---|" + "---:|" * (2 * len(PROXY_ORDER)))
+    for name, doc in docs.items():
+        s = doc["summary"]
+        g = lambda p, f: (f(s[p]) if p in s and s[p].get("valid_runs") else None)
+        L.append(f"| {name} | {doc['settings'].get('unit', 'req')} | "
+                 + " | ".join(_fmt(g(p, lambda x: x["rate"]), ",.0f") for p in PROXY_ORDER) + " | "
+                 + " | ".join(_fmt(g(p, lambda x: x["cpu_us_per_unit"]["total"]), ",.2f") for p in PROXY_ORDER) + " |")
+    L.append("")
+    for name, doc in docs.items():
+        L.append(render_scenario(doc))
+        if gp:
+            made = charts(gp, out, name, doc)
+            doc["charts"] = made
+            if made:
+                L.append(" ".join(f"![{os.path.basename(c)[:-4]}]({c})" for c in made) + "\n")
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write("\n".join(L))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"schema": 2, "generated_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                   "machine": machine, "scenarios": docs}, f, indent=2)
+    print(f"wrote {os.path.relpath(out)}/results.json, summary.md" + (" and charts/" if gp else "")
+          + f" ({len(docs)} scenario(s))")
+    return 0
 
 
 def main():
@@ -396,8 +742,29 @@ def main():
     r = sub.add_parser("report")
     r.add_argument("--run-dir", required=True)
     r.add_argument("--out", required=True)
+    rr = sub.add_parser("report-runs")
+    rr.add_argument("--runs", required=True)
+    rr.add_argument("--out", required=True)
+    rr.add_argument("--name", required=True)
+    rr.add_argument("--desc", required=True)
+    rr.add_argument("--unit", required=True)
+    rr.add_argument("--proxy", action="append", default=[], help="NAME:STATUS[:REASON]")
+    for k in ("duration", "rounds", "connections", "pinned", "started"):
+        rr.add_argument("--" + k, default="")
+    i = sub.add_parser("idle")
+    i.add_argument("--host", default="127.0.0.1")
+    i.add_argument("--port", type=int, required=True)
+    i.add_argument("--path", default="/")
+    i.add_argument("--conns", type=int, required=True)
+    i.add_argument("--pid", type=int, required=True)
+    i.add_argument("--settle", type=float, default=1.0)
+    i.add_argument("--timeout", type=float, default=120.0)
+    i.add_argument("--out", required=True)
+    g = sub.add_parser("aggregate")
+    g.add_argument("--out", required=True)
     a = ap.parse_args()
-    return {"machine": cmd_machine, "probe": cmd_probe, "line": cmd_line, "report": cmd_report}[a.cmd](a) or 0
+    return {"machine": cmd_machine, "probe": cmd_probe, "line": cmd_line, "report": cmd_report,
+            "report-runs": cmd_report_runs, "idle": cmd_idle, "aggregate": cmd_aggregate}[a.cmd](a) or 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# ringway load test: ringway vs nginx vs HAProxy, each with one worker, in front
-# of one single-process nginx backend, all on 127.0.0.1. See README.md.
+# ringway load test: ringway vs nginx vs HAProxy vs Caddy, the same worker count each, in
+# front of the same backend, all on 127.0.0.1. See README.md.
 #
-#   loadtest/run.sh [SCENARIO...] [--quick] [--duration SECS] [--rounds N]
-#                   [--connections N] [--proxies ringway,nginx,haproxy] [--scenario NAME]
+#   loadtest/run.sh [SCENARIO...] [--quick] [--duration SECS] [--rounds N] [--workers N]
+#                   [--connections N] [--proxies ringway,nginx,haproxy,caddy] [--scenario NAME]
 #                   [--no-build] [--no-pin] [--keep-tmp]
 #
 # Exit: 0 every selected proxy produced numbers; 3 some did not (the others are
@@ -17,11 +17,15 @@ HELPER="$HERE/helper.py"
 
 HOST=127.0.0.1
 BACKEND_PORT=18000
-declare -A PORT=([ringway]=18001 [nginx]=18002 [haproxy]=18003)
-ALL_PROXIES=(ringway nginx haproxy)
+# 18004/18005 are lb-policies' extra backend ports; 18007/18008 backend-fail's extra backends.
+declare -A PORT=([ringway]=18001 [nginx]=18002 [haproxy]=18003 [caddy]=18006)
+ALL_PROXIES=(ringway nginx haproxy caddy)
 START_TIMEOUT=10   # seconds to wait for a listener
 STOP_TIMEOUT=5     # seconds between SIGTERM and SIGKILL
-BUILD_TIMEOUT=1800
+BUILD_TIMEOUT=1800 # a cold release build on a small shared machine
+RUN_SLACK=30       # seconds a load generator may overrun its duration before timeout kills it
+REPORT_TIMEOUT=120 # report + charts; gnuplot on a few small data files
+MAXCONN_CAP=20000  # HAProxy maxconn: room for idle-10k's 10,000 connections
 
 usage() {
   sed -n '5,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -30,14 +34,16 @@ usage() {
   --quick            2 s runs, 1 round (explicit --duration/--rounds still win)
   --duration SECS    measured wrk run per proxy per round (default 10)
   --rounds N         rounds; each round runs every proxy once, in order (default 3)
+  --workers N        worker threads/processes of every proxy (default 1)
   --connections N    wrk connections (default 64; wrk always uses 1 thread)
-  --proxies LIST     comma-separated subset of: ringway,nginx,haproxy (default all)
+  --proxies LIST     comma-separated subset of: ringway,nginx,haproxy,caddy (default all)
   SCENARIO...        names from loadtest/scenarios/ (default: every scenario, in turn)
   --scenario NAME    just loadtest/scenarios/NAME.sh
   --no-build         don't run `cargo build --release`; use the existing binary
   --no-pin           don't place processes on cores with taskset
   --keep-tmp         keep the temp run dir (configs, logs, raw wrk output)
-Env: RINGWAY_BIN overrides target/release/ringway (and skips the build).
+Env: RINGWAY_BIN overrides target/release/ringway (and skips the build);
+     LOADTEST_OUT sets the results dir (default results/<UTC time>-<host>).
 EOF
 }
 
@@ -45,7 +51,7 @@ die() { echo "run.sh: $*" >&2; exit 1; }
 usage_err() { echo "run.sh: $*" >&2; echo "try: $0 --help" >&2; exit 2; }
 posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || usage_err "$1 needs a positive integer, got '$2'"; }
 
-duration=10 rounds=3 connections=64 connections_given=0 warmup=1
+duration=10 rounds=3 connections=64 connections_given=0 warmup=1 workers=1
 quick=0 build=1 pin=1 keep_tmp=0 scenario='' scenarios=()
 orig_args=("$@")
 duration_set=0 rounds_set=0
@@ -57,6 +63,7 @@ while (($#)); do
     --duration) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; duration=$2; duration_set=1; shift ;;
     --rounds) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; rounds=$2; rounds_set=1; shift ;;
     --connections) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; connections=$2; connections_given=1; shift ;;
+    --workers) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; workers=$2; shift ;;
     --proxies) (($# >= 2)) || usage_err "$1 needs a value"
       IFS=, read -ra proxies <<<"$2"
       for p in "${proxies[@]}"; do [[ -n ${PORT[$p]:-} ]] || usage_err "unknown proxy '$p'"; done
@@ -72,6 +79,13 @@ while (($#)); do
   esac
   shift
 done
+# Every scenario of one invocation writes into one results dir; the last step merges them.
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+export LOADTEST_OUT=${LOADTEST_OUT:-$HERE/results/$STAMP-$(hostname -s 2>/dev/null || hostname)}
+OUT=$LOADTEST_OUT
+aggregate() { # merge every scenario under $OUT into results.json, summary.md and charts
+  timeout "$REPORT_TIMEOUT" python3 "$HELPER" aggregate --out "$OUT" || echo "run.sh: aggregate failed" >&2
+}
 # Several scenarios (or none named: all of them): run each in turn through this script, after
 # one build, and report each as usual. One failing scenario does not stop the others.
 if [[ -z $scenario ]]; then
@@ -92,8 +106,9 @@ if [[ -z $scenario ]]; then
     worst=0
     for sc in "${scenarios[@]}"; do
       echo "=================== scenario: $sc"
-      "$0" "${rest[@]}" --no-build --scenario "$sc" || { rc=$?; ((rc > worst)) && worst=$rc; }
+      LOADTEST_NESTED=1 "$0" "${rest[@]}" --no-build --scenario "$sc" || { rc=$?; ((rc > worst)) && worst=$rc; }
     done
+    aggregate
     exit "$worst"
   fi
 fi
@@ -111,10 +126,20 @@ scenario_file="$HERE/scenarios/$scenario.sh"
 [[ $scenario =~ ^[A-Za-z0-9._-]+$ && -f $scenario_file ]] ||
   usage_err "no scenario '$scenario' (have: $(cd "$HERE/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
 # A scenario with its own load generator (marked `# standalone-scenario`) runs on its own.
-if grep -qx '# standalone-scenario' "$scenario_file"; then exec bash "$scenario_file" "${ORIG_ARGS[@]}"; fi
+if grep -qx '# standalone-scenario' "$scenario_file"; then
+  rc=0; bash "$scenario_file" "${ORIG_ARGS[@]}" || rc=$?
+  [[ -n ${LOADTEST_NESTED:-} ]] || aggregate
+  exit "$rc"
+fi
 SCENARIO_WRK_ARGS=()
+SCENARIO_OHA_ARGS=()
+SCENARIO_WRK_LUA=''     # a lua file (relative to loadtest/) run before the percentile reporter
 SCENARIO_RENDER_SED=()  # extra sed expressions for rendering this scenario's templates
 SCENARIO_SCHEME=http
+SCENARIO_UNIT=req       # what CPU is counted per: req, MiB (1 MiB per request), msg, conn
+SCENARIO_BACKEND_PORTS=(18000)
+SCENARIO_ERRORS_OK=0    # 1: errors are the measurement (backend-fail), not a broken run
+SCENARIO_PROXIES=''     # proxies this scenario applies to (default: all)
 # shellcheck source=scenarios/small-keepalive.sh
 source "$scenario_file"
 # A scenario may ask for its own connection count unless --connections was given.
@@ -123,12 +148,14 @@ if [[ -n ${SCENARIO_CONNECTIONS:-} && $connections_given == 0 ]]; then connectio
 : "${SCENARIO_EXPECT_BODY=}"
 : "${SCENARIO_TEMPLATE_BACKEND:=nginx-backend.conf}" "${SCENARIO_TEMPLATE_RINGWAY:=ringway.yaml}"
 : "${SCENARIO_TEMPLATE_NGINX:=nginx-proxy.conf}" "${SCENARIO_TEMPLATE_HAPROXY:=haproxy.cfg}"
+: "${SCENARIO_TEMPLATE_CADDY:=caddy.Caddyfile}"
+BACKEND_PORT=${SCENARIO_BACKEND_PORTS[0]}
 
 # ---- tools (never installed here: print the line and stop) ----------------
 find_tool() { # name -> path on PATH or in sbin dirs (nginx/haproxy live there)
   local d
   command -v "$1" 2>/dev/null && return 0
-  for d in /usr/local/sbin /usr/sbin /sbin; do [[ -x $d/$1 ]] && { echo "$d/$1"; return 0; }; done
+  for d in /usr/local/sbin /usr/sbin /sbin "$HOME/.cargo/bin"; do [[ -x $d/$1 ]] && { echo "$d/$1"; return 0; }; done
   return 1
 }
 missing=()
@@ -145,21 +172,35 @@ need TIMEOUT timeout coreutils
 if ((${#missing[@]})); then
   echo "run.sh: missing tools. Install them (as root, after apt-get update) with:" >&2
   echo "  apt-get install -y ${missing[*]}" >&2
+  echo "  (optional: apt-get install -y caddy gnuplot-nox; cargo install oha --locked)" >&2
   exit 2
+fi
+# Optional tools: what needs them is skipped with the line that installs them.
+CADDY=$(find_tool caddy) || CADDY=''
+OHA=$(find_tool oha) || OHA=''
+GNUPLOT=$(find_tool gnuplot) || GNUPLOT=''
+
+declare -A PID=() PSTART=() STATUS=() REASON=()
+for p in "${ALL_PROXIES[@]}"; do
+  has_proxy "$p" || STATUS[$p]=skipped
+  if [[ -n $SCENARIO_PROXIES && " $SCENARIO_PROXIES " != *" $p "* && -z ${STATUS[$p]:-} ]]; then
+    STATUS[$p]=skipped REASON[$p]="does not apply to this scenario"
+  fi
+done
+if has_proxy caddy && [[ -z $CADDY && -z ${STATUS[caddy]:-} ]]; then
+  STATUS[caddy]=skipped REASON[caddy]="caddy not installed: apt-get install -y caddy"
+  echo "run.sh: ${REASON[caddy]}; measuring without it" >&2
 fi
 
 # Every port must be free: otherwise we would measure someone else's server.
-for port in "$BACKEND_PORT" $(for p in "${proxies[@]}"; do echo "${PORT[$p]}"; done); do
+for port in "${SCENARIO_BACKEND_PORTS[@]}" $(for p in "${proxies[@]}"; do echo "${PORT[$p]}"; done); do
   (: <>"/dev/tcp/$HOST/$port") 2>/dev/null && die "port $port on $HOST is already in use; stop whatever listens there"
 done
 
 # ---- run dir (everything at runtime goes here) and results dir -------------
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ringway-loadtest.XXXXXX")
-mkdir -p "$RUN_DIR"/{logs,raw,nginx-backend,nginx-proxy}
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-OUT="$HERE/results/$STAMP-$(hostname -s 2>/dev/null || hostname)"
-
-declare -A PID=() PSTART=() STATUS=() REASON=()
+mkdir -p "$RUN_DIR"/{logs,raw,nginx-backend,nginx-proxy,caddy}
+SC_OUT="$OUT/$scenario"
 
 proc_fields() { # pid -> fields 3.. of /proc/PID/stat (comm may contain spaces)
   local s
@@ -172,13 +213,32 @@ alive() { # name: still our process, and not a zombie
   f=($(proc_fields "$pid")) || return 1
   [[ ${f[0]} != Z && ${f[19]} == "${PSTART[$1]}" ]]
 }
-cpu_ticks() { # pid -> "utime stime" (stat fields 14, 15; all threads summed)
-  local f
-  f=($(proc_fields "$1")) || { echo "0 0"; return 1; }
-  echo "${f[11]} ${f[12]}"
+tree() { # pid -> the pid and all its descendants (nginx with workers > 1 forks them)
+  local c
+  echo "$1"
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done
+}
+cpu_ticks() { # pid -> "utime stime" (stat fields 14, 15; all threads and children summed)
+  local u=0 s=0 p f
+  for p in $(tree "$1"); do
+    f=($(proc_fields "$p")) || continue
+    u=$((u + f[11])) s=$((s + f[12]))
+  done
+  echo "$u $s"
+}
+cpu_ticks_all() { # pid... -> "utime stime" summed
+  local u=0 s=0 p t
+  for p; do t=($(cpu_ticks "$p")); u=$((u + t[0])) s=$((s + t[1])); done
+  echo "$u $s"
 }
 sched_ns() { # pid -> on-CPU ns summed over live threads (finer than ticks)
-  cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'
+  local p
+  for p in $(tree "$1"); do cat /proc/"$p"/task/*/schedstat 2>/dev/null; done | awk '{s += $1} END {printf "%.0f\n", s}'
+}
+rss_kb() { # pid -> "VmRSS VmHWM" in KiB, summed over the process tree (shared pages count twice)
+  local p
+  for p in $(tree "$1"); do cat /proc/"$p"/status 2>/dev/null; done |
+    awk '/^VmRSS:/ {r += $2} /^VmHWM:/ {h += $2} END {printf "%d %d\n", r, h}'
 }
 port_open() { (: <>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
@@ -217,14 +277,16 @@ stop_proc() {
   fi
   wait "${PID[$name]}" 2>/dev/null || true
 }
+BACKENDS=()
+for ((i = 0; i < ${#SCENARIO_BACKEND_PORTS[@]}; i++)); do BACKENDS+=("backend$((i + 1))"); done
 cleanup() {
   local rc=$? p
   trap - EXIT INT TERM
-  for p in "${ALL_PROXIES[@]}" backend; do stop_proc "$p"; done
-  if [[ -d $OUT ]]; then # keep non-empty logs next to the results
-    mkdir -p "$OUT/logs"
-    find "$RUN_DIR/logs" -type f -size +0 -exec cp {} "$OUT/logs/" \; 2>/dev/null || true
-    rmdir "$OUT/logs" "$OUT" 2>/dev/null || true
+  for p in "${ALL_PROXIES[@]}" "${BACKENDS[@]}"; do stop_proc "$p"; done
+  if [[ -d $SC_OUT ]]; then # keep non-empty logs next to the results
+    mkdir -p "$SC_OUT/logs"
+    find "$RUN_DIR/logs" -type f -size +0 -exec cp {} "$SC_OUT/logs/" \; 2>/dev/null || true
+    rmdir "$SC_OUT/logs" 2>/dev/null || true
   fi
   if ((keep_tmp)); then echo "run.sh: kept $RUN_DIR" >&2; else rm -rf "$RUN_DIR"; fi
   exit "$rc"
@@ -234,19 +296,35 @@ trap 'exit 130' INT TERM
 
 fail_proxy() { STATUS[$1]=failed; REASON[$1]=$2; echo "  $1: FAILED: $2"; }
 
-render() { # template out -> copy with {{...}} filled in
+# Idle-connection scenarios hold thousands of sockets in every process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# HAProxy refuses to start when 2 x maxconn (+ a little) exceeds the fd limit.
+MAXCONN=$((($(ulimit -n) - 100) / 2)); ((MAXCONN > MAXCONN_CAP)) && MAXCONN=$MAXCONN_CAP
+NGINX_MASTER=off; ((workers > 1)) && NGINX_MASTER=on # one process is the one measured, unless workers are forked
+render() { # template out [listen port] [instance name] -> copy with {{...}} filled in
+  local i sed_args=()
+  for ((i = 1; i < ${#SCENARIO_BACKEND_PORTS[@]}; i++)); do
+    sed_args+=(-e "s|{{BACKEND_ADDR$((i + 1))}}|$HOST:${SCENARIO_BACKEND_PORTS[i]}|g")
+  done
   sed -e "s|{{RUN_DIR}}|$RUN_DIR|g" \
       -e "s|{{BACKEND_ADDR}}|$HOST:$BACKEND_PORT|g" \
-      -e "s|{{LISTEN_ADDR}}|$HOST:${3:-0}|g" "${SCENARIO_RENDER_SED[@]}" "$HERE/$1" >"$2"
+      -e "s|{{LISTEN_ADDR}}|$HOST:${3:-0}|g" -e "s|{{LISTEN_PORT}}|${3:-0}|g" \
+      -e "s|{{INSTANCE}}|${4:-proxy}|g" -e "s|{{WORKERS}}|$workers|g" -e "s|{{NGINX_MASTER}}|$NGINX_MASTER|g" \
+      -e "s|{{MAXCONN}}|$MAXCONN|g" \
+      "${sed_args[@]}" "${SCENARIO_RENDER_SED[@]}" "$HERE/$1" >"$2"
 }
 
 # ---- core layout ----------------------------------------------------------
-# wrk gets a core of its own so the load generator is not the bottleneck; the
-# proxy under test and the backend share the other one on a 2-core machine.
+# The load generator gets a core of its own so it is not the bottleneck; the proxy under
+# test and the backend share the others (one core on a 2-core machine).
 read -ra CPUS <<<"$("$PYTHON" -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
 PROXY_CPU='' BACKEND_CPU='' LOADGEN_CPU=''
 if ((pin)); then
-  if ((${#CPUS[@]} >= 3)); then
+  if ((workers > 1 && ${#CPUS[@]} < workers + 1)); then
+    echo "run.sh: $workers workers need $((workers + 1)) CPUs to pin; not pinning" >&2; pin=0
+  elif ((workers > 1)); then
+    PROXY_CPU=$(IFS=,; echo "${CPUS[*]:0:workers}") BACKEND_CPU=$PROXY_CPU LOADGEN_CPU=${CPUS[-1]}
+  elif ((${#CPUS[@]} >= 3)); then
     PROXY_CPU=${CPUS[0]} BACKEND_CPU=${CPUS[1]} LOADGEN_CPU=${CPUS[-1]}
   elif ((${#CPUS[@]} == 2)); then
     PROXY_CPU=${CPUS[0]} BACKEND_CPU=${CPUS[0]} LOADGEN_CPU=${CPUS[1]}
@@ -254,30 +332,33 @@ if ((pin)); then
     echo "run.sh: only one CPU available, not pinning" >&2; pin=0
   fi
 fi
-wrk_cmd=("$WRK")
-((pin)) && wrk_cmd=("$TASKSET" -c "$LOADGEN_CPU" "$WRK")
 
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---- machine ----------------------------------------------------------------
-mkdir -p "$OUT"
-"$PYTHON" "$HELPER" machine --out "$RUN_DIR/machine.json" \
-  --tool wrk="$WRK" --tool nginx="$NGINX" ${HAPROXY:+--tool haproxy="$HAPROXY"} --repo "$REPO"
+mkdir -p "$SC_OUT"
+tools=(--tool wrk="$WRK" --tool nginx="$NGINX")
+[[ -n ${HAPROXY:-} ]] && tools+=(--tool haproxy="$HAPROXY")
+[[ -n $CADDY ]] && tools+=(--tool caddy="$CADDY")
+[[ -n $OHA ]] && tools+=(--tool oha="$OHA")
+[[ -n $GNUPLOT ]] && tools+=(--tool gnuplot="$GNUPLOT")
+"$PYTHON" "$HELPER" machine --out "$RUN_DIR/machine.json" "${tools[@]}" --repo "$REPO"
+[[ -n $OHA ]] || echo "oha:       not installed (optional: cargo install oha --locked)"
+[[ -n $GNUPLOT ]] || echo "gnuplot:   not installed, no charts (optional: apt-get install -y gnuplot-nox)"
+[[ -n $CADDY ]] || echo "caddy:     not installed, not measured (optional: apt-get install -y caddy)"
+cp "$RUN_DIR/machine.json" "$OUT/machine.json"
 echo "scenario:  $scenario — $SCENARIO_DESC"
-echo "method:    $rounds round(s) x [${proxies[*]}], each 1 warm-up run of ${warmup}s then wrk -t1 -c$connections -d${duration}s --latency"
+echo "method:    $rounds round(s) x [${proxies[*]}] with $workers worker(s) each, each a ${warmup}s warm-up then ${duration}s measured, $connections connections"
 if ((pin)); then
-  echo "cores:     proxy on CPU $PROXY_CPU, backend on CPU $BACKEND_CPU, wrk on CPU $LOADGEN_CPU (taskset)"
+  echo "cores:     proxy on CPU $PROXY_CPU, backend on CPU $BACKEND_CPU, load generator on CPU $LOADGEN_CPU (taskset)"
 else
   echo "cores:     not pinned"
 fi
-echo "results:   ${OUT#"$REPO"/}"
+echo "results:   ${SC_OUT#"$REPO"/}"
 echo
 
-for p in "${ALL_PROXIES[@]}"; do has_proxy "$p" || STATUS[$p]=skipped; done
-
 # ---- ringway build ----------------------------------------------------------
-RINGWAY="${RINGWAY_BIN:-$REPO/target/release/ringway}"
-if has_proxy ringway; then
+RINGWAY="${RINGWAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/ringway}"
+if has_proxy ringway && [[ -z ${STATUS[ringway]:-} ]]; then
   if ((build)) && [[ -z ${RINGWAY_BIN:-} ]]; then
     if command -v cargo >/dev/null; then
       echo "building:  cargo build --release (log: logs/ringway-build.log)"
@@ -293,22 +374,45 @@ if has_proxy ringway; then
   fi
 fi
 
+# tcpbench is the load generator and backend of some scenarios (websocket).
+TCPBENCH_DIR="$HERE/tcpbench"
+TCPBENCH="$TCPBENCH_DIR/target/release/tcpbench"
+build_tcpbench() { # always (a no-op when up to date): --no-build is about ringway
+  [[ -n ${TCPBENCH_BUILT:-} ]] && return 0
+  echo "building:  tcpbench (cargo build --release in loadtest/tcpbench)"
+  (cd "$TCPBENCH_DIR" && CARGO_TARGET_DIR="$TCPBENCH_DIR/target" "$TIMEOUT" "$BUILD_TIMEOUT" cargo build --release -q) ||
+    die "tcpbench build failed"
+  TCPBENCH_BUILT=1
+}
+
 # ---- start everything (once; idle peers cost nothing while another is measured)
-probe() { # port -> "" if the scenario's expected response comes back, else why not
+probe() { # port [scheme] -> "" if the scenario's expected response comes back, else why not
+  if declare -F scenario_probe >/dev/null; then scenario_probe "$1"; return; fi
   "$PYTHON" "$HELPER" probe --url "${2:-$SCENARIO_SCHEME}://$HOST:$1$SCENARIO_PATH" \
     --status "$SCENARIO_EXPECT_STATUS" --body "$SCENARIO_EXPECT_BODY" 2>&1 || true
 }
 
 # A scenario may prepare files in the run dir (e.g. an object for the backend to serve).
 if declare -F scenario_setup >/dev/null; then scenario_setup "$RUN_DIR"; fi
-render "$SCENARIO_TEMPLATE_BACKEND" "$RUN_DIR/nginx-backend.conf"
-start_proc backend "$BACKEND_CPU" "$NGINX" -p "$RUN_DIR/nginx-backend" -e "$RUN_DIR/logs/nginx-backend.error.log" \
-  -c "$RUN_DIR/nginx-backend.conf"
-if ! wait_port backend "$BACKEND_PORT"; then
-  die "backend nginx did not start on $HOST:$BACKEND_PORT: $(log_tail backend) $(tail -n2 "$RUN_DIR/logs/nginx-backend.error.log" 2>/dev/null)"
+start_backend() { # index (0-based) -> started and listening, or die
+  local i=$1 name=${BACKENDS[$1]} port=${SCENARIO_BACKEND_PORTS[$1]} conf
+  if declare -F scenario_backend_cmd >/dev/null; then
+    scenario_backend_cmd "$HOST:$port" # sets BACKEND_CMD
+    start_proc "$name" "$BACKEND_CPU" "${BACKEND_CMD[@]}"
+  else
+    conf="$RUN_DIR/nginx-$name.conf"
+    render "$SCENARIO_TEMPLATE_BACKEND" "$conf" "$port" "$name"
+    # The template listens on {{BACKEND_ADDR}}: point it at this instance's port.
+    sed -i "s|listen $HOST:$BACKEND_PORT;|listen $HOST:$port;|" "$conf"
+    start_proc "$name" "$BACKEND_CPU" "$NGINX" -p "$RUN_DIR/nginx-backend" -e "$RUN_DIR/logs/nginx-$name.error.log" -c "$conf"
+  fi
+  wait_port "$name" "$port" || die "backend $name did not start on $HOST:$port: $(log_tail "$name")"
+}
+for ((i = 0; i < ${#BACKENDS[@]}; i++)); do start_backend "$i"; done
+if [[ -z ${SCENARIO_SKIP_BACKEND_PROBE:-} ]]; then
+  why=$(probe "$BACKEND_PORT" http)
+  [[ -z $why ]] || die "backend answers wrongly: $why"
 fi
-why=$(probe "$BACKEND_PORT" http)
-[[ -z $why ]] || die "backend answers wrongly: $why"
 
 start_peer() { # name -> starts it, or marks it failed
   local p=$1 port=${PORT[$1]} conf why rc
@@ -323,13 +427,16 @@ start_peer() { # name -> starts it, or marks it failed
     haproxy)
       conf="$RUN_DIR/haproxy.cfg"; render "$SCENARIO_TEMPLATE_HAPROXY" "$conf" "$port"
       start_proc haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$conf" ;;
+    caddy)
+      conf="$RUN_DIR/Caddyfile"; render "$SCENARIO_TEMPLATE_CADDY" "$conf" "$port"
+      # GOMAXPROCS is Caddy's worker count; HOME/XDG keep its state inside the run dir.
+      start_proc caddy "$PROXY_CPU" env GOMAXPROCS="$workers" HOME="$RUN_DIR/caddy" \
+        XDG_DATA_HOME="$RUN_DIR/caddy" XDG_CONFIG_HOME="$RUN_DIR/caddy" \
+        "$CADDY" run --adapter caddyfile --config "$conf" ;;
   esac
   rc=0; wait_port "$p" "$port" || rc=$?
   if ((rc == 1)); then
     why="$(exit_reason "$p") before listening on $HOST:$port"
-    if [[ $p == ringway ]] && grep -qx 'fn main() {}' "$REPO/src/main.rs" 2>/dev/null; then
-      why+=" (src/main.rs is still the 'fn main() {}' stub)"
-    fi
     [[ -n $(log_tail "$p") ]] && why+=": $(log_tail "$p")"
     fail_proxy "$p" "$why"; return
   elif ((rc == 2)); then
@@ -340,26 +447,69 @@ start_peer() { # name -> starts it, or marks it failed
   STATUS[$p]=ok
   echo "  $p: pid ${PID[$p]} on $HOST:$port"
 }
-echo "starting:  backend nginx pid ${PID[backend]} on $HOST:$BACKEND_PORT"
+echo "starting:  backend(s) ${BACKENDS[*]} on ports ${SCENARIO_BACKEND_PORTS[*]}"
 for p in "${proxies[@]}"; do [[ -n ${STATUS[$p]:-} ]] || start_peer "$p"; done
 echo
+
+# ---- load generators ----------------------------------------------------------
+# Every measured wrk run reports exact percentiles through a done() hook, after the
+# scenario's own lua (if any).
+WRK_LUA="$RUN_DIR/wrk.lua"
+{ [[ -n $SCENARIO_WRK_LUA ]] && cat "$HERE/$SCENARIO_WRK_LUA"; cat "$HERE/wrk/percentiles.lua"; } >"$WRK_LUA"
+WARM_LUA=()
+[[ -n $SCENARIO_WRK_LUA ]] && WARM_LUA=(-s "$HERE/$SCENARIO_WRK_LUA")
+loadgen_prefix=()
+((pin)) && loadgen_prefix=("$TASKSET" -c "$LOADGEN_CPU")
+run_wrk() { # url base seconds [warmup] -> wrk output in base.wrk (or base.warmup)
+  local url=$1 base=$2 secs=$3 lua=(-s "$WRK_LUA") out=$2.wrk
+  if [[ ${4:-} == warmup ]]; then lua=("${WARM_LUA[@]}"); out=$2.warmup; fi
+  "$TIMEOUT" $((secs + RUN_SLACK)) "${loadgen_prefix[@]}" "$WRK" -t1 -c"$connections" -d"${secs}s" --latency \
+    "${lua[@]}" "${SCENARIO_WRK_ARGS[@]}" "$url" >"$out" 2>&1
+}
+run_oha() { # url base seconds [warmup] -> oha's JSON in base.oha (or base.warmup)
+  local url=$1 base=$2 secs=$3 out=$2.oha
+  [[ ${4:-} == warmup ]] && out=$2.warmup
+  "$TIMEOUT" $((secs + RUN_SLACK)) "${loadgen_prefix[@]}" "$OHA" --no-tui "${OHA_JSON[@]}" -z "${secs}s" -c "$connections" \
+    "${SCENARIO_OHA_ARGS[@]}" "$url" >"$out" 2>"$out.err"
+}
+# Newer oha spells JSON output --output-format json; older ones -j.
+OHA_JSON=(-j)
+[[ -n $OHA ]] && "$OHA" --help 2>/dev/null | grep -q -- '--output-format' && OHA_JSON=(--output-format json)
+LOADGEN=wrk
+if [[ ${SCENARIO_LOADGEN:-wrk} == oha ]]; then
+  if [[ -n $OHA ]]; then LOADGEN=oha
+  else echo "run.sh: oha not installed (cargo install oha --locked): this scenario falls back to wrk ${SCENARIO_WRK_ARGS[*]}" >&2
+  fi
+fi
 
 # ---- measure ----------------------------------------------------------------
 seq=0
 measure() { # proxy round
   local p=$1 r=$2 pid=${PID[$1]} url="$SCENARIO_SCHEME://$HOST:${PORT[$1]}$SCENARIO_PATH" base rc=0
-  local cpu0 cpu1 bcpu0 bcpu1 ns0 ns1 stat0 stat1 t0 t1
+  local cpu0 cpu1 bcpu0 bcpu1 ns0 ns1 stat0 stat1 t0 t1 rss0 rss1 bpids=()
+  if [[ -n ${SCENARIO_FRESH_PROXY:-} ]]; then # a new process per run (idle-10k measures its growth)
+    stop_proc "$p"; start_peer "$p" >/dev/null
+    [[ ${STATUS[$p]} == ok ]] || { echo "  round $r $p: FAILED to restart: ${REASON[$p]}"; return 0; }
+    pid=${PID[$p]}
+  fi
+  for b in "${BACKENDS[@]}"; do bpids+=("${PID[$b]}"); done
   seq=$((seq + 1)); base="$RUN_DIR/raw/$(printf %03d "$seq")-$p-r$r"
-  "$TIMEOUT" $((warmup + 30)) "${wrk_cmd[@]}" -t1 -c"$connections" -d"${warmup}s" \
-    "${SCENARIO_WRK_ARGS[@]}" "$url" >"$base.warmup" 2>&1 || true
-  cpu0=$(cpu_ticks "$pid") bcpu0=$(cpu_ticks "${PID[backend]}") ns0=$(sched_ns "$pid")
+  if declare -F scenario_warmup >/dev/null; then scenario_warmup "$p" "$url" "$base" || true
+  elif ! declare -F scenario_load >/dev/null; then "run_$LOADGEN" "$url" "$base" "$warmup" warmup || true
+  fi
+  rss0=$(rss_kb "$pid")
+  cpu0=$(cpu_ticks "$pid") bcpu0=$(cpu_ticks_all "${bpids[@]}") ns0=$(sched_ns "$pid")
   stat0=$(head -n1 /proc/stat) t0=$(date +%s.%N)
-  times >"$base.times0" # children's CPU so far; the delta is wrk's own CPU
-  "$TIMEOUT" $((duration + 30)) "${wrk_cmd[@]}" -t1 -c"$connections" -d"${duration}s" --latency \
-    "${SCENARIO_WRK_ARGS[@]}" "$url" >"$base.wrk" 2>&1 || rc=$?
+  times >"$base.times0" # children's CPU so far; the delta is the load generator's own CPU
+  if declare -F scenario_load >/dev/null; then
+    scenario_load "$p" "$url" "$base" || rc=$?
+  else
+    "run_$LOADGEN" "$url" "$base" "$duration" || rc=$?
+  fi
   times >"$base.times1"
-  cpu1=$(cpu_ticks "$pid") bcpu1=$(cpu_ticks "${PID[backend]}") ns1=$(sched_ns "$pid")
+  cpu1=$(cpu_ticks "$pid") bcpu1=$(cpu_ticks_all "${bpids[@]}") ns1=$(sched_ns "$pid")
   stat1=$(head -n1 /proc/stat) t1=$(date +%s.%N)
+  rss1=$(rss_kb "$pid")
   local up=1; alive "$p" || up=0
   cat >"$base.meta" <<EOF
 proxy=$p
@@ -367,7 +517,7 @@ round=$r
 seq=$seq
 port=${PORT[$p]}
 pid=$pid
-wrk_rc=$rc
+loadgen_rc=$rc
 wall_start=$t0
 wall_end=$t1
 cpu_before=$cpu0
@@ -376,9 +526,13 @@ backend_cpu_before=$bcpu0
 backend_cpu_after=$bcpu1
 sched_ns_before=$ns0
 sched_ns_after=$ns1
+rss_before=$rss0
+rss_after=$rss1
 procstat_before=$stat0
 procstat_after=$stat1
 alive_after=$up
+unit=$SCENARIO_UNIT
+errors_ok=$SCENARIO_ERRORS_OK
 EOF
   "$PYTHON" "$HELPER" line "$base"
   if ((!up)); then
@@ -402,12 +556,14 @@ cat >"$RUN_DIR/settings.env" <<EOF
 scenario=$scenario
 scenario_desc=$SCENARIO_DESC
 scenario_path=$SCENARIO_PATH
+unit=$SCENARIO_UNIT
+loadgen=$(if declare -F scenario_load >/dev/null; then echo "${SCENARIO_LOADGEN_NAME:-custom}"; else echo "$LOADGEN"; fi)
 duration_s=$duration
 warmup_s=$warmup
 rounds=$rounds
+workers=$workers
 connections=$connections
-wrk_threads=1
-wrk_extra_args=${SCENARIO_WRK_ARGS[*]}
+loadgen_extra_args=${SCENARIO_WRK_ARGS[*]} ${SCENARIO_WRK_LUA}
 pinned=$pin
 proxy_cpu=$PROXY_CPU
 backend_cpu=$BACKEND_CPU
@@ -416,5 +572,6 @@ started_utc=$STAMP
 ringway_bin=$RINGWAY
 EOF
 rc=0
-"$PYTHON" "$HELPER" report --run-dir "$RUN_DIR" --out "$OUT" || rc=$?
+"$PYTHON" "$HELPER" report --run-dir "$RUN_DIR" --out "$SC_OUT" || rc=$?
+[[ -n ${LOADTEST_NESTED:-} ]] || aggregate
 exit "$rc"

@@ -8,6 +8,7 @@ SCENARIO_EXPECT_BODY=''
 SCENARIO_WRK_ARGS=()
 SCENARIO_CONNECTIONS=8
 SCENARIO_TEMPLATE_BACKEND=nginx-backend-large.conf
+SCENARIO_UNIT=MiB
 
 scenario_setup() { # run dir -> the 1 MiB object the backend serves
   head -c 1048576 /dev/urandom >"$1/1m.bin"

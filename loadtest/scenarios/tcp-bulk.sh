@@ -12,7 +12,8 @@
 #                                  [--short-conns N] [--proxies ringway,nginx,haproxy]
 #                                  [--no-build] [--no-pin]
 #
-# Tools are never installed here: a missing one is named with the apt-get line, and
+# Results also go to $LOADTEST_OUT/tcp-bulk and .../tcp-short (scenario.json, summary.md) for
+# run.sh's combined report. Tools are never installed here: a missing one is named with the apt-get line, and
 # the proxies that need it are skipped. Exit: 0 all selected proxies measured, 3 some
 # skipped or failed, 2 usage error or missing core tools.
 # standalone-scenario
@@ -113,11 +114,9 @@ trap 'exit 130' INT TERM
 # ---- build ------------------------------------------------------------------
 TCPBENCH_DIR="$HERE/tcpbench"
 TCPBENCH="$TCPBENCH_DIR/target/release/tcpbench"
-# The load generator is built even with --no-build (which is about ringway) when it is missing.
-if ((build)) || [[ ! -x $TCPBENCH ]]; then
-  echo "building:  tcpbench (cargo build --release in loadtest/tcpbench)"
-  (cd "$TCPBENCH_DIR" && "$CARGO" build --release -q) || { echo "tcp-bulk.sh: tcpbench build failed" >&2; exit 1; }
-fi
+# The load generator is built even with --no-build (which is about ringway): a no-op when current.
+echo "building:  tcpbench (cargo build --release in loadtest/tcpbench)"
+(cd "$TCPBENCH_DIR" && CARGO_TARGET_DIR="$TCPBENCH_DIR/target" "$CARGO" build --release -q) || { echo "tcp-bulk.sh: tcpbench build failed" >&2; exit 1; }
 if ((build)); then
   echo "building:  ringway (cargo build --release)"
   if has ringway && [[ -z ${RINGWAY_BIN:-} ]]; then
@@ -125,7 +124,7 @@ if ((build)); then
       skip ringway "cargo build --release failed: $(grep -m1 '^error' "$RUN_DIR/ringway-build.log")"
   fi
 fi
-RINGWAY=${RINGWAY_BIN:-$REPO/target/release/ringway}
+RINGWAY=${RINGWAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/ringway}
 [[ -x $TCPBENCH ]] || { echo "tcp-bulk.sh: no $TCPBENCH (drop --no-build)" >&2; exit 1; }
 if has ringway && [[ -z ${STATUS[ringway]:-} && ! -x $RINGWAY ]]; then skip ringway "no executable at $RINGWAY"; fi
 
@@ -183,6 +182,7 @@ start() { # name cpu cmd... (no function or subshell in between: $! is the serve
   PID[$name]=$!
 }
 cpu_ticks() { local s f; read -r s <"/proc/$1/stat"; f=(${s##*) }); echo $((f[11] + f[12])); }
+rss_peak_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 
 start sink "$GEN_CPU" "$TCPBENCH" sink "$HOST:$SINK_PORT"
@@ -209,7 +209,7 @@ run() {
   c0=$(cpu_ticks "${PID[$p]}")
   out=$(on "$GEN_CPU" "$TCPBENCH" "$mode" "$HOST:${PORT[$p]}" "$seconds" "$n")
   c1=$(cpu_ticks "${PID[$p]}")
-  echo "$out cpu_ticks=$((c1 - c0))"
+  echo "$out cpu_ticks=$((c1 - c0)) rss_peak_kb=$(rss_peak_kb "${PID[$p]}")"
 }
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
@@ -218,9 +218,9 @@ for ((r = 1; r <= rounds; r++)); do
   for p in "${proxies[@]}"; do
     [[ ${STATUS[$p]} == ok ]] || continue
     b=$(run "$p" bulk); s=$(run "$p" short)
-    python3 - "$p" "$r" "$CLK_TCK" "$b" "$s" <<'PY'
-import sys
-p, r, tck, b, s = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    python3 - "$p" "$r" "$CLK_TCK" "$b" "$s" "$RUN_DIR" <<'PY'
+import json, sys
+p, r, tck, b, s, run_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 kv = lambda t: dict(x.split("=") for x in t.split())
 b, s = kv(b), kv(s)
 gb = int(b["bytes"]) / 1e9
@@ -232,15 +232,42 @@ spgb = bcpu / gb if gb else float("nan")
 rate = conns / float(s["seconds"])
 ms_k = scpu * 1e6 / conns if conns else float("nan")
 print(f"{p:<8} {r:>5} {gbs:>9.2f} {spgb:>10.3f} {rate:>12.0f} {ms_k:>14.1f} {int(b['errors']) + int(s['errors']):>7}")
+# The same runs in the shape helper.py reports (CPU per MiB streamed, per connection).
+for name, unit, units, cpu_ticks, kv in (("bulk", "MiB", int(b["bytes"]) / 2**20, int(b["cpu_ticks"]), b),
+                                        ("short", "conn", conns, int(s["cpu_ticks"]), s)):
+    errors = int(kv["errors"])
+    run = {"proxy": p, "round": int(r), "loadgen": "tcpbench", "unit": unit, "units": units,
+           "elapsed_s": float(kv["seconds"]), "rate": units / float(kv["seconds"]) if units else None,
+           "latency_us": {}, "errors": {"errors": errors}, "errors_total": errors,
+           "cpu_ticks": {"total": cpu_ticks, "clk_tck": tck},
+           "cpu_us_per_unit": {"user": None, "sys": None, "total": cpu_ticks * 1e6 / tck / units,
+                               "sched_total": None} if units else None,
+           "rss_kb": {"peak": int(kv["rss_peak_kb"])}, "extra": {},
+           "valid": bool(units) and not errors, "problems": [] if units and not errors else ["errors or no data"]}
+    with open(f"{run_dir}/{name}.jsonl", "a") as f:
+        f.write(json.dumps(run) + "\n")
 PY
   done
 done
 echo
 rc=0
+specs=()
 for p in "${ALL[@]}"; do
   case ${STATUS[$p]} in
-    ok|unselected) ;;
-    *) echo "$p: ${STATUS[$p]}: ${REASON[$p]:-}"; rc=3 ;;
+    ok) specs+=(--proxy "$p:ok") ;;
+    unselected) ;;
+    *) echo "$p: ${STATUS[$p]}: ${REASON[$p]:-}"; rc=3; specs+=(--proxy "$p:skipped:${REASON[$p]:-}") ;;
   esac
 done
+specs+=(--proxy "caddy:skipped:Caddy's layer 4 app is not in the Debian build")
+OUT=${LOADTEST_OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname -s 2>/dev/null || hostname)}
+common=(--duration "$seconds" --rounds "$rounds" --pinned "$pin" --started "$(date -u +%Y%m%dT%H%M%SZ)" "${specs[@]}")
+touch "$RUN_DIR/bulk.jsonl" "$RUN_DIR/short.jsonl"
+python3 "$HERE/helper.py" report-runs --runs "$RUN_DIR/bulk.jsonl" --out "$OUT/tcp-bulk" --name tcp-bulk --unit MiB \
+  --connections "$conns" --desc "layer 4: $conns connections streaming 256 KiB writes through the proxy to a sink" \
+  "${common[@]}" >/dev/null || rc=3
+python3 "$HERE/helper.py" report-runs --runs "$RUN_DIR/short.jsonl" --out "$OUT/tcp-short" --name tcp-short --unit conn \
+  --connections "$short_conns" --desc "layer 4: short connections (connect, 1 byte each way, close), $short_conns at a time" \
+  "${common[@]}" >/dev/null || rc=3
+[[ -n ${LOADTEST_OUT:-} ]] || python3 "$HERE/helper.py" aggregate --out "$OUT"
 exit "$rc"

@@ -13,8 +13,9 @@ SCENARIO_TEMPLATE_BACKEND=nginx-backend.conf
 SCENARIO_TEMPLATE_RINGWAY=ringway-tls.yaml
 SCENARIO_TEMPLATE_NGINX=nginx-proxy-tls.conf
 SCENARIO_TEMPLATE_HAPROXY=haproxy-tls.cfg
+SCENARIO_TEMPLATE_CADDY=caddy-tls.Caddyfile
 
-# One self-signed certificate for all three proxies, made fresh in the run dir:
+# One self-signed certificate for every proxy, made fresh in the run dir:
 # tls.pem + tls.key (PKCS#8), and tls-haproxy.pem (both, as HAProxy wants).
 scenario_setup() {
   local dir=$1

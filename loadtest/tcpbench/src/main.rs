@@ -5,6 +5,10 @@
 //!                                          first read, then read and discard until EOF
 //! tcpbench bulk  ADDR SECONDS CONNECTIONS  stream 256 KiB writes on each connection
 //! tcpbench short ADDR SECONDS CONNECTIONS  connect, send 1 byte, read 1 byte, close; repeat
+//! tcpbench ws-echo LISTEN                  WebSocket echo backend (see ws.rs)
+//! tcpbench http-sink LISTEN                HTTP backend reading each body whole, answering "ok"
+//! tcpbench ws-load ADDR SECONDS CONNECTIONS SIZE
+//!                                          WebSocket ping-pong of SIZE-byte messages
 //! ```
 //!
 //! `bulk` and `short` print one line: `bytes=N seconds=S conns=C errors=E`. Threads, blocking
@@ -16,6 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod http_sink;
+mod ws;
+
 /// Bytes per write in `bulk`: large writes keep the client's own CPU cost low.
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Sink read buffer.
@@ -24,15 +31,31 @@ const READ_CHUNK: usize = 256 * 1024;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tcpbench sink LISTEN | bulk ADDR SECONDS CONNS | short ADDR SECONDS CONNS");
+        eprintln!(
+            "usage: tcpbench sink LISTEN | bulk ADDR SECONDS CONNS | short ADDR SECONDS CONNS\n\
+             \x20      | ws-echo LISTEN | ws-load ADDR SECONDS CONNS SIZE | http-sink LISTEN"
+        );
         std::process::exit(2)
     };
     match args.first().map(String::as_str) {
         Some("sink") if args.len() == 2 => sink(&args[1]),
+        Some("ws-echo") if args.len() == 2 => ws::echo_server(&args[1]),
+        Some("http-sink") if args.len() == 2 => http_sink::serve(&args[1]),
+        Some("ws-load") if args.len() == 5 => {
+            let secs: f64 = args[2].parse().unwrap_or_else(|_| usage());
+            let conns: usize = args[3].parse().unwrap_or_else(|_| usage());
+            let size: usize = args[4].parse().unwrap_or_else(|_| usage());
+            ws::load(&args[1], Duration::from_secs_f64(secs), conns, size);
+        }
         Some(mode @ ("bulk" | "short")) if args.len() == 4 => {
             let secs: f64 = args[2].parse().unwrap_or_else(|_| usage());
             let conns: usize = args[3].parse().unwrap_or_else(|_| usage());
-            load(mode == "bulk", &args[1], Duration::from_secs_f64(secs), conns);
+            load(
+                mode == "bulk",
+                &args[1],
+                Duration::from_secs_f64(secs),
+                conns,
+            );
         }
         _ => usage(),
     }
@@ -72,8 +95,12 @@ fn load(bulk: bool, addr: &str, secs: Duration, conns: usize) {
     let start = Instant::now();
     let threads: Vec<_> = (0..conns)
         .map(|_| {
-            let (stop, total, errors, addr) =
-                (stop.clone(), total.clone(), errors.clone(), addr.to_string());
+            let (stop, total, errors, addr) = (
+                stop.clone(),
+                total.clone(),
+                errors.clone(),
+                addr.to_string(),
+            );
             std::thread::spawn(move || {
                 let n = if bulk {
                     bulk_one(&addr, &stop)
