@@ -1,7 +1,7 @@
 //! Target selection cost per policy: one `Balancer::select` over 8 targets (3 for the split
 //! run), passive health on, as a worker does it for every request.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringway::balance::{shared_targets, Balancer, Tried};
 
 const POLICIES: [&str; 13] = [
@@ -39,6 +39,7 @@ fn balancer(policy: &str, extra: &str) -> Balancer {
 
 fn bench_select(c: &mut Criterion) {
     let mut g = c.benchmark_group("select");
+    g.throughput(Throughput::Elements(1));
     for policy in POLICIES {
         let b = balancer(policy, "");
         let key: Option<&[u8]> = match policy {
