@@ -27,10 +27,11 @@ use crate::worker::WorkerCtx;
 
 /// Initial receive buffer per connection side: one read takes a typical head plus a small body.
 const INITIAL_BUF: usize = 16 * 1024;
-/// The most a keep-alive connection keeps of its buffers between requests: one read's worth.
-/// The rest is released (and allocated again by the next request), so 10k idle connections
-/// cost a few KiB each, as nginx's do, instead of every buffer they ever grew.
-const IDLE_BUF: usize = crate::stream::MIN_READ_SPACE;
+/// What a keep-alive connection keeps between requests: a receive buffer for the next head
+/// (most fit; a larger one grows it, as nginx's 1k `client_header_buffer_size` does). The rest
+/// is released and allocated again by the next request, so 10k idle connections cost a few
+/// KiB each instead of every buffer they ever grew.
+const IDLE_READ: usize = 1024;
 /// Room for the heads a request writes (upstream request, response), reserved once.
 const OUT_BUF: usize = 4096;
 /// Body bytes streamed per read once a body is larger than what came with the head.
@@ -112,7 +113,11 @@ impl RecvBuf {
     }
 
     async fn read_more(&mut self, stream: &mut Stream, cap: usize) -> std::io::Result<usize> {
-        reserve_read_space(&mut self.buf, cap);
+        // An empty buffer reads into whatever room it has (an idle connection's small one);
+        // a partial head or body makes room for a full read.
+        if !self.buf.is_empty() || self.buf.capacity() < IDLE_READ {
+            reserve_read_space(&mut self.buf, cap);
+        }
         let buf = std::mem::take(&mut self.buf);
         let (res, buf) = stream.read_more(buf).await;
         self.buf = buf;
@@ -155,7 +160,8 @@ pub async fn serve(
     if ctx.config.listeners[listener].proxy_protocol {
         // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
         let trusted = &ctx.config.trusted_proxies;
-        match crate::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf).await {
+        let header = crate::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf);
+        match Box::pin(header).await {
             Some(Some((source, _))) => peer = Some(source),
             Some(None) => {}
             None => return,
@@ -246,7 +252,7 @@ pub async fn serve(
                 let UpConn {
                     stream: up, slot, ..
                 } = conn;
-                let (sent, received) = crate::tunnel::run(stream, up).await;
+                let (sent, received) = Box::pin(crate::tunnel::run(stream, up)).await;
                 tracing::debug!(sent, received, "upgraded connection closed");
                 drop(slot);
                 core.active_requests.set(core.active_requests.get() - 1);
@@ -265,8 +271,8 @@ pub async fn serve(
         }
         down.floor = 0;
         down.compact();
-        if down.pending() == 0 && down.buf.capacity() > IDLE_BUF {
-            down.buf = Vec::new();
+        if down.pending() == 0 && down.buf.capacity() > IDLE_READ {
+            down.buf = Vec::with_capacity(IDLE_READ);
         }
         ubuf = Vec::new();
         s.out = Vec::new();

@@ -621,16 +621,26 @@ fn spawn_conn(
     monoio::spawn(async move {
         let serve = async {
             // The handshake runs here, in the connection's task, so the accept loop never waits.
-            let Some(stream) = terminate_tls(&ctx, listener, stream, peer).await else {
-                return;
+            // Each part boxed on its own: a task is as large as its largest state, and an idle
+            // keep-alive connection should not carry a TLS handshake's or a tunnel's.
+            let stream = if ctx.gen.listener_tls[listener].is_some() {
+                match Box::pin(terminate_tls(&ctx, listener, stream, peer)).await {
+                    Some(s) => s,
+                    None => return,
+                }
+            } else {
+                stream
             };
             match &ctx.config.listeners[listener].kind {
                 ListenerKind::Http { .. } => {
                     crate::proxy::serve(ctx.clone(), socket, listener, stream, peer).await
                 }
-                ListenerKind::Tcp { .. } => crate::l4::serve(&ctx, listener, stream, peer).await,
+                ListenerKind::Tcp { .. } => {
+                    Box::pin(crate::l4::serve(&ctx, listener, stream, peer)).await
+                }
             }
         };
+        eprintln!("SERVE FUTURE SIZE {}", std::mem::size_of_val(&serve));
         monoio::select! {
             _ = CatchPanic(Box::pin(serve)) => {},
             _ = core.close_all.wait() => {},
