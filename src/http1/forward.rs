@@ -3,7 +3,8 @@
 //! Host, X-Forwarded-* or Forwarded, and the upstream's header operations.
 //!
 //! Everything writes into buffers the connection owns, so once they have grown to a typical
-//! head a request costs no allocation here.
+//! head a request costs no allocation here; the one exception is a header `replace` that
+//! changes a value (regex's `replace_all` hands back an owned String).
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
