@@ -1,10 +1,13 @@
-//! HTTP/1 wire-layer throughput: head parsing and chunked decoding.
+//! HTTP/1 wire-layer throughput: head parsing, the upstream head rewrite and chunked decoding.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use ringway::http1::parse::{parse_request, parse_response, HeaderIdx, Parse};
 
 mod common;
-use common::{chunked_body, decode_chunked, request_heads, response_head, CHUNKED_PAYLOAD, LIMITS};
+use common::{
+    chunked_body, decode_chunked, request_heads, response_head, rewrite_heads, HeadRewrite,
+    CHUNKED_PAYLOAD, LIMITS, REWRITE_ROUTES,
+};
 
 fn bench_heads(c: &mut Criterion) {
     let mut g = c.benchmark_group("parse_request");
@@ -34,6 +37,23 @@ fn bench_heads(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_rewrite(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_head_rewrite");
+    for (head_name, head) in rewrite_heads() {
+        let mut rw = HeadRewrite::new(head);
+        g.throughput(Throughput::Bytes(rw.head_len() as u64));
+        for (route, (route_name, expect)) in REWRITE_ROUTES.iter().enumerate() {
+            rw.run(route);
+            let out = String::from_utf8_lossy(&rw.out);
+            assert!(out.contains(expect), "{route_name} wrote:\n{out}");
+            g.bench_function(format!("{head_name}/{route_name}"), |b| {
+                b.iter(|| rw.run(black_box(route)))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn bench_chunked(c: &mut Criterion) {
     let body = chunked_body();
     assert_eq!(decode_chunked(&body), CHUNKED_PAYLOAD);
@@ -45,5 +65,5 @@ fn bench_chunked(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_heads, bench_chunked);
+criterion_group!(benches, bench_heads, bench_rewrite, bench_chunked);
 criterion_main!(benches);

@@ -20,8 +20,9 @@
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, sent to upstreams and read from front
 //!   balancers.
 //! - [`route`]: host/path/method/header route matching.
-//! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]) and body
-//!   framing ([`http1::body`]).
+//! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]), body
+//!   framing ([`http1::body`]), and the request head written upstream with its forwarded
+//!   headers and header operations ([`http1::forward`]).
 //! - [`balance`]: per-worker balancer replicas over shared per-target atomics.
 //! - [`health`]: active health checks on one control thread, published through the shared
 //!   per-target atomics.

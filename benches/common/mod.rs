@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringway::config::{Action, Config, ListenerKind, TargetAddr};
 use ringway::http1::body::{write_chunk_header, ChunkedDecoder, LAST_CHUNK};
-use ringway::http1::parse::HeadLimits;
+use ringway::http1::forward::{write_request_head, Client, HeaderList};
+use ringway::http1::parse::{parse_request, HeadLimits, HeaderIdx, Parse, RequestHead};
 use ringway::pool::{Pool, UpConn};
 use ringway::stream::Stream;
 use ringway::target::TargetShared;
@@ -70,6 +72,11 @@ pub fn request_heads() -> [(&'static str, Vec<u8>); 3] {
     ]
 }
 
+/// Heads for the upstream head rewrite: the 8 KiB one adds only more of the same copying.
+pub fn rewrite_heads() -> [(&'static str, Vec<u8>); 2] {
+    [("small", small_head()), ("20_headers", browser_head())]
+}
+
 pub fn response_head() -> Vec<u8> {
     b"HTTP/1.1 200 OK\r\n\
 Date: Tue, 01 Apr 2025 10:00:00 GMT\r\n\
@@ -81,6 +88,118 @@ ETag: \"5f3c-1a2b3c4d\"\r\n\
 Vary: Accept-Encoding\r\n\
 Connection: keep-alive\r\n\r\n"
         .to_vec()
+}
+
+/// One route per way of forwarding, picked by index (never matched). `header_ops` also
+/// rewrites the path and runs the operations that are allocation-free once warm: a `replace`
+/// that changes a value allocates (regex's `replace_all` returns an owned String), so it is
+/// not part of the measured path that `tests/bench_alloc.rs` holds to zero allocations.
+const REWRITE_CONFIG: &str = r#"
+listeners:
+  - listen: 127.0.0.1:8080
+    routes:
+      - upstream: xff
+      - upstream: rfc7239
+      - rewrite: "/v2{path}?{query}"
+        upstream: header_ops
+upstreams:
+  xff:
+    targets: [10.0.0.2:8080]
+  rfc7239:
+    targets: [10.0.0.2:8080]
+    forwarded: rfc7239
+  header_ops:
+    targets: [10.0.0.2:8080]
+    headers:
+      request:
+        - set: { X-Env: prod, X-Client: "{client_ip}:{client_port}" }
+        - add: { X-Trace: "{header.X-Request-Id}" }
+        - remove: ["Sec-Fetch-*", Priority]
+"#;
+
+/// The routes of `REWRITE_CONFIG`, by index, with the header each must write.
+pub const REWRITE_ROUTES: [(&str, &str); 3] = [
+    ("xff", "X-Forwarded-For: 198.51.100.23\r\n"),
+    ("rfc7239", "Forwarded: for=198.51.100.23"),
+    ("header_ops", "X-Client: 198.51.100.23:50123\r\n"),
+];
+
+/// A parsed request head and the reused buffers `write_request_head` writes into, as a
+/// connection holds them.
+pub struct HeadRewrite {
+    config: Config,
+    client: Client,
+    head: Vec<u8>,
+    req: RequestHead,
+    headers: Vec<HeaderIdx>,
+    pub out: Vec<u8>,
+    tmp: Vec<u8>,
+    list: HeaderList,
+}
+
+impl HeadRewrite {
+    pub fn new(head: Vec<u8>) -> Self {
+        let config = ringway::config::parse(REWRITE_CONFIG, "bench.yaml").expect("bench config");
+        // A client straight from the internet: untrusted, so its X-Forwarded-For is replaced.
+        let peer = "198.51.100.23:50123".parse().expect("peer address");
+        let client = Client {
+            peer: Some(peer),
+            trusted: false,
+            ip_text: peer.ip().to_string(),
+            scheme: "http",
+        };
+        let mut headers = Vec::with_capacity(LIMITS.max_headers);
+        let Parse::Complete(req) = parse_request(&head, &LIMITS, &mut headers) else {
+            panic!("bench head does not parse");
+        };
+        HeadRewrite {
+            config,
+            client,
+            head,
+            req,
+            headers,
+            out: Vec::new(),
+            tmp: Vec::new(),
+            list: HeaderList::default(),
+        }
+    }
+
+    pub fn head_len(&self) -> usize {
+        self.head.len()
+    }
+
+    /// Writes the upstream head for route `route` of `REWRITE_ROUTES` into `out`, as the proxy
+    /// does for one request; returns its length.
+    #[inline]
+    pub fn run(&mut self, route: usize) -> usize {
+        let ListenerKind::Http { routes } = &self.config.listeners[0].kind else {
+            unreachable!("the bench listener is HTTP");
+        };
+        let route = &routes[route];
+        let Action::Proxy(u) = route.action else {
+            unreachable!("every bench route proxies");
+        };
+        let up = &self.config.upstreams[u];
+        let upstream_host = match &up.targets[0].addr {
+            TargetAddr::Tcp { host, .. } => host.as_str(),
+            TargetAddr::Unix(_) => "localhost",
+        };
+        self.out.clear();
+        write_request_head(
+            0,
+            up,
+            route,
+            &self.client,
+            std::hint::black_box(&self.head),
+            &self.req,
+            &self.headers,
+            upstream_host,
+            &mut self.out,
+            &mut self.tmp,
+            &mut self.list,
+        );
+        self.out.len()
+    }
 }
 
 pub const CHUNKED_PAYLOAD: usize = 64 * 1024;
