@@ -640,7 +640,6 @@ fn spawn_conn(
                 }
             }
         };
-        eprintln!("SERVE FUTURE SIZE {}", std::mem::size_of_val(&serve));
         monoio::select! {
             _ = CatchPanic(Box::pin(serve)) => {},
             _ = core.close_all.wait() => {},
