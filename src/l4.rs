@@ -31,9 +31,10 @@ use crate::proxy_protocol;
 use crate::stream::Stream;
 use crate::worker::WorkerCtx;
 
-/// Bytes asked of one splice: the default pipe capacity (16 pages), so one splice in fills the
-/// pipe and the bytes leave in one or two splices out.
-const SPLICE_CHUNK: usize = 64 * 1024;
+/// Capacity a pipe grows to once a splice fills it (a bulk tunnel): every splice in also sends
+/// an ACK and every splice out pushes segments, so the cost per byte falls with the size of a
+/// step. 1 MiB is the default pipe-max-size, so unprivileged processes may ask for it.
+const PIPE_BULK_SIZE: usize = 1024 * 1024;
 /// Buffer of the copying fallback (used when no pipe can be had, e.g. out of descriptors).
 const COPY_CHUNK: usize = 64 * 1024;
 /// Empty pipes a worker keeps for its next tunnels: creating and closing two pipes costs six
@@ -447,7 +448,14 @@ impl Carrier {
     /// Takes up to a chunk from `src`; `Ok(0)` is EOF.
     fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         match self {
-            Carrier::Pipe(p) => splice(src, p.w.as_raw_fd(), SPLICE_CHUNK),
+            Carrier::Pipe(p) => {
+                let n = splice(src, p.w.as_raw_fd(), p.size)?;
+                // A fill may stop short of the byte size when fragments leave pages part empty.
+                if n * 2 >= p.size {
+                    p.grow();
+                }
+                Ok(n)
+            }
             Carrier::Buffer(buf) => (&*socket(src)).read(buf),
         }
     }
@@ -515,6 +523,10 @@ async fn one_way(
 struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
+    /// Its capacity in bytes: what one splice in asks for.
+    size: usize,
+    /// Whether growing was tried already (it is tried once; a refusal keeps the size).
+    grown: bool,
 }
 
 impl Pipe {
@@ -544,7 +556,33 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are new, open, and owned by nobody else.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Pipe { r, w })
+        // SAFETY: F_GETPIPE_SZ on an owned pipe descriptor has no memory effects.
+        let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        // The kernel may hand out smaller pipes to a user over pipe-user-pages-soft.
+        let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
+        Ok(Pipe {
+            r,
+            w,
+            size,
+            grown: false,
+        })
+    }
+
+    /// Grows a pipe that a splice filled to `PIPE_BULK_SIZE`: only tunnels that move bulk
+    /// data pay for big pipes, which count against the user's pipe-user-pages-soft (over it,
+    /// the kernel gives every new pipe of the user just two pages).
+    fn grow(&mut self) {
+        if self.grown {
+            return;
+        }
+        self.grown = true;
+        let want = PIPE_BULK_SIZE as libc::c_int;
+        // SAFETY: F_SETPIPE_SZ on an owned pipe descriptor has no memory effects; it fails
+        // (and changes nothing) when the size is over a limit.
+        let size = unsafe { libc::fcntl(self.w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+        if let Ok(size) = usize::try_from(size) {
+            self.size = size;
+        }
     }
 }
 
