@@ -31,9 +31,14 @@ use crate::proxy_protocol;
 use crate::stream::Stream;
 use crate::worker::WorkerCtx;
 
-/// Bytes asked of one splice: the default pipe capacity (16 pages), so one splice in fills the
-/// pipe and the bytes leave in one or two splices out.
-const SPLICE_CHUNK: usize = 64 * 1024;
+/// Capacity a pipe grows to once a splice fills it (a bulk tunnel): every splice in also sends
+/// an ACK and every splice out pushes segments, so the cost per byte falls with the size of a
+/// step. 1 MiB is the default pipe-max-size, so unprivileged processes may ask for it.
+const PIPE_BULK_SIZE: usize = 1024 * 1024;
+/// Pipes a worker grows to `PIPE_BULK_SIZE` at once (8 bulk tunnels both ways): 16 MiB of
+/// capacity, a quarter of the default pipe-user-pages-soft, so a few workers leave the user
+/// room for default pipes. Tunnels beyond it keep the default capacity.
+const BIG_PIPES_MAX: usize = 16;
 /// Buffer of the copying fallback (used when no pipe can be had, e.g. out of descriptors).
 const COPY_CHUNK: usize = 64 * 1024;
 /// Empty pipes a worker keeps for its next tunnels: creating and closing two pipes costs six
@@ -44,6 +49,8 @@ const PIPE_POOL: usize = 64;
 thread_local! {
     /// This worker's empty pipes (one worker per thread; never shared).
     static PIPES: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// This worker's pipes grown to `PIPE_BULK_SIZE`.
+    static BIG_PIPES: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Tunnel counters of one worker, written only by that worker (relaxed adds on its own cache
@@ -446,7 +453,14 @@ impl Carrier {
     /// Takes up to a chunk from `src`; `Ok(0)` is EOF.
     fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         match self {
-            Carrier::Pipe(p) => splice(src, p.w.as_raw_fd(), SPLICE_CHUNK),
+            Carrier::Pipe(p) => {
+                let n = splice(src, p.w.as_raw_fd(), p.size)?;
+                // A fill may stop short of the byte size when fragments leave pages part empty.
+                if n * 2 >= p.size {
+                    p.grow();
+                }
+                Ok(n)
+            }
             Carrier::Buffer(buf) => (&*socket(src)).read(buf),
         }
     }
@@ -514,6 +528,14 @@ async fn one_way(
 struct Pipe {
     r: OwnedFd,
     w: OwnedFd,
+    /// Its capacity in bytes: what one splice in asks for.
+    size: usize,
+    /// The capacity the kernel gave it at creation, restored before it is pooled.
+    base: usize,
+    /// Whether it was grown to `PIPE_BULK_SIZE` (and counts in `BIG_PIPES`).
+    big: bool,
+    /// Whether the kernel refused to grow it (not asked again while this tunnel lasts).
+    refused: bool,
 }
 
 impl Pipe {
@@ -525,8 +547,17 @@ impl Pipe {
         }
     }
 
-    /// Returns an empty pipe to this worker's pool (closing it when the pool is full).
-    fn give_back(self) {
+    /// Returns an empty pipe to this worker's pool (closing it when the pool is full). A grown
+    /// pipe shrinks first: pooled pipes must not hold the budget or the user's pipe pages.
+    fn give_back(mut self) {
+        if self.big {
+            if set_pipe_size(&self.w, self.base).is_err() {
+                return;
+            }
+            self.unmark_big();
+            self.size = self.base;
+        }
+        self.refused = false;
         PIPES.with(|p| {
             let mut pool = p.borrow_mut();
             if pool.len() < PIPE_POOL {
@@ -543,8 +574,57 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are new, open, and owned by nobody else.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Pipe { r, w })
+        // SAFETY: F_GETPIPE_SZ on an owned pipe descriptor has no memory effects.
+        let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        // The kernel may hand out smaller pipes to a user over pipe-user-pages-soft.
+        let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
+        Ok(Pipe {
+            r,
+            w,
+            size,
+            base: size,
+            big: false,
+            refused: false,
+        })
     }
+
+    /// Grows a pipe that a splice filled to `PIPE_BULK_SIZE`, within the worker's budget: only
+    /// bulk tunnels pay for big pipes, which count against the user's pipe-user-pages-soft
+    /// (over it, the kernel gives every new pipe of the user just two pages).
+    fn grow(&mut self) {
+        if self.big || self.refused || BIG_PIPES.get() >= BIG_PIPES_MAX {
+            return;
+        }
+        match set_pipe_size(&self.w, PIPE_BULK_SIZE) {
+            Ok(size) => {
+                self.size = size;
+                self.big = true;
+                BIG_PIPES.set(BIG_PIPES.get() + 1);
+            }
+            Err(_) => self.refused = true,
+        }
+    }
+
+    fn unmark_big(&mut self) {
+        if std::mem::take(&mut self.big) {
+            BIG_PIPES.set(BIG_PIPES.get() - 1);
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.unmark_big();
+    }
+}
+
+/// Sets a pipe's capacity and returns the one the kernel chose (a power of two pages).
+fn set_pipe_size(w: &OwnedFd, size: usize) -> io::Result<usize> {
+    let size = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: F_SETPIPE_SZ on an owned pipe descriptor has no memory effects; it fails (and
+    // changes nothing) over a limit or below the bytes the pipe holds.
+    let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    usize::try_from(got).map_err(|_| io::Error::last_os_error())
 }
 
 /// One nonblocking splice(2) of up to `len` bytes; one end must be a pipe.
@@ -621,6 +701,27 @@ mod tests {
         assert!(got == data(), "bytes differ");
         assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 3_000_000);
         assert_eq!(counters.spliced_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_filled_pipe_grows_within_the_budget_and_shrinks_before_it_is_pooled() {
+        let mut p = Pipe::new().unwrap();
+        let base = p.size;
+        p.grow();
+        if !p.big {
+            // The kernel may refuse (a user over pipe-user-pages-soft); nothing to check.
+            return;
+        }
+        assert!(p.size >= PIPE_BULK_SIZE);
+        assert_eq!(BIG_PIPES.get(), 1);
+        p.give_back();
+        assert_eq!(BIG_PIPES.get(), 0);
+        assert_eq!(Pipe::take().unwrap().size, base, "pooled at its first size");
+        let mut pipes: Vec<Pipe> = (0..=BIG_PIPES_MAX).map(|_| Pipe::new().unwrap()).collect();
+        pipes.iter_mut().for_each(Pipe::grow);
+        assert!(pipes.iter().filter(|p| p.big).count() <= BIG_PIPES_MAX);
+        drop(pipes);
+        assert_eq!(BIG_PIPES.get(), 0);
     }
 
     #[test]
