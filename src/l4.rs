@@ -174,35 +174,22 @@ pub async fn serve(
     let _active = Active::new(&ctx.core.active_requests);
     let counters = &ctx.shared.tunnels[ctx.id];
     let moved = [Cell::new(0), Cell::new(0)];
-    let end = relay(client, target, idle_timeout, counters, &moved).await;
-    tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
-    log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
-}
-
-/// Moves bytes both ways between `client` and `target` until both directions ended, a side
-/// failed, or `idle` passed without traffic: spliced between plaintext sockets, copied
-/// through buffers when a side is TLS. Used by tcp listeners and by upgraded HTTP connections
-/// (WebSocket and other `Upgrade`s). `moved` counts (client -> target, target -> client).
-pub async fn relay(
-    client: Stream,
-    target: Stream,
-    idle: Option<Duration>,
-    counters: &TunnelCounters,
-    moved: &[Cell<u64>; 2],
-) -> End {
-    match (client, target) {
-        (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, idle, counters, moved).await,
-        (Stream::Tcp(a), Stream::Unix(b)) => pump(a, b, idle, counters, moved).await,
-        (Stream::Unix(a), Stream::Tcp(b)) => pump(a, b, idle, counters, moved).await,
-        (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, idle, counters, moved).await,
-        // TLS streams cannot be spliced: the buffered relay (it has no idle timeout).
+    let end = match (client, target) {
+        (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Tcp(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Unix(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
+        // TLS streams cannot be spliced: the buffered relay (validation keeps TLS off tcp
+        // listeners for now, so this is only a safe default).
         (client, target) => {
             let (up_bytes, down_bytes) = crate::tunnel::run(client, target).await;
             moved[0].set(up_bytes);
             moved[1].set(down_bytes);
             End::Closed
         }
-    }
+    };
+    tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
+    log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
 }
 
 fn target_name(addr: &TargetAddr) -> String {

@@ -240,13 +240,8 @@ pub async fn serve(
                 let UpConn {
                     stream: up, slot, ..
                 } = conn;
-                // Upgraded tunnels have no idle timeout of their own (keep-alive's does not
-                // apply); plaintext ones are spliced like tcp listeners' tunnels.
-                let counters = &ctx.shared.tunnels[ctx.id];
-                let moved = [std::cell::Cell::new(0), std::cell::Cell::new(0)];
-                let end = Box::pin(crate::l4::relay(stream, up, None, counters, &moved)).await;
-                let (sent, received) = (moved[0].get(), moved[1].get());
-                tracing::debug!(sent, received, "upgraded connection closed: {end:?}");
+                let (sent, received) = Box::pin(crate::tunnel::run(stream, up)).await;
+                tracing::debug!(sent, received, "upgraded connection closed");
                 drop(slot);
                 core.active_requests.set(core.active_requests.get() - 1);
                 ctx.metrics()

@@ -268,8 +268,7 @@ impl Server {
         })
     }
 
-    /// Tunnel payload bytes (tcp listeners and upgraded connections) moved with splice(2),
-    /// summed over workers.
+    /// Layer-4 payload bytes moved with splice(2), summed over workers.
     pub fn l4_spliced_bytes(&self) -> u64 {
         let sum = self.shared.tunnels.iter();
         sum.map(|c| c.spliced_bytes.load(Ordering::Relaxed)).sum()

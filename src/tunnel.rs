@@ -1,7 +1,10 @@
-//! Buffered bidirectional relay for tunnels with a TLS side (upgraded connections and tcp
-//! listeners; plaintext pairs are spliced by [`crate::l4::relay`]): each direction flows until
-//! its sender closes, then its FIN is passed on with shutdown(SHUT_WR) while the other direction
-//! keeps flowing.
+//! Bidirectional byte relay for upgraded connections (WebSocket and other `Upgrade`s): each
+//! direction flows until its sender closes, then its FIN is passed on with shutdown(SHUT_WR)
+//! while the other direction keeps flowing.
+//!
+//! Tunnels copy through a small buffer rather than splice: io_uring runs every splice in a
+//! blocking io-wq kernel thread, so an idle WebSocket would pin a thread for its whole life,
+//! while a poll-driven receive costs nothing while idle.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
