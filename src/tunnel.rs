@@ -2,9 +2,11 @@
 //! direction flows until its sender closes, then its FIN is passed on with shutdown(SHUT_WR)
 //! while the other direction keeps flowing.
 //!
-//! Tunnels copy through a small buffer rather than splice: io_uring runs every splice in a
-//! blocking io-wq kernel thread, so an idle WebSocket would pin a thread for its whole life,
-//! while a poll-driven receive costs nothing while idle.
+//! Tunnels copy through a small buffer with io_uring reads and writes rather than splice.
+//! Measured (loadtest `websocket`, 16 connections ping-ponging 128-byte messages, one worker):
+//! this relay costs 13-15 µs of CPU per message; the layer-4 splice relay (readiness wait,
+//! then splice in and out of a pipe) cost 25, more than HAProxy's 21. WebSocket traffic is
+//! mostly small messages, where a pipe only adds syscalls.
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
