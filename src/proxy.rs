@@ -216,9 +216,9 @@ pub async fn serve(
             .in_flight
             .set(core.active_requests.get() as u64);
         s.out.reserve(OUT_BUF);
-        // Boxed: the exchange's state is most of this task's size and only lives while a
-        // request does, not while the connection idles.
-        let next = Box::pin(handle(
+        // Not boxed, though its state is most of this task's size: building the future and
+        // moving it into a box copied ~7 KiB per request (3% of the CPU in small-keepalive).
+        let next = handle(
             &ctx,
             listener,
             &client,
@@ -227,7 +227,7 @@ pub async fn serve(
             &mut ubuf,
             &mut s,
             &head,
-        ))
+        )
         .await;
         ctx.request_done(listener, s.status, started.elapsed(), s.target);
         if let Some(log) = &core.access {
