@@ -182,13 +182,21 @@ impl Series {
     }
 
     fn hist(&mut self, family: &'static str, labels: String, h: &Histogram) {
-        let entry = self.0.entry((family, labels));
-        match entry.or_insert(Value::Hist([0; BUCKETS], 0)) {
-            Value::Hist(b, sum) => {
-                for (acc, c) in b.iter_mut().zip(&h.buckets) {
-                    *acc += c.get();
+        let buckets = std::array::from_fn(|i| h.buckets[i].get());
+        self.add_hist(family, labels, &buckets, h.sum_ns.get());
+    }
+
+    fn add_hist(&mut self, family: &'static str, labels: String, b: &[u64; BUCKETS], sum: u64) {
+        match self
+            .0
+            .entry((family, labels))
+            .or_insert(Value::Hist([0; BUCKETS], 0))
+        {
+            Value::Hist(acc, acc_sum) => {
+                for (x, y) in acc.iter_mut().zip(b) {
+                    *x += y;
                 }
-                *sum += h.sum_ns.get();
+                *acc_sum += sum;
             }
             Value::Count(_) => debug_assert!(false, "{family} is a histogram"),
         }
@@ -198,16 +206,7 @@ impl Series {
         for ((family, labels), value) in &other.0 {
             match value {
                 Value::Count(n) => self.count(family, labels.clone(), *n),
-                Value::Hist(b, sum) => {
-                    let entry = self.0.entry((family, labels.clone()));
-                    if let Value::Hist(acc, acc_sum) = entry.or_insert(Value::Hist([0; BUCKETS], 0))
-                    {
-                        for (x, y) in acc.iter_mut().zip(b) {
-                            *x += y;
-                        }
-                        *acc_sum += sum;
-                    }
-                }
+                Value::Hist(b, sum) => self.add_hist(family, labels.clone(), b, *sum),
             }
         }
     }
