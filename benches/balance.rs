@@ -2,7 +2,7 @@
 //! run), passive health on, as a worker does it for every request.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use ringway::balance::{shared_targets, Balancer, Tried};
+use ringway::upstream::balance::{shared_targets, Balancer, Tried};
 
 const POLICIES: [&str; 13] = [
     "random",

@@ -2,7 +2,7 @@
 //! checking it back in, as a worker does around every keep-alive exchange.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ringway::pool::Pool;
+use ringway::upstream::pool::Pool;
 
 mod common;
 use common::{pool_round_trip, runtime, warm_pool, POOL_MAX_IDLE, POOL_MAX_IDLE_AGE};

@@ -1817,7 +1817,7 @@ impl Validator<'_> {
                     if p == "h2" {
                         return Err(self.at_value(&k, "not supported yet (HTTP/2 is planned)"));
                     }
-                    if !crate::tls::SUPPORTED_ALPN.contains(&p.as_str()) {
+                    if !crate::net::tls::SUPPORTED_ALPN.contains(&p.as_str()) {
                         return Err(self.at_value(
                             &k,
                             format!("unknown ALPN protocol \"{p}\" (expected http/1.1)"),
@@ -1856,7 +1856,7 @@ impl Validator<'_> {
             client_auth,
         };
         // Read every file now, so a bad certificate is reported here and not at startup.
-        crate::tls::server_config(&tls, None)
+        crate::net::tls::server_config(&tls, None)
             .map_err(|e| self.at_value(&join(key, &e.key), e.message))?;
         Ok(tls)
     }
@@ -1926,11 +1926,11 @@ impl Validator<'_> {
             handshake_timeout: secs(10),
             ..UpstreamTls::default()
         });
-        crate::tls::client_config(settings)
+        crate::net::tls::client_config(settings)
             .map_err(|e| self.at_value(&join(&tls_key, &e.key), e.message))?;
         for (i, t) in targets.iter().enumerate() {
             if let (true, TargetAddr::Tcp { host, .. }) = (t.tls, &t.addr) {
-                crate::tls::server_name(settings, host).map_err(|e| {
+                crate::net::tls::server_name(settings, host).map_err(|e| {
                     if settings.server_name.is_some() {
                         self.at_value(&join(&tls_key, "server_name"), e.message)
                     } else {

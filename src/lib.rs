@@ -1,59 +1,43 @@
-//! ringway: a thread-per-core HTTP/1.1 reverse proxy and load balancer on io_uring.
+//! ringway: a thread-per-core HTTP/1.1 and TCP reverse proxy and load balancer on io_uring.
 //!
 //! # Layout
 //!
+//! One request, in the order it meets the code: [`net`] accepts it, [`worker`] dispatches it,
+//! [`http1`] parses its head, [`route`] picks a route, [`upstream`] connects to a target,
+//! [`proxy`] runs the exchange and relays the bodies, [`http1`] writes the response head.
+//!
 //! - [`config`]: the YAML file types, their validation, and the runtime types workers use.
-//! - [`template`]: `{placeholder}` templates for headers, rewrites and respond bodies.
-//! - [`server`]: starts the workers on bound listeners and drains them on shutdown.
-//! - [`control`]: the control side of a running server: sockets, worker links, health
-//!   checker, and configuration reloads that swap a new generation into every worker.
-//! - [`generation`]: one loaded configuration and the state workers share because of it;
-//!   unchanged targets carry their health and pooled connections across reloads.
+//! - [`control`]: starting and stopping the server, the state shared with workers
+//!   (`control::state`, a leaf), configuration generations and reloads, the admin endpoint and
+//!   active health checks. Never on the data path.
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
-//!   when io_uring is unavailable), its own accept loops, balancers and pools.
-//! - [`listener`]: SO_REUSEPORT listening sockets, bound before workers start.
-//! - [`access`]: the access log, buffered per worker and written by its own thread.
-//! - [`metrics`]: per-worker counters summed on scrape into Prometheus text.
-//! - [`admin`]: the control-plane HTTP endpoint (metrics, health, readiness, upstreams).
-//! - [`proxy`]: the HTTP/1 data path of one downstream connection.
-//! - [`l4`]: layer-4 tunnels of `protocol: tcp` listeners (splice(2) through pipes).
-//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, sent to upstreams and read from front
-//!   balancers.
+//!   when io_uring is unavailable): accept loops, dispatch, and the per-generation context that
+//!   owns its balancer replicas and pools.
+//! - [`net`]: listening sockets, TCP/Unix/TLS streams, splice pipes, rustls configs, PROXY
+//!   protocol headers.
+//! - [`upstream`]: per-target shared state, balancer replicas, idle-connection pools, and the
+//!   connector (select -> reserve -> dial -> TLS -> PROXY header -> failover) shared by HTTP and
+//!   layer 4, with the pure retry decisions.
+//! - [`http1`]: head parsing straight from the receive buffer, body framing, the upstream request
+//!   head and the client response head.
 //! - [`route`]: host/path/method/header route matching.
-//! - [`http1`]: head parsing straight from the receive buffer ([`http1::parse`]), body
-//!   framing ([`http1::body`]), and the request head written upstream with its forwarded
-//!   headers and header operations ([`http1::forward`]).
-//! - [`balance`]: per-worker balancer replicas over shared per-target atomics.
-//! - [`health`]: active health checks on one control thread, published through the shared
-//!   per-target atomics.
-//! - [`target`]: per-target state shared by all workers (load, health, latency), atomics only.
-//! - [`pool`]: per-worker pools of idle upstream connections.
-//! - [`stream`]: TCP, Unix and TLS streams behind one type.
-//! - [`tls`]: rustls configs: SNI certificate choice, client auth, reload, upstream TLS.
-//! - [`closer`]: a same-thread "stop now" broadcast that ends a worker's tasks.
+//! - [`proxy`]: the HTTP/1 data path of one downstream connection: the keep-alive loop over a
+//!   `Session`, one exchange with an upstream, body relays, local answers.
+//! - [`l4`]: layer-4 tunnels of `protocol: tcp` listeners, and the relay of upgraded HTTP
+//!   connections.
+//! - [`observe`]: metrics (per-worker counters summed on scrape) and the access log.
+//! - [`template`]: `{placeholder}` templates for headers, rewrites and respond bodies.
 //! - [`error`]: proxy errors with their side and retry safety, mapped to one status each.
 
-pub mod access;
-pub mod admin;
-pub mod balance;
-pub mod closer;
 pub mod config;
 pub mod control;
 pub mod error;
-pub mod generation;
-pub mod health;
 pub mod http1;
 pub mod l4;
-pub mod listener;
-pub mod metrics;
-pub mod pool;
+pub mod net;
+pub mod observe;
 pub mod proxy;
-pub mod proxy_protocol;
 pub mod route;
-pub mod server;
-pub mod stream;
-pub mod target;
 pub mod template;
-pub mod tls;
-pub mod tunnel;
+pub mod upstream;
 pub mod worker;

@@ -297,7 +297,7 @@ fn proxy_header_that_never_arrives_closes_the_connection_after_the_header_timeou
     let got = read_to_end_or_error(&mut c);
     let took = start.elapsed();
     assert!(matches!(got, Ok(ref b) if b.is_empty()), "{got:?}");
-    let limit = ringway::proxy_protocol::HEADER_TIMEOUT;
+    let limit = ringway::net::proxy_protocol::HEADER_TIMEOUT;
     assert!(took >= limit - Duration::from_millis(200), "{took:?}");
     assert!(took < limit + Duration::from_secs(2), "{took:?}");
     assert_eq!(b1.accepted(), 0);

@@ -130,7 +130,7 @@ fn cookie_policy_sets_a_cookie_once_and_sticks_to_its_target() {
     let owner = bs.iter().find(|b| b.name() == target).unwrap();
     assert_eq!(
         value,
-        ringway::balance::cookie_value("s3cret", &owner.target()),
+        ringway::upstream::balance::cookie_value("s3cret", &owner.target()),
         "hex HMAC-SHA256(secret, dial address): {set}"
     );
     for _ in 0..20 {

@@ -88,7 +88,7 @@ fn start_fails_when_the_port_is_taken() {
         "driver: epoll\npin_workers: false\nworkers: 1\nlisteners:\n  - name: web\n    listen: {addr}\n    routes:\n      - respond: {{ status: 200 }}\n"
     );
     let config = ringway::config::parse(&yaml, "test.yaml").expect("valid config");
-    match ringway::server::Server::start(config) {
+    match ringway::control::Server::start(config) {
         Ok(s) => {
             s.shutdown();
             panic!("Server::start succeeded on a port another socket holds");

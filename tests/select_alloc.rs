@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ringway::balance::{shared_targets, Balancer, Tried};
+use ringway::upstream::balance::{shared_targets, Balancer, Tried};
 
 struct Counting;
 

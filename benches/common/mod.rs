@@ -12,9 +12,9 @@ use ringway::config::{Action, Config, ListenerKind, TargetAddr};
 use ringway::http1::body::{write_chunk_header, ChunkedDecoder, LAST_CHUNK};
 use ringway::http1::forward::{write_request_head, Client, HeaderList};
 use ringway::http1::parse::{parse_request, HeadLimits, HeaderIdx, Parse, RequestHead};
-use ringway::pool::{Pool, UpConn};
-use ringway::stream::Stream;
-use ringway::target::TargetShared;
+use ringway::net::stream::Stream;
+use ringway::upstream::pool::{Pool, UpConn};
+use ringway::upstream::target::TargetShared;
 
 pub const LIMITS: HeadLimits = HeadLimits {
     max_head_bytes: 16 * 1024,

@@ -21,7 +21,7 @@ pub use backend::{pattern, refused_addr, Backend, Options as BackendOptions, Req
 pub use client::{get, get_req, Client, ReadError, Response};
 pub use fixed::FixedBackend;
 
-use ringway::server::Server;
+use ringway::control::Server;
 
 /// The event loop a proxy under test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balance::TargetShared;
-use crate::stream::Stream;
+use crate::net::stream::Stream;
+use crate::upstream::target::TargetShared;
 
 /// A reserved connection slot against a target's `conns`; released when dropped.
 pub struct ConnSlot(Arc<TargetShared>);

@@ -1,6 +1,8 @@
 //! One worker per core: a pinned thread running its own monoio runtime, its own listeners,
 //! balancer replicas and connection pools. Nothing here is shared but `Shared`'s atomics.
 
+pub mod closer;
+pub mod ctx;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -10,14 +12,13 @@ use std::time::{Duration, Instant};
 
 use monoio::net::{TcpListener, UnixListener};
 
-use crate::balance::Balancer;
-use crate::closer::Closer;
-use crate::config::{Config, Driver, ListenerKind};
-use crate::generation::Generation;
-use crate::listener::{self, BoundSocket};
-use crate::pool::{Pool, UpConn};
-use crate::server::Shared;
-use crate::stream::{SplicePipe, Stream};
+use crate::config::{Driver, ListenerKind};
+use crate::control::generation::Generation;
+use crate::control::state::Shared;
+use crate::net::listener::{self, BoundSocket};
+use crate::net::stream::Stream;
+use crate::worker::closer::Closer;
+use crate::worker::ctx::{AcceptLoop, WorkerCore, WorkerCtx};
 
 /// Submission queue entries per ring: enough for thousands of connections' in-flight ops
 /// without `EBUSY`; the completion queue is twice this.
@@ -29,206 +30,8 @@ const HANDOVER_POLL: Duration = Duration::from_millis(20);
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 /// Back-off after accept fails for lack of descriptors, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-/// Empty pipes a worker keeps for splicing bodies: enough for its concurrent large transfers
-/// without holding many descriptors.
-const MAX_CACHED_PIPES: usize = 16;
 /// After the drain, how long connection tasks get to notice the close and drop their sockets.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// What a worker owns for its whole life, whatever configuration it serves.
-pub struct WorkerCore {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    /// This worker's access log buffer, when access logging is on.
-    pub access: Option<crate::access::WorkerLog>,
-    /// Requests (and tunnels) being handled now (a drain waits for these).
-    pub active_requests: Cell<usize>,
-    /// Open downstream connections (for `limits.max_connections`).
-    pub open_conns: Cell<usize>,
-    /// Empty splice pipes ready for reuse.
-    pipes: RefCell<Vec<SplicePipe>>,
-    /// Fired when the server drains: accept loops stop (epoll; io_uring accepts end by
-    /// shutdown(2) of their socket, see `listener::stop_accepting`).
-    stop_accepting: Closer,
-    uring: Cell<bool>,
-    /// Fired after the drain: every connection task ends, closing its sockets.
-    close_all: Closer,
-    /// The generation new connections and requests use; `None` once the worker has stopped
-    /// (each generation's context points back here, so the last one is let go explicitly).
-    current: RefCell<Option<Rc<WorkerCtx>>>,
-    /// This worker's accept loops, by socket id.
-    accepts: RefCell<Vec<AcceptLoop>>,
-    /// Whether the task that hands idle slots of capped targets to other workers runs.
-    handing_over: Cell<bool>,
-}
-
-struct AcceptLoop {
-    socket: usize,
-    fd: std::os::fd::RawFd,
-    /// Fired when a reload removes this listener.
-    stop: Rc<Closer>,
-    task: monoio::task::JoinHandle<()>,
-}
-
-impl WorkerCore {
-    /// The context of the current generation.
-    pub fn current(&self) -> Option<Rc<WorkerCtx>> {
-        self.current.borrow().clone()
-    }
-
-    pub fn draining(&self) -> bool {
-        self.shared.draining.load(Ordering::Relaxed)
-    }
-
-    /// This worker's counters (only this worker writes them).
-    #[inline]
-    pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
-        &self.shared.metrics[self.id]
-    }
-
-    /// A pipe for splicing, or `None` when none can be made (the caller copies instead).
-    pub fn take_pipe(&self) -> Option<SplicePipe> {
-        if let Some(p) = self.pipes.borrow_mut().pop() {
-            return Some(p);
-        }
-        SplicePipe::new()
-            .inspect_err(|e| tracing::debug!(worker = self.id, "no splice pipe: {e}"))
-            .ok()
-    }
-
-    /// Returns a pipe that is known to be empty.
-    pub fn return_pipe(&self, pipe: SplicePipe) {
-        let mut pipes = self.pipes.borrow_mut();
-        if pipes.len() < MAX_CACHED_PIPES {
-            pipes.push(pipe);
-        }
-    }
-
-    pub fn count_spliced(&self, upward: bool, n: u64) {
-        let m = self.metrics();
-        let c = if upward {
-            &m.spliced_up
-        } else {
-            &m.spliced_down
-        };
-        c.add(n);
-    }
-}
-
-/// A worker's view of one generation: its configuration, this worker's balancer replicas and
-/// connection pool for it. Connection tasks hold the context of the request they are serving.
-pub struct WorkerCtx {
-    pub id: usize,
-    pub core: Rc<WorkerCore>,
-    pub gen: Arc<Generation>,
-    pub config: Arc<Config>,
-    pub shared: Arc<Shared>,
-    /// One replica per upstream, indexed like `config.upstreams`.
-    pub balancers: Vec<Balancer>,
-    pub pool: Pool,
-}
-
-impl WorkerCtx {
-    /// Builds this worker's context for `gen`, moving idle connections to targets that did not
-    /// change out of `prev`'s pool (no reconnect storm after a reload).
-    fn new(core: &Rc<WorkerCore>, gen: Arc<Generation>, prev: Option<&WorkerCtx>) -> WorkerCtx {
-        let id = core.id;
-        let config = gen.config.clone();
-        let balancers = config
-            .upstreams
-            .iter()
-            .zip(&gen.targets)
-            .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
-            .collect();
-        let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
-        if let Some(prev) = prev {
-            for (u, targets) in gen.targets.iter().enumerate() {
-                for (t, shared) in targets.iter().enumerate() {
-                    if let Some((pu, pt)) = prev.find_target(shared) {
-                        prev.pool.move_idle((pu, pt), &pool, (u, t));
-                    }
-                }
-            }
-        }
-        WorkerCtx {
-            id,
-            core: core.clone(),
-            shared: core.shared.clone(),
-            config,
-            gen,
-            balancers,
-            pool,
-        }
-    }
-
-    /// Where a target (by its shared state) sits in this generation.
-    fn find_target(&self, shared: &Arc<crate::balance::TargetShared>) -> Option<(usize, usize)> {
-        self.gen.targets.iter().enumerate().find_map(|(u, ts)| {
-            ts.iter()
-                .position(|s| Arc::ptr_eq(s, shared))
-                .map(|t| (u, t))
-        })
-    }
-
-    /// The current generation's context when a reload replaced this one.
-    pub fn newer(&self) -> Option<Rc<WorkerCtx>> {
-        let current = self.core.current.borrow();
-        match &*current {
-            Some(c) if !std::ptr::eq(&**c, self) => Some(c.clone()),
-            _ => None,
-        }
-    }
-
-    /// Keeps an upstream connection for reuse: in this pool, or after a reload in the current
-    /// generation's, when the target is still there; otherwise it closes.
-    pub fn checkin(&self, u: usize, t: usize, conn: UpConn) {
-        match self.newer() {
-            None => {
-                let max_idle = self.config.upstreams[u].transport.max_idle_per_worker;
-                self.pool.checkin(u, t, conn, max_idle);
-            }
-            Some(current) => {
-                if let Some((u, t)) = current.find_target(conn.slot.target()) {
-                    let max_idle = current.config.upstreams[u].transport.max_idle_per_worker;
-                    current.pool.checkin(u, t, conn, max_idle);
-                }
-            }
-        }
-    }
-
-    pub fn draining(&self) -> bool {
-        self.core.draining()
-    }
-
-    /// This worker's counters that no reload renames.
-    #[inline]
-    pub fn metrics(&self) -> &crate::metrics::WorkerMetrics {
-        self.core.metrics()
-    }
-
-    /// This worker's counters labelled by this generation's names.
-    #[inline]
-    pub fn gen_metrics(&self) -> &crate::metrics::GenMetrics {
-        &self.gen.metrics[self.id]
-    }
-
-    /// Counts a finished request: by listener and status class, and by target when one answered.
-    pub fn request_done(
-        &self,
-        listener: usize,
-        status: u16,
-        took: Duration,
-        target: Option<(usize, usize)>,
-    ) {
-        let class = crate::metrics::status_class(status);
-        let g = self.gen_metrics();
-        g.requests[listener][class].inc();
-        if let Some((u, t)) = target {
-            g.target_responses[u][t][class].inc();
-        }
-        self.metrics().request_duration.observe(took);
-    }
-}
 
 /// Which event loop a worker got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,7 +98,8 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
         shared,
     } = init;
     let core = move || {
-        let access = access.map(|tx| crate::access::WorkerLog::new(tx, gen.config.log.format));
+        let access =
+            access.map(|tx| crate::observe::access::WorkerLog::new(tx, gen.config.log.format));
         let core = Rc::new(WorkerCore {
             id,
             shared,
@@ -364,14 +168,6 @@ fn build_uring() -> io::Result<(UringRuntime, DriverKind)> {
             .build()
             .map(|rt| (rt, DriverKind::IoUring)),
     }
-}
-
-fn seed_for(worker: usize) -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ ((worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 async fn worker_main(
@@ -509,7 +305,7 @@ fn start_accepting(core: &Rc<WorkerCore>, socket: usize, bound: BoundSocket) {
 async fn flush_access_log(core: Rc<WorkerCore>) {
     while !core.close_all.is_closed() {
         monoio::select! {
-            _ = monoio::time::sleep(crate::access::FLUSH_INTERVAL) => {},
+            _ = monoio::time::sleep(crate::observe::access::FLUSH_INTERVAL) => {},
             _ = core.close_all.wait() => {},
         }
         if let Some(log) = &core.access {
@@ -704,7 +500,7 @@ async fn terminate_tls(
             ctx.shared
                 .tls_handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
-            let reason = crate::tls::failure_reason(&e.into());
+            let reason = crate::net::tls::failure_reason(&e.into());
             tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
             None
         }

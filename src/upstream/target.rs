@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::config::TargetAddr;
+
 /// p2c_ewma forgets old latency with this time constant (linkerd's default decay window).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 
@@ -126,6 +128,15 @@ impl TargetShared {
 impl Default for TargetShared {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The address a target is dialed at, as logs, metrics and the cookie policy name it (Caddy's
+/// `Dial`).
+pub fn dial_name(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { host, .. } => host.clone(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
     }
 }
 

@@ -10,6 +10,7 @@
 //! flowing); a reset or error on either side resets both (SO_LINGER 0), so the peer learns of
 //! the failure instead of seeing a clean end.
 
+pub mod upgrade;
 use std::cell::Cell;
 use std::future::Future;
 use std::io::{self, Read as _, Write as _};
@@ -18,18 +19,20 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::net::{TcpStream, UnixStream};
 
-use crate::balance::{TargetShared, Tried};
 use crate::config::{ListenerKind, TargetAddr, Upstream};
-use crate::proxy_protocol;
-use crate::stream::Stream;
-use crate::worker::WorkerCtx;
+use crate::net::proxy_protocol;
+use crate::net::stream::Stream;
+use crate::observe::metrics::TunnelCounters;
+use crate::upstream::balance::Tried;
+use crate::upstream::target::TargetShared;
+use crate::worker::ctx::WorkerCtx;
 
 /// Capacity a pipe grows to once a splice fills it (a bulk tunnel): every splice in also sends
 /// an ACK and every splice out pushes segments, so the cost per byte falls with the size of a
@@ -53,19 +56,6 @@ thread_local! {
     static BIG_PIPES: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Tunnel counters of one worker, written only by that worker (relaxed adds on its own cache
-/// line) and summed by `Server` for tests and metrics.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub struct TunnelCounters {
-    /// Payload bytes moved with splice(2), both directions.
-    pub spliced_bytes: AtomicU64,
-    /// Payload bytes moved through a user-space buffer (the fallback), both directions.
-    pub copied_bytes: AtomicU64,
-    /// Tunnels that reached a target.
-    pub tunnels: AtomicU64,
-}
-
 /// Holds one connection slot and one in-flight mark on a target for the tunnel's life (tcp
 /// counts open connections, so least_conn and max_connections see tunnels).
 struct Slot(Arc<TargetShared>);
@@ -77,23 +67,6 @@ impl Drop for Slot {
     }
 }
 
-/// Counts a tunnel as in-flight work (a drain waits for it up to `shutdown_timeout`), also
-/// when the worker's shutdown drops the task.
-struct Active<'a>(&'a Cell<usize>);
-
-impl<'a> Active<'a> {
-    fn new(c: &'a Cell<usize>) -> Self {
-        c.set(c.get() + 1);
-        Active(c)
-    }
-}
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 /// Serves one connection of a tcp listener until both directions are done.
 pub async fn serve(
     ctx: &Rc<WorkerCtx>,
@@ -101,7 +74,7 @@ pub async fn serve(
     mut client: Stream,
     peer: Option<SocketAddr>,
 ) {
-    let l = &ctx.config.listeners[listener];
+    let l = &ctx.config().listeners[listener];
     let ListenerKind::Tcp {
         upstream,
         idle_timeout,
@@ -117,7 +90,7 @@ pub async fn serve(
     };
     let mut early = Vec::new();
     if l.proxy_protocol {
-        match proxy_protocol::accept(&ctx.config.trusted_proxies, &mut client, peer, &mut early)
+        match proxy_protocol::accept(&ctx.config().trusted_proxies, &mut client, peer, &mut early)
             .await
         {
             Some(Some((s, d))) => (source, dest) = (Some(s), Some(d)),
@@ -125,19 +98,19 @@ pub async fn serve(
             None => return,
         }
     }
-    let up = &ctx.config.upstreams[upstream];
+    let up = &ctx.config().upstreams[upstream];
     let started = Instant::now();
     let client_text = source.map(|s| s.to_string()).unwrap_or_default();
     let log = |target: Option<usize>, end: &str, moved: [u64; 2]| {
-        if let Some(log) = &ctx.core.access {
-            log.record_tcp(&crate::access::TcpRecord {
+        if let Some(log) = ctx.access() {
+            log.record_tcp(&crate::observe::access::TcpRecord {
                 client: &client_text,
                 upstream: target.map(|t| target_name(&up.targets[t].addr)).as_deref(),
                 bytes_in: moved[0],
                 bytes_out: moved[1],
                 duration: started.elapsed(),
                 end,
-                worker: ctx.id,
+                worker: ctx.id(),
             });
         }
     };
@@ -157,7 +130,7 @@ pub async fn serve(
         log(None, "no_target", [0, 0]);
         return;
     };
-    ctx.shared.tunnels[ctx.id]
+    ctx.tunnel_counters()
         .tunnels
         .fetch_add(1, Ordering::Relaxed);
     // The PROXY header and whatever the client sent after its own header go out first.
@@ -171,8 +144,8 @@ pub async fn serve(
             return;
         }
     }
-    let _active = Active::new(&ctx.core.active_requests);
-    let counters = &ctx.shared.tunnels[ctx.id];
+    let _active = ctx.active();
+    let counters = &ctx.tunnel_counters();
     let moved = [Cell::new(0), Cell::new(0)];
     let end = match (client, target) {
         (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
@@ -182,7 +155,7 @@ pub async fn serve(
         // TLS streams cannot be spliced: the buffered relay (validation keeps TLS off tcp
         // listeners for now, so this is only a safe default).
         (client, target) => {
-            let (up_bytes, down_bytes) = crate::tunnel::run(client, target).await;
+            let (up_bytes, down_bytes) = crate::l4::upgrade::run(client, target).await;
             moved[0].set(up_bytes);
             moved[1].set(down_bytes);
             End::Closed
@@ -206,7 +179,7 @@ async fn connect(
     up: &Upstream,
     key: Option<&[u8]>,
 ) -> Option<(usize, Stream, Slot)> {
-    let bal = &ctx.balancers[u];
+    let bal = &ctx.balancer(u);
     let started = Instant::now();
     let mut tried = Tried::default();
     let mut attempts = 0u32;

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::stream::Stream;
+use crate::net::stream::Stream;
 
 /// The whole header must arrive within this; a front balancer sends it with the first segment,
 /// so a slow header is a stray client or a scanner, not a busy balancer.

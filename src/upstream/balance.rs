@@ -10,8 +10,8 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{Policy, Split, Target, TargetAddr, Upstream};
-pub use crate::target::{now_ms, TargetShared};
+use crate::config::{Policy, Split, Target, Upstream};
+use crate::upstream::target::{dial_name, now_ms, TargetShared};
 
 /// Random probes before `random_available` falls back to a scan, so a mostly-down upstream
 /// still finds its live targets in bounded time.
@@ -30,14 +30,6 @@ pub fn shared_targets(upstreams: &[Upstream]) -> SharedTargets {
                 .collect()
         })
         .collect()
-}
-
-/// The address a target is dialed at, as the cookie policy hashes it (Caddy's `Dial`).
-pub fn dial_name(addr: &TargetAddr) -> String {
-    match addr {
-        TargetAddr::Tcp { host, .. } => host.clone(),
-        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
-    }
 }
 
 /// The cookie policy's value for a target: hex HMAC-SHA256(secret, dial address).
@@ -442,7 +434,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Forwarded, HeaderOps, Health, Lb, Transport};
+    use crate::config::{Forwarded, HeaderOps, Health, Lb, TargetAddr, Transport};
     use std::time::Duration;
 
     fn upstream(policy: Policy, weights: &[u32]) -> Upstream {

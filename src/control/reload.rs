@@ -15,10 +15,10 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::config::{Config, ListenAddr};
-use crate::generation::Generation;
-use crate::health;
-use crate::listener::{self, BoundSocket};
-use crate::server::Shared;
+use crate::control::generation::Generation;
+use crate::control::health;
+use crate::control::state::Shared;
+use crate::net::listener::{self, BoundSocket};
 use crate::worker::WorkerMsg;
 
 /// How long a reload waits for every worker to switch before it reports success anyway: a

@@ -1,6 +1,12 @@
 //! Starting and stopping the whole proxy: binds listeners, starts one pinned worker thread per
 //! core, and drains them on shutdown. This is the library entry point tests use.
 
+pub mod admin;
+pub mod generation;
+pub mod health;
+pub mod reload;
+pub mod state;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,57 +16,13 @@ use std::thread::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Driver, ListenAddr};
-use crate::control::{Control, Reloaded, WorkerLink};
-use crate::generation::Generation;
-use crate::health;
-use crate::l4::TunnelCounters;
-use crate::listener::{self, BoundSocket};
-use crate::metrics::{Registry, WorkerMetrics};
+use crate::control::generation::Generation;
+use crate::control::reload::{Control, Reloaded, WorkerLink};
+use crate::control::state::Shared;
+use crate::net::listener::{self, BoundSocket};
+use crate::observe::metrics::{TunnelCounters, WorkerMetrics};
+use crate::observe::series::Registry;
 use crate::worker::{self, DriverKind};
-
-/// State shared by all workers: only atomics (and immutable data).
-pub struct Shared {
-    pub draining: AtomicBool,
-    /// One entry per worker, indexed by worker id; each written only by its worker.
-    pub metrics: Vec<WorkerMetrics>,
-    /// Client handshakes that failed or timed out, on every listener.
-    pub tls_handshake_failures: AtomicU64,
-    /// Handshakes with TLS targets that failed or timed out.
-    pub upstream_tls_failures: AtomicU64,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
-    /// Layer-4 tunnel counters, indexed by worker id.
-    pub tunnels: Vec<TunnelCounters>,
-    /// The configuration new connections get (workers learn of a new one by message; this is
-    /// for the admin endpoint and the control side).
-    pub current: ArcSwap<Generation>,
-    /// Every generation whose counters a scrape must still sum.
-    pub registry: Mutex<Registry>,
-}
-
-impl Shared {
-    /// Rebuilds every TLS listener's certificates from their files. New connections get the
-    /// new config; open ones keep theirs. A listener whose files are broken keeps the config
-    /// it had; the error names it.
-    pub fn reload_tls(&self) -> Result<usize, String> {
-        let gen = self.current.load_full();
-        let mut reloaded = 0;
-        let mut errors = Vec::new();
-        for (state, l) in gen.listener_tls.iter().zip(&gen.config.listeners) {
-            if let Some(state) = state {
-                match state.reload() {
-                    Ok(()) => reloaded += 1,
-                    Err(e) => errors.push(format!("listener {}: tls.{e}", l.name)),
-                }
-            }
-        }
-        if errors.is_empty() {
-            Ok(reloaded)
-        } else {
-            Err(errors.join("; "))
-        }
-    }
-}
 
 pub struct Server {
     workers: Vec<JoinHandle<()>>,
@@ -68,9 +30,9 @@ pub struct Server {
     control: Arc<Mutex<Control>>,
     driver: DriverKind,
     /// Stopped last, so /readyz reports the drain while it happens.
-    admin: Option<crate::admin::Admin>,
+    admin: Option<crate::control::admin::Admin>,
     /// Writes access log lines; finishes after the workers (who hold its senders) exit.
-    access_writer: Option<crate::access::Writer>,
+    access_writer: Option<crate::observe::access::Writer>,
 }
 
 impl Server {
@@ -103,7 +65,7 @@ impl Server {
         };
         let (access_writer, access_tx) = match &config.log.access_log {
             Some(target) => {
-                let (w, tx) = crate::access::Writer::start(target)?;
+                let (w, tx) = crate::observe::access::Writer::start(target)?;
                 (Some(w), Some(tx))
             }
             None => (None, None),
@@ -200,7 +162,7 @@ impl Server {
         }
         if let Some(addr) = admin_addr {
             let shared = server.shared.clone();
-            match crate::admin::Admin::start(addr, shared, server.control.clone()) {
+            match crate::control::admin::Admin::start(addr, shared, server.control.clone()) {
                 Ok(a) => server.admin = Some(a),
                 Err(e) => {
                     server.stop_now();

@@ -10,7 +10,7 @@
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
-use crate::stream::Stream;
+use crate::net::stream::Stream;
 
 /// Copy buffer per direction: WebSocket frames are small; bulk flows still get full reads.
 const COPY_BUF: usize = 16 * 1024;

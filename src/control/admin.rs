@@ -9,9 +9,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::{ListenAddr, ListenerKind, Policy, TargetAddr};
-use crate::control::Control;
-use crate::generation::Generation;
-use crate::server::Shared;
+use crate::control::generation::Generation;
+use crate::control::reload::Control;
+use crate::control::state::Shared;
 
 /// An admin request head larger than this is refused: the endpoint takes no bodies.
 const MAX_ADMIN_HEAD: usize = 16 * 1024;
@@ -101,7 +101,7 @@ fn serve(mut conn: TcpStream, shared: &Shared, control: &Mutex<Control>) -> io::
         ("GET", "/readyz") if draining => respond(&mut conn, 503, "text/plain", "draining\n"),
         ("GET", "/readyz") => respond(&mut conn, 200, "text/plain", "ready\n"),
         ("GET", "/metrics") => {
-            let body = crate::metrics::render(shared, &shared.registry);
+            let body = crate::observe::scrape::render(shared, &shared.registry);
             respond(&mut conn, 200, "text/plain; version=0.0.4", &body)
         }
         ("GET", "/upstreams") => respond(&mut conn, 200, "application/json", &upstreams_json(&gen)),

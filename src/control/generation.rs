@@ -10,10 +10,11 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::balance::{SharedTargets, TargetShared};
 use crate::config::{Config, ListenAddr, Upstream};
-use crate::metrics::GenMetrics;
-use crate::tls::ListenerTlsState;
+use crate::net::tls::ListenerTlsState;
+use crate::observe::metrics::GenMetrics;
+use crate::upstream::balance::SharedTargets;
+use crate::upstream::target::TargetShared;
 
 /// One configuration and its shared state. Immutable once built (only atomics inside change).
 pub struct Generation {
@@ -132,7 +133,7 @@ fn tls_connectors(config: &Config) -> io::Result<Vec<Option<monoio_rustls::TlsCo
                         "insecure_skip_verify: TLS certificates of this upstream are not verified"
                     );
                 }
-                crate::tls::client_config(t)
+                crate::net::tls::client_config(t)
                     .map(|c| Some(monoio_rustls::TlsConnector::from(Arc::new(c))))
                     .map_err(|e| {
                         io::Error::other(format!("upstream {}: transport.tls.{e}", u.name))

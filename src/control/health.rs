@@ -12,8 +12,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::balance::{dial_name, SharedTargets, TargetShared};
 use crate::config::{ActiveHealth, Config, TargetAddr};
+use crate::upstream::balance::SharedTargets;
+use crate::upstream::target::{dial_name, TargetShared};
 
 /// Response bytes a probe reads at most: enough for a status page, bounded against a target
 /// that streams forever.
@@ -42,12 +43,12 @@ impl Checker {
                 let settings = u.transport.tls.clone();
                 let client = settings
                     .as_ref()
-                    .and_then(|s| crate::tls::client_config(s).ok())
+                    .and_then(|s| crate::net::tls::client_config(s).ok())
                     .map(Arc::new);
                 u.targets.iter().zip(shared).map(move |(t, shared)| {
                     let tls = match (&t.addr, &settings, &client) {
                         (TargetAddr::Tcp { host, .. }, Some(s), Some(c)) if t.tls => {
-                            crate::tls::server_name(s, host)
+                            crate::net::tls::server_name(s, host)
                                 .ok()
                                 .map(|n| (c.clone(), n))
                         }
@@ -309,7 +310,7 @@ fn probe(
         while session.is_handshaking() {
             session
                 .complete_io(&mut sock)
-                .map_err(|e| format!("TLS handshake: {}", crate::tls::failure_reason(&e)))?;
+                .map_err(|e| format!("TLS handshake: {}", crate::net::tls::failure_reason(&e)))?;
         }
         conn = Conn::Tls(Box::new(rustls::StreamOwned::new(session, sock)));
     }

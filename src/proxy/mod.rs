@@ -18,10 +18,10 @@ use crate::http1::parse::{
     parse_request, parse_response, Framing, HeadLimits, HeaderIdx, HeaderKind, Parse, RequestHead,
     ResponseHead, Version,
 };
-use crate::pool::UpConn;
+use crate::net::stream::{reserve_read_space, SplicePipe, Stream, MIN_READ_SPACE, SPLICE_CHUNK};
 use crate::route;
-use crate::stream::{reserve_read_space, SplicePipe, Stream, MIN_READ_SPACE, SPLICE_CHUNK};
-use crate::worker::WorkerCtx;
+use crate::upstream::pool::UpConn;
+use crate::worker::ctx::WorkerCtx;
 
 /// Initial receive buffer per connection side: one read takes a typical head plus a small body.
 const INITIAL_BUF: usize = 16 * 1024;
@@ -145,10 +145,10 @@ pub async fn serve(
         floor: 0,
     };
     let mut peer = peer;
-    if ctx.config.listeners[listener].proxy_protocol {
+    if ctx.config().listeners[listener].proxy_protocol {
         // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
-        let trusted = &ctx.config.trusted_proxies;
-        let header = crate::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf);
+        let trusted = &ctx.config().trusted_proxies;
+        let header = crate::net::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf);
         match Box::pin(header).await {
             Some(Some((source, _))) => peer = Some(source),
             Some(None) => {}
@@ -176,9 +176,9 @@ pub async fn serve(
     let mut first = true;
     loop {
         let limits = HeadLimits {
-            max_head_bytes: ctx.config.limits.max_header_bytes,
-            max_uri_bytes: ctx.config.limits.max_uri_bytes,
-            max_headers: ctx.config.limits.max_headers,
+            max_head_bytes: ctx.config().limits.max_header_bytes,
+            max_uri_bytes: ctx.config().limits.max_uri_bytes,
+            max_headers: ctx.config().limits.max_headers,
         };
         let head =
             match read_head(&ctx, &mut stream, &mut down, &limits, &mut s.headers, first).await {
@@ -196,7 +196,7 @@ pub async fn serve(
         // listener went away with it (then the old one answers this request, the last).
         let mut last = false;
         if let Some(newer) = ctx.newer() {
-            match newer.gen.listener_of(socket) {
+            match newer.listener_of(socket) {
                 Some(l) if is_http(&newer, l) => {
                     ctx = newer;
                     listener = l;
@@ -210,11 +210,7 @@ pub async fn serve(
         s.bytes_in = head.head_len as u64;
         s.bytes_out = 0;
         s.target = None;
-        let core = &ctx.core;
-        core.active_requests.set(core.active_requests.get() + 1);
-        ctx.metrics()
-            .in_flight
-            .set(core.active_requests.get() as u64);
+        let active = ctx.active();
         s.out.reserve(OUT_BUF);
         // Not boxed, though its state is most of this task's size: building the future and
         // moving it into a box copied ~7 KiB per request (3% of the CPU in small-keepalive).
@@ -230,7 +226,7 @@ pub async fn serve(
         )
         .await;
         ctx.request_done(listener, s.status, started.elapsed(), s.target);
-        if let Some(log) = &core.access {
+        if let Some(log) = ctx.access() {
             log_request(&ctx, log, &client, &down.buf, &head, &s, started.elapsed());
         }
         let keep = match next {
@@ -240,20 +236,14 @@ pub async fn serve(
                 let UpConn {
                     stream: up, slot, ..
                 } = conn;
-                let (sent, received) = Box::pin(crate::tunnel::run(stream, up)).await;
+                let (sent, received) = Box::pin(crate::l4::upgrade::run(stream, up)).await;
                 tracing::debug!(sent, received, "upgraded connection closed");
                 drop(slot);
-                core.active_requests.set(core.active_requests.get() - 1);
-                ctx.metrics()
-                    .in_flight
-                    .set(core.active_requests.get() as u64);
+                drop(active);
                 return;
             }
         };
-        core.active_requests.set(core.active_requests.get() - 1);
-        ctx.metrics()
-            .in_flight
-            .set(core.active_requests.get() as u64);
+        drop(active);
         if !keep || last || ctx.draining() {
             return;
         }
@@ -269,13 +259,13 @@ pub async fn serve(
 }
 
 fn is_trusted(ctx: &WorkerCtx, peer: Option<SocketAddr>) -> bool {
-    let trusted = &ctx.config.trusted_proxies;
+    let trusted = &ctx.config().trusted_proxies;
     peer.is_some_and(|p| trusted.iter().any(|n| n.contains(&p.ip())))
 }
 
 fn is_http(ctx: &WorkerCtx, listener: usize) -> bool {
     matches!(
-        ctx.config.listeners[listener].kind,
+        ctx.config().listeners[listener].kind,
         crate::config::ListenerKind::Http { .. }
     )
 }
@@ -291,7 +281,7 @@ async fn read_head(
     first: bool,
 ) -> Result<Option<RequestHead>, ProxyError> {
     debug_assert_eq!(down.pos, 0);
-    let l = &ctx.config.limits;
+    let l = &ctx.config().limits;
     let mut deadline = if first {
         l.header_read_timeout.map(|d| Instant::now() + d)
     } else {
@@ -373,7 +363,7 @@ async fn handle(
     s: &mut Scratch,
     head: &RequestHead,
 ) -> Exchange {
-    let config = &ctx.config;
+    let config = &ctx.config();
     if let (Framing::Length(n), Some(max)) = (head.framing, config.limits.max_request_body) {
         if n > max {
             answer_error(
@@ -417,7 +407,7 @@ async fn handle(
 /// Writes the access log line for the request just handled.
 fn log_request(
     ctx: &WorkerCtx,
-    log: &crate::access::WorkerLog,
+    log: &crate::observe::access::WorkerLog,
     client: &Client,
     buf: &[u8],
     head: &RequestHead,
@@ -426,8 +416,8 @@ fn log_request(
 ) {
     let upstream = s
         .target
-        .map(|(u, t)| target_name(&ctx.config.upstreams[u].targets[t].addr));
-    log.record(&crate::access::Record {
+        .map(|(u, t)| target_name(&ctx.config().upstreams[u].targets[t].addr));
+    log.record(&crate::observe::access::Record {
         client: &client.ip_text,
         method: head.method.get(buf),
         uri: head.target.get(buf),
@@ -436,7 +426,7 @@ fn log_request(
         bytes_out: s.bytes_out,
         duration: took,
         upstream: upstream.as_deref(),
-        worker: ctx.id,
+        worker: ctx.id(),
     });
 }
 
@@ -510,7 +500,7 @@ async fn respond(
         path: head.path.get(&down.buf),
         query: head.query.map(|q| q.get(&down.buf)),
         upstream: "",
-        worker: ctx.id,
+        worker: ctx.id(),
     };
     s.aux.clear();
     r.body.render(&info, &mut s.aux);
@@ -595,9 +585,9 @@ async fn forward(
     s: &mut Scratch,
     head: &RequestHead,
 ) -> Result<Exchange, Failure> {
-    let bal = &ctx.balancers[u];
+    let bal = &ctx.balancer(u);
     if up.request_buffer > 0 {
-        let idle = ctx.config.limits.idle_timeout;
+        let idle = ctx.config().limits.idle_timeout;
         fill_body(stream, down, head.framing, up.request_buffer, idle)
             .await
             .map_err(|e| Failure::from(ProxyError::downstream(ErrorKind::ClientIo(e))))?;
@@ -619,7 +609,7 @@ async fn forward(
     let lb_key = LbKey::find(
         bal.policy(),
         &up.lb.key,
-        &ctx.config.trusted_proxies,
+        &ctx.config().trusted_proxies,
         client,
         &down.buf,
         head,
@@ -628,7 +618,7 @@ async fn forward(
     let started = Instant::now();
     // Each attempt sends the body from here again (only ever replayed when fully buffered).
     let body_start = down.pos;
-    let mut tried = crate::balance::Tried::default();
+    let mut tried = crate::upstream::balance::Tried::default();
     let mut attempts = 0u32;
     let mut waiting = PoolWait(None);
     loop {
@@ -639,7 +629,7 @@ async fn forward(
             None => attempts <= up.lb.retries,
         };
         let key = lb_key.get(&down.buf);
-        let Some(t) = bal.select(tried, key, |i| ctx.pool.has_idle(u, i)) else {
+        let Some(t) = bal.select(tried, key, |i| ctx.pool().has_idle(u, i)) else {
             if can_try_again(attempts) {
                 tried = Default::default();
                 waiting.start(ctx, u);
@@ -656,12 +646,12 @@ async fn forward(
         // already closed: a non-blocking peek finds that out for one syscall. Replayable
         // requests skip it and are replayed if the connection turns out stale.
         let replayable = idempotent && body_buffered;
-        let mut pooled = ctx.pool.checkout(u, t, up.transport.idle_timeout);
+        let mut pooled = ctx.pool().checkout(u, t, up.transport.idle_timeout);
         while pooled
             .as_ref()
             .is_some_and(|c| !replayable && c.stream.peer_closed())
         {
-            pooled = ctx.pool.checkout(u, t, up.transport.idle_timeout);
+            pooled = ctx.pool().checkout(u, t, up.transport.idle_timeout);
         }
         let conn = match pooled {
             Some(c) => c,
@@ -677,7 +667,7 @@ async fn forward(
                     if can_try_again(attempts) {
                         let key = lb_key.get(&down.buf);
                         if bal
-                            .select(tried, key, |i| ctx.pool.has_idle(u, i))
+                            .select(tried, key, |i| ctx.pool().has_idle(u, i))
                             .is_none()
                         {
                             tried = Default::default();
@@ -722,7 +712,7 @@ async fn forward(
                     && idempotent;
                 if stale {
                     // Stale connections come from the pool; a fresh dial follows on the retry.
-                    while let Some(c) = ctx.pool.checkout(u, t, Some(Duration::ZERO)) {
+                    while let Some(c) = ctx.pool().checkout(u, t, Some(Duration::ZERO)) {
                         drop(c);
                     }
                     attempts -= 1;
@@ -768,7 +758,7 @@ impl PoolWait {
 
 /// Feeds one response into the target's shared latency estimate and passive health memory.
 fn note_response(
-    shared: &crate::balance::TargetShared,
+    shared: &crate::upstream::target::TargetShared,
     up: &Upstream,
     passive: bool,
     status: u16,
@@ -781,7 +771,10 @@ fn note_response(
     let failed =
         p.unhealthy_status.contains(status) || p.unhealthy_latency.is_some_and(|max| latency > max);
     if let (true, true, Some(d)) = (passive, failed, p.fail_duration) {
-        shared.record_failure_within(crate::balance::now_ms(), d.as_millis().max(1) as u64);
+        shared.record_failure_within(
+            crate::upstream::target::now_ms(),
+            d.as_millis().max(1) as u64,
+        );
     }
 }
 
@@ -941,7 +934,7 @@ fn target_name(addr: &TargetAddr) -> String {
 }
 
 async fn dial(ctx: &WorkerCtx, u: usize, t: usize, up: &Upstream) -> Result<UpConn, ProxyError> {
-    let bal = &ctx.balancers[u];
+    let bal = &ctx.balancer(u);
     if !bal.try_reserve_conn(t) {
         return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
     }
@@ -994,26 +987,24 @@ async fn originate_tls(
     up: &Upstream,
     tcp: monoio::net::TcpStream,
 ) -> Result<Stream, ProxyError> {
-    let (Some(connector), Some(settings), TargetAddr::Tcp { host, .. }) = (
-        &ctx.gen.upstream_tls[u],
-        &up.transport.tls,
-        &up.targets[t].addr,
-    ) else {
+    let (Some(connector), Some(settings), TargetAddr::Tcp { host, .. }) =
+        (ctx.upstream_tls(u), &up.transport.tls, &up.targets[t].addr)
+    else {
         unreachable!("validation gives every TLS target its settings and a TCP address");
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
-    let name = crate::tls::server_name(settings, host)
+    let name = crate::net::tls::server_name(settings, host)
         .map_err(|e| ProxyError::upstream(ErrorKind::UpstreamTls(e.message), true))?;
     let result = timed(settings.handshake_timeout, connector.connect(name, tcp)).await;
     if !matches!(result, Some(Ok(_))) {
-        ctx.shared
+        ctx.shared()
             .upstream_tls_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     match result {
         Some(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls), fd)),
         Some(Err(e)) => {
-            let reason = crate::tls::failure_reason(&e.into());
+            let reason = crate::net::tls::failure_reason(&e.into());
             Err(ProxyError::upstream(ErrorKind::UpstreamTls(reason), true))
         }
         None => Err(ProxyError::upstream(
@@ -1113,14 +1104,14 @@ async fn relay_body(
                     && src_stream.can_splice()
                     && dst.can_splice()
                 {
-                    if let Some(mut pipe) = ctx.core.take_pipe() {
+                    if let Some(mut pipe) = ctx.take_pipe() {
                         // An error may leave bytes in the pipe: then it is dropped, not reused.
                         splice_body(
                             ctx, upward, src_stream, src_side, dst, dst_side, &mut pipe, remaining,
                             lim,
                         )
                         .await?;
-                        ctx.core.return_pipe(pipe);
+                        ctx.return_pipe(pipe);
                         lim.moved.set(lim.moved.get() + remaining);
                         return Ok(());
                     }
@@ -1256,7 +1247,7 @@ async fn splice_body(
             Some(Ok(())) => {}
         }
         remaining -= n as u64;
-        ctx.core.count_spliced(upward, n as u64);
+        ctx.count_spliced(upward, n as u64);
     }
     Ok(())
 }
@@ -1421,7 +1412,7 @@ async fn exchange(
     };
     s.out.clear();
     write_request_head(
-        ctx.id,
+        ctx.id(),
         up,
         route,
         client,
@@ -1462,9 +1453,9 @@ async fn exchange(
     ctx.gen_metrics().upstream_requests[u][t][reused as usize].inc();
     let sent_at = Instant::now();
     let req_limits = BodyLimits {
-        read_timeout: ctx.config.limits.idle_timeout,
+        read_timeout: ctx.config().limits.idle_timeout,
         write_timeout: tr.write_timeout,
-        max: ctx.config.limits.max_request_body,
+        max: ctx.config().limits.max_request_body,
         moved: Default::default(),
     };
     let rest = match head.framing {
@@ -1631,7 +1622,7 @@ async fn exchange(
         zero_length,
         keep,
         upstream_host,
-        set_cookie.then(|| (up.lb.key.as_str(), ctx.balancers[u].cookie(t))),
+        set_cookie.then(|| (up.lb.key.as_str(), ctx.balancer(u).cookie(t))),
         &mut s.out,
         &mut s.aux,
         &mut s.list,
@@ -1682,7 +1673,7 @@ async fn exchange(
         && ub.pending() == 0;
     *ubuf = ub.buf;
     if up_keep {
-        let bal = &ctx.balancers[u];
+        let bal = &ctx.balancer(u);
         let shared = bal.shared(t);
         // Another worker waits for a slot of this capped target: close instead of pooling.
         let wanted = bal.is_capped(t)
@@ -1789,7 +1780,7 @@ fn write_response_head(
             path: req.path.get(req_buf),
             query: req.query.map(|q| q.get(req_buf)),
             upstream: upstream_host,
-            worker: ctx.id,
+            worker: ctx.id(),
         };
         list.apply(ops, rbuf, headers, &info, tmp);
         list.write(out, rbuf, headers, resp.bare_lf);

@@ -1,0 +1,146 @@
+//! Metrics: each worker writes its own counters (one writer, relaxed plain stores, no shared
+//! hot cache lines); the admin endpoint sums them on scrape and renders the Prometheus text
+//! exposition format.
+//!
+//! Counters labelled by configuration names (listener, upstream, target) live in the
+//! [`Generation`] they were counted in. A scrape sums every generation still in use plus the
+//! totals of retired ones, by label, so a series whose name survives a reload keeps counting up.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// A counter with a single writer (its worker): load + store, not a locked read-modify-write.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) of the latency histograms' buckets; +Inf is implied.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+pub(crate) const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; the last one is +Inf.
+    pub(crate) buckets: [Counter; BUCKETS],
+    pub(crate) sum_ns: Counter,
+}
+
+impl Histogram {
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].inc();
+        self.sum_ns.add(d.as_nanos() as u64);
+    }
+}
+
+/// Status classes counted: index 1..=5 for 1xx..5xx, 0 when no response was sent.
+pub const STATUS_CLASSES: usize = 6;
+pub(crate) const CLASS_LABELS: [&str; STATUS_CLASSES] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+#[inline]
+pub fn status_class(status: u16) -> usize {
+    if (100..600).contains(&status) {
+        (status / 100) as usize
+    } else {
+        0
+    }
+}
+
+/// One worker's counters that no configuration change renames. Only that worker writes them.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    pub accepted: Counter,
+    pub in_flight: Counter,
+    pub request_duration: Histogram,
+    /// Body bytes moved with splice(2), client -> upstream and upstream -> client.
+    pub spliced_up: Counter,
+    pub spliced_down: Counter,
+}
+
+/// One worker's counters labelled by a generation's configuration. Only that worker writes them.
+#[derive(Debug)]
+pub struct GenMetrics {
+    /// `[listener][class]`.
+    pub requests: Vec<[Counter; STATUS_CLASSES]>,
+    /// Responses from each target, `[upstream][target][class]`.
+    pub target_responses: Vec<Vec<[Counter; STATUS_CLASSES]>>,
+    /// `[upstream][target][reused as usize]`.
+    pub upstream_requests: Vec<Vec<[Counter; 2]>>,
+    /// Times the balancer picked each target, `[upstream][target]`.
+    pub selected: Vec<Vec<Counter>>,
+    /// Time from sending the request upstream to its response head, `[upstream]`.
+    pub upstream_response_time: Vec<Histogram>,
+    /// Requests that found no target with a free connection slot and waited, `[upstream]`.
+    pub pool_waits: Vec<Counter>,
+    /// How long those requests waited, `[upstream]`.
+    pub pool_wait_time: Vec<Histogram>,
+}
+
+impl GenMetrics {
+    pub fn new(config: &Config) -> Self {
+        GenMetrics {
+            requests: per_item(&config.listeners),
+            target_responses: per_target(config),
+            upstream_requests: per_target(config),
+            selected: per_target(config),
+            upstream_response_time: per_item(&config.upstreams),
+            pool_waits: per_item(&config.upstreams),
+            pool_wait_time: per_item(&config.upstreams),
+        }
+    }
+}
+
+fn per_item<I, T: Default>(items: &[I]) -> Vec<T> {
+    items.iter().map(|_| T::default()).collect()
+}
+
+fn per_target<T: Default>(config: &Config) -> Vec<Vec<T>> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| per_item(&u.targets))
+        .collect()
+}
+
+/// Tunnel counters of one worker, written only by that worker (relaxed adds on its own cache
+/// line) and summed by the control side for tests and metrics.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct TunnelCounters {
+    /// Payload bytes moved with splice(2), both directions.
+    pub spliced_bytes: AtomicU64,
+    /// Payload bytes moved through a user-space buffer (the fallback), both directions.
+    pub copied_bytes: AtomicU64,
+    /// Tunnels that reached a target.
+    pub tunnels: AtomicU64,
+}
