@@ -313,6 +313,19 @@ pub fn write_chunk_header(len: usize, out: &mut Vec<u8>) {
 /// The terminating zero-size chunk with an empty trailer section.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// How a body is written out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Encode {
+    /// Bytes as they came (Content-Length, or chunked passthrough).
+    Raw,
+    /// Wrap each read in a chunk (close-delimited upstream body to an HTTP/1.1 client).
+    Chunk,
+    /// Strip chunk framing (chunked upstream body to an HTTP/1.0 client).
+    Dechunk,
+    /// Read and drop (a HEAD client whose upstream request was not HEAD).
+    Discard,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,3 +4,4 @@
 pub mod body;
 pub mod forward;
 pub mod parse;
+pub mod response;

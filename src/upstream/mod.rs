@@ -2,5 +2,6 @@
 //! idle connections, and the connector that picks, dials and fails over.
 
 pub mod balance;
+pub mod connect;
 pub mod pool;
 pub mod target;

@@ -1,0 +1,82 @@
+//! The response head ringway sends its client for an upstream response.
+
+use std::io::Write as _;
+
+use crate::config::Upstream;
+use crate::http1::body::Encode;
+use crate::http1::forward::{write_orig, Client, HeaderList, ReqInfo};
+use crate::http1::parse::{Framing, HeaderIdx, HeaderKind, RequestHead, ResponseHead, Version};
+
+/// The status line and header section sent to the client.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_response_head(
+    worker: usize,
+    up: &Upstream,
+    client: &Client,
+    req_buf: &[u8],
+    req: &RequestHead,
+    rbuf: &[u8],
+    resp: &ResponseHead,
+    headers: &[HeaderIdx],
+    encode: Encode,
+    zero_length: bool,
+    keep: bool,
+    upstream_host: &str,
+    set_cookie: Option<(&str, &str)>,
+    out: &mut Vec<u8>,
+    tmp: &mut Vec<u8>,
+    list: &mut HeaderList,
+) {
+    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(resp.reason.get(rbuf));
+    out.extend_from_slice(b"\r\n");
+    let ops = &up.headers.response;
+    // Chunk re-coding changes framing: the upstream's Content-Length no longer applies.
+    let drop_length = matches!(encode, Encode::Chunk | Encode::Dechunk) || zero_length;
+    let kept =
+        |h: &&HeaderIdx| !(h.hop_by_hop || drop_length && h.kind == HeaderKind::ContentLength);
+    if ops.is_empty() {
+        for h in headers.iter().filter(kept) {
+            write_orig(out, rbuf, h, resp.bare_lf);
+        }
+    } else {
+        list.clear();
+        for (i, h) in headers.iter().enumerate() {
+            if kept(&h) {
+                list.push_orig(i);
+            }
+        }
+        let info = ReqInfo {
+            buf: req_buf,
+            head: req,
+            headers: &[],
+            client,
+            path: req.path.get(req_buf),
+            query: req.query.map(|q| q.get(req_buf)),
+            upstream: upstream_host,
+            worker,
+        };
+        list.apply(ops, rbuf, headers, &info, tmp);
+        list.write(out, rbuf, headers, resp.bare_lf);
+    }
+    if encode == Encode::Chunk || (resp.framing == Framing::Chunked && encode == Encode::Raw) {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if zero_length {
+        out.extend_from_slice(b"Content-Length: 0\r\n");
+    }
+    if let Some((name, value)) = set_cookie {
+        let _ = write!(out, "Set-Cookie: {name}={value}; Path=/\r\n");
+    }
+    finish_conn_header(out, req.version, keep);
+}
+
+/// `Connection` for the client: close when we will, keep-alive when a 1.0 client asked for it.
+pub fn finish_conn_header(out: &mut Vec<u8>, version: Version, keep: bool) {
+    if !keep {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if version == Version::Http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}

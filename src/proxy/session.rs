@@ -1,0 +1,151 @@
+//! The state of one downstream connection and of the request it is serving: receive buffers,
+//! scratch space reused across requests, and how an exchange ended.
+
+use std::time::{Duration, Instant};
+
+use crate::error::ProxyError;
+use crate::http1::forward::HeaderList;
+use crate::http1::parse::{HeadLimits, HeaderIdx};
+use crate::net::stream::{reserve_read_space, Stream};
+use crate::upstream::pool::UpConn;
+
+/// Initial receive buffer per connection side: one read takes a typical head plus a small body.
+pub(crate) const INITIAL_BUF: usize = 16 * 1024;
+
+/// What a keep-alive connection keeps between requests: a receive buffer for the next head
+/// (most fit; a larger one grows it, as nginx's 1k `client_header_buffer_size` does). The rest
+/// is released and allocated again by the next request, so 10k idle connections cost a few
+/// KiB each instead of every buffer they ever grew.
+pub(crate) const IDLE_READ: usize = 1024;
+
+/// Room for the heads a request writes (upstream request, response), reserved once.
+pub(crate) const OUT_BUF: usize = 4096;
+
+/// Body bytes streamed per read once a body is larger than what came with the head.
+pub(crate) const BODY_CHUNK: usize = 64 * 1024;
+
+/// Body bytes that ride along with the head in one write instead of a second write.
+pub(crate) const COALESCE_BODY: usize = 16 * 1024;
+
+/// Upstream response heads: generous fixed limits (upstreams are trusted more than clients).
+pub(crate) const RESPONSE_LIMITS: HeadLimits = HeadLimits {
+    max_head_bytes: 64 * 1024,
+    max_uri_bytes: 64 * 1024,
+    max_headers: 256,
+};
+
+/// Content-Length bodies at least this large move with splice(2) on plaintext sockets; smaller
+/// ones are cheaper as one read and one write (splice costs two operations and, on io_uring, a
+/// hop through a kernel worker thread).
+pub const SPLICE_MIN_BODY: u64 = 64 * 1024;
+
+/// Room a chunked decoder may need for one size line or trailer section (see http1::body).
+pub(crate) const CHUNK_FRAMING_ROOM: usize = 32 * 1024;
+
+/// Runs `f` under an optional timeout; `None` when it ran out.
+pub(crate) async fn timed<T>(
+    limit: Option<Duration>,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match limit {
+        Some(d) => monoio::time::timeout(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+pub(crate) async fn timed_at<T>(
+    deadline: Option<Instant>,
+    f: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(d) => monoio::time::timeout_at(d.into(), f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+/// One side's receive buffer: `buf[pos..]` holds bytes received but not yet consumed;
+/// `buf[..floor]` is kept while a body streams (the request head that spans point into).
+pub(crate) struct RecvBuf {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) pos: usize,
+    pub(crate) floor: usize,
+}
+
+impl RecvBuf {
+    pub(crate) fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Moves unconsumed bytes down to `floor` (to 0 between requests, so spans of the next
+    /// head start at 0).
+    pub(crate) fn compact(&mut self) {
+        debug_assert!(self.pos >= self.floor);
+        if self.pos > self.floor {
+            self.buf.drain(self.floor..self.pos);
+            self.pos = self.floor;
+        }
+    }
+
+    /// Forgets everything consumed above `floor`; only valid when nothing is pending.
+    pub(crate) fn reset(&mut self) {
+        debug_assert_eq!(self.pending(), 0);
+        self.buf.truncate(self.floor);
+        self.pos = self.floor;
+    }
+
+    pub(crate) async fn read_more(
+        &mut self,
+        stream: &mut Stream,
+        cap: usize,
+    ) -> std::io::Result<usize> {
+        // An empty buffer reads into whatever room it has (an idle connection's small one);
+        // a partial head or body makes room for a full read.
+        if !self.buf.is_empty() || self.buf.capacity() < IDLE_READ {
+            reserve_read_space(&mut self.buf, cap);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = stream.read_more(buf).await;
+        self.buf = buf;
+        res
+    }
+}
+
+/// Per-connection scratch buffers, reused across requests.
+pub(crate) struct Scratch {
+    pub(crate) headers: Vec<HeaderIdx>,
+    pub(crate) resp_headers: Vec<HeaderIdx>,
+    pub(crate) out: Vec<u8>,
+    pub(crate) aux: Vec<u8>,
+    pub(crate) list: HeaderList,
+    /// Status of the response sent for the current request (0: none), for metrics.
+    pub(crate) status: u16,
+    /// Request bytes read and response bytes sent for the current request (access log).
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+    /// The upstream target that answered, as `[upstream, target]` (access log).
+    pub(crate) target: Option<(usize, usize)>,
+}
+
+/// How an exchange left the client connection.
+pub(crate) enum Exchange {
+    /// A full response was sent; whether the connection can serve another request.
+    Done(bool),
+    /// The upstream switched protocols: relay bytes both ways from now on.
+    Upgraded(UpConn),
+}
+
+/// A failed exchange: `answered` when part of a response already reached the client, so the
+/// only honest signal left is closing the connection.
+pub(crate) struct Failure {
+    pub(crate) error: ProxyError,
+    pub(crate) answered: bool,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Failure {
+            error,
+            answered: false,
+        }
+    }
+}
