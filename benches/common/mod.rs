@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ringway::config::{Action, Config, ListenerKind, TargetAddr};
 use ringway::http1::body::{write_chunk_header, ChunkedDecoder, LAST_CHUNK};
-use ringway::http1::forward::{write_request_head, Client, HeaderList};
+use ringway::http1::forward::{write_request_head, Client, HeaderList, Request};
 use ringway::http1::parse::{parse_request, HeadLimits, HeaderIdx, Parse, RequestHead};
 use ringway::net::stream::Stream;
 use ringway::upstream::pool::{Pool, UpConn};
@@ -185,14 +185,17 @@ impl HeadRewrite {
             TargetAddr::Unix(_) => "localhost",
         };
         self.out.clear();
+        let req = Request {
+            buf: std::hint::black_box(&self.head),
+            head: &self.req,
+            headers: &self.headers,
+            client: &self.client,
+            worker: 0,
+        };
         write_request_head(
-            0,
+            &req,
             up,
             route,
-            &self.client,
-            std::hint::black_box(&self.head),
-            &self.req,
-            &self.headers,
             upstream_host,
             &mut self.out,
             &mut self.tmp,

@@ -24,6 +24,17 @@ pub struct Client {
     pub scheme: &'static str,
 }
 
+/// The request being forwarded, as the head writers read it: its head parsed in place in
+/// `buf`, and who sent it.
+pub struct Request<'a> {
+    pub buf: &'a [u8],
+    pub head: &'a RequestHead,
+    pub headers: &'a [HeaderIdx],
+    pub client: &'a Client,
+    /// For the `{worker}` placeholder.
+    pub worker: usize,
+}
+
 /// Placeholder values for one request.
 pub(crate) struct ReqInfo<'a> {
     pub(crate) buf: &'a [u8],
@@ -378,22 +389,23 @@ fn forwarded_headers(
 }
 
 /// Appends the request line and header section sent to the upstream to `out`. `tmp` and
-/// `list` are scratch space the caller keeps between requests; `worker` is only for the
-/// `{worker}` placeholder.
-#[allow(clippy::too_many_arguments)]
+/// `list` are scratch space the caller keeps between requests.
 pub fn write_request_head(
-    worker: usize,
+    req: &Request,
     up: &Upstream,
     route: &Route,
-    client: &Client,
-    buf: &[u8],
-    head: &RequestHead,
-    headers: &[HeaderIdx],
     upstream_host: &str,
     out: &mut Vec<u8>,
     tmp: &mut Vec<u8>,
     list: &mut HeaderList,
 ) {
+    let Request {
+        buf,
+        head,
+        headers,
+        client,
+        worker,
+    } = *req;
     let method = route
         .method
         .as_deref()

@@ -4,29 +4,46 @@ use std::io::Write as _;
 
 use crate::config::Upstream;
 use crate::http1::body::Encode;
-use crate::http1::forward::{write_orig, Client, HeaderList, ReqInfo};
-use crate::http1::parse::{Framing, HeaderIdx, HeaderKind, RequestHead, ResponseHead, Version};
+use crate::http1::forward::{write_orig, HeaderList, ReqInfo, Request};
+use crate::http1::parse::{Framing, HeaderIdx, HeaderKind, ResponseHead, Version};
 
-/// The status line and header section sent to the client.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn write_response_head(
-    worker: usize,
+/// An upstream response as it goes to the client: its head parsed in place in `rbuf`, and how
+/// the proxy frames it.
+pub struct ClientResponse<'a> {
+    pub rbuf: &'a [u8],
+    pub head: &'a ResponseHead,
+    pub headers: &'a [HeaderIdx],
+    pub encode: Encode,
+    /// A HEAD went upstream for a GET: the client gets an explicitly empty body.
+    pub zero_length: bool,
+    /// Whether the client connection stays open after this response.
+    pub keep: bool,
+    /// `(name, value)` of a balancer cookie to set.
+    pub set_cookie: Option<(&'a str, &'a str)>,
+}
+
+/// The status line and header section sent to the client. `tmp` and `list` are scratch space
+/// the caller keeps between requests.
+pub fn write_response_head(
+    req: &Request,
     up: &Upstream,
-    client: &Client,
-    req_buf: &[u8],
-    req: &RequestHead,
-    rbuf: &[u8],
-    resp: &ResponseHead,
-    headers: &[HeaderIdx],
-    encode: Encode,
-    zero_length: bool,
-    keep: bool,
     upstream_host: &str,
-    set_cookie: Option<(&str, &str)>,
+    r: &ClientResponse,
     out: &mut Vec<u8>,
     tmp: &mut Vec<u8>,
     list: &mut HeaderList,
 ) {
+    let ClientResponse {
+        rbuf,
+        head: resp,
+        headers,
+        encode,
+        zero_length,
+        keep,
+        set_cookie,
+    } = *r;
+    let (req_buf, client, worker) = (req.buf, req.client, req.worker);
+    let req = req.head;
     let _ = write!(out, "HTTP/1.1 {} ", resp.status);
     out.extend_from_slice(resp.reason.get(rbuf));
     out.extend_from_slice(b"\r\n");

@@ -1,82 +1,125 @@
 //! One attempt: the request head (and body) to one upstream connection, its response head and
 //! body back to the client, or a protocol switch.
 
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Route, TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http1::body::Encode;
-use crate::http1::forward::{write_orig, write_request_head, Client};
-use crate::http1::parse::{
-    parse_response, Framing, HeaderKind, Parse, RequestHead, ResponseHead, Version,
-};
-use crate::http1::response::write_response_head;
-use crate::net::stream::Stream;
-use crate::proxy::relay::{fill_body, io_err, relay_body, send_request_body, BodyLimits};
+use crate::http1::forward::{write_orig, write_request_head, Request};
+use crate::http1::parse::{parse_response, Framing, HeaderKind, Parse, ResponseHead, Version};
+use crate::http1::response::{write_response_head, ClientResponse};
+use crate::proxy::relay::{fill_body, io_err, BodyLimits, Dir, Relay};
 use crate::proxy::respond::is_head;
 use crate::proxy::session::{
-    timed, timed_at, Exchange, Failure, RecvBuf, Scratch, COALESCE_BODY, RESPONSE_LIMITS,
+    timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, COALESCE_BODY, RESPONSE_LIMITS,
 };
 use crate::upstream::pool::UpConn;
-use crate::worker::ctx::WorkerCtx;
 
-/// One request/response exchange on `conn`. Returns the client keep-alive decision.
-#[allow(clippy::too_many_arguments)]
+/// The target an attempt goes to.
+pub(crate) struct Attempt<'a> {
+    pub(crate) u: usize,
+    pub(crate) t: usize,
+    pub(crate) up: &'a Upstream,
+    pub(crate) route: &'a Route,
+    /// Whether the response (re)issues the cookie policy's cookie.
+    pub(crate) set_cookie: bool,
+}
+
+impl Attempt<'_> {
+    /// The Host an upstream gets when the client sent none.
+    fn host(&self) -> &str {
+        match &self.up.targets[self.t].addr {
+            TargetAddr::Tcp { host, .. } => host.as_str(),
+            TargetAddr::Unix(_) => "localhost",
+        }
+    }
+}
+
+/// What the request phase leaves for the response phase.
+struct Sent {
+    /// The upstream got a HEAD (its response has no body whatever its framing says).
+    upstream_head: bool,
+    /// The whole request body went upstream (else the client connection cannot be reused).
+    body_sent: bool,
+    /// Request body bytes that rode along with the head.
+    coalesced: usize,
+    /// When the head went (the response time counts from here).
+    at: Instant,
+    /// Limits of the request body, and what of it moved.
+    limits: BodyLimits,
+}
+
+/// One request/response exchange on `conn`. `seen` gets the response status and latency as
+/// soon as a response head arrives (for passive health), even if the exchange fails later.
 pub(crate) async fn exchange(
-    ctx: &Rc<WorkerCtx>,
-    u: usize,
-    t: usize,
-    up: &Upstream,
-    route: &Route,
-    client: &Client,
-    stream: &mut Stream,
-    down: &mut RecvBuf,
-    ubuf: &mut Vec<u8>,
-    s: &mut Scratch,
-    head: &RequestHead,
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
     mut conn: UpConn,
-    set_cookie: bool,
     seen: &mut Option<(u16, Duration)>,
 ) -> Result<Exchange, Failure> {
-    let tr = &up.transport;
-    let client_head = is_head(&down.buf, head);
-    // What the upstream was asked decides its response framing; a method override can differ.
-    let upstream_head = route.method.as_deref().map_or(client_head, |m| m == "HEAD");
-    let upstream_host = match &up.targets[t].addr {
-        TargetAddr::Tcp { host, .. } => host.as_str(),
-        TargetAddr::Unix(_) => "localhost",
+    let mut sent = send_head(sess, a, &mut conn).await?;
+    let mut ub = RecvBuf {
+        buf: std::mem::take(sess.ubuf),
+        pos: 0,
+        floor: 0,
     };
-    s.out.clear();
-    write_request_head(
-        ctx.id(),
-        up,
-        route,
-        client,
-        &down.buf,
-        head,
-        &s.headers,
-        upstream_host,
-        &mut s.out,
-        &mut s.aux,
-        &mut s.list,
-    );
+    ub.buf.clear();
+    let resp = read_response_head(sess, a, &mut conn, &mut ub, &mut sent, seen).await?;
+    sess.s.bytes_in += sent.coalesced as u64 + sent.limits.moved.get();
+    sess.s.target = Some((a.u, a.t));
+    if resp.status == 101 {
+        return switch_protocols(sess, &mut ub, &resp, conn).await;
+    }
+    send_response(sess, a, conn, ub, &resp, &sent).await
+}
+
+/// Writes the request head (with a small buffered body riding along) and, unless the client
+/// expects 100-continue, the rest of the body.
+async fn send_head(
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
+    conn: &mut UpConn,
+) -> Result<Sent, Failure> {
+    let (ctx, head) = (sess.ctx, sess.head);
+    let tr = &a.up.transport;
+    let client_head = is_head(&sess.down.buf, head);
+    sess.s.out.clear();
+    {
+        let Scratch {
+            headers,
+            out,
+            aux,
+            list,
+            ..
+        } = &mut *sess.s;
+        let req = Request {
+            buf: &sess.down.buf,
+            head,
+            headers,
+            client: sess.client,
+            worker: ctx.id(),
+        };
+        write_request_head(&req, a.up, a.route, a.host(), out, aux, list);
+    }
     let reused = conn.reused;
+    let down = &mut *sess.down;
     // A small, fully buffered body rides along with the head in one write.
-    let body_in_buf = match head.framing {
+    let coalesced = match head.framing {
         Framing::Length(n) if n as usize <= COALESCE_BODY && down.pending() as u64 >= n => {
             n as usize
         }
         _ => 0,
     };
-    s.out
-        .extend_from_slice(&down.buf[down.pos..down.pos + body_in_buf]);
-    down.pos += body_in_buf;
-    let out = std::mem::take(&mut s.out);
+    sess.s
+        .out
+        .extend_from_slice(&down.buf[down.pos..down.pos + coalesced]);
+    down.pos += coalesced;
+    let out = std::mem::take(&mut sess.s.out);
     let Some((res, out)) = timed(tr.write_timeout, conn.stream.write_all(out)).await else {
         return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false).into());
     };
-    s.out = out;
+    sess.s.out = out;
     // Nothing of a response can have arrived yet: replay is safe on a reused connection.
     res.map_err(|err| {
         ProxyError::upstream(
@@ -87,46 +130,85 @@ pub(crate) async fn exchange(
             reused,
         )
     })?;
-    ctx.gen_metrics().upstream_requests[u][t][reused as usize].inc();
-    let sent_at = Instant::now();
-    let req_limits = BodyLimits {
+    ctx.gen_metrics().upstream_requests[a.u][a.t][reused as usize].inc();
+    let at = Instant::now();
+    let limits = BodyLimits {
         read_timeout: ctx.config().limits.idle_timeout,
         write_timeout: tr.write_timeout,
         max: ctx.config().limits.max_request_body,
         moved: Default::default(),
     };
-    let rest = match head.framing {
-        Framing::Length(n) => Framing::Length(n - body_in_buf as u64),
-        f => f,
-    };
-    let mut ub = RecvBuf {
-        buf: std::mem::take(ubuf),
-        pos: 0,
-        floor: 0,
-    };
-    ub.buf.clear();
     // With Expect: 100-continue and no body bytes sent yet, the upstream decides first.
+    let rest = rest_of_body(head.framing, coalesced);
     let has_rest = !matches!(rest, Framing::None | Framing::Length(0));
-    let mut body_sent = !(head.expect_continue && has_rest && down.pending() == 0);
+    let body_sent = !(head.expect_continue && has_rest && sess.down.pending() == 0);
     if body_sent {
-        send_request_body(
-            ctx,
-            stream,
-            down,
-            &mut conn.stream,
-            rest,
-            &mut s.aux,
-            &req_limits,
-        )
-        .await?;
+        send_body(sess, conn, rest, &limits).await?;
     }
-    let deadline = tr.response_header_timeout.map(|d| Instant::now() + d);
-    let resp: ResponseHead = loop {
+    let sent = Sent {
+        // What the upstream was asked decides its response framing; a method override can differ.
+        upstream_head: a
+            .route
+            .method
+            .as_deref()
+            .map_or(client_head, |m| m == "HEAD"),
+        body_sent,
+        coalesced,
+        at,
+        limits,
+    };
+    Ok(sent)
+}
+
+/// The request body framing left after `coalesced` bytes went with the head.
+fn rest_of_body(framing: Framing, coalesced: usize) -> Framing {
+    match framing {
+        Framing::Length(n) => Framing::Length(n - coalesced as u64),
+        f => f,
+    }
+}
+
+/// Streams the rest of the request body from the client to the upstream, as received.
+async fn send_body(
+    sess: &mut Session<'_>,
+    conn: &mut UpConn,
+    rest: Framing,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    Relay {
+        ctx: sess.ctx,
+        dir: Dir::Up,
+        src: sess.stream,
+        buf: sess.down,
+        dst: &mut conn.stream,
+        aux: &mut sess.s.aux,
+        lim,
+    }
+    .body(rest, Encode::Raw)
+    .await
+}
+
+/// Reads up to the final response head, passing interim ones on to HTTP/1.1 clients and
+/// sending a held-back body on `100 Continue`.
+async fn read_response_head(
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
+    conn: &mut UpConn,
+    ub: &mut RecvBuf,
+    sent: &mut Sent,
+    seen: &mut Option<(u16, Duration)>,
+) -> Result<ResponseHead, Failure> {
+    let head = sess.head;
+    let deadline =
+        a.up.transport
+            .response_header_timeout
+            .map(|d| Instant::now() + d);
+    loop {
         match parse_response(
             &ub.buf[ub.pos..],
-            upstream_head,
+            sent.upstream_head,
             &RESPONSE_LIMITS,
-            &mut s.resp_headers,
+            &mut sess.s.resp_headers,
         ) {
             Parse::Complete(r) if r.status == 101 => {
                 if !head.conn.upgrade {
@@ -136,8 +218,8 @@ pub(crate) async fn exchange(
                     )
                     .into());
                 }
-                s.status = 101;
-                break r;
+                sess.s.status = 101;
+                return Ok(r);
             }
             Parse::Complete(r) if r.status < 200 => {
                 // Interim responses reach HTTP/1.1 clients as they are.
@@ -145,30 +227,23 @@ pub(crate) async fn exchange(
                 ub.pos += r.head_len;
                 if head.version == Version::Http11 {
                     let buf = std::mem::take(&mut ub.buf);
-                    let (res, buf) = stream.write_range(buf, interim).await;
+                    let (res, buf) = sess.stream.write_range(buf, interim).await;
                     ub.buf = buf;
                     res.map_err(|e| io_err(Side::Downstream, e))?;
                 }
-                if r.status == 100 && !body_sent {
-                    send_request_body(
-                        ctx,
-                        stream,
-                        down,
-                        &mut conn.stream,
-                        rest,
-                        &mut s.aux,
-                        &req_limits,
-                    )
-                    .await?;
-                    body_sent = true;
+                if r.status == 100 && !sent.body_sent {
+                    let rest = rest_of_body(head.framing, sent.coalesced);
+                    send_body(sess, conn, rest, &sent.limits).await?;
+                    sent.body_sent = true;
                 }
                 continue;
             }
             Parse::Complete(r) => {
-                *seen = Some((r.status, sent_at.elapsed()));
-                ctx.gen_metrics().upstream_response_time[u].observe(sent_at.elapsed());
-                s.status = r.status;
-                break r;
+                let took = sent.at.elapsed();
+                *seen = Some((r.status, took));
+                sess.ctx.gen_metrics().upstream_response_time[a.u].observe(took);
+                sess.s.status = r.status;
+                return Ok(r);
             }
             Parse::Invalid(_) => {
                 return Err(ProxyError::upstream(
@@ -194,7 +269,7 @@ pub(crate) async fn exchange(
             Ok(_) => continue,
             Err(e) => e,
         };
-        let retry = nothing_yet && reused;
+        let retry = nothing_yet && conn.reused;
         return Err(ProxyError::upstream(
             ErrorKind::UpstreamIo {
                 err,
@@ -203,20 +278,30 @@ pub(crate) async fn exchange(
             retry,
         )
         .into());
-    };
-    s.bytes_in += body_in_buf as u64 + req_limits.moved.get();
-    s.target = Some((u, t));
-    if resp.status == 101 {
-        return switch_protocols(stream, down, &mut ub, ubuf, s, &resp, conn).await;
     }
-    // From here on the client may have seen bytes: failures close instead of answering.
-    if up.response_buffer > 0 && !client_head {
+}
+
+/// Sends the response head and streams the body to the client; pools the upstream connection
+/// when it can serve another request. From here on the client may have seen bytes: failures
+/// close instead of answering.
+async fn send_response(
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
+    mut conn: UpConn,
+    mut ub: RecvBuf,
+    resp: &ResponseHead,
+    sent: &Sent,
+) -> Result<Exchange, Failure> {
+    let (ctx, head) = (sess.ctx, sess.head);
+    let tr = &a.up.transport;
+    let client_head = is_head(&sess.down.buf, head);
+    if a.up.response_buffer > 0 && !client_head {
         ub.pos += resp.head_len;
         let filled = fill_body(
             &mut conn.stream,
             &mut ub,
             resp.framing,
-            up.response_buffer,
+            a.up.response_buffer,
             tr.read_timeout,
         )
         .await;
@@ -242,40 +327,50 @@ pub(crate) async fn exchange(
     let unknown_len_to_10 = http10
         && !client_head
         && matches!(resp.framing, Framing::Chunked | Framing::CloseDelimited);
-    // A HEAD sent upstream for a GET client: the client still needs a framed (empty) body.
-    let zero_length = upstream_head && !client_head && !matches!(resp.status, 204 | 304);
-    let keep = head.keep_alive() && body_sent && !ctx.draining() && !unknown_len_to_10;
-    s.out.clear();
-    write_response_head(
-        ctx.id(),
-        up,
-        client,
-        &down.buf,
-        head,
-        &ub.buf[ub.pos..],
-        &resp,
-        &s.resp_headers,
-        encode,
-        zero_length,
-        keep,
-        upstream_host,
-        set_cookie.then(|| (up.lb.key.as_str(), ctx.balancer(u).cookie(t))),
-        &mut s.out,
-        &mut s.aux,
-        &mut s.list,
-    );
+    let keep = head.keep_alive() && sent.body_sent && !ctx.draining() && !unknown_len_to_10;
+    sess.s.out.clear();
+    {
+        let bal = ctx.balancer(a.u);
+        let Scratch {
+            resp_headers,
+            out,
+            aux,
+            list,
+            ..
+        } = &mut *sess.s;
+        let r = ClientResponse {
+            rbuf: &ub.buf[ub.pos..],
+            head: resp,
+            headers: resp_headers,
+            encode,
+            // A HEAD sent upstream for a GET client: the client still needs a framed body.
+            zero_length: sent.upstream_head && !client_head && !matches!(resp.status, 204 | 304),
+            keep,
+            set_cookie: a
+                .set_cookie
+                .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
+        };
+        let req = Request {
+            buf: &sess.down.buf,
+            head,
+            headers: &[],
+            client: sess.client,
+            worker: ctx.id(),
+        };
+        write_response_head(&req, a.up, a.host(), &r, out, aux, list);
+    }
     ub.pos += resp.head_len;
     let mut framing = resp.framing;
     if let (Framing::Length(n), false) = (framing, client_head) {
         let take = (ub.pending() as u64).min(n).min(COALESCE_BODY as u64) as usize;
-        s.out.extend_from_slice(&ub.buf[ub.pos..ub.pos + take]);
+        sess.s.out.extend_from_slice(&ub.buf[ub.pos..ub.pos + take]);
         ub.pos += take;
         framing = Framing::Length(n - take as u64);
     }
-    s.bytes_out = s.out.len() as u64;
-    let out = std::mem::take(&mut s.out);
-    let (res, out) = stream.write_all(out).await;
-    s.out = out;
+    sess.s.bytes_out = sess.s.out.len() as u64;
+    let out = std::mem::take(&mut sess.s.out);
+    let (res, out) = sess.stream.write_all(out).await;
+    sess.s.out = out;
     let answered = |error| Failure {
         error,
         answered: true,
@@ -287,39 +382,36 @@ pub(crate) async fn exchange(
         max: None,
         moved: Default::default(),
     };
-    relay_body(
+    Relay {
         ctx,
-        false,
-        &mut conn.stream,
-        &mut ub,
-        Side::Upstream,
-        stream,
-        Side::Downstream,
-        framing,
-        encode,
-        &mut s.aux,
-        &resp_limits,
-    )
+        dir: Dir::Down,
+        src: &mut conn.stream,
+        buf: &mut ub,
+        dst: sess.stream,
+        aux: &mut sess.s.aux,
+        lim: &resp_limits,
+    }
+    .body(framing, encode)
     .await
     .map_err(answered)?;
-    s.bytes_out += resp_limits.moved.get();
+    sess.s.bytes_out += resp_limits.moved.get();
     // Bytes after a complete response mean the upstream is confused: never reuse that.
     let up_keep = resp.keep_alive()
         && tr.keepalive
         && resp.framing != Framing::CloseDelimited
         && ub.pending() == 0;
-    *ubuf = ub.buf;
+    *sess.ubuf = ub.buf;
     if up_keep {
-        let bal = &ctx.balancer(u);
-        let shared = bal.shared(t);
+        let bal = ctx.balancer(a.u);
+        let shared = bal.shared(a.t);
         // Another worker waits for a slot of this capped target: close instead of pooling.
-        let wanted = bal.is_capped(t)
+        let wanted = bal.is_capped(a.t)
             && shared.wanted.load(std::sync::atomic::Ordering::Relaxed)
             && shared
                 .wanted
                 .swap(false, std::sync::atomic::Ordering::Relaxed);
         if !wanted {
-            ctx.checkin(u, t, conn);
+            ctx.checkin(a.u, a.t, conn);
         }
     }
     Ok(Exchange::Done(keep))
@@ -327,15 +419,13 @@ pub(crate) async fn exchange(
 
 /// Relays a `101 Switching Protocols` and hands both connections over to a tunnel. Bytes that
 /// already arrived past either head (early frames) go across first.
-pub(crate) async fn switch_protocols(
-    stream: &mut Stream,
-    down: &mut RecvBuf,
+async fn switch_protocols(
+    sess: &mut Session<'_>,
     ub: &mut RecvBuf,
-    ubuf: &mut Vec<u8>,
-    s: &mut Scratch,
     resp: &ResponseHead,
     mut conn: UpConn,
 ) -> Result<Exchange, Failure> {
+    let s = &mut *sess.s;
     let rbuf = &ub.buf[ub.pos..];
     s.out.clear();
     s.out.extend_from_slice(b"HTTP/1.1 101 ");
@@ -349,12 +439,13 @@ pub(crate) async fn switch_protocols(
     s.out.extend_from_slice(b"Connection: Upgrade\r\n\r\n");
     s.out.extend_from_slice(&ub.buf[ub.pos + resp.head_len..]);
     let out = std::mem::take(&mut s.out);
-    let (res, out) = stream.write_all(out).await;
+    let (res, out) = sess.stream.write_all(out).await;
     s.out = out;
     res.map_err(|e| Failure {
         error: io_err(Side::Downstream, e),
         answered: true,
     })?;
+    let down = &mut *sess.down;
     if down.pending() > 0 {
         let range = down.pos..down.buf.len();
         let buf = std::mem::take(&mut down.buf);
@@ -366,6 +457,6 @@ pub(crate) async fn switch_protocols(
             answered: true,
         })?;
     }
-    *ubuf = std::mem::take(&mut ub.buf);
+    *sess.ubuf = std::mem::take(&mut ub.buf);
     Ok(Exchange::Upgraded(conn))
 }

@@ -1,18 +1,15 @@
 //! One request to an upstream group: pick a target, reuse or dial a connection, run the
 //! exchange, and fail over or replay when that is safe.
 
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Route, Upstream};
 use crate::error::{ErrorKind, ProxyError};
-use crate::http1::forward::Client;
-use crate::http1::parse::{Framing, RequestHead};
-use crate::net::stream::Stream;
-use crate::proxy::exchange::exchange;
+use crate::http1::parse::Framing;
+use crate::proxy::exchange::{exchange, Attempt};
 use crate::proxy::lb_key::LbKey;
 use crate::proxy::relay::fill_body;
-use crate::proxy::session::{Exchange, Failure, RecvBuf, Scratch};
+use crate::proxy::session::{Exchange, Failure, Session};
 use crate::upstream::connect::dial;
 use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
@@ -41,35 +38,35 @@ pub(crate) fn is_idempotent(method: &[u8]) -> bool {
 }
 
 /// Proxies one request to `up`. `Ok(keep)` when a full response reached the client.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn forward(
-    ctx: &Rc<WorkerCtx>,
+    sess: &mut Session<'_>,
     u: usize,
-    up: &Upstream,
     route: &Route,
-    client: &Client,
-    stream: &mut Stream,
-    down: &mut RecvBuf,
-    ubuf: &mut Vec<u8>,
-    s: &mut Scratch,
-    head: &RequestHead,
 ) -> Result<Exchange, Failure> {
+    let (ctx, head, client) = (sess.ctx, sess.head, sess.client);
+    let up = &ctx.config().upstreams[u];
     let bal = &ctx.balancer(u);
     if up.request_buffer > 0 {
         let idle = ctx.config().limits.idle_timeout;
-        fill_body(stream, down, head.framing, up.request_buffer, idle)
-            .await
-            .map_err(|e| Failure::from(ProxyError::downstream(ErrorKind::ClientIo(e))))?;
+        fill_body(
+            sess.stream,
+            sess.down,
+            head.framing,
+            up.request_buffer,
+            idle,
+        )
+        .await
+        .map_err(|e| Failure::from(ProxyError::downstream(ErrorKind::ClientIo(e))))?;
     }
     let method = route
         .method
         .as_deref()
         .map(str::as_bytes)
-        .unwrap_or(head.method.get(&down.buf));
+        .unwrap_or(head.method.get(&sess.down.buf));
     // A request can be replayed only while all of it is still in our buffer.
     let body_buffered = match head.framing {
         Framing::None => true,
-        Framing::Length(n) => down.pending() as u64 >= n,
+        Framing::Length(n) => sess.down.pending() as u64 >= n,
         _ => false,
     };
     let may_retry_sent =
@@ -80,24 +77,24 @@ pub(crate) async fn forward(
         &up.lb.key,
         &ctx.config().trusted_proxies,
         client,
-        &down.buf,
+        &sess.down.buf,
         head,
-        &s.headers,
+        &sess.s.headers,
     );
     let started = Instant::now();
     // Each attempt sends the body from here again (only ever replayed when fully buffered).
-    let body_start = down.pos;
+    let body_start = sess.down.pos;
     let mut tried = crate::upstream::balance::Tried::default();
     let mut attempts = 0u32;
     let mut waiting = PoolWait(None);
     loop {
         attempts += 1;
-        down.pos = body_start;
+        sess.down.pos = body_start;
         let can_try_again = |attempts: u32| match up.lb.try_duration {
             Some(d) => started.elapsed() < d,
             None => attempts <= up.lb.retries,
         };
-        let key = lb_key.get(&down.buf);
+        let key = lb_key.get(&sess.down.buf);
         let Some(t) = bal.select(tried, key, |i| ctx.pool().has_idle(u, i)) else {
             if can_try_again(attempts) {
                 tried = Default::default();
@@ -134,7 +131,7 @@ pub(crate) async fn forward(
                     }
                     tried.insert(t);
                     if can_try_again(attempts) {
-                        let key = lb_key.get(&down.buf);
+                        let key = lb_key.get(&sess.down.buf);
                         if bal
                             .select(tried, key, |i| ctx.pool().has_idle(u, i))
                             .is_none()
@@ -154,10 +151,19 @@ pub(crate) async fn forward(
         let reused = conn.reused;
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
-            && lb_key.get(&down.buf) != Some(bal.cookie(t).as_bytes());
+            && lb_key.get(&sess.down.buf) != Some(bal.cookie(t).as_bytes());
         let mut seen = None;
         let result = exchange(
-            ctx, u, t, up, route, client, stream, down, ubuf, s, head, conn, set_cookie, &mut seen,
+            sess,
+            &Attempt {
+                u,
+                t,
+                up,
+                route,
+                set_cookie,
+            },
+            conn,
+            &mut seen,
         )
         .await;
         if let Some((status, latency)) = seen {

@@ -17,14 +17,15 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::config::Action;
-use crate::error::{write_error_response, ErrorKind, ProxyError, Side};
+use crate::error::{ErrorKind, ProxyError};
 use crate::http1::forward::{Client, HeaderList};
 use crate::http1::parse::{parse_request, Framing, HeadLimits, HeaderIdx, Parse, RequestHead};
 use crate::net::stream::Stream;
 use crate::proxy::forward::forward;
 use crate::proxy::respond::{respond, respond_simple};
 use crate::proxy::session::{
-    timed, timed_at, Exchange, Failure, RecvBuf, Scratch, IDLE_READ, INITIAL_BUF, OUT_BUF,
+    answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, IDLE_READ,
+    INITIAL_BUF, OUT_BUF,
 };
 use crate::route;
 use crate::upstream::pool::UpConn;
@@ -114,19 +115,19 @@ pub async fn serve(
         s.target = None;
         let active = ctx.active();
         s.out.reserve(OUT_BUF);
+        let mut sess = Session {
+            ctx: &ctx,
+            listener,
+            client: &client,
+            stream: &mut stream,
+            down: &mut down,
+            ubuf: &mut ubuf,
+            s: &mut s,
+            head: &head,
+        };
         // Not boxed, though its state is most of this task's size: building the future and
         // moving it into a box copied ~7 KiB per request (3% of the CPU in small-keepalive).
-        let next = handle(
-            &ctx,
-            listener,
-            &client,
-            &mut stream,
-            &mut down,
-            &mut ubuf,
-            &mut s,
-            &head,
-        )
-        .await;
+        let next = handle(&mut sess).await;
         ctx.request_done(listener, s.status, started.elapsed(), s.target);
         if let Some(log) = ctx.access() {
             log_request(&ctx, log, &client, &down.buf, &head, &s, started.elapsed());
@@ -230,71 +231,41 @@ async fn read_head(
     }
 }
 
-/// Sends the error's status (when the client can still be answered) and closes.
-async fn answer_error(stream: &mut Stream, out: &mut Vec<u8>, e: &ProxyError) {
-    match e.side {
-        Side::Downstream => tracing::debug!("closing client connection: {e}"),
-        _ => tracing::warn!("{e}"),
-    }
-    if let Some(status) = e.status() {
-        out.clear();
-        write_error_response(status, out);
-        let buf = std::mem::take(out);
-        let (_, buf) = stream.write_all(buf).await;
-        *out = buf;
-    }
-}
-
-/// Handles one request whose head sits at `down.buf[..head.head_len]`.
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    ctx: &Rc<WorkerCtx>,
-    listener: usize,
-    client: &Client,
-    stream: &mut Stream,
-    down: &mut RecvBuf,
-    ubuf: &mut Vec<u8>,
-    s: &mut Scratch,
-    head: &RequestHead,
-) -> Exchange {
-    let config = &ctx.config();
+/// Handles one request whose head sits at `down.buf[..head.head_len]`: route it, then answer
+/// it locally or forward it.
+async fn handle(sess: &mut Session<'_>) -> Exchange {
+    let (ctx, head) = (sess.ctx, sess.head);
+    let config = ctx.config();
     if let (Framing::Length(n), Some(max)) = (head.framing, config.limits.max_request_body) {
         if n > max {
-            answer_error(
-                stream,
-                &mut s.out,
-                &ProxyError::downstream(ErrorKind::BodyTooLarge),
-            )
-            .await;
+            sess.answer_error(&ProxyError::downstream(ErrorKind::BodyTooLarge))
+                .await;
             return Exchange::Done(false);
         }
     }
-    let crate::config::ListenerKind::Http { routes } = &config.listeners[listener].kind else {
+    let crate::config::ListenerKind::Http { routes } = &config.listeners[sess.listener].kind else {
         return Exchange::Done(false);
     };
-    let Some(route) = route::find(routes, &down.buf, head, &s.headers) else {
-        return Exchange::Done(respond_simple(stream, down, s, head, 404).await);
+    let Some(route) = route::find(routes, &sess.down.buf, head, &sess.s.headers) else {
+        return Exchange::Done(respond_simple(sess, 404).await);
     };
-    down.pos = head.head_len;
-    down.floor = head.head_len;
+    sess.down.pos = head.head_len;
+    sess.down.floor = head.head_len;
     match &route.action {
-        Action::Respond(r) => Exchange::Done(respond(ctx, client, stream, down, s, head, r).await),
-        Action::Proxy(u) => {
-            let up = &config.upstreams[*u];
-            match forward(ctx, *u, up, route, client, stream, down, ubuf, s, head).await {
-                Ok(next) => next,
-                Err(Failure { error, answered }) => {
-                    if !answered {
-                        s.status = error.status().unwrap_or(0);
-                        answer_error(stream, &mut s.out, &error).await;
-                        s.bytes_out = s.out.len() as u64;
-                    } else {
-                        tracing::debug!("response cut short: {error}");
-                    }
-                    Exchange::Done(false)
+        Action::Respond(r) => Exchange::Done(respond(sess, r).await),
+        Action::Proxy(u) => match forward(sess, *u, route).await {
+            Ok(next) => next,
+            Err(Failure { error, answered }) => {
+                if !answered {
+                    sess.s.status = error.status().unwrap_or(0);
+                    sess.answer_error(&error).await;
+                    sess.s.bytes_out = sess.s.out.len() as u64;
+                } else {
+                    tracing::debug!("response cut short: {error}");
                 }
+                Exchange::Done(false)
             }
-        }
+        },
     }
 }
 

@@ -1,10 +1,12 @@
 //! Bodies in both directions: Content-Length, chunked and close-delimited framing, re-coded
 //! where the two sides differ, spliced when both sides are plaintext sockets.
 
+use std::cell::Cell;
+use std::ops::Range;
 use std::time::Duration;
 
 use crate::error::{ErrorKind, ProxyError, Side};
-use crate::http1::body::{write_chunk_header, ChunkedDecoder, Encode, LAST_CHUNK};
+use crate::http1::body::{write_chunk_header, BodyError, ChunkedDecoder, Encode, LAST_CHUNK};
 use crate::http1::parse::Framing;
 use crate::net::stream::{SplicePipe, Stream, MIN_READ_SPACE, SPLICE_CHUNK};
 use crate::proxy::session::{timed, RecvBuf, BODY_CHUNK, CHUNK_FRAMING_ROOM, SPLICE_MIN_BODY};
@@ -24,7 +26,7 @@ pub(crate) fn io_err(side: Side, e: std::io::Error) -> ProxyError {
     }
 }
 
-pub(crate) fn timeout_err(side: Side) -> ProxyError {
+fn timeout_err(side: Side) -> ProxyError {
     match side {
         Side::Downstream => {
             ProxyError::downstream(ErrorKind::ClientIo(std::io::ErrorKind::TimedOut.into()))
@@ -39,200 +41,254 @@ pub(crate) struct BodyLimits {
     /// Payload bytes allowed (chunked request bodies against `max_request_body`).
     pub(crate) max: Option<u64>,
     /// Body bytes (as framed on the wire) read from the source so far, for the access log.
-    pub(crate) moved: std::cell::Cell<u64>,
+    pub(crate) moved: Cell<u64>,
 }
 
-/// Streams one body from `src` (whose `buf[pos..]` already holds bytes after the head) to
-/// `dst`. On return `src.buf[src.pos..]` holds whatever followed the body.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn relay_body(
-    ctx: &WorkerCtx,
-    upward: bool,
-    src_stream: &mut Stream,
-    src: &mut RecvBuf,
-    src_side: Side,
-    dst: &mut Stream,
-    dst_side: Side,
-    framing: Framing,
-    encode: Encode,
-    aux: &mut Vec<u8>,
-    lim: &BodyLimits,
-) -> Result<(), ProxyError> {
-    match framing {
-        Framing::None => Ok(()),
-        Framing::Length(n) => {
-            let mut remaining = n;
-            loop {
-                let take = (src.pending() as u64).min(remaining) as usize;
-                if take > 0 {
-                    write_out(
-                        dst,
-                        dst_side,
-                        src,
-                        src.pos..src.pos + take,
-                        encode,
-                        aux,
-                        lim,
-                    )
-                    .await?;
-                    src.pos += take;
-                    remaining -= take as u64;
-                    lim.moved.set(lim.moved.get() + take as u64);
-                }
-                if remaining == 0 {
-                    return Ok(());
-                }
-                if encode == Encode::Raw
-                    && remaining >= SPLICE_MIN_BODY
-                    && src_stream.can_splice()
-                    && dst.can_splice()
-                {
-                    if let Some(mut pipe) = ctx.take_pipe() {
-                        // An error may leave bytes in the pipe: then it is dropped, not reused.
-                        splice_body(
-                            ctx, upward, src_stream, src_side, dst, dst_side, &mut pipe, remaining,
-                            lim,
-                        )
-                        .await?;
-                        ctx.return_pipe(pipe);
-                        lim.moved.set(lim.moved.get() + remaining);
-                        return Ok(());
-                    }
-                }
-                src.reset();
-                read_body(src_stream, src, src_side, lim, BODY_CHUNK).await?;
-            }
-        }
-        Framing::CloseDelimited => {
-            loop {
-                if src.pending() > 0 {
-                    write_out(dst, dst_side, src, src.pos..src.buf.len(), encode, aux, lim).await?;
-                    lim.moved.set(lim.moved.get() + src.pending() as u64);
-                    src.pos = src.buf.len();
-                }
-                src.reset();
-                match read_body(src_stream, src, src_side, lim, BODY_CHUNK).await {
-                    Ok(()) => {}
-                    Err(ProxyError {
-                        kind: ErrorKind::UpstreamIo { err, .. },
-                        ..
-                    }) if err.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            if encode == Encode::Chunk {
-                aux.clear();
-                aux.extend_from_slice(LAST_CHUNK);
-                write_aux(dst, dst_side, aux, lim).await?;
-            }
-            Ok(())
-        }
-        Framing::Chunked => {
-            let mut dec = ChunkedDecoder::new();
-            let mut payload = 0u64;
-            loop {
-                // Walk what is buffered: forward raw framing+data, or only the data.
-                let start = src.pos;
-                let mut p = src.pos;
-                aux.clear();
-                let mut done = false;
-                while p < src.buf.len() {
-                    let step = dec.step(&src.buf[p..]).map_err(|e| {
-                        let why = match e {
-                            crate::http1::body::BodyError::Malformed(w) => w,
-                            crate::http1::body::BodyError::TooLarge(w) => w,
-                        };
-                        match src_side {
-                            Side::Downstream => ProxyError::downstream(ErrorKind::BadBody(why)),
-                            _ => ProxyError::upstream(ErrorKind::UpstreamInvalid(why), false),
-                        }
-                    })?;
-                    if let Some(r) = &step.data {
-                        payload += r.len() as u64;
-                        if encode == Encode::Dechunk {
-                            aux.extend_from_slice(&src.buf[p + r.start..p + r.end]);
-                        }
-                    }
-                    p += step.consumed;
-                    if step.done {
-                        done = true;
-                        break;
-                    }
-                    if step.consumed == 0 {
-                        break;
-                    }
-                }
-                if lim.max.is_some_and(|m| payload > m) {
-                    return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
-                }
-                match encode {
-                    Encode::Discard => {}
-                    Encode::Dechunk => {
-                        if !aux.is_empty() {
-                            write_aux(dst, dst_side, aux, lim).await?;
-                        }
-                    }
-                    _ => {
-                        if p > start {
-                            write_out(dst, dst_side, src, start..p, Encode::Raw, aux, lim).await?;
-                        }
-                    }
-                }
-                lim.moved.set(lim.moved.get() + (p - start) as u64);
-                src.pos = p;
-                if done {
-                    return Ok(());
-                }
-                // Keep an incomplete size line or trailer for the next step.
-                src.compact();
-                read_body(
-                    src_stream,
-                    src,
-                    src_side,
-                    lim,
-                    CHUNK_FRAMING_ROOM.max(BODY_CHUNK),
-                )
-                .await?;
-            }
-        }
-    }
+/// Which way a body moves: client to upstream (a request) or back (a response).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Up,
+    Down,
 }
 
-/// Moves `remaining` body bytes socket -> pipe -> socket without copying them through user
-/// space. Never reads past the body, so a pipelined next request stays in the socket.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn splice_body(
-    ctx: &WorkerCtx,
-    upward: bool,
-    src: &mut Stream,
-    src_side: Side,
-    dst: &mut Stream,
-    dst_side: Side,
-    pipe: &mut SplicePipe,
-    mut remaining: u64,
-    lim: &BodyLimits,
-) -> Result<(), ProxyError> {
-    src.prepare_splice().map_err(|e| io_err(src_side, e))?;
-    dst.prepare_splice().map_err(|e| io_err(dst_side, e))?;
-    while remaining > 0 {
-        let want = remaining.min(SPLICE_CHUNK as u64) as u32;
-        let n = match timed(lim.read_timeout, src.splice_in(pipe, want)).await {
-            None => return Err(timeout_err(src_side)),
-            Some(Ok(0)) => return Err(io_err(src_side, std::io::ErrorKind::UnexpectedEof.into())),
-            Some(Ok(n)) => n,
-            Some(Err(e)) => return Err(io_err(src_side, e)),
-        };
-        match timed(lim.write_timeout, dst.splice_out(pipe, n)).await {
-            None => return Err(timeout_err(dst_side)),
-            Some(Err(e)) => return Err(io_err(dst_side, e)),
-            Some(Ok(())) => {}
+/// One body on its way from `src` to `dst`. `buf[pos..]` holds bytes of it that arrived with
+/// the head; on return it holds whatever followed the body.
+pub(crate) struct Relay<'a> {
+    pub(crate) ctx: &'a WorkerCtx,
+    pub(crate) dir: Dir,
+    pub(crate) src: &'a mut Stream,
+    pub(crate) buf: &'a mut RecvBuf,
+    pub(crate) dst: &'a mut Stream,
+    /// Scratch space for re-coded chunks.
+    pub(crate) aux: &'a mut Vec<u8>,
+    pub(crate) lim: &'a BodyLimits,
+}
+
+impl Relay<'_> {
+    /// The side each end's failures are blamed on: `(source, destination)`.
+    fn sides(&self) -> (Side, Side) {
+        match self.dir {
+            Dir::Up => (Side::Downstream, Side::Upstream),
+            Dir::Down => (Side::Upstream, Side::Downstream),
         }
-        remaining -= n as u64;
-        ctx.count_spliced(upward, n as u64);
     }
-    Ok(())
+
+    fn moved(&self, n: u64) {
+        self.lim.moved.set(self.lim.moved.get() + n);
+    }
+
+    /// Streams the whole body, framed as `framing`, written as `encode` says.
+    pub(crate) async fn body(
+        &mut self,
+        framing: Framing,
+        encode: Encode,
+    ) -> Result<(), ProxyError> {
+        match framing {
+            Framing::None => Ok(()),
+            Framing::Length(n) => self.length(n, encode).await,
+            Framing::CloseDelimited => self.until_close(encode).await,
+            Framing::Chunked => self.chunked(encode).await,
+        }
+    }
+
+    async fn length(&mut self, n: u64, encode: Encode) -> Result<(), ProxyError> {
+        let mut remaining = n;
+        loop {
+            let take = (self.buf.pending() as u64).min(remaining) as usize;
+            if take > 0 {
+                let at = self.buf.pos;
+                self.write_range(at..at + take, encode).await?;
+                self.buf.pos += take;
+                remaining -= take as u64;
+                self.moved(take as u64);
+            }
+            if remaining == 0 {
+                return Ok(());
+            }
+            if encode == Encode::Raw
+                && remaining >= SPLICE_MIN_BODY
+                && self.src.can_splice()
+                && self.dst.can_splice()
+            {
+                if let Some(mut pipe) = self.ctx.take_pipe() {
+                    // An error may leave bytes in the pipe: then it is dropped, not reused.
+                    self.splice(&mut pipe, remaining).await?;
+                    self.ctx.return_pipe(pipe);
+                    self.moved(remaining);
+                    return Ok(());
+                }
+            }
+            self.buf.reset();
+            self.read(BODY_CHUNK).await?;
+        }
+    }
+
+    async fn until_close(&mut self, encode: Encode) -> Result<(), ProxyError> {
+        loop {
+            if self.buf.pending() > 0 {
+                let range = self.buf.pos..self.buf.buf.len();
+                self.write_range(range, encode).await?;
+                self.moved(self.buf.pending() as u64);
+                self.buf.pos = self.buf.buf.len();
+            }
+            self.buf.reset();
+            match self.read(BODY_CHUNK).await {
+                Ok(()) => {}
+                Err(ProxyError {
+                    kind: ErrorKind::UpstreamIo { err, .. },
+                    ..
+                }) if err.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if encode == Encode::Chunk {
+            self.aux.clear();
+            self.aux.extend_from_slice(LAST_CHUNK);
+            self.write_aux().await?;
+        }
+        Ok(())
+    }
+
+    async fn chunked(&mut self, encode: Encode) -> Result<(), ProxyError> {
+        let (src_side, _) = self.sides();
+        let mut dec = ChunkedDecoder::new();
+        let mut payload = 0u64;
+        loop {
+            // Walk what is buffered: forward raw framing+data, or only the data.
+            let start = self.buf.pos;
+            let mut p = start;
+            self.aux.clear();
+            let mut done = false;
+            while p < self.buf.buf.len() {
+                let step = dec.step(&self.buf.buf[p..]).map_err(|e| {
+                    let why = match e {
+                        BodyError::Malformed(w) | BodyError::TooLarge(w) => w,
+                    };
+                    match src_side {
+                        Side::Downstream => ProxyError::downstream(ErrorKind::BadBody(why)),
+                        _ => ProxyError::upstream(ErrorKind::UpstreamInvalid(why), false),
+                    }
+                })?;
+                if let Some(r) = &step.data {
+                    payload += r.len() as u64;
+                    if encode == Encode::Dechunk {
+                        self.aux
+                            .extend_from_slice(&self.buf.buf[p + r.start..p + r.end]);
+                    }
+                }
+                p += step.consumed;
+                if step.done {
+                    done = true;
+                    break;
+                }
+                if step.consumed == 0 {
+                    break;
+                }
+            }
+            if self.lim.max.is_some_and(|m| payload > m) {
+                return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
+            }
+            match encode {
+                Encode::Discard => {}
+                Encode::Dechunk => {
+                    if !self.aux.is_empty() {
+                        self.write_aux().await?;
+                    }
+                }
+                _ => {
+                    if p > start {
+                        self.write_range(start..p, Encode::Raw).await?;
+                    }
+                }
+            }
+            self.moved((p - start) as u64);
+            self.buf.pos = p;
+            if done {
+                return Ok(());
+            }
+            // Keep an incomplete size line or trailer for the next step.
+            self.buf.compact();
+            self.read(CHUNK_FRAMING_ROOM.max(BODY_CHUNK)).await?;
+        }
+    }
+
+    /// Moves `remaining` body bytes socket -> pipe -> socket without copying them through user
+    /// space. Never reads past the body, so a pipelined next request stays in the socket.
+    async fn splice(
+        &mut self,
+        pipe: &mut SplicePipe,
+        mut remaining: u64,
+    ) -> Result<(), ProxyError> {
+        let (src_side, dst_side) = self.sides();
+        self.src.prepare_splice().map_err(|e| io_err(src_side, e))?;
+        self.dst.prepare_splice().map_err(|e| io_err(dst_side, e))?;
+        while remaining > 0 {
+            let want = remaining.min(SPLICE_CHUNK as u64) as u32;
+            let n = match timed(self.lim.read_timeout, self.src.splice_in(pipe, want)).await {
+                None => return Err(timeout_err(src_side)),
+                Some(Ok(0)) => {
+                    return Err(io_err(src_side, std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return Err(io_err(src_side, e)),
+            };
+            match timed(self.lim.write_timeout, self.dst.splice_out(pipe, n)).await {
+                None => return Err(timeout_err(dst_side)),
+                Some(Err(e)) => return Err(io_err(dst_side, e)),
+                Some(Ok(())) => {}
+            }
+            remaining -= n as u64;
+            self.ctx.count_spliced(self.dir == Dir::Up, n as u64);
+        }
+        Ok(())
+    }
+
+    /// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
+    async fn read(&mut self, cap: usize) -> Result<(), ProxyError> {
+        let (side, _) = self.sides();
+        match timed(self.lim.read_timeout, self.buf.read_more(self.src, cap)).await {
+            None => Err(timeout_err(side)),
+            Some(Ok(0)) => Err(io_err(side, std::io::ErrorKind::UnexpectedEof.into())),
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(io_err(side, e)),
+        }
+    }
+
+    /// Writes `buf.buf[range]` to the destination, wrapped in a chunk when re-coding.
+    async fn write_range(&mut self, range: Range<usize>, encode: Encode) -> Result<(), ProxyError> {
+        let (_, side) = self.sides();
+        if encode == Encode::Discard {
+            return Ok(());
+        }
+        if encode == Encode::Chunk {
+            self.aux.clear();
+            write_chunk_header(range.len(), self.aux);
+            self.aux.extend_from_slice(&self.buf.buf[range]);
+            self.aux.extend_from_slice(b"\r\n");
+            return self.write_aux().await;
+        }
+        let buf = std::mem::take(&mut self.buf.buf);
+        let res = timed(self.lim.write_timeout, self.dst.write_range(buf, range)).await;
+        match res {
+            Some((r, buf)) => {
+                self.buf.buf = buf;
+                r.map_err(|e| io_err(side, e))
+            }
+            None => Err(timeout_err(side)),
+        }
+    }
+
+    async fn write_aux(&mut self) -> Result<(), ProxyError> {
+        let (_, side) = self.sides();
+        let buf = std::mem::take(self.aux);
+        match timed(self.lim.write_timeout, self.dst.write_all(buf)).await {
+            Some((r, buf)) => {
+                *self.aux = buf;
+                r.map_err(|e| io_err(side, e))
+            }
+            None => Err(timeout_err(side)),
+        }
+    }
 }
 
 /// Reads until `want` body bytes (or the whole body, if shorter) sit in `rb` after `rb.pos`,
@@ -276,93 +332,5 @@ pub(crate) fn chunked_complete(bytes: &[u8]) -> bool {
             Ok(step) => p += step.consumed,
             Err(_) => return true,
         }
-    }
-}
-
-/// Streams the rest of a request body from the client to the upstream, as received.
-pub(crate) async fn send_request_body(
-    ctx: &WorkerCtx,
-    client: &mut Stream,
-    down: &mut RecvBuf,
-    upstream: &mut Stream,
-    rest: Framing,
-    aux: &mut Vec<u8>,
-    lim: &BodyLimits,
-) -> Result<(), ProxyError> {
-    relay_body(
-        ctx,
-        true,
-        client,
-        down,
-        Side::Downstream,
-        upstream,
-        Side::Upstream,
-        rest,
-        Encode::Raw,
-        aux,
-        lim,
-    )
-    .await
-}
-
-/// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
-pub(crate) async fn read_body(
-    stream: &mut Stream,
-    src: &mut RecvBuf,
-    side: Side,
-    lim: &BodyLimits,
-    cap: usize,
-) -> Result<(), ProxyError> {
-    match timed(lim.read_timeout, src.read_more(stream, cap)).await {
-        None => Err(timeout_err(side)),
-        Some(Ok(0)) => Err(io_err(side, std::io::ErrorKind::UnexpectedEof.into())),
-        Some(Ok(_)) => Ok(()),
-        Some(Err(e)) => Err(io_err(side, e)),
-    }
-}
-
-pub(crate) async fn write_out(
-    dst: &mut Stream,
-    side: Side,
-    src: &mut RecvBuf,
-    range: std::ops::Range<usize>,
-    encode: Encode,
-    aux: &mut Vec<u8>,
-    lim: &BodyLimits,
-) -> Result<(), ProxyError> {
-    if encode == Encode::Discard {
-        return Ok(());
-    }
-    if encode == Encode::Chunk {
-        aux.clear();
-        write_chunk_header(range.len(), aux);
-        aux.extend_from_slice(&src.buf[range]);
-        aux.extend_from_slice(b"\r\n");
-        return write_aux(dst, side, aux, lim).await;
-    }
-    let buf = std::mem::take(&mut src.buf);
-    let res = timed(lim.write_timeout, dst.write_range(buf, range)).await;
-    match res {
-        Some((r, buf)) => {
-            src.buf = buf;
-            r.map_err(|e| io_err(side, e))
-        }
-        None => Err(timeout_err(side)),
-    }
-}
-
-pub(crate) async fn write_aux(
-    dst: &mut Stream,
-    side: Side,
-    aux: &mut Vec<u8>,
-    lim: &BodyLimits,
-) -> Result<(), ProxyError> {
-    let buf = std::mem::take(aux);
-    match timed(lim.write_timeout, dst.write_all(buf)).await {
-        Some((r, buf)) => {
-            *aux = buf;
-            r.map_err(|e| io_err(side, e))
-        }
-        None => Err(timeout_err(side)),
     }
 }

@@ -4,12 +4,10 @@ use std::io::Write as _;
 
 use crate::config::Respond;
 use crate::error::reason_phrase;
-use crate::http1::forward::{Client, ReqInfo};
+use crate::http1::forward::ReqInfo;
 use crate::http1::parse::{Framing, RequestHead};
 use crate::http1::response::finish_conn_header;
-use crate::net::stream::Stream;
-use crate::proxy::session::{RecvBuf, Scratch};
-use crate::worker::ctx::WorkerCtx;
+use crate::proxy::session::{RecvBuf, Session};
 
 /// Whether the rest of the request body is already in the buffer (so answering without
 /// proxying can skip it and keep the connection).
@@ -24,13 +22,9 @@ pub(crate) fn skip_buffered_body(down: &mut RecvBuf, head: &RequestHead) -> bool
     }
 }
 
-pub(crate) async fn respond_simple(
-    stream: &mut Stream,
-    down: &mut RecvBuf,
-    s: &mut Scratch,
-    head: &RequestHead,
-    status: u16,
-) -> bool {
+/// A plain-text status page (`404 Not Found`); whether the connection stays open.
+pub(crate) async fn respond_simple(sess: &mut Session<'_>, status: u16) -> bool {
+    let (down, s, head) = (&mut *sess.down, &mut *sess.s, sess.head);
     s.status = status;
     down.pos = head.head_len;
     let keep = head.keep_alive() && skip_buffered_body(down, head);
@@ -43,7 +37,7 @@ pub(crate) async fn respond_simple(
     }
     s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
-    let (res, out) = stream.write_all(out).await;
+    let (res, out) = sess.stream.write_all(out).await;
     s.out = out;
     res.is_ok() && keep
 }
@@ -52,15 +46,11 @@ pub(crate) fn is_head(buf: &[u8], head: &RequestHead) -> bool {
     head.method.get(buf) == b"HEAD"
 }
 
-pub(crate) async fn respond(
-    ctx: &WorkerCtx,
-    client: &Client,
-    stream: &mut Stream,
-    down: &mut RecvBuf,
-    s: &mut Scratch,
-    head: &RequestHead,
-    r: &Respond,
-) -> bool {
+/// A route's `respond`: status, headers and body rendered from templates; whether the
+/// connection stays open.
+pub(crate) async fn respond(sess: &mut Session<'_>, r: &Respond) -> bool {
+    let (ctx, client, head) = (sess.ctx, sess.client, sess.head);
+    let (down, s) = (&mut *sess.down, &mut *sess.s);
     let keep = head.keep_alive() && skip_buffered_body(down, head) && !ctx.draining();
     s.status = r.status;
     let info = ReqInfo {
@@ -98,7 +88,7 @@ pub(crate) async fn respond(
     }
     s.bytes_out = s.out.len() as u64;
     let out = std::mem::take(&mut s.out);
-    let (res, out) = stream.write_all(out).await;
+    let (res, out) = sess.stream.write_all(out).await;
     s.out = out;
     res.is_ok() && keep
 }

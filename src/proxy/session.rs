@@ -1,13 +1,15 @@
 //! The state of one downstream connection and of the request it is serving: receive buffers,
 //! scratch space reused across requests, and how an exchange ended.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::error::ProxyError;
-use crate::http1::forward::HeaderList;
-use crate::http1::parse::{HeadLimits, HeaderIdx};
+use crate::error::{write_error_response, ProxyError, Side};
+use crate::http1::forward::{Client, HeaderList};
+use crate::http1::parse::{HeadLimits, HeaderIdx, RequestHead};
 use crate::net::stream::{reserve_read_space, Stream};
 use crate::upstream::pool::UpConn;
+use crate::worker::ctx::WorkerCtx;
 
 /// Initial receive buffer per connection side: one read takes a typical head plus a small body.
 pub(crate) const INITIAL_BUF: usize = 16 * 1024;
@@ -124,6 +126,43 @@ pub(crate) struct Scratch {
     pub(crate) bytes_out: u64,
     /// The upstream target that answered, as `[upstream, target]` (access log).
     pub(crate) target: Option<(usize, usize)>,
+}
+
+/// One request on a downstream connection: the generation serving it, the connection's stream
+/// and buffers, and the parsed head. Every stage of the exchange takes this one value.
+pub(crate) struct Session<'a> {
+    pub(crate) ctx: &'a Rc<WorkerCtx>,
+    pub(crate) listener: usize,
+    pub(crate) client: &'a Client,
+    pub(crate) stream: &'a mut Stream,
+    /// The client side's receive buffer; the head sits at `buf[..head.head_len]`.
+    pub(crate) down: &'a mut RecvBuf,
+    /// The upstream side's receive buffer, kept across requests.
+    pub(crate) ubuf: &'a mut Vec<u8>,
+    pub(crate) s: &'a mut Scratch,
+    pub(crate) head: &'a RequestHead,
+}
+
+impl Session<'_> {
+    /// Sends the error's status (when the client can still be answered); the caller closes.
+    pub(crate) async fn answer_error(&mut self, e: &ProxyError) {
+        answer_error(self.stream, &mut self.s.out, e).await;
+    }
+}
+
+/// Sends the error's status (when the client can still be answered); the caller closes.
+pub(crate) async fn answer_error(stream: &mut Stream, out: &mut Vec<u8>, e: &ProxyError) {
+    match e.side {
+        Side::Downstream => tracing::debug!("closing client connection: {e}"),
+        _ => tracing::warn!("{e}"),
+    }
+    if let Some(status) = e.status() {
+        out.clear();
+        write_error_response(status, out);
+        let buf = std::mem::take(out);
+        let (_, buf) = stream.write_all(buf).await;
+        *out = buf;
+    }
 }
 
 /// How an exchange left the client connection.
