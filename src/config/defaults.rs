@@ -121,5 +121,7 @@ pub const MAX_IDLE_PER_WORKER: usize = 32;
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Verification stays on unless turned off by name.
 pub const INSECURE_SKIP_VERIFY: bool = false;
+/// `http://` targets without a port.
+pub const HTTP_PORT: u16 = 80;
 /// Caddy's rule: a target on 443 is dialed with TLS without being told.
 pub const HTTPS_PORT: u16 = 443;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{resolve, split_host_port, Res, Validator};
-use crate::config::file::{ListenerFile, MatchFile, RespondFile, RouteFile};
+use crate::config::file::{ListenerFile, MatchFile, RespondFile, RouteFile, Strings};
 use crate::config::spans::join;
 use crate::config::units::{dur, Dur};
 use crate::config::{
@@ -111,6 +111,18 @@ impl Validator<'_> {
             ));
         }
         if tcp {
+            // Layer 4 copies bytes: an HTTP version or HTTP/2 limits would mean nothing there.
+            for (k, written) in [
+                ("protocols", l.protocols.is_some()),
+                ("http2", l.http2.is_some()),
+            ] {
+                if written {
+                    return Err(self.at_key(
+                        &join(key, k),
+                        "only valid on http listeners; a tcp listener tunnels bytes",
+                    ));
+                }
+            }
             let tcp = TcpListenerFile {
                 has_routes: l.routes.is_some(),
                 upstream: l.upstream,
@@ -119,6 +131,15 @@ impl Validator<'_> {
                 tls,
             };
             return self.tcp_listener(key, name, addr, tcp, upstreams);
+        }
+        if let Some(list) = &l.protocols {
+            self.protocols(&join(key, "protocols"), list)?;
+        }
+        if l.http2.is_some() {
+            return Err(self.at_key(
+                &join(key, "http2"),
+                "not supported yet (HTTP/2 is being built; its limits come with it)",
+            ));
         }
         if l.upstream.is_some() {
             return Err(self.at_key(
@@ -189,7 +210,47 @@ impl Validator<'_> {
         })
     }
 
+    /// `protocols`: only HTTP/1.x is served today, so only `[h1]` is accepted.
+    fn protocols(&self, key: &str, list: &Strings) -> Res<()> {
+        if list.items.is_empty() {
+            return Err(self.at_value(key, "at least one protocol is required (use [h1])"));
+        }
+        for (i, p) in list.items.iter().enumerate() {
+            match p.as_str() {
+                "h1" => {}
+                "h2" | "h2c" => {
+                    return Err(
+                        self.at_value(key, "not supported yet (HTTP/2 is being built; use [h1])")
+                    )
+                }
+                other => {
+                    return Err(self.at_value(
+                        &list.item_key(key, i),
+                        format!("unknown protocol \"{other}\" (expected h1, h2 or h2c)"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn route(&self, key: &str, r: RouteFile, upstreams: &[&str]) -> Res<Route> {
+        for (k, written, why) in [
+            (
+                "handle_response",
+                r.handle_response.is_some(),
+                "not supported yet (handling upstream responses is planned)",
+            ),
+            (
+                "error_pages",
+                r.error_pages.is_some(),
+                "not supported yet (error pages are planned)",
+            ),
+        ] {
+            if written {
+                return Err(self.at_key(&join(key, k), why));
+            }
+        }
         let matcher = match r.matcher {
             Some(m) => self.matcher(&join(key, "match"), m)?,
             None => Match::default(),

@@ -13,7 +13,9 @@ use super::defaults;
 use super::file::{AccessLogFile, AdminFile, FileConfig, LimitsFile, LogFile, Strings, ONE_OP};
 use super::spans::{join, Pos, Spans};
 use super::units::{dur, size, Workers};
-use super::{AccessLog, Config, ConfigError, Driver, Limits, ListenAddr, Log, LogFormat};
+use super::{
+    AccessLog, Config, ConfigError, Driver, Limits, ListenAddr, ListenerKind, Log, LogFormat,
+};
 use crate::template::Template;
 
 mod headers;
@@ -147,7 +149,16 @@ impl Validator<'_> {
         let listeners = self.listeners(f.listeners, &names, has_trusted)?;
         let upstreams = upstreams_raw
             .into_iter()
-            .map(|(name, u)| self.upstream(name, u))
+            .enumerate()
+            .map(|(i, (name, u))| {
+                // A tcp listener's upstream is refused its HTTP-only keys, even when http
+                // routes use it too: on the tunnel they would silently do nothing.
+                let tcp_user = listeners.iter().find_map(|l| match l.kind {
+                    ListenerKind::Tcp { upstream, .. } if upstream == i => Some(l.name.as_str()),
+                    _ => None,
+                });
+                self.upstream(name, u, tcp_user)
+            })
             .collect::<Res<Vec<_>>>()?;
         self.proxy_protocol_only_for_tcp(&listeners, &upstreams)?;
         Ok(Config {

@@ -21,10 +21,19 @@ const POLICIES: &str = "random, random_choose, first, round_robin, weighted_roun
      least_conn, ip_hash, client_ip_hash, uri_hash, query, header, cookie, p2c_ewma";
 
 impl Validator<'_> {
-    pub(super) fn upstream(&self, name: String, u: UpstreamFile) -> Res<Upstream> {
+    /// `tcp_user`: the tcp listener this upstream serves, if any.
+    pub(super) fn upstream(
+        &self,
+        name: String,
+        u: UpstreamFile,
+        tcp_user: Option<&str>,
+    ) -> Res<Upstream> {
         let key = join("upstreams", &name);
         if name.is_empty() {
             return Err(self.at_key(&key, "an upstream name must not be empty"));
+        }
+        if let Some(listener) = tcp_user {
+            self.layer4_upstream(&key, &u, listener)?;
         }
         let mut targets = Vec::new();
         let mut schemes = Vec::new();
@@ -349,6 +358,30 @@ impl Validator<'_> {
     }
 
     pub(super) fn transport(&self, key: &str, t: TransportFile) -> Res<Transport> {
+        match t.protocol.as_deref() {
+            None | Some("http") => {}
+            Some("fastcgi") => {
+                return Err(self.at_value(
+                    &join(key, "protocol"),
+                    "not supported yet (FastCGI is planned; use http)",
+                ))
+            }
+            Some(other) => {
+                return Err(self.at_value(
+                    &join(key, "protocol"),
+                    format!("unknown transport protocol \"{other}\" (expected http or fastcgi)"),
+                ))
+            }
+        }
+        if let Some(versions) = &t.versions {
+            self.versions(&join(key, "versions"), versions)?;
+        }
+        if t.fastcgi.is_some() {
+            return Err(self.at_key(
+                &join(key, "fastcgi"),
+                "not supported yet (FastCGI is planned)",
+            ));
+        }
         let proxy_protocol = match t.proxy_protocol.as_deref() {
             None | Some("off") => ProxyProtocol::Off,
             Some("v1") => ProxyProtocol::V1,
@@ -405,6 +438,38 @@ impl Validator<'_> {
     }
 }
 
+impl Validator<'_> {
+    /// `transport.versions`: upstreams are spoken to in HTTP/1.1 only, so only `["1.1"]`.
+    fn versions(&self, key: &str, list: &[serde_yaml::Value]) -> Res<()> {
+        if list.is_empty() {
+            return Err(self.at_value(key, "at least one version is required (use [\"1.1\"])"));
+        }
+        for (i, v) in list.iter().enumerate() {
+            let text = match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                other => format!("{other:?}"),
+            };
+            match text.as_str() {
+                "1.1" => {}
+                "2" => {
+                    return Err(self.at_value(
+                        key,
+                        "not supported yet (HTTP/2 to upstreams is planned; use [\"1.1\"])",
+                    ))
+                }
+                _ => {
+                    return Err(self.at_value(
+                        &format!("{key}[{i}]"),
+                        format!("unknown HTTP version \"{text}\" (expected \"1.1\" or \"2\")"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `"host:port"`, `"http://host[:port]"` or `"unix//path"`.
 pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
     if let Some(path) = s.strip_prefix("unix/") {
@@ -415,7 +480,10 @@ pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
     }
     let (hostport, default_port) = match s.split_once("://") {
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
-            "http" => (rest.strip_suffix('/').unwrap_or(rest), Some(80)),
+            "http" => (
+                rest.strip_suffix('/').unwrap_or(rest),
+                Some(defaults::HTTP_PORT),
+            ),
             "https" => (
                 rest.strip_suffix('/').unwrap_or(rest),
                 Some(defaults::HTTPS_PORT),
