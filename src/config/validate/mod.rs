@@ -649,7 +649,16 @@ mod tests {
             assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
             assert!(e.message.starts_with("not supported yet"), "{e}");
         }
-        let listener: [(&str, usize, &str); 0] = [];
+        let listener = [
+            ("protocols: [h1, h2]", 3, "listeners[0].protocols"),
+            ("protocols: [h2c]", 3, "listeners[0].protocols"),
+            ("protocols: h2", 3, "listeners[0].protocols"),
+            (
+                "http2: { max_concurrent_streams: 100 }",
+                3,
+                "listeners[0].http2",
+            ),
+        ];
         for (extra, line, key) in listener {
             let text = format!(
                 "listeners:\n  - listen: 127.0.0.1:8080\n    {extra}\n    \
@@ -659,8 +668,37 @@ mod tests {
             assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
             assert!(e.message.starts_with("not supported yet"), "{e}");
         }
+        let route = [
+            (
+                "handle_response: [{ match: { status: [5xx] }, replace_status: 503 }]",
+                "handle_response",
+            ),
+            ("error_pages: { 502: /etc/ringway/502.html }", "error_pages"),
+        ];
+        for (extra, key) in route {
+            let text = format!(
+                "listeners:\n  - listen: 127.0.0.1:8080\n    routes:\n      - respond: {{}}\n        \
+                 {extra}\n"
+            );
+            let e = Config::parse(&text, "t").expect_err(key);
+            let key = format!("listeners[0].routes[0].{key}");
+            assert_eq!((e.line, e.key.as_str()), (5, key.as_str()), "{e}");
+            assert!(e.message.starts_with("not supported yet"), "{e}");
+        }
         // Line 8 is the first line after the base file built by `with_upstream`.
         let upstream = [
+            ("transport:\n  protocol: fastcgi", 9, "transport.protocol"),
+            (
+                "transport:\n  versions: [\"1.1\", \"2\"]",
+                9,
+                "transport.versions",
+            ),
+            ("transport:\n  versions: [\"2\"]", 9, "transport.versions"),
+            (
+                "transport:\n  fastcgi: { root: /var/www, index: index.php }",
+                9,
+                "transport.fastcgi",
+            ),
             ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
             (
                 "transport:\n  proxy_protocol: v2",
@@ -700,6 +738,50 @@ mod tests {
         );
         let text = format!("log: {{ access_log: false }}\n{text}");
         Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn new_contract_keys_are_accepted_at_what_ringway_does() {
+        let text = with_upstream("transport: { protocol: http, versions: [\"1.1\", 1.1] }");
+        let text = text.replace(
+            "  - listen: 127.0.0.1:8080\n",
+            "  - listen: 127.0.0.1:8080\n    protocols: [h1]\n",
+        );
+        Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn new_contract_keys_with_unknown_values_are_located() {
+        let listener = "listeners:\n  - listen: 127.0.0.1:8080\n    protocols: [h1, h3]\n    \
+                        routes: [{ respond: {} }]\n";
+        assert_err(
+            listener,
+            3,
+            "listeners[0].protocols[1]",
+            "unknown protocol \"h3\"",
+        );
+        let e = upstream_err("transport: { protocol: grpc }");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.transport.protocol")
+        );
+        assert!(e.message.contains("unknown transport protocol"), "{e}");
+        let e = upstream_err("transport: { versions: [\"3\"] }");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.transport.versions[0]")
+        );
+        let e = upstream_err("transport: { versions: [] }");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "upstreams.api.transport.versions")
+        );
+        let e = upstream_err("transport:\n  fastcgi: { rot: /var/www }");
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (9, "upstreams.api.transport.fastcgi.rot")
+        );
+        assert!(e.message.starts_with("unknown key"), "{e}");
     }
 
     #[test]
