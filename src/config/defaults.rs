@@ -13,6 +13,10 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
 /// Pinning avoids cross-core migration of a worker's hot caches.
 pub const PIN_WORKERS: bool = true;
+/// io_uring where the kernel allows it, epoll (with a warning) where it does not.
+pub const DRIVER: &str = "auto";
+/// Read by people first; `json` is for log shippers.
+pub const LOG_FORMAT: &str = "text";
 /// Chatty enough to see lifecycle events, quiet per request.
 pub const LOG_LEVEL: &str = "info";
 
@@ -39,6 +43,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 // Listeners.
 
+/// A listener without `protocol` serves HTTP, the common case.
+pub const LISTENER_PROTOCOL: &str = "http";
+/// TLS 1.2 is still needed by older clients; 1.0/1.1 are never offered.
+pub const TLS_MIN_VERSION: &str = "1.2";
 /// The only ALPN protocol served until HTTP/2 lands.
 pub const ALPN: &str = "http/1.1";
 /// A client that has not finished its TLS handshake by then is stalled or hostile.
@@ -119,6 +127,10 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_IDLE_PER_WORKER: usize = 32;
 /// A target that has not finished its handshake by then is stalled.
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Targets speak HTTP unless told otherwise (FastCGI is planned).
+pub const TRANSPORT_PROTOCOL: &str = "http";
+/// A PROXY header is sent only to targets that expect one: others would read it as data.
+pub const PROXY_PROTOCOL: &str = "off";
 /// Verification stays on unless turned off by name.
 pub const INSECURE_SKIP_VERIFY: bool = false;
 /// `http://` targets without a port.

@@ -80,7 +80,6 @@ pub(super) struct ListenerFile {
     pub(super) idle_timeout: Option<Dur>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListenerTlsFile {

@@ -72,10 +72,10 @@ impl Validator<'_> {
             return Err(self.at_value(&join(key, "name"), "must not be empty"));
         }
         let addr = parse_listen(&l.listen).map_err(|m| self.at_value(&join(key, "listen"), m))?;
-        let tcp = match l.protocol.as_deref() {
-            None | Some("http") => false,
-            Some("tcp") => true,
-            Some(other) => {
+        let tcp = match l.protocol.as_deref().unwrap_or(defaults::LISTENER_PROTOCOL) {
+            "http" => false,
+            "tcp" => true,
+            other => {
                 return Err(self.at_value(
                     &join(key, "protocol"),
                     format!("unknown protocol \"{other}\" (expected http or tcp)"),

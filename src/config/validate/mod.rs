@@ -112,11 +112,11 @@ impl Validator<'_> {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             }
         };
-        let driver = match f.driver.as_deref() {
-            None | Some("auto") => Driver::Auto,
-            Some("io_uring") => Driver::IoUring,
-            Some("epoll") => Driver::Epoll,
-            Some(other) => {
+        let driver = match f.driver.as_deref().unwrap_or(defaults::DRIVER) {
+            "auto" => Driver::Auto,
+            "io_uring" => Driver::IoUring,
+            "epoll" => Driver::Epoll,
+            other => {
                 return Err(self.at_value(
                     "driver",
                     format!("unknown driver \"{other}\" (expected auto, io_uring or epoll)"),
@@ -187,10 +187,10 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let format = match l.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
+        let format = match l.format.as_deref().unwrap_or(defaults::LOG_FORMAT) {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
                 return Err(self.at_value(
                     "log.format",
                     format!("unknown log format \"{other}\" (expected text or json)"),

@@ -44,10 +44,10 @@ impl Validator<'_> {
             serde_yaml::Value::Number(n) => n.to_string(),
             other => format!("{other:?}"),
         });
-        let min_version = match min_version.as_deref() {
-            None | Some("1.2") => TlsVersion::V12,
-            Some("1.3") => TlsVersion::V13,
-            Some(other) => {
+        let min_version = match min_version.as_deref().unwrap_or(defaults::TLS_MIN_VERSION) {
+            "1.2" => TlsVersion::V12,
+            "1.3" => TlsVersion::V13,
+            other => {
                 return Err(self.at_value(
                     &join(key, "min_version"),
                     format!("unknown TLS version \"{other}\" (expected \"1.2\" or \"1.3\")"),

@@ -105,7 +105,7 @@ impl Validator<'_> {
         };
         // flush_interval needs nothing at run time: every upstream read is written to the
         // client at once, which meets any interval (and -1, and event streams).
-        let mut buffers = [0u64; 2];
+        let mut buffers = [defaults::BODY_BUFFER; 2];
         for (i, (k, v)) in [
             ("request_buffer", &u.request_buffer),
             ("response_buffer", &u.response_buffer),
@@ -358,15 +358,19 @@ impl Validator<'_> {
     }
 
     pub(super) fn transport(&self, key: &str, t: TransportFile) -> Res<Transport> {
-        match t.protocol.as_deref() {
-            None | Some("http") => {}
-            Some("fastcgi") => {
+        match t
+            .protocol
+            .as_deref()
+            .unwrap_or(defaults::TRANSPORT_PROTOCOL)
+        {
+            "http" => {}
+            "fastcgi" => {
                 return Err(self.at_value(
                     &join(key, "protocol"),
                     "not supported yet (FastCGI is planned; use http)",
                 ))
             }
-            Some(other) => {
+            other => {
                 return Err(self.at_value(
                     &join(key, "protocol"),
                     format!("unknown transport protocol \"{other}\" (expected http or fastcgi)"),
@@ -382,11 +386,15 @@ impl Validator<'_> {
                 "not supported yet (FastCGI is planned)",
             ));
         }
-        let proxy_protocol = match t.proxy_protocol.as_deref() {
-            None | Some("off") => ProxyProtocol::Off,
-            Some("v1") => ProxyProtocol::V1,
-            Some("v2") => ProxyProtocol::V2,
-            Some(other) => {
+        let proxy_protocol = match t
+            .proxy_protocol
+            .as_deref()
+            .unwrap_or(defaults::PROXY_PROTOCOL)
+        {
+            "off" => ProxyProtocol::Off,
+            "v1" => ProxyProtocol::V1,
+            "v2" => ProxyProtocol::V2,
+            other => {
                 return Err(self.at_value(
                     &join(key, "proxy_protocol"),
                     format!("unknown proxy_protocol \"{other}\" (expected off, v1 or v2)"),
