@@ -32,7 +32,7 @@ fn balancer(policy: &str, extra: &str) -> Balancer {
          health: {{ passive: {{ fail_duration: 10s }} }}\n{extra}",
         targets.join(", ")
     );
-    let config = ringway::config::parse(&yaml, "bench.yaml").expect("bench config");
+    let config = ringway::config::Config::parse(&yaml, "bench.yaml").expect("bench config");
     let shared = shared_targets(&config.upstreams).remove(0);
     Balancer::new(&config.upstreams[0], &shared, 0, 1)
 }

@@ -31,7 +31,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = config::load(&cli.config);
+    let loaded = Config::load(&cli.config);
     match cli.command {
         Some(Command::Validate) => match loaded {
             Ok(c) => {

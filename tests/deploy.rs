@@ -98,7 +98,7 @@ fn security_context_is_non_root_and_allows_io_uring_through_the_shipped_profile(
 #[test]
 fn shipped_kubernetes_config_is_valid_and_enables_the_admin_endpoint() {
     let text = std::fs::read_to_string(format!("{DIR}/config.yaml")).unwrap();
-    let c = ringway::config::parse(&text, "deploy/kubernetes/config.yaml")
+    let c = ringway::config::Config::parse(&text, "deploy/kubernetes/config.yaml")
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.admin.map(|a| a.port()), Some(9901));
 }

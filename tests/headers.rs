@@ -301,7 +301,7 @@ fn header_operations_on_framing_fields_are_config_errors() {
                 "{}    headers:\n      {side}:\n        - {op}\n",
                 one_upstream_yaml("127.0.0.1:9", "")
             );
-            match ringway::config::parse(&yaml, "test.yaml") {
+            match ringway::config::Config::parse(&yaml, "test.yaml") {
                 Ok(_) => {
                     panic!("headers.{side} `{op}` was accepted: it could break message framing")
                 }

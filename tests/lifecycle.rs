@@ -87,7 +87,7 @@ fn start_fails_when_the_port_is_taken() {
     let yaml = format!(
         "driver: epoll\npin_workers: false\nworkers: 1\nlisteners:\n  - name: web\n    listen: {addr}\n    routes:\n      - respond: {{ status: 200 }}\n"
     );
-    let config = ringway::config::parse(&yaml, "test.yaml").expect("valid config");
+    let config = ringway::config::Config::parse(&yaml, "test.yaml").expect("valid config");
     match ringway::control::Server::start(config) {
         Ok(s) => {
             s.shutdown();

@@ -193,7 +193,7 @@ driver_tests! {
         let tcp = |idle: &str| {
             format!(
                 "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
-                 upstreams:\n  app:\n    targets: [$B1]\n    transport:\n      idle_timeout: {idle}\n"
+                 upstreams:\n  app:\n    targets: [$B1]\n    transport:\n      dial_timeout: {idle}\n"
             )
         };
         let proxy = Proxy::start(driver, &tcp("30s"), &vars);

@@ -54,7 +54,7 @@ fn selection_allocates_nothing_for_any_policy() {
              lb: {{ policy: {policy}{key} }}\n    \
              health: {{ passive: {{ fail_duration: 10s, max_fails: 2 }} }}\n"
         );
-        let config = ringway::config::parse(&yaml, "t.yaml").unwrap();
+        let config = ringway::config::Config::parse(&yaml, "t.yaml").unwrap();
         let shared = shared_targets(&config.upstreams).remove(0);
         let b = Balancer::new(&config.upstreams[0], &shared, 0, 1);
         let keys: [Option<&[u8]>; 2] = [None, Some(b"user-42")];

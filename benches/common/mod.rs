@@ -139,7 +139,8 @@ pub struct HeadRewrite {
 
 impl HeadRewrite {
     pub fn new(head: Vec<u8>) -> Self {
-        let config = ringway::config::parse(REWRITE_CONFIG, "bench.yaml").expect("bench config");
+        let config =
+            ringway::config::Config::parse(REWRITE_CONFIG, "bench.yaml").expect("bench config");
         // A client straight from the internet: untrusted, so its X-Forwarded-For is replaced.
         let peer = "198.51.100.23:50123".parse().expect("peer address");
         let client = Client {

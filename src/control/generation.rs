@@ -149,7 +149,7 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> Arc<Config> {
-        Arc::new(crate::config::parse(yaml, "test.yaml").expect("valid config"))
+        Arc::new(crate::config::Config::parse(yaml, "test.yaml").expect("valid config"))
     }
 
     fn addrs() -> Vec<ListenAddr> {

@@ -128,7 +128,7 @@ impl Control {
             .source
             .clone()
             .ok_or("the configuration was not read from a file; nothing to re-read")?;
-        let config = crate::config::load(&path).map_err(|e| e.to_string())?;
+        let config = crate::config::Config::load(&path).map_err(|e| e.to_string())?;
         self.swap_in(config)
     }
 

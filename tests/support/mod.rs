@@ -185,7 +185,7 @@ impl Proxy {
         // From a file, as `ringway run` does, so that reloads have something to re-read.
         let dir = TempDir::new();
         let path = dir.write("ringway.yaml", &yaml);
-        let config = ringway::config::load(&path)
+        let config = ringway::config::Config::load(&path)
             .unwrap_or_else(|e| panic!("test config did not parse: {e}\n--- config ---\n{yaml}"));
         let server = Server::start(config)
             .unwrap_or_else(|e| panic!("Server::start failed: {e}\n--- config ---\n{yaml}"));

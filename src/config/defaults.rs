@@ -1,0 +1,139 @@
+//! Every value a key takes when it is left out, and the bounds validation enforces.
+//!
+//! Named here, with the reason, so the contract (`shared/reference/config.yaml`) and the code
+//! can be compared in one place; the validator uses only these names, never a literal.
+
+use std::time::Duration;
+
+// Process.
+
+/// Long enough for a typical request to finish, short enough for a rolling deploy.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Off: only deployments behind a load balancer need the extra accepting time.
+pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// Pinning avoids cross-core migration of a worker's hot caches.
+pub const PIN_WORKERS: bool = true;
+/// io_uring where the kernel allows it, epoll (with a warning) where it does not.
+pub const DRIVER: &str = "auto";
+/// Read by people first; `json` is for log shippers.
+pub const LOG_FORMAT: &str = "text";
+/// Chatty enough to see lifecycle events, quiet per request.
+pub const LOG_LEVEL: &str = "info";
+
+// Downstream limits (http listeners).
+
+/// Big cookies and JWTs fit; a flood of headers does not (nginx/Caddy use similar bounds).
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// Below this even ordinary requests fail with 431.
+pub const MIN_MAX_HEADER_BYTES: u64 = 1024;
+/// Long query strings fit; URLs used as a data channel do not.
+pub const MAX_URI_BYTES: u64 = 8 * 1024;
+/// Room for `GET /`: a smaller bound would refuse every request.
+pub const MIN_MAX_URI_BYTES: u64 = 16;
+/// Browsers send about 20; 100 leaves room for proxies in between.
+pub const MAX_HEADERS: usize = 100;
+/// The parser keeps header positions in a fixed array of this size.
+pub const MAX_MAX_HEADERS: usize = 256;
+/// Unlimited: uploads are streamed, so a large body costs no memory.
+pub const MAX_REQUEST_BODY: u64 = 0;
+/// Bounds slowloris: a client must finish its head in this time.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive between requests: browsers reuse connections for about this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+// Listeners.
+
+/// A listener without `protocol` serves HTTP, the common case.
+pub const LISTENER_PROTOCOL: &str = "http";
+/// TLS 1.2 is still needed by older clients; 1.0/1.1 are never offered.
+pub const TLS_MIN_VERSION: &str = "1.2";
+/// The only ALPN protocol served until HTTP/2 lands.
+pub const ALPN: &str = "http/1.1";
+/// A client that has not finished its TLS handshake by then is stalled or hostile.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Mutual TLS that lets clients without a certificate in has to be asked for explicitly.
+pub const CLIENT_AUTH_REQUIRED: bool = true;
+/// A `respond` route without `status` is a plain success.
+pub const RESPOND_STATUS: u16 = 200;
+/// The ranges `private_ranges` stands for: RFC 1918, loopback, IPv6 ULA and loopback.
+pub const PRIVATE_RANGES: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "::1/128",
+];
+
+// Upstreams.
+
+/// Every target carries the same share unless told otherwise.
+pub const TARGET_WEIGHT: u32 = 1;
+/// Canary off: all requests go to the main targets.
+pub const SPLIT_PERCENT: u32 = 0;
+/// Two random choices, least loaded wins: near-optimal spread with no shared state.
+pub const LB_POLICY: &str = "random_choose";
+/// "The power of two choices": more samples gain little.
+pub const LB_CHOOSE: usize = 2;
+/// The cookie policy's cookie name when `key` is empty (Caddy's default).
+pub const DEFAULT_COOKIE: &str = "lb";
+/// No retries: a retried request may not be safe to repeat.
+pub const LB_RETRIES: u32 = 0;
+/// Off: `retries` alone bounds the attempts.
+pub const TRY_DURATION: Duration = Duration::ZERO;
+/// Short enough to be invisible to a client, long enough not to hammer a failing pool.
+pub const TRY_INTERVAL: Duration = Duration::from_millis(250);
+/// Only GET is idempotent and common enough to retry without asking.
+pub const RETRY_METHODS: &[&str] = &["GET"];
+/// Absent `forwarded` means X-Forwarded-*, what most applications read.
+pub const FORWARDED: &str = "xff";
+/// No body buffering: streamed at once (0).
+pub const BODY_BUFFER: u64 = 0;
+/// Largest `request_buffer` / `response_buffer`: the bytes are held per connection.
+pub const MAX_BODY_BUFFER: u64 = 16 * 1024 * 1024;
+
+// Health checks.
+
+/// Probe the target's own port.
+pub const PROBE_PORT: u16 = 0;
+/// GET, since some servers answer HEAD differently.
+pub const PROBE_METHOD: &str = "GET";
+/// Detects a dead target within seconds at negligible load.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// Probes more often than this would load the targets for no gain in detection time.
+pub const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Half the interval: a probe never overlaps the next.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Any success is healthy.
+pub const PROBE_EXPECT_STATUS: (u16, u16) = (200, 299);
+/// Two in a row: one lost packet neither takes a target down nor brings it back.
+pub const PROBE_FAILS: u32 = 2;
+/// See `PROBE_FAILS`.
+pub const PROBE_PASSES: u32 = 2;
+/// One failure within `fail_duration` marks a target down (Caddy's default).
+pub const PASSIVE_MAX_FAILS: u32 = 1;
+/// Failures one target remembers: each is an atomic timestamp in a per-target ring.
+pub const MAX_PASSIVE_FAILS: usize = 64;
+
+// Transport.
+
+/// A healthy target in the same network connects in milliseconds; 3s is a dead one.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reusing connections saves a handshake per request.
+pub const KEEPALIVE: bool = true;
+/// Below the common 75s server-side keep-alive, so the target never closes first.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Enough for bursts per worker without holding many sockets per target.
+pub const MAX_IDLE_PER_WORKER: usize = 32;
+/// A target that has not finished its handshake by then is stalled.
+pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Targets speak HTTP unless told otherwise (FastCGI is planned).
+pub const TRANSPORT_PROTOCOL: &str = "http";
+/// A PROXY header is sent only to targets that expect one: others would read it as data.
+pub const PROXY_PROTOCOL: &str = "off";
+/// Verification stays on unless turned off by name.
+pub const INSECURE_SKIP_VERIFY: bool = false;
+/// `http://` targets without a port.
+pub const HTTP_PORT: u16 = 80;
+/// Caddy's rule: a target on 443 is dialed with TLS without being told.
+pub const HTTPS_PORT: u16 = 443;
