@@ -20,7 +20,7 @@ fi
 rev=$1 out=$2
 commit=$(git -C "$REPO" rev-parse --verify --quiet "$rev^{commit}") ||
   { echo "build-baseline.sh: no such revision '$rev'" >&2; exit 2; }
-desc=$(git -C "$REPO" describe --always --dirty=-dirty "$commit" 2>/dev/null || echo "$commit")
+desc=$(git -C "$REPO" describe --always --abbrev=12 "$commit" 2>/dev/null || echo "$commit")
 out_dir=$(dirname -- "$out")
 mkdir -p -- "$out_dir"
 out=$(cd "$out_dir" && pwd)/$(basename -- "$out")
