@@ -466,6 +466,7 @@ def render_baseline(bl):
             f"user {_fmt(bl['user_ratio'], '.3f')}, sys {_fmt(bl['sys_ratio'], '.3f')}, "
             f"sched {_fmt(bl['sched_ratio'], '.3f')}; rate ratio {_fmt(bl['rate_ratio'], '.3f')}; per round "
             + (", ".join(f"{x:.3f}" for x in bl["per_round_cpu_ratio"]) or "-")
+            + (f", their median {bl['per_round_cpu_ratio_median']:.3f}" if len(bl["per_round_cpu_ratio"]) > 1 else "")
             + f"). ringway-base: {bl.get('ringway_base_bin') or '?'}{rev}{same}.")
 
 
@@ -796,8 +797,8 @@ def cmd_aggregate(a):
                  "A CPU ratio < 1 means ringway (the new build) is cheaper; per-round ratios pair the two "
                  "runs of one round.\n")
         L.append("| scenario | unit | ringway CPU µs/unit | ringway-base CPU µs/unit | ringway / ringway-base CPU "
-                 "| user | sys | rate ratio | per round |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
+                 "| user | sys | rate ratio | median of per-round ratios | per round |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
         for name, doc in docs.items():
             bl = doc.get("baseline")
             if not bl:
@@ -806,6 +807,7 @@ def cmd_aggregate(a):
                      f"| {_fmt(bl.get('ringway_cpu_us_per_unit'), ',.3f')} | {_fmt(bl.get('ringway_base_cpu_us_per_unit'), ',.3f')} "
                      f"| {_fmt(bl['cpu_per_unit_ratio'], '.3f')} | {_fmt(bl['user_ratio'], '.3f')} "
                      f"| {_fmt(bl['sys_ratio'], '.3f')} | {_fmt(bl['rate_ratio'], '.3f')} "
+                     f"| {_fmt(bl.get('per_round_cpu_ratio_median'), '.3f')} "
                      f"| {', '.join(f'{x:.3f}' for x in bl['per_round_cpu_ratio']) or '-'} |")
         bins = {(bl.get("ringway_bin"), bl.get("ringway_sha256"), bl.get("ringway_base_bin"),
                  bl.get("ringway_base_sha256"), bl.get("ringway_base_rev"))
