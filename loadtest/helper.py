@@ -12,6 +12,7 @@
 import argparse
 import datetime
 import glob
+import hashlib
 import shutil
 import time
 import http.client
@@ -28,7 +29,9 @@ import urllib.parse
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 OTHER_LOAD_WARN = 0.05
-PROXY_ORDER = ["ringway", "nginx", "haproxy", "caddy"]
+# ringway-base is a second ringway binary (run.sh --baseline): the build ringway is compared with.
+PROXY_ORDER = ["ringway", "ringway-base", "nginx", "haproxy", "caddy"]
+BASE = "ringway-base"
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 CHART_TIMEOUT = 60  # seconds for one gnuplot call; a few small data files
 
@@ -397,8 +400,74 @@ def build_scenario(settings, proxies, runs):
             ratios[p] = {"rate_ratio": None, "cpu_per_unit_ratio": None}
     skipped = {p: proxies[p]["reason"] for p in PROXY_ORDER
                if p in proxies and proxies[p]["status"] == "skipped" and proxies[p]["reason"]}
-    return {"scenario": settings["scenario"], "settings": settings, "proxies": proxies, "skipped": skipped,
-            "summary": summary, "ringway_ratios": ratios, "runs": runs}
+    doc = {"scenario": settings["scenario"], "settings": settings, "proxies": proxies, "skipped": skipped,
+           "summary": summary, "ringway_ratios": ratios, "runs": runs}
+    if BASE in selected:
+        doc["baseline"] = baseline_comparison(settings, summary, runs)
+    return doc
+
+
+def _sha256(path):
+    if not path:
+        return None
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def baseline_comparison(settings, summary, runs):
+    """ringway / ringway-base: the medians' ratios, and the ratio within each round (the two run
+    back to back, so slow drift of the machine cancels out in those)."""
+    rw, base = summary.get("ringway", {}), summary.get(BASE, {})
+    bin_base = settings.get("ringway_base_bin") or None
+    rev = settings.get("ringway_base_rev") or None
+    if bin_base and not rev:
+        try:
+            with open(bin_base + ".rev") as f:
+                rev = f.readline().strip() or None
+        except OSError:
+            pass
+    out = {"ringway_bin": settings.get("ringway_bin") or None, "ringway_base_bin": bin_base,
+           "ringway_base_rev": rev, "ringway_sha256": _sha256(settings.get("ringway_bin")),
+           "ringway_base_sha256": _sha256(bin_base),
+           "cpu_per_unit_ratio": None, "user_ratio": None, "sys_ratio": None, "sched_ratio": None,
+           "rate_ratio": None, "per_round_cpu_ratio": [], "per_round_cpu_ratio_median": None}
+    if not (rw.get("valid_runs") and base.get("valid_runs")):
+        return out
+    c, b = rw["cpu_us_per_unit"], base["cpu_us_per_unit"]
+    out.update({"cpu_per_unit_ratio": _ratio(c["total"], b["total"]), "user_ratio": _ratio(c["user"], b["user"]),
+                "sys_ratio": _ratio(c["sys"], b["sys"]), "sched_ratio": _ratio(c["sched_total"], b["sched_total"]),
+                "rate_ratio": _ratio(rw["rate"], base["rate"]),
+                "ringway_cpu_us_per_unit": c["total"], "ringway_base_cpu_us_per_unit": b["total"]})
+    by_round = {}
+    for r in runs:
+        if r["valid"] and r["proxy"] in ("ringway", BASE) and r.get("cpu_us_per_unit"):
+            by_round.setdefault(r["round"], {})[r["proxy"]] = r["cpu_us_per_unit"]["total"]
+    per = [_ratio(v.get("ringway"), v.get(BASE)) for _, v in sorted(by_round.items())]
+    out["per_round_cpu_ratio"] = [x for x in per if x is not None]
+    out["per_round_cpu_ratio_median"] = _med(out["per_round_cpu_ratio"])
+    return out
+
+
+def render_baseline(bl):
+    """One line: ringway / ringway-base CPU per unit, with what went into it."""
+    if bl.get("cpu_per_unit_ratio") is None:
+        return "ringway / ringway-base CPU per unit: - (not both measured)"
+    same = (" (the same binary)" if bl.get("ringway_sha256") and bl["ringway_sha256"] == bl.get("ringway_base_sha256")
+            else "")
+    rev = f", rev {bl['ringway_base_rev'].split()[0][:12]}" if bl.get("ringway_base_rev") else ""
+    return (f"**ringway / ringway-base CPU per unit: {bl['cpu_per_unit_ratio']:.3f}** "
+            f"({bl['ringway_cpu_us_per_unit']:.3f} / {bl['ringway_base_cpu_us_per_unit']:.3f} µs; "
+            f"user {_fmt(bl['user_ratio'], '.3f')}, sys {_fmt(bl['sys_ratio'], '.3f')}, "
+            f"sched {_fmt(bl['sched_ratio'], '.3f')}; rate ratio {_fmt(bl['rate_ratio'], '.3f')}; per round "
+            + (", ".join(f"{x:.3f}" for x in bl["per_round_cpu_ratio"]) or "-")
+            + (f", their median {bl['per_round_cpu_ratio_median']:.3f}" if len(bl["per_round_cpu_ratio"]) > 1 else "")
+            + f"). ringway-base: {bl.get('ringway_base_bin') or '?'}{rev}{same}.")
 
 
 def cmd_report(a):
@@ -437,6 +506,10 @@ def cmd_report_runs(a):
     settings = {"scenario": a.name, "scenario_desc": a.desc, "unit": a.unit, "loadgen": "tcpbench",
                 "duration_s": a.duration, "rounds": a.rounds, "workers": "1", "connections": a.connections,
                 "warmup_s": "1", "pinned": a.pinned, "started_utc": a.started}
+    if a.ringway_bin:
+        settings["ringway_bin"] = a.ringway_bin
+    if a.ringway_base_bin:
+        settings["ringway_base_bin"] = a.ringway_base_bin
     return write_scenario(build_scenario(settings, proxies, runs), a.out)
 
 
@@ -479,6 +552,9 @@ def render_scenario(doc):
             row = f"| {p} | {_fmt(r['rate_ratio'], '.2f')} | {_fmt(r['cpu_per_unit_ratio'], '.2f')} |"
             row += "".join(f" {_fmt(r.get(k + '_ratio'), '.2f')} |" for k in ratio_keys)
             L.append(row)
+    if "baseline" in doc:
+        L.append("")
+        L.append(render_baseline(doc["baseline"]))
     notes = [f"{p}: not measured: {why}" for p, why in doc.get("skipped", {}).items()]
     for p, s in summary.items():
         if s["valid_runs"] and s["valid_runs"] < s["runs"]:
@@ -610,7 +686,8 @@ def machine_info(repo):
             "ringway_git": _cmd_first_line(["git", "-C", repo, "describe", "--always", "--dirty", "--abbrev=12"])}
 
 
-COLORS = {"ringway": "#cc3311", "nginx": "#009988", "haproxy": "#0077bb", "caddy": "#ee7733"}
+COLORS = {"ringway": "#cc3311", "ringway-base": "#ee99aa", "nginx": "#009988", "haproxy": "#0077bb",
+          "caddy": "#ee7733"}
 
 
 def _gnuplot(gp, script, cwd):
@@ -699,16 +776,48 @@ def cmd_aggregate(a):
     L.append("All load on 127.0.0.1; each proxy runs alone while measured, in turn (A B C D per round). "
              "Rates and latencies depend on this machine; the ratios are what carries over. "
              "Numbers from a machine busy with other work (see the notes) are not worth comparing.\n")
-    L.append("| scenario | unit | " + " | ".join(f"{p} rate" for p in PROXY_ORDER)
-             + " | " + " | ".join(f"{p} CPU µs/unit" for p in PROXY_ORDER) + " |")
-    L.append("|---|---|" + "---:|" * (2 * len(PROXY_ORDER)))
+    # ringway-base only has columns when some scenario measured it (run.sh --baseline).
+    has_base = any("baseline" in doc for doc in docs.values())
+    shown = [p for p in PROXY_ORDER if p != BASE or has_base]
+    L.append("| scenario | unit | " + " | ".join(f"{p} rate" for p in shown)
+             + " | " + " | ".join(f"{p} CPU µs/unit" for p in shown) + " |"
+             + (" ringway / ringway-base CPU |" if has_base else ""))
+    L.append("|---|---|" + "---:|" * (2 * len(shown) + has_base))
     for name, doc in docs.items():
         s = doc["summary"]
         g = lambda p, f: (f(s[p]) if p in s and s[p].get("valid_runs") else None)
         L.append(f"| {name} | {doc['settings'].get('unit', 'req')} | "
-                 + " | ".join(_fmt(g(p, lambda x: x["rate"]), ",.0f") for p in PROXY_ORDER) + " | "
-                 + " | ".join(_fmt(g(p, lambda x: x["cpu_us_per_unit"]["total"]), ",.2f") for p in PROXY_ORDER) + " |")
+                 + " | ".join(_fmt(g(p, lambda x: x["rate"]), ",.0f") for p in shown) + " | "
+                 + " | ".join(_fmt(g(p, lambda x: x["cpu_us_per_unit"]["total"]), ",.2f") for p in shown) + " |"
+                 + (f" {_fmt(doc.get('baseline', {}).get('cpu_per_unit_ratio'), '.3f')} |" if has_base else ""))
     L.append("")
+    if has_base:
+        L.append("## ringway vs ringway-base (two builds, side by side)\n")
+        L.append("Both run the same rendered config on the same core, back to back in every round. "
+                 "A CPU ratio < 1 means ringway (the new build) is cheaper; per-round ratios pair the two "
+                 "runs of one round.\n")
+        L.append("| scenario | unit | ringway CPU µs/unit | ringway-base CPU µs/unit | ringway / ringway-base CPU "
+                 "| user | sys | rate ratio | median of per-round ratios | per round |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for name, doc in docs.items():
+            bl = doc.get("baseline")
+            if not bl:
+                continue
+            L.append(f"| {name} | {doc['settings'].get('unit', 'req')} "
+                     f"| {_fmt(bl.get('ringway_cpu_us_per_unit'), ',.3f')} | {_fmt(bl.get('ringway_base_cpu_us_per_unit'), ',.3f')} "
+                     f"| {_fmt(bl['cpu_per_unit_ratio'], '.3f')} | {_fmt(bl['user_ratio'], '.3f')} "
+                     f"| {_fmt(bl['sys_ratio'], '.3f')} | {_fmt(bl['rate_ratio'], '.3f')} "
+                     f"| {_fmt(bl.get('per_round_cpu_ratio_median'), '.3f')} "
+                     f"| {', '.join(f'{x:.3f}' for x in bl['per_round_cpu_ratio']) or '-'} |")
+        bins = {(bl.get("ringway_bin"), bl.get("ringway_sha256"), bl.get("ringway_base_bin"),
+                 bl.get("ringway_base_sha256"), bl.get("ringway_base_rev"))
+                for bl in (d["baseline"] for d in docs.values() if "baseline" in d)}
+        for rb, rsha, bb, bsha, rev in sorted(bins, key=str):
+            L.append(f"\nringway: {rb or '?'}" + (f" (sha256 {rsha[:12]})" if rsha else "")
+                     + f"; ringway-base: {bb or '?'}" + (f" (sha256 {bsha[:12]})" if bsha else "")
+                     + (f", rev {rev.split()[0][:12]}" if rev else "")
+                     + (" — the same binary" if rsha and rsha == bsha else "") + ".")
+        L.append("")
     for name, doc in docs.items():
         L.append(render_scenario(doc))
         if gp:
@@ -749,6 +858,8 @@ def main():
     rr.add_argument("--desc", required=True)
     rr.add_argument("--unit", required=True)
     rr.add_argument("--proxy", action="append", default=[], help="NAME:STATUS[:REASON]")
+    rr.add_argument("--ringway-bin", default="")
+    rr.add_argument("--ringway-base-bin", default="")
     for k in ("duration", "rounds", "connections", "pinned", "started"):
         rr.add_argument("--" + k, default="")
     i = sub.add_parser("idle")

@@ -4,7 +4,7 @@
 #
 #   loadtest/run.sh [SCENARIO...] [--quick] [--duration SECS] [--rounds N] [--workers N]
 #                   [--connections N] [--proxies ringway,nginx,haproxy,caddy] [--scenario NAME]
-#                   [--no-build] [--no-pin] [--keep-tmp]
+#                   [--no-build] [--no-pin] [--keep-tmp] [--baseline BIN]
 #
 # Exit: 0 every selected proxy produced numbers; 3 some did not (the others are
 # still reported); 2 usage error or missing tools; 1 other setup failure.
@@ -18,8 +18,9 @@ HELPER="$HERE/helper.py"
 HOST=127.0.0.1
 BACKEND_PORT=18000
 # 18004/18005 are lb-policies' extra backend ports; 18007/18008 backend-fail's extra backends.
-declare -A PORT=([ringway]=18001 [nginx]=18002 [haproxy]=18003 [caddy]=18006)
-ALL_PROXIES=(ringway nginx haproxy caddy)
+# ringway-base (18009) is a second ringway binary, the build to compare with (--baseline).
+declare -A PORT=([ringway]=18001 [nginx]=18002 [haproxy]=18003 [caddy]=18006 [ringway-base]=18009)
+ALL_PROXIES=(ringway nginx haproxy caddy) # ringway-base joins after ringway with --baseline
 START_TIMEOUT=10   # seconds to wait for a listener
 STOP_TIMEOUT=5     # seconds between SIGTERM and SIGKILL
 BUILD_TIMEOUT=1800 # a cold release build on a small shared machine
@@ -28,7 +29,7 @@ REPORT_TIMEOUT=120 # report + charts; gnuplot on a few small data files
 MAXCONN_CAP=20000  # HAProxy maxconn: room for idle-10k's 10,000 connections
 
 usage() {
-  sed -n '5,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '5,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 
   --quick            2 s runs, 1 round (explicit --duration/--rounds still win)
@@ -36,13 +37,18 @@ usage() {
   --rounds N         rounds; each round runs every proxy once, in order (default 3)
   --workers N        worker threads/processes of every proxy (default 1)
   --connections N    wrk connections (default 64; wrk always uses 1 thread)
-  --proxies LIST     comma-separated subset of: ringway,nginx,haproxy,caddy (default all)
+  --proxies LIST     comma-separated subset of: ringway,nginx,haproxy,caddy (default all),
+                     and ringway-base with --baseline
   SCENARIO...        names from loadtest/scenarios/ (default: every scenario, in turn)
   --scenario NAME    just loadtest/scenarios/NAME.sh
   --no-build         don't run `cargo build --release`; use the existing binary
   --no-pin           don't place processes on cores with taskset
   --keep-tmp         keep the temp run dir (configs, logs, raw wrk output)
+  --baseline BIN     also measure the ringway binary BIN as the peer `ringway-base`: the same
+                     rendered config and placement as ringway, its own port, measured right
+                     after ringway in every round; the report gives ringway / ringway-base
 Env: RINGWAY_BIN overrides target/release/ringway (and skips the build);
+     RINGWAY_BASELINE_BIN is --baseline BIN;
      LOADTEST_OUT sets the results dir (default results/<UTC time>-<host>).
 EOF
 }
@@ -55,7 +61,8 @@ duration=10 rounds=3 connections=64 connections_given=0 warmup=1 workers=1
 quick=0 build=1 pin=1 keep_tmp=0 scenario='' scenarios=()
 orig_args=("$@")
 duration_set=0 rounds_set=0
-proxies=("${ALL_PROXIES[@]}")
+proxies=() proxies_given=0
+baseline=${RINGWAY_BASELINE_BIN:-}
 
 while (($#)); do
   case $1 in
@@ -65,10 +72,11 @@ while (($#)); do
     --connections) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; connections=$2; connections_given=1; shift ;;
     --workers) (($# >= 2)) || usage_err "$1 needs a value"; posint "$1" "$2"; workers=$2; shift ;;
     --proxies) (($# >= 2)) || usage_err "$1 needs a value"
-      IFS=, read -ra proxies <<<"$2"
+      IFS=, read -ra proxies <<<"$2"; proxies_given=1
       for p in "${proxies[@]}"; do [[ -n ${PORT[$p]:-} ]] || usage_err "unknown proxy '$p'"; done
       ((${#proxies[@]})) || usage_err "--proxies is empty"
       shift ;;
+    --baseline) (($# >= 2)) || usage_err "$1 needs a value"; baseline=$2; shift ;;
     --scenario) (($# >= 2)) || usage_err "$1 needs a value"; scenario=$2; shift ;;
     --no-build) build=0 ;;
     --no-pin) pin=0 ;;
@@ -78,6 +86,17 @@ while (($#)); do
     *) scenarios+=("$1") ;;
   esac
   shift
+done
+# --baseline: a second ringway binary, measured as the peer ringway-base right after ringway.
+if [[ -n $baseline ]]; then
+  [[ -f $baseline && -x $baseline ]] || usage_err "--baseline: no executable at '$baseline'"
+  baseline=$(cd "$(dirname -- "$baseline")" && pwd)/$(basename -- "$baseline")
+  export RINGWAY_BASELINE_BIN=$baseline # nested runs and standalone scenarios see it
+  ALL_PROXIES=(ringway ringway-base nginx haproxy caddy)
+fi
+((proxies_given)) || proxies=("${ALL_PROXIES[@]}")
+for p in "${proxies[@]}"; do
+  [[ $p != ringway-base || -n $baseline ]] || usage_err "ringway-base needs --baseline BIN (or env RINGWAY_BASELINE_BIN)"
 done
 # Every scenario of one invocation writes into one results dir; the last step merges them.
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -183,7 +202,8 @@ GNUPLOT=$(find_tool gnuplot) || GNUPLOT=''
 declare -A PID=() PSTART=() STATUS=() REASON=()
 for p in "${ALL_PROXIES[@]}"; do
   has_proxy "$p" || STATUS[$p]=skipped
-  if [[ -n $SCENARIO_PROXIES && " $SCENARIO_PROXIES " != *" $p "* && -z ${STATUS[$p]:-} ]]; then
+  # ringway-base applies wherever ringway does.
+  if [[ -n $SCENARIO_PROXIES && " $SCENARIO_PROXIES " != *" ${p%-base} "* && -z ${STATUS[$p]:-} ]]; then
     STATUS[$p]=skipped REASON[$p]="does not apply to this scenario"
   fi
 done
@@ -373,6 +393,10 @@ if has_proxy ringway && [[ -z ${STATUS[ringway]:-} ]]; then
     fail_proxy ringway "no executable at $RINGWAY"
   fi
 fi
+RINGWAY_BASE=$baseline # checked to be executable above
+if has_proxy ringway-base && [[ -z ${STATUS[ringway-base]:-} ]]; then
+  echo "baseline:  ringway-base is $RINGWAY_BASE$([[ -f $RINGWAY_BASE.rev ]] && echo " ($(cut -c1-12 "$RINGWAY_BASE.rev"))")"
+fi
 
 # tcpbench is the load generator and backend of some scenarios (websocket).
 TCPBENCH_DIR="$HERE/tcpbench"
@@ -417,10 +441,11 @@ fi
 start_peer() { # name -> starts it, or marks it failed
   local p=$1 port=${PORT[$1]} conf why rc
   case $p in
-    ringway)
-      conf="$RUN_DIR/ringway.yaml"; render "$SCENARIO_TEMPLATE_RINGWAY" "$conf" "$port"
+    ringway|ringway-base) # the same template, placement and environment; only the port differs
+      local bin=$RINGWAY; [[ $p == ringway-base ]] && bin=$RINGWAY_BASE
+      conf="$RUN_DIR/$p.yaml"; render "$SCENARIO_TEMPLATE_RINGWAY" "$conf" "$port"
       # RUST_LOG would override the config's log level and skew the numbers.
-      start_proc ringway "$PROXY_CPU" env -u RUST_LOG "$RINGWAY" --config "$conf" ;;
+      start_proc "$p" "$PROXY_CPU" env -u RUST_LOG "$bin" --config "$conf" ;;
     nginx)
       conf="$RUN_DIR/nginx-proxy.conf"; render "$SCENARIO_TEMPLATE_NGINX" "$conf" "$port"
       start_proc nginx "$PROXY_CPU" "$NGINX" -p "$RUN_DIR/nginx-proxy" -e "$RUN_DIR/logs/nginx-proxy.error.log" -c "$conf" ;;
@@ -570,6 +595,8 @@ backend_cpu=$BACKEND_CPU
 loadgen_cpu=$LOADGEN_CPU
 started_utc=$STAMP
 ringway_bin=$RINGWAY
+ringway_base_bin=$(has_proxy ringway-base && echo "$RINGWAY_BASE")
+ringway_base_rev=$(has_proxy ringway-base && [[ -f $RINGWAY_BASE.rev ]] && head -n1 "$RINGWAY_BASE.rev")
 EOF
 rc=0
 "$PYTHON" "$HELPER" report --run-dir "$RUN_DIR" --out "$SC_OUT" || rc=$?

@@ -10,8 +10,10 @@
 #
 #   loadtest/scenarios/tcp-bulk.sh [--quick] [--seconds N] [--rounds N] [--conns N]
 #                                  [--short-conns N] [--proxies ringway,nginx,haproxy]
-#                                  [--no-build] [--no-pin]
+#                                  [--no-build] [--no-pin] [--baseline BIN]
 #
+# --baseline BIN (or env RINGWAY_BASELINE_BIN) adds the peer ringway-base: ringway binary BIN
+# with the same config (but its port) and placement, measured right after ringway.
 # Results also go to $LOADTEST_OUT/tcp-bulk and .../tcp-short (scenario.json, summary.md) for
 # run.sh's combined report. Tools are never installed here: a missing one is named with the apt-get line, and
 # the proxies that need it are skipped. Exit: 0 all selected proxies measured, 3 some
@@ -23,14 +25,15 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 HOST=127.0.0.1
 SINK_PORT=18100
-declare -A PORT=([ringway]=18101 [nginx]=18102 [haproxy]=18103)
-ALL=(ringway nginx haproxy)
+declare -A PORT=([ringway]=18101 [nginx]=18102 [haproxy]=18103 [ringway-base]=18104)
+ALL=(ringway nginx haproxy) # ringway-base joins after ringway with --baseline
 START_TIMEOUT=10   # seconds to wait for a listener
 
 seconds=10 rounds=3 conns=4 short_conns=16 build=1 pin=1
 seconds_set=0 rounds_set=0 quick=0
-proxies=("${ALL[@]}")
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+proxies=() proxies_given=0
+baseline=${RINGWAY_BASELINE_BIN:-}
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 usage_err() { echo "tcp-bulk.sh: $*" >&2; echo "try: $0 --help" >&2; exit 2; }
 posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || usage_err "$1 needs a positive integer, got '$2'"; }
 while (($#)); do
@@ -40,8 +43,9 @@ while (($#)); do
     --rounds) posint "$1" "${2:-}"; rounds=$2; rounds_set=1; shift ;;
     --conns|--connections) posint "$1" "${2:-}"; conns=$2; shift ;;
     --short-conns) posint "$1" "${2:-}"; short_conns=$2; shift ;;
-    --proxies) IFS=, read -ra proxies <<<"${2:-}"; shift
+    --proxies) IFS=, read -ra proxies <<<"${2:-}"; proxies_given=1; shift
       for p in "${proxies[@]}"; do [[ -n ${PORT[$p]:-} ]] || usage_err "unknown proxy '$p'"; done ;;
+    --baseline) [[ -n ${2:-} ]] || usage_err "$1 needs a value"; baseline=$2; shift ;;
     --no-build) build=0 ;;
     --no-pin) pin=0 ;;
     --scenario) shift ;;   # passed through by run.sh
@@ -51,6 +55,17 @@ while (($#)); do
     *) usage_err "unknown argument '$1'" ;;
   esac
   shift
+done
+if [[ -n $baseline ]]; then
+  [[ -f $baseline && -x $baseline ]] || usage_err "--baseline: no executable at '$baseline'"
+  baseline=$(cd "$(dirname -- "$baseline")" && pwd)/$(basename -- "$baseline")
+  ALL=(ringway ringway-base nginx haproxy)
+else
+  unset 'PORT[ringway-base]'
+fi
+((proxies_given)) || proxies=("${ALL[@]}")
+for p in "${proxies[@]}"; do
+  [[ $p != ringway-base || -n $baseline ]] || usage_err "ringway-base needs --baseline BIN (or env RINGWAY_BASELINE_BIN)"
 done
 if ((quick)); then ((seconds_set)) || seconds=3; ((rounds_set)) || rounds=1; fi
 
@@ -127,21 +142,26 @@ fi
 RINGWAY=${RINGWAY_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/ringway}
 [[ -x $TCPBENCH ]] || { echo "tcp-bulk.sh: no $TCPBENCH (drop --no-build)" >&2; exit 1; }
 if has ringway && [[ -z ${STATUS[ringway]:-} && ! -x $RINGWAY ]]; then skip ringway "no executable at $RINGWAY"; fi
+RINGWAY_BASE=$baseline
 
 # ---- configs ------------------------------------------------------------------
-cat >"$RUN_DIR/ringway.yaml" <<CONF
+ringway_conf() { # port -> config on stdout (ringway and ringway-base: only the port differs)
+  cat <<CONF
 workers: 1
 pin_workers: false
 log: { level: warn }
 listeners:
   - name: bulk
-    listen: "$HOST:${PORT[ringway]}"
+    listen: "$HOST:$1"
     protocol: tcp
     upstream: sink
 upstreams:
   sink:
     targets: ["$HOST:$SINK_PORT"]
 CONF
+}
+ringway_conf "${PORT[ringway]}" >"$RUN_DIR/ringway.yaml"
+[[ -n $baseline ]] && ringway_conf "${PORT[ringway-base]}" >"$RUN_DIR/ringway-base.yaml"
 cat >"$RUN_DIR/haproxy.cfg" <<CONF
 global
     nbthread 1
@@ -191,6 +211,7 @@ for p in "${proxies[@]}"; do
   [[ -z ${STATUS[$p]:-} ]] || continue
   case $p in
     ringway) start ringway "$PROXY_CPU" env -u RUST_LOG "$RINGWAY" --config "$RUN_DIR/ringway.yaml" ;;
+    ringway-base) start ringway-base "$PROXY_CPU" env -u RUST_LOG "$RINGWAY_BASE" --config "$RUN_DIR/ringway-base.yaml" ;;
     haproxy) start haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$RUN_DIR/haproxy.cfg" ;;
     nginx) start nginx "$PROXY_CPU" "$NGINX" -p "$RUN_DIR/nginx" -c "$RUN_DIR/nginx.conf" ;;
   esac
@@ -213,14 +234,16 @@ run() {
 }
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
-printf '%-8s %5s %9s %10s %12s %14s %7s\n' proxy round 'bulk GB/s' 'CPU s/GB' 'short conn/s' 'CPU ms/1k conn' errors
+W=8; [[ -n $baseline ]] && W=12 # name column: wide enough for ringway-base
+printf "%-${W}s %5s %9s %10s %12s %14s %7s\n" proxy round 'bulk GB/s' 'CPU s/GB' 'short conn/s' 'CPU ms/1k conn' errors
 for ((r = 1; r <= rounds; r++)); do
   for p in "${proxies[@]}"; do
     [[ ${STATUS[$p]} == ok ]] || continue
     b=$(run "$p" bulk); s=$(run "$p" short)
-    python3 - "$p" "$r" "$CLK_TCK" "$b" "$s" "$RUN_DIR" <<'PY'
+    python3 - "$p" "$r" "$CLK_TCK" "$b" "$s" "$RUN_DIR" "$W" <<'PY'
 import json, sys
 p, r, tck, b, s, run_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+w = int(sys.argv[7])
 kv = lambda t: dict(x.split("=") for x in t.split())
 b, s = kv(b), kv(s)
 gb = int(b["bytes"]) / 1e9
@@ -231,7 +254,7 @@ gbs = gb / float(b["seconds"])
 spgb = bcpu / gb if gb else float("nan")
 rate = conns / float(s["seconds"])
 ms_k = scpu * 1e6 / conns if conns else float("nan")
-print(f"{p:<8} {r:>5} {gbs:>9.2f} {spgb:>10.3f} {rate:>12.0f} {ms_k:>14.1f} {int(b['errors']) + int(s['errors']):>7}")
+print(f"{p:<{w}} {r:>5} {gbs:>9.2f} {spgb:>10.3f} {rate:>12.0f} {ms_k:>14.1f} {int(b['errors']) + int(s['errors']):>7}")
 # The same runs in the shape helper.py reports (CPU per MiB streamed, per connection).
 for name, unit, units, cpu_ticks, kv in (("bulk", "MiB", int(b["bytes"]) / 2**20, int(b["cpu_ticks"]), b),
                                         ("short", "conn", conns, int(s["cpu_ticks"]), s)):
@@ -262,6 +285,7 @@ done
 specs+=(--proxy "caddy:skipped:Caddy's layer 4 app is not in the Debian build")
 OUT=${LOADTEST_OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname -s 2>/dev/null || hostname)}
 common=(--duration "$seconds" --rounds "$rounds" --pinned "$pin" --started "$(date -u +%Y%m%dT%H%M%SZ)" "${specs[@]}")
+[[ -n $baseline ]] && common+=(--ringway-bin "$RINGWAY" --ringway-base-bin "$baseline")
 touch "$RUN_DIR/bulk.jsonl" "$RUN_DIR/short.jsonl"
 python3 "$HERE/helper.py" report-runs --runs "$RUN_DIR/bulk.jsonl" --out "$OUT/tcp-bulk" --name tcp-bulk --unit MiB \
   --connections "$conns" --desc "layer 4: $conns connections streaming 256 KiB writes through the proxy to a sink" \
