@@ -381,7 +381,11 @@ fn resolve(path: &[String], from: &str, modules: &BTreeSet<String>) -> Option<St
         }
         // `use child::X` in a module with a child module `child`.
         Some(first) => {
-            let child = here.iter().chain([first.to_string()].iter()).cloned().collect::<Vec<_>>();
+            let child = here
+                .iter()
+                .chain([first.to_string()].iter())
+                .cloned()
+                .collect::<Vec<_>>();
             if !modules.contains(&child.join("::")) {
                 return None;
             }
@@ -608,7 +612,14 @@ fn cycle_finder_reports_every_circle_and_nothing_else() {
             &["a -> b -> c -> a"],
         ),
         (
-            &[("a", "b"), ("b", "a"), ("c", "d"), ("d", "e"), ("e", "c"), ("b", "c")],
+            &[
+                ("a", "b"),
+                ("b", "a"),
+                ("c", "d"),
+                ("d", "e"),
+                ("e", "c"),
+                ("b", "c"),
+            ],
             &["a -> b -> a", "c -> d -> e -> c"],
         ),
         // Two circles sharing a module: both reported.
