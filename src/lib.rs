@@ -6,7 +6,9 @@
 //! [`http1`] parses its head, [`route`] picks a route, [`upstream`] connects to a target,
 //! [`proxy`] runs the exchange and relays the bodies, [`http1`] writes the response head.
 //!
-//! - [`config`]: the YAML file types, their validation, and the runtime types workers use.
+//! - [`config`]: the runtime types workers use (a leaf), the YAML file types, units, key
+//!   positions for errors, named defaults, and `config/validate/`, which turns a file into a
+//!   checked `Config` or says which key on which line is wrong.
 //! - [`control`]: starting and stopping the server, the state shared with workers
 //!   (`control::state`, a leaf), configuration generations and reloads, the admin endpoint and
 //!   active health checks. Never on the data path.

@@ -600,9 +600,12 @@ fn graph_of(edges: &[(&str, &str)]) -> Graph {
     g
 }
 
+/// A made-up graph's edges and the circles the finder must report for it.
+type CycleCase<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+
 #[test]
 fn cycle_finder_reports_every_circle_and_nothing_else() {
-    let table: &[(&[(&str, &str)], &[&str])] = &[
+    let table: &[CycleCase] = &[
         (&[], &[]),
         (&[("a", "b"), ("b", "c"), ("a", "c")], &[]),
         (&[("a", "a")], &[]),

@@ -1,9 +1,9 @@
 //! Listeners and their routes.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{resolve, split_host_port, Res, Validator};
+use super::addr::parse_listen;
+use super::{Res, Validator};
 use crate::config::file::{ListenerFile, MatchFile, RespondFile, RouteFile, Strings};
 use crate::config::spans::join;
 use crate::config::units::{dur, Dur};
@@ -374,26 +374,6 @@ impl Validator<'_> {
             headers,
         })
     }
-}
-
-/// `"IP:port"`, `"[v6]:port"`, `"host:port"`, `":port"` (all IPv4 interfaces) or `"unix//path"`.
-pub(super) fn parse_listen(s: &str) -> Result<ListenAddr, String> {
-    if let Some(path) = s.strip_prefix("unix/") {
-        if path.is_empty() {
-            return Err("a unix socket needs a path, e.g. \"unix//run/ringway.sock\"".into());
-        }
-        return Ok(ListenAddr::Unix(PathBuf::from(path)));
-    }
-    if s.contains("://") {
-        return Err(format!(
-            "invalid listen address \"{s}\" (expected \"host:port\" or \"unix//path\", not a URL)"
-        ));
-    }
-    let (host, port) = split_host_port(s).ok_or_else(|| {
-        format!("invalid listen address \"{s}\" (expected \"host:port\", e.g. \"0.0.0.0:8080\")")
-    })?;
-    let host = if host.is_empty() { "0.0.0.0" } else { host };
-    resolve(host, port).map(ListenAddr::Tcp)
 }
 
 /// `example.com` or `*.example.com`, lower-cased, no port.

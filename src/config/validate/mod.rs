@@ -4,7 +4,7 @@
 //! operations, and the keys that mean nothing on layer 4. This file holds the error
 //! helpers and the top level.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -18,13 +18,14 @@ use super::{
 };
 use crate::template::Template;
 
+mod addr;
 mod headers;
 mod layer4;
 mod listeners;
 mod tls;
 mod upstreams;
 
-use listeners::parse_listen;
+use addr::parse_listen;
 
 type Res<T> = Result<T, ConfigError>;
 
@@ -329,33 +330,6 @@ pub(super) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Splits `host:port` / `[v6]:port`; the host comes back without brackets.
-pub(super) fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        (host, after.strip_prefix(':')?)
-    } else {
-        let (host, port) = s.rsplit_once(':')?;
-        if host.contains(':') {
-            return None;
-        }
-        (host, port)
-    };
-    Some((host, port.parse().ok()?))
-}
-
-pub(super) fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    match (host, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("cannot resolve \"{host}\": no addresses")),
-        Err(e) => Err(format!("cannot resolve \"{host}\": {e}")),
-    }
 }
 
 #[cfg(test)]

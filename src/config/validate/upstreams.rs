@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::{is_token, resolve, split_host_port, Res, Validator};
+use super::addr::parse_target;
+use super::{is_token, Res, Validator};
 use crate::config::file::{
     ActiveHealthFile, HealthFile, LbFile, PassiveHealthFile, TargetFile, TransportFile,
     UpstreamFile,
@@ -14,7 +15,7 @@ use crate::config::spans::join;
 use crate::config::units::{dur, Size};
 use crate::config::{
     defaults, ActiveHealth, Forwarded, HeaderOps, Health, Lb, PassiveHealth, Policy, ProxyProtocol,
-    Split, StatusSet, Target, TargetAddr, Transport, Upstream, UpstreamTls,
+    Split, StatusSet, Target, Transport, Upstream, UpstreamTls,
 };
 
 const POLICIES: &str = "random, random_choose, first, round_robin, weighted_round_robin, \
@@ -476,55 +477,6 @@ impl Validator<'_> {
         }
         Ok(())
     }
-}
-
-/// `"host:port"`, `"http://host[:port]"` or `"unix//path"`.
-pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
-    if let Some(path) = s.strip_prefix("unix/") {
-        if path.is_empty() {
-            return Err("a unix socket needs a path, e.g. \"unix//run/app.sock\"".into());
-        }
-        return Ok(TargetAddr::Unix(PathBuf::from(path)));
-    }
-    let (hostport, default_port) = match s.split_once("://") {
-        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
-            "http" => (
-                rest.strip_suffix('/').unwrap_or(rest),
-                Some(defaults::HTTP_PORT),
-            ),
-            "https" => (
-                rest.strip_suffix('/').unwrap_or(rest),
-                Some(defaults::HTTPS_PORT),
-            ),
-            "h2c" => return Err("not supported yet (HTTP/2 to upstreams is planned)".into()),
-            _ => {
-                return Err(format!(
-                    "unknown scheme \"{scheme}://\" (expected http://, https://, h2c:// or unix//)"
-                ))
-            }
-        },
-        None => (s, None),
-    };
-    if hostport.contains(['/', '?', '#']) {
-        return Err(format!("a target address takes no path: \"{s}\""));
-    }
-    let (host, port) = match (split_host_port(hostport), default_port) {
-        (Some(hp), _) => hp,
-        (None, None) => return Err(format!("target \"{s}\" needs a port, e.g. \"{s}:8080\"")),
-        (None, Some(p)) => match hostport.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(v6) => (v6, p),
-            None if !hostport.contains(':') => (hostport, p),
-            None => return Err(format!("invalid target address \"{s}\"")),
-        },
-    };
-    if host.is_empty() {
-        return Err(format!("target \"{s}\" needs a host"));
-    }
-    let addr = resolve(host, port)?;
-    Ok(TargetAddr::Tcp {
-        host: hostport.to_string(),
-        addr,
-    })
 }
 
 #[cfg(test)]
