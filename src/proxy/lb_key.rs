@@ -163,3 +163,131 @@ pub(crate) fn pair_in(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::parse::{parse_request, HeadLimits, Parse};
+    use std::net::SocketAddr;
+
+    const LIMITS: HeadLimits = HeadLimits {
+        max_head_bytes: 8192,
+        max_uri_bytes: 4096,
+        max_headers: 64,
+    };
+
+    fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    /// The key `policy` finds in `raw` from `peer`, as text (IP keys as the address).
+    fn key(policy: Policy, name: &str, raw: &str, peer: &str, trusted: &[&str]) -> Option<String> {
+        let buf = raw.as_bytes();
+        let mut headers = Vec::new();
+        let Parse::Complete(head) = parse_request(buf, &LIMITS, &mut headers) else {
+            panic!("test request does not parse: {raw:?}");
+        };
+        let peer: SocketAddr = peer.parse().unwrap();
+        let trusted = nets(trusted);
+        let client = Client {
+            peer: Some(peer),
+            trusted: trusted.iter().any(|n| n.contains(&peer.ip())),
+            ip_text: peer.ip().to_string(),
+            scheme: "http",
+        };
+        let k = LbKey::find(policy, name, &trusted, &client, buf, &head, &headers);
+        k.get(buf).map(|bytes| match k {
+            LbKey::Ip(_, 4) => {
+                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(bytes).unwrap()).to_string()
+            }
+            LbKey::Ip(..) => {
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).unwrap()).to_string()
+            }
+            _ => String::from_utf8(bytes.to_vec()).unwrap(),
+        })
+    }
+
+    #[test]
+    fn each_hashing_policy_keys_on_its_part_of_the_request() {
+        let req = "GET /a/b?x=1&user=ann&y=2 HTTP/1.1\r\nHost: h\r\nX-Tenant: blue\r\n\
+                   Cookie: a=1; lb=t2 ; c=3\r\nX-Forwarded-For: 198.51.100.7, 10.0.0.2\r\n\r\n";
+        let table: &[(Policy, &str, &[&str], Option<&str>)] = &[
+            (Policy::IpHash, "", &[], Some("10.0.0.9")),
+            (Policy::UriHash, "", &[], Some("/a/b?x=1&user=ann&y=2")),
+            (Policy::Header, "x-tenant", &[], Some("blue")),
+            (Policy::Header, "x-missing", &[], None),
+            (Policy::Query, "user", &[], Some("ann")),
+            (Policy::Query, "use", &[], None),
+            (Policy::Cookie, "lb", &[], Some("t2")),
+            (Policy::Cookie, "zz", &[], None),
+            // An untrusted peer's X-Forwarded-For is not believed.
+            (Policy::ClientIpHash, "", &[], Some("10.0.0.9")),
+            // Behind trusted proxies: the nearest hop that is not one of them.
+            (
+                Policy::ClientIpHash,
+                "",
+                &["10.0.0.0/8"],
+                Some("198.51.100.7"),
+            ),
+            (Policy::RoundRobin, "", &[], None),
+        ];
+        for (policy, name, trusted, want) in table {
+            let got = key(*policy, name, req, "10.0.0.9:5000", trusted);
+            assert_eq!(
+                got.as_deref(),
+                *want,
+                "{policy:?} {name:?} trusted {trusted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_ip_behind_walks_forwarded_hops_from_the_nearest() {
+        let table: &[(&[&str], &[&str], Option<&str>)] = &[
+            (&["1.1.1.1"], &[], Some("1.1.1.1")),
+            (&["1.1.1.1, 10.0.0.1"], &["10.0.0.0/8"], Some("1.1.1.1")),
+            // Later header lines continue the list.
+            (&["1.1.1.1", "2.2.2.2"], &[], Some("2.2.2.2")),
+            // All trusted: the leftmost.
+            (&["10.0.0.3, 10.0.0.1"], &["10.0.0.0/8"], Some("10.0.0.3")),
+            // A hop that is not an address ends the walk: nothing behind it is believed.
+            (&["1.1.1.1, junk, 10.0.0.1"], &["10.0.0.0/8"], None),
+            (&[], &[], None),
+        ];
+        for (values, trusted, want) in table {
+            let got = client_ip_behind(&nets(trusted), values.iter().map(|v| v.as_bytes()));
+            assert_eq!(got.map(|ip| ip.to_string()).as_deref(), *want, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn a_forwarded_chain_longer_than_the_stack_keeps_its_nearest_hops() {
+        let mut hops: Vec<String> = (1..=MAX_XFF_HOPS + 4)
+            .map(|i| format!("10.0.0.{i}"))
+            .collect();
+        hops[4] = "203.0.113.5".into();
+        hops[MAX_XFF_HOPS + 2] = "203.0.113.9".into();
+        let line = hops.join(", ");
+        let got = client_ip_behind(&nets(&["10.0.0.0/8"]), std::iter::once(line.as_bytes()));
+        assert_eq!(got, Some("203.0.113.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn pair_in_finds_a_name_in_a_separated_list_and_trims_spaces() {
+        let table: &[(&str, u8, &str, Option<&str>)] = &[
+            ("a=1&b=2", b'&', "b", Some("2")),
+            ("a=1&b=2", b'&', "a", Some("1")),
+            ("a=1&ab=2", b'&', "b", None),
+            ("a=&b=2", b'&', "a", Some("")),
+            (" x = 5 ; y=6", b';', "y", Some("6")),
+            ("flag&b=2", b'&', "flag", None),
+            ("", b'&', "a", None),
+        ];
+        for (text, sep, name, want) in table {
+            let buf = text.as_bytes();
+            let got = pair_in(buf, 0, buf.len(), *sep, name.as_bytes())
+                .map(|(a, b)| std::str::from_utf8(&buf[a..b]).unwrap());
+            assert_eq!(got, *want, "{text:?} {name:?}");
+        }
+    }
+}
