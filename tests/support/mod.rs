@@ -9,6 +9,7 @@ pub mod client;
 pub mod fixed;
 pub mod l4;
 pub mod streaming;
+pub mod targets;
 pub mod tls;
 
 use std::io::Write as _;
