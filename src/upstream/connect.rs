@@ -249,29 +249,69 @@ async fn originate_tls(
     up: &Upstream,
     tcp: monoio::net::TcpStream,
 ) -> Result<Stream, ProxyError> {
-    let (Some(connector), Some(settings), TargetAddr::Tcp { host, .. }) =
+    let (Some(config), Some(settings), TargetAddr::Tcp { host, .. }) =
         (ctx.upstream_tls(u), &up.transport.tls, &up.targets[t].addr)
     else {
         unreachable!("validation gives every TLS target its settings and a TCP address");
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
-    let name = crate::net::tls::server_name(settings, host)
-        .map_err(|e| ProxyError::upstream(ErrorKind::UpstreamTls(e.message), true))?;
-    let result = timed(settings.handshake_timeout, connector.connect(name, tcp)).await;
+    let tls_err = |why: String| ProxyError::upstream(ErrorKind::UpstreamTls(why), true);
+    let name = crate::net::tls::server_name(settings, host).map_err(|e| tls_err(e.message))?;
+    let session =
+        rustls::ClientConnection::new(config.clone(), name).map_err(|e| tls_err(e.to_string()))?;
+    let result = timed(settings.handshake_timeout, handshake(tcp, session)).await;
     if !matches!(result, Some(Ok(_))) {
         ctx.shared()
             .upstream_tls_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     match result {
-        Some(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls), fd)),
-        Some(Err(e)) => {
-            let reason = crate::net::tls::failure_reason(&e.into());
-            Err(ProxyError::upstream(ErrorKind::UpstreamTls(reason), true))
-        }
-        None => Err(ProxyError::upstream(
-            ErrorKind::UpstreamTls("TLS handshake timed out".into()),
-            true,
+        Some(Ok((tcp, session))) => Ok(Stream::TlsClient(
+            Box::new(monoio_rustls::ClientTlsStream::new(tcp, session)),
+            fd,
         )),
+        Some(Err(e)) => Err(tls_err(crate::net::tls::failure_reason(&e))),
+        None => Err(tls_err("TLS handshake timed out".into())),
+    }
+}
+
+/// Drives a client handshake to its end. Unlike monoio-rustls's own, a refusal (say, of the
+/// server's certificate) sends its alert before the connection closes, so the server learns
+/// why instead of seeing a bare end of stream.
+async fn handshake(
+    mut tcp: monoio::net::TcpStream,
+    mut tls: rustls::ClientConnection,
+) -> std::io::Result<(monoio::net::TcpStream, rustls::ClientConnection)> {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        while tls.wants_write() {
+            buf.clear();
+            tls.write_tls(&mut buf)?;
+            let (res, b) = tcp.write_all(buf).await;
+            buf = b;
+            res?;
+        }
+        if !tls.is_handshaking() {
+            return Ok((tcp, tls));
+        }
+        buf.clear();
+        let (res, b) = tcp.read(buf).await;
+        buf = b;
+        if res? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        // Everything read goes to rustls, records past the handshake included.
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            tls.read_tls(&mut rest)?;
+            if let Err(e) = tls.process_new_packets() {
+                // The alert rustls queued for the failure.
+                let mut alert = Vec::new();
+                let _ = tls.write_tls(&mut alert);
+                let _ = tcp.write_all(alert).await;
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        }
     }
 }
