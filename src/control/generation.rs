@@ -26,7 +26,7 @@ pub struct Generation {
     /// Per listener (indexed like `config.listeners`): its TLS server config.
     pub listener_tls: Vec<Option<ListenerTlsState>>,
     /// Per upstream: the TLS client config its TLS targets are dialed with.
-    pub upstream_tls: Vec<Option<monoio_rustls::TlsConnector>>,
+    pub upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
     /// Per listener: the id of the bound socket it accepts on. Socket ids outlive generations,
     /// so a connection knows its listener again after a reload.
     pub sockets: Vec<usize>,
@@ -121,7 +121,7 @@ fn tls_states(config: &Config) -> io::Result<Vec<Option<ListenerTlsState>>> {
         .collect()
 }
 
-fn tls_connectors(config: &Config) -> io::Result<Vec<Option<monoio_rustls::TlsConnector>>> {
+fn tls_connectors(config: &Config) -> io::Result<Vec<Option<Arc<rustls::ClientConfig>>>> {
     config
         .upstreams
         .iter()
@@ -134,7 +134,7 @@ fn tls_connectors(config: &Config) -> io::Result<Vec<Option<monoio_rustls::TlsCo
                     );
                 }
                 crate::net::tls::client_config(t)
-                    .map(|c| Some(monoio_rustls::TlsConnector::from(Arc::new(c))))
+                    .map(|c| Some(Arc::new(c)))
                     .map_err(|e| {
                         io::Error::other(format!("upstream {}: transport.tls.{e}", u.name))
                     })

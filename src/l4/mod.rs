@@ -20,18 +20,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use monoio::net::{TcpStream, UnixStream};
 
-use crate::config::{ListenerKind, TargetAddr, Upstream};
+use crate::config::ListenerKind;
 use crate::net::proxy_protocol;
 use crate::net::stream::Stream;
 use crate::observe::metrics::TunnelCounters;
-use crate::upstream::balance::Tried;
-use crate::upstream::target::TargetShared;
+use crate::upstream::connect::{connect, Attempts, Connected, Want};
+use crate::upstream::pool::UpConn;
+use crate::upstream::retry;
+use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
 
 /// Capacity a pipe grows to once a splice fills it (a bulk tunnel): every splice in also sends
@@ -54,17 +55,6 @@ thread_local! {
     static PIPES: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
     /// This worker's pipes grown to `PIPE_BULK_SIZE`.
     static BIG_PIPES: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Holds one connection slot and one in-flight mark on a target for the tunnel's life (tcp
-/// counts open connections, so least_conn and max_connections see tunnels).
-struct Slot(Arc<TargetShared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.conns.fetch_sub(1, Ordering::AcqRel);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Serves one connection of a tcp listener until both directions are done.
@@ -105,7 +95,7 @@ pub async fn serve(
         if let Some(log) = ctx.access() {
             log.record_tcp(&crate::observe::access::TcpRecord {
                 client: &client_text,
-                upstream: target.map(|t| target_name(&up.targets[t].addr)).as_deref(),
+                upstream: target.map(|t| dial_name(&up.targets[t].addr)).as_deref(),
                 bytes_in: moved[0],
                 bytes_out: moved[1],
                 duration: started.elapsed(),
@@ -124,7 +114,25 @@ pub async fn serve(
         std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
         std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
     });
-    let Some((t, mut target, _slot)) = connect(ctx, upstream, up, key_bytes.as_deref()).await
+    let want = Want {
+        key: key_bytes.as_deref(),
+        reuse: None,
+        source,
+        dest,
+    };
+    let connected = connect(ctx, upstream, up, &mut Attempts::default(), &want).await;
+    // The tunnel holds the connection slot and the in-flight mark for its whole life (tcp
+    // counts open connections, so least_conn and max_connections see tunnels).
+    let Ok(Connected {
+        target: t,
+        conn:
+            UpConn {
+                stream: mut target,
+                slot: _slot,
+                ..
+            },
+        in_flight: _in_flight,
+    }) = connected
     else {
         tracing::debug!(upstream = %up.name, "no target reachable; closing the client");
         log(None, "no_target", [0, 0]);
@@ -133,12 +141,9 @@ pub async fn serve(
     ctx.tunnel_counters()
         .tunnels
         .fetch_add(1, Ordering::Relaxed);
-    // The PROXY header and whatever the client sent after its own header go out first.
-    let mut first = Vec::new();
-    proxy_protocol::write_header(up.transport.proxy_protocol, source, dest, &mut first);
-    first.extend_from_slice(&early);
-    if !first.is_empty() {
-        if let (Err(e), _) = target.write_all(first).await {
+    // Whatever the client sent after its own PROXY header goes out first.
+    if !early.is_empty() {
+        if let (Err(e), _) = target.write_all(early).await {
             tracing::debug!(upstream = %up.name, target = t, "upstream write failed: {e}");
             log(Some(t), "upstream_error", [0, 0]);
             return;
@@ -147,13 +152,26 @@ pub async fn serve(
     let _active = ctx.active();
     let counters = &ctx.tunnel_counters();
     let moved = [Cell::new(0), Cell::new(0)];
+    // A tunnel the upstream failed before sending a byte counts against it, recorded before
+    // the client sees the end so its next connection already avoids the target.
+    let judge = |end: &End, from_upstream: u64| {
+        let failed = matches!(end, End::Reset(Side::Upstream, _));
+        if retry::tunnel_counts_against_target(failed, from_upstream) {
+            ctx.balancer(upstream).record_failure(t);
+        }
+    };
+    let run = Tunnel {
+        idle: idle_timeout,
+        counters,
+        moved: &moved,
+        judge: &judge,
+    };
     let end = match (client, target) {
-        (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
-        (Stream::Tcp(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
-        (Stream::Unix(a), Stream::Tcp(b)) => pump(a, b, idle_timeout, counters, &moved).await,
-        (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, idle_timeout, counters, &moved).await,
-        // TLS streams cannot be spliced: the buffered relay (validation keeps TLS off tcp
-        // listeners for now, so this is only a safe default).
+        (Stream::Tcp(a), Stream::Tcp(b)) => pump(a, b, &run).await,
+        (Stream::Tcp(a), Stream::Unix(b)) => pump(a, b, &run).await,
+        (Stream::Unix(a), Stream::Tcp(b)) => pump(a, b, &run).await,
+        (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, &run).await,
+        // TLS streams (a TLS target) cannot be spliced: the buffered relay.
         (client, target) => {
             let (up_bytes, down_bytes) = crate::l4::upgrade::run(client, target).await;
             moved[0].set(up_bytes);
@@ -163,85 +181,6 @@ pub async fn serve(
     };
     tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
     log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
-}
-
-fn target_name(addr: &TargetAddr) -> String {
-    match addr {
-        TargetAddr::Tcp { host, .. } => host.clone(),
-        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
-    }
-}
-
-/// Picks and dials a target, failing over per `retries` / `try_duration` / `try_interval`.
-async fn connect(
-    ctx: &WorkerCtx,
-    u: usize,
-    up: &Upstream,
-    key: Option<&[u8]>,
-) -> Option<(usize, Stream, Slot)> {
-    let bal = &ctx.balancer(u);
-    let started = Instant::now();
-    let mut tried = Tried::default();
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let can_try_again = match up.lb.try_duration {
-            Some(d) => started.elapsed() < d,
-            None => attempts <= up.lb.retries,
-        };
-        let Some(t) = bal.select(tried, key, |_| false) else {
-            if !can_try_again {
-                return None;
-            }
-            tried = Tried::default();
-            monoio::time::sleep(up.lb.try_interval).await;
-            continue;
-        };
-        ctx.gen_metrics().selected[u][t].inc();
-        if !bal.try_reserve_conn(t) {
-            // Filled up by another worker since select looked.
-            tried.insert(t);
-            continue;
-        }
-        let shared = bal.shared(t).clone();
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(shared);
-        match dial(&up.targets[t].addr, up.transport.dial_timeout).await {
-            Ok(s) => return Some((t, s, slot)),
-            Err(e) => {
-                tracing::warn!(upstream = %up.name, target = t, "tcp dial failed: {e}");
-                bal.record_failure(t);
-                drop(slot);
-                tried.insert(t);
-                if !can_try_again {
-                    return None;
-                }
-                if bal.select(tried, key, |_| false).is_none() {
-                    tried = Tried::default();
-                    monoio::time::sleep(up.lb.try_interval).await;
-                }
-            }
-        }
-    }
-}
-
-async fn dial(addr: &TargetAddr, timeout: Option<Duration>) -> io::Result<Stream> {
-    let connect = async {
-        match addr {
-            TargetAddr::Tcp { addr, .. } => {
-                let s = TcpStream::connect_addr(*addr).await?;
-                s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
-            }
-            TargetAddr::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p).await?)),
-        }
-    };
-    match timeout {
-        Some(d) => monoio::time::timeout(d, connect)
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        None => connect.await,
-    }
 }
 
 /// How a tunnel ended.
@@ -301,15 +240,25 @@ impl Conn for UnixStream {
     }
 }
 
+/// What a tunnel's pump reports to: its idle limit, counters, bytes moved each way (upload,
+/// download), and the judge of how it ended, called before either socket closes.
+#[derive(Clone, Copy)]
+struct Tunnel<'a> {
+    idle: Option<Duration>,
+    counters: &'a TunnelCounters,
+    moved: &'a [Cell<u64>; 2],
+    judge: &'a dyn Fn(&End, u64),
+}
+
 /// Moves bytes between `a` (the client) and `b` (the upstream) until both directions ended,
 /// an error or reset happened, or the tunnel idled out.
-async fn pump<A: Conn, B: Conn>(
-    a: A,
-    b: B,
-    idle: Option<Duration>,
-    counters: &TunnelCounters,
-    moved: &[Cell<u64>; 2],
-) -> End {
+async fn pump<A: Conn, B: Conn>(a: A, b: B, run: &Tunnel<'_>) -> End {
+    let Tunnel {
+        idle,
+        counters,
+        moved,
+        judge,
+    } = *run;
     for (fd, side) in [
         (a.as_raw_fd(), Side::Client),
         (b.as_raw_fd(), Side::Upstream),
@@ -336,6 +285,7 @@ async fn pump<A: Conn, B: Conn>(
         &last,
     )
     .await;
+    judge(&end, moved[1].get());
     if matches!(end, End::Reset(..)) {
         abort_on_close(a.as_raw_fd());
         abort_on_close(b.as_raw_fd());

@@ -1,7 +1,7 @@
 //! One request to an upstream group: pick a target, reuse or dial a connection, run the
 //! exchange, and fail over or replay when that is safe.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::{Route, Upstream};
 use crate::error::{ErrorKind, ProxyError};
@@ -10,25 +10,9 @@ use crate::proxy::exchange::{exchange, Attempt};
 use crate::proxy::lb_key::LbKey;
 use crate::proxy::relay::fill_body;
 use crate::proxy::session::{Exchange, Failure, Session};
-use crate::upstream::connect::dial;
+use crate::upstream::connect::{connect, discard_idle, Attempts, Connected, Want};
+use crate::upstream::retry;
 use crate::upstream::target::dial_name;
-use crate::worker::ctx::WorkerCtx;
-
-/// Marks a request in flight on a target for as long as it lives.
-pub(crate) struct InFlight<'a>(&'a std::sync::atomic::AtomicU32);
-
-impl<'a> InFlight<'a> {
-    fn new(c: &'a std::sync::atomic::AtomicU32) -> Self {
-        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        InFlight(c)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 pub(crate) fn is_idempotent(method: &[u8]) -> bool {
     matches!(
@@ -69,9 +53,11 @@ pub(crate) async fn forward(
         Framing::Length(n) => sess.down.pending() as u64 >= n,
         _ => false,
     };
-    let may_retry_sent =
-        body_buffered && up.lb.retry_methods.iter().any(|m| m.as_bytes() == method);
-    let idempotent = is_idempotent(method);
+    let req = retry::Request {
+        body_buffered,
+        idempotent: is_idempotent(method),
+        retry_method: up.lb.retry_methods.iter().any(|m| m.as_bytes() == method),
+    };
     let lb_key = LbKey::find(
         bal.policy(),
         &up.lb.key,
@@ -81,73 +67,21 @@ pub(crate) async fn forward(
         head,
         &sess.s.headers,
     );
-    let started = Instant::now();
     // Each attempt sends the body from here again (only ever replayed when fully buffered).
     let body_start = sess.down.pos;
-    let mut tried = crate::upstream::balance::Tried::default();
-    let mut attempts = 0u32;
-    let mut waiting = PoolWait(None);
+    let mut att = Attempts::default();
     loop {
-        attempts += 1;
         sess.down.pos = body_start;
-        let can_try_again = |attempts: u32| match up.lb.try_duration {
-            Some(d) => started.elapsed() < d,
-            None => attempts <= up.lb.retries,
+        let want = Want {
+            key: lb_key.get(&sess.down.buf),
+            reuse: Some(req.idempotent && req.body_buffered),
+            ..Want::default()
         };
-        let key = lb_key.get(&sess.down.buf);
-        let Some(t) = bal.select(tried, key, |i| ctx.pool().has_idle(u, i)) else {
-            if can_try_again(attempts) {
-                tried = Default::default();
-                waiting.start(ctx, u);
-                monoio::time::sleep(up.lb.try_interval).await;
-                continue;
-            }
-            waiting.end(ctx, u);
-            return Err(ProxyError::upstream(ErrorKind::NoTarget, true).into());
-        };
-        ctx.gen_metrics().selected[u][t].inc();
-        let target = &up.targets[t];
-        let _in_flight = InFlight::new(&bal.shared(t).in_flight);
-        // A request that cannot be replayed must not meet a pooled connection the upstream
-        // already closed: a non-blocking peek finds that out for one syscall. Replayable
-        // requests skip it and are replayed if the connection turns out stale.
-        let replayable = idempotent && body_buffered;
-        let mut pooled = ctx.pool().checkout(u, t, up.transport.idle_timeout);
-        while pooled
-            .as_ref()
-            .is_some_and(|c| !replayable && c.stream.peer_closed())
-        {
-            pooled = ctx.pool().checkout(u, t, up.transport.idle_timeout);
-        }
-        let conn = match pooled {
-            Some(c) => c,
-            None => match dial(ctx, u, t, up).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(upstream = %up.name, target = %dial_name(&target.addr), "{e}");
-                    // A full target refused a new connection: that says nothing of its health.
-                    if !matches!(e.kind, ErrorKind::NoTarget) {
-                        bal.record_failure(t);
-                    }
-                    tried.insert(t);
-                    if can_try_again(attempts) {
-                        let key = lb_key.get(&sess.down.buf);
-                        if bal
-                            .select(tried, key, |i| ctx.pool().has_idle(u, i))
-                            .is_none()
-                        {
-                            tried = Default::default();
-                            waiting.start(ctx, u);
-                            monoio::time::sleep(up.lb.try_interval).await;
-                        }
-                        continue;
-                    }
-                    waiting.end(ctx, u);
-                    return Err(e.into());
-                }
-            },
-        };
-        waiting.end(ctx, u);
+        let Connected {
+            target: t,
+            conn,
+            in_flight: _in_flight,
+        } = connect(ctx, u, up, &mut att, &want).await?;
         let reused = conn.reused;
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
@@ -169,65 +103,40 @@ pub(crate) async fn forward(
         if let Some((status, latency)) = seen {
             note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
         }
-        match result {
+        let f = match result {
             Ok(next) => return Ok(next),
-            Err(f) => {
-                // A pooled connection the upstream had already closed: replay once on a fresh
-                // one when nothing of the response arrived and the request is safe to repeat.
-                let stale = reused
-                    && !f.answered
-                    && matches!(
-                        f.error.kind,
-                        ErrorKind::UpstreamIo {
-                            before_response: true,
-                            ..
-                        }
-                    )
-                    && body_buffered
-                    && idempotent;
-                if stale {
-                    // Stale connections come from the pool; a fresh dial follows on the retry.
-                    while let Some(c) = ctx.pool().checkout(u, t, Some(Duration::ZERO)) {
-                        drop(c);
-                    }
-                    attempts -= 1;
-                    continue;
+            Err(f) => f,
+        };
+        let failed = retry::Failed {
+            reused,
+            answered: f.answered,
+            before_response: matches!(
+                f.error.kind,
+                ErrorKind::UpstreamIo {
+                    before_response: true,
+                    ..
                 }
-                // Sent requests are replayed on another target only when retry_methods allows
-                // and no byte of a response came back.
-                let unanswered = matches!(
-                    f.error.kind,
-                    ErrorKind::UpstreamIo {
-                        before_response: true,
-                        ..
-                    }
-                );
-                let replay = f.error.retry_safe || (may_retry_sent && unanswered);
-                if !f.answered && replay && can_try_again(attempts) {
-                    tried.insert(t);
-                    continue;
-                }
-                return Err(f);
-            }
+            ),
+            retry_safe: f.error.retry_safe,
+        };
+        if retry::replay_on_fresh_connection(req, failed) {
+            // Stale connections come from the pool; a fresh dial follows on the replay.
+            discard_idle(ctx, u, t);
+            att.replay();
+            continue;
         }
-    }
-}
-
-/// When a request started waiting for a target with a free slot (for the pool wait metrics).
-pub(crate) struct PoolWait(Option<Instant>);
-
-impl PoolWait {
-    fn start(&mut self, ctx: &WorkerCtx, u: usize) {
-        if self.0.is_none() {
-            self.0 = Some(Instant::now());
-            ctx.gen_metrics().pool_waits[u].inc();
+        // A target that took the request and then hung, reset or closed is taken out of
+        // rotation like one that refused the connection.
+        if retry::counts_against_target(f.error.side, &f.error.kind, f.answered) {
+            let target = dial_name(&up.targets[t].addr);
+            tracing::warn!(upstream = %up.name, %target, "{}", f.error);
+            bal.record_failure(t);
         }
-    }
-
-    fn end(&mut self, ctx: &WorkerCtx, u: usize) {
-        if let Some(since) = self.0.take() {
-            ctx.gen_metrics().pool_wait_time[u].observe(since.elapsed());
+        if retry::try_another_target(req, failed) && att.may_try_again(up) {
+            att.tried.insert(t);
+            continue;
         }
+        return Err(f);
     }
 }
 

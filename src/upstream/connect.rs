@@ -1,12 +1,18 @@
-//! Connecting to a target: reserve a connection slot, dial it (TCP or Unix) under the dial
-//! timeout, and run the TLS handshake for TLS targets.
+//! The one connector HTTP and layer 4 share: select a target -> reserve a connection slot ->
+//! (HTTP) reuse a pooled idle connection -> dial (TCP or Unix) under the dial timeout -> PROXY
+//! header -> TLS handshake for TLS targets; failing over to another target on a failed dial or
+//! handshake under `retries` / `try_duration` / `try_interval`.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use crate::config::{TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError};
 use crate::net::stream::Stream;
-use crate::upstream::pool::UpConn;
+use crate::upstream::balance::Tried;
+use crate::upstream::pool::{InFlight, UpConn};
+use crate::upstream::retry;
+use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
 
 /// Runs `f` under an optional timeout; `None` when it ran out.
@@ -17,22 +23,184 @@ async fn timed<T>(limit: Option<Duration>, f: impl std::future::Future<Output = 
     }
 }
 
-pub async fn dial(
+/// One request's (or tunnel's) search for a target, across connects and exchanges.
+pub struct Attempts {
+    started: Instant,
+    /// Targets that failed this request; cleared when none is left to wait for one to recover.
+    pub tried: Tried,
+    attempts: u32,
+    /// Since when it waits for a target with a free slot (for the pool wait metrics).
+    waiting: Option<Instant>,
+}
+
+impl Default for Attempts {
+    fn default() -> Self {
+        Attempts {
+            started: Instant::now(),
+            tried: Tried::default(),
+            attempts: 0,
+            waiting: None,
+        }
+    }
+}
+
+impl Attempts {
+    /// Whether `retries` / `try_duration` allow one more attempt.
+    pub fn may_try_again(&self, up: &Upstream) -> bool {
+        retry::may_try_again(
+            up.lb.retries,
+            up.lb.try_duration,
+            self.attempts,
+            self.started.elapsed(),
+        )
+    }
+
+    /// Gives back the attempt a stale pooled connection used: its replay is no retry.
+    pub fn replay(&mut self) {
+        self.attempts = self.attempts.saturating_sub(1);
+    }
+
+    fn wait_start(&mut self, ctx: &WorkerCtx, u: usize) {
+        if self.waiting.is_none() {
+            self.waiting = Some(Instant::now());
+            ctx.gen_metrics().pool_waits[u].inc();
+        }
+    }
+
+    fn wait_end(&mut self, ctx: &WorkerCtx, u: usize) {
+        if let Some(since) = self.waiting.take() {
+            ctx.gen_metrics().pool_wait_time[u].observe(since.elapsed());
+        }
+    }
+}
+
+/// What a connection is wanted for.
+#[derive(Default)]
+pub struct Want<'a> {
+    /// The hash key of the hashing policies (the cookie value for `cookie`).
+    pub key: Option<&'a [u8]>,
+    /// HTTP may reuse pooled idle connections: `Some(replayable)`, where a request that cannot
+    /// be replayed skips pooled connections the upstream already closed. Tunnels never reuse.
+    pub reuse: Option<bool>,
+    /// The client's addresses for the PROXY header, when the upstream sends one.
+    pub source: Option<SocketAddr>,
+    pub dest: Option<SocketAddr>,
+}
+
+/// A connection to target `target`, and the request's in-flight mark on it.
+pub struct Connected {
+    pub target: usize,
+    pub conn: UpConn,
+    pub in_flight: InFlight,
+}
+
+/// Selects a target and connects to it (a pooled connection or a new one), failing over to
+/// other targets while `att` allows. A failed dial or handshake counts against the target's
+/// passive health.
+pub async fn connect(
+    ctx: &WorkerCtx,
+    u: usize,
+    up: &Upstream,
+    att: &mut Attempts,
+    want: &Want<'_>,
+) -> Result<Connected, ProxyError> {
+    let bal = ctx.balancer(u);
+    let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle(u, i);
+    loop {
+        att.attempts += 1;
+        let Some(t) = bal.select(att.tried, want.key, has_idle) else {
+            if att.may_try_again(up) {
+                att.tried = Tried::default();
+                att.wait_start(ctx, u);
+                monoio::time::sleep(up.lb.try_interval).await;
+                continue;
+            }
+            att.wait_end(ctx, u);
+            return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
+        };
+        ctx.gen_metrics().selected[u][t].inc();
+        let in_flight = InFlight::new(bal.shared(t).clone());
+        let pooled = want
+            .reuse
+            .and_then(|replayable| checkout(ctx, u, t, up, replayable));
+        let dialed = match pooled {
+            Some(conn) => Ok(conn),
+            None => dial(ctx, u, t, up, want).await,
+        };
+        match dialed {
+            Ok(conn) => {
+                att.wait_end(ctx, u);
+                return Ok(Connected {
+                    target: t,
+                    conn,
+                    in_flight,
+                });
+            }
+            // Filled up by another worker since select looked: no attempt, no failure.
+            Err(e) if matches!(e.kind, ErrorKind::NoTarget) => {
+                att.tried.insert(t);
+                att.replay();
+            }
+            Err(e) => {
+                let target = dial_name(&up.targets[t].addr);
+                tracing::warn!(upstream = %up.name, %target, "{e}");
+                if retry::counts_against_target(e.side, &e.kind, false) {
+                    bal.record_failure(t);
+                }
+                att.tried.insert(t);
+                if !att.may_try_again(up) {
+                    att.wait_end(ctx, u);
+                    return Err(e);
+                }
+                if bal.select(att.tried, want.key, has_idle).is_none() {
+                    att.tried = Tried::default();
+                    att.wait_start(ctx, u);
+                    monoio::time::sleep(up.lb.try_interval).await;
+                }
+            }
+        }
+    }
+}
+
+/// The warmest pooled connection to `t`. A request that cannot be replayed must not meet a
+/// connection the upstream already closed: a non-blocking peek finds that out for one syscall.
+/// Replayable requests skip it and are replayed if the connection turns out stale.
+fn checkout(
     ctx: &WorkerCtx,
     u: usize,
     t: usize,
     up: &Upstream,
+    replayable: bool,
+) -> Option<UpConn> {
+    loop {
+        let conn = ctx.pool().checkout(u, t, up.transport.idle_timeout)?;
+        if replayable || !conn.stream.peer_closed() {
+            return Some(conn);
+        }
+    }
+}
+
+/// Closes every pooled connection to `t`: one was found stale, so the others are suspect.
+pub fn discard_idle(ctx: &WorkerCtx, u: usize, t: usize) {
+    while let Some(c) = ctx.pool().checkout(u, t, Some(Duration::ZERO)) {
+        drop(c);
+    }
+}
+
+/// Reserves a connection slot on `t` and opens a new connection: dial, PROXY header, TLS.
+async fn dial(
+    ctx: &WorkerCtx,
+    u: usize,
+    t: usize,
+    up: &Upstream,
+    want: &Want<'_>,
 ) -> Result<UpConn, ProxyError> {
     let bal = &ctx.balancer(u);
     if !bal.try_reserve_conn(t) {
         return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
     }
-    // The reservation is released by UpConn's Drop, or here on failure.
-    let release = || {
-        bal.shared(t)
-            .conns
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    };
+    // From here the slot is released by UpConn's Drop, or by this one on failure.
+    let slot = crate::upstream::pool::ConnSlot::reserved(bal.shared(t).clone());
     let connect = async {
         match &up.targets[t].addr {
             TargetAddr::Tcp { addr, .. } => {
@@ -43,28 +211,33 @@ pub async fn dial(
             TargetAddr::Unix(p) => Ok(Stream::Unix(monoio::net::UnixStream::connect(p).await?)),
         }
     };
-    let stream = match timed(up.transport.dial_timeout, connect).await {
+    let mut stream = match timed(up.transport.dial_timeout, connect).await {
         Some(Ok(stream)) => stream,
-        Some(Err(e)) => {
-            release();
+        Some(Err(e)) => return Err(ProxyError::upstream(ErrorKind::Dial(e), true)),
+        None => return Err(ProxyError::upstream(ErrorKind::DialTimeout, true)),
+    };
+    // The PROXY header travels in plaintext ahead of any TLS, as receivers expect it.
+    let mut header = Vec::new();
+    crate::net::proxy_protocol::write_header(
+        up.transport.proxy_protocol,
+        want.source,
+        want.dest,
+        &mut header,
+    );
+    if !header.is_empty() {
+        if let (Err(e), _) = stream.write_all(header).await {
             return Err(ProxyError::upstream(ErrorKind::Dial(e), true));
         }
-        None => {
-            release();
-            return Err(ProxyError::upstream(ErrorKind::DialTimeout, true));
-        }
-    };
+    }
     let stream = match (up.targets[t].tls, stream) {
-        (true, Stream::Tcp(tcp)) => match originate_tls(ctx, u, t, up, tcp).await {
-            Ok(s) => s,
-            Err(e) => {
-                release();
-                return Err(e);
-            }
-        },
+        (true, Stream::Tcp(tcp)) => originate_tls(ctx, u, t, up, tcp).await?,
         (_, stream) => stream,
     };
-    Ok(UpConn::new(stream, bal.shared(t).clone()))
+    Ok(UpConn {
+        stream,
+        slot,
+        reused: false,
+    })
 }
 
 /// The TLS handshake toward a TLS target, verified (unless `insecure_skip_verify`) against
@@ -76,29 +249,69 @@ async fn originate_tls(
     up: &Upstream,
     tcp: monoio::net::TcpStream,
 ) -> Result<Stream, ProxyError> {
-    let (Some(connector), Some(settings), TargetAddr::Tcp { host, .. }) =
+    let (Some(config), Some(settings), TargetAddr::Tcp { host, .. }) =
         (ctx.upstream_tls(u), &up.transport.tls, &up.targets[t].addr)
     else {
         unreachable!("validation gives every TLS target its settings and a TCP address");
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
-    let name = crate::net::tls::server_name(settings, host)
-        .map_err(|e| ProxyError::upstream(ErrorKind::UpstreamTls(e.message), true))?;
-    let result = timed(settings.handshake_timeout, connector.connect(name, tcp)).await;
+    let tls_err = |why: String| ProxyError::upstream(ErrorKind::UpstreamTls(why), true);
+    let name = crate::net::tls::server_name(settings, host).map_err(|e| tls_err(e.message))?;
+    let session =
+        rustls::ClientConnection::new(config.clone(), name).map_err(|e| tls_err(e.to_string()))?;
+    let result = timed(settings.handshake_timeout, handshake(tcp, session)).await;
     if !matches!(result, Some(Ok(_))) {
         ctx.shared()
             .upstream_tls_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     match result {
-        Some(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls), fd)),
-        Some(Err(e)) => {
-            let reason = crate::net::tls::failure_reason(&e.into());
-            Err(ProxyError::upstream(ErrorKind::UpstreamTls(reason), true))
-        }
-        None => Err(ProxyError::upstream(
-            ErrorKind::UpstreamTls("TLS handshake timed out".into()),
-            true,
+        Some(Ok((tcp, session))) => Ok(Stream::TlsClient(
+            Box::new(monoio_rustls::ClientTlsStream::new(tcp, session)),
+            fd,
         )),
+        Some(Err(e)) => Err(tls_err(crate::net::tls::failure_reason(&e))),
+        None => Err(tls_err("TLS handshake timed out".into())),
+    }
+}
+
+/// Drives a client handshake to its end. Unlike monoio-rustls's own, a refusal (say, of the
+/// server's certificate) sends its alert before the connection closes, so the server learns
+/// why instead of seeing a bare end of stream.
+async fn handshake(
+    mut tcp: monoio::net::TcpStream,
+    mut tls: rustls::ClientConnection,
+) -> std::io::Result<(monoio::net::TcpStream, rustls::ClientConnection)> {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        while tls.wants_write() {
+            buf.clear();
+            tls.write_tls(&mut buf)?;
+            let (res, b) = tcp.write_all(buf).await;
+            buf = b;
+            res?;
+        }
+        if !tls.is_handshaking() {
+            return Ok((tcp, tls));
+        }
+        buf.clear();
+        let (res, b) = tcp.read(buf).await;
+        buf = b;
+        if res? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        // Everything read goes to rustls, records past the handshake included.
+        let mut rest = &buf[..];
+        while !rest.is_empty() {
+            tls.read_tls(&mut rest)?;
+            if let Err(e) = tls.process_new_packets() {
+                // The alert rustls queued for the failure.
+                let mut alert = Vec::new();
+                let _ = tls.write_tls(&mut alert);
+                let _ = tcp.write_all(alert).await;
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        }
     }
 }

@@ -4,4 +4,5 @@
 pub mod balance;
 pub mod connect;
 pub mod pool;
+pub mod retry;
 pub mod target;

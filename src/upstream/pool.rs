@@ -36,6 +36,23 @@ impl Drop for ConnSlot {
     }
 }
 
+/// Marks a request or tunnel in flight on a target for as long as it lives (least_conn,
+/// p2c and `unhealthy_request_count` read it).
+pub struct InFlight(Arc<TargetShared>);
+
+impl InFlight {
+    pub fn new(shared: Arc<TargetShared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// An open upstream connection; counts against its target's `conns` until dropped.
 pub struct UpConn {
     pub stream: Stream,

@@ -191,8 +191,8 @@ impl WorkerCtx {
         &self.pool
     }
 
-    /// The TLS connector of upstream `u` (`None` when none of its targets is TLS).
-    pub fn upstream_tls(&self, u: usize) -> Option<&monoio_rustls::TlsConnector> {
+    /// The TLS client config of upstream `u` (`None` when none of its targets is TLS).
+    pub fn upstream_tls(&self, u: usize) -> Option<&Arc<rustls::ClientConfig>> {
         self.gen.upstream_tls[u].as_ref()
     }
 

@@ -1,0 +1,297 @@
+//! The pure decisions of failover, apart from the I/O that feeds them: whether another attempt
+//! is allowed, whether a failed exchange is replayed or moved to another target, and which
+//! failures count against a target's passive health.
+
+use std::time::Duration;
+
+use crate::error::{ErrorKind, Side};
+
+/// Whether another attempt may start: `try_duration`, when set, bounds the time spent trying;
+/// otherwise `retries` bounds the attempts after the first.
+pub fn may_try_again(
+    retries: u32,
+    try_duration: Option<Duration>,
+    attempts: u32,
+    elapsed: Duration,
+) -> bool {
+    match try_duration {
+        Some(d) => elapsed < d,
+        None => attempts <= retries,
+    }
+}
+
+/// What a request allows on failure, fixed before the first attempt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Request {
+    /// All of the body is still in our buffer, so it can be sent again.
+    pub body_buffered: bool,
+    /// The method may be repeated without changing the outcome.
+    pub idempotent: bool,
+    /// `retry_methods` names the method.
+    pub retry_method: bool,
+}
+
+/// How one exchange failed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Failed {
+    /// The connection came out of the pool.
+    pub reused: bool,
+    /// Part of a response already reached the client.
+    pub answered: bool,
+    /// No byte of a response arrived from the upstream.
+    pub before_response: bool,
+    /// Nothing reached the upstream that it could have acted on.
+    pub retry_safe: bool,
+}
+
+/// A pooled connection the upstream had already closed: replay once on a fresh connection to
+/// the same target when nothing of the response arrived and the request is safe to repeat.
+pub fn replay_on_fresh_connection(req: Request, f: Failed) -> bool {
+    f.reused && !f.answered && f.before_response && req.body_buffered && req.idempotent
+}
+
+/// Whether the request moves to another target: when the upstream cannot have acted on it, or
+/// when `retry_methods` allows sending it again and no byte of a response came back.
+pub fn try_another_target(req: Request, f: Failed) -> bool {
+    !f.answered && (f.retry_safe || (req.retry_method && req.body_buffered && f.before_response))
+}
+
+/// Whether a failure says the target is unwell (for passive health): it could not be reached,
+/// refused the handshake, or took a request and then hung, reset or closed before answering.
+/// A full target, a client's failure, or a failure after the response started says nothing.
+pub fn counts_against_target(side: Side, kind: &ErrorKind, answered: bool) -> bool {
+    if side != Side::Upstream || answered {
+        return false;
+    }
+    match kind {
+        ErrorKind::Dial(_)
+        | ErrorKind::DialTimeout
+        | ErrorKind::UpstreamTls(_)
+        | ErrorKind::UpstreamTimeout => true,
+        ErrorKind::UpstreamIo {
+            before_response, ..
+        } => *before_response,
+        _ => false,
+    }
+}
+
+/// Whether a layer-4 tunnel counts against its target: the upstream failed or reset before it
+/// sent a single byte (a refused service behind an open port). A clean close is an answer.
+pub fn tunnel_counts_against_target(upstream_failed: bool, bytes_from_upstream: u64) -> bool {
+    upstream_failed && bytes_from_upstream == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn another_attempt_is_allowed_by_retries_or_else_by_try_duration() {
+        // (retries, try_duration, attempts so far, elapsed, allowed)
+        let table = [
+            (0, None, 1, Duration::ZERO, false),
+            (1, None, 1, Duration::ZERO, true),
+            (1, None, 2, Duration::ZERO, false),
+            (3, None, 3, 10 * S, true),
+            (0, Some(2 * S), 1, S, true),
+            (0, Some(2 * S), 50, S, true),
+            (5, Some(2 * S), 1, 2 * S, false),
+        ];
+        for (retries, dur, attempts, elapsed, want) in table {
+            assert_eq!(
+                may_try_again(retries, dur, attempts, elapsed),
+                want,
+                "retries {retries}, try_duration {dur:?}, attempts {attempts}, after {elapsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_stale_pooled_connection_with_a_repeatable_request_is_replayed_on_a_fresh_one() {
+        let safe = Request {
+            body_buffered: true,
+            idempotent: true,
+            retry_method: false,
+        };
+        let stale = Failed {
+            reused: true,
+            answered: false,
+            before_response: true,
+            retry_safe: false,
+        };
+        let table = [
+            (safe, stale, true),
+            (
+                safe,
+                Failed {
+                    reused: false,
+                    ..stale
+                },
+                false,
+            ),
+            (
+                safe,
+                Failed {
+                    answered: true,
+                    ..stale
+                },
+                false,
+            ),
+            (
+                safe,
+                Failed {
+                    before_response: false,
+                    ..stale
+                },
+                false,
+            ),
+            (
+                Request {
+                    body_buffered: false,
+                    ..safe
+                },
+                stale,
+                false,
+            ),
+            (
+                Request {
+                    idempotent: false,
+                    ..safe
+                },
+                stale,
+                false,
+            ),
+        ];
+        for (i, (req, f, want)) in table.into_iter().enumerate() {
+            assert_eq!(
+                replay_on_fresh_connection(req, f),
+                want,
+                "row {i}: {req:?} {f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_target_is_tried_when_unsafe_to_repeat_only_if_retry_methods_allow_it() {
+        let post = Request {
+            body_buffered: true,
+            idempotent: false,
+            retry_method: false,
+        };
+        let get = Request {
+            retry_method: true,
+            idempotent: true,
+            ..post
+        };
+        let unanswered = Failed {
+            before_response: true,
+            ..Default::default()
+        };
+        let table = [
+            (
+                post,
+                Failed {
+                    retry_safe: true,
+                    ..Default::default()
+                },
+                true,
+            ),
+            (post, unanswered, false),
+            (get, unanswered, true),
+            (
+                Request {
+                    body_buffered: false,
+                    ..get
+                },
+                unanswered,
+                false,
+            ),
+            (
+                get,
+                Failed {
+                    before_response: false,
+                    ..unanswered
+                },
+                false,
+            ),
+            (
+                get,
+                Failed {
+                    answered: true,
+                    retry_safe: true,
+                    ..unanswered
+                },
+                false,
+            ),
+        ];
+        for (i, (req, f, want)) in table.into_iter().enumerate() {
+            assert_eq!(try_another_target(req, f), want, "row {i}: {req:?} {f:?}");
+        }
+    }
+
+    #[test]
+    fn unreachable_hung_or_silently_closing_targets_count_against_their_health() {
+        let io = || io::Error::from(io::ErrorKind::ConnectionReset);
+        let up = Side::Upstream;
+        let table = [
+            (up, ErrorKind::Dial(io()), false, true),
+            (up, ErrorKind::DialTimeout, false, true),
+            (
+                up,
+                ErrorKind::UpstreamTls("unknown issuer".into()),
+                false,
+                true,
+            ),
+            (up, ErrorKind::UpstreamTimeout, false, true),
+            (
+                up,
+                ErrorKind::UpstreamIo {
+                    err: io(),
+                    before_response: true,
+                },
+                false,
+                true,
+            ),
+            (
+                up,
+                ErrorKind::UpstreamIo {
+                    err: io(),
+                    before_response: false,
+                },
+                false,
+                false,
+            ),
+            (up, ErrorKind::UpstreamTimeout, true, false),
+            (up, ErrorKind::NoTarget, false, false),
+            (
+                up,
+                ErrorKind::UpstreamInvalid("malformed response head"),
+                false,
+                false,
+            ),
+            (Side::Downstream, ErrorKind::ClientIo(io()), false, false),
+        ];
+        for (side, kind, answered, want) in table {
+            assert_eq!(
+                counts_against_target(side, &kind, answered),
+                want,
+                "{side:?} {kind:?} answered {answered}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tunnel_counts_against_its_target_only_when_the_upstream_failed_before_any_byte() {
+        let table = [(true, 0, true), (true, 5, false), (false, 0, false)];
+        for (failed, bytes, want) in table {
+            assert_eq!(
+                tunnel_counts_against_target(failed, bytes),
+                want,
+                "{failed} {bytes}"
+            );
+        }
+    }
+}
