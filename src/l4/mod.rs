@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use monoio::net::{TcpStream, UnixStream};
 
 use crate::config::ListenerKind;
+use crate::error::Side;
 use crate::net::proxy_protocol;
 use crate::net::stream::Stream;
 use crate::observe::metrics::TunnelCounters;
@@ -200,17 +201,10 @@ impl End {
         match self {
             End::Closed => "closed",
             End::Idle => "idle_timeout",
-            End::Reset(Side::Client, _) => "client_error",
             End::Reset(Side::Upstream, _) => "upstream_error",
+            End::Reset(..) => "client_error",
         }
     }
-}
-
-/// Which connection an error came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Upstream,
 }
 
 /// A connection the tunnel drives: readiness from the runtime (an io_uring poll, or epoll), the
@@ -260,7 +254,7 @@ async fn pump<A: Conn, B: Conn>(a: A, b: B, run: &Tunnel<'_>) -> End {
         judge,
     } = *run;
     for (fd, side) in [
-        (a.as_raw_fd(), Side::Client),
+        (a.as_raw_fd(), Side::Downstream),
         (b.as_raw_fd(), Side::Upstream),
     ] {
         // io_uring's sockets are blocking; our syscalls must not be.
@@ -327,7 +321,7 @@ async fn both_ways(
                 up_done = true;
                 match r {
                     Ok(()) => {}
-                    Err(DirError::Read(e)) => return Poll::Ready(End::Reset(Side::Client, e)),
+                    Err(DirError::Read(e)) => return Poll::Ready(End::Reset(Side::Downstream, e)),
                     Err(DirError::Write(e)) => return Poll::Ready(End::Reset(Side::Upstream, e)),
                 }
             }
@@ -338,7 +332,7 @@ async fn both_ways(
                 match r {
                     Ok(()) => {}
                     Err(DirError::Read(e)) => return Poll::Ready(End::Reset(Side::Upstream, e)),
-                    Err(DirError::Write(e)) => return Poll::Ready(End::Reset(Side::Client, e)),
+                    Err(DirError::Write(e)) => return Poll::Ready(End::Reset(Side::Downstream, e)),
                 }
             }
         }

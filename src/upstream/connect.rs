@@ -88,22 +88,22 @@ pub struct Want<'a> {
 }
 
 /// A connection to target `target`, and the request's in-flight mark on it.
-pub struct Connected {
+pub struct Connected<'a> {
     pub target: usize,
     pub conn: UpConn,
-    pub in_flight: InFlight,
+    pub in_flight: InFlight<'a>,
 }
 
 /// Selects a target and connects to it (a pooled connection or a new one), failing over to
 /// other targets while `att` allows. A failed dial or handshake counts against the target's
 /// passive health.
-pub async fn connect(
-    ctx: &WorkerCtx,
+pub async fn connect<'a>(
+    ctx: &'a WorkerCtx,
     u: usize,
     up: &Upstream,
     att: &mut Attempts,
     want: &Want<'_>,
-) -> Result<Connected, ProxyError> {
+) -> Result<Connected<'a>, ProxyError> {
     let bal = ctx.balancer(u);
     let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle(u, i);
     loop {
@@ -119,7 +119,7 @@ pub async fn connect(
             return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
         };
         ctx.gen_metrics().selected[u][t].inc();
-        let in_flight = InFlight::new(bal.shared(t).clone());
+        let in_flight = InFlight::new(bal.shared(t));
         let pooled = want
             .reuse
             .and_then(|replayable| checkout(ctx, u, t, up, replayable));

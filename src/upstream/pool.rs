@@ -37,17 +37,18 @@ impl Drop for ConnSlot {
 }
 
 /// Marks a request or tunnel in flight on a target for as long as it lives (least_conn,
-/// p2c and `unhealthy_request_count` read it).
-pub struct InFlight(Arc<TargetShared>);
+/// p2c and `unhealthy_request_count` read it). Borrowed, not an `Arc`: a clone would add a
+/// second contended atomic per request.
+pub struct InFlight<'a>(&'a TargetShared);
 
-impl InFlight {
-    pub fn new(shared: Arc<TargetShared>) -> Self {
+impl<'a> InFlight<'a> {
+    pub fn new(shared: &'a TargetShared) -> Self {
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(shared)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
