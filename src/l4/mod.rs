@@ -1,11 +1,8 @@
 //! Layer-4 tunnels: each connection accepted on a `protocol: tcp` listener is joined to one
 //! upstream target and bytes flow both ways until both sides have finished.
 //!
-//! Payload moves with splice(2) through one pipe per direction, so it never enters user space.
-//! The runtime supplies readiness (an io_uring poll, or epoll) and the splice itself is a
-//! nonblocking syscall, as HAProxy does: io_uring's own `IORING_OP_SPLICE` always runs in an
-//! io-wq kernel thread that blocks while the socket is idle, one thread per pending splice,
-//! which costs a context switch per chunk and a thread per idle tunnel. Half-close is
+//! Payload moves with splice(2) through one pipe per direction (`net::splice`), so it never
+//! enters user space; the runtime supplies readiness (an io_uring poll, or epoll). Half-close is
 //! passed on (a FIN becomes shutdown(SHUT_WR) on the other side while the other direction keeps
 //! flowing); a reset or error on either side resets both (SO_LINGER 0), so the peer learns of
 //! the failure instead of seeing a clean end.
@@ -16,7 +13,7 @@ use std::future::Future;
 use std::io::{self, Read as _, Write as _};
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -28,6 +25,7 @@ use monoio::net::{TcpStream, UnixStream};
 use crate::config::ListenerKind;
 use crate::error::Side;
 use crate::net::proxy_protocol;
+use crate::net::splice::Pipe;
 use crate::net::stream::Stream;
 use crate::observe::metrics::TunnelCounters;
 use crate::upstream::connect::{connect, Attempts, Connected, Want};
@@ -36,27 +34,8 @@ use crate::upstream::retry;
 use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
 
-/// Capacity a pipe grows to once a splice fills it (a bulk tunnel): every splice in also sends
-/// an ACK and every splice out pushes segments, so the cost per byte falls with the size of a
-/// step. 1 MiB is the default pipe-max-size, so unprivileged processes may ask for it.
-const PIPE_BULK_SIZE: usize = 1024 * 1024;
-/// Pipes a worker grows to `PIPE_BULK_SIZE` at once (8 bulk tunnels both ways): 16 MiB of
-/// capacity, a quarter of the default pipe-user-pages-soft, so a few workers leave the user
-/// room for default pipes. Tunnels beyond it keep the default capacity.
-const BIG_PIPES_MAX: usize = 16;
 /// Buffer of the copying fallback (used when no pipe can be had, e.g. out of descriptors).
 const COPY_CHUNK: usize = 64 * 1024;
-/// Empty pipes a worker keeps for its next tunnels: creating and closing two pipes costs six
-/// syscalls per connection, a third of a short tunnel's work. An idle pipe holds two
-/// descriptors and no buffer pages.
-const PIPE_POOL: usize = 64;
-
-thread_local! {
-    /// This worker's empty pipes (one worker per thread; never shared).
-    static PIPES: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// This worker's pipes grown to `PIPE_BULK_SIZE`.
-    static BIG_PIPES: Cell<usize> = const { Cell::new(0) };
-}
 
 /// Serves one connection of a tcp listener until both directions are done.
 pub async fn serve(
@@ -370,14 +349,7 @@ impl Carrier {
     /// Takes up to a chunk from `src`; `Ok(0)` is EOF.
     fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         match self {
-            Carrier::Pipe(p) => {
-                let n = splice(src, p.w.as_raw_fd(), p.size)?;
-                // A fill may stop short of the byte size when fragments leave pages part empty.
-                if n * 2 >= p.size {
-                    p.grow();
-                }
-                Ok(n)
-            }
+            Carrier::Pipe(p) => p.fill(src, usize::MAX),
             Carrier::Buffer(buf) => (&*socket(src)).read(buf),
         }
     }
@@ -385,7 +357,7 @@ impl Carrier {
     /// Passes on up to `len` of the bytes taken, starting `done` bytes in.
     fn drain(&mut self, dst: RawFd, done: usize, len: usize) -> io::Result<usize> {
         match self {
-            Carrier::Pipe(p) => splice(p.r.as_raw_fd(), dst, len),
+            Carrier::Pipe(p) => p.drain(dst, len),
             Carrier::Buffer(buf) => (&*socket(dst)).write(&buf[done..done + len]),
         }
     }
@@ -439,119 +411,6 @@ async fn one_way(
         counter.fetch_add(n as u64, Ordering::Relaxed);
         moved.set(moved.get() + n as u64);
     }
-}
-
-/// A nonblocking pipe, owned by one direction of one tunnel.
-struct Pipe {
-    r: OwnedFd,
-    w: OwnedFd,
-    /// Its capacity in bytes: what one splice in asks for.
-    size: usize,
-    /// The capacity the kernel gave it at creation, restored before it is pooled.
-    base: usize,
-    /// Whether it was grown to `PIPE_BULK_SIZE` (and counts in `BIG_PIPES`).
-    big: bool,
-    /// Whether the kernel refused to grow it (not asked again while this tunnel lasts).
-    refused: bool,
-}
-
-impl Pipe {
-    /// An empty pipe from this worker's pool, or a new one.
-    fn take() -> io::Result<Pipe> {
-        match PIPES.with(|p| p.borrow_mut().pop()) {
-            Some(p) => Ok(p),
-            None => Pipe::new(),
-        }
-    }
-
-    /// Returns an empty pipe to this worker's pool (closing it when the pool is full). A grown
-    /// pipe shrinks first: pooled pipes must not hold the budget or the user's pipe pages.
-    fn give_back(mut self) {
-        if self.big {
-            if set_pipe_size(&self.w, self.base).is_err() {
-                return;
-            }
-            self.unmark_big();
-            self.size = self.base;
-        }
-        self.refused = false;
-        PIPES.with(|p| {
-            let mut pool = p.borrow_mut();
-            if pool.len() < PIPE_POOL {
-                pool.push(self);
-            }
-        });
-    }
-
-    fn new() -> io::Result<Pipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: pipe2 writes two descriptors into the array, which lives across the call.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both descriptors are new, open, and owned by nobody else.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: F_GETPIPE_SZ on an owned pipe descriptor has no memory effects.
-        let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        // The kernel may hand out smaller pipes to a user over pipe-user-pages-soft.
-        let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
-        Ok(Pipe {
-            r,
-            w,
-            size,
-            base: size,
-            big: false,
-            refused: false,
-        })
-    }
-
-    /// Grows a pipe that a splice filled to `PIPE_BULK_SIZE`, within the worker's budget: only
-    /// bulk tunnels pay for big pipes, which count against the user's pipe-user-pages-soft
-    /// (over it, the kernel gives every new pipe of the user just two pages).
-    fn grow(&mut self) {
-        if self.big || self.refused || BIG_PIPES.get() >= BIG_PIPES_MAX {
-            return;
-        }
-        match set_pipe_size(&self.w, PIPE_BULK_SIZE) {
-            Ok(size) => {
-                self.size = size;
-                self.big = true;
-                BIG_PIPES.set(BIG_PIPES.get() + 1);
-            }
-            Err(_) => self.refused = true,
-        }
-    }
-
-    fn unmark_big(&mut self) {
-        if std::mem::take(&mut self.big) {
-            BIG_PIPES.set(BIG_PIPES.get() - 1);
-        }
-    }
-}
-
-impl Drop for Pipe {
-    fn drop(&mut self) {
-        self.unmark_big();
-    }
-}
-
-/// Sets a pipe's capacity and returns the one the kernel chose (a power of two pages).
-fn set_pipe_size(w: &OwnedFd, size: usize) -> io::Result<usize> {
-    let size = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: F_SETPIPE_SZ on an owned pipe descriptor has no memory effects; it fails (and
-    // changes nothing) over a limit or below the bytes the pipe holds.
-    let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-    usize::try_from(got).map_err(|_| io::Error::last_os_error())
-}
-
-/// One nonblocking splice(2) of up to `len` bytes; one end must be a pipe.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
-    let null = std::ptr::null_mut();
-    // SAFETY: with null offsets splice(2) touches no memory of ours; both descriptors are owned
-    // by live values of the calling tunnel for the whole call.
-    let n = unsafe { libc::splice(from, null, to, null, len, flags) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// The socket behind `fd`, borrowed: for options, shutdown and plain reads and writes.
@@ -621,29 +480,8 @@ mod tests {
     }
 
     #[test]
-    fn a_filled_pipe_grows_within_the_budget_and_shrinks_before_it_is_pooled() {
-        let mut p = Pipe::new().unwrap();
-        let base = p.size;
-        p.grow();
-        if !p.big {
-            // The kernel may refuse (a user over pipe-user-pages-soft); nothing to check.
-            return;
-        }
-        assert!(p.size >= PIPE_BULK_SIZE);
-        assert_eq!(BIG_PIPES.get(), 1);
-        p.give_back();
-        assert_eq!(BIG_PIPES.get(), 0);
-        assert_eq!(Pipe::take().unwrap().size, base, "pooled at its first size");
-        let mut pipes: Vec<Pipe> = (0..=BIG_PIPES_MAX).map(|_| Pipe::new().unwrap()).collect();
-        pipes.iter_mut().for_each(Pipe::grow);
-        assert!(pipes.iter().filter(|p| p.big).count() <= BIG_PIPES_MAX);
-        drop(pipes);
-        assert_eq!(BIG_PIPES.get(), 0);
-    }
-
-    #[test]
     fn splice_moves_every_byte_between_unix_sockets_and_passes_the_fin_on() {
-        let (got, counters) = carry(Carrier::Pipe(Pipe::new().unwrap()), data());
+        let (got, counters) = carry(Carrier::Pipe(Pipe::take().unwrap()), data());
         assert!(got == data(), "bytes differ");
         assert_eq!(counters.spliced_bytes.load(Ordering::Relaxed), 3_000_000);
     }

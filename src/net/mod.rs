@@ -1,7 +1,8 @@
-//! Sockets and what wraps them: listening sockets, TCP/Unix/TLS streams, rustls configs, PROXY
-//! protocol headers.
+//! Sockets and what wraps them: listening sockets, TCP/Unix/TLS streams, splice pipes, rustls
+//! configs, PROXY protocol headers.
 
 pub mod listener;
 pub mod proxy_protocol;
+pub mod splice;
 pub mod stream;
 pub mod tls;

@@ -1,11 +1,13 @@
 //! One type for TCP, Unix-socket and TLS connections, so the data path is written once.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{TcpStream, UnixStream};
+
+use crate::net::splice::Pipe;
 
 pub enum Stream {
     Tcp(TcpStream),
@@ -121,62 +123,6 @@ pub fn reserve_read_space(buf: &mut Vec<u8>, cap: usize) {
     }
 }
 
-/// A pipe pair for splice(2): bytes go socket -> `write` end -> `read` end -> socket without
-/// entering user space. Reused across transfers by a worker only when left empty.
-///
-/// Splices are plain non-blocking syscalls driven by the runtime's readiness, not io_uring
-/// splice operations: io_uring runs every splice in an io-wq kernel thread, a context switch
-/// per chunk (and a parked thread while a socket is idle).
-pub struct SplicePipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-/// Bytes moved per splice step, and the pipe capacity asked for: fewer, larger steps.
-pub const SPLICE_CHUNK: u32 = 256 * 1024;
-
-impl SplicePipe {
-    pub fn new() -> io::Result<Self> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: pipe2 writes two descriptors into `fds`, which lives through the call.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // A larger pipe moves more per step; the default (64 KiB) still works if refused.
-        // SAFETY: fcntl on an owned descriptor has no memory effects.
-        unsafe {
-            libc::fcntl(
-                write.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                SPLICE_CHUNK as libc::c_int,
-            )
-        };
-        Ok(SplicePipe { read, write })
-    }
-}
-
-/// One non-blocking splice(2) between two descriptors.
-fn splice_nb(from: RawFd, to: RawFd, len: u32) -> io::Result<usize> {
-    // SAFETY: null offsets mean "use the file position"; no memory is passed.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len as usize,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 impl Stream {
     fn splice_fd(&self) -> io::Result<RawFd> {
         match self {
@@ -222,13 +168,13 @@ impl Stream {
         }
     }
 
-    /// Moves up to `len` bytes from this socket into the (empty) pipe; `Ok(0)` is end of
-    /// stream.
-    pub async fn splice_in(&mut self, pipe: &mut SplicePipe, len: u32) -> io::Result<u32> {
+    /// Moves up to `len` bytes (at most the pipe's capacity) from this socket into the empty
+    /// pipe; `Ok(0)` is end of stream.
+    pub async fn splice_in(&mut self, pipe: &mut Pipe, len: usize) -> io::Result<usize> {
         let fd = self.splice_fd()?;
         loop {
-            match splice_nb(fd, pipe.write.as_raw_fd(), len) {
-                Ok(n) => return Ok(n as u32),
+            match pipe.fill(fd, len) {
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable().await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -237,12 +183,12 @@ impl Stream {
     }
 
     /// Moves exactly `len` bytes out of the pipe into this socket.
-    pub async fn splice_out(&mut self, pipe: &mut SplicePipe, mut len: u32) -> io::Result<()> {
+    pub async fn splice_out(&mut self, pipe: &mut Pipe, mut len: usize) -> io::Result<()> {
         let fd = self.splice_fd()?;
         while len > 0 {
-            match splice_nb(pipe.read.as_raw_fd(), fd, len) {
+            match pipe.drain(fd, len) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => len -= n as u32,
+                Ok(n) => len -= n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable().await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

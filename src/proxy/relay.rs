@@ -8,7 +8,8 @@ use std::time::Duration;
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, BodyError, ChunkedDecoder, Encode, LAST_CHUNK};
 use crate::http1::parse::Framing;
-use crate::net::stream::{SplicePipe, Stream, MIN_READ_SPACE, SPLICE_CHUNK};
+use crate::net::splice::Pipe;
+use crate::net::stream::{Stream, MIN_READ_SPACE};
 use crate::proxy::session::{timed, RecvBuf, BODY_CHUNK, CHUNK_FRAMING_ROOM, SPLICE_MIN_BODY};
 use crate::worker::ctx::WorkerCtx;
 
@@ -110,12 +111,17 @@ impl Relay<'_> {
                 && self.src.can_splice()
                 && self.dst.can_splice()
             {
-                if let Some(mut pipe) = self.ctx.take_pipe() {
-                    // An error may leave bytes in the pipe: then it is dropped, not reused.
-                    self.splice(&mut pipe, remaining).await?;
-                    self.ctx.return_pipe(pipe);
-                    self.moved(remaining);
-                    return Ok(());
+                match Pipe::take() {
+                    Ok(mut pipe) => {
+                        // An error may leave bytes in the pipe: then it is dropped, not reused.
+                        self.splice(&mut pipe, remaining).await?;
+                        pipe.give_back();
+                        self.moved(remaining);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::debug!(worker = self.ctx.id(), "no splice pipe ({e}); copying")
+                    }
                 }
             }
             self.buf.reset();
@@ -214,16 +220,13 @@ impl Relay<'_> {
 
     /// Moves `remaining` body bytes socket -> pipe -> socket without copying them through user
     /// space. Never reads past the body, so a pipelined next request stays in the socket.
-    async fn splice(
-        &mut self,
-        pipe: &mut SplicePipe,
-        mut remaining: u64,
-    ) -> Result<(), ProxyError> {
+    async fn splice(&mut self, pipe: &mut Pipe, mut remaining: u64) -> Result<(), ProxyError> {
         let (src_side, dst_side) = self.sides();
         self.src.prepare_splice().map_err(|e| io_err(src_side, e))?;
         self.dst.prepare_splice().map_err(|e| io_err(dst_side, e))?;
         while remaining > 0 {
-            let want = remaining.min(SPLICE_CHUNK as u64) as u32;
+            // The pipe may grow after a fill that filled it, so ask for its capacity each step.
+            let want = remaining.min(pipe.capacity() as u64) as usize;
             let n = match timed(self.lim.read_timeout, self.src.splice_in(pipe, want)).await {
                 None => return Err(timeout_err(src_side)),
                 Some(Ok(0)) => {

@@ -11,14 +11,9 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::control::generation::Generation;
 use crate::control::state::Shared;
-use crate::net::stream::SplicePipe;
 use crate::upstream::balance::Balancer;
 use crate::upstream::pool::{Pool, UpConn};
 use crate::worker::closer::Closer;
-
-/// Empty pipes a worker keeps for splicing bodies: enough for its concurrent large transfers
-/// without holding many descriptors.
-const MAX_CACHED_PIPES: usize = 16;
 
 /// What a worker owns for its whole life, whatever configuration it serves.
 pub struct WorkerCore {
@@ -30,8 +25,6 @@ pub struct WorkerCore {
     pub(super) active_requests: Cell<usize>,
     /// Open downstream connections (for `limits.max_connections`).
     pub(super) open_conns: Cell<usize>,
-    /// Empty splice pipes ready for reuse.
-    pub(super) pipes: RefCell<Vec<SplicePipe>>,
     /// Fired when the server drains: accept loops stop (epoll; io_uring accepts end by
     /// shutdown(2) of their socket, see `listener::stop_accepting`).
     pub(super) stop_accepting: Closer,
@@ -69,24 +62,6 @@ impl WorkerCore {
     #[inline]
     pub fn metrics(&self) -> &crate::observe::metrics::WorkerMetrics {
         &self.shared.metrics[self.id]
-    }
-
-    /// A pipe for splicing, or `None` when none can be made (the caller copies instead).
-    pub fn take_pipe(&self) -> Option<SplicePipe> {
-        if let Some(p) = self.pipes.borrow_mut().pop() {
-            return Some(p);
-        }
-        SplicePipe::new()
-            .inspect_err(|e| tracing::debug!(worker = self.id, "no splice pipe: {e}"))
-            .ok()
-    }
-
-    /// Returns a pipe that is known to be empty.
-    pub fn return_pipe(&self, pipe: SplicePipe) {
-        let mut pipes = self.pipes.borrow_mut();
-        if pipes.len() < MAX_CACHED_PIPES {
-            pipes.push(pipe);
-        }
     }
 
     pub fn count_spliced(&self, upward: bool, n: u64) {
@@ -214,16 +189,6 @@ impl WorkerCtx {
             .in_flight
             .set(core.active_requests.get() as u64);
         Active(core)
-    }
-
-    /// A pipe for splicing, or `None` when none can be made (the caller copies instead).
-    pub fn take_pipe(&self) -> Option<SplicePipe> {
-        self.core.take_pipe()
-    }
-
-    /// Returns a pipe that is known to be empty.
-    pub fn return_pipe(&self, pipe: SplicePipe) {
-        self.core.return_pipe(pipe)
     }
 
     pub fn count_spliced(&self, upward: bool, n: u64) {

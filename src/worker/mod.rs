@@ -106,7 +106,6 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
             access,
             active_requests: Cell::new(0),
             open_conns: Cell::new(0),
-            pipes: RefCell::new(Vec::new()),
             stop_accepting: Closer::default(),
             uring: Cell::new(false),
             close_all: Closer::default(),

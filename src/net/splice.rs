@@ -1,0 +1,228 @@
+//! Splice pipes: the one pipe type that HTTP bodies and layer-4 tunnels move bytes through
+//! (socket -> pipe -> socket, never entering user space), and the worker's pool of them.
+//!
+//! Splices are plain nonblocking syscalls driven by the runtime's readiness, as HAProxy does,
+//! not io_uring's `IORING_OP_SPLICE`: that always runs in an io-wq kernel thread which blocks
+//! while the socket is idle, a context switch per chunk and a parked thread per idle transfer.
+//! Callers wait for readiness on `WouldBlock` and retry.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Capacity a pipe grows to once a splice fills it (a bulk transfer): every splice in also
+/// sends an ACK and every splice out pushes segments, so the cost per byte falls with the size
+/// of a step. 1 MiB is the default pipe-max-size, so unprivileged processes may ask for it.
+pub const PIPE_BULK_SIZE: usize = 1024 * 1024;
+/// Pipes a worker grows to `PIPE_BULK_SIZE` at once: 16 MiB of capacity, a quarter of the
+/// default pipe-user-pages-soft, so a few workers leave the user room for default pipes.
+/// Transfers beyond it keep the default capacity.
+pub const BIG_PIPES_MAX: usize = 16;
+/// Empty pipes a worker keeps: creating and closing two pipes costs six syscalls per tunnel,
+/// a third of a short tunnel's work. An idle pipe holds two descriptors and no buffer pages.
+const POOL_MAX: usize = 64;
+
+// The pool is a thread-local, not a field of the worker's context: a worker is one thread
+// (thread-per-core), so a thread-local is exactly the per-worker pool, and it is reachable from
+// here without this leaf importing the worker (or every caller threading the context through).
+thread_local! {
+    /// This worker's empty pipes, all at their base capacity.
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    /// This worker's pipes grown to `PIPE_BULK_SIZE`, pooled or not.
+    static BIG_PIPES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A nonblocking pipe pair, used by one transfer direction at a time. A pipe that may still
+/// hold bytes (after an error) must be dropped, never given back: the next user would send
+/// them.
+pub struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+    /// Its capacity in bytes: the most one splice in asks for.
+    size: usize,
+    /// The capacity the kernel gave it at creation, restored before it is pooled.
+    base: usize,
+    /// Whether it was grown to `PIPE_BULK_SIZE` (and counts in `BIG_PIPES`).
+    big: bool,
+    /// Whether the kernel refused to grow it (not asked again until it is pooled).
+    refused: bool,
+    /// Not `Send`: `BIG_PIPES` is counted on the thread that grew the pipe.
+    _local: PhantomData<*const ()>,
+}
+
+impl Pipe {
+    /// An empty pipe from this worker's pool, or a new one (an error when out of descriptors;
+    /// callers then copy through a buffer).
+    pub fn take() -> io::Result<Pipe> {
+        match POOL.with(|p| p.borrow_mut().pop()) {
+            Some(p) => Ok(p),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Returns a pipe known to be empty to this worker's pool (closing it when the pool is
+    /// full). A grown pipe shrinks first: pooled pipes must not hold the budget or the user's
+    /// pipe pages.
+    pub fn give_back(mut self) {
+        if self.big {
+            if set_pipe_size(&self.w, self.base).is_err() {
+                return;
+            }
+            self.unmark_big();
+            self.size = self.base;
+        }
+        self.refused = false;
+        POOL.with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOL_MAX {
+                pool.push(self);
+            }
+        });
+    }
+
+    /// The most bytes one `fill` moves.
+    pub fn capacity(&self) -> usize {
+        self.size
+    }
+
+    /// Splices up to `len` bytes (at most the capacity) from `src` into the empty pipe;
+    /// `Ok(0)` is end of stream. A splice that filled the pipe grows it for the next one.
+    pub fn fill(&mut self, src: RawFd, len: usize) -> io::Result<usize> {
+        let n = splice(src, self.w.as_raw_fd(), len.min(self.size))?;
+        // A fill may stop short of the byte size when fragments leave pages part empty.
+        if n * 2 >= self.size {
+            self.grow();
+        }
+        Ok(n)
+    }
+
+    /// Splices up to `len` of the bytes the pipe holds out to `dst`.
+    pub fn drain(&mut self, dst: RawFd, len: usize) -> io::Result<usize> {
+        splice(self.r.as_raw_fd(), dst, len)
+    }
+
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into the array, which lives across the call.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are new, open, and owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_GETPIPE_SZ on an owned pipe descriptor has no memory effects.
+        let size = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        // The kernel may hand out smaller pipes to a user over pipe-user-pages-soft.
+        let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
+        Ok(Pipe {
+            r,
+            w,
+            size,
+            base: size,
+            big: false,
+            refused: false,
+            _local: PhantomData,
+        })
+    }
+
+    /// Grows a filled pipe to `PIPE_BULK_SIZE`, within the worker's budget: only bulk
+    /// transfers pay for big pipes, which count against the user's pipe-user-pages-soft (over
+    /// it, the kernel gives every new pipe of the user just two pages).
+    fn grow(&mut self) {
+        if self.big || self.refused || BIG_PIPES.get() >= BIG_PIPES_MAX {
+            return;
+        }
+        match set_pipe_size(&self.w, PIPE_BULK_SIZE) {
+            Ok(size) => {
+                self.size = size;
+                self.big = true;
+                BIG_PIPES.set(BIG_PIPES.get() + 1);
+            }
+            Err(_) => self.refused = true,
+        }
+    }
+
+    fn unmark_big(&mut self) {
+        if std::mem::take(&mut self.big) {
+            BIG_PIPES.set(BIG_PIPES.get() - 1);
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.unmark_big();
+    }
+}
+
+/// Sets a pipe's capacity and returns the one the kernel chose (a power of two pages).
+fn set_pipe_size(w: &OwnedFd, size: usize) -> io::Result<usize> {
+    let size = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: F_SETPIPE_SZ on an owned pipe descriptor has no memory effects; it fails (and
+    // changes nothing) over a limit or below the bytes the pipe holds.
+    let got = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    usize::try_from(got).map_err(|_| io::Error::last_os_error())
+}
+
+/// One nonblocking splice(2) of up to `len` bytes; one end is the pipe.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    let null = std::ptr::null_mut();
+    // SAFETY: with null offsets splice(2) touches no memory of ours; the pipe end is owned by
+    // the calling `Pipe` and the other descriptor by the caller's live stream.
+    let n = unsafe { libc::splice(from, null, to, null, len, flags) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_filled_pipe_grows_within_the_budget_and_shrinks_before_it_is_pooled() {
+        let mut p = Pipe::new().unwrap();
+        let base = p.size;
+        p.grow();
+        if !p.big {
+            // The kernel may refuse (a user over pipe-user-pages-soft); nothing to check.
+            return;
+        }
+        assert!(p.size >= PIPE_BULK_SIZE);
+        assert_eq!(BIG_PIPES.get(), 1);
+        p.give_back();
+        assert_eq!(BIG_PIPES.get(), 0);
+        assert_eq!(Pipe::take().unwrap().size, base, "pooled at its first size");
+        let mut pipes: Vec<Pipe> = (0..=BIG_PIPES_MAX).map(|_| Pipe::new().unwrap()).collect();
+        pipes.iter_mut().for_each(Pipe::grow);
+        assert!(pipes.iter().filter(|p| p.big).count() <= BIG_PIPES_MAX);
+        drop(pipes);
+        assert_eq!(BIG_PIPES.get(), 0);
+    }
+
+    #[test]
+    fn a_fill_that_fills_the_pipe_grows_it_and_the_bytes_come_out_in_order() {
+        let (mut far_a, near_a) = UnixStream::pair().unwrap();
+        let (near_b, mut far_b) = UnixStream::pair().unwrap();
+        let mut p = Pipe::take().unwrap();
+        let base = p.capacity();
+        let data: Vec<u8> = (0..base as u32).map(|i| (i % 251) as u8).collect();
+        let writer = std::thread::spawn(move || far_a.write_all(&data).map(|_| data));
+        let mut moved = 0;
+        while moved < base {
+            moved += p.fill(near_a.as_raw_fd(), base - moved).unwrap();
+        }
+        let mut out = 0;
+        while out < moved {
+            out += p.drain(near_b.as_raw_fd(), moved - out).unwrap();
+        }
+        drop(near_b);
+        let mut got = Vec::new();
+        far_b.read_to_end(&mut got).unwrap();
+        let data = writer.join().unwrap().unwrap();
+        assert!(got == data, "bytes differ");
+        // Unless the kernel refused (a user over pipe-user-pages-soft), it grew.
+        assert!(p.capacity() == base || p.capacity() >= PIPE_BULK_SIZE);
+    }
+}
