@@ -230,7 +230,9 @@ async fn dial(
         }
     }
     let stream = match (up.targets[t].tls, stream) {
-        (true, Stream::Tcp(tcp)) => originate_tls(ctx, u, t, up, tcp).await?,
+        // Boxed: the handshake's state (a whole rustls connection) would otherwise sit in every
+        // HTTP connection task, idle or plaintext ones too; a TLS dial is rare next to requests.
+        (true, Stream::Tcp(tcp)) => Box::pin(originate_tls(ctx, u, t, up, tcp)).await?,
         (_, stream) => stream,
     };
     Ok(UpConn {
