@@ -89,6 +89,35 @@ driver_tests! {
         assert_eq!(rest, Ok(Vec::new()));
     }
 
+    fn idle_tunnel_to_a_tls_target_is_closed_after_idle_timeout(driver) {
+        let dir = TempDir::new();
+        let pki = Pki::new(dir.path(), "up");
+        let echo = TlsEcho::start(&pki.server("echo", &["backend.test", "127.0.0.1"]));
+        let yaml = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocol: tcp\n    \
+                    upstream: app\n    idle_timeout: 400ms\n\
+                    upstreams:\n  app:\n    targets: [\"$TARGET\"]\n    \
+                    transport:\n      tls: { ca: [\"$CA\"], server_name: backend.test }\n";
+        let proxy = Proxy::start(
+            driver,
+            yaml,
+            &[
+                ("TARGET", echo.https_target()),
+                ("CA", pki.ca_file.display().to_string()),
+            ],
+        );
+        let mut c = connect(proxy.addr());
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1];
+        c.write_all(b"k").unwrap();
+        c.read_exact(&mut buf).unwrap();
+        let start = Instant::now();
+        let got = read_to_end_or_error(&mut c).map_err(|(k, _)| k);
+        let took = start.elapsed();
+        assert_eq!(got, Ok(Vec::new()), "the idle TLS tunnel did not end cleanly");
+        assert!(took >= Duration::from_millis(300), "closed too early: {took:?}");
+        assert!(took < Duration::from_secs(3), "closed too late: {took:?}");
+    }
+
     fn tcp_listener_refuses_a_tls_target_whose_certificate_the_ca_did_not_sign(driver) {
         let dir = TempDir::new();
         let signer = Pki::new(dir.path(), "up");

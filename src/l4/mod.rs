@@ -24,6 +24,7 @@ use monoio::net::{TcpStream, UnixStream};
 
 use crate::config::ListenerKind;
 use crate::error::Side;
+use crate::l4::upgrade::idle_watch;
 use crate::net::proxy_protocol;
 use crate::net::splice::Pipe;
 use crate::net::stream::Stream;
@@ -153,10 +154,18 @@ pub async fn serve(
         (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, &run).await,
         // TLS streams (a TLS target) cannot be spliced: the buffered relay.
         (client, target) => {
-            let (up_bytes, down_bytes) = crate::l4::upgrade::run(client, target).await;
-            moved[0].set(up_bytes);
-            moved[1].set(down_bytes);
-            End::Closed
+            let r = upgrade::run(client, target, idle_timeout).await;
+            moved[0].set(r.up);
+            moved[1].set(r.down);
+            let end = if r.idle {
+                End::Idle
+            } else if r.upstream_failed {
+                End::Reset(Side::Upstream, io::ErrorKind::ConnectionReset.into())
+            } else {
+                End::Closed
+            };
+            judge(&end, r.down);
+            end
         }
     };
     tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
@@ -321,20 +330,6 @@ async fn both_ways(
         watchdog.as_mut().poll(cx).map(|()| End::Idle)
     })
     .await
-}
-
-/// Completes once no byte has moved for `idle` (never when `None`).
-async fn idle_watch(idle: Option<Duration>, last: &Cell<Instant>) {
-    let Some(idle) = idle else {
-        return std::future::pending().await;
-    };
-    loop {
-        let due = last.get() + idle;
-        if Instant::now() >= due {
-            return;
-        }
-        monoio::time::sleep_until(due.into()).await;
-    }
 }
 
 /// How one direction's payload gets from one socket to the other.

@@ -8,6 +8,9 @@
 //! then splice in and out of a pipe) cost 25, more than HAProxy's 21. WebSocket traffic is
 //! mostly small messages, where a pipe only adds syscalls.
 
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use crate::net::stream::Stream;
@@ -15,17 +18,31 @@ use crate::net::stream::Stream;
 /// Copy buffer per direction: WebSocket frames are small; bulk flows still get full reads.
 const COPY_BUF: usize = 16 * 1024;
 
-/// Relays until both directions have ended. Returns (client->upstream, upstream->client) bytes.
-pub async fn run(client: Stream, upstream: Stream) -> (u64, u64) {
+/// What a relay moved and how it ended.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    /// Client -> upstream bytes.
+    pub up: u64,
+    /// Upstream -> client bytes.
+    pub down: u64,
+    /// Reading from the upstream failed (a reset, or a TLS stream cut without close_notify),
+    /// as opposed to a clean end.
+    pub upstream_failed: bool,
+    /// Nothing moved either way for the idle timeout; both sides were closed.
+    pub idle: bool,
+}
+
+/// Relays until both directions have ended, or nothing moved for `idle` (never when `None`).
+pub async fn run(client: Stream, upstream: Stream, idle: Option<Duration>) -> Relayed {
     // Every pairing of stream kinds; TLS streams split into halves like sockets do
     // (monoio-rustls keeps reads independent of writes).
     macro_rules! to_upstream {
         ($a:expr) => {
             match upstream {
-                Stream::Tcp(b) => both($a, b).await,
-                Stream::Unix(b) => both($a, b).await,
-                Stream::TlsServer(b, _) => both($a, *b).await,
-                Stream::TlsClient(b, _) => both($a, *b).await,
+                Stream::Tcp(b) => both($a, b, idle).await,
+                Stream::Unix(b) => both($a, b, idle).await,
+                Stream::TlsServer(b, _) => both($a, *b, idle).await,
+                Stream::TlsClient(b, _) => both($a, *b, idle).await,
             }
         };
     }
@@ -37,7 +54,7 @@ pub async fn run(client: Stream, upstream: Stream) -> (u64, u64) {
     }
 }
 
-async fn both<A, B>(a: A, b: B) -> (u64, u64)
+async fn both<A, B>(a: A, b: B, idle: Option<Duration>) -> Relayed
 where
     A: Splitable + AsyncWriteRent,
     B: Splitable + AsyncWriteRent,
@@ -48,19 +65,44 @@ where
 {
     let (ar, aw) = a.into_split();
     let (br, bw) = b.into_split();
-    monoio::join!(one_way(ar, bw), one_way(br, aw))
+    let last = Cell::new(Instant::now());
+    let relay = async { monoio::join!(one_way(ar, bw, &last), one_way(br, aw, &last)) };
+    monoio::select! {
+        ((up, _), (down, upstream_failed)) = relay => Relayed {
+            up,
+            down,
+            upstream_failed,
+            idle: false,
+        },
+        // Dropping the relay closes both sides.
+        _ = idle_watch(idle, &last) => Relayed {
+            idle: true,
+            ..Relayed::default()
+        },
+    }
 }
 
-async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(mut r: R, mut w: W) -> u64 {
+/// One direction until its sender closes: the bytes moved, and whether reading failed.
+async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
+    mut r: R,
+    mut w: W,
+    last: &Cell<Instant>,
+) -> (u64, bool) {
     let mut moved = 0u64;
+    let mut read_failed = false;
     let mut buf = Vec::with_capacity(COPY_BUF);
     loop {
         buf.clear();
         let (res, b) = r.read(buf).await;
         buf = b;
         match res {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(_) => {
+                read_failed = true;
+                break;
+            }
             Ok(n) => {
+                last.set(Instant::now());
                 let (res, b) = w.write_all(buf).await;
                 buf = b;
                 if res.is_err() {
@@ -72,5 +114,19 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(mut r: R, mut w: W) -> u64
     }
     // Pass the end of this direction on; the other direction keeps flowing.
     let _ = w.shutdown().await;
-    moved
+    (moved, read_failed)
+}
+
+/// Completes once no byte has moved for `idle` (never when `None`).
+pub(crate) async fn idle_watch(idle: Option<Duration>, last: &Cell<Instant>) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let due = last.get() + idle;
+        if Instant::now() >= due {
+            return;
+        }
+        monoio::time::sleep_until(due.into()).await;
+    }
 }

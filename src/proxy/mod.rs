@@ -139,8 +139,8 @@ pub async fn serve(
                 let UpConn {
                     stream: up, slot, ..
                 } = conn;
-                let (sent, received) = Box::pin(crate::l4::upgrade::run(stream, up)).await;
-                tracing::debug!(sent, received, "upgraded connection closed");
+                let r = Box::pin(crate::l4::upgrade::run(stream, up, None)).await;
+                tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
                 drop(slot);
                 drop(active);
                 return;
