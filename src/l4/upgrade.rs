@@ -66,7 +66,9 @@ where
     let (ar, aw) = a.into_split();
     let (br, bw) = b.into_split();
     let last = Cell::new(Instant::now());
-    let relay = async { monoio::join!(one_way(ar, bw, &last), one_way(br, aw, &last)) };
+    // Without an idle timeout nobody reads the clock: upgraded HTTP connections skip it.
+    let track = idle.map(|_| &last);
+    let relay = async { monoio::join!(one_way(ar, bw, track), one_way(br, aw, track)) };
     monoio::select! {
         ((up, _), (down, upstream_failed)) = relay => Relayed {
             up,
@@ -86,7 +88,7 @@ where
 async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
     mut r: R,
     mut w: W,
-    last: &Cell<Instant>,
+    last: Option<&Cell<Instant>>,
 ) -> (u64, bool) {
     let mut moved = 0u64;
     let mut read_failed = false;
@@ -102,7 +104,9 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
                 break;
             }
             Ok(n) => {
-                last.set(Instant::now());
+                if let Some(last) = last {
+                    last.set(Instant::now());
+                }
                 let (res, b) = w.write_all(buf).await;
                 buf = b;
                 if res.is_err() {
