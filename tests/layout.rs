@@ -19,14 +19,13 @@ fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every .rs file under `dir`, as paths relative to `dir` with `/` separators, sorted.
-fn rust_files(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+/// Every path under `dir` that `keep` accepts (directories are walked either way), relative
+/// to `dir` with `/` separators, sorted.
+fn paths_under(dir: &Path, keep: fn(&Path) -> bool) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, keep: fn(&Path) -> bool, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            if keep(&path) {
                 let rel = path.strip_prefix(root).unwrap();
                 let parts: Vec<String> = rel
                     .components()
@@ -34,34 +33,27 @@ fn rust_files(dir: &Path) -> Vec<String> {
                     .collect();
                 out.push(parts.join("/"));
             }
+            if path.is_dir() {
+                walk(root, &path, keep, out);
+            }
         }
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out);
+    walk(dir, dir, keep, &mut out);
     out.sort();
     out
 }
 
-/// Every directory under `dir` (relative, `/` separators), sorted.
+/// Every .rs file under `dir`.
+fn rust_files(dir: &Path) -> Vec<String> {
+    paths_under(dir, |p| {
+        p.is_file() && p.extension().is_some_and(|e| e == "rs")
+    })
+}
+
+/// Every directory under `dir`.
 fn directories(dir: &Path) -> Vec<String> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                let rel = path.strip_prefix(root).unwrap();
-                let parts: Vec<String> = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect();
-                out.push(parts.join("/"));
-                walk(root, &path, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
+    paths_under(dir, Path::is_dir)
 }
 
 /// The module a file under src/ is: `a/b.rs` -> `a::b`, `a/mod.rs` -> `a`; None for the root
