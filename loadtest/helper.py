@@ -505,7 +505,8 @@ def cmd_report_runs(a):
         proxies[name] = {"status": status, "port": 0, "reason": reason}
     settings = {"scenario": a.name, "scenario_desc": a.desc, "unit": a.unit, "loadgen": "tcpbench",
                 "duration_s": a.duration, "rounds": a.rounds, "workers": "1", "connections": a.connections,
-                "warmup_s": "1", "pinned": a.pinned, "started_utc": a.started}
+                "warmup_s": "1", "pinned": a.pinned, "placement": a.placement, "proxy_cpu": a.proxy_cpu,
+                "backend_cpu": a.backend_cpu, "loadgen_cpu": a.loadgen_cpu, "started_utc": a.started}
     if a.ringway_bin:
         settings["ringway_bin"] = a.ringway_bin
     if a.ringway_base_bin:
@@ -517,13 +518,21 @@ def _unit_rate(unit):
     return {"req": "req/s", "MiB": "MiB/s", "msg": "msg/s", "conn": "conn/s"}.get(unit, unit + "/s")
 
 
+def _placement_text(st):
+    if st.get("pinned") != "1":
+        return "Processes not pinned."
+    return (f"Placement {st.get('placement') or 'shared'}: proxy on CPU {st.get('proxy_cpu')}, "
+            f"backend on CPU {st.get('backend_cpu')}, load generator on CPU {st.get('loadgen_cpu')}.")
+
+
 def render_scenario(doc):
     st, summary, ratios = doc["settings"], doc["summary"], doc["ringway_ratios"]
     unit = st.get("unit", "req")
     L = [f"### {st['scenario']}\n",
          f"{st['scenario_desc']}. Load: {st.get('loadgen', 'wrk')}, {st.get('connections', '?')} connections, "
          f"{st.get('duration_s')}s per run after a {st.get('warmup_s')}s warm-up, {st.get('rounds')} round(s), "
-         f"{st.get('workers', 1)} worker(s) per proxy; medians over valid runs.\n"]
+         f"{st.get('workers', 1)} worker(s) per proxy; medians over valid runs. "
+         f"{_placement_text(st)}\n"]
     extra_keys = sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("_kb")})
     head = (f"| proxy | runs ok | {_unit_rate(unit)} | min–max | p50 ms | p90 ms | p99 ms | p99.9 ms "
             f"| CPU µs/{unit} user | sys | total | backend µs/{unit} | errors | peak RSS MiB |")
@@ -860,7 +869,8 @@ def main():
     rr.add_argument("--proxy", action="append", default=[], help="NAME:STATUS[:REASON]")
     rr.add_argument("--ringway-bin", default="")
     rr.add_argument("--ringway-base-bin", default="")
-    for k in ("duration", "rounds", "connections", "pinned", "started"):
+    for k in ("duration", "rounds", "connections", "pinned", "placement", "proxy-cpu", "backend-cpu",
+              "loadgen-cpu", "started"):
         rr.add_argument("--" + k, default="")
     i = sub.add_parser("idle")
     i.add_argument("--host", default="127.0.0.1")
