@@ -32,6 +32,13 @@ impl Counter {
         self.0.store(v, Ordering::Relaxed);
     }
 
+    /// For gauges: the single writer takes back what it added.
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -81,6 +88,9 @@ pub fn status_class(status: u16) -> usize {
 pub struct WorkerMetrics {
     pub accepted: Counter,
     pub in_flight: Counter,
+    /// Downstream HTTP connections holding a receive buffer now (busy, or quiet for less than
+    /// `proxy::PARK_AFTER`); parked idle connections hold none.
+    pub receive_buffers: Counter,
     pub request_duration: Histogram,
     /// Body bytes moved with splice(2), client -> upstream and upstream -> client.
     pub spliced_up: Counter,

@@ -92,6 +92,19 @@ pub fn render(shared: &Shared, registry: &Mutex<Registry>) -> String {
     }
     header(
         &mut out,
+        "ringway_worker_receive_buffers",
+        "gauge",
+        "Downstream HTTP connections of each worker holding a receive buffer (idle ones hold none).",
+    );
+    for (i, m) in w.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringway_worker_receive_buffers{{worker=\"{i}\"}} {}",
+            m.receive_buffers.get()
+        );
+    }
+    header(
+        &mut out,
         "ringway_spliced_bytes_total",
         "counter",
         "Bytes moved with splice(2): HTTP bodies by direction, and layer-4 tunnel payload.",

@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use monoio::io::Canceller;
+
 use crate::config::Action;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http1::forward::{Client, HeaderList};
@@ -25,20 +27,43 @@ use crate::proxy::forward::forward;
 use crate::proxy::respond::{respond, respond_simple};
 use crate::proxy::session::{
     answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, IDLE_READ,
-    INITIAL_BUF, OUT_BUF,
+    INITIAL_BUF, OUT_BUF, PARK_AFTER,
 };
 use crate::route;
 use crate::upstream::pool::UpConn;
 use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
 
+/// What a downstream connection keeps between bursts of requests: all a parked (idle) one holds.
+struct Conn {
+    ctx: Rc<WorkerCtx>,
+    socket: usize,
+    listener: usize,
+    stream: Stream,
+    peer: Option<SocketAddr>,
+    client: Client,
+    /// Received, not yet handled; unallocated while parked.
+    down: RecvBuf,
+    first: bool,
+}
+
+/// How a burst of requests on one connection ended.
+enum Burst {
+    /// Closed, failed, drained, or out of idle time.
+    Closed,
+    /// The response to an upgrade was sent: the connection becomes a tunnel.
+    Upgraded(UpConn),
+    /// No request for `PARK_AFTER`: park until input arrives, for at most this long.
+    Quiet(Option<Duration>),
+}
+
 /// Serves one downstream connection until it closes, fails or the server drains. Each request
 /// is handled by the newest configuration at the time its head arrived: after a reload, a
 /// keep-alive connection moves on with its next request, and closes when its listener is gone.
 pub async fn serve(
-    mut ctx: Rc<WorkerCtx>,
+    ctx: Rc<WorkerCtx>,
     socket: usize,
-    mut listener: usize,
+    listener: usize,
     mut stream: Stream,
     peer: Option<SocketAddr>,
 ) {
@@ -58,12 +83,75 @@ pub async fn serve(
             None => return,
         }
     }
-    let mut client = Client {
+    let client = Client {
         peer,
         trusted: is_trusted(&ctx, peer),
         ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
         scheme: if stream.is_tls() { "https" } else { "http" },
     };
+    let mut conn = Conn {
+        ctx,
+        socket,
+        listener,
+        stream,
+        peer,
+        client,
+        down,
+        first: true,
+    };
+    loop {
+        let held = BufferHeld::new(conn.ctx.clone());
+        // Boxed: buffers, scratch and the exchange's state exist only while the connection is
+        // busy, so a parked connection's task is a few hundred bytes instead of several KiB.
+        let burst = Box::pin(busy(&mut conn)).await;
+        drop(held);
+        match burst {
+            Burst::Closed => return,
+            Burst::Upgraded(up) => {
+                // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
+                let active = conn.ctx.active();
+                let UpConn {
+                    stream: up, slot, ..
+                } = up;
+                let r = Box::pin(crate::l4::upgrade::run(conn.stream, up, None)).await;
+                tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
+                drop(slot);
+                drop(active);
+                return;
+            }
+            Burst::Quiet(left) => {
+                conn.down = RecvBuf {
+                    buf: Vec::new(),
+                    pos: 0,
+                    floor: 0,
+                };
+                match timed(left, conn.stream.wait_readable()).await {
+                    Some(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+/// Counts a connection in `ringway_worker_receive_buffers` while it is busy.
+struct BufferHeld(Rc<WorkerCtx>);
+
+impl BufferHeld {
+    fn new(ctx: Rc<WorkerCtx>) -> Self {
+        ctx.metrics().receive_buffers.inc();
+        BufferHeld(ctx)
+    }
+}
+
+impl Drop for BufferHeld {
+    fn drop(&mut self) {
+        self.0.metrics().receive_buffers.sub(1);
+    }
+}
+
+/// Serves requests until the connection closes, upgrades or goes quiet.
+async fn busy(conn: &mut Conn) -> Burst {
     let mut s = Scratch {
         headers: Vec::with_capacity(32),
         resp_headers: Vec::with_capacity(32),
@@ -76,38 +164,49 @@ pub async fn serve(
         target: None,
     };
     let mut ubuf: Vec<u8> = Vec::new();
-    let mut first = true;
+    let mut canceller = Canceller::new();
     loop {
+        let ctx = &conn.ctx;
         let limits = HeadLimits {
             max_head_bytes: ctx.config().limits.max_header_bytes,
             max_uri_bytes: ctx.config().limits.max_uri_bytes,
             max_headers: ctx.config().limits.max_headers,
         };
-        let head =
-            match read_head(&ctx, &mut stream, &mut down, &limits, &mut s.headers, first).await {
-                Ok(Some(h)) => h,
-                Ok(None) => return,
-                Err(e) => {
-                    answer_error(&mut stream, &mut s.out, &e).await;
-                    let status = e.status().unwrap_or(0);
-                    ctx.request_done(listener, status, Duration::ZERO, None);
-                    return;
-                }
-            };
-        first = false;
+        let mut reader = HeadReader {
+            ctx,
+            stream: &mut conn.stream,
+            down: &mut conn.down,
+            limits: &limits,
+            headers: &mut s.headers,
+            first: conn.first,
+            canceller: &mut canceller,
+        };
+        let head = match reader.read().await {
+            Ok(HeadRead::Head(h)) => h,
+            Ok(HeadRead::Closed) => return Burst::Closed,
+            Ok(HeadRead::Quiet(left)) => return Burst::Quiet(left),
+            Err(e) => {
+                answer_error(&mut conn.stream, &mut s.out, &e).await;
+                let status = e.status().unwrap_or(0);
+                ctx.request_done(conn.listener, status, Duration::ZERO, None);
+                return Burst::Closed;
+            }
+        };
+        conn.first = false;
         // A reload since the last request: this one uses the new configuration, unless the
         // listener went away with it (then the old one answers this request, the last).
         let mut last = false;
-        if let Some(newer) = ctx.newer() {
-            match newer.listener_of(socket) {
+        if let Some(newer) = conn.ctx.newer() {
+            match newer.listener_of(conn.socket) {
                 Some(l) if is_http(&newer, l) => {
-                    ctx = newer;
-                    listener = l;
-                    client.trusted = is_trusted(&ctx, peer);
+                    conn.ctx = newer;
+                    conn.listener = l;
+                    conn.client.trusted = is_trusted(&conn.ctx, conn.peer);
                 }
                 _ => last = true,
             }
         }
+        let ctx = &conn.ctx;
         let started = Instant::now();
         s.status = 0;
         s.bytes_in = head.head_len as u64;
@@ -116,11 +215,11 @@ pub async fn serve(
         let active = ctx.active();
         s.out.reserve(OUT_BUF);
         let mut sess = Session {
-            ctx: &ctx,
-            listener,
-            client: &client,
-            stream: &mut stream,
-            down: &mut down,
+            ctx,
+            listener: conn.listener,
+            client: &conn.client,
+            stream: &mut conn.stream,
+            down: &mut conn.down,
             ubuf: &mut ubuf,
             s: &mut s,
             head: &head,
@@ -128,28 +227,27 @@ pub async fn serve(
         // Not boxed, though its state is most of this task's size: building the future and
         // moving it into a box copied ~7 KiB per request (3% of the CPU in small-keepalive).
         let next = handle(&mut sess).await;
-        ctx.request_done(listener, s.status, started.elapsed(), s.target);
+        ctx.request_done(conn.listener, s.status, started.elapsed(), s.target);
         if let Some(log) = ctx.access() {
-            log_request(&ctx, log, &client, &down.buf, &head, &s, started.elapsed());
+            log_request(
+                ctx,
+                log,
+                &conn.client,
+                &conn.down.buf,
+                &head,
+                &s,
+                started.elapsed(),
+            );
         }
+        drop(active);
         let keep = match next {
             Exchange::Done(keep) => keep,
-            Exchange::Upgraded(conn) => {
-                // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
-                let UpConn {
-                    stream: up, slot, ..
-                } = conn;
-                let r = Box::pin(crate::l4::upgrade::run(stream, up, None)).await;
-                tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
-                drop(slot);
-                drop(active);
-                return;
-            }
+            Exchange::Upgraded(up) => return Burst::Upgraded(up),
         };
-        drop(active);
         if !keep || last || ctx.draining() {
-            return;
+            return Burst::Closed;
         }
+        let down = &mut conn.down;
         down.floor = 0;
         down.compact();
         if down.pending() == 0 && down.buf.capacity() > IDLE_READ {
@@ -173,61 +271,93 @@ fn is_http(ctx: &WorkerCtx, listener: usize) -> bool {
     )
 }
 
-/// Reads until a complete request head sits at the start of `down.buf`. `Ok(None)`: the client
-/// closed (or idled out) cleanly between requests.
-async fn read_head(
-    ctx: &WorkerCtx,
-    stream: &mut Stream,
-    down: &mut RecvBuf,
-    limits: &HeadLimits,
-    headers: &mut Vec<HeaderIdx>,
+/// How waiting for a request head ended (errors aside).
+enum HeadRead {
+    Head(RequestHead),
+    /// The client closed (or idled out) cleanly between requests.
+    Closed,
+    /// Nothing arrived for `PARK_AFTER` between requests; this much idle time is left.
+    Quiet(Option<Duration>),
+}
+
+/// What reading one request head needs from the connection.
+struct HeadReader<'a> {
+    ctx: &'a WorkerCtx,
+    stream: &'a mut Stream,
+    down: &'a mut RecvBuf,
+    limits: &'a HeadLimits,
+    headers: &'a mut Vec<HeaderIdx>,
     first: bool,
-) -> Result<Option<RequestHead>, ProxyError> {
-    debug_assert_eq!(down.pos, 0);
-    let l = &ctx.config().limits;
-    let mut deadline = if first {
-        l.header_read_timeout.map(|d| Instant::now() + d)
-    } else {
-        None
-    };
-    loop {
-        if !down.buf.is_empty() {
-            match parse_request(&down.buf, limits, headers) {
-                Parse::Complete(h) => return Ok(Some(h)),
-                Parse::Invalid(e) => return Err(ProxyError::downstream(ErrorKind::BadHead(e))),
-                Parse::Partial => {}
-            }
-            if deadline.is_none() {
-                deadline = l.header_read_timeout.map(|d| Instant::now() + d);
-            }
-        }
-        // A cancelled read takes the buffer with it: decide from what we had before.
-        let had_bytes = !down.buf.is_empty();
-        let idle = !had_bytes && !first;
-        let read = down.read_more(stream, limits.max_head_bytes);
-        let res = if idle {
-            match timed(l.idle_timeout, read).await {
-                Some(r) => r,
-                None => return Ok(None),
-            }
+    canceller: &'a mut Canceller,
+}
+
+impl HeadReader<'_> {
+    /// Reads until a complete request head sits at the start of `down.buf`.
+    async fn read(&mut self) -> Result<HeadRead, ProxyError> {
+        debug_assert_eq!(self.down.pos, 0);
+        let l = &self.ctx.config().limits;
+        let mut deadline = if self.first {
+            l.header_read_timeout.map(|d| Instant::now() + d)
         } else {
-            match timed_at(deadline, read).await {
-                Some(r) => r,
-                None if !had_bytes => return Ok(None),
-                None => return Err(ProxyError::downstream(ErrorKind::HeadTimeout)),
-            }
+            None
         };
-        match res {
-            Ok(0) if !had_bytes => return Ok(None),
-            Ok(0) => {
-                return Err(ProxyError::downstream(ErrorKind::ClientIo(
-                    std::io::ErrorKind::UnexpectedEof.into(),
-                )))
+        loop {
+            if !self.down.buf.is_empty() {
+                match parse_request(&self.down.buf, self.limits, self.headers) {
+                    Parse::Complete(h) => return Ok(HeadRead::Head(h)),
+                    Parse::Invalid(e) => return Err(ProxyError::downstream(ErrorKind::BadHead(e))),
+                    Parse::Partial => {}
+                }
+                if deadline.is_none() {
+                    deadline = l.header_read_timeout.map(|d| Instant::now() + d);
+                }
             }
-            Ok(_) => {}
-            Err(_) if !had_bytes => return Ok(None),
-            Err(e) => return Err(ProxyError::downstream(ErrorKind::ClientIo(e))),
+            // A cancelled read takes the buffer with it: decide from what we had before.
+            let had_bytes = !self.down.buf.is_empty();
+            let idle = !had_bytes && !self.first;
+            let res = if idle {
+                match self.read_idle(l.idle_timeout).await {
+                    Ok(r) => r,
+                    Err(end) => return Ok(end),
+                }
+            } else {
+                let read = self.down.read_more(self.stream, self.limits.max_head_bytes);
+                match timed_at(deadline, read).await {
+                    Some(r) => r,
+                    None if !had_bytes => return Ok(HeadRead::Closed),
+                    None => return Err(ProxyError::downstream(ErrorKind::HeadTimeout)),
+                }
+            };
+            match res {
+                Ok(0) if !had_bytes => return Ok(HeadRead::Closed),
+                Ok(0) => {
+                    return Err(ProxyError::downstream(ErrorKind::ClientIo(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    )))
+                }
+                Ok(_) => {}
+                Err(_) if !had_bytes => return Ok(HeadRead::Closed),
+                Err(e) => return Err(ProxyError::downstream(ErrorKind::ClientIo(e))),
+            }
         }
+    }
+
+    /// The read between requests: under the idle timeout, and on a plain socket only until
+    /// `PARK_AFTER`, after which the connection parks holding no buffer.
+    async fn read_idle(
+        &mut self,
+        idle_timeout: Option<Duration>,
+    ) -> Result<std::io::Result<usize>, HeadRead> {
+        let parks = self.stream.can_park() && idle_timeout.is_none_or(|d| d > PARK_AFTER);
+        if !parks {
+            let read = self.down.read_more(self.stream, self.limits.max_head_bytes);
+            return timed(idle_timeout, read).await.ok_or(HeadRead::Closed);
+        }
+        let read = self
+            .down
+            .read_unless_quiet(self.stream, PARK_AFTER, self.canceller);
+        read.await
+            .ok_or_else(|| HeadRead::Quiet(idle_timeout.map(|d| d - PARK_AFTER)))
     }
 }
 
