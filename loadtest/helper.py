@@ -645,7 +645,8 @@ def cmd_idle(a):
         except OSError:
             errors += 1
     opened = time.monotonic() - t0
-    time.sleep(a.settle)  # let the proxy finish its bookkeeping before reading RSS
+    # Longer than ringway's PARK_AFTER (1 s): every connection measured is idle, not between requests.
+    time.sleep(a.settle)
     alive = 0
     for s in socks:  # a peer that closed an idle connection would show as readable EOF
         try:
@@ -878,7 +879,7 @@ def main():
     i.add_argument("--path", default="/")
     i.add_argument("--conns", type=int, required=True)
     i.add_argument("--pid", type=int, required=True)
-    i.add_argument("--settle", type=float, default=1.0)
+    i.add_argument("--settle", type=float, default=3.0)
     i.add_argument("--timeout", type=float, default=120.0)
     i.add_argument("--out", required=True)
     g = sub.add_parser("aggregate")

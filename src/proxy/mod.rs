@@ -40,7 +40,7 @@ struct Conn {
     socket: usize,
     listener: usize,
     stream: Stream,
-    peer: Option<SocketAddr>,
+    /// Its `peer` is the client's address (the one a PROXY header carried, if any).
     client: Client,
     /// Received, not yet handled; unallocated while parked.
     down: RecvBuf,
@@ -51,8 +51,9 @@ struct Conn {
 enum Burst {
     /// Closed, failed, drained, or out of idle time.
     Closed,
-    /// The response to an upgrade was sent: the connection becomes a tunnel.
-    Upgraded(UpConn),
+    /// The response to an upgrade was sent: the connection becomes a tunnel (boxed: rare, and
+    /// a parked connection's task keeps room for this value).
+    Upgraded(Box<UpConn>),
     /// No request for `PARK_AFTER`: park until input arrives, for at most this long.
     Quiet(Option<Duration>),
 }
@@ -60,74 +61,94 @@ enum Burst {
 /// Serves one downstream connection until it closes, fails or the server drains. Each request
 /// is handled by the newest configuration at the time its head arrived: after a reload, a
 /// keep-alive connection moves on with its next request, and closes when its listener is gone.
-pub async fn serve(
+pub fn serve(
     ctx: Rc<WorkerCtx>,
     socket: usize,
     listener: usize,
-    mut stream: Stream,
+    stream: Stream,
     peer: Option<SocketAddr>,
-) {
-    let mut down = RecvBuf {
-        buf: Vec::with_capacity(INITIAL_BUF),
-        pos: 0,
-        floor: 0,
-    };
-    let mut peer = peer;
-    if ctx.config().listeners[listener].proxy_protocol {
-        // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
-        let trusted = &ctx.config().trusted_proxies;
-        let header = crate::net::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf);
-        match Box::pin(header).await {
-            Some(Some((source, _))) => peer = Some(source),
-            Some(None) => {}
-            None => return,
-        }
-    }
-    let client = Client {
-        peer,
-        trusted: is_trusted(&ctx, peer),
-        ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
-        scheme: if stream.is_tls() { "https" } else { "http" },
-    };
+) -> impl std::future::Future<Output = ()> {
+    let scheme = if stream.is_tls() { "https" } else { "http" };
     let mut conn = Conn {
         ctx,
         socket,
         listener,
         stream,
-        peer,
-        client,
-        down,
+        client: Client {
+            peer,
+            trusted: false,
+            ip_text: String::new(),
+            scheme,
+        },
+        down: RecvBuf {
+            buf: Vec::with_capacity(INITIAL_BUF),
+            pos: 0,
+            floor: 0,
+        },
         first: true,
     };
-    loop {
-        let held = BufferHeld::new(conn.ctx.clone());
-        // Boxed: buffers, scratch and the exchange's state exist only while the connection is
-        // busy, so a parked connection's task is a few hundred bytes instead of several KiB.
-        let burst = Box::pin(busy(&mut conn)).await;
-        drop(held);
-        match burst {
-            Burst::Closed => return,
-            Burst::Upgraded(up) => {
-                // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
-                let active = conn.ctx.active();
-                let UpConn {
-                    stream: up, slot, ..
-                } = up;
-                let r = Box::pin(crate::l4::upgrade::run(conn.stream, up, None)).await;
-                tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
-                drop(slot);
-                drop(active);
-                return;
+    // An async block using `conn` in place, not an async fn: a task keeps an async fn's
+    // arguments beside the locals moved out of them, for its whole life.
+    async move {
+        if conn.ctx.config().listeners[conn.listener].proxy_protocol {
+            // The carried address is the client from here on (X-Forwarded-For, trust,
+            // placeholders).
+            let trusted = &conn.ctx.config().trusted_proxies;
+            let header = crate::net::proxy_protocol::accept(
+                trusted,
+                &mut conn.stream,
+                conn.client.peer,
+                &mut conn.down.buf,
+            );
+            match Box::pin(header).await {
+                Some(Some((source, _))) => conn.client.peer = Some(source),
+                Some(None) => {}
+                None => return,
             }
-            Burst::Quiet(left) => {
-                conn.down = RecvBuf {
-                    buf: Vec::new(),
-                    pos: 0,
-                    floor: 0,
-                };
-                match timed(left, conn.stream.wait_readable()).await {
-                    Some(Ok(())) => {}
-                    _ => return,
+        }
+        let peer = conn.client.peer;
+        conn.client.trusted = is_trusted(&conn.ctx, peer);
+        conn.client.ip_text = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+        loop {
+            let held = BufferHeld::new(conn.ctx.clone());
+            // Boxed: buffers, scratch and the exchange's state exist only while the connection is
+            // busy, so a parked connection's task is a few hundred bytes instead of several KiB.
+            let burst = Box::pin(busy(&mut conn)).await;
+            drop(held);
+            match burst {
+                Burst::Closed => return,
+                Burst::Upgraded(up) => {
+                    // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
+                    let active = conn.ctx.active();
+                    let UpConn {
+                        stream: up, slot, ..
+                    } = *up;
+                    let r = Box::pin(crate::l4::upgrade::run(conn.stream, up, None)).await;
+                    tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
+                    drop(slot);
+                    drop(active);
+                    return;
+                }
+                Burst::Quiet(left) => {
+                    conn.down = RecvBuf {
+                        buf: Vec::new(),
+                        pos: 0,
+                        floor: 0,
+                    };
+                    // No timer of its own: the worker's idle clock keeps the deadline.
+                    let woke = match left {
+                        None => conn.stream.wait_readable().await.is_ok(),
+                        Some(left) => {
+                            let deadline = conn.ctx.idle_clock().deadline(Instant::now() + left);
+                            monoio::select! {
+                                r = conn.stream.wait_readable() => r.is_ok(),
+                                _ = deadline => false,
+                            }
+                        }
+                    };
+                    if !woke {
+                        return;
+                    }
                 }
             }
         }
@@ -201,7 +222,7 @@ async fn busy(conn: &mut Conn) -> Burst {
                 Some(l) if is_http(&newer, l) => {
                     conn.ctx = newer;
                     conn.listener = l;
-                    conn.client.trusted = is_trusted(&conn.ctx, conn.peer);
+                    conn.client.trusted = is_trusted(&conn.ctx, conn.client.peer);
                 }
                 _ => last = true,
             }
@@ -242,7 +263,7 @@ async fn busy(conn: &mut Conn) -> Burst {
         drop(active);
         let keep = match next {
             Exchange::Done(keep) => keep,
-            Exchange::Upgraded(up) => return Burst::Upgraded(up),
+            Exchange::Upgraded(up) => return Burst::Upgraded(Box::new(up)),
         };
         if !keep || last || ctx.draining() {
             return Burst::Closed;

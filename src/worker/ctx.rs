@@ -38,6 +38,8 @@ pub struct WorkerCore {
     pub(super) accepts: RefCell<Vec<AcceptLoop>>,
     /// Whether the task that hands idle slots of capped targets to other workers runs.
     pub(super) handing_over: Cell<bool>,
+    /// Idle deadlines of parked keep-alive connections.
+    pub(super) idle: Rc<crate::worker::idle::IdleClock>,
 }
 
 pub(super) struct AcceptLoop {
@@ -193,6 +195,11 @@ impl WorkerCtx {
 
     pub fn count_spliced(&self, upward: bool, n: u64) {
         self.core.count_spliced(upward, n)
+    }
+
+    /// The worker's coarse clock for idle deadlines of parked connections.
+    pub fn idle_clock(&self) -> &Rc<crate::worker::idle::IdleClock> {
+        &self.core.idle
     }
 
     /// The current generation's context when a reload replaced this one.

@@ -3,6 +3,7 @@
 
 pub mod closer;
 pub mod ctx;
+pub mod idle;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -112,6 +113,7 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
             current: RefCell::new(None),
             accepts: RefCell::new(Vec::new()),
             handing_over: Cell::new(false),
+            idle: Rc::default(),
         });
         let ctx = WorkerCtx::new(&core, gen, None);
         *core.current.borrow_mut() = Some(Rc::new(ctx));
@@ -413,11 +415,23 @@ fn spawn_conn(
 ) {
     let core = ctx.core.clone();
     core.open_conns.set(core.open_conns.get() + 1);
-    monoio::spawn(async move {
-        let serve = async {
-            // The handshake runs here, in the connection's task, so the accept loop never waits.
-            // Each part boxed on its own: a task is as large as its largest state, and an idle
-            // keep-alive connection should not carry a TLS handshake's or a tunnel's.
+    // Each kind boxed on its own, and a plain HTTP connection's future built here rather than
+    // inside an async block: a task keeps a block's captures beside what it moved them into, and
+    // an idle keep-alive connection should carry neither those nor a TLS handshake's state.
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = match (
+        &ctx.config.listeners[listener].kind,
+        ctx.gen.listener_tls[listener].is_some(),
+    ) {
+        (ListenerKind::Http { .. }, false) => Box::pin(crate::proxy::serve(
+            ctx.clone(),
+            socket,
+            listener,
+            stream,
+            peer,
+        )),
+        _ => Box::pin(async move {
+            // The handshake runs here, in the connection's task, so the accept loop never
+            // waits.
             let stream = if ctx.gen.listener_tls[listener].is_some() {
                 match Box::pin(terminate_tls(&ctx, listener, stream, peer)).await {
                     Some(s) => s,
@@ -434,9 +448,11 @@ fn spawn_conn(
                     Box::pin(crate::l4::serve(&ctx, listener, stream, peer)).await
                 }
             }
-        };
+        }),
+    };
+    monoio::spawn(async move {
         monoio::select! {
-            _ = CatchPanic(Box::pin(serve)) => {},
+            _ = CatchPanic(serve) => {},
             _ = core.close_all.wait() => {},
         }
         core.open_conns.set(core.open_conns.get() - 1);
@@ -447,9 +463,9 @@ fn spawn_conn(
 /// buffers in `Option`s that are `expect`ed present; a TLS stream whose halves meet a protocol
 /// error while the other half is mid-write (an upgraded tunnel) panics inside the library.
 /// Requests in flight on that connection stay counted until shutdown_timeout.
-struct CatchPanic<F>(std::pin::Pin<Box<F>>);
+struct CatchPanic<F: ?Sized>(std::pin::Pin<Box<F>>);
 
-impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> {
+impl<F: std::future::Future<Output = ()> + ?Sized> std::future::Future for CatchPanic<F> {
     type Output = ();
 
     fn poll(
