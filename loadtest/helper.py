@@ -645,7 +645,7 @@ def cmd_idle(a):
         except OSError:
             errors += 1
     opened = time.monotonic() - t0
-    # Longer than ringway's PARK_AFTER (1 s): every connection measured is idle, not between requests.
+    # Longer than ringway's PARK_AFTER (100 ms): every connection measured is idle, not between requests.
     time.sleep(a.settle)
     alive = 0
     for s in socks:  # a peer that closed an idle connection would show as readable EOF

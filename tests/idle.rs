@@ -1,4 +1,4 @@
-//! Idle keep-alive connections hold no receive buffer: after `PARK_AFTER` (1 s) of quiet a
+//! Idle keep-alive connections hold no receive buffer: after `PARK_AFTER` (100 ms) of quiet a
 //! plain connection waits on readiness alone, counted by `ringway_worker_receive_buffers`, and
 //! wakes to serve its next request exactly as before.
 
@@ -80,10 +80,10 @@ driver_tests! {
         let (proxy, b1, _admin) = start(driver, "");
         let mut c = proxy.client();
         assert_eq!(c.request(get_req("/", "")).status, 200);
-        for i in 0..8u64 {
-            std::thread::sleep(Duration::from_millis(960 + 10 * i));
+        for i in 0..12u64 {
+            std::thread::sleep(Duration::from_millis(85 + 5 * i));
             assert_eq!(c.request(get_req("/", "")).status, 200, "request {i}");
         }
-        assert_eq!(b1.requests(), 9);
+        assert_eq!(b1.requests(), 13);
     }
 }
