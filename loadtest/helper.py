@@ -533,7 +533,8 @@ def render_scenario(doc):
          f"{st.get('duration_s')}s per run after a {st.get('warmup_s')}s warm-up, {st.get('rounds')} round(s), "
          f"{st.get('workers', 1)} worker(s) per proxy; medians over valid runs. "
          f"{_placement_text(st)}\n"]
-    extra_keys = sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("_kb")})
+    extra_keys = sorted({k for s in summary.values() for k in s.get("extra", {})
+                         if k.endswith(("_kb", "_1w", "_2w", "_x"))})
     head = (f"| proxy | runs ok | {_unit_rate(unit)} | min–max | p50 ms | p90 ms | p99 ms | p99.9 ms "
             f"| CPU µs/{unit} user | sys | total | backend µs/{unit} | errors | peak RSS MiB |")
     head += "".join(f" {k.replace('_kb', ' KiB')} |" for k in extra_keys)
