@@ -24,7 +24,8 @@
 //!   head and the client response head.
 //! - [`route`]: host/path/method/header route matching.
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection: the keep-alive loop over a
-//!   `Session`, one exchange with an upstream, body relays, local answers.
+//!   `Session`, one exchange with an upstream, body relays, local answers, and `proxy::shape`
+//!   (a route's `handle_response` rules and `error_pages`).
 //! - [`l4`]: layer-4 tunnels of `protocol: tcp` listeners, and the relay of upgraded HTTP
 //!   connections.
 //! - [`observe`]: metrics (per-worker counters summed on scrape) and the access log.
