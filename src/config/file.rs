@@ -153,7 +153,6 @@ pub(super) struct ResponseMatchFile {
     pub(super) headers: Option<Named<String>>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FastcgiFile {

@@ -443,6 +443,23 @@ pub struct Transport {
     pub tls: Option<UpstreamTls>,
     /// PROXY protocol header sent first on each new upstream connection.
     pub proxy_protocol: ProxyProtocol,
+    /// `protocol: fastcgi`: targets are FastCGI applications (php-fpm), not HTTP servers.
+    pub fastcgi: Option<Fastcgi>,
+}
+
+/// `transport.fastcgi`: how a request becomes FastCGI parameters.
+#[derive(Debug, Clone)]
+pub struct Fastcgi {
+    /// Absolute document root; SCRIPT_FILENAME = root + script path.
+    pub root: String,
+    /// The path splits after the first of these (lower-case, each starting with `.`).
+    pub split_path: Vec<String>,
+    /// Appended to paths that end in `/`.
+    pub index: String,
+    /// Extra parameters, rendered per request.
+    pub env: Vec<(String, Template)>,
+    /// Log what the application writes to FastCGI stderr at warn (else at debug).
+    pub capture_stderr: bool,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

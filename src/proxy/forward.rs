@@ -87,19 +87,22 @@ pub(crate) async fn forward(
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
             && lb_key.get(&sess.down.buf) != Some(bal.cookie(t).as_bytes());
         let mut seen = None;
-        let result = exchange(
-            sess,
-            &Attempt {
-                u,
-                t,
-                up,
-                route,
-                set_cookie,
-            },
-            conn,
-            &mut seen,
-        )
-        .await;
+        let attempt = Attempt {
+            u,
+            t,
+            up,
+            route,
+            set_cookie,
+        };
+        let result = if up.transport.fastcgi.is_some() {
+            // Boxed: the HTTP path's future stays its size.
+            Box::pin(crate::fastcgi::exchange::exchange(
+                sess, &attempt, conn, &mut seen,
+            ))
+            .await
+        } else {
+            exchange(sess, &attempt, conn, &mut seen).await
+        };
         if let Some((status, latency)) = seen {
             note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
         }

@@ -19,6 +19,7 @@ use super::{
 use crate::template::Template;
 
 mod addr;
+mod fastcgi;
 mod headers;
 mod layer4;
 mod listeners;
@@ -645,18 +646,12 @@ mod tests {
         }
         // Line 8 is the first line after the base file built by `with_upstream`.
         let upstream = [
-            ("transport:\n  protocol: fastcgi", 9, "transport.protocol"),
             (
                 "transport:\n  versions: [\"1.1\", \"2\"]",
                 9,
                 "transport.versions",
             ),
             ("transport:\n  versions: [\"2\"]", 9, "transport.versions"),
-            (
-                "transport:\n  fastcgi: { root: /var/www, index: index.php }",
-                9,
-                "transport.fastcgi",
-            ),
             ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
             (
                 "transport:\n  proxy_protocol: v2",
