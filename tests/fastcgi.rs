@@ -27,6 +27,7 @@ if ($mode === 'big') {
 if ($mode === 'fail') { http_response_code(500); header('X-From: php'); echo "php failed\n"; exit; }
 if ($mode === 'accel') { header('X-Accel-Redirect: /files/from-php.txt'); echo "internal\n"; exit; }
 if ($mode === 'sleep') { sleep(3); echo "slept\n"; exit; }
+if ($mode === 'empty') { http_response_code(204); echo "not for the client"; exit; }
 if ($mode === 'stderr') { error_log("a line for stderr"); echo "logged\n"; exit; }
 $body = file_get_contents('php://input');
 http_response_code(201);
@@ -296,6 +297,42 @@ driver_tests! {
         }
         // Still serving.
         assert_eq!(proxy.get("/").text(), "index\n");
+    }
+
+    fn head_and_bodiless_answers_carry_no_body(driver) {
+        let (proxy, _fpm, _files) = start(driver, false);
+        let mut c = proxy.client();
+        c.send("HEAD /app.php HTTP/1.1\r\nHost: php.test\r\n\r\n");
+        let r = c.read_head_response();
+        assert_eq!(r.status, 201, "{}", r.head_text());
+        assert!(r.body.is_empty());
+        let r = c.request(get_req("/app.php?mode=empty", "Connection: keep-alive\r\n"));
+        assert_eq!((r.status, r.body.len()), (204, 0), "{}", r.head_text());
+        // Nothing stray sits between the answers: the next one parses.
+        let r = c.request(get_req("/", ""));
+        assert_eq!((r.status, r.text().as_str()), (200, "index\n"));
+    }
+
+    fn slow_php_gets_504_after_response_header_timeout(driver) {
+        let fpm = PhpFpm::start(false);
+        let yaml = r#"
+listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    routes: [{ upstream: php }]
+upstreams:
+  php:
+    targets: [$PHP]
+    transport:
+      protocol: fastcgi
+      response_header_timeout: 300ms
+      fastcgi: { root: $ROOT }
+"#;
+        let vars = [("PHP", fpm.target.clone()), ("ROOT", fpm.root().display().to_string())];
+        let proxy = Proxy::start(driver, yaml, &vars);
+        let r = proxy.get("/app.php?mode=sleep");
+        assert_eq!(r.status, 504, "{}", r.head_text());
+        assert_eq!(proxy.get("/").text(), "index\n", "a fresh connection serves the next one");
     }
 
     fn chunked_request_bodies_get_411(driver) {

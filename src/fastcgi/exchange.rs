@@ -455,6 +455,8 @@ async fn send_response(
     let client_head = is_head(&sess.down.buf, head);
     let http10 = head.version == Version::Http10;
     let encode = match resp.framing {
+        // A HEAD answer, or a status without a body (204, 304): STDOUT content is dropped.
+        Framing::None => Encode::Discard,
         _ if client_head => Encode::Discard,
         Framing::CloseDelimited if !http10 => Encode::Chunk,
         _ => Encode::Raw,
@@ -508,7 +510,6 @@ async fn send_response(
             Framing::Length(n) => Some(n),
             _ => None,
         },
-        sent: 0,
         done: false,
     };
     body.add(&mut sess.s.out, &early)?;
@@ -588,7 +589,6 @@ struct Body {
     encode: Encode,
     /// Content-Length bytes still owed, when the application gave one.
     left: Option<u64>,
-    sent: u64,
     done: bool,
 }
 
@@ -603,7 +603,6 @@ impl Body {
             }
             *left -= data.len() as u64;
         }
-        self.sent += data.len() as u64;
         if self.encode == Encode::Chunk {
             let _ = write!(out, "{:x}\r\n", data.len());
             out.extend_from_slice(data);
@@ -696,7 +695,6 @@ mod tests {
         let mut b = Body {
             encode: Encode::Chunk,
             left: None,
-            sent: 0,
             done: false,
         };
         b.add(&mut out, b"hello").unwrap();
@@ -707,7 +705,6 @@ mod tests {
         let mut b = Body {
             encode: Encode::Raw,
             left: Some(3),
-            sent: 0,
             done: false,
         };
         assert!(b.add(&mut out, b"abcd").is_err());
@@ -716,7 +713,6 @@ mod tests {
         let mut b = Body {
             encode: Encode::Discard,
             left: Some(3),
-            sent: 0,
             done: false,
         };
         b.add(&mut out, b"abcdef").unwrap();
