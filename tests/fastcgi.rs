@@ -169,6 +169,10 @@ upstreams:
         root: $ROOT
         split_path: [.php]
         env: { APP_ENV: testing, CLIENT: "ip={client_ip}" }
+    headers:
+      response:
+        - remove: [X-Powered-By]
+        - set: { X-Via: "ringway" }
   files:
     targets: [$FILES]
 "#;
@@ -221,6 +225,9 @@ driver_tests! {
         assert_eq!(r.status, 201, "{}{text}", r.head_text());
         assert_eq!(r.header("X-From"), Some("php"));
         assert_eq!(r.header("Content-Type"), Some("text/plain;charset=UTF-8"));
+        // The upstream's header rules apply to FastCGI answers too.
+        assert_eq!(r.header("X-Via"), Some("ringway"));
+        assert!(!r.has_header("X-Powered-By"), "{}", r.head_text());
         let root = fpm.root().display().to_string();
         assert_eq!(field(&text, "SCRIPT_FILENAME"), format!("{root}/app.php"));
         assert_eq!(field(&text, "SCRIPT_NAME"), "/app.php");

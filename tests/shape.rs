@@ -125,6 +125,7 @@ listeners:
               status: 502
               body: "upstream said {rp.status_code} {rp.status_text} for {path}\n"
               headers: { X-Was: "{rp.header.X-Upstream}" }
+            copy_response_headers: [X-Upstream]
 upstreams:
   app:
     targets: [$APP]
@@ -221,6 +222,7 @@ driver_tests! {
         assert_eq!(r.status, 502, "{}", r.head_text());
         assert_eq!(r.text(), "upstream said 418 I'm a teapot for /teapot\n");
         assert_eq!(r.header("X-Was"), Some("app"));
+        assert_eq!(r.header_all("X-Upstream"), vec!["app"], "copied once");
         let r = c.request(get_req("/ok", ""));
         assert_eq!(r.text(), "app\n", "the client connection stays usable");
     }
