@@ -342,6 +342,12 @@ upstreams:
         assert_eq!(proxy.get("/").text(), "index\n", "a fresh connection serves the next one");
     }
 
+    fn stderr_records_between_stdout_leave_the_answer_whole(driver) {
+        let (proxy, _fpm, _files) = start(driver, false);
+        let r = proxy.get("/app.php?mode=stderr");
+        assert_eq!((r.status, r.text().as_str()), (200, "logged\n"), "{}", r.head_text());
+    }
+
     fn chunked_request_bodies_get_411(driver) {
         let (proxy, _fpm, _files) = start(driver, false);
         let mut c = proxy.client();

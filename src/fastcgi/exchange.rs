@@ -90,7 +90,7 @@ pub(crate) async fn exchange(
         }) {
             Decision::Pass => {}
             Decision::ReplaceStatus(code) => replace = Some(code),
-            d => {
+            Decision::Local(local) => {
                 let first = Answered {
                     route: a.route,
                     u: a.u,
@@ -107,7 +107,7 @@ pub(crate) async fn exchange(
                     body_sent: true,
                     upstream_head: false,
                 };
-                return shape::answer(sess, first, d).await;
+                return shape::answer(sess, first, local).await;
             }
         }
     }

@@ -82,7 +82,7 @@ pub(crate) async fn exchange(
         }) {
             Decision::Pass => {}
             Decision::ReplaceStatus(code) => sent.replace_status = Some(code),
-            d => {
+            Decision::Local(local) => {
                 let first = Answered {
                     route: a.route,
                     u: a.u,
@@ -94,7 +94,7 @@ pub(crate) async fn exchange(
                     body_sent: sent.body_sent,
                     upstream_head: sent.upstream_head,
                 };
-                return shape::answer(sess, first, d).await;
+                return shape::answer(sess, first, local).await;
             }
         }
     }

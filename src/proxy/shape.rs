@@ -26,22 +26,55 @@ pub(crate) enum Decision<'r> {
     Pass,
     /// Forward it under this status.
     ReplaceStatus(u16),
-    /// A `respond` or `upstream` rule answers instead.
-    Rule(&'r ResponseRule),
-    /// An error page answers instead.
+    /// Answer instead of forwarding it.
+    Local(Local<'r>),
+}
+
+/// An answer given in place of the upstream response.
+#[derive(Debug)]
+pub(crate) enum Local<'r> {
+    /// An error page.
     Page(&'r ErrorPage),
+    /// A rule's `respond`.
+    Respond(&'r ResponseRule, &'r Respond),
+    /// A rule's `upstream`: the request goes on to another upstream.
+    SendOn(&'r ResponseRule, Next<'r>),
 }
 
 /// Rules and pages compare by identity: which one of the route's was chosen.
 impl PartialEq for Decision<'_> {
     fn eq(&self, other: &Self) -> bool {
+        use Local::*;
         match (self, other) {
             (Decision::Pass, Decision::Pass) => true,
             (Decision::ReplaceStatus(a), Decision::ReplaceStatus(b)) => a == b,
-            (Decision::Rule(a), Decision::Rule(b)) => std::ptr::eq(*a, *b),
-            (Decision::Page(a), Decision::Page(b)) => std::ptr::eq(*a, *b),
+            (Decision::Local(Page(a)), Decision::Local(Page(b))) => std::ptr::eq(*a, *b),
+            (Decision::Local(Respond(a, _)), Decision::Local(Respond(b, _)))
+            | (Decision::Local(SendOn(a, _)), Decision::Local(SendOn(b, _))) => {
+                std::ptr::eq(*a, *b)
+            }
             _ => false,
         }
+    }
+}
+
+/// What a matching rule does.
+fn rule_decision(rule: &ResponseRule) -> Decision<'_> {
+    match &rule.action {
+        RuleAction::ReplaceStatus(code) => Decision::ReplaceStatus(*code),
+        RuleAction::Respond(r) => Decision::Local(Local::Respond(rule, r)),
+        RuleAction::Upstream {
+            upstream,
+            rewrite,
+            method,
+        } => Decision::Local(Local::SendOn(
+            rule,
+            Next {
+                upstream: *upstream,
+                rewrite: rewrite.as_ref(),
+                method: method.as_deref(),
+            },
+        )),
     }
 }
 
@@ -62,15 +95,14 @@ pub(crate) fn decide<'r>(
         if !status_ok || !rule.headers.iter().all(|(n, want)| has(n, want)) {
             continue;
         }
-        return match rule.action {
-            // 204 and 304 have no body to keep under another status.
-            RuleAction::ReplaceStatus(_) if matches!(status, 204 | 304) => continue,
-            RuleAction::ReplaceStatus(code) => Decision::ReplaceStatus(code),
-            _ => Decision::Rule(rule),
-        };
+        // 204 and 304 have no body to keep under another status.
+        if matches!(rule.action, RuleAction::ReplaceStatus(_)) && matches!(status, 204 | 304) {
+            continue;
+        }
+        return rule_decision(rule);
     }
     match page_for(route, status) {
-        Some(p) => Decision::Page(p),
+        Some(p) => Decision::Local(Local::Page(p)),
         None => Decision::Pass,
     }
 }
@@ -179,7 +211,7 @@ pub(crate) struct Answered<'a> {
 pub(crate) async fn answer(
     sess: &mut Session<'_>,
     first: Answered<'_>,
-    decision: Decision<'_>,
+    local: Local<'_>,
 ) -> Result<Exchange, Failure> {
     let Answered {
         route,
@@ -200,34 +232,21 @@ pub(crate) async fn answer(
         keepalive,
         upstream_head,
     };
-    let result = match decision {
-        Decision::Page(page) => {
+    let result = match local {
+        Local::Page(page) => {
             let ok = write_page(sess, page, resp.status, keep).await;
             Ok(Exchange::Done(ok && keep))
         }
-        Decision::Rule(rule) => match &rule.action {
-            RuleAction::Respond(r) => {
-                let ok = respond(sess, rule, r, &ub.buf[rbuf_start..], resp, keep).await;
-                Ok(Exchange::Done(ok && keep))
-            }
-            RuleAction::Upstream {
-                upstream,
-                rewrite,
-                method,
-            } => {
-                release(sess, &pool, conn, &ub, resp);
-                let next = Next {
-                    upstream: *upstream,
-                    rewrite: rewrite.as_ref(),
-                    method: method.as_deref(),
-                };
-                let r = send_on(sess, route, rule, &next, &ub.buf[rbuf_start..], resp).await;
-                *sess.ubuf = std::mem::take(&mut ub.buf);
-                return Ok(r);
-            }
-            RuleAction::ReplaceStatus(_) => unreachable!("replace_status is forwarded"),
-        },
-        Decision::Pass | Decision::ReplaceStatus(_) => unreachable!("forwarded responses"),
+        Local::Respond(rule, r) => {
+            let ok = respond(sess, rule, r, &ub.buf[rbuf_start..], resp, keep).await;
+            Ok(Exchange::Done(ok && keep))
+        }
+        Local::SendOn(rule, next) => {
+            release(sess, &pool, conn, &ub, resp);
+            let r = send_on(sess, route, rule, &next, &ub.buf[rbuf_start..], resp).await;
+            *sess.ubuf = std::mem::take(&mut ub.buf);
+            return Ok(r);
+        }
     };
     release(sess, &pool, conn, &ub, resp);
     *sess.ubuf = std::mem::take(&mut ub.buf);
@@ -364,7 +383,8 @@ async fn respond(
 }
 
 /// Where an `upstream` rule sends the request.
-struct Next<'a> {
+#[derive(Debug)]
+pub(crate) struct Next<'a> {
     upstream: usize,
     rewrite: Option<&'a Template>,
     method: Option<&'a str>,
@@ -532,7 +552,7 @@ mod tests {
             (
                 200,
                 vec![("X-Accel-Redirect", "/f")],
-                Decision::Rule(&r.handle_response[3]),
+                rule_decision(&r.handle_response[3]),
             ),
         ];
         for (status, fields, want) in cases {
@@ -585,9 +605,18 @@ mod tests {
             vec![page("502"), page("5xx"), page("404")],
         );
         assert_eq!(decide_with(&r, 503, &[]), Decision::ReplaceStatus(500));
-        assert_eq!(decide_with(&r, 502, &[]), Decision::Page(&r.error_pages[0]));
-        assert_eq!(decide_with(&r, 500, &[]), Decision::Page(&r.error_pages[1]));
-        assert_eq!(decide_with(&r, 404, &[]), Decision::Page(&r.error_pages[2]));
+        assert_eq!(
+            decide_with(&r, 502, &[]),
+            Decision::Local(Local::Page(&r.error_pages[0]))
+        );
+        assert_eq!(
+            decide_with(&r, 500, &[]),
+            Decision::Local(Local::Page(&r.error_pages[1]))
+        );
+        assert_eq!(
+            decide_with(&r, 404, &[]),
+            Decision::Local(Local::Page(&r.error_pages[2]))
+        );
         assert_eq!(decide_with(&r, 403, &[]), Decision::Pass);
         assert_eq!(decide_with(&r, 200, &[]), Decision::Pass);
         assert_eq!(
@@ -608,7 +637,7 @@ mod tests {
         assert_eq!(decide_with(&r, 204, &[]), Decision::Pass);
         assert_eq!(
             decide_with(&r, 304, &[]),
-            Decision::Rule(&r.handle_response[1])
+            rule_decision(&r.handle_response[1])
         );
         assert_eq!(decide_with(&r, 201, &[]), Decision::ReplaceStatus(200));
     }
