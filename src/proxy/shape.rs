@@ -374,9 +374,12 @@ async fn respond(
         value.render(&info, out);
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "Content-Length: {}\r\n", aux.len());
+    let bodiless = matches!(r.status, 204 | 304);
+    if !bodiless {
+        let _ = write!(out, "Content-Length: {}\r\n", aux.len());
+    }
     finish_conn_header(out, head.version, keep);
-    if !is_head(buf, head) {
+    if !bodiless && !is_head(buf, head) {
         out.extend_from_slice(aux);
     }
     write_out(sess).await
