@@ -129,12 +129,9 @@ pub(crate) async fn exchange(
     Ok(Exchange::Done(keep))
 }
 
-/// Pools a connection that carried no request (or a finished one), unless another worker
-/// waits for a slot of this capped target.
+/// Pools a connection that carried no request, or a finished one.
 fn ctx_checkin(sess: &Session<'_>, a: &Attempt<'_>, conn: UpConn) {
-    if !sess.ctx.balancer(a.u).is_capped(a.t) {
-        sess.ctx.checkin(a.u, a.t, conn);
-    }
+    shape::checkin(sess.ctx, a.u, a.t, conn);
 }
 
 fn invalid(why: &'static str) -> ProxyError {

@@ -271,9 +271,21 @@ fn release(sess: &Session<'_>, p: &Pool, conn: UpConn, ub: &RecvBuf, resp: &Resp
             Framing::Length(n) => after_head == n,
             _ => false,
         };
-    let bal = sess.ctx.balancer(p.u);
-    if complete && resp.keep_alive() && p.keepalive && !bal.is_capped(p.t) {
-        sess.ctx.checkin(p.u, p.t, conn);
+    if complete && resp.keep_alive() && p.keepalive {
+        checkin(sess.ctx, p.u, p.t, conn);
+    }
+}
+
+/// Pools an upstream connection, unless another worker waits for a slot of this capped
+/// target (then it is closed, as the HTTP exchange does).
+pub(crate) fn checkin(ctx: &crate::worker::ctx::WorkerCtx, u: usize, t: usize, conn: UpConn) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let bal = ctx.balancer(u);
+    let shared = bal.shared(t);
+    let wanted =
+        bal.is_capped(t) && shared.wanted.load(Relaxed) && shared.wanted.swap(false, Relaxed);
+    if !wanted {
+        ctx.checkin(u, t, conn);
     }
 }
 
