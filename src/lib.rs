@@ -24,7 +24,10 @@
 //!   head and the client response head.
 //! - [`route`]: host/path/method/header route matching.
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection: the keep-alive loop over a
-//!   `Session`, one exchange with an upstream, body relays, local answers.
+//!   `Session`, one exchange with an upstream, body relays, local answers, and `proxy::shape`
+//!   (a route's `handle_response` rules and `error_pages`).
+//! - [`fastcgi`]: the FastCGI transport (php-fpm): records, CGI/1.1 parameters and the
+//!   exchange that replaces the HTTP one for `transport.protocol: fastcgi` upstreams.
 //! - [`l4`]: layer-4 tunnels of `protocol: tcp` listeners, and the relay of upgraded HTTP
 //!   connections.
 //! - [`observe`]: metrics (per-worker counters summed on scrape) and the access log.
@@ -34,6 +37,7 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod fastcgi;
 pub mod http1;
 pub mod l4;
 pub mod net;

@@ -133,7 +133,6 @@ pub(super) struct Http2File {
     pub(super) max_resets_per_s: Option<u32>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HandleResponseFile {
@@ -147,7 +146,6 @@ pub(super) struct HandleResponseFile {
     pub(super) copy_response_headers: Option<Strings>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResponseMatchFile {
@@ -155,7 +153,6 @@ pub(super) struct ResponseMatchFile {
     pub(super) headers: Option<Named<String>>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FastcgiFile {

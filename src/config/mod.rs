@@ -170,6 +170,10 @@ pub struct Route {
     pub rewrite: Option<Template>,
     pub method: Option<String>,
     pub action: Action,
+    /// `handle_response`: tried in order on the upstream response head.
+    pub handle_response: Vec<ResponseRule>,
+    /// `error_pages`: error answers replaced by files.
+    pub error_pages: Vec<ErrorPage>,
 }
 
 /// Every condition given must hold; an empty `Match` matches everything.
@@ -205,6 +209,53 @@ pub struct Respond {
     pub status: u16,
     pub body: Template,
     pub headers: Vec<(String, Template)>,
+}
+
+/// One `handle_response` rule: every condition given must hold on the upstream response head.
+#[derive(Debug, Clone)]
+pub struct ResponseRule {
+    /// Empty: any status.
+    pub status: StatusSet,
+    /// Lower-case names; every one must match.
+    pub headers: Vec<(String, HeaderMatch)>,
+    pub action: RuleAction,
+    /// Lower-case names of upstream headers kept on `respond` / `upstream` answers.
+    pub copy_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    /// `"*"`: the field is present, whatever its value.
+    Present,
+    /// The exact (case-sensitive) value of one of the fields of that name.
+    Exact(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleAction {
+    /// A new status line; the upstream's headers and body stay.
+    ReplaceStatus(u16),
+    /// A local answer; the upstream body is not forwarded. Templates may use `{rp.*}`.
+    Respond(Respond),
+    /// The original request goes to another upstream (X-Accel-Redirect).
+    Upstream {
+        /// Index into `Config::upstreams`.
+        upstream: usize,
+        /// New path and query; may use `{rp.*}`.
+        rewrite: Option<Template>,
+        method: Option<String>,
+    },
+}
+
+/// An `error_pages` entry: a file read when the configuration was loaded.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    /// 4xx/5xx codes or classes the page replaces.
+    pub status: StatusSet,
+    pub path: PathBuf,
+    /// From the file name's extension.
+    pub content_type: &'static str,
+    pub body: std::sync::Arc<[u8]>,
 }
 
 #[derive(Debug, Clone)]
@@ -392,6 +443,23 @@ pub struct Transport {
     pub tls: Option<UpstreamTls>,
     /// PROXY protocol header sent first on each new upstream connection.
     pub proxy_protocol: ProxyProtocol,
+    /// `protocol: fastcgi`: targets are FastCGI applications (php-fpm), not HTTP servers.
+    pub fastcgi: Option<Fastcgi>,
+}
+
+/// `transport.fastcgi`: how a request becomes FastCGI parameters.
+#[derive(Debug, Clone)]
+pub struct Fastcgi {
+    /// Absolute document root; SCRIPT_FILENAME = root + script path.
+    pub root: String,
+    /// The path splits after the first of these (lower-case, each starting with `.`).
+    pub split_path: Vec<String>,
+    /// Appended to paths that end in `/`.
+    pub index: String,
+    /// Extra parameters, rendered per request.
+    pub env: Vec<(String, Template)>,
+    /// Log what the application writes to FastCGI stderr at warn (else at debug).
+    pub capture_stderr: bool,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

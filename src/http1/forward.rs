@@ -90,6 +90,8 @@ impl Placeholders for ReqInfo<'_> {
             Placeholder::Worker => {
                 let _ = write!(out, "{}", self.worker);
             }
+            // A request has no response yet (validation allows these in handle_response only).
+            Placeholder::Response(_) => {}
         }
     }
 }

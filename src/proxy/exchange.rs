@@ -14,6 +14,7 @@ use crate::proxy::respond::is_head;
 use crate::proxy::session::{
     timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, COALESCE_BODY, RESPONSE_LIMITS,
 };
+use crate::proxy::shape::{self, Answered, Decision};
 use crate::upstream::pool::UpConn;
 
 /// The target an attempt goes to.
@@ -48,6 +49,8 @@ struct Sent {
     at: Instant,
     /// Limits of the request body, and what of it moved.
     limits: BodyLimits,
+    /// A `handle_response` rule's new status for the response.
+    replace_status: Option<u16>,
 }
 
 /// One request/response exchange on `conn`. `seen` gets the response status and latency as
@@ -70,6 +73,30 @@ pub(crate) async fn exchange(
     sess.s.target = Some((a.u, a.t));
     if resp.status == 101 {
         return switch_protocols(sess, &mut ub, &resp, conn).await;
+    }
+    if shape::shapes(a.route) {
+        let rbuf = &ub.buf[ub.pos..];
+        let headers = &sess.s.resp_headers;
+        match shape::decide(a.route, resp.status, |name, want| {
+            shape::header_matches(rbuf, headers, name, want)
+        }) {
+            Decision::Pass => {}
+            Decision::ReplaceStatus(code) => sent.replace_status = Some(code),
+            Decision::Local(local) => {
+                let first = Answered {
+                    route: a.route,
+                    u: a.u,
+                    t: a.t,
+                    keepalive: a.up.transport.keepalive,
+                    conn,
+                    ub,
+                    resp: &resp,
+                    body_sent: sent.body_sent,
+                    upstream_head: sent.upstream_head,
+                };
+                return shape::answer(sess, first, local).await;
+            }
+        }
     }
     send_response(sess, a, conn, ub, &resp, &sent).await
 }
@@ -156,6 +183,7 @@ async fn send_head(
         coalesced,
         at,
         limits,
+        replace_status: None,
     };
     Ok(sent)
 }
@@ -358,6 +386,13 @@ async fn send_response(
             worker: ctx.id(),
         };
         write_response_head(&req, a.up, a.host(), &r, out, aux, list);
+    }
+    if let Some(code) = sent.replace_status {
+        shape::replace_status_line(&mut sess.s.out, code);
+        sess.s.status = code;
+    }
+    if !sess.s.copied.is_empty() {
+        shape::insert_fields(&mut sess.s.out, &sess.s.copied);
     }
     ub.pos += resp.head_len;
     let mut framing = resp.framing;

@@ -80,31 +80,40 @@ pub(crate) async fn forward(
         let Connected {
             target: t,
             conn,
-            in_flight: _in_flight,
+            in_flight,
         } = connect(ctx, u, up, &mut att, &want).await?;
         let reused = conn.reused;
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
             && lb_key.get(&sess.down.buf) != Some(bal.cookie(t).as_bytes());
         let mut seen = None;
-        let result = exchange(
-            sess,
-            &Attempt {
-                u,
-                t,
-                up,
-                route,
-                set_cookie,
-            },
-            conn,
-            &mut seen,
-        )
-        .await;
+        let attempt = Attempt {
+            u,
+            t,
+            up,
+            route,
+            set_cookie,
+        };
+        let result = if up.transport.fastcgi.is_some() {
+            // Boxed: the HTTP path's future stays its size.
+            Box::pin(crate::fastcgi::exchange::exchange(
+                sess, &attempt, conn, &mut seen,
+            ))
+            .await
+        } else {
+            exchange(sess, &attempt, conn, &mut seen).await
+        };
         if let Some((status, latency)) = seen {
             note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
         }
         let f = match result {
-            Ok(next) => return Ok(next),
+            Ok(next) => match sess.s.send_on.take() {
+                Some(second) => {
+                    drop(in_flight);
+                    return Ok(send_on(sess, &second).await);
+                }
+                None => return Ok(next),
+            },
             Err(f) => f,
         };
         let failed = retry::Failed {
@@ -137,6 +146,29 @@ pub(crate) async fn forward(
             continue;
         }
         return Err(f);
+    }
+}
+
+/// A `handle_response` rule's second upstream. Its failures are answered here: they are not
+/// the first target's, so they must not reach its retry loop.
+async fn send_on(sess: &mut Session<'_>, second: &Route) -> Exchange {
+    let crate::config::Action::Proxy(u) = second.action else {
+        return Exchange::Done(false);
+    };
+    // Boxed: this future sits inside the first forward's.
+    let result = Box::pin(forward(sess, u, second)).await;
+    sess.s.copied.clear();
+    match result {
+        Ok(next) => next,
+        Err(Failure { error, answered }) => {
+            if answered {
+                tracing::debug!("response cut short: {error}");
+            } else {
+                sess.s.status = error.status().unwrap_or(0);
+                crate::proxy::shape::answer_error(sess, second, &error).await;
+            }
+            Exchange::Done(false)
+        }
     }
 }
 

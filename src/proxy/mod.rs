@@ -11,6 +11,7 @@ pub mod lb_key;
 pub mod relay;
 pub mod respond;
 pub mod session;
+pub mod shape;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -183,6 +184,8 @@ async fn busy(conn: &mut Conn) -> Burst {
         bytes_in: 0,
         bytes_out: 0,
         target: None,
+        copied: Vec::new(),
+        send_on: None,
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let mut canceller = Canceller::new();
@@ -409,7 +412,7 @@ async fn handle(sess: &mut Session<'_>) -> Exchange {
             Err(Failure { error, answered }) => {
                 if !answered {
                     sess.s.status = error.status().unwrap_or(0);
-                    sess.answer_error(&error).await;
+                    crate::proxy::shape::answer_error(sess, route, &error).await;
                     sess.s.bytes_out = sess.s.out.len() as u64;
                 } else {
                     tracing::debug!("response cut short: {error}");

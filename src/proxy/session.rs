@@ -151,6 +151,11 @@ pub(crate) struct Scratch {
     pub(crate) bytes_out: u64,
     /// The upstream target that answered, as `[upstream, target]` (access log).
     pub(crate) target: Option<(usize, usize)>,
+    /// Header lines a `handle_response` rule copies onto the answer of another upstream.
+    pub(crate) copied: Vec<u8>,
+    /// A `handle_response` rule's second route: `forward` sends the request on with it once
+    /// the first exchange has handed its connection back.
+    pub(crate) send_on: Option<Box<crate::config::Route>>,
 }
 
 /// One request on a downstream connection: the generation serving it, the connection's stream

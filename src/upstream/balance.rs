@@ -475,6 +475,7 @@ mod tests {
                 max_idle_per_worker: 32,
                 tls: None,
                 proxy_protocol: crate::config::ProxyProtocol::Off,
+                fastcgi: None,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,

@@ -235,22 +235,6 @@ impl Validator<'_> {
     }
 
     pub(super) fn route(&self, key: &str, r: RouteFile, upstreams: &[&str]) -> Res<Route> {
-        for (k, written, why) in [
-            (
-                "handle_response",
-                r.handle_response.is_some(),
-                "not supported yet (handling upstream responses is planned)",
-            ),
-            (
-                "error_pages",
-                r.error_pages.is_some(),
-                "not supported yet (error pages are planned)",
-            ),
-        ] {
-            if written {
-                return Err(self.at_key(&join(key, k), why));
-            }
-        }
         let matcher = match r.matcher {
             Some(m) => self.matcher(&join(key, "match"), m)?,
             None => Match::default(),
@@ -302,12 +286,31 @@ impl Validator<'_> {
                 }
             },
         };
+        let handle_response =
+            self.handle_response(&join(key, "handle_response"), r.handle_response, upstreams)?;
+        let error_pages = self.error_pages(&join(key, "error_pages"), r.error_pages)?;
+        if matches!(action, Action::Respond(_)) {
+            for (k, set) in [
+                ("handle_response", !handle_response.is_empty()),
+                ("error_pages", !error_pages.is_empty()),
+            ] {
+                if set {
+                    return Err(self.at_key(
+                        &join(key, k),
+                        "only valid on a route with an `upstream` (a `respond` route has no \
+                         upstream response)",
+                    ));
+                }
+            }
+        }
         Ok(Route {
             matcher,
             strip_prefix: r.strip_prefix,
             rewrite,
             method,
             action,
+            handle_response,
+            error_pages,
         })
     }
 

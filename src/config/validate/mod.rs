@@ -19,9 +19,11 @@ use super::{
 use crate::template::Template;
 
 mod addr;
+mod fastcgi;
 mod headers;
 mod layer4;
 mod listeners;
+mod shape;
 mod tls;
 mod upstreams;
 
@@ -642,37 +644,14 @@ mod tests {
             assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
             assert!(e.message.starts_with("not supported yet"), "{e}");
         }
-        let route = [
-            (
-                "handle_response: [{ match: { status: [5xx] }, replace_status: 503 }]",
-                "handle_response",
-            ),
-            ("error_pages: { 502: /etc/ringway/502.html }", "error_pages"),
-        ];
-        for (extra, key) in route {
-            let text = format!(
-                "listeners:\n  - listen: 127.0.0.1:8080\n    routes:\n      - respond: {{}}\n        \
-                 {extra}\n"
-            );
-            let e = Config::parse(&text, "t").expect_err(key);
-            let key = format!("listeners[0].routes[0].{key}");
-            assert_eq!((e.line, e.key.as_str()), (5, key.as_str()), "{e}");
-            assert!(e.message.starts_with("not supported yet"), "{e}");
-        }
         // Line 8 is the first line after the base file built by `with_upstream`.
         let upstream = [
-            ("transport:\n  protocol: fastcgi", 9, "transport.protocol"),
             (
                 "transport:\n  versions: [\"1.1\", \"2\"]",
                 9,
                 "transport.versions",
             ),
             ("transport:\n  versions: [\"2\"]", 9, "transport.versions"),
-            (
-                "transport:\n  fastcgi: { root: /var/www, index: index.php }",
-                9,
-                "transport.fastcgi",
-            ),
             ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
             (
                 "transport:\n  proxy_protocol: v2",

@@ -88,6 +88,9 @@ impl Validator<'_> {
         let https_ports = transport_file.https_ports.clone().unwrap_or_default();
         let mut transport = self.transport(&join(&key, "transport"), transport_file)?;
         self.upstream_tls(&key, &mut targets, &schemes, &mut transport, &https_ports)?;
+        if transport.fastcgi.is_some() {
+            self.fastcgi_upstream(&key, &u.headers, &health, &transport, &u.response_buffer)?;
+        }
         let h = u.headers.unwrap_or_default();
         let headers = HeaderOps {
             request: self.header_ops(&join(&key, "headers.request"), h.request)?,
@@ -364,13 +367,7 @@ impl Validator<'_> {
             .as_deref()
             .unwrap_or(defaults::TRANSPORT_PROTOCOL)
         {
-            "http" => {}
-            "fastcgi" => {
-                return Err(self.at_value(
-                    &join(key, "protocol"),
-                    "not supported yet (FastCGI is planned; use http)",
-                ))
-            }
+            "http" | "fastcgi" => {}
             other => {
                 return Err(self.at_value(
                     &join(key, "protocol"),
@@ -381,12 +378,7 @@ impl Validator<'_> {
         if let Some(versions) = &t.versions {
             self.versions(&join(key, "versions"), versions)?;
         }
-        if t.fastcgi.is_some() {
-            return Err(self.at_key(
-                &join(key, "fastcgi"),
-                "not supported yet (FastCGI is planned)",
-            ));
-        }
+        let fastcgi = self.fastcgi(key, &t)?;
         let proxy_protocol = match t
             .proxy_protocol
             .as_deref()
@@ -443,6 +435,7 @@ impl Validator<'_> {
                 .unwrap_or(defaults::MAX_IDLE_PER_WORKER),
             tls,
             proxy_protocol,
+            fastcgi,
         })
     }
 }
