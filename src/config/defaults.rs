@@ -137,3 +137,12 @@ pub const INSECURE_SKIP_VERIFY: bool = false;
 pub const HTTP_PORT: u16 = 80;
 /// Caddy's rule: a target on 443 is dialed with TLS without being told.
 pub const HTTPS_PORT: u16 = 443;
+
+// Dynamic upstreams.
+
+/// Kubernetes endpoints change within seconds; a 30 s lag is what Caddy-style setups accept.
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// Below this a refresh (or a record's TTL, dnsmasq's local records say 0) would hammer the server.
+pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
+/// The DNS port when a resolver is written as a bare IP.
+pub const DNS_PORT: u16 = 53;

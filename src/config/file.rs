@@ -215,7 +215,6 @@ pub(super) struct TargetMapFile {
     pub(super) max_connections: Option<u32>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DynamicFile {
@@ -225,7 +224,6 @@ pub(super) struct DynamicFile {
     pub(super) resolvers: Option<Strings>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DynamicAFile {

@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::config::{Config, ListenAddr, Upstream};
+use crate::config::{Config, ListenAddr, TargetSource, Upstream};
 use crate::net::tls::ListenerTlsState;
 use crate::observe::metrics::GenMetrics;
 use crate::upstream::balance::SharedTargets;
@@ -55,7 +55,14 @@ impl Generation {
                 (0..u.targets.len())
                     .map(|t| {
                         prev.and_then(|p| p.find_target(u, t)).unwrap_or_else(|| {
-                            Arc::new(TargetShared::with_max_fails(u.health.passive.max_fails))
+                            let max_fails = u.health.passive.max_fails;
+                            // A discovered target is probed before it takes traffic.
+                            let discovered = u.targets[t].source != TargetSource::Static;
+                            Arc::new(if discovered && u.health.active.is_some() {
+                                TargetShared::awaiting_probe(max_fails)
+                            } else {
+                                TargetShared::with_max_fails(max_fails)
+                            })
                         })
                     })
                     .collect()
@@ -98,6 +105,9 @@ impl Generation {
             shared
                 .healthy
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .unprobed
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         Some(shared)
     }

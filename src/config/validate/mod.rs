@@ -19,6 +19,7 @@ use super::{
 use crate::template::Template;
 
 mod addr;
+mod dynamic;
 mod headers;
 mod layer4;
 mod listeners;
@@ -673,7 +674,6 @@ mod tests {
                 9,
                 "transport.fastcgi",
             ),
-            ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
             (
                 "transport:\n  proxy_protocol: v2",
                 9,
