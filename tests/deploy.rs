@@ -137,7 +137,10 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
 fn headless_service_example_matches_the_dynamic_upstream_that_follows_it() {
     let svc = load("examples/headless-service.yaml");
     assert_eq!(svc["kind"], "Service");
-    assert_eq!(svc["spec"]["clusterIP"], "None", "headless: DNS lists the pods");
+    assert_eq!(
+        svc["spec"]["clusterIP"], "None",
+        "headless: DNS lists the pods"
+    );
     let (name, ns) = (
         svc["metadata"]["name"].as_str().unwrap(),
         svc["metadata"]["namespace"].as_str().unwrap(),

@@ -147,7 +147,7 @@ impl Control {
         if merge::same_targets(&effective, &self.shared.current.load().config) {
             return;
         }
-        match self.install(effective, Vec::new()) {
+        match self.install(effective, None) {
             Ok(r) => tracing::info!(generation = r.generation, "upstream targets changed (DNS)"),
             Err(e) => tracing::error!("DNS: the changed targets could not be swapped in: {e}"),
         }
@@ -202,7 +202,8 @@ impl Control {
         let old = self.shared.current.load_full();
         let restart_required = keep_restart_only(&old.config, &mut config);
         let base = Arc::new(config);
-        let reloaded = self.install(merge::effective(&base, &self.found), restart_required)?;
+        let reloaded =
+            self.install(merge::effective(&base, &self.found), Some(restart_required))?;
         let me = self.me.clone();
         if let Err(e) = self.follow_dns(me, base) {
             tracing::error!("DNS discovery could not start: {e}");
@@ -210,11 +211,12 @@ impl Control {
         Ok(reloaded)
     }
 
-    /// Builds the generation of `config` and hands it to every worker.
+    /// Builds the generation of `config` and hands it to every worker. `restart_required` is
+    /// `None` when only discovered targets changed (the file was not read again).
     fn install(
         &mut self,
         config: Config,
-        restart_required: Vec<&'static str>,
+        restart_required: Option<Vec<&'static str>>,
     ) -> Result<Reloaded, String> {
         let old = self.shared.current.load_full();
         let workers = self.workers.len();
@@ -244,15 +246,21 @@ impl Control {
             }
         }
         let config = Arc::new(config);
-        let gen = Generation::build(
-            old.id + 1,
-            config.clone(),
-            Some(&old),
-            socket_ids.clone(),
-            addrs,
-            workers,
-        )
-        .map_err(|e| e.to_string())?;
+        let gen = if restart_required.is_none() && added.is_empty() && socket_ids == old.sockets {
+            // Only targets changed (DNS): listeners keep their TLS state.
+            old.with_targets(config.clone(), workers)
+        } else {
+            Generation::build(
+                old.id + 1,
+                config.clone(),
+                Some(&old),
+                socket_ids.clone(),
+                addrs,
+                workers,
+            )
+            .map_err(|e| e.to_string())?
+        };
+        let restart_required = restart_required.unwrap_or_default();
         let gen = Arc::new(gen);
         let removed: Vec<usize> = (0..self.sockets.len())
             .filter(|id| self.sockets[*id].is_some() && !socket_ids.contains(id))
