@@ -303,3 +303,55 @@ fn pooled_connections_to_an_unchanged_target_are_reused_across_a_refresh() {
     assert_eq!(stays.requests(), 6);
     proxy.shutdown();
 }
+
+#[test]
+fn a_reload_keeps_the_discovered_targets_and_their_pooled_connections() {
+    let stays = Backend::start("stays");
+    let port = stays.addr().port();
+    let dns = Dnsmasq::start("127.0.0.1 api.test\n", &[]);
+    let yaml = format!(
+        "{BASE}    dynamic: {{ a: {{ name: api.test, port: {port} }}, refresh: 30s, resolvers: [$DNS] }}\n"
+    );
+    let vars = [("DNS", dns.resolver())];
+    let proxy = Proxy::start(Driver::any(), &yaml, &vars);
+    let mut client = proxy.client();
+    assert_eq!(client.request(get_req("/", "")).status, 200);
+    // The file changes something else; the new generation is built with the last answers
+    // merged in at once (an empty upstream would answer 503).
+    proxy.rewrite_config(&format!("{yaml}    forwarded: off\n"), &vars);
+    let r = proxy.server().reload().expect("reload");
+    assert!(r.generation >= 3, "{r}");
+    for _ in 0..2 {
+        assert_eq!(client.request(get_req("/", "")).status, 200);
+    }
+    assert_eq!(stays.connections(), 1, "the pooled connection moved along");
+    assert!(stays
+        .recorded()
+        .last()
+        .is_some_and(|r| !r.has_header("x-forwarded-for")));
+    proxy.shutdown();
+}
+
+#[test]
+fn idle_connections_to_a_removed_target_close_when_the_new_set_is_swapped_in() {
+    let leaving = Backend::start("leaving");
+    let port = leaving.addr().port();
+    let _next = FixedBackend::start("next", 200, format!("127.0.0.2:{port}").parse().unwrap());
+    let dns = Dnsmasq::start("127.0.0.1 api.test\n", &[]);
+    let yaml = format!(
+        "{BASE}    dynamic: {{ a: {{ name: api.test, port: {port} }}, refresh: 1s, resolvers: [$DNS] }}\n"
+    );
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("DNS", dns.resolver())]);
+    // A keep-alive client leaves an idle pooled connection to `leaving` behind.
+    let mut client = proxy.client();
+    assert_eq!(client.request(get_req("/", "")).status, 200);
+    assert_eq!(leaving.open_connections(), 1);
+    dns.set_hosts("127.0.0.2 api.test\n");
+    assert!(
+        leaving.wait_for_no_open_connections(Duration::from_secs(10)),
+        "the pooled connection to the removed address is closed"
+    );
+    let r = client.request(get_req("/", ""));
+    assert_eq!(r.header("x-backend"), Some("next"));
+    proxy.shutdown();
+}
