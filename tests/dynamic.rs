@@ -112,6 +112,13 @@ fn an_srv_upstream_reaches_the_record_host_and_port_and_its_lowest_live_priority
         .map(|t| t["source"].as_str().unwrap())
         .collect();
     assert_eq!(sources, ["srv priority 10", "srv priority 20"], "{u}");
+    let admin = proxy.server().admin_addr().unwrap();
+    let config = admin_get(admin, "/config");
+    let config: serde_json::Value =
+        serde_json::from_str(config.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let d = &config["upstreams"][0]["dynamic"];
+    assert_eq!(d["srv"], "_api._tcp.test", "{config}");
+    assert_eq!(d["resolvers"][0], dns.resolver(), "{config}");
     assert_eq!(
         u[0]["targets"][0]["address"],
         format!("127.0.0.2:{port}"),

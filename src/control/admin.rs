@@ -260,6 +260,12 @@ fn config_json(gen: &Generation) -> String {
                 "retries": u.lb.retries,
                 "keepalive": u.transport.keepalive,
                 "max_idle_per_worker": u.transport.max_idle_per_worker,
+                "dynamic": u.dynamic.as_ref().map(|d| serde_json::json!({
+                    "a": d.a.as_ref().map(|(name, port)| format!("{name}:{port}")),
+                    "srv": d.srv,
+                    "refresh_ms": d.refresh.as_millis() as u64,
+                    "resolvers": d.resolvers.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                })),
             })
         })
         .collect();
