@@ -362,3 +362,58 @@ fn idle_connections_to_a_removed_target_close_when_the_new_set_is_swapped_in() {
     assert_eq!(r.header("x-backend"), Some("next"));
     proxy.shutdown();
 }
+
+#[test]
+fn a_hostname_target_is_re_resolved_to_every_address() {
+    let port = port_free_on(&["127.0.0.2", "127.0.0.3"]);
+    let b2 = FixedBackend::start("b2", 200, format!("127.0.0.2:{port}").parse().unwrap());
+    let b3 = FixedBackend::start("b3", 200, format!("127.0.0.3:{port}").parse().unwrap());
+    let dns = Dnsmasq::start("127.0.0.2 web.test\n127.0.0.3 web.test\n", &[]);
+    // `dynamic` names the resolver; its own name resolves to nothing (NXDOMAIN).
+    let yaml = format!(
+        "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: api\n\
+         upstreams:\n  api:\n    targets: [127.0.0.1:{port}]\n    \
+         dynamic: {{ a: {{ name: none.test, port: 1 }}, refresh: 1s, resolvers: [{}] }}\n    \
+         lb: {{ policy: round_robin }}\n\
+         admin: {{ listen: 127.0.0.1:0 }}\nworkers: 1\npin_workers: false\n",
+        dns.resolver()
+    );
+    let mut config = ringway::config::Config::parse(&yaml, "t.yaml").unwrap();
+    // As validation leaves a hostname target: the name as written, its first address at load
+    // (loading it from a file would ask the system's resolver, which tests must not use).
+    config.upstreams[0].targets[0].addr = ringway::config::TargetAddr::Tcp {
+        host: format!("web.test:{port}"),
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    };
+    let server = ringway::control::Server::start(config).expect("start");
+    let addr = server.local_addr("web").unwrap();
+    let targets = server.config().upstreams[0].targets.clone();
+    let got: Vec<String> = targets
+        .iter()
+        .map(|t| match &t.addr {
+            ringway::config::TargetAddr::Tcp { host, addr } => format!("{host}={addr}"),
+            ringway::config::TargetAddr::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            format!("web.test:{port}=127.0.0.2:{port}"),
+            format!("web.test:{port}=127.0.0.3:{port}")
+        ]
+    );
+    for _ in 0..4 {
+        let r = get(addr, "/");
+        assert_eq!(r.status, 200);
+        assert!(r.header("x-backend").is_some());
+    }
+    assert_eq!(
+        (b2.requests(), b3.requests()),
+        (2, 2),
+        "both addresses serve"
+    );
+    let admin = server.admin_addr().unwrap();
+    let text = admin_get(admin, "/upstreams");
+    assert!(text.contains("\"source\": \"dns\""), "{text}");
+    server.shutdown();
+}
