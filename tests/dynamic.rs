@@ -145,21 +145,22 @@ fn an_a_record_changed_mid_test_moves_all_traffic_within_two_refresh_periods() {
     let new = FixedBackend::start("new", 200, format!("127.0.0.3:{port}").parse().unwrap());
     let dns = Dnsmasq::start("127.0.0.2 api.test\n", &[]);
     let refresh = Duration::from_secs(2);
+    // Two workers: the new set reaches each of them.
     let yaml = format!(
-        "{BASE}    dynamic: {{ a: {{ name: api.test, port: {port} }}, refresh: 2s, resolvers: [$DNS] }}\n"
+        "workers: 2\n{BASE}    dynamic: {{ a: {{ name: api.test, port: {port} }}, refresh: 2s, resolvers: [$DNS] }}\n"
     );
     let proxy = Proxy::start(Driver::any(), &yaml, &[("DNS", dns.resolver())]);
     let picks: Vec<String> = (0..5).map(|_| who(&proxy)).collect();
     assert!(picks.iter().all(|p| p == "old"), "{picks:?}");
     dns.set_hosts("127.0.0.3 api.test\n");
     std::thread::sleep(2 * refresh);
-    let picks: Vec<String> = (0..10).map(|_| who(&proxy)).collect();
+    let picks: Vec<String> = (0..20).map(|_| who(&proxy)).collect();
     assert!(
         picks.iter().all(|p| p == "new"),
         "two refresh periods after the change every request goes to the new address: {picks:?}"
     );
     assert_eq!(old.requests(), 5);
-    assert!(new.requests() >= 10);
+    assert!(new.requests() >= 20);
     proxy.shutdown();
 }
 
@@ -416,4 +417,42 @@ fn a_hostname_target_is_re_resolved_to_every_address() {
     let text = admin_get(admin, "/upstreams");
     assert!(text.contains("\"source\": \"dns\""), "{text}");
     server.shutdown();
+}
+
+/// A TCP server on `addr` that greets each connection with `greeting` and closes it.
+fn greeter(addr: SocketAddr, greeting: &'static str) {
+    let l = std::net::TcpListener::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(greeting.as_bytes());
+        }
+    });
+}
+
+#[test]
+fn a_tcp_listener_follows_its_dynamic_upstream() {
+    let port = port_free_on(&["127.0.0.2", "127.0.0.3"]);
+    greeter(format!("127.0.0.2:{port}").parse().unwrap(), "two\n");
+    greeter(format!("127.0.0.3:{port}").parse().unwrap(), "three\n");
+    let dns = Dnsmasq::start("127.0.0.2 db.test\n", &[]);
+    let yaml = format!(
+        "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: db\n\
+         upstreams:\n  db:\n    \
+         dynamic: {{ a: {{ name: db.test, port: {port} }}, refresh: 1s, resolvers: [$DNS] }}\n"
+    );
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("DNS", dns.resolver())]);
+    let greeting = || {
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut s = String::new();
+        let _ = c.read_to_string(&mut s);
+        s
+    };
+    assert_eq!(greeting(), "two\n");
+    dns.set_hosts("127.0.0.3 db.test\n");
+    assert!(
+        eventually(Duration::from_secs(10), || greeting() == "three\n"),
+        "new tunnels go to the new address"
+    );
+    proxy.shutdown();
 }
