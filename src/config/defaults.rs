@@ -146,3 +146,5 @@ pub const DNS_REFRESH: Duration = Duration::from_secs(30);
 pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
 /// The DNS port when a resolver is written as a bare IP.
 pub const DNS_PORT: u16 = 53;
+/// `srv: {service, name}` without `proto`: services behind a proxy speak TCP.
+pub const SRV_PROTO: &str = "tcp";

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{Res, Validator};
-use crate::config::file::DynamicFile;
+use crate::config::file::{DynamicFile, SrvFile, SrvPartsFile};
 use crate::config::spans::join;
 use crate::config::units::dur;
 use crate::config::{defaults, Dynamic};
@@ -31,11 +31,13 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let srv = match d.srv.filter(|s| !s.is_empty()) {
-            Some(s) => {
+        let srv = match d.srv {
+            Some(SrvFile::Name(s)) if s.is_empty() => None,
+            Some(SrvFile::Name(s)) => {
                 dns_name(&s).map_err(|m| self.at_value(&join(key, "srv"), m))?;
                 Some(s)
             }
+            Some(SrvFile::Parts(p)) => Some(self.srv_parts(&join(key, "srv"), p)?),
             None => None,
         };
         if a.is_none() && srv.is_none() {
@@ -61,6 +63,27 @@ impl Validator<'_> {
             refresh,
             resolvers,
         })
+    }
+}
+
+impl Validator<'_> {
+    /// `{service, proto, name}` -> `_service._proto.name` (just `name` without a service).
+    fn srv_parts(&self, key: &str, p: SrvPartsFile) -> Res<String> {
+        let name = p
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| self.at_key(key, "missing key `name` (the domain of the service)"))?;
+        dns_name(&name).map_err(|m| self.at_value(&join(key, "name"), m))?;
+        let proto = p.proto.unwrap_or_else(|| defaults::SRV_PROTO.to_string());
+        if proto != "tcp" && proto != "udp" {
+            return Err(self.at_value(&join(key, "proto"), "expected tcp or udp"));
+        }
+        let Some(service) = p.service.filter(|s| !s.is_empty()) else {
+            return Ok(name);
+        };
+        let full = format!("_{service}._{proto}.{name}");
+        dns_name(&full).map_err(|m| self.at_value(&join(key, "service"), m))?;
+        Ok(full)
     }
 }
 
@@ -160,6 +183,26 @@ mod tests {
     }
 
     #[test]
+    fn an_srv_name_may_be_given_as_service_proto_and_name() {
+        let cases = [
+            (
+                "srv: { service: http, proto: tcp, name: api.ns.svc }",
+                "_http._tcp.api.ns.svc",
+            ),
+            (
+                "srv: { service: http, name: api.ns.svc }",
+                "_http._tcp.api.ns.svc",
+            ),
+            ("srv: { name: _x._udp.api }", "_x._udp.api"),
+        ];
+        for (srv, want) in cases {
+            let c = ok(&with_upstream(&format!("dynamic: {{ {srv} }}")));
+            let d = c.upstreams[0].dynamic.as_ref().expect("dynamic");
+            assert_eq!(d.srv.as_deref(), Some(want), "{srv}");
+        }
+    }
+
+    #[test]
     fn dynamic_problems_are_reported_at_their_key() {
         let cases = [
             ("dynamic: {}", 8, "dynamic", "needs `a` or `srv`"),
@@ -192,6 +235,24 @@ mod tests {
                 8,
                 "dynamic.srv",
                 "invalid DNS name",
+            ),
+            (
+                "dynamic: { srv: { service: http } }",
+                8,
+                "dynamic.srv",
+                "missing key `name`",
+            ),
+            (
+                "dynamic: { srv: { name: a.b, proto: sctp } }",
+                8,
+                "dynamic.srv.proto",
+                "tcp or udp",
+            ),
+            (
+                "dynamic: { srv: { name: a.b, port: 1 } }",
+                8,
+                "dynamic.srv.port",
+                "unknown key",
             ),
             (
                 "dynamic: { srv: x.y, refresh: 100ms }",
