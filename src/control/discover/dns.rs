@@ -138,3 +138,36 @@ fn failure(e: NetError) -> Failure {
         message: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::net::NoRecords;
+    use hickory_resolver::proto::op::Query as DnsQuery;
+    use hickory_resolver::proto::rr::{Name, RecordType};
+
+    #[test]
+    fn failures_are_labelled_by_what_the_server_said() {
+        let none = |code| {
+            let q = DnsQuery::query(Name::from_ascii("a.test.").unwrap(), RecordType::A);
+            NetError::Dns(DnsError::NoRecordsFound(NoRecords::new(q, code)))
+        };
+        let cases = [
+            (NetError::Timeout, "timeout"),
+            (none(ResponseCode::NXDomain), "nxdomain"),
+            (none(ResponseCode::NoError), "no_records"),
+            (
+                NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)),
+                "servfail",
+            ),
+            (
+                NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)),
+                "refused",
+            ),
+            (NetError::Msg("connection refused".into()), "error"),
+        ];
+        for (e, want) in cases {
+            assert_eq!(failure(e).reason, want);
+        }
+    }
+}
