@@ -12,6 +12,8 @@
 //! - [`control`]: starting and stopping the server, the state shared with workers
 //!   (`control::state`, a leaf), configuration generations and reloads, the admin endpoint and
 //!   active health checks. Never on the data path.
+//!   `control/discover/` resolves the DNS names of dynamic upstreams on its own thread and
+//!   swaps changed target sets in like a reload.
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
 //!   when io_uring is unavailable): accept loops, dispatch, and the per-generation context that
 //!   owns its balancer replicas and pools.

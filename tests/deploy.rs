@@ -132,3 +132,33 @@ fn dockerfile_is_multi_stage_and_runs_as_non_root() {
     assert!(!user.contains("root") && !user.contains(" 0"), "{user}");
     assert!(text.contains("cap_net_bind_service"));
 }
+
+#[test]
+fn headless_service_example_matches_the_dynamic_upstream_that_follows_it() {
+    let svc = load("examples/headless-service.yaml");
+    assert_eq!(svc["kind"], "Service");
+    assert_eq!(
+        svc["spec"]["clusterIP"], "None",
+        "headless: DNS lists the pods"
+    );
+    let (name, ns) = (
+        svc["metadata"]["name"].as_str().unwrap(),
+        svc["metadata"]["namespace"].as_str().unwrap(),
+    );
+    let port = svc["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let path = format!("{DIR}/examples/config-dynamic.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = ringway::config::Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let d = c.upstreams[0].dynamic.as_ref().expect("a dynamic upstream");
+    assert_eq!(
+        d.a,
+        Some((format!("{name}.{ns}.svc.cluster.local"), port as u16))
+    );
+    assert!(d.resolvers.is_empty(), "the pod's resolv.conf is used");
+    assert!(c.upstreams[0].health.active.is_some());
+    let ds = load("daemonset.yaml");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirstWithHostNet",
+        "on the host network only this policy gives the cluster's resolver"
+    );
+}

@@ -144,3 +144,14 @@ pub const HTTPS_PORT: u16 = 443;
 pub const FASTCGI_SPLIT_PATH: &str = ".php";
 /// The script a directory path runs, as in nginx's and Caddy's PHP setups.
 pub const FASTCGI_INDEX: &str = "index.php";
+
+// Dynamic upstreams.
+
+/// Kubernetes endpoints change within seconds; a 30 s lag is what Caddy-style setups accept.
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// Below this a refresh (or a record's TTL, dnsmasq's local records say 0) would hammer the server.
+pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
+/// The DNS port when a resolver is written as a bare IP.
+pub const DNS_PORT: u16 = 53;
+/// `srv: {service, name}` without `proto`: services behind a proxy speak TCP.
+pub const SRV_PROTO: &str = "tcp";

@@ -212,17 +212,29 @@ pub(super) struct TargetMapFile {
     pub(super) max_connections: Option<u32>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DynamicFile {
-    pub(super) srv: Option<String>,
+    pub(super) srv: Option<SrvFile>,
     pub(super) a: Option<DynamicAFile>,
     pub(super) refresh: Option<Dur>,
     pub(super) resolvers: Option<Strings>,
 }
 
-#[allow(dead_code)]
+/// `srv: _api._tcp.name`, or the parts: `{service: api, proto: tcp, name: ...}`.
+pub(super) enum SrvFile {
+    Name(String),
+    Parts(SrvPartsFile),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SrvPartsFile {
+    pub(super) service: Option<String>,
+    pub(super) proto: Option<String>,
+    pub(super) name: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DynamicAFile {
@@ -420,6 +432,26 @@ impl<'de> Deserialize<'de> for TargetFile {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TargetFile, A::Error> {
                 let m = TargetMapFile::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(TargetFile::Detailed(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for SrvFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SrvFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an SRV name or a mapping with `service`, `proto` and `name`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SrvFile, E> {
+                Ok(SrvFile::Name(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SrvFile, A::Error> {
+                let m = SrvPartsFile::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(SrvFile::Parts(m))
             }
         }
         d.deserialize_any(V)

@@ -273,6 +273,34 @@ pub struct Upstream {
     pub request_buffer: u64,
     /// Response body bytes read before the response head is sent on (0 = stream at once).
     pub response_buffer: u64,
+    /// Targets discovered from DNS by the control side, merged after the main `targets`.
+    pub dynamic: Option<Dynamic>,
+}
+
+/// `upstreams.*.dynamic`: names resolved off the data path, again every `refresh`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dynamic {
+    /// `a: {name, port}`: every A and AAAA address of `name`, at `port`.
+    pub a: Option<(String, u16)>,
+    /// An SRV name: each record's target host at the record's port.
+    pub srv: Option<String>,
+    pub refresh: Duration,
+    /// Empty: the system's `/etc/resolv.conf` (its `search` and `ndots` too).
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// Where a target came from (the admin endpoint shows it; SRV priority tiers selection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSource {
+    /// Written in `targets`, an address or a name resolved once at load.
+    #[default]
+    Static,
+    /// A `targets` hostname, re-resolved: one target per address.
+    Hostname,
+    /// `dynamic.a`.
+    A,
+    /// `dynamic.srv`: only the lowest priority with a healthy target takes traffic.
+    Srv { priority: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +321,7 @@ pub struct Target {
     pub weight: u32,
     /// Across all workers; `None` = unlimited.
     pub max_connections: Option<u32>,
+    pub source: TargetSource,
 }
 
 /// Blue-green / canary: `percent` of requests go to `targets[start..]`, the rest to `targets[..start]`.

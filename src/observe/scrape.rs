@@ -62,6 +62,7 @@ pub fn render(shared: &Shared, registry: &Mutex<Registry>) -> String {
 
     if let Some(g) = &current {
         target_gauges(&mut out, g);
+        crate::control::discover::stats::render(&mut out, &g.config.upstreams, &shared.dns);
     }
 
     header(

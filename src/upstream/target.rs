@@ -41,6 +41,9 @@ pub struct TargetShared {
     /// at `fail_next` is the oldest remembered failure: the target is down while it is recent.
     fails: Box<[AtomicU64]>,
     fail_next: AtomicU32,
+    /// A target that appeared at run time (DNS) and waits for its first active probe, down
+    /// meanwhile: that probe alone decides whether it takes traffic.
+    pub unprobed: AtomicBool,
     /// Times passive failures took this target down, and times active probes did.
     pub passive_marks: AtomicU64,
     pub active_marks: AtomicU64,
@@ -62,6 +65,7 @@ impl TargetShared {
             wanted: AtomicBool::new(false),
             fails: (0..max_fails.max(1)).map(|_| AtomicU64::new(0)).collect(),
             fail_next: AtomicU32::new(0),
+            unprobed: AtomicBool::new(false),
             passive_marks: AtomicU64::new(0),
             active_marks: AtomicU64::new(0),
             ewma: AtomicU64::new(0f64.to_bits()),
@@ -122,6 +126,16 @@ impl TargetShared {
     pub fn ewma_cost(&self) -> f64 {
         let ewma = f64::from_bits(self.ewma.load(Ordering::Relaxed));
         ewma * (self.in_flight.load(Ordering::Relaxed) as f64 + 1.0)
+    }
+}
+
+impl TargetShared {
+    /// A target that takes no traffic before an active probe passed.
+    pub fn awaiting_probe(max_fails: u32) -> Self {
+        let s = Self::with_max_fails(max_fails);
+        s.healthy.store(false, Ordering::Relaxed);
+        s.unprobed.store(true, Ordering::Relaxed);
+        s
     }
 }
 

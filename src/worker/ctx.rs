@@ -115,6 +115,14 @@ impl WorkerCtx {
                     }
                 }
             }
+            // What is left belongs to targets that are gone (DNS dropped them, a reload
+            // removed them): closed now rather than when the old generation is let go.
+            let gone = Pool::new(std::iter::once(1));
+            for (u, targets) in prev.gen.targets.iter().enumerate() {
+                for t in 0..targets.len() {
+                    prev.pool.move_idle((u, t), &gone, (0, 0));
+                }
+            }
         }
         WorkerCtx {
             id,

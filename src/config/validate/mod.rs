@@ -19,6 +19,7 @@ use super::{
 use crate::template::Template;
 
 mod addr;
+mod dynamic;
 mod fastcgi;
 mod headers;
 mod layer4;
@@ -652,7 +653,6 @@ mod tests {
                 "transport.versions",
             ),
             ("transport:\n  versions: [\"2\"]", 9, "transport.versions"),
-            ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
             (
                 "transport:\n  proxy_protocol: v2",
                 9,

@@ -43,12 +43,10 @@ impl Validator<'_> {
             targets.push(target);
             schemes.push(scheme);
         }
-        if u.dynamic.is_some() {
-            return Err(self.at_key(
-                &join(&key, "dynamic"),
-                "not supported yet (dynamic upstreams are planned)",
-            ));
-        }
+        let dynamic = match u.dynamic {
+            Some(d) => Some(self.dynamic(&join(&key, "dynamic"), d)?),
+            None => None,
+        };
         let main_targets = targets.len();
         let mut split = None;
         if let Some(sp) = u.split {
@@ -70,7 +68,7 @@ impl Validator<'_> {
                 percent,
             });
         }
-        if main_targets == 0 {
+        if main_targets == 0 && dynamic.is_none() {
             let k = join(&key, "targets");
             let at = if self.spans.knows(&k) {
                 k.as_str()
@@ -141,6 +139,7 @@ impl Validator<'_> {
             forwarded,
             request_buffer: buffers[0],
             response_buffer: buffers[1],
+            dynamic,
         })
     }
 
@@ -166,6 +165,7 @@ impl Validator<'_> {
             tls: false,
             weight,
             max_connections: max_connections.filter(|&n| n > 0),
+            source: Default::default(),
         };
         Ok((target, scheme))
     }
