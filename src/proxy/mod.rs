@@ -29,7 +29,7 @@ use crate::proxy::session::{
 };
 use crate::route;
 use crate::upstream::pool::UpConn;
-use crate::upstream::target::dial_name;
+use crate::upstream::target::dialled;
 use crate::worker::ctx::WorkerCtx;
 
 /// Serves one downstream connection until it closes, fails or the server drains. Each request
@@ -281,7 +281,7 @@ fn log_request(
 ) {
     let upstream = s
         .target
-        .map(|(u, t)| dial_name(&ctx.config().upstreams[u].targets[t].addr));
+        .map(|(u, t)| dialled(&ctx.config().upstreams[u].targets[t].addr));
     log.record(&crate::observe::access::Record {
         client: &client.ip_text,
         method: head.method.get(buf),
