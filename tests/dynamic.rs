@@ -370,14 +370,18 @@ fn a_hostname_target_is_re_resolved_to_every_address() {
     let b2 = FixedBackend::start("b2", 200, format!("127.0.0.2:{port}").parse().unwrap());
     let b3 = FixedBackend::start("b3", 200, format!("127.0.0.3:{port}").parse().unwrap());
     let dns = Dnsmasq::start("127.0.0.2 web.test\n127.0.0.3 web.test\n", &[]);
+    let dir = TempDir::new();
+    let log = dir.join("access.log");
     // `dynamic` names the resolver; its own name resolves to nothing (NXDOMAIN).
     let yaml = format!(
         "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: api\n\
          upstreams:\n  api:\n    targets: [127.0.0.1:{port}]\n    \
          dynamic: {{ a: {{ name: none.test, port: 1 }}, refresh: 1s, resolvers: [{}] }}\n    \
          lb: {{ policy: round_robin }}\n\
-         admin: {{ listen: 127.0.0.1:0 }}\nworkers: 1\npin_workers: false\n",
-        dns.resolver()
+         admin: {{ listen: 127.0.0.1:0 }}\nworkers: 1\npin_workers: false\n\
+         log: {{ format: json, access_log: {} }}\n",
+        dns.resolver(),
+        log.display()
     );
     let mut config = ringway::config::Config::parse(&yaml, "t.yaml").unwrap();
     // As validation leaves a hostname target: the name as written, its first address at load
@@ -417,6 +421,22 @@ fn a_hostname_target_is_re_resolved_to_every_address() {
     let text = admin_get(admin, "/upstreams");
     assert!(text.contains("\"source\": \"dns\""), "{text}");
     server.shutdown();
+    // The access log names the address each request was dialled at, not the shared name.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let mut dialled: Vec<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["upstream"].to_string())
+        .collect();
+    dialled.sort();
+    dialled.dedup();
+    assert_eq!(
+        dialled,
+        [
+            format!("\"127.0.0.2:{port}\""),
+            format!("\"127.0.0.3:{port}\"")
+        ],
+        "{lines}"
+    );
 }
 
 /// A TCP server on `addr` that greets each connection with `greeting` and closes it.

@@ -32,7 +32,7 @@ use crate::observe::metrics::TunnelCounters;
 use crate::upstream::connect::{connect, Attempts, Connected, Want};
 use crate::upstream::pool::UpConn;
 use crate::upstream::retry;
-use crate::upstream::target::dial_name;
+use crate::upstream::target::dialled;
 use crate::worker::ctx::WorkerCtx;
 
 /// Buffer of the copying fallback (used when no pipe can be had, e.g. out of descriptors).
@@ -76,7 +76,7 @@ pub async fn serve(
         if let Some(log) = ctx.access() {
             log.record_tcp(&crate::observe::access::TcpRecord {
                 client: &client_text,
-                upstream: target.map(|t| dial_name(&up.targets[t].addr)).as_deref(),
+                upstream: target.map(|t| dialled(&up.targets[t].addr)).as_deref(),
                 bytes_in: moved[0],
                 bytes_out: moved[1],
                 duration: started.elapsed(),

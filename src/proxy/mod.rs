@@ -32,7 +32,7 @@ use crate::proxy::session::{
 };
 use crate::route;
 use crate::upstream::pool::UpConn;
-use crate::upstream::target::dial_name;
+use crate::upstream::target::dialled;
 use crate::worker::ctx::WorkerCtx;
 
 /// What a downstream connection keeps between bursts of requests: all a parked (idle) one holds.
@@ -435,7 +435,7 @@ fn log_request(
 ) {
     let upstream = s
         .target
-        .map(|(u, t)| dial_name(&ctx.config().upstreams[u].targets[t].addr));
+        .map(|(u, t)| dialled(&ctx.config().upstreams[u].targets[t].addr));
     log.record(&crate::observe::access::Record {
         client: &client.ip_text,
         method: head.method.get(buf),

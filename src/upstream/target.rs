@@ -154,6 +154,15 @@ pub fn dial_name(addr: &TargetAddr) -> String {
     }
 }
 
+/// The address a target was dialled at, as the access log names it: the resolved `ip:port`
+/// (a hostname target's name may stand for several addresses).
+pub fn dialled(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { addr, .. } => addr.to_string(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
