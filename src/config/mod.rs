@@ -16,8 +16,10 @@ use regex::Regex;
 use crate::template::Template;
 
 pub mod defaults;
+pub use pattern::{HostMatch, PathMatch, Pattern};
 mod file;
 mod load;
+pub mod pattern;
 mod spans;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -176,21 +178,13 @@ pub struct Route {
 #[derive(Debug, Clone, Default)]
 pub struct Match {
     pub hosts: Vec<HostMatch>,
-    /// Prefix on segment boundaries.
-    pub path: Option<String>,
-    pub except: Vec<String>,
+    pub path: Option<PathMatch>,
+    /// Paths that do not match, whatever else does.
+    pub except: Vec<PathMatch>,
     /// Upper-case method names.
     pub methods: Vec<String>,
     /// Exact, case-sensitive value match on a case-insensitive name.
     pub headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
-    /// Lower-case host without port.
-    Exact(String),
-    /// `*.example.com` stored as `.example.com` (lower-case): matches `a.example.com`, not `example.com`.
-    Suffix(String),
 }
 
 #[derive(Debug, Clone)]

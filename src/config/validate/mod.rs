@@ -497,8 +497,8 @@ mod tests {
                 HostMatch::Suffix(".example.com".into())
             ]
         );
-        assert_eq!(m.path.as_deref(), Some("/api"));
-        assert_eq!(m.except, ["/api/static"]);
+        assert_eq!(m.path, Some(PathMatch::Prefix("/api".into())));
+        assert_eq!(m.except, [PathMatch::Prefix("/api/static".into())]);
         assert_eq!(m.methods, ["GET", "POST"]);
         assert_eq!(m.headers, [("x-env".to_string(), "staging".to_string())]);
         assert_eq!(r.strip_prefix.as_deref(), Some("/api"));
