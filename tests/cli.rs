@@ -362,6 +362,160 @@ impl Drop for Running {
     }
 }
 
+#[test]
+fn validate_takes_the_file_as_a_positional_argument() {
+    let dir = TempDir::new();
+    let path = dir.write("good.yaml", GOOD);
+    let o = run(&["validate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&format!("{}: ok", path.display())));
+    let bad = dir.write("bad.yaml", "nonsense: 1\n");
+    let o = run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown key `nonsense`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn validate_reports_every_problem_in_file_order_one_line_each() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "many.yaml",
+        "\
+admin: { listen: 127.0.0.1:9901 }
+log: { level: loud }
+listeners:
+  - name: web
+    listen: 127.0.0.1:9901
+    routes:
+      - match: { path: \"~ ^/api/(v1\" }
+        upstream: api
+      - upstream: nope
+  - name: db
+    listen: nowhere
+    routes: [{ respond: {} }]
+upstreams:
+  api:
+    targets: [127.0.0.1:9]
+    health: { active: { uri: /h, body: \"(\" } }
+",
+    );
+    let o = validate(&path);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        (2, "log.level: unknown log level \"loud\""),
+        (
+            7,
+            "listeners[0].routes[0].match.path: invalid regex \"^/api/(v1\": unclosed group",
+        ),
+        (
+            9,
+            "listeners[0].routes[1].upstream: unknown upstream \"nope\"",
+        ),
+        (
+            11,
+            "listeners[1].listen: invalid listen address \"nowhere\"",
+        ),
+        (16, "upstreams.api.health.active.body: invalid regex"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (got, (line, text)) in lines.iter().zip(expected) {
+        let want = format!("{}:{line}:", path.display());
+        assert!(got.starts_with(&want), "{got:?} is not at line {line}");
+        assert!(got.contains(text), "{got:?} does not say {text:?}");
+    }
+}
+
+#[test]
+fn validate_says_tab_for_a_tab_in_the_indentation() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "tabs.yaml",
+        "listeners:\n  - listen: 127.0.0.1:0\n    routes:\n\t  - respond: {}\n",
+    );
+    let o = validate(&path);
+    assert_eq!(o.status.code(), Some(1));
+    let (line, col, _, message) = located_error(&o, &path);
+    assert_eq!((line, col), (4, 1), "{message}");
+    assert!(message.contains("tab"), "{message}");
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+}
+
+#[test]
+fn validate_refuses_an_admin_port_that_a_listener_uses() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "admin.yaml",
+        "admin: { listen: \"127.0.0.1:9901\" }\nlisteners:\n  - name: web\n    listen: 0.0.0.0:9901\n    routes: [{ respond: {} }]\n",
+    );
+    let o = validate(&path);
+    assert_eq!(o.status.code(), Some(1));
+    let (line, _, key, message) = located_error(&o, &path);
+    assert_eq!((line, key.as_str()), (1, "admin.listen"), "{message}");
+    assert!(
+        message.contains("collides with listener \"web\""),
+        "{message}"
+    );
+    // Another port, or the same port on another address, is fine.
+    for other in [
+        "admin: { listen: \"127.0.0.1:9902\" }\nlisteners:\n  - name: web\n    listen: 0.0.0.0:9901\n",
+        "admin: { listen: \"127.0.0.1:9901\" }\nlisteners:\n  - name: web\n    listen: 127.0.0.2:9901\n",
+    ] {
+        let path = dir.write("ok.yaml", &format!("{other}    routes: [{{ respond: {{}} }}]\n"));
+        let o = validate(&path);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn version_names_the_commit() {
+    let o = run(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        out.starts_with(&format!("ringway {version} (commit ")),
+        "{out}"
+    );
+    let commit = out.trim().rsplit(' ').next().unwrap().trim_end_matches(')');
+    // `git rev-parse --short HEAD` of the tree this was built from, or "unknown" without git.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(head) => assert_eq!(commit, head, "{out}"),
+        None => assert_eq!(commit, "unknown", "{out}"),
+    }
+}
+
+#[test]
+fn startup_line_prints_addresses_not_debug_options() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "run.yaml",
+        "workers: 1\npin_workers: false\nadmin: { listen: 127.0.0.1:0 }\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - respond: { body: ok }\n",
+    );
+    let mut p = Running::start(&path);
+    p.wait_started();
+    let line = p
+        .seen
+        .iter()
+        .find(|l| l.contains("ringway started"))
+        .unwrap();
+    assert!(!line.contains("Some("), "{line}");
+    assert!(line.contains("admin=127.0.0.1:"), "{line}");
+    assert!(line.contains("(commit "), "{line}");
+}
+
 fn running_config(dir: &TempDir) -> std::path::PathBuf {
     dir.write(
         "run.yaml",

@@ -563,11 +563,7 @@ mod tests {
         if let Err(e) = serde_yaml::from_str::<FileConfig>(&text) {
             panic!(
                 "{}",
-                Validator {
-                    file: CONTRACT,
-                    spans: &Spans::build(&text)
-                }
-                .serde_error(&e)
+                Validator::new(CONTRACT, &Spans::build(&text)).serde_error(&e)
             );
         }
     }

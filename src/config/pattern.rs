@@ -28,7 +28,15 @@ impl Pattern {
             .case_insensitive(case_insensitive)
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
-            .map_err(|e| format!("invalid regex \"{source}\": {}", one_line(&e.to_string())))?;
+            .map_err(|e| {
+                let text = e.to_string();
+                // The last line names the problem; the ones before draw the pattern.
+                let reason = text.lines().find_map(|l| l.strip_prefix("error: "));
+                format!(
+                    "invalid regex \"{source}\": {}",
+                    reason.map_or_else(|| one_line(&text), str::to_string)
+                )
+            })?;
         Ok(Pattern {
             source: source.to_string(),
             regex,
@@ -43,7 +51,7 @@ pub fn one_line(message: &str) -> String {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join(" ")
 }
 
 /// How `match.path` (and each `match.except` entry) is compared with the request path.

@@ -479,10 +479,23 @@ async fn terminate_tls(
         return Some(stream);
     };
     // Validation allows TLS on TCP listeners only.
-    let tcp = match stream {
+    let mut tcp = match stream {
         Stream::Tcp(tcp) => tcp,
         other => return Some(other),
     };
+    let http = matches!(
+        ctx.config.listeners[listener].kind,
+        ListenerKind::Http { .. }
+    );
+    let failed = |_| {
+        ctx.shared
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+    };
+    let limit = state.settings.handshake_timeout;
+    if http && !crate::net::sniff::tls_or_refuse(&mut tcp, limit, failed).await {
+        return None;
+    }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     // Loaded once per connection: a reload applies to connections accepted after it.
     let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());

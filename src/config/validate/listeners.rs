@@ -36,7 +36,10 @@ impl Validator<'_> {
         for (i, l) in list.into_iter().enumerate() {
             let key = format!("listeners[{i}]");
             let named = l.name.is_some();
-            let listener = self.listener(&key, l, upstreams, has_trusted)?;
+            // A broken listener is set aside so the ones after it are still checked.
+            let Some(listener) = self.keep(self.listener(&key, l, upstreams, has_trusted)) else {
+                continue;
+            };
             let name_key = join(&key, if named { "name" } else { "listen" });
             if let Some(other) = out.iter().find(|o| o.name == listener.name) {
                 return Err(self.at_value(
@@ -163,11 +166,22 @@ impl Validator<'_> {
             };
             return Err(self.at_key(at, "an http listener needs at least one route"));
         }
-        let routes = routes
-            .into_iter()
-            .enumerate()
-            .map(|(j, r)| self.route(&format!("{routes_key}[{j}]"), r, upstreams))
-            .collect::<Res<Vec<_>>>()?;
+        let mut failed = None;
+        let mut out = Vec::new();
+        for (j, r) in routes.into_iter().enumerate() {
+            // Every route is checked; the first failure fails the listener (set aside already).
+            match self.route(&format!("{routes_key}[{j}]"), r, upstreams) {
+                Ok(route) => out.push(route),
+                Err(e) => {
+                    failed.get_or_insert(e.clone());
+                    self.keep::<()>(Err(e));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let routes = out;
         Ok(Listener {
             name,
             addr,
