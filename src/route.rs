@@ -10,9 +10,20 @@ pub fn find<'a>(
     head: &RequestHead,
     headers: &[HeaderIdx],
 ) -> Option<&'a Route> {
+    find_at(routes, buf, head, headers).map(|(_, r)| r)
+}
+
+/// Like [`find`], with the route's index in `routes`.
+pub fn find_at<'a>(
+    routes: &'a [Route],
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderIdx],
+) -> Option<(usize, &'a Route)> {
     routes
         .iter()
-        .find(|r| matches(&r.matcher, buf, head, headers))
+        .enumerate()
+        .find(|(_, r)| matches(&r.matcher, buf, head, headers))
 }
 
 fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> bool {

@@ -310,7 +310,8 @@ impl Running {
                         .find_map(|w| w.trim_matches('"').split("web=").nth(1).map(str::to_string));
                     self.seen.push(line);
                     if let Some(addr) = found {
-                        let addr = addr.trim_end_matches(['"', ',']);
+                        // Text lines end the value at a space, JSON lines at a quote.
+                        let addr = addr.split(['"', ',']).next().unwrap_or_default();
                         return addr
                             .parse()
                             .unwrap_or_else(|_| panic!("bad address {addr:?}"));
@@ -514,6 +515,41 @@ fn startup_line_prints_addresses_not_debug_options() {
     assert!(!line.contains("Some("), "{line}");
     assert!(line.contains("admin=127.0.0.1:"), "{line}");
     assert!(line.contains("(commit "), "{line}");
+}
+
+#[test]
+fn json_logs_have_unique_keys_and_one_line_per_dial_failure() {
+    let dir = TempDir::new();
+    let dead = refused_addr();
+    let path = dir.write(
+        "json.yaml",
+        &format!(
+            "workers: 1\npin_workers: false\nlog: {{ format: json, level: info }}\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes: [{{ upstream: gone }}]\nupstreams:\n  gone:\n    targets: [{dead}]\n"
+        ),
+    );
+    let mut p = Running::start(&path);
+    let addr = p.wait_started();
+    assert_eq!(get(addr, "/").status, 502);
+    p.signal(libc::SIGTERM);
+    p.wait_exit(Duration::from_secs(10));
+    let mut lines = p.seen.clone();
+    lines.extend(p.lines.try_iter());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        // serde_json keeps the last of two equal keys: count them in the text instead.
+        let keys = v.as_object().unwrap().keys().count();
+        let written = line.matches("\":").count();
+        assert_eq!(keys, written, "a key written twice in {line}");
+    }
+    let dial: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(&dead.to_string()) || l.contains("refused"))
+        .collect();
+    assert_eq!(dial.len(), 1, "{dial:#?}");
+    let v: serde_json::Value = serde_json::from_str(dial[0]).unwrap();
+    assert_eq!(v["upstream"], "gone", "{v}");
+    assert_eq!(v["upstream_addr"], dead.to_string(), "{v}");
 }
 
 fn running_config(dir: &TempDir) -> std::path::PathBuf {

@@ -503,3 +503,48 @@ fn post_reload_swaps_certificates_and_metrics_count_failed_handshakes() {
         "{metrics}"
     );
 }
+
+#[test]
+fn failed_handshakes_and_plain_http_get_their_own_access_log_lines() {
+    let edge = Edge::new();
+    let log = edge.dir.join("access.log");
+    let mut proxy = edge.start(
+        Driver::any(),
+        "",
+        &format!("log: {{ format: json, access_log: {} }}\n", log.display()),
+    );
+    let other = Pki::new(edge.dir.path(), "other");
+    assert!(TlsClient::connect(
+        proxy.addr(),
+        client_config(other.roots(), None),
+        Some("a.test")
+    )
+    .is_err());
+    let mut plain = proxy.client();
+    plain.send("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(plain.read_response().status, 400);
+    shutdown_bounded(proxy.take_server()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in &lines {
+        assert_eq!(l["event"], "tls_handshake_failed", "{l}");
+        assert_eq!(l["client"], "127.0.0.1", "{l}");
+        assert_eq!(l["listener"], "web", "{l}");
+    }
+    let reasons: Vec<&str> = lines
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("plain HTTP")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| !r.contains("plain HTTP")),
+        "{reasons:?}"
+    );
+}

@@ -15,6 +15,7 @@ use regex::Regex;
 
 use crate::template::Template;
 
+pub mod access_format;
 pub mod defaults;
 pub use pattern::{HostMatch, PathMatch, Pattern};
 mod file;
@@ -62,6 +63,8 @@ pub struct Log {
     pub format: LogFormat,
     /// One line per request; `None` = off.
     pub access_log: Option<AccessLog>,
+    /// The shape of access log lines (defaults to `format`).
+    pub access_format: access_format::AccessFormat,
 }
 
 /// Where access log lines go: `access_log: true` -> standard output; a path -> that file.

@@ -98,8 +98,9 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
         shared,
     } = init;
     let core = move || {
-        let access =
-            access.map(|tx| crate::observe::access::WorkerLog::new(tx, gen.config.log.format));
+        let access = access.map(|tx| {
+            crate::observe::access::WorkerLog::new(tx, gen.config.log.access_format.clone())
+        });
         let core = Rc::new(WorkerCore {
             id,
             shared,
@@ -487,10 +488,16 @@ async fn terminate_tls(
         ctx.config.listeners[listener].kind,
         ListenerKind::Http { .. }
     );
-    let failed = |_| {
+    let started = std::time::Instant::now();
+    let failed = |first| {
         ctx.shared
             .tls_handshake_failures
             .fetch_add(1, Ordering::Relaxed);
+        let reason = match first {
+            Some(_) => "plain HTTP sent to a TLS port (answered 400)",
+            None => "closed or timed out before the first byte",
+        };
+        log_tls_failure(ctx, listener, peer, reason, started);
     };
     let limit = state.settings.handshake_timeout;
     if http && !crate::net::sniff::tls_or_refuse(&mut tcp, limit, failed).await {
@@ -514,8 +521,30 @@ async fn terminate_tls(
                 .fetch_add(1, Ordering::Relaxed);
             let reason = crate::net::tls::failure_reason(&e.into());
             tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
+            log_tls_failure(ctx, listener, peer, &reason, started);
             None
         }
+    }
+}
+
+/// A failed handshake is the client's only trace: the access log gets a line for it.
+fn log_tls_failure(
+    ctx: &WorkerCtx,
+    listener: usize,
+    peer: Option<std::net::SocketAddr>,
+    reason: &str,
+    started: std::time::Instant,
+) {
+    if let Some(log) = ctx.access() {
+        log.record(&crate::observe::access::Record {
+            event: crate::observe::access::Event::TlsHandshakeFailed,
+            client: peer,
+            listener: &ctx.config.listeners[listener].name,
+            reason,
+            duration: started.elapsed(),
+            worker: ctx.id,
+            ..Default::default()
+        });
     }
 }
 

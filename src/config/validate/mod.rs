@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+use super::access_format::AccessFormat;
 use super::defaults;
 use super::file::{AccessLogFile, AdminFile, FileConfig, LimitsFile, LogFile, Strings, ONE_OP};
 use super::pattern::one_line;
@@ -306,18 +307,42 @@ impl<'a> Validator<'a> {
                 ))
             }
         };
-        let access_log = match l.access_log {
-            None | Some(AccessLogFile::On(false)) => None,
-            Some(AccessLogFile::On(true)) => Some(AccessLog::Stdout),
+        let (access_log, access_format) = match l.access_log {
+            None | Some(AccessLogFile::On(false)) => (None, None),
+            Some(AccessLogFile::On(true)) => (Some(AccessLog::Stdout), None),
             Some(AccessLogFile::Path(p)) if p.is_empty() => {
                 return Err(self.at_value("log.access_log", "expected true, false or a file path"))
             }
-            Some(AccessLogFile::Path(p)) => Some(AccessLog::File(PathBuf::from(p))),
+            Some(AccessLogFile::Path(p)) => (Some(AccessLog::File(PathBuf::from(p))), None),
+            Some(AccessLogFile::Full(full)) => {
+                let to = match full.path.as_deref() {
+                    None | Some("stdout") => AccessLog::Stdout,
+                    Some("") => {
+                        return Err(
+                            self.at_value("log.access_log.path", "expected stdout or a file path")
+                        )
+                    }
+                    Some(p) => AccessLog::File(PathBuf::from(p)),
+                };
+                let format = match full.format.as_deref() {
+                    None => None,
+                    Some(f) => Some(
+                        AccessFormat::parse(f)
+                            .map_err(|e| self.at_value("log.access_log.format", e))?,
+                    ),
+                };
+                (Some(to), format)
+            }
         };
+        let access_format = access_format.unwrap_or(match format {
+            LogFormat::Json => AccessFormat::Json,
+            LogFormat::Text => AccessFormat::Text,
+        });
         Ok(Log {
             level,
             format,
             access_log,
+            access_format,
         })
     }
 
