@@ -73,6 +73,11 @@ pub async fn serve(
     let started = Instant::now();
     let connect_took = std::cell::Cell::new(None);
     let log = |target: Option<usize>, end: &str, moved: [u64; 2]| {
+        let via = target.map(|_| upstream);
+        let g = ctx.gen_metrics();
+        g.add_bytes(listener, via, moved);
+        // A tcp listener counts its finished connections in the no-status class.
+        g.requests[listener][0].inc();
         if let Some(log) = ctx.access() {
             log.record(&crate::observe::access::Record {
                 event: crate::observe::access::Event::Tcp,

@@ -414,6 +414,8 @@ fn spawn_conn(
 ) {
     let core = ctx.core.clone();
     core.open_conns.set(core.open_conns.get() + 1);
+    // Lowered in this same generation's counters when the connection ends.
+    ctx.gen_metrics().open_connections[listener].inc();
     monoio::spawn(async move {
         let serve = async {
             // The handshake runs here, in the connection's task, so the accept loop never waits.
@@ -441,6 +443,7 @@ fn spawn_conn(
             _ = core.close_all.wait() => {},
         }
         core.open_conns.set(core.open_conns.get() - 1);
+        ctx.gen_metrics().open_connections[listener].sub(1);
     });
 }
 
