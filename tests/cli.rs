@@ -552,6 +552,40 @@ fn json_logs_have_unique_keys_and_one_line_per_dial_failure() {
     assert_eq!(v["upstream_addr"], dead.to_string(), "{v}");
 }
 
+#[test]
+fn relative_certificate_paths_resolve_against_the_config_files_directory() {
+    let dir = TempDir::new();
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    support::tls::Pki::new(&certs, "ca").server("site", &["site.test"]);
+    let yaml = "listeners:\n  - listen: 127.0.0.1:0\n    tls:\n      certificates:\n        - { cert: certs/site.pem, key: certs/site.key }\n    routes: [{ respond: {} }]\n";
+    let path = dir.write("edge.yaml", yaml);
+    // Run from elsewhere: the working directory must not matter.
+    let o = Command::new(BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A missing file: the error names the full path that was tried.
+    let path = dir.write(
+        "broken.yaml",
+        &yaml.replace("certs/site.pem", "certs/gone.pem"),
+    );
+    let o = Command::new(BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let tried = dir.path().join("certs/gone.pem");
+    assert!(
+        stderr(&o).contains(&tried.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+}
+
 fn running_config(dir: &TempDir) -> std::path::PathBuf {
     dir.write(
         "run.yaml",

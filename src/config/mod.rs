@@ -18,6 +18,7 @@ use crate::template::Template;
 pub mod access_format;
 pub mod defaults;
 pub use pattern::{HostMatch, PathMatch, Pattern};
+mod doc_keys;
 mod file;
 mod load;
 pub mod pattern;

@@ -74,6 +74,16 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// A file named in the configuration: a relative path is taken from the configuration
+    /// file's directory (as nginx and Caddy users expect), not from the working directory.
+    pub(in crate::config) fn path(&self, p: &str) -> PathBuf {
+        let path = std::path::Path::new(p);
+        match std::path::Path::new(self.file).parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
     /// A problem with the key itself (it should not be there, or something is missing under it).
     fn at_key(&self, key: &str, message: impl Into<String>) -> ConfigError {
         self.error(key, self.spans.find(key, false), message)
@@ -313,7 +323,7 @@ impl<'a> Validator<'a> {
             Some(AccessLogFile::Path(p)) if p.is_empty() => {
                 return Err(self.at_value("log.access_log", "expected true, false or a file path"))
             }
-            Some(AccessLogFile::Path(p)) => (Some(AccessLog::File(PathBuf::from(p))), None),
+            Some(AccessLogFile::Path(p)) => (Some(AccessLog::File(self.path(&p))), None),
             Some(AccessLogFile::Full(full)) => {
                 let to = match full.path.as_deref() {
                     None | Some("stdout") => AccessLog::Stdout,
@@ -322,7 +332,7 @@ impl<'a> Validator<'a> {
                             self.at_value("log.access_log.path", "expected stdout or a file path")
                         )
                     }
-                    Some(p) => AccessLog::File(PathBuf::from(p)),
+                    Some(p) => AccessLog::File(self.path(p)),
                 };
                 let format = match full.format.as_deref() {
                     None => None,
