@@ -39,11 +39,18 @@ enum Command {
         /// The file to check (instead of `--config`).
         file: Option<PathBuf>,
     },
+    /// Wait this many seconds, then exit 0: a Kubernetes preStop hook for the shell-less image
+    /// (an `exec` hook works on every Kubernetes version; the `sleep` action needs 1.30+).
+    Sleep { seconds: u64 },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Sleep { seconds }) => {
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            ExitCode::SUCCESS
+        }
         Some(Command::Validate { file }) => {
             let path = file.unwrap_or(cli.config);
             match Config::load_all(&path) {

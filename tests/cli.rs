@@ -586,6 +586,14 @@ fn relative_certificate_paths_resolve_against_the_config_files_directory() {
     );
 }
 
+#[test]
+fn sleep_waits_then_exits_zero_for_pre_stop_hooks() {
+    let started = Instant::now();
+    let o = run(&["sleep", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
 fn running_config(dir: &TempDir) -> std::path::PathBuf {
     dir.write(
         "run.yaml",
