@@ -511,7 +511,8 @@ async fn terminate_tls(
     let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());
     let handshake = acceptor.accept(tcp);
     let result = match state.settings.handshake_timeout {
-        Some(limit) => monoio::time::timeout(limit, handshake)
+        // The wait for the first byte counts against the same limit.
+        Some(limit) => monoio::time::timeout(limit.saturating_sub(started.elapsed()), handshake)
             .await
             .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut).into())),
         None => handshake.await,
