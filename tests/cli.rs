@@ -409,6 +409,10 @@ upstreams:
     let err = stderr(&o);
     let lines: Vec<&str> = err.lines().collect();
     let expected = [
+        (
+            1,
+            "admin.listen: 127.0.0.1:9901 collides with listener \"web\"",
+        ),
         (2, "log.level: unknown log level \"loud\""),
         (
             7,

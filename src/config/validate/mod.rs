@@ -17,8 +17,7 @@ use super::pattern::one_line;
 use super::spans::{join, Pos, Spans};
 use super::units::{dur, size, Workers};
 use super::{
-    AccessLog, Config, ConfigError, Driver, Limits, ListenAddr, Listener, ListenerKind, Log,
-    LogFormat,
+    AccessLog, Config, ConfigError, Driver, Limits, ListenAddr, ListenerKind, Log, LogFormat,
 };
 use crate::template::Template;
 
@@ -160,6 +159,17 @@ impl<'a> Validator<'a> {
         let upstreams_raw = f.upstreams.map(|n| n.0).unwrap_or_default();
         let names: Vec<&str> = upstreams_raw.iter().map(|(n, _)| n.as_str()).collect();
         let has_trusted = trusted_proxies.as_ref().is_some_and(|t| !t.is_empty());
+        // Taken before the listeners are checked, so a listener broken elsewhere (a bad route)
+        // still has its address compared with the admin endpoint's.
+        let addresses: Vec<(String, SocketAddr)> = f
+            .listeners
+            .iter()
+            .flatten()
+            .filter_map(|l| match parse_listen(&l.listen) {
+                Ok(ListenAddr::Tcp(a)) => Some((l.name.clone().unwrap_or(l.listen.clone()), a)),
+                _ => None,
+            })
+            .collect();
         let listeners = self.keep(self.listeners(f.listeners, &names, has_trusted));
         let no_listeners = Vec::new();
         let known_listeners = listeners.as_ref().unwrap_or(&no_listeners);
@@ -176,8 +186,8 @@ impl<'a> Validator<'a> {
                 self.keep(self.upstream(name, u, tcp_user))
             })
             .collect();
-        if let (Some(Some(admin)), Some(listeners)) = (&admin, &listeners) {
-            self.keep(self.admin_port_is_free(*admin, listeners));
+        if let Some(Some(admin)) = &admin {
+            self.keep(self.admin_port_is_free(*admin, &addresses));
         }
         let (
             Some(driver),
@@ -283,18 +293,14 @@ impl<'a> Validator<'a> {
 
     /// The admin endpoint binds without `SO_REUSEPORT`: sharing a listener's port fails at
     /// startup (or, worse, on a reload), so say so now.
-    fn admin_port_is_free(&self, admin: SocketAddr, listeners: &[Listener]) -> Res<()> {
-        for l in listeners {
-            if let ListenAddr::Tcp(a) = l.addr {
-                if addrs_collide(admin, a) {
-                    return Err(self.at_value(
-                        "admin.listen",
-                        format!("{admin} collides with listener \"{}\" ({a})", l.name),
-                    ));
-                }
-            }
+    fn admin_port_is_free(&self, admin: SocketAddr, listeners: &[(String, SocketAddr)]) -> Res<()> {
+        match listeners.iter().find(|(_, a)| addrs_collide(admin, *a)) {
+            Some((name, a)) => Err(self.at_value(
+                "admin.listen",
+                format!("{admin} collides with listener \"{name}\" ({a})"),
+            )),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn log(&self, l: LogFile) -> Res<Log> {
