@@ -88,7 +88,7 @@ fn json(line: &str) -> serde_json::Value {
 }
 
 const ROUTES: &str =
-    "      - match: { path: /gone }\n        upstream: gone\n      - upstream: app\n";
+    "      - match: { path: /gone }\n        upstream: gone\n      - name: main\n        upstream: app\n";
 
 #[test]
 fn json_lines_carry_request_headers_names_and_upstream_timings() {
@@ -110,7 +110,7 @@ fn json_lines_carry_request_headers_names_and_upstream_timings() {
     assert_eq!(ok["referer"], "http://ref.test/");
     assert_eq!(ok["request_id"], "req-42");
     assert_eq!(ok["listener"], "web");
-    assert_eq!(ok["route"], 1);
+    assert_eq!(ok["route"], "main", "a named route logs its name");
     assert_eq!(ok["upstream"], "app");
     assert_eq!(ok["upstream_addr"], b1.target().as_str());
     let connect = ok["upstream_connect_ms"].as_f64().unwrap();
@@ -121,7 +121,7 @@ fn json_lines_carry_request_headers_names_and_upstream_timings() {
     // A 502 still names the upstream and the address that refused.
     let bad = json(&lines[1]);
     assert_eq!(bad["status"], 502);
-    assert_eq!(bad["route"], 0);
+    assert_eq!(bad["route"], "0", "an unnamed route logs its index");
     assert_eq!(bad["upstream"], "gone");
     assert!(bad["upstream_addr"].as_str().is_some(), "{bad}");
     assert_eq!(bad["user_agent"], serde_json::Value::Null);
@@ -221,7 +221,7 @@ fn a_template_format_writes_custom_lines() {
     );
     assert_eq!(proxy.get("/t").status, 200);
     let lines = lines_after_shutdown(proxy, &dir);
-    assert_eq!(lines, ["GET /t -> 200 via app (web#1)"]);
+    assert_eq!(lines, ["GET /t -> 200 via app (web#main)"]);
 }
 
 #[test]

@@ -121,6 +121,8 @@ pub(super) struct ClientAuthFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
+    /// Shown in the access log; the route's index when absent.
+    pub(super) name: Option<String>,
     #[serde(rename = "match")]
     pub(super) matcher: Option<MatchFile>,
     pub(super) strip_prefix: Option<String>,

@@ -170,6 +170,8 @@ pub enum ListenerKind {
 
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// For the access log; `None` logs the route's index.
+    pub name: Option<String>,
     pub matcher: Match,
     pub strip_prefix: Option<String>,
     /// New path and query for the upstream request.

@@ -110,8 +110,8 @@ pub struct Record<'a> {
     /// Of `bytes_out`, the response body (nginx's `$body_bytes_sent`).
     pub body_bytes_out: u64,
     pub duration: Duration,
-    /// Index of the route in its listener's `routes`.
-    pub route: Option<usize>,
+    /// The route's `name`, else its index in the listener's `routes`.
+    pub route: Option<&'a str>,
     /// The upstream group's name.
     pub upstream: Option<&'a str>,
     /// The target dialed (last tried, when every try failed).
@@ -231,7 +231,7 @@ impl Record<'_> {
             "bytes_out" => Value::Int(self.bytes_out),
             "body_bytes_out" => Value::Int(self.body_bytes_out),
             "duration_ms" => Value::Ms(ms(self.duration)),
-            "route" => self.route.map_or(Value::Null, |r| Value::Int(r as u64)),
+            "route" => opt(self.route),
             "upstream" => opt(self.upstream),
             "upstream_addr" => opt(self.upstream_addr),
             "upstream_connect_ms" => self
@@ -508,7 +508,7 @@ mod tests {
             bytes_out: 150,
             body_bytes_out: 12,
             duration: Duration::from_micros(1500),
-            route: Some(1),
+            route: Some("1"),
             upstream: Some("api"),
             upstream_addr: Some("127.0.0.1:9001"),
             upstream_connect: Some(Duration::from_micros(250)),
@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(v["upstream"], "api");
         assert_eq!(v["upstream_addr"], "127.0.0.1:9001");
         assert_eq!(v["upstream_connect_ms"], 0.25);
-        assert_eq!(v["route"], 1);
+        assert_eq!(v["route"], "1");
         assert_eq!(v["referer"], serde_json::Value::Null);
         assert_eq!(v.as_object().unwrap().len(), REQUEST_FIELDS.len());
         for fields in [REQUEST_FIELDS, TCP_FIELDS, TLS_FIELDS] {

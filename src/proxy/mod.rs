@@ -333,6 +333,16 @@ fn log_request(
             .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
             .map_or(&[][..], |h| h.value.get(buf))
     };
+    let routes = match &config.listeners[tr.listener].kind {
+        crate::config::ListenerKind::Http { routes } => &routes[..],
+        crate::config::ListenerKind::Tcp { .. } => &[],
+    };
+    let route = tr
+        .route
+        .map(|i| match routes.get(i).and_then(|r| r.name.as_deref()) {
+            Some(name) => std::borrow::Cow::Borrowed(name),
+            None => std::borrow::Cow::Owned(i.to_string()),
+        });
     log.record(&crate::observe::access::Record {
         client: client.peer,
         listener: &config.listeners[s.trace.listener].name,
@@ -348,7 +358,7 @@ fn log_request(
         bytes_out: s.bytes_out,
         body_bytes_out: body_len(&s.out, s.bytes_out),
         duration: took,
-        route: tr.route,
+        route: route.as_deref(),
         upstream: group.map(|u| u.name.as_str()),
         upstream_addr: addr.as_deref(),
         upstream_connect: tr.connect,

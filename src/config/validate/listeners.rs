@@ -316,7 +316,11 @@ impl Validator<'_> {
                 }
             },
         };
+        if r.name.as_deref() == Some("") {
+            return Err(self.at_value(&join(key, "name"), "must not be empty"));
+        }
         Ok(Route {
+            name: r.name,
             matcher,
             strip_prefix: r.strip_prefix,
             rewrite,
