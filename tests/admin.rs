@@ -171,7 +171,7 @@ fn get_fails(addr: SocketAddr) -> bool {
 #[test]
 fn metrics_label_durations_count_open_connections_and_bytes_and_report_the_process() {
     let b1 = Backend::start("b1");
-    let yaml = "admin:\n  listen: 127.0.0.1:0\nworkers: 2\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - match: { path: /local }\n        respond: { body: here }\n      - upstream: app\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\nupstreams:\n  app:\n    targets: [$B1]\n";
+    let yaml = "admin:\n  listen: 127.0.0.1:0\nworkers: 2\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - match: { path: /local }\n        respond: { body: here }\n      - upstream: app\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: raw\nupstreams:\n  app:\n    targets: [$B1]\n  raw:\n    targets: [$B1]\n";
     let proxy = Proxy::start(Driver::any(), yaml, &[("B1", b1.target())]);
     let admin = proxy.server().admin_addr().unwrap();
     let db = proxy.local_addr("db").unwrap();
@@ -209,7 +209,7 @@ fn metrics_label_durations_count_open_connections_and_bytes_and_report_the_proce
         &[("listener", "web"), ("direction", "out")],
     );
     assert!(web_out > 0.0);
-    // The tunnel's bytes count on db and on app; app also got web's two proxied requests.
+    // The tunnel's bytes count on db and on raw; app got web's two proxied requests.
     let db_in = sample(
         &m,
         "ringway_listener_bytes_total",
@@ -221,7 +221,34 @@ fn metrics_label_durations_count_open_connections_and_bytes_and_report_the_proce
         "ringway_upstream_bytes_total",
         &[("upstream", "app"), ("direction", "out")],
     );
-    assert_eq!(app_out, 3.0 * req.len() as f64);
+    assert_eq!(app_out, 2.0 * req.len() as f64);
+    let raw_out = sample(
+        &m,
+        "ringway_upstream_bytes_total",
+        &[("upstream", "raw"), ("direction", "out")],
+    );
+    assert_eq!(raw_out, req.len() as f64);
+    // An upstream only a tcp listener uses has no HTTP series, only what tunnels have too.
+    let raw_series: Vec<&str> = m
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("upstream") == Some("raw"))
+        .map(|s| s.metric.as_str())
+        .collect();
+    for http_only in [
+        "ringway_upstream_requests_total",
+        "ringway_upstream_responses_total",
+        "ringway_upstream_response_time_seconds",
+    ] {
+        assert!(
+            !raw_series.contains(&http_only),
+            "{http_only} for a tcp-only upstream"
+        );
+    }
+    assert!(
+        raw_series.contains(&"ringway_upstream_selected_total"),
+        "{raw_series:?}"
+    );
     assert!(
         sample(
             &m,

@@ -203,6 +203,16 @@ pub(crate) fn labelled(g: &Generation) -> Series {
     let mut s = Series::default();
     let [requests, responses, upstream_requests, selected, response_time, waits, wait_time, duration, open, listener_bytes, upstream_bytes, tcp_conns] =
         FAMILIES.map(|f| f.0);
+    let mut http_used = vec![false; g.config.upstreams.len()];
+    for l in &g.config.listeners {
+        if let ListenerKind::Http { routes } = &l.kind {
+            for r in routes {
+                if let crate::config::Action::Proxy(u) = r.action {
+                    http_used[u] = true;
+                }
+            }
+        }
+    }
     for m in &g.metrics {
         for (li, l) in g.config.listeners.iter().enumerate() {
             let name = format!("listener=\"{}\"", esc(&l.name));
@@ -242,8 +252,14 @@ pub(crate) fn labelled(g: &Generation) -> Series {
         }
         for (ui, u) in g.config.upstreams.iter().enumerate() {
             let up = format!("upstream=\"{}\"", esc(&u.name));
+            // An upstream only tcp listeners use never sees an HTTP request or response.
+            let http = http_used[ui];
             for (ti, t) in u.targets.iter().enumerate() {
                 let target = format!("{up},target=\"{}\"", esc(&dial_name(&t.addr)));
+                s.count(selected, target.clone(), m.selected[ui][ti].get());
+                if !http {
+                    continue;
+                }
                 for (class, label) in CLASS_LABELS.iter().enumerate() {
                     let n = m.target_responses[ui][ti][class].get();
                     s.count(responses, format!("{target},code=\"{label}\""), n);
@@ -256,13 +272,14 @@ pub(crate) fn labelled(g: &Generation) -> Series {
                         n,
                     );
                 }
-                s.count(selected, target, m.selected[ui][ti].get());
             }
             for (dir, label) in ["out", "in"].iter().enumerate() {
                 let n = m.upstream_bytes[ui][dir].get();
                 s.count(upstream_bytes, format!("{up},direction=\"{label}\""), n);
             }
-            s.hist(response_time, up.clone(), &m.upstream_response_time[ui]);
+            if http {
+                s.hist(response_time, up.clone(), &m.upstream_response_time[ui]);
+            }
             s.count(waits, up.clone(), m.pool_waits[ui].get());
             s.hist(wait_time, up, &m.pool_wait_time[ui]);
         }
