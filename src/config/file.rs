@@ -34,12 +34,25 @@ pub(super) struct AdminFile {
     pub(super) listen: Option<String>,
 }
 
-/// `access_log: true|false` (standard output), or a file path.
+/// `access_log: true|false` (standard output), a file path, or `{ path, format }`.
 #[derive(Deserialize)]
-#[serde(untagged, expecting = "true, false or a file path")]
+#[serde(
+    untagged,
+    expecting = "true, false, a file path or a mapping with `path` and `format`"
+)]
 pub(super) enum AccessLogFile {
     On(bool),
     Path(String),
+    Full(AccessLogFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AccessLogFull {
+    /// `stdout` (the default) or a file path.
+    pub(super) path: Option<String>,
+    /// `text`, `json`, `combined` or a `{field}` template; default: `log.format`.
+    pub(super) format: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -108,6 +121,8 @@ pub(super) struct ClientAuthFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
+    /// Shown in the access log; the route's index when absent.
+    pub(super) name: Option<String>,
     #[serde(rename = "match")]
     pub(super) matcher: Option<MatchFile>,
     pub(super) strip_prefix: Option<String>,
@@ -592,11 +607,7 @@ mod tests {
         if let Err(e) = serde_yaml::from_str::<FileConfig>(&text) {
             panic!(
                 "{}",
-                Validator {
-                    file: CONTRACT,
-                    spans: &Spans::build(&text)
-                }
-                .serde_error(&e)
+                Validator::new(CONTRACT, &Spans::build(&text)).serde_error(&e)
             );
         }
     }

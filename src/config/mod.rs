@@ -15,9 +15,13 @@ use regex::Regex;
 
 use crate::template::Template;
 
+pub mod access_format;
 pub mod defaults;
+pub use pattern::{HostMatch, PathMatch, Pattern};
+mod doc_keys;
 mod file;
 mod load;
+pub mod pattern;
 mod spans;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -60,6 +64,8 @@ pub struct Log {
     pub format: LogFormat,
     /// One line per request; `None` = off.
     pub access_log: Option<AccessLog>,
+    /// The shape of access log lines (defaults to `format`).
+    pub access_format: access_format::AccessFormat,
 }
 
 /// Where access log lines go: `access_log: true` -> standard output; a path -> that file.
@@ -164,6 +170,8 @@ pub enum ListenerKind {
 
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// For the access log; `None` logs the route's index.
+    pub name: Option<String>,
     pub matcher: Match,
     pub strip_prefix: Option<String>,
     /// New path and query for the upstream request.
@@ -180,21 +188,13 @@ pub struct Route {
 #[derive(Debug, Clone, Default)]
 pub struct Match {
     pub hosts: Vec<HostMatch>,
-    /// Prefix on segment boundaries.
-    pub path: Option<String>,
-    pub except: Vec<String>,
+    pub path: Option<PathMatch>,
+    /// Paths that do not match, whatever else does.
+    pub except: Vec<PathMatch>,
     /// Upper-case method names.
     pub methods: Vec<String>,
     /// Exact, case-sensitive value match on a case-insensitive name.
     pub headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
-    /// Lower-case host without port.
-    Exact(String),
-    /// `*.example.com` stored as `.example.com` (lower-case): matches `a.example.com`, not `example.com`.
-    Suffix(String),
 }
 
 #[derive(Debug, Clone)]

@@ -3,6 +3,7 @@
 
 pub mod listener;
 pub mod proxy_protocol;
+pub mod sniff;
 pub mod splice;
 pub mod stream;
 pub mod tls;

@@ -1,7 +1,7 @@
 //! One request to an upstream group: pick a target, reuse or dial a connection, run the
 //! exchange, and fail over or replay when that is safe.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Route, Upstream};
 use crate::error::{ErrorKind, ProxyError};
@@ -70,6 +70,7 @@ pub(crate) async fn forward(
     // Each attempt sends the body from here again (only ever replayed when fully buffered).
     let body_start = sess.down.pos;
     let mut att = Attempts::default();
+    let first_dial = Instant::now();
     loop {
         sess.down.pos = body_start;
         let want = Want {
@@ -77,11 +78,23 @@ pub(crate) async fn forward(
             reuse: Some(req.idempotent && req.body_buffered),
             ..Want::default()
         };
+        let dial_started = Instant::now();
+        let connected = connect(ctx, u, up, &mut att, &want).await;
+        let trace = &mut sess.s.trace;
+        trace.connect = Some(dial_started.elapsed());
         let Connected {
             target: t,
             conn,
             in_flight,
-        } = connect(ctx, u, up, &mut att, &want).await?;
+        } = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                trace.dialed = att.last_failed;
+                trace.response = Some(first_dial.elapsed());
+                return Err(e.into());
+            }
+        };
+        trace.dialed = Some(t);
         let reused = conn.reused;
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
@@ -103,6 +116,7 @@ pub(crate) async fn forward(
         } else {
             exchange(sess, &attempt, conn, &mut seen).await
         };
+        sess.s.trace.response = Some(first_dial.elapsed());
         if let Some((status, latency)) = seen {
             note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
         }
@@ -138,7 +152,7 @@ pub(crate) async fn forward(
         // rotation like one that refused the connection.
         if retry::counts_against_target(f.error.side, &f.error.kind, f.answered) {
             let target = dial_name(&up.targets[t].addr);
-            tracing::warn!(upstream = %up.name, %target, "{}", f.error);
+            tracing::warn!(upstream = %up.name, upstream_addr = %target, "{}", f.error);
             bal.record_failure(t);
         }
         if retry::try_another_target(req, failed) && att.may_try_again(up) {

@@ -24,10 +24,11 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http1::forward::{Client, HeaderList};
 use crate::http1::parse::{parse_request, Framing, HeadLimits, HeaderIdx, Parse, RequestHead};
 use crate::net::stream::Stream;
+use crate::observe::metrics::Done;
 use crate::proxy::forward::forward;
 use crate::proxy::respond::{respond, respond_simple};
 use crate::proxy::session::{
-    answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, IDLE_READ,
+    answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, Trace, IDLE_READ,
     INITIAL_BUF, OUT_BUF, PARK_AFTER,
 };
 use crate::route;
@@ -186,6 +187,7 @@ async fn busy(conn: &mut Conn) -> Burst {
         target: None,
         copied: Vec::new(),
         send_on: None,
+        trace: Trace::default(),
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let mut canceller = Canceller::new();
@@ -210,9 +212,30 @@ async fn busy(conn: &mut Conn) -> Burst {
             Ok(HeadRead::Closed) => return Burst::Closed,
             Ok(HeadRead::Quiet(left)) => return Burst::Quiet(left),
             Err(e) => {
+                let refused = Instant::now();
                 answer_error(&mut conn.stream, &mut s.out, &e).await;
                 let status = e.status().unwrap_or(0);
-                ctx.request_done(conn.listener, status, Duration::ZERO, None);
+                let down = &conn.down;
+                ctx.gen_metrics().request_done(&Done {
+                    listener: conn.listener,
+                    status,
+                    bytes: [down.buf.len() as u64, s.out.len() as u64],
+                    ..Done::default()
+                });
+                if let (Some(log), true) = (ctx.access(), status > 0) {
+                    // No head parsed: what the client sent is unknown, the answer is not.
+                    log.record(&crate::observe::access::Record {
+                        client: conn.client.peer,
+                        listener: &ctx.config().listeners[conn.listener].name,
+                        status,
+                        bytes_in: down.buf.len() as u64,
+                        bytes_out: s.out.len() as u64,
+                        body_bytes_out: body_len(&s.out, s.out.len() as u64),
+                        duration: refused.elapsed(),
+                        worker: ctx.id(),
+                        ..Default::default()
+                    });
+                }
                 return Burst::Closed;
             }
         };
@@ -236,6 +259,10 @@ async fn busy(conn: &mut Conn) -> Burst {
         s.bytes_in = head.head_len as u64;
         s.bytes_out = 0;
         s.target = None;
+        s.trace = Trace {
+            listener: conn.listener,
+            ..Trace::default()
+        };
         let active = ctx.active();
         s.out.reserve(OUT_BUF);
         let mut sess = Session {
@@ -251,7 +278,14 @@ async fn busy(conn: &mut Conn) -> Burst {
         // Not boxed, though its state is most of this task's size: building the future and
         // moving it into a box copied ~7 KiB per request (3% of the CPU in small-keepalive).
         let next = handle(&mut sess).await;
-        ctx.request_done(conn.listener, s.status, started.elapsed(), s.target);
+        ctx.gen_metrics().request_done(&Done {
+            listener: conn.listener,
+            upstream: s.trace.upstream,
+            target: s.target,
+            status: s.status,
+            took: started.elapsed(),
+            bytes: [s.bytes_in, s.bytes_out],
+        });
         if let Some(log) = ctx.access() {
             log_request(
                 ctx,
@@ -392,17 +426,23 @@ async fn handle(sess: &mut Session<'_>) -> Exchange {
     let config = ctx.config();
     if let (Framing::Length(n), Some(max)) = (head.framing, config.limits.max_request_body) {
         if n > max {
+            sess.s.status = 413;
             sess.answer_error(&ProxyError::downstream(ErrorKind::BodyTooLarge))
                 .await;
+            sess.s.bytes_out = sess.s.out.len() as u64;
             return Exchange::Done(false);
         }
     }
     let crate::config::ListenerKind::Http { routes } = &config.listeners[sess.listener].kind else {
         return Exchange::Done(false);
     };
-    let Some(route) = route::find(routes, &sess.down.buf, head, &sess.s.headers) else {
+    let Some((index, route)) = route::find_at(routes, &sess.down.buf, head, &sess.s.headers) else {
         return Exchange::Done(respond_simple(sess, 404).await);
     };
+    sess.s.trace.route = Some(index);
+    if let Action::Proxy(u) = route.action {
+        sess.s.trace.upstream = Some(u);
+    }
     sess.down.pos = head.head_len;
     sess.down.floor = head.head_len;
     match &route.action {
@@ -433,18 +473,67 @@ fn log_request(
     s: &Scratch,
     took: Duration,
 ) {
-    let upstream = s
-        .target
-        .map(|(u, t)| dialled(&ctx.config().upstreams[u].targets[t].addr));
+    let config = ctx.config();
+    let tr = &s.trace;
+    let group = tr.upstream.map(|u| &config.upstreams[u]);
+    // The target that answered, else the one whose dial failed last.
+    let addr = match (s.target, group, tr.dialed) {
+        (Some((u, t)), _, _) => Some(dialled(&config.upstreams[u].targets[t].addr)),
+        (None, Some(up), Some(t)) => Some(dialled(&up.targets[t].addr)),
+        _ => None,
+    };
+    let header = |name: &[u8]| {
+        s.headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map_or(&[][..], |h| h.value.get(buf))
+    };
+    let routes = match &config.listeners[tr.listener].kind {
+        crate::config::ListenerKind::Http { routes } => &routes[..],
+        crate::config::ListenerKind::Tcp { .. } => &[],
+    };
+    let route = tr
+        .route
+        .map(|i| match routes.get(i).and_then(|r| r.name.as_deref()) {
+            Some(name) => std::borrow::Cow::Borrowed(name),
+            None => std::borrow::Cow::Owned(i.to_string()),
+        });
     log.record(&crate::observe::access::Record {
-        client: &client.ip_text,
+        client: client.peer,
+        listener: &config.listeners[s.trace.listener].name,
+        protocol: match head.version {
+            crate::http1::parse::Version::Http11 => "HTTP/1.1",
+            crate::http1::parse::Version::Http10 => "HTTP/1.0",
+        },
         method: head.method.get(buf),
+        host: head.host.map_or(&[][..], |h| h.get(buf)),
         uri: head.target.get(buf),
         status: s.status,
         bytes_in: s.bytes_in,
         bytes_out: s.bytes_out,
+        body_bytes_out: body_len(&s.out, s.bytes_out),
         duration: took,
-        upstream: upstream.as_deref(),
+        route: route.as_deref(),
+        upstream: group.map(|u| u.name.as_str()),
+        upstream_addr: addr.as_deref(),
+        upstream_connect: tr.connect,
+        upstream_response: tr.response,
+        user_agent: header(b"user-agent"),
+        referer: header(b"referer"),
+        request_id: header(b"x-request-id"),
         worker: ctx.id(),
+        ..Default::default()
     });
+}
+
+/// Of `sent` bytes, those after the response head that `out` still starts with (nginx's
+/// `$body_bytes_sent`); all of them when `out` holds no head.
+fn body_len(out: &[u8], sent: u64) -> u64 {
+    if !out.starts_with(b"HTTP/") {
+        return sent;
+    }
+    match out.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => sent.saturating_sub(end as u64 + 4),
+        None => sent,
+    }
 }

@@ -156,6 +156,25 @@ pub(crate) struct Scratch {
     /// A `handle_response` rule's second route: `forward` sends the request on with it once
     /// the first exchange has handed its connection back.
     pub(crate) send_on: Option<Box<crate::config::Route>>,
+    /// What the access log tells beyond the status and bytes.
+    pub(crate) trace: Trace,
+}
+
+/// Where the current request went and how long the upstream took (access log only).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Trace {
+    /// The listener the request came in on (in the generation that served it).
+    pub(crate) listener: usize,
+    /// Index of the matching route in its listener.
+    pub(crate) route: Option<usize>,
+    /// The upstream group the route sent it to.
+    pub(crate) upstream: Option<usize>,
+    /// The target last dialed, also when every dial failed.
+    pub(crate) dialed: Option<usize>,
+    /// Getting a connection (pooled or dialed, failovers included).
+    pub(crate) connect: Option<Duration>,
+    /// From the first dial until the response ended or failed.
+    pub(crate) response: Option<Duration>,
 }
 
 /// One request on a downstream connection: the generation serving it, the connection's stream
@@ -182,9 +201,11 @@ impl Session<'_> {
 
 /// Sends the error's status (when the client can still be answered); the caller closes.
 pub(crate) async fn answer_error(stream: &mut Stream, out: &mut Vec<u8>, e: &ProxyError) {
+    // Upstream failures were logged where they happened, with the upstream and its address;
+    // the answer itself is in the access log.
     match e.side {
         Side::Downstream => tracing::debug!("closing client connection: {e}"),
-        _ => tracing::warn!("{e}"),
+        _ => tracing::debug!("answering the client: {e}"),
     }
     if let Some(status) = e.status() {
         out.clear();

@@ -459,6 +459,7 @@ async fn send_on(
     sess.s.copied.clear();
     copy_fields(rule, rbuf, &sess.s.resp_headers, &mut sess.s.copied);
     sess.s.send_on = Some(Box::new(Route {
+        name: route.name.clone(),
         matcher: Default::default(),
         strip_prefix: if rewrite.is_some() {
             None

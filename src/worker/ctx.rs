@@ -260,13 +260,15 @@ impl WorkerCtx {
         took: Duration,
         target: Option<(usize, usize)>,
     ) {
-        let class = crate::observe::metrics::status_class(status);
-        let g = self.gen_metrics();
-        g.requests[listener][class].inc();
-        if let Some((u, t)) = target {
-            g.target_responses[u][t][class].inc();
-        }
-        self.metrics().request_duration.observe(took);
+        self.gen_metrics()
+            .request_done(&crate::observe::metrics::Done {
+                listener,
+                upstream: None,
+                target,
+                status,
+                took,
+                bytes: [0, 0],
+            });
     }
 }
 

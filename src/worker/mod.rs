@@ -99,8 +99,9 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
         shared,
     } = init;
     let core = move || {
-        let access =
-            access.map(|tx| crate::observe::access::WorkerLog::new(tx, gen.config.log.format));
+        let access = access.map(|tx| {
+            crate::observe::access::WorkerLog::new(tx, gen.config.log.access_format.clone())
+        });
         let core = Rc::new(WorkerCore {
             id,
             shared,
@@ -415,6 +416,9 @@ fn spawn_conn(
 ) {
     let core = ctx.core.clone();
     core.open_conns.set(core.open_conns.get() + 1);
+    // Lowered in this same generation's counters when the connection ends.
+    ctx.gen_metrics().open_connections[listener].inc();
+    let gen = ctx.clone();
     // Each kind boxed on its own, and a plain HTTP connection's future built here rather than
     // inside an async block: a task keeps a block's captures beside what it moved them into, and
     // an idle keep-alive connection should carry neither those nor a TLS handshake's state.
@@ -456,6 +460,7 @@ fn spawn_conn(
             _ = core.close_all.wait() => {},
         }
         core.open_conns.set(core.open_conns.get() - 1);
+        gen.gen_metrics().open_connections[listener].sub(1);
     });
 }
 
@@ -495,16 +500,36 @@ async fn terminate_tls(
         return Some(stream);
     };
     // Validation allows TLS on TCP listeners only.
-    let tcp = match stream {
+    let mut tcp = match stream {
         Stream::Tcp(tcp) => tcp,
         other => return Some(other),
     };
+    let http = matches!(
+        ctx.config.listeners[listener].kind,
+        ListenerKind::Http { .. }
+    );
+    let started = std::time::Instant::now();
+    let failed = |first| {
+        ctx.shared
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let reason = match first {
+            Some(_) => "plain HTTP sent to a TLS port (answered 400)",
+            None => "closed or timed out before the first byte",
+        };
+        log_tls_failure(ctx, listener, peer, reason, started);
+    };
+    let limit = state.settings.handshake_timeout;
+    if http && !crate::net::sniff::tls_or_refuse(&mut tcp, limit, failed).await {
+        return None;
+    }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     // Loaded once per connection: a reload applies to connections accepted after it.
     let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());
     let handshake = acceptor.accept(tcp);
     let result = match state.settings.handshake_timeout {
-        Some(limit) => monoio::time::timeout(limit, handshake)
+        // The wait for the first byte counts against the same limit.
+        Some(limit) => monoio::time::timeout(limit.saturating_sub(started.elapsed()), handshake)
             .await
             .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut).into())),
         None => handshake.await,
@@ -517,8 +542,30 @@ async fn terminate_tls(
                 .fetch_add(1, Ordering::Relaxed);
             let reason = crate::net::tls::failure_reason(&e.into());
             tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
+            log_tls_failure(ctx, listener, peer, &reason, started);
             None
         }
+    }
+}
+
+/// A failed handshake is the client's only trace: the access log gets a line for it.
+fn log_tls_failure(
+    ctx: &WorkerCtx,
+    listener: usize,
+    peer: Option<std::net::SocketAddr>,
+    reason: &str,
+    started: std::time::Instant,
+) {
+    if let Some(log) = ctx.access() {
+        log.record(&crate::observe::access::Record {
+            event: crate::observe::access::Event::TlsHandshakeFailed,
+            client: peer,
+            listener: &ctx.config.listeners[listener].name,
+            reason,
+            duration: started.elapsed(),
+            worker: ctx.id,
+            ..Default::default()
+        });
     }
 }
 

@@ -1,6 +1,5 @@
 //! Upstreams: targets, load balancing, health checks, transport.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;
@@ -407,7 +406,7 @@ impl Validator<'_> {
                 Some(UpstreamTls {
                     ca: f
                         .ca
-                        .map(|c| c.items.into_iter().map(PathBuf::from).collect())
+                        .map(|c| c.items.iter().map(|p| self.path(p)).collect())
                         .unwrap_or_default(),
                     client_cert,
                     server_name: f.server_name.filter(|s| !s.is_empty()),
