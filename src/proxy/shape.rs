@@ -514,6 +514,7 @@ mod tests {
 
     fn route(rules: Vec<ResponseRule>, pages: Vec<ErrorPage>) -> Route {
         Route {
+            name: None,
             matcher: Default::default(),
             strip_prefix: None,
             rewrite: None,
