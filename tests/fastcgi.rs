@@ -348,6 +348,67 @@ upstreams:
         assert_eq!((r.status, r.text().as_str()), (200, "logged\n"), "{}", r.head_text());
     }
 
+    fn without_keepalive_each_request_gets_its_own_connection(driver) {
+        let fpm = PhpFpm::start(true);
+        let yaml = r#"
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    routes: [{ upstream: php }]
+upstreams:
+  php:
+    targets: [$PHP]
+    transport:
+      protocol: fastcgi
+      keepalive: false
+      fastcgi: { root: $ROOT }
+"#;
+        let vars = [("PHP", fpm.target.clone()), ("ROOT", fpm.root().display().to_string())];
+        let proxy = Proxy::start(driver, yaml, &vars);
+        let mut c = proxy.client();
+        for _ in 0..3 {
+            let r = c.request(get_req("/", "Connection: keep-alive\r\n"));
+            assert_eq!((r.status, r.text().as_str()), (200, "index\n"));
+        }
+        let all = "ringway_upstream_requests_total{upstream=\"php\"";
+        assert_eq!(metric_sum(&proxy, all, "connection_reused=\"false\""), 3.0);
+        assert_eq!(metric_sum(&proxy, all, "connection_reused=\"true\""), 0.0);
+    }
+
+    fn a_connect_probe_takes_a_dead_fastcgi_target_out(driver) {
+        let fpm = PhpFpm::start(true);
+        let spare = PhpFpm::start(true);
+        let yaml = r#"
+listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    routes: [{ upstream: php }]
+upstreams:
+  php:
+    targets: [$PHP, $SPARE]
+    lb: { policy: first }
+    health:
+      active: { interval: 50ms, fails: 1 }
+    transport:
+      protocol: fastcgi
+      keepalive: false
+      fastcgi: { root: $ROOT }
+"#;
+        let vars = [
+            ("PHP", fpm.target.clone()),
+            ("SPARE", spare.target.clone()),
+            ("ROOT", fpm.root().display().to_string()),
+        ];
+        let proxy = Proxy::start(driver, yaml, &vars);
+        assert_eq!(proxy.get("/").text(), "index\n");
+        drop(fpm);
+        // Once the probe has seen the first target refuse, `first` moves to the spare (whose
+        // root is the dead one's, now gone: php-fpm answers 404, which proves who answered).
+        let moved = wait_for(Duration::from_secs(5), || proxy.get("/").status == 404);
+        assert!(moved, "the dead target was not taken out by the connect probe");
+    }
+
     fn chunked_request_bodies_get_411(driver) {
         let (proxy, _fpm, _files) = start(driver, false);
         let mut c = proxy.client();
