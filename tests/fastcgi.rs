@@ -35,7 +35,7 @@ header('X-From: php');
 header('Content-Type: text/plain');
 foreach (['SCRIPT_FILENAME', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'REQUEST_METHOD',
           'REQUEST_URI', 'DOCUMENT_ROOT', 'CONTENT_TYPE', 'CONTENT_LENGTH', 'REMOTE_ADDR',
-          'SERVER_NAME', 'SERVER_PORT', 'SERVER_PROTOCOL', 'GATEWAY_INTERFACE', 'HTTP_X_TEST',
+          'SERVER_NAME', 'SERVER_PORT', 'SERVER_ADDR', 'SERVER_PROTOCOL', 'GATEWAY_INTERFACE', 'HTTP_X_TEST',
           'HTTP_HOST', 'HTTP_COOKIE', 'APP_ENV', 'CLIENT'] as $k) {
     echo $k, '=', $_SERVER[$k] ?? '(unset)', "\n";
 }
@@ -238,7 +238,9 @@ driver_tests! {
         assert_eq!(field(&text, "DOCUMENT_ROOT"), root);
         assert_eq!(field(&text, "REMOTE_ADDR"), "127.0.0.1");
         assert_eq!(field(&text, "SERVER_NAME"), "php.test");
-        assert_eq!(field(&text, "SERVER_PORT"), "8080");
+        // As nginx: where the connection arrived, not what the Host field says.
+        assert_eq!(field(&text, "SERVER_PORT"), proxy.addr().port().to_string());
+        assert_eq!(field(&text, "SERVER_ADDR"), "127.0.0.1");
         assert_eq!(field(&text, "SERVER_PROTOCOL"), "HTTP/1.1");
         assert_eq!(field(&text, "GATEWAY_INTERFACE"), "CGI/1.1");
         assert_eq!(field(&text, "HTTP_X_TEST"), "hello");
