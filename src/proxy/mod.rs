@@ -186,6 +186,7 @@ async fn busy(conn: &mut Conn) -> Burst {
         target: None,
         copied: Vec::new(),
         send_on: None,
+        body_at: None,
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let mut canceller = Canceller::new();
