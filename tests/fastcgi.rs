@@ -278,6 +278,22 @@ driver_tests! {
         assert_eq!(field(&text, "BODY_SHA256"), sha);
     }
 
+    fn expect_continue_gets_100_before_the_body_is_sent(driver) {
+        let (proxy, _fpm, _files) = start(driver, false);
+        let mut c = proxy.client();
+        c.send(
+            "POST /app.php HTTP/1.1\r\nHost: php.test\r\nExpect: 100-continue\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: 300000\r\n\r\n",
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 100, "{}", r.head_text());
+        c.send(vec![b'z'; 300_000]);
+        let r = c.read_response();
+        let text = r.text();
+        assert_eq!(r.status, 201, "{text}");
+        assert_eq!(field(&text, "BODY_LEN"), "300000");
+    }
+
     fn five_mib_response_streams_through(driver) {
         let (proxy, _fpm, _files) = start(driver, true);
         let mut c = proxy.client();
