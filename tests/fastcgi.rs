@@ -35,7 +35,7 @@ header('X-From: php');
 header('Content-Type: text/plain');
 foreach (['SCRIPT_FILENAME', 'SCRIPT_NAME', 'PATH_INFO', 'QUERY_STRING', 'REQUEST_METHOD',
           'REQUEST_URI', 'DOCUMENT_ROOT', 'CONTENT_TYPE', 'CONTENT_LENGTH', 'REMOTE_ADDR',
-          'SERVER_NAME', 'SERVER_PORT', 'SERVER_PROTOCOL', 'GATEWAY_INTERFACE', 'HTTP_X_TEST',
+          'SERVER_NAME', 'SERVER_PORT', 'SERVER_ADDR', 'SERVER_PROTOCOL', 'GATEWAY_INTERFACE', 'HTTP_X_TEST',
           'HTTP_HOST', 'HTTP_COOKIE', 'APP_ENV', 'CLIENT'] as $k) {
     echo $k, '=', $_SERVER[$k] ?? '(unset)', "\n";
 }
@@ -238,7 +238,9 @@ driver_tests! {
         assert_eq!(field(&text, "DOCUMENT_ROOT"), root);
         assert_eq!(field(&text, "REMOTE_ADDR"), "127.0.0.1");
         assert_eq!(field(&text, "SERVER_NAME"), "php.test");
-        assert_eq!(field(&text, "SERVER_PORT"), "8080");
+        // As nginx: where the connection arrived, not what the Host field says.
+        assert_eq!(field(&text, "SERVER_PORT"), proxy.addr().port().to_string());
+        assert_eq!(field(&text, "SERVER_ADDR"), "127.0.0.1");
         assert_eq!(field(&text, "SERVER_PROTOCOL"), "HTTP/1.1");
         assert_eq!(field(&text, "GATEWAY_INTERFACE"), "CGI/1.1");
         assert_eq!(field(&text, "HTTP_X_TEST"), "hello");
@@ -274,6 +276,22 @@ driver_tests! {
         assert_eq!(field(&text, "CONTENT_TYPE"), "application/octet-stream");
         assert_eq!(field(&text, "BODY_LEN"), "1048576");
         assert_eq!(field(&text, "BODY_SHA256"), sha);
+    }
+
+    fn expect_continue_gets_100_before_the_body_is_sent(driver) {
+        let (proxy, _fpm, _files) = start(driver, false);
+        let mut c = proxy.client();
+        c.send(
+            "POST /app.php HTTP/1.1\r\nHost: php.test\r\nExpect: 100-continue\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: 300000\r\n\r\n",
+        );
+        let r = c.read_response();
+        assert_eq!(r.status, 100, "{}", r.head_text());
+        c.send(vec![b'z'; 300_000]);
+        let r = c.read_response();
+        let text = r.text();
+        assert_eq!(r.status, 201, "{text}");
+        assert_eq!(field(&text, "BODY_LEN"), "300000");
     }
 
     fn five_mib_response_streams_through(driver) {
@@ -346,6 +364,67 @@ upstreams:
         let (proxy, _fpm, _files) = start(driver, false);
         let r = proxy.get("/app.php?mode=stderr");
         assert_eq!((r.status, r.text().as_str()), (200, "logged\n"), "{}", r.head_text());
+    }
+
+    fn without_keepalive_each_request_gets_its_own_connection(driver) {
+        let fpm = PhpFpm::start(true);
+        let yaml = r#"
+admin: { listen: 127.0.0.1:0 }
+listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    routes: [{ upstream: php }]
+upstreams:
+  php:
+    targets: [$PHP]
+    transport:
+      protocol: fastcgi
+      keepalive: false
+      fastcgi: { root: $ROOT }
+"#;
+        let vars = [("PHP", fpm.target.clone()), ("ROOT", fpm.root().display().to_string())];
+        let proxy = Proxy::start(driver, yaml, &vars);
+        let mut c = proxy.client();
+        for _ in 0..3 {
+            let r = c.request(get_req("/", "Connection: keep-alive\r\n"));
+            assert_eq!((r.status, r.text().as_str()), (200, "index\n"));
+        }
+        let all = "ringway_upstream_requests_total{upstream=\"php\"";
+        assert_eq!(metric_sum(&proxy, all, "connection_reused=\"false\""), 3.0);
+        assert_eq!(metric_sum(&proxy, all, "connection_reused=\"true\""), 0.0);
+    }
+
+    fn a_connect_probe_takes_a_dead_fastcgi_target_out(driver) {
+        let fpm = PhpFpm::start(true);
+        let spare = PhpFpm::start(true);
+        let yaml = r#"
+listeners:
+  - name: web
+    listen: 127.0.0.1:0
+    routes: [{ upstream: php }]
+upstreams:
+  php:
+    targets: [$PHP, $SPARE]
+    lb: { policy: first }
+    health:
+      active: { interval: 50ms, fails: 1 }
+    transport:
+      protocol: fastcgi
+      keepalive: false
+      fastcgi: { root: $ROOT }
+"#;
+        let vars = [
+            ("PHP", fpm.target.clone()),
+            ("SPARE", spare.target.clone()),
+            ("ROOT", fpm.root().display().to_string()),
+        ];
+        let proxy = Proxy::start(driver, yaml, &vars);
+        assert_eq!(proxy.get("/").text(), "index\n");
+        drop(fpm);
+        // Once the probe has seen the first target refuse, `first` moves to the spare (whose
+        // root is the dead one's, now gone: php-fpm answers 404, which proves who answered).
+        let moved = wait_for(Duration::from_secs(5), || proxy.get("/").status == 404);
+        assert!(moved, "the dead target was not taken out by the connect probe");
     }
 
     fn chunked_request_bodies_get_411(driver) {

@@ -217,6 +217,7 @@ async fn send_request(
             method,
             framing: head.framing,
             version: head.version,
+            local: sess.stream.local_addr(),
         },
         &mut pairs,
         &mut tmp,

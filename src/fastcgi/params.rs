@@ -92,6 +92,8 @@ pub(crate) struct Params<'a> {
     pub(crate) method: &'a [u8],
     pub(crate) framing: Framing,
     pub(crate) version: Version,
+    /// The client connection's local address (TCP listeners).
+    pub(crate) local: Option<std::net::SocketAddr>,
 }
 
 /// Appends the encoded name-value pairs of every parameter to `out`.
@@ -161,10 +163,17 @@ pub(crate) fn write(p: &Params, out: &mut Vec<u8>, tmp: &mut Vec<u8>) {
     pair(b"REMOTE_PORT", tmp);
     let host = head.host.map(|h| h.get(buf)).unwrap_or_default();
     pair(b"SERVER_NAME", route::host_without_port(host));
+    // As nginx: the address and port that took the connection; else the Host's port.
     tmp.clear();
-    match host_port(host) {
-        Some(port) => tmp.extend_from_slice(port),
-        None => tmp.extend_from_slice(if https { b"443" } else { b"80" }),
+    match (p.local, host_port(host)) {
+        (Some(local), _) => {
+            let _ = write!(tmp, "{}", local.ip());
+            pair(b"SERVER_ADDR", tmp);
+            tmp.clear();
+            let _ = write!(tmp, "{}", local.port());
+        }
+        (None, Some(port)) => tmp.extend_from_slice(port),
+        (None, None) => tmp.extend_from_slice(if https { b"443" } else { b"80" }),
     }
     pair(b"SERVER_PORT", tmp);
     http_fields(info.headers, buf, out, tmp);

@@ -154,6 +154,21 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// The local address of a TCP connection (what a FastCGI application gets as
+    /// SERVER_ADDR/SERVER_PORT); `None` for Unix sockets or when the kernel says no.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
+            Stream::Unix(_) => return None,
+        };
+        // SAFETY: `fd` belongs to this stream, which outlives the borrow (used only here).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+    }
+}
+
 /// TLS bytes must pass through rustls; callers check `can_splice` first.
 fn not_spliceable() -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, "TLS streams cannot splice")

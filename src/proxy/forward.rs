@@ -69,6 +69,7 @@ pub(crate) async fn forward(
     );
     // Each attempt sends the body from here again (only ever replayed when fully buffered).
     let body_start = sess.down.pos;
+    sess.s.body_at = req.body_buffered.then_some(body_start);
     let mut att = Attempts::default();
     let first_dial = Instant::now();
     loop {

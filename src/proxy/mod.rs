@@ -188,6 +188,7 @@ async fn busy(conn: &mut Conn) -> Burst {
         copied: Vec::new(),
         send_on: None,
         trace: Trace::default(),
+        body_at: None,
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let mut canceller = Canceller::new();

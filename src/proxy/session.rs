@@ -156,6 +156,9 @@ pub(crate) struct Scratch {
     /// A `handle_response` rule's second route: `forward` sends the request on with it once
     /// the first exchange has handed its connection back.
     pub(crate) send_on: Option<Box<crate::config::Route>>,
+    /// Where the request body starts while all of it is still in the receive buffer (so a
+    /// `handle_response` rule can send it to a second upstream); `None` once it streamed.
+    pub(crate) body_at: Option<usize>,
     /// What the access log tells beyond the status and bytes.
     pub(crate) trace: Trace,
 }

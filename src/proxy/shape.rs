@@ -2,10 +2,10 @@
 //! (new status, local answer, or the request sent on to another upstream) and its
 //! `error_pages`, which replace upstream error answers and ringway's own 502/503/504.
 //!
-//! A request body is streamed to the first upstream as it arrives and not kept, so it can
-//! never be sent again: an `upstream` rule that matches the response to a request with a body
-//! answers 502 and logs why (its documented limit: X-Accel-Redirect-style rules serve
-//! bodiless requests).
+//! A request body is streamed to the first upstream as it arrives and not kept: an `upstream`
+//! rule sends it to the second upstream only when all of it was in the receive buffer from
+//! the start (the bodies a retry could replay too); for a body that streamed it answers 502
+//! and logs why.
 
 use std::io::Write as _;
 
@@ -418,11 +418,17 @@ async fn send_on(
 ) -> Exchange {
     let refuse = |why| ProxyError::upstream(ErrorKind::UpstreamInvalid(why), false);
     let has_body = !matches!(sess.head.framing, Framing::None | Framing::Length(0));
-    if has_body {
-        let e = refuse("handle_response `upstream`: the request body already went to the first upstream and cannot be sent again");
-        sess.s.status = e.status().unwrap_or(502);
-        answer_error(sess, route, &e).await;
-        return Exchange::Done(false);
+    match sess.s.body_at {
+        // Still whole in the receive buffer: it goes again, as a replay would send it.
+        Some(at) if has_body => sess.down.pos = at,
+        Some(_) => {}
+        None if has_body => {
+            let e = refuse("handle_response `upstream`: the request body streamed to the first upstream and cannot be sent again");
+            sess.s.status = e.status().unwrap_or(502);
+            answer_error(sess, route, &e).await;
+            return Exchange::Done(false);
+        }
+        None => {}
     }
     let mut rewrite = None;
     if let Some(t) = next.rewrite {
