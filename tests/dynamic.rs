@@ -425,7 +425,7 @@ fn a_hostname_target_is_re_resolved_to_every_address() {
     let lines = std::fs::read_to_string(&log).unwrap();
     let mut dialled: Vec<String> = lines
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["upstream"].to_string())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["upstream_addr"].to_string())
         .collect();
     dialled.sort();
     dialled.dedup();
