@@ -8,9 +8,9 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -117,6 +117,63 @@ driver_tests! {
         assert_eq!(r.status, 200, "{}", r.head_text());
         assert!(!r.closes(), "an HTTP/1.1 exchange stays open");
         assert_eq!(b1.only_request().minor, 1);
+    }
+
+    fn an_upstream_that_answers_401_before_reading_a_20_mb_upload_reaches_the_client(driver) {
+        let b = RawBackend::start(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nWWW-Authenticate: Basic\r\n\r\nunauthorized\n",
+            Duration::from_secs(8),
+        );
+        let proxy = Proxy::start(driver, &one_upstream_yaml("$B", ""), &[("B", b.addr.to_string())]);
+        let size = 20 * 1024 * 1024;
+        let sock = TcpStream::connect(proxy.addr()).unwrap();
+        let mut w = sock.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let head = format!("PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+            let _ = w.write_all(head.as_bytes());
+            let chunk = vec![b'u'; 64 * 1024];
+            let mut sent = 0;
+            while sent < size {
+                if w.write_all(&chunk).is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        let started = Instant::now();
+        let mut c = Client::from_tcp(sock);
+        let r = c.try_read_response(false).unwrap_or_else(|e| panic!("the client got no answer: {e}"));
+        assert_eq!((r.status, r.text().as_str()), (401, "unauthorized\n"), "{}", r.head_text());
+        assert!(r.closes(), "the rest of the upload is not read: the connection closes");
+        assert_eq!(r.header("www-authenticate"), Some("Basic"));
+        assert!(started.elapsed() < Duration::from_secs(5), "the answer waited for {:?}", started.elapsed());
+        assert!(c.is_closed_within(Duration::from_secs(15)), "the connection closes after lingering");
+        // Without a lingering close the upload would meet a reset part way.
+        assert_eq!(writer.join().unwrap(), size, "the client could send its whole upload");
+        assert_eq!(b.heads().len(), 1, "one request reached the backend");
+    }
+
+    fn a_431_for_a_100_kb_head_reaches_a_client_that_sends_it_all_before_reading(driver) {
+        let (proxy, b1) = proxy_to_one_backend(driver);
+        let mut c = proxy.client();
+        let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..1100 {
+            head.extend_from_slice(format!("X-Filler-{i:04}: {}\r\n", "f".repeat(80)).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert!(head.len() > 100 * 1024);
+        // Sent as a client on a real link does, in pieces, writing it all before reading: a
+        // close with the rest unread would reset the connection under the client's writes.
+        for piece in head.chunks(4096) {
+            c.try_send(piece).unwrap_or_else(|e| panic!("the client could not send its head: {e}"));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let r = c.try_read_response(false).unwrap_or_else(|e| panic!("the 431 was lost: {e}"));
+        assert_eq!(r.status, 431);
+        assert!(r.closes());
+        assert!(c.is_closed_within(Duration::from_secs(15)));
+        assert_eq!(b1.requests(), 0);
     }
 }
 

@@ -5,9 +5,11 @@
 //! place and forwarded line by line from the receive buffer, so a request costs no allocation
 //! once the connection is warm.
 
+pub mod early;
 pub mod exchange;
 pub mod forward;
 pub mod lb_key;
+pub mod linger;
 pub mod relay;
 pub mod respond;
 pub mod session;
@@ -91,6 +93,10 @@ pub async fn serve(
                     answer_error(&mut stream, &mut s.out, &e).await;
                     let status = e.status().unwrap_or(0);
                     ctx.request_done(listener, status, Duration::ZERO, None);
+                    if matches!(e.kind, ErrorKind::BadHead(_)) {
+                        // The rest of the refused head (and whatever followed) is unread.
+                        linger::linger(&mut stream, &mut down).await;
+                    }
                     return;
                 }
             };
@@ -147,6 +153,10 @@ pub async fn serve(
             }
         };
         drop(active);
+        if !keep && linger::unread_input(&stream, &down, &head) {
+            linger::linger(&mut stream, &mut down).await;
+            return;
+        }
         if !keep || last || ctx.draining() {
             return;
         }
