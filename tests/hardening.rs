@@ -235,3 +235,140 @@ driver_tests! {
         assert_eq!(public.requests(), 0);
     }
 }
+
+/// An nginx on 127.0.0.1 that answers every request with 200 and closes keep-alive
+/// connections idle for `keepalive_timeout`. Stopped when dropped.
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    fn start(keepalive_timeout: &str) -> Nginx {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect(
+                "this test needs nginx (the test peer `nginx`, see tests/support/install-peers.sh)",
+            );
+        let dir = TempDir::new();
+        // A free port: bound and released (nginx binds it a moment later).
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  keepalive_timeout {keepalive_timeout};\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"nginx\\n\"; }}\n  }}\n}}\n"
+        );
+        let path = dir.write("nginx.conf", &conf);
+        let child = std::process::Command::new(bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let up = wait_for(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
+        assert!(
+            up,
+            "nginx did not listen on {addr}: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        Nginx {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TCP states (as /proc/net/tcp spells them) of this process's sockets connected to `peer`.
+fn socket_states_to(peer: SocketAddr) -> Vec<&'static str> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        if let Ok(link) = std::fs::read_link(fd.path()) {
+            let link = link.to_string_lossy().into_owned();
+            if let Some(n) = link
+                .strip_prefix("socket:[")
+                .and_then(|l| l.strip_suffix(']'))
+            {
+                inodes.insert(n.to_string());
+            }
+        }
+    }
+    let want = format!("0100007F:{:04X}", peer.port());
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[2] == want && inodes.contains(f[9])).then_some(match f[3] {
+                "01" => "ESTABLISHED",
+                "08" => "CLOSE_WAIT",
+                "06" => "TIME_WAIT",
+                _ => "OTHER",
+            })
+        })
+        .collect()
+}
+
+driver_tests! {
+    fn pooled_connections_an_nginx_closed_while_idle_leave_no_close_wait_socket(driver) {
+        let nginx = Nginx::start("1s");
+        let proxy = Proxy::start(driver, &one_upstream_yaml("$N", ""), &[("N", nginx.addr.to_string())]);
+        let addr = proxy.addr();
+        // 40 requests from 8 clients at once, so that several connections end up pooled.
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    for _ in 0..5 {
+                        let r = c.request("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+                        assert_eq!((r.status, r.text().as_str()), (200, "nginx\n"));
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        let pooled = socket_states_to(nginx.addr);
+        assert!(pooled.contains(&"ESTABLISHED"), "no pooled connection to nginx to test: {pooled:?}");
+        std::thread::sleep(Duration::from_secs(4));
+        let left = socket_states_to(nginx.addr);
+        assert!(
+            !left.contains(&"CLOSE_WAIT"),
+            "ringway kept connections nginx closed: {left:?} (pooled after the requests: {pooled:?})"
+        );
+        assert!(left.is_empty(), "every idle connection nginx closed is closed here too: {left:?}");
+        // The pool still works after the sweep: a new connection serves the next request.
+        assert_eq!(proxy.client().request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+    }
+
+    fn idle_timeout_closes_a_pooled_connection_without_traffic(driver) {
+        let nginx = Nginx::start("60s");
+        let proxy = Proxy::start(
+            driver,
+            &one_upstream_yaml("$N", "    transport:\n      idle_timeout: 1s\n"),
+            &[("N", nginx.addr.to_string())],
+        );
+        assert_eq!(proxy.client().request("GET / HTTP/1.1\r\nHost: x\r\n\r\n").status, 200);
+        assert_eq!(socket_states_to(nginx.addr), ["ESTABLISHED"], "one pooled connection");
+        // Closed sockets leave this process's descriptors (TIME_WAIT has none).
+        let closed = wait_for(Duration::from_secs(5), || socket_states_to(nginx.addr).is_empty());
+        assert!(closed, "the idle connection outlived idle_timeout: {:?}", socket_states_to(nginx.addr));
+    }
+}
