@@ -5,9 +5,11 @@
 //! place and forwarded line by line from the receive buffer, so a request costs no allocation
 //! once the connection is warm.
 
+pub mod early;
 pub mod exchange;
 pub mod forward;
 pub mod lb_key;
+pub mod linger;
 pub mod relay;
 pub mod respond;
 pub mod session;
@@ -237,6 +239,10 @@ async fn busy(conn: &mut Conn) -> Burst {
                         ..Default::default()
                     });
                 }
+                if matches!(e.kind, ErrorKind::BadHead(_)) {
+                    // The rest of the refused head (and whatever followed) is unread.
+                    linger::linger(&mut conn.stream, &mut conn.down).await;
+                }
                 return Burst::Closed;
             }
         };
@@ -303,6 +309,10 @@ async fn busy(conn: &mut Conn) -> Burst {
             Exchange::Done(keep) => keep,
             Exchange::Upgraded(up) => return Burst::Upgraded(Box::new(up)),
         };
+        if !keep && linger::unread_input(&conn.stream, &conn.down, &head) {
+            linger::linger(&mut conn.stream, &mut conn.down).await;
+            return Burst::Closed;
+        }
         if !keep || last || ctx.draining() {
             return Burst::Closed;
         }

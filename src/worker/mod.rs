@@ -185,6 +185,7 @@ async fn worker_main(
         monoio::spawn(flush_access_log(core.clone()));
     }
     start_handing_over(&core);
+    monoio::spawn(sweep_idle(core.clone()));
     // The control thread writes a byte after each message and closes its end when the server
     // drains: a readable socket wakes io_uring and epoll alike, where shutdown(2) of a Unix
     // listener does not wake epoll.
@@ -340,6 +341,20 @@ async fn hand_over_idle_slots(core: Rc<WorkerCore>) {
         }
     }
     core.handing_over.set(false);
+}
+
+/// Closes pooled upstream connections that went stale while idle (see `pool::SWEEP_EVERY`).
+async fn sweep_idle(core: Rc<WorkerCore>) {
+    while !core.close_all.is_closed() {
+        monoio::select! {
+            _ = monoio::time::sleep(crate::upstream::pool::SWEEP_EVERY) => {},
+            _ = core.close_all.wait() => break,
+        }
+        let Some(ctx) = core.current() else { break };
+        let ups = &ctx.config.upstreams;
+        ctx.pool
+            .sweep(Instant::now(), |u| ups[u].transport.idle_timeout);
+    }
 }
 
 /// Admits a new downstream connection unless the worker is at `limits.max_connections`.
