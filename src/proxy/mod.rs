@@ -32,16 +32,15 @@ use crate::upstream::pool::UpConn;
 use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
 
-/// Serves one downstream connection until it closes, fails or the server drains. Each request
-/// is handled by the newest configuration at the time its head arrived: after a reload, a
-/// keep-alive connection moves on with its next request, and closes when its listener is gone.
-pub async fn serve(
-    mut ctx: Rc<WorkerCtx>,
-    socket: usize,
-    mut listener: usize,
-    mut stream: Stream,
+/// Opens a downstream connection: reads its PROXY header when the listener expects one, and
+/// says who the client is. `None`: the connection is to be closed. The receive buffer returned
+/// holds whatever arrived after the header.
+pub(crate) async fn open(
+    ctx: &WorkerCtx,
+    listener: usize,
+    stream: &mut Stream,
     peer: Option<SocketAddr>,
-) {
+) -> Option<(RecvBuf, Client)> {
     let mut down = RecvBuf {
         buf: Vec::with_capacity(INITIAL_BUF),
         pos: 0,
@@ -51,19 +50,42 @@ pub async fn serve(
     if ctx.config().listeners[listener].proxy_protocol {
         // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
         let trusted = &ctx.config().trusted_proxies;
-        let header = crate::net::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf);
+        let header = crate::net::proxy_protocol::accept(trusted, stream, peer, &mut down.buf);
         match Box::pin(header).await {
             Some(Some((source, _))) => peer = Some(source),
             Some(None) => {}
-            None => return,
+            None => return None,
         }
     }
-    let mut client = Client {
+    let client = client_of(ctx, peer, stream.is_tls());
+    Some((down, client))
+}
+
+/// Who the client is: `peer` (the PROXY header's source when there was one), and whether it
+/// reached us over TLS.
+pub(crate) fn client_of(ctx: &WorkerCtx, peer: Option<SocketAddr>, tls: bool) -> Client {
+    Client {
         peer,
-        trusted: is_trusted(&ctx, peer),
+        trusted: is_trusted(ctx, peer),
         ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
-        scheme: if stream.is_tls() { "https" } else { "http" },
-    };
+        scheme: if tls { "https" } else { "http" },
+    }
+}
+
+/// Serves one downstream connection until it closes, fails or the server drains; its first
+/// bytes may already sit in `down`. Each request is handled by the newest configuration at the
+/// time its head arrived: after a reload, a keep-alive connection moves on with its next
+/// request, and closes when its listener is gone. HTTP/2 streams run through here too, each as
+/// a one-request connection (see `http2::stream`).
+pub(crate) async fn serve_h1(
+    mut ctx: Rc<WorkerCtx>,
+    socket: usize,
+    mut listener: usize,
+    mut stream: Stream,
+    mut down: RecvBuf,
+    mut client: Client,
+) {
+    let peer = client.peer;
     let mut s = Scratch {
         headers: Vec::with_capacity(32),
         resp_headers: Vec::with_capacity(32),

@@ -1,0 +1,189 @@
+//! HTTP/2 from clients: ALPN `h2` on TLS listeners, prior-knowledge `h2c` on plaintext ones,
+//! every stream served by the HTTP/1 data path (routes, bodies, trailers, limits), many streams
+//! at once (h2load), graceful drain, and the defences of `listeners[].http2` exercised with raw
+//! frames (the Python `h2` package, `tests/h2/probe.py`).
+
+#[macro_use]
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use support::tls::Pki;
+use support::*;
+
+/// Runs a test peer; a missing one fails the test with its name.
+fn peer(peer: &str, args: &[&str]) -> Output {
+    Command::new(peer).args(args).output().unwrap_or_else(|e| {
+        panic!(
+            "test peer `{peer}` could not run ({e}); install it (tests/support/install-peers.sh)"
+        )
+    })
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `curl -sS --max-time 20 ARGS`, which must succeed.
+fn curl(args: &[&str]) -> String {
+    let mut all = vec!["-sS", "--max-time", "20"];
+    all.extend_from_slice(args);
+    let o = peer("curl", &all);
+    assert!(o.status.success(), "curl {args:?} failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+fn probe_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/h2/probe.py")
+}
+
+/// Runs one scenario of `tests/h2/probe.py` against `addr`; its last stdout line is the
+/// verdict the test checks. Fails with a clear message when python3 or its `h2` package is
+/// missing.
+fn probe(addr: std::net::SocketAddr, scenario: &str, extra: &[&str]) -> String {
+    let check = peer("python3", &["-c", "import h2"]);
+    assert!(
+        check.status.success(),
+        "test peer python3 with the `h2` package is missing (pip install h2): {}",
+        stderr(&check)
+    );
+    let script = probe_script();
+    let port = addr.port().to_string();
+    let mut args = vec![script.to_str().unwrap(), scenario, "127.0.0.1", &port];
+    args.extend_from_slice(extra);
+    let o = peer("python3", &args);
+    assert!(
+        o.status.success(),
+        "probe {scenario} failed: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o).lines().last().unwrap_or_default().to_string()
+}
+
+const H2C: &str = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n$HTTP2    routes:\n      - match: { path: /local }\n        respond: { status: 201, body: \"local {method} {path} {scheme}\" }\n      - match: { path: /strip }\n        strip_prefix: /strip\n        upstream: app\n      - upstream: app\n$TOP\nupstreams:\n  app:\n    targets: [$B1]\n";
+
+fn h2c_proxy(driver: Driver, backend: &Backend, http2: &str, top: &str) -> Proxy {
+    Proxy::start(
+        driver,
+        H2C,
+        &[
+            ("B1", backend.target()),
+            ("HTTP2", http2.to_string()),
+            ("TOP", top.to_string()),
+        ],
+    )
+}
+
+fn url(proxy: &Proxy, path: &str) -> String {
+    format!("http://{}{path}", proxy.addr())
+}
+
+driver_tests! {
+    fn curl_gets_http2_over_tls_by_alpn_and_http11_still_works(driver) {
+        let dir = TempDir::new();
+        let pki = Pki::new(dir.path(), "edge");
+        pki.server("a", &["a.test"]);
+        let backend = Backend::start("b1");
+        let yaml = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    tls:\n      certificates: [{ cert: $CERT, key: $KEY }]\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: [$B1]\n";
+        let proxy = Proxy::start(
+            driver,
+            yaml,
+            &[
+                ("B1", backend.target()),
+                ("CERT", dir.join("a.pem").display().to_string()),
+                ("KEY", dir.join("a.key").display().to_string()),
+            ],
+        );
+        let port = proxy.addr().port();
+        let ca = pki.ca_file.display().to_string();
+        let resolve = format!("a.test:{port}:127.0.0.1");
+        let u = format!("https://a.test:{port}/hello?x=1");
+        let out = curl(&["--http2", "--cacert", &ca, "--resolve", &resolve, "-w", " %{http_version}", &u]);
+        assert_eq!(out, "b1\n 2");
+        let req = backend.last_request();
+        assert_eq!(req.target, "/hello?x=1");
+        assert_eq!(req.header("host"), Some(&*format!("a.test:{port}")));
+        assert_eq!(req.header("x-forwarded-proto"), Some("https"));
+        let out = curl(&["--http1.1", "--cacert", &ca, "--resolve", &resolve, "-w", " %{http_version}", &u]);
+        assert_eq!(out, "b1\n 1.1");
+    }
+
+    fn curl_gets_h2c_with_prior_knowledge_and_http11_on_the_same_listener(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let out = curl(&["--http2-prior-knowledge", "-w", " %{http_version}", &url(&proxy, "/a")]);
+        assert_eq!(out, "b1\n 2");
+        assert_eq!(backend.last_request().header("x-forwarded-proto"), Some("http"));
+        let out = curl(&["--http1.1", "-w", " %{http_version}", &url(&proxy, "/a")]);
+        assert_eq!(out, "b1\n 1.1");
+    }
+
+    fn each_stream_is_routed_rewritten_and_answered_like_http1(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let out = curl(&["--http2-prior-knowledge", "-i", &url(&proxy, "/local")]);
+        assert!(out.starts_with("HTTP/2 201"), "{out}");
+        assert!(out.ends_with("local GET /local http"), "{out}");
+        let out = curl(&["--http2-prior-knowledge", &url(&proxy, "/strip/x/y")]);
+        assert_eq!(out, "b1\n");
+        assert_eq!(backend.last_request().path(), "/x/y");
+        let out = curl(&["--http2-prior-knowledge", "-i", &url(&proxy, "/status/503")]);
+        assert!(out.starts_with("HTTP/2 503"), "{out}");
+        // Connection-specific response fields never reach an HTTP/2 client.
+        let out = curl(&["--http2-prior-knowledge", "-i", &url(&proxy, "/hop")]);
+        assert!(out.starts_with("HTTP/2 200"), "{out}");
+        let lower = out.to_ascii_lowercase();
+        assert!(!lower.contains("keep-alive") && !lower.contains("\nconnection:"), "{out}");
+    }
+
+    fn request_and_response_bodies_stream_both_ways(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let dir = TempDir::new();
+        let body = pattern(3 * 1024 * 1024 + 17);
+        let file = dir.join("body");
+        std::fs::write(&file, &body).unwrap();
+        let at = format!("@{}", file.display());
+        // With content-length.
+        let o = peer("curl", &["-sS", "--max-time", "30", "--http2-prior-knowledge", "--data-binary", &at, &url(&proxy, "/echo-body")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(o.stdout == body, "echoed {} bytes of {}", o.stdout.len(), body.len());
+        // Without: the stream's DATA becomes a chunked HTTP/1.1 body.
+        let o = peer("curl", &["-sS", "--max-time", "30", "--http2-prior-knowledge", "-T", &file.display().to_string(), "-X", "POST", "-H", "content-length:", &url(&proxy, "/echo-body")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(o.stdout == body, "echoed {} bytes of {}", o.stdout.len(), body.len());
+        // Large, chunked and close-delimited responses.
+        let o = peer("curl", &["-sS", "--max-time", "30", "--http2-prior-knowledge", &url(&proxy, "/big?n=5000000")]);
+        assert!(o.stdout == pattern(5_000_000), "got {} bytes", o.stdout.len());
+        let o = peer("curl", &["-sS", "--max-time", "30", "--http2-prior-knowledge", &url(&proxy, "/chunked?n=300000")]);
+        assert!(o.stdout == pattern(300_000), "got {} bytes", o.stdout.len());
+        let o = peer("curl", &["-sS", "--max-time", "30", "--http2-prior-knowledge", &url(&proxy, "/close?n=200000")]);
+        assert!(o.stdout == pattern(200_000), "got {} bytes", o.stdout.len());
+    }
+
+    fn h2load_runs_many_concurrent_streams_without_an_error(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let o = peer("h2load", &["-c", "4", "-m", "10", "-n", "2000", &url(&proxy, "/")]);
+        let out = stdout(&o);
+        assert!(o.status.success(), "h2load failed: {out}{}", stderr(&o));
+        assert!(
+            out.contains("2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored"),
+            "{out}"
+        );
+        assert!(out.contains("status codes: 2000 2xx"), "{out}");
+    }
+
+    fn chunked_response_trailers_arrive_as_http2_trailers(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let verdict = probe(proxy.addr(), "trailers", &["/chunked"]);
+        assert_eq!(verdict, "status=200 body=hello, chunked world trailers=x-trailer:done");
+    }
+}
