@@ -63,6 +63,8 @@ fn probe(addr: std::net::SocketAddr, scenario: &str, extra: &[&str]) -> String {
         stdout(&o),
         stderr(&o)
     );
+    // Shown when the test fails: every event the probe saw.
+    eprintln!("--- probe {scenario} ---\n{}{}", stdout(&o), stderr(&o));
     stdout(&o).lines().last().unwrap_or_default().to_string()
 }
 
@@ -185,5 +187,106 @@ driver_tests! {
         let proxy = h2c_proxy(driver, &backend, "", "");
         let verdict = probe(proxy.addr(), "trailers", &["/chunked"]);
         assert_eq!(verdict, "status=200 body=hello, chunked world trailers=x-trailer:done");
+    }
+
+    fn limits_apply_to_each_stream_as_to_an_http1_request(driver) {
+        let backend = Backend::start("b1");
+        let top = "limits: { max_request_body: 1KiB, max_header_bytes: 4KiB }";
+        let proxy = h2c_proxy(driver, &backend, "", top);
+        let big = "x".repeat(2000);
+        let out = curl(&["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", &big, &url(&proxy, "/echo-body")]);
+        assert_eq!(out, "413");
+        let header = format!("X-Big: {}", "y".repeat(5000));
+        let out = curl(&["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", "-H", &header, &url(&proxy, "/a")]);
+        assert_eq!(out, "431");
+        assert_eq!(backend.requests(), 0);
+        let out = curl(&["--http2-prior-knowledge", "--data-binary", "small", &url(&proxy, "/echo-body")]);
+        assert_eq!(out, "small");
+    }
+
+    fn a_request_in_flight_finishes_when_the_server_drains_and_gets_a_goaway(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let addr = proxy.addr();
+        let client = std::thread::spawn(move || probe(addr, "drain", &["/sleep?ms=1500"]));
+        assert!(backend.wait_for_requests(1, std::time::Duration::from_secs(10)), "the request never reached the backend");
+        proxy.shutdown();
+        let verdict = client.join().unwrap();
+        assert_eq!(verdict, "status=200 body=slept goaway=NO_ERROR");
+    }
+
+    fn rapid_reset_gets_goaway_enhance_your_calm(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "    http2: { max_resets_per_s: 10 }\n", "");
+        assert_eq!(probe(proxy.addr(), "rapid-reset", &["500"]), "goaway=ENHANCE_YOUR_CALM");
+        // A browser's occasional cancellations stay well inside the limit.
+        assert_eq!(probe(proxy.addr(), "few-resets", &["3"]), "status=200 goaway=none");
+    }
+
+    fn a_continuation_flood_is_cut_off(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let verdict = probe(proxy.addr(), "continuation-flood", &[]);
+        assert!(verdict.starts_with("goaway=ENHANCE_YOUR_CALM"), "{verdict}");
+        assert_eq!(backend.requests(), 0);
+        // The server is unharmed.
+        assert_eq!(curl(&["--http2-prior-knowledge", &url(&proxy, "/a")]), "b1\n");
+    }
+
+    fn a_header_list_past_max_header_list_is_refused_and_the_connection_lives_on(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "    http2: { max_header_list: 16KiB }\n", "");
+        // An HPACK bomb: a small block that decodes past the limit is refused on its stream.
+        let verdict = probe(proxy.addr(), "bomb-headers", &[]);
+        assert_eq!(verdict, "first=status:431 then=200");
+        // A block past the limit on the wire ends the connection (h2 will not buffer it).
+        let verdict = probe(proxy.addr(), "literal-headers", &[]);
+        assert_eq!(verdict, "first=goaway:COMPRESSION_ERROR then=None");
+        assert!(backend.recorded().iter().all(|r| r.path() != "/big-headers"));
+        assert_eq!(curl(&["--http2-prior-knowledge", &url(&proxy, "/a")]), "b1\n");
+    }
+
+    fn malformed_and_connection_specific_fields_never_reach_the_upstream(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let verdict = probe(proxy.addr(), "malformed", &[]);
+        for name in [
+            "connection-header", "transfer-encoding", "te-gzip", "upgrade", "crlf-in-value",
+            "nul-in-value", "uppercase-name", "unknown-pseudo", "pseudo-after-regular", "missing-path",
+        ] {
+            let refused = ["reset:PROTOCOL_ERROR", "goaway:PROTOCOL_ERROR", "status:400"]
+                .iter()
+                .any(|o| verdict.contains(&format!("{name}={o}")));
+            assert!(refused, "{name}: {verdict}");
+        }
+        assert!(verdict.ends_with("then=200"), "{verdict}");
+        assert!(backend.recorded().iter().all(|r| !r.path().starts_with("/m/")), "a malformed request reached the backend");
+    }
+
+    fn content_length_must_match_the_data_sent(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let verdict = probe(proxy.addr(), "length-mismatch", &[]);
+        assert_eq!(verdict, "cl10/data5=reset:PROTOCOL_ERROR cl3/data5=reset:PROTOCOL_ERROR");
+        assert!(backend.recorded().iter().all(|r| r.path() != "/echo-body"), "a mismatched body reached the backend");
+    }
+
+    fn settings_announce_the_limits_and_streams_past_the_maximum_are_refused(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "    http2: { max_concurrent_streams: 3, initial_window: 128KiB, max_header_list: 32KiB }\n", "");
+        let verdict = probe(proxy.addr(), "settings", &["/sleep?ms=500", "5"]);
+        assert_eq!(verdict, "max_streams=3 header_list=32768 window=131072 ok=3 refused=2");
+    }
+
+    fn a_client_that_never_opens_its_window_is_timed_out(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "limits: { idle_timeout: 2s }");
+        let verdict = probe(proxy.addr(), "zero-window", &["/big?n=3000000"]);
+        assert_eq!(verdict, "outcome=reset:CANCEL within=20s");
+        // The stream's upstream connection was let go, not pinned.
+        assert!(
+            backend.wait_for_no_open_connections(std::time::Duration::from_secs(10)),
+            "the upstream connection of the timed-out stream stayed open"
+        );
     }
 }
