@@ -30,9 +30,10 @@ fn stderr(o: &Output) -> String {
 }
 
 /// `curl -sS --max-time 20 ARGS`, which must succeed.
-fn curl(args: &[&str]) -> String {
+fn curl<S: AsRef<str>>(args: &[S]) -> String {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
     let mut all = vec!["-sS", "--max-time", "20"];
-    all.extend_from_slice(args);
+    all.extend_from_slice(&args);
     let o = peer("curl", &all);
     assert!(o.status.success(), "curl {args:?} failed: {}", stderr(&o));
     stdout(&o)
@@ -82,38 +83,91 @@ fn h2c_proxy(driver: Driver, backend: &Backend, http2: &str, top: &str) -> Proxy
     )
 }
 
+/// A TLS listener for `a.test` with its CA, for curl.
+struct TlsEdge {
+    dir: TempDir,
+    pki: Pki,
+}
+
+impl TlsEdge {
+    fn new() -> TlsEdge {
+        let dir = TempDir::new();
+        let pki = Pki::new(dir.path(), "edge");
+        pki.server("a", &["a.test"]);
+        TlsEdge { dir, pki }
+    }
+
+    fn proxy(&self, driver: Driver, backend: &Backend, extra: &str) -> Proxy {
+        let yaml = format!("listeners:\n  - name: web\n    listen: 127.0.0.1:0\n{extra}    tls:\n      certificates: [{{ cert: $CERT, key: $KEY }}]\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: [$B1]\n");
+        Proxy::start(
+            driver,
+            &yaml,
+            &[
+                ("B1", backend.target()),
+                ("CERT", self.dir.join("a.pem").display().to_string()),
+                ("KEY", self.dir.join("a.key").display().to_string()),
+            ],
+        )
+    }
+
+    fn url(&self, proxy: &Proxy, path: &str) -> String {
+        format!("https://a.test:{}{path}", proxy.addr().port())
+    }
+
+    /// curl arguments that trust the CA and resolve a.test to 127.0.0.1.
+    fn args(&self, rest: &[&str]) -> Vec<String> {
+        let port = rest
+            .iter()
+            .find_map(|a| a.strip_prefix("https://a.test:"))
+            .and_then(|a| a.split('/').next())
+            .expect("an https://a.test:PORT url")
+            .to_string();
+        let mut v = vec![
+            "--cacert".to_string(),
+            self.pki.ca_file.display().to_string(),
+            "--resolve".to_string(),
+            format!("a.test:{port}:127.0.0.1"),
+        ];
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
 fn url(proxy: &Proxy, path: &str) -> String {
     format!("http://{}{path}", proxy.addr())
 }
 
 driver_tests! {
     fn curl_gets_http2_over_tls_by_alpn_and_http11_still_works(driver) {
-        let dir = TempDir::new();
-        let pki = Pki::new(dir.path(), "edge");
-        pki.server("a", &["a.test"]);
         let backend = Backend::start("b1");
-        let yaml = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    tls:\n      certificates: [{ cert: $CERT, key: $KEY }]\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: [$B1]\n";
-        let proxy = Proxy::start(
-            driver,
-            yaml,
-            &[
-                ("B1", backend.target()),
-                ("CERT", dir.join("a.pem").display().to_string()),
-                ("KEY", dir.join("a.key").display().to_string()),
-            ],
-        );
-        let port = proxy.addr().port();
-        let ca = pki.ca_file.display().to_string();
-        let resolve = format!("a.test:{port}:127.0.0.1");
-        let u = format!("https://a.test:{port}/hello?x=1");
-        let out = curl(&["--http2", "--cacert", &ca, "--resolve", &resolve, "-w", " %{http_version}", &u]);
+        let tls = TlsEdge::new();
+        let proxy = tls.proxy(driver, &backend, "");
+        let u = tls.url(&proxy, "/hello?x=1");
+        let out = curl(&tls.args(&["--http2", "-w", " %{http_version}", &u]));
         assert_eq!(out, "b1\n 2");
         let req = backend.last_request();
         assert_eq!(req.target, "/hello?x=1");
-        assert_eq!(req.header("host"), Some(&*format!("a.test:{port}")));
+        assert_eq!(req.header("host"), Some(&*format!("a.test:{}", proxy.addr().port())));
         assert_eq!(req.header("x-forwarded-proto"), Some("https"));
-        let out = curl(&["--http1.1", "--cacert", &ca, "--resolve", &resolve, "-w", " %{http_version}", &u]);
+        let out = curl(&tls.args(&["--http1.1", "-w", " %{http_version}", &u]));
         assert_eq!(out, "b1\n 1.1");
+    }
+
+    fn protocols_decide_what_tls_clients_are_offered(driver) {
+        let backend = Backend::start("b1");
+        let tls = TlsEdge::new();
+        let h1_only = tls.proxy(driver, &backend, "    protocols: [h1]\n");
+        let u = tls.url(&h1_only, "/");
+        assert_eq!(curl(&tls.args(&["--http2", "-w", " %{http_version}", &u])), "b1\n 1.1");
+        let h2_only = tls.proxy(driver, &backend, "    protocols: [h2]\n");
+        let u = tls.url(&h2_only, "/");
+        assert_eq!(curl(&tls.args(&["--http2", "-w", " %{http_version}", &u])), "b1\n 2");
+        // A client that cannot speak h2 there is closed, not served.
+        let mut args = vec!["-sS", "--max-time", "10", "--http1.1"];
+        let t = tls.args(&[&u]);
+        args.extend(t.iter().map(String::as_str));
+        let o = peer("curl", &args);
+        assert!(!o.status.success(), "an http/1.1-only client was served: {}", stdout(&o));
     }
 
     fn curl_gets_h2c_with_prior_knowledge_and_http11_on_the_same_listener(driver) {
@@ -213,6 +267,25 @@ driver_tests! {
         proxy.shutdown();
         let verdict = client.join().unwrap();
         assert_eq!(verdict, "status=200 body=slept goaway=NO_ERROR");
+    }
+
+    fn a_reload_sends_goaway_and_the_request_in_flight_finishes(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        let addr = proxy.addr();
+        let client = std::thread::spawn(move || probe(addr, "drain", &["/sleep?ms=2500"]));
+        assert!(backend.wait_for_requests(1, std::time::Duration::from_secs(10)), "the request never reached the backend");
+        let vars = [
+            ("B1", backend.target()),
+            ("HTTP2", String::new()),
+            ("TOP", String::new()),
+        ];
+        proxy.rewrite_config(&H2C.replace("local {method}", "reloaded {method}"), &vars);
+        proxy.server().reload().expect("reload");
+        let verdict = client.join().unwrap();
+        assert_eq!(verdict, "status=200 body=slept goaway=NO_ERROR");
+        let out = curl(&["--http2-prior-knowledge", &url(&proxy, "/local")]);
+        assert_eq!(out, "reloaded GET /local http");
     }
 
     fn rapid_reset_gets_goaway_enhance_your_calm(driver) {

@@ -4,8 +4,7 @@
 //! HTTP/1 data path (see `stream`).
 //!
 //! The connection task accepts streams and spawns one task per stream; it sends GOAWAY when the
-//! server drains, when a reload removes its listener or when it idles past
-//! `limits.idle_timeout`, and GOAWAY ENHANCE_YOUR_CALM when the client resets more than
+//! server drains, after a reload or when it idles past `limits.idle_timeout`, and GOAWAY ENHANCE_YOUR_CALM when the client resets more than
 //! `http2.max_resets_per_s` streams in a second (rapid reset, CVE-2023-44487).
 
 pub(crate) mod head;
@@ -30,8 +29,8 @@ use crate::worker::ctx::WorkerCtx;
 /// What a client opens an HTTP/2 connection with (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// How often an HTTP/2 connection looks at its idle time and for a reload that removed its
-/// listener: both are seconds-scale, so a one-second check costs nothing noticeable.
+/// How often an HTTP/2 connection looks at its idle time and for a reload: both are
+/// seconds-scale, so a one-second check costs nothing noticeable.
 const TICK: Duration = Duration::from_secs(1);
 
 /// The connection-level receive window, in stream windows: a few streams upload at full
@@ -227,9 +226,10 @@ pub(crate) async fn serve(
             Event::Tick => {
                 let idle = ctx.config().limits.idle_timeout;
                 let idled = matches!((conn.idle_since.get(), idle), (Some(t), Some(max)) if t.elapsed() >= max);
-                // A reload that drops this listener: its clients move to the new one.
-                let gone = ctx.newer().is_some_and(|n| n.listener_of(socket).is_none());
-                if idled || gone || ctx.draining() {
+                // After a reload the client reconnects for the new generation's settings,
+                // certificates and limits; streams in flight finish on this connection.
+                let reloaded = ctx.newer().is_some();
+                if idled || reloaded || ctx.draining() {
                     h2.graceful_shutdown();
                     goaway = true;
                 }

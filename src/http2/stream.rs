@@ -75,8 +75,15 @@ pub(super) async fn serve(
     );
     let (rd, wr) = far.into_split();
     let head_request = parts.method == http::Method::HEAD;
+    let proxied = async {
+        proxy.await;
+        // The data path's in-flight mark ends with its response written into the pair; this
+        // one lasts until the stream has it too, so a drain does not cut it off.
+        conn.ctx.active()
+    };
     let response = async {
-        let (_, end) = monoio::join!(proxy, relay_response(&conn, rd, respond, head_request));
+        let (_in_flight, end) =
+            monoio::join!(proxied, relay_response(&conn, rd, respond, head_request));
         end
     };
     let upload = async {
