@@ -191,6 +191,11 @@ driver_tests! {
         assert_eq!(backend.last_request().path(), "/x/y");
         let out = curl(&["--http2-prior-knowledge", "-i", &url(&proxy, "/status/503")]);
         assert!(out.starts_with("HTTP/2 503"), "{out}");
+        // Interim responses are passed on.
+        let out = curl(&["--http2-prior-knowledge", "-i", &url(&proxy, "/early-hints")]);
+        assert!(out.starts_with("HTTP/2 103"), "{out}");
+        assert!(out.to_ascii_lowercase().contains("link:") && out.contains("HTTP/2 200"), "{out}");
+        assert!(out.ends_with("after hints\n"), "{out}");
         // Connection-specific response fields never reach an HTTP/2 client.
         let out = curl(&["--http2-prior-knowledge", "-i", &url(&proxy, "/hop")]);
         assert!(out.starts_with("HTTP/2 200"), "{out}");
@@ -304,6 +309,21 @@ driver_tests! {
         assert_eq!(backend.requests(), 0);
         // The server is unharmed.
         assert_eq!(curl(&["--http2-prior-knowledge", &url(&proxy, "/a")]), "b1\n");
+    }
+
+    fn ping_settings_and_window_update_floods_do_not_disturb_other_clients(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "");
+        // h2 answers one PING / SETTINGS at a time and stops reading while the answer cannot
+        // be written, so a flooder that does not read stalls itself with bounded memory (or is
+        // sent GOAWAY); window increments past 2^31-1 are a connection error. What matters
+        // here: everyone else is served meanwhile.
+        for kind in ["ping", "settings", "window-update"] {
+            let verdict = probe(proxy.addr(), "flood", &[kind, "3000000"]);
+            let (other, flooder) = verdict.split_once(' ').expect(&verdict);
+            assert_eq!(other, "other=200", "{kind}: {verdict}");
+            assert!(flooder.starts_with("flooder="), "{kind}: {verdict}");
+        }
     }
 
     fn a_header_list_past_max_header_list_is_refused_and_the_connection_lives_on(driver) {

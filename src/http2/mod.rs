@@ -33,6 +33,10 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// seconds-scale, so a one-second check costs nothing noticeable.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long a connection that was sent GOAWAY and has no stream left may take to close on its
+/// own (the client reads the GOAWAY and closes; one that does not read is closed for it).
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
+
 /// The connection-level receive window, in stream windows: a few streams upload at full
 /// speed at once; more share it (the client sees it as back-pressure, not as an error).
 const CONN_WINDOW_STREAMS: u64 = 4;
@@ -197,14 +201,14 @@ pub(crate) async fn serve(
         streams: Cell::new(0),
         idle_since: Cell::new(Some(Instant::now())),
     });
-    let mut goaway = false;
+    let mut goaway: Option<Instant> = None;
     let mut calmed = false;
     loop {
         let event = monoio::select! {
             s = h2.accept() => Event::Stream(s),
-            _ = ctx.drain_started(), if !goaway => Event::Drain,
+            _ = ctx.drain_started(), if goaway.is_none() => Event::Drain,
             _ = conn.calm.wait(), if !calmed => Event::Calm,
-            _ = monoio::time::sleep(TICK), if !goaway => Event::Tick,
+            _ = monoio::time::sleep(TICK) => Event::Tick,
         };
         match event {
             Event::Stream(None) => break,
@@ -215,13 +219,20 @@ pub(crate) async fn serve(
             Event::Stream(Some(Ok((req, respond)))) => spawn_stream(&conn, req, respond),
             Event::Drain => {
                 h2.graceful_shutdown();
-                goaway = true;
+                goaway = Some(Instant::now());
             }
             Event::Calm => {
                 tracing::debug!(peer = ?conn.peer, "HTTP/2 client reset streams past max_resets_per_s");
                 h2.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                 calmed = true;
-                goaway = true;
+                goaway = Some(Instant::now());
+            }
+            Event::Tick if goaway.is_some() => {
+                // A client that does not read never lets GOAWAY out (nor a PING flood's
+                // answers): once its streams are done, it gets GOAWAY_GRACE, then the close.
+                if goaway.is_some_and(|t| t.elapsed() >= GOAWAY_GRACE) && conn.streams.get() == 0 {
+                    break;
+                }
             }
             Event::Tick => {
                 let idle = ctx.config().limits.idle_timeout;
@@ -231,7 +242,7 @@ pub(crate) async fn serve(
                 let reloaded = ctx.newer().is_some();
                 if idled || reloaded || ctx.draining() {
                     h2.graceful_shutdown();
-                    goaway = true;
+                    goaway = Some(Instant::now());
                 }
             }
         }

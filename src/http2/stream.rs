@@ -11,6 +11,7 @@
 
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -33,6 +34,8 @@ enum End {
     Done,
     /// The client reset the stream.
     ResetByClient,
+    /// The response could not be completed (the stream was reset or answered 502).
+    Aborted,
 }
 
 /// Serves one stream to completion.
@@ -82,26 +85,52 @@ pub(super) async fn serve(
         conn.ctx.active()
     };
     let response = async {
-        let (_in_flight, end) =
-            monoio::join!(proxied, relay_response(&conn, rd, respond, head_request));
-        end
+        let mut proxied = std::pin::pin!(proxied);
+        let mut relay = std::pin::pin!(relay_response(&conn, rd, respond, head_request));
+        monoio::select! {
+            in_flight = &mut proxied => {
+                let end = relay.await;
+                drop(in_flight);
+                end
+            }
+            end = &mut relay => {
+                // A complete response: the data path is finishing up. Otherwise it is
+                // abandoned (its upstream connection closes), as for a client that left.
+                if let End::Done = end {
+                    drop(proxied.await);
+                }
+                end
+            }
+        }
     };
+    // The write half stays open until the stream is over: a half-close would read as the
+    // client leaving.
+    let mut wr = wr;
     let upload = async {
-        let end = send_request(wr, head, body, framing).await;
-        if let End::ResetByClient = end {
+        if let End::ResetByClient = send_request(&mut wr, head, body, framing).await {
             conn.note_reset();
         }
-        // The response decides when the stream is over; the write half stays open till then.
-        std::future::pending::<()>().await;
     };
-    let end = monoio::select! {
-        end = response => end,
-        _ = upload => End::Done,
+    let mut response = std::pin::pin!(response);
+    let mut upload = std::pin::pin!(upload);
+    let (end, uploaded) = monoio::select! {
+        end = &mut response => (end, false),
+        _ = &mut upload => (response.await, true),
     };
     if let End::ResetByClient = end {
         conn.note_reset();
     }
+    if !uploaded {
+        // Answered before the whole request arrived (413, 404 of an upload): read a little
+        // more of it, so a client still sending is not cut off by a reset (curl reports a
+        // stream error).
+        let _ = monoio::time::timeout(LINGER, upload).await;
+    }
 }
+
+/// How long, and how many request body bytes, a stream answered early keeps reading.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// A local answer on the stream (no body): for requests HTTP/1.1 cannot carry.
 fn answer(respond: &mut SendResponse<Bytes>, status: u16) {
@@ -114,7 +143,7 @@ fn answer(respond: &mut SendResponse<Bytes>, status: u16) {
 /// Writes the request head and streams the body into the socket pair, releasing flow-control
 /// window only for bytes the data path has taken. Returns when the body is sent or cannot be.
 async fn send_request(
-    mut wr: Wr,
+    wr: &mut Wr,
     head: Vec<u8>,
     mut body: RecvStream,
     framing: BodyFraming,
@@ -144,11 +173,11 @@ async fn send_request(
         } else {
             wr.write_all(bytes).await.0
         };
-        if res.is_err() {
-            // The data path stopped reading (it answered early, or gave up): so do we.
-            return End::Done;
-        }
         let _ = body.flow_control().release_capacity(n);
+        if res.is_err() {
+            // The data path stopped reading (it answered early, or gave up).
+            return discard(body).await;
+        }
     }
     if framing == BodyFraming::Chunked {
         out.clear();
@@ -171,6 +200,30 @@ async fn send_request(
     End::Done
 }
 
+/// Reads and drops what is left of a request body, up to `LINGER_BYTES`.
+async fn discard(mut body: RecvStream) -> End {
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match body.data().await {
+            None => break,
+            Some(Ok(b)) => {
+                dropped += b.len();
+                let _ = body.flow_control().release_capacity(b.len());
+            }
+            Some(Err(e)) => return client_end(&e),
+        }
+    }
+    End::Done
+}
+
+/// A response cut short by an h2 error: by the client's reset, or by the connection.
+fn aborted(e: &h2::Error) -> End {
+    match client_end(e) {
+        End::Done => End::Aborted,
+        end => end,
+    }
+}
+
 fn client_end(e: &h2::Error) -> End {
     if e.is_reset() && e.is_remote() {
         End::ResetByClient
@@ -190,15 +243,18 @@ async fn relay_response(
     let mut idx = Vec::with_capacity(32);
     let resp = loop {
         match parse_response(&buf, head_request, &RESPONSE_LIMITS, &mut idx) {
-            // Interim responses (100 Continue) concern the HTTP/1.1 side only.
+            // Interim responses (100 Continue, 103 Early Hints) are passed on, as to HTTP/1.1.
             Parse::Complete(r) if r.status < 200 => {
+                if let Some(interim) = head::response(&buf, &r, &idx) {
+                    let _ = respond.send_informational(interim);
+                }
                 buf.drain(..r.head_len);
                 continue;
             }
             Parse::Complete(r) => break r,
             Parse::Invalid(_) => {
                 answer(&mut respond, 502);
-                return End::Done;
+                return End::Aborted;
             }
             Parse::Partial => {}
         }
@@ -210,7 +266,7 @@ async fn relay_response(
             reason = reset => {
                 return match reason {
                     Ok(_) => End::ResetByClient,
-                    Err(_) => End::Done,
+                    Err(_) => End::Aborted,
                 };
             }
         };
@@ -219,14 +275,14 @@ async fn relay_response(
             Ok(0) | Err(_) => {
                 // The data path closed without answering: nothing honest to send but a reset.
                 respond.send_reset(Reason::INTERNAL_ERROR);
-                return End::Done;
+                return End::Aborted;
             }
             Ok(_) => {}
         }
     };
     let Some(head) = head::response(&buf, &resp, &idx) else {
         answer(&mut respond, 502);
-        return End::Done;
+        return End::Aborted;
     };
     let framing = if head_request {
         Framing::None
@@ -236,7 +292,7 @@ async fn relay_response(
     let end_now = matches!(framing, Framing::None | Framing::Length(0));
     let mut tx = match respond.send_response(head, end_now) {
         Ok(tx) => tx,
-        Err(e) => return client_end(&e),
+        Err(e) => return aborted(&e),
     };
     if end_now {
         return End::Done;
@@ -250,15 +306,15 @@ async fn relay_response(
     };
     match body.relay(framing).await {
         Ok(()) => End::Done,
-        Err(BodyEnd::Client(e)) => client_end(&e),
+        Err(BodyEnd::Client(e)) => aborted(&e),
         Err(BodyEnd::Stalled) => {
             tracing::debug!("HTTP/2 client kept its window shut past idle_timeout; stream reset");
             tx.send_reset(Reason::CANCEL);
-            End::Done
+            End::Aborted
         }
         Err(BodyEnd::Truncated) => {
             tx.send_reset(Reason::INTERNAL_ERROR);
-            End::Done
+            End::Aborted
         }
     }
 }

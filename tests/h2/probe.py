@@ -417,6 +417,48 @@ def scenario_drain(host, port, path):
     print("status=%s body=%s goaway=%s" % (status, body.decode().strip(), ",".join(sorted(set(codes))) or "none"))
 
 
+def scenario_flood(host, port, kind, count):
+    """COUNT frames of KIND (ping, settings, window-update) sent without reading a byte, then an
+    ordinary request on another connection."""
+    sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(0x4, 0, 0, b""))
+    if kind == "ping":
+        one = frame(0x6, 0, 0, b"12345678")
+    elif kind == "settings":
+        one = frame(0x4, 0, 0, (0x3).to_bytes(2, "big") + (100).to_bytes(4, "big"))
+    else:
+        one = frame(0x8, 0, 0, (1).to_bytes(4, "big"))
+    sock.setblocking(False)
+    sent, batch = 0, one * 1000
+    stalled_at = None
+    while sent < int(count):
+        try:
+            n = sock.send(batch)
+            sent += n // len(one)
+            if n < len(batch):
+                batch = batch[n:] + one * (n // len(one))
+        except BlockingIOError:
+            if stalled_at is None:
+                stalled_at = time.time()
+            if time.time() - stalled_at > 2:
+                break
+            time.sleep(0.01)
+        except OSError as e:
+            print("flood stopped:", e)
+            break
+    print("flood sent %d frames" % sent)
+    sock.setblocking(True)
+    other, conn = connect(host, port)
+    conn.send_headers(1, request_headers(host, port, "/after"), end_stream=True)
+    other.sendall(conn.data_to_send())
+    events, _ = pump(other, conn, ended(1))
+    status, _, _, _ = response_of(events, 1)
+    data, closed = read_all(sock, 3)
+    code = goaway_code(data)
+    state = "goaway:%s" % code if code else ("closed" if closed else "open")
+    print("other=%s flooder=%s" % (status, state))
+
+
 SCENARIOS = {
     "trailers": scenario_trailers,
     "rapid-reset": scenario_rapid_reset,
@@ -429,6 +471,7 @@ SCENARIOS = {
     "settings": scenario_settings,
     "zero-window": scenario_zero_window,
     "drain": scenario_drain,
+    "flood": scenario_flood,
 }
 
 
