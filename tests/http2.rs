@@ -203,6 +203,26 @@ driver_tests! {
         assert!(!lower.contains("keep-alive") && !lower.contains("\nconnection:"), "{out}");
     }
 
+    fn each_stream_gets_its_own_access_log_line(driver) {
+        let backend = Backend::start("b1");
+        let dir = TempDir::new();
+        let log = dir.join("access.log");
+        let top = format!("log: {{ format: json, access_log: {} }}", log.display());
+        let mut proxy = h2c_proxy(driver, &backend, "", &top);
+        // (One curl per request: curl 7.88 fails reusing a prior-knowledge connection with
+        // error 16 before sending anything; h2load and probe.py cover many streams on one.)
+        assert_eq!(curl(&["--http2-prior-knowledge", &url(&proxy, "/one?x=1")]), "b1\n");
+        curl(&["--http2-prior-knowledge", &url(&proxy, "/status/404")]);
+        shutdown_bounded(proxy.take_server()).unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!((lines[0]["method"].as_str(), lines[0]["uri"].as_str(), lines[0]["status"].as_u64()), (Some("GET"), Some("/one?x=1"), Some(200)));
+        assert_eq!(lines[0]["client"], "127.0.0.1");
+        assert_eq!(lines[0]["upstream"], backend.target().as_str());
+        assert_eq!(lines[1]["status"], 404);
+    }
+
     fn request_and_response_bodies_stream_both_ways(driver) {
         let backend = Backend::start("b1");
         let proxy = h2c_proxy(driver, &backend, "", "");
@@ -352,8 +372,11 @@ driver_tests! {
                 .any(|o| verdict.contains(&format!("{name}={o}")));
             assert!(refused, "{name}: {verdict}");
         }
+        // CONNECT (and so RFC 8441 WebSocket over HTTP/2) is not offered.
+        assert!(verdict.contains("connect=status:501"), "{verdict}");
         assert!(verdict.ends_with("then=200"), "{verdict}");
         assert!(backend.recorded().iter().all(|r| !r.path().starts_with("/m/")), "a malformed request reached the backend");
+        assert_eq!(backend.requests(), 1, "only the good request reached the backend");
     }
 
     fn content_length_must_match_the_data_sent(driver) {

@@ -267,6 +267,7 @@ MALFORMED = [
     ("unknown-pseudo", [(":foo", "bar")]),
     ("pseudo-after-regular", "late"),
     ("missing-path", "nopath"),
+    ("connect", "connect"),
 ]
 
 
@@ -278,6 +279,8 @@ def scenario_malformed(host, port):
         if extra == "late":
             hdrs = [(":method", "GET"), (":scheme", "http"), ("x-a", "1"), (":path", "/m/late"),
                     (":authority", "a")]
+        elif extra == "connect":
+            hdrs = [(":method", "CONNECT"), (":authority", "example.com:443")]
         elif extra == "nopath":
             hdrs = [(":method", "GET"), (":scheme", "http"), (":authority", "a")]
         else:
