@@ -47,6 +47,10 @@ impl H2Io {
     }
 }
 
+fn unsupported() -> std::io::Error {
+    std::io::ErrorKind::Unsupported.into()
+}
+
 impl AsyncReadRent for H2Io {
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         if let Some(n) = self.take_prefix(&mut buf) {
@@ -57,6 +61,8 @@ impl AsyncReadRent for H2Io {
             Stream::Unix(s) => s.read(buf).await,
             Stream::TlsServer(s, _) => s.read(buf).await,
             Stream::TlsClient(s, _) => s.read(buf).await,
+            // HTTP/2 clients arrive on sockets, never on an in-memory pair.
+            Stream::Mem(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -68,6 +74,8 @@ impl AsyncReadRent for H2Io {
             Stream::Unix(s) => s.readv(buf).await,
             Stream::TlsServer(s, _) => s.readv(buf).await,
             Stream::TlsClient(s, _) => s.readv(buf).await,
+            // HTTP/2 clients arrive on sockets, never on an in-memory pair.
+            Stream::Mem(_) => (Err(unsupported()), buf),
         }
     }
 }
@@ -79,6 +87,8 @@ impl AsyncWriteRent for H2Io {
             Stream::Unix(s) => s.write(buf).await,
             Stream::TlsServer(s, _) => s.write(buf).await,
             Stream::TlsClient(s, _) => s.write(buf).await,
+            // HTTP/2 clients arrive on sockets, never on an in-memory pair.
+            Stream::Mem(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -88,6 +98,8 @@ impl AsyncWriteRent for H2Io {
             Stream::Unix(s) => s.writev(buf).await,
             Stream::TlsServer(s, _) => s.writev(buf).await,
             Stream::TlsClient(s, _) => s.writev(buf).await,
+            // HTTP/2 clients arrive on sockets, never on an in-memory pair.
+            Stream::Mem(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -97,6 +109,7 @@ impl AsyncWriteRent for H2Io {
             Stream::Unix(s) => s.flush().await,
             Stream::TlsServer(s, _) => s.flush().await,
             Stream::TlsClient(s, _) => s.flush().await,
+            Stream::Mem(_) => Err(unsupported()),
         }
     }
 

@@ -1,13 +1,14 @@
 //! One HTTP/2 stream, served by the HTTP/1 data path.
 //!
-//! The stream's request is written as an HTTP/1.1 request into one end of a Unix socket pair;
-//! `proxy::serve_h1` serves the other end exactly as it serves a client connection (routes,
-//! limits, balancers, retries, header rules, access log, metrics, timeouts), and its HTTP/1.1
-//! response is read back and sent on the stream. The cost, paid per stream: a socket pair,
-//! the request and response heads written and parsed once more, and body bytes copied through
-//! the socket pair. The benefit: one data path, so HTTP/2 can never drift from HTTP/1.
-//! Bodies stream both ways: DATA is read from `h2` only as fast as the socket pair takes it,
-//! and response bytes are read only as fast as the client's flow-control window opens.
+//! The stream's request is written as an HTTP/1.1 request into one end of an in-memory stream
+//! pair (`net::duplex`); `proxy::serve_h1` serves the other end exactly as it serves a client
+//! connection (routes, limits, balancers, retries, header rules, access log, metrics,
+//! timeouts), and its HTTP/1.1 response is read back and sent on the stream. The cost, paid
+//! per stream: the request and response heads written and parsed once more, body bytes copied
+//! through the pair, and the data path's per-connection buffers. The benefit: one data path,
+//! so HTTP/2 can never drift from HTTP/1. Bodies stream both ways: DATA is read from `h2` only
+//! as fast as the pair takes it, and response bytes are read only as fast as the client's
+//! flow-control window opens.
 
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -16,18 +17,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
-use monoio::net::UnixStream;
 
 use super::head::{self, BodyFraming};
 use super::Conn;
 use crate::http1::body::{write_chunk_header, ChunkedDecoder};
 use crate::http1::parse::{parse_response, Framing, Parse};
+use crate::net::duplex;
 use crate::net::stream::{reserve_read_space, Stream};
 use crate::proxy::session::{timed, RecvBuf, BODY_CHUNK, INITIAL_BUF, RESPONSE_LIMITS};
 
-type Rd = OwnedReadHalf<UnixStream>;
-type Wr = OwnedWriteHalf<UnixStream>;
+/// The far end of the in-memory pair: what the data path answers, and where the request goes.
+type Rd = duplex::End;
+type Wr = duplex::End;
 
 /// How a stream ended, for the connection's reset meter.
 enum End {
@@ -54,14 +55,7 @@ pub(super) async fn serve(
             return;
         }
     };
-    let (near, far) = match UnixStream::pair() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!("no socket pair for an HTTP/2 stream: {e}");
-            answer(&mut respond, 503);
-            return;
-        }
-    };
+    let (near, far) = duplex::pair();
     let client = crate::proxy::client_of(&conn.ctx, conn.peer, conn.tls);
     let down = RecvBuf {
         buf: Vec::with_capacity(INITIAL_BUF),
@@ -72,11 +66,11 @@ pub(super) async fn serve(
         conn.ctx.clone(),
         conn.socket,
         conn.listener,
-        Stream::Unix(near),
+        Stream::Mem(near),
         down,
         client,
     );
-    let (rd, wr) = far.into_split();
+    let (rd, wr) = far.split();
     let head_request = parts.method == http::Method::HEAD;
     let proxied = async {
         proxy.await;
@@ -148,7 +142,8 @@ async fn send_request(
     mut body: RecvStream,
     framing: BodyFraming,
 ) -> End {
-    let (res, mut out) = wr.write_all(head).await;
+    let res = wr.write_all(&head).await;
+    let mut out = head;
     if res.is_err() || framing == BodyFraming::None {
         return End::Done;
     }
@@ -167,11 +162,9 @@ async fn send_request(
             write_chunk_header(n, &mut out);
             out.extend_from_slice(&bytes);
             out.extend_from_slice(b"\r\n");
-            let (res, o) = wr.write_all(out).await;
-            out = o;
-            res
+            wr.write_all(&out).await
         } else {
-            wr.write_all(bytes).await.0
+            wr.write_all(&bytes).await
         };
         let _ = body.flow_control().release_capacity(n);
         if res.is_err() {
@@ -195,7 +188,7 @@ async fn send_request(
             Err(e) => return client_end(&e),
         }
         out.extend_from_slice(b"\r\n");
-        let _ = wr.write_all(out).await;
+        let _ = wr.write_all(&out).await;
     }
     End::Done
 }
@@ -465,10 +458,6 @@ impl Body<'_> {
 async fn read_more(rd: &mut Rd, mut buf: Vec<u8>, cap: usize) -> (std::io::Result<usize>, Vec<u8>) {
     let cap = cap.max(buf.len() + 1);
     reserve_read_space(&mut buf, cap);
-    let start = buf.len();
-    let end = buf.capacity();
-    let (res, slice) = rd
-        .read(monoio::buf::IoBufMut::slice_mut(buf, start..end))
-        .await;
-    (res, slice.into_inner())
+    let res = rd.read_more(&mut buf).await;
+    (res, buf)
 }
