@@ -29,6 +29,7 @@ import urllib.parse
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 OTHER_LOAD_WARN = 0.05
+STEAL_WARN = 0.02  # CPU steal above this during a run makes its numbers noisy
 # ringway-base is a second ringway binary (run.sh --baseline): the build ringway is compared with.
 PROXY_ORDER = ["ringway", "ringway-base", "nginx", "haproxy", "caddy"]
 BASE = "ringway-base"
@@ -505,7 +506,8 @@ def cmd_report_runs(a):
         proxies[name] = {"status": status, "port": 0, "reason": reason}
     settings = {"scenario": a.name, "scenario_desc": a.desc, "unit": a.unit, "loadgen": "tcpbench",
                 "duration_s": a.duration, "rounds": a.rounds, "workers": "1", "connections": a.connections,
-                "warmup_s": "1", "pinned": a.pinned, "started_utc": a.started}
+                "warmup_s": "1", "pinned": a.pinned, "placement": a.placement, "proxy_cpu": a.proxy_cpu,
+                "backend_cpu": a.backend_cpu, "loadgen_cpu": a.loadgen_cpu, "started_utc": a.started}
     if a.ringway_bin:
         settings["ringway_bin"] = a.ringway_bin
     if a.ringway_base_bin:
@@ -517,14 +519,23 @@ def _unit_rate(unit):
     return {"req": "req/s", "MiB": "MiB/s", "msg": "msg/s", "conn": "conn/s"}.get(unit, unit + "/s")
 
 
+def _placement_text(st):
+    if st.get("pinned") != "1":
+        return "Processes not pinned."
+    return (f"Placement {st.get('placement') or 'shared'}: proxy on CPU {st.get('proxy_cpu')}, "
+            f"backend on CPU {st.get('backend_cpu')}, load generator on CPU {st.get('loadgen_cpu')}.")
+
+
 def render_scenario(doc):
     st, summary, ratios = doc["settings"], doc["summary"], doc["ringway_ratios"]
     unit = st.get("unit", "req")
     L = [f"### {st['scenario']}\n",
          f"{st['scenario_desc']}. Load: {st.get('loadgen', 'wrk')}, {st.get('connections', '?')} connections, "
          f"{st.get('duration_s')}s per run after a {st.get('warmup_s')}s warm-up, {st.get('rounds')} round(s), "
-         f"{st.get('workers', 1)} worker(s) per proxy; medians over valid runs.\n"]
-    extra_keys = sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("_kb")})
+         f"{st.get('workers', 1)} worker(s) per proxy; medians over valid runs. "
+         f"{_placement_text(st)}\n"]
+    extra_keys = sorted({k for s in summary.values() for k in s.get("extra", {})
+                         if k.endswith(("_kb", "_1w", "_2w", "_x"))})
     head = (f"| proxy | runs ok | {_unit_rate(unit)} | min–max | p50 ms | p90 ms | p99 ms | p99.9 ms "
             f"| CPU µs/{unit} user | sys | total | backend µs/{unit} | errors | peak RSS MiB |")
     head += "".join(f" {k.replace('_kb', ' KiB')} |" for k in extra_keys)
@@ -559,7 +570,7 @@ def render_scenario(doc):
     for p, s in summary.items():
         if s["valid_runs"] and s["valid_runs"] < s["runs"]:
             notes.append(f"{p}: {s['runs'] - s['valid_runs']} run(s) excluded (errors or failures, see results.json).")
-        if s.get("max_steal_fraction", 0) > 0.02:
+        if s.get("max_steal_fraction", 0) > STEAL_WARN:
             notes.append(f"{p}: up to {s['max_steal_fraction']:.0%} CPU steal during a run; numbers are noisy.")
         if s.get("max_other_busy_fraction", 0) > OTHER_LOAD_WARN:
             notes.append(f"{p}: up to {s['max_other_busy_fraction']:.0%} of the machine's CPU went to other "
@@ -636,7 +647,8 @@ def cmd_idle(a):
         except OSError:
             errors += 1
     opened = time.monotonic() - t0
-    time.sleep(a.settle)  # let the proxy finish its bookkeeping before reading RSS
+    # Longer than ringway's PARK_AFTER (100 ms): every connection measured is idle, not between requests.
+    time.sleep(a.settle)
     alive = 0
     for s in socks:  # a peer that closed an idle connection would show as readable EOF
         try:
@@ -698,8 +710,51 @@ def _gnuplot(gp, script, cwd):
     return p.stderr.strip() if p.returncode else None
 
 
+def disturbed(s):
+    """Why a proxy's runs are not to be trusted as a clean measurement, or None."""
+    why = []
+    if (s.get("max_steal_fraction") or 0) > STEAL_WARN:
+        why.append(f"steal {s['max_steal_fraction']:.0%}")
+    if (s.get("max_other_busy_fraction") or 0) > OTHER_LOAD_WARN:
+        why.append(f"other load {s['max_other_busy_fraction']:.0%}")
+    return ", ".join(why) or None
+
+
+CHART_TERMINAL = "set terminal svg size 640,400 dynamic font 'sans,12' background rgb 'white'\n"
+DISTURBED_NOTE = ("set label 1 '* disturbed by other load (hatched / dashed): see summary.md' "
+                  "at graph 0.01, graph -0.13 font 'sans,9' tc rgb '#555555'\nset bmargin 5\n")
+
+
+def bar_chart_script(name, title, ylabel, dat, svg, any_disturbed):
+    """gnuplot script for one bar chart of `dat` rows: proxy, median, min, max, colour, disturbed."""
+    return (CHART_TERMINAL
+            + "set style fill solid 0.7 border -1\nset boxwidth 0.6\nset grid ytics\nset yrange [0:*]\n"
+            + "set xrange [-0.6:*]\nunset key\nset xtics nomirror\n"
+            + f"set output '{svg}'\nset title \"{name}: {title}\"\nset ylabel \"{ylabel}\"\n"
+            + (DISTURBED_NOTE if any_disturbed else "")
+            + f"plot '{dat}' using 0:2:5:xtic(1) with boxes lc rgb variable, "
+            + "'' using 0:($6 > 0 ? $2 : 1/0) with boxes fs pattern 4 transparent lc rgb '#333333', "
+            + "'' using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 lw 1.5\n")
+
+
+def latency_chart_script(name, dat, svg, proxies):
+    """gnuplot script for the percentile lines; `proxies` is [(name, disturbed?)] in column order.
+    The data file's header is a comment, so the percentiles sit at x = 0..n-1 and the x range
+    holds all of them, p99.9 included (a header read as a row shifted them one to the right)."""
+    plots = ", ".join(
+        f"'{dat}' using 0:{i + 2}:xtic(1) with linespoints lw 2 pt 7 "
+        f"lc rgb '{COLORS.get(p, '#777777')}'" + (" dt 2" if bad else "")
+        + f" title '{p}{' *' if bad else ''}'" for i, (p, bad) in enumerate(proxies))
+    return (CHART_TERMINAL
+            + f"set output '{svg}'\nset title \"{name}: latency percentiles (median of runs; log scale)\"\n"
+            + "set ylabel 'ms'\nset datafile missing '-'\nset logscale y\nset grid ytics\nset key top left\n"
+            + (DISTURBED_NOTE if any(bad for _, bad in proxies) else "")
+            + f"set xrange [-0.3:{len(PERCENTILES) - 0.7}]\nplot {plots}\n")
+
+
 def charts(gp, out, name, doc):
-    """SVGs for one scenario: rate and CPU/unit (median bars, min–max whiskers), latency percentiles."""
+    """SVGs for one scenario: rate and CPU/unit (median bars, min–max whiskers), latency percentiles.
+    Proxies whose runs were disturbed by other load are hatched (bars) or dashed (lines)."""
     summary = {p: s for p, s in doc["summary"].items() if s.get("valid_runs")}
     if not summary:
         return []
@@ -707,29 +762,27 @@ def charts(gp, out, name, doc):
     d = os.path.join(out, "charts")
     os.makedirs(d, exist_ok=True)
     made = []
-    common = ("set terminal svg size 640,400 dynamic font 'sans,12' background rgb 'white'\n"
-              "set style fill solid 0.7 border -1\nset boxwidth 0.6\nset grid ytics\nset yrange [0:*]\n"
-              "set xrange [-0.6:*]\nunset key\nset xtics nomirror\n")
-    bars = [("rate", f"{_unit_rate(unit)} (median, whiskers min–max; higher is better)",
+    bad = {p: disturbed(s) is not None for p, s in summary.items()}
+    bars = [("rate", f"{_unit_rate(unit)} (median, whiskers min–max; higher is better)", f"{unit}/s",
              lambda s: (s["rate"], s["rate_min"], s["rate_max"])),
             ("cpu", f"proxy CPU µs per {unit} (median, whiskers min–max; lower is better)",
+             f"CPU µs per {unit}",
              lambda s: (s["cpu_us_per_unit"]["total"], s["cpu_us_per_unit_min"], s["cpu_us_per_unit_max"]))]
     for k in sorted({k for s in summary.values() for k in s.get("extra", {}) if k.endswith("per_conn_kb")}):
         bars.append((k, f"{k.replace('_kb', '').replace('_', ' ')} KiB (median, whiskers min–max; lower is better)",
-                     lambda s, k=k: (s["extra"].get(k), s["extra_min"].get(k), s["extra_max"].get(k))))
-    for key, title, get in bars:
+                     "KiB", lambda s, k=k: (s["extra"].get(k), s["extra_min"].get(k), s["extra_max"].get(k))))
+    for key, title, ylabel, get in bars:
         rows = [(p, *get(s)) for p, s in summary.items()]
         rows = [r for r in rows if r[1] is not None]
         if not rows:
             continue
         dat = f"{name}-{key}.dat"
         with open(os.path.join(d, dat), "w") as f:
-            for i, (p, med, lo, hi) in enumerate(rows):
-                f.write(f"{p} {med} {lo} {hi} 0x{COLORS.get(p, '#777777')[1:]}\n")
+            for p, med, lo, hi in rows:
+                label = f"{p}*" if bad[p] else p
+                f.write(f"{label} {med} {lo} {hi} 0x{COLORS.get(p, '#777777')[1:]} {int(bad[p])}\n")
         svg = f"{name}-{key}.svg"
-        err = _gnuplot(gp, common + f"set output '{svg}'\nset title \"{name}: {title}\"\n"
-                       f"plot '{dat}' using 0:2:5:xtic(1) with boxes lc rgb variable, "
-                       f"'' using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 lw 1.5\n", d)
+        err = _gnuplot(gp, bar_chart_script(name, title, ylabel, dat, svg, any(bad[r[0]] for r in rows)), d)
         if err:
             print(f"gnuplot ({svg}): {err}", file=sys.stderr)
         else:
@@ -739,15 +792,10 @@ def charts(gp, out, name, doc):
     if lat_rows:
         dat, svg = f"{name}-latency.dat", f"{name}-latency.svg"
         with open(os.path.join(d, dat), "w") as f:
-            f.write("pct " + " ".join(p for p, _ in lat_rows) + "\n")
+            f.write("# pct " + " ".join(p for p, _ in lat_rows) + "\n")
             for q in PERCENTILES:
                 f.write(q + " " + " ".join(_fmt(l.get(q) and l[q] / 1e3, ".4f") for _, l in lat_rows) + "\n")
-        plots = ", ".join(f"'{dat}' using 0:{i + 2}:xtic(1) with linespoints lw 2 pt 7 lc rgb '{COLORS.get(p, '#777777')}'"
-                          f" title '{p}'" for i, (p, _) in enumerate(lat_rows))
-        err = _gnuplot(gp, "set terminal svg size 640,400 dynamic font 'sans,12' background rgb 'white'\n"
-                       f"set output '{svg}'\nset title \"{name}: latency percentiles, ms (median of runs; log scale)\"\n"
-                       "set datafile missing '-'\nset logscale y\nset grid ytics\nset key top left\n"
-                       f"set xrange [-0.3:{len(PERCENTILES) - 0.7}]\nplot {plots}\n", d)
+        err = _gnuplot(gp, latency_chart_script(name, dat, svg, [(p, bad[p]) for p, _ in lat_rows]), d)
         if err:
             print(f"gnuplot ({svg}): {err}", file=sys.stderr)
         else:
@@ -860,7 +908,8 @@ def main():
     rr.add_argument("--proxy", action="append", default=[], help="NAME:STATUS[:REASON]")
     rr.add_argument("--ringway-bin", default="")
     rr.add_argument("--ringway-base-bin", default="")
-    for k in ("duration", "rounds", "connections", "pinned", "started"):
+    for k in ("duration", "rounds", "connections", "pinned", "placement", "proxy-cpu", "backend-cpu",
+              "loadgen-cpu", "started"):
         rr.add_argument("--" + k, default="")
     i = sub.add_parser("idle")
     i.add_argument("--host", default="127.0.0.1")
@@ -868,7 +917,7 @@ def main():
     i.add_argument("--path", default="/")
     i.add_argument("--conns", type=int, required=True)
     i.add_argument("--pid", type=int, required=True)
-    i.add_argument("--settle", type=float, default=1.0)
+    i.add_argument("--settle", type=float, default=3.0)
     i.add_argument("--timeout", type=float, default=120.0)
     i.add_argument("--out", required=True)
     g = sub.add_parser("aggregate")

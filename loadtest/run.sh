@@ -43,6 +43,10 @@ usage() {
   --scenario NAME    just loadtest/scenarios/NAME.sh
   --no-build         don't run `cargo build --release`; use the existing binary
   --no-pin           don't place processes on cores with taskset
+  --placement P      split (default): the proxy alone on its core(s), backend and load
+                     generator on the other(s), as in production where the backend is
+                     another machine; shared: proxy and backend on one core, load generator
+                     on the other (the round-1 layout, which doubles the peers' costs)
   --keep-tmp         keep the temp run dir (configs, logs, raw wrk output)
   --baseline BIN     also measure the ringway binary BIN as the peer `ringway-base`: the same
                      rendered config and placement as ringway, its own port, measured right
@@ -58,7 +62,7 @@ usage_err() { echo "run.sh: $*" >&2; echo "try: $0 --help" >&2; exit 2; }
 posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || usage_err "$1 needs a positive integer, got '$2'"; }
 
 duration=10 rounds=3 connections=64 connections_given=0 warmup=1 workers=1
-quick=0 build=1 pin=1 keep_tmp=0 scenario='' scenarios=()
+quick=0 build=1 pin=1 placement=split keep_tmp=0 scenario='' scenarios=()
 orig_args=("$@")
 duration_set=0 rounds_set=0
 proxies=() proxies_given=0
@@ -80,6 +84,9 @@ while (($#)); do
     --scenario) (($# >= 2)) || usage_err "$1 needs a value"; scenario=$2; shift ;;
     --no-build) build=0 ;;
     --no-pin) pin=0 ;;
+    --placement) (($# >= 2)) || usage_err "$1 needs a value"
+      [[ $2 == split || $2 == shared ]] || usage_err "--placement is split or shared, got '$2'"
+      placement=$2; shift ;;
     --keep-tmp) keep_tmp=1 ;;
     -h|--help) usage; exit 0 ;;
     -*) usage_err "unknown argument '$1'" ;;
@@ -335,21 +342,26 @@ render() { # template out [listen port] [instance name] -> copy with {{...}} fil
 }
 
 # ---- core layout ----------------------------------------------------------
-# The load generator gets a core of its own so it is not the bottleneck; the proxy under
-# test and the backend share the others (one core on a 2-core machine).
+# split (default): the proxy alone on its core(s); the backend shares the load generator's,
+# because in production the backend is another machine and a proxy that shares its core with
+# the backend pays for the backend's cache and scheduler pressure (doubling nginx's and
+# HAProxy's costs on a 2-core machine). shared: the round-1 layout, kept for comparison.
 read -ra CPUS <<<"$("$PYTHON" -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
 PROXY_CPU='' BACKEND_CPU='' LOADGEN_CPU=''
 if ((pin)); then
   if ((workers > 1 && ${#CPUS[@]} < workers + 1)); then
     echo "run.sh: $workers workers need $((workers + 1)) CPUs to pin; not pinning" >&2; pin=0
+  elif ((${#CPUS[@]} < 2)); then
+    echo "run.sh: only one CPU available, not pinning" >&2; pin=0
+  elif [[ $placement == split ]]; then
+    PROXY_CPU=$(IFS=,; echo "${CPUS[*]:0:workers}")
+    BACKEND_CPU=$(IFS=,; echo "${CPUS[*]:workers}") LOADGEN_CPU=$BACKEND_CPU
   elif ((workers > 1)); then
     PROXY_CPU=$(IFS=,; echo "${CPUS[*]:0:workers}") BACKEND_CPU=$PROXY_CPU LOADGEN_CPU=${CPUS[-1]}
   elif ((${#CPUS[@]} >= 3)); then
     PROXY_CPU=${CPUS[0]} BACKEND_CPU=${CPUS[1]} LOADGEN_CPU=${CPUS[-1]}
-  elif ((${#CPUS[@]} == 2)); then
-    PROXY_CPU=${CPUS[0]} BACKEND_CPU=${CPUS[0]} LOADGEN_CPU=${CPUS[1]}
   else
-    echo "run.sh: only one CPU available, not pinning" >&2; pin=0
+    PROXY_CPU=${CPUS[0]} BACKEND_CPU=${CPUS[0]} LOADGEN_CPU=${CPUS[1]}
   fi
 fi
 
@@ -369,7 +381,7 @@ cp "$RUN_DIR/machine.json" "$OUT/machine.json"
 echo "scenario:  $scenario — $SCENARIO_DESC"
 echo "method:    $rounds round(s) x [${proxies[*]}] with $workers worker(s) each, each a ${warmup}s warm-up then ${duration}s measured, $connections connections"
 if ((pin)); then
-  echo "cores:     proxy on CPU $PROXY_CPU, backend on CPU $BACKEND_CPU, load generator on CPU $LOADGEN_CPU (taskset)"
+  echo "cores:     $placement placement: proxy on CPU $PROXY_CPU, backend on CPU $BACKEND_CPU, load generator on CPU $LOADGEN_CPU (taskset)"
 else
   echo "cores:     not pinned"
 fi
@@ -590,6 +602,7 @@ workers=$workers
 connections=$connections
 loadgen_extra_args=${SCENARIO_WRK_ARGS[*]} ${SCENARIO_WRK_LUA}
 pinned=$pin
+placement=$placement
 proxy_cpu=$PROXY_CPU
 backend_cpu=$BACKEND_CPU
 loadgen_cpu=$LOADGEN_CPU

@@ -12,6 +12,8 @@
 //! - [`control`]: starting and stopping the server, the state shared with workers
 //!   (`control::state`, a leaf), configuration generations and reloads, the admin endpoint and
 //!   active health checks. Never on the data path.
+//!   `control/discover/` resolves the DNS names of dynamic upstreams on its own thread and
+//!   swaps changed target sets in like a reload.
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
 //!   when io_uring is unavailable): accept loops, dispatch, and the per-generation context that
 //!   owns its balancer replicas and pools.
@@ -27,7 +29,10 @@
 //!   path as a one-request connection.
 //! - [`route`]: host/path/method/header route matching.
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection: the keep-alive loop over a
-//!   `Session`, one exchange with an upstream, body relays, local answers.
+//!   `Session`, one exchange with an upstream, body relays, local answers, and `proxy::shape`
+//!   (a route's `handle_response` rules and `error_pages`).
+//! - [`fastcgi`]: the FastCGI transport (php-fpm): records, CGI/1.1 parameters and the
+//!   exchange that replaces the HTTP one for `transport.protocol: fastcgi` upstreams.
 //! - [`l4`]: layer-4 tunnels of `protocol: tcp` listeners, and the relay of upgraded HTTP
 //!   connections.
 //! - [`observe`]: metrics (per-worker counters summed on scrape) and the access log.
@@ -37,6 +42,7 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod fastcgi;
 pub mod http1;
 pub mod http2;
 pub mod l4;

@@ -10,9 +10,17 @@ use ringway::control::Server;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `0.1.0 (commit abc1234)`: which build is running, for bug reports and rollouts.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RINGWAY_COMMIT"),
+    ")"
+);
+
 /// A thread-per-core HTTP/1.1 reverse proxy and load balancer on io_uring.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, about, long_about = None)]
 struct Cli {
     /// Configuration file (YAML) to run with.
     #[arg(short, long, global = true, default_value = "config.yaml")]
@@ -25,30 +33,45 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default when no command is given).
     Run,
-    /// Check a configuration file: exit 0 when valid, 1 with file:line:column: key: problem.
-    Validate,
+    /// Check a configuration file: exit 0 when valid, 1 with one `file:line:column: key:
+    /// problem` line per problem found, in file order.
+    Validate {
+        /// The file to check (instead of `--config`).
+        file: Option<PathBuf>,
+    },
+    /// Wait this many seconds, then exit 0: a Kubernetes preStop hook for the shell-less image
+    /// (an `exec` hook works on every Kubernetes version; the `sleep` action needs 1.30+).
+    Sleep { seconds: u64 },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = Config::load(&cli.config);
     match cli.command {
-        Some(Command::Validate) => match loaded {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} listeners, {} upstreams)",
-                    cli.config.display(),
-                    c.listeners.len(),
-                    c.upstreams.len()
-                );
-                ExitCode::SUCCESS
+        Some(Command::Sleep { seconds }) => {
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Validate { file }) => {
+            let path = file.unwrap_or(cli.config);
+            match Config::load_all(&path) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} listeners, {} upstreams)",
+                        path.display(),
+                        c.listeners.len(),
+                        c.upstreams.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(all) => {
+                    for e in all {
+                        eprintln!("{e}");
+                    }
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some(Command::Run) | None => match loaded {
+        }
+        Some(Command::Run) | None => match Config::load(&cli.config) {
             Ok(c) => run(c),
             Err(e) => {
                 eprintln!("{e}");
@@ -105,11 +128,13 @@ fn run(config: Config) -> ExitCode {
         })
         .collect();
     tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = VERSION,
         workers = server.worker_count(),
         driver = server.driver().name(),
         listeners = %listeners.join(" "),
-        admin = ?server.admin_addr(),
+        admin = %server
+            .admin_addr()
+            .map_or_else(|| "off".to_string(), |a| a.to_string()),
         "ringway started"
     );
     for signal in signals.forever() {

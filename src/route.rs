@@ -1,7 +1,7 @@
 //! Route matching: the first route whose every condition holds wins. Works on the request's
 //! bytes in place; nothing is allocated or lower-cased into a copy.
 
-use crate::config::{HostMatch, Match, Route};
+use crate::config::{HostMatch, Match, PathMatch, Route};
 use crate::http1::parse::{HeaderIdx, RequestHead};
 
 pub fn find<'a>(
@@ -10,9 +10,20 @@ pub fn find<'a>(
     head: &RequestHead,
     headers: &[HeaderIdx],
 ) -> Option<&'a Route> {
+    find_at(routes, buf, head, headers).map(|(_, r)| r)
+}
+
+/// Like [`find`], with the route's index in `routes`.
+pub fn find_at<'a>(
+    routes: &'a [Route],
+    buf: &[u8],
+    head: &RequestHead,
+    headers: &[HeaderIdx],
+) -> Option<(usize, &'a Route)> {
     routes
         .iter()
-        .find(|r| matches(&r.matcher, buf, head, headers))
+        .enumerate()
+        .find(|(_, r)| matches(&r.matcher, buf, head, headers))
 }
 
 fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> bool {
@@ -23,12 +34,12 @@ fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> 
         }
     }
     let path = head.path.get(buf);
-    if let Some(prefix) = &m.path {
-        if !path_has_prefix(path, prefix.as_bytes()) {
+    if let Some(p) = &m.path {
+        if !path_matches(p, path) {
             return false;
         }
     }
-    if m.except.iter().any(|e| path_has_prefix(path, e.as_bytes())) {
+    if m.except.iter().any(|e| path_matches(e, path)) {
         return false;
     }
     if !m.hosts.is_empty() {
@@ -45,6 +56,39 @@ fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> 
                 && h.value.get(buf) == value.as_bytes()
         })
     })
+}
+
+pub fn path_matches(m: &PathMatch, path: &[u8]) -> bool {
+    match m {
+        PathMatch::Prefix(p) => path_has_prefix(path, p.as_bytes()),
+        PathMatch::Exact(p) => path == p.as_bytes(),
+        PathMatch::Glob(g) => glob_matches(g.as_bytes(), path),
+        PathMatch::Regex(r) => r.regex.is_match(path),
+    }
+}
+
+/// Whole-input glob: `*` matches any run of bytes (`/` included), everything else itself.
+/// Greedy with one backtrack point, so linear in practice and never exponential.
+pub fn glob_matches(glob: &[u8], input: &[u8]) -> bool {
+    let (mut g, mut i) = (0, 0);
+    // Where the last `*` was and how much input it has swallowed so far.
+    let mut star: Option<(usize, usize)> = None;
+    while i < input.len() {
+        if g < glob.len() && glob[g] == b'*' {
+            star = Some((g, i));
+            g += 1;
+        } else if g < glob.len() && glob[g] == input[i] {
+            g += 1;
+            i += 1;
+        } else if let Some((sg, si)) = star {
+            g = sg + 1;
+            i = si + 1;
+            star = Some((sg, si + 1));
+        } else {
+            return false;
+        }
+    }
+    glob[g..].iter().all(|&b| b == b'*')
 }
 
 /// Prefix match on segment boundaries: `/api` matches `/api` and `/api/x`, not `/apix`.
@@ -93,12 +137,89 @@ fn host_matches(m: &HostMatch, host: &[u8]) -> bool {
         HostMatch::Suffix(s) => {
             host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s.as_bytes())
         }
+        HostMatch::Domain(d) => {
+            host.len() >= d.len() - 1
+                && host[host.len() + 1 - d.len()..].eq_ignore_ascii_case(&d.as_bytes()[1..])
+                && (host.len() == d.len() - 1 || host[host.len() - d.len()] == b'.')
+        }
+        HostMatch::Prefix(p) => {
+            host.len() > p.len() && host[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+        }
+        HostMatch::Regex(r) => r.regex.is_match(host),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_patterns_match_as_nginx_and_caddy_users_expect() {
+        // (pattern, path, matches)
+        let cases: &[(&str, &str, bool)] = &[
+            ("/api", "/api", true),
+            ("/api", "/api/x", true),
+            ("/api", "/apix", false),
+            ("/api/*", "/api/", true),
+            ("/api/*", "/api/users/1", true),
+            ("/api/*", "/api", false),
+            ("/api/*", "/apix/y", false),
+            ("/api*", "/apix", true),
+            ("*.js", "/static/app.js", true),
+            ("*.js", "/static/app.json", false),
+            ("/a/*/c", "/a/b/c", true),
+            ("/a/*/c", "/a/b/b/c", true),
+            ("/a/*/c", "/a/c", false),
+            ("/a/*/c", "/a/b/cd", false),
+            ("/*/*/z", "/x/y/z", true),
+            ("/**", "/", true),
+            ("= /x", "/x", true),
+            ("= /x", "/x/", false),
+            ("= /x", "/x/y", false),
+            ("~ ^/api/v[0-9]+", "/api/v2/users", true),
+            ("~ ^/api/v[0-9]+", "/api/vx", false),
+            ("~ ^/api/v[0-9]+", "/x/api/v2", false),
+            ("~ \\.php$", "/index.php", true),
+            ("~ \\.php$", "/index.PHP", false),
+            ("~* \\.php$", "/index.PHP", true),
+        ];
+        for &(pattern, path, want) in cases {
+            let m = PathMatch::parse(pattern).unwrap();
+            assert_eq!(
+                path_matches(&m, path.as_bytes()),
+                want,
+                "{pattern:?} on {path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_patterns_match_as_nginx_users_expect() {
+        // (pattern, host as sent without port, matches)
+        let cases: &[(&str, &str, bool)] = &[
+            ("example.com", "EXAMPLE.com.", true),
+            ("*.example.com", "a.b.example.com", true),
+            ("*.example.com", "example.com", false),
+            (".example.com", "example.com", true),
+            (".example.com", "www.Example.com", true),
+            (".example.com", "badexample.com", false),
+            (".example.com", "xample.com", false),
+            ("www.example.*", "www.example.org", true),
+            ("www.example.*", "www.example.co.uk", true),
+            ("www.example.*", "www.example.", false),
+            ("www.example.*", "www.examples.org", false),
+            ("~ ^api[0-9]+\\.test$", "API12.test", true),
+            ("~ ^api[0-9]+\\.test$", "api.test", false),
+        ];
+        for &(pattern, host, want) in cases {
+            let m = HostMatch::parse(pattern).unwrap();
+            assert_eq!(
+                host_matches(&m, host.as_bytes()),
+                want,
+                "{pattern:?} on {host:?}"
+            );
+        }
+    }
 
     #[test]
     fn path_prefix_matches_only_on_segment_boundaries() {

@@ -16,6 +16,19 @@ pub enum Placeholder {
     Header(String),
     UpstreamHostport,
     Worker,
+    /// `{rp.*}`: the upstream response a `handle_response` rule matched (nothing elsewhere).
+    Response(ResponsePart),
+}
+
+/// The parts of an upstream response head a `handle_response` template can name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponsePart {
+    /// `{rp.status_code}`
+    StatusCode,
+    /// `{rp.status_text}`
+    StatusText,
+    /// `{rp.header.NAME}`; the name stored lower-case.
+    Header(String),
 }
 
 /// Where a template gets placeholder values from (the request being handled).
@@ -39,6 +52,26 @@ impl Template {
     /// `{name}` with a known name is a placeholder, with an unknown one an error; any other `{`
     /// (JSON bodies, a lone brace) is literal text.
     pub fn parse(text: &str) -> Result<Template, String> {
+        Template::parse_with(text, false)
+    }
+
+    /// Like `parse`, and `{rp.status_code}`, `{rp.status_text}`, `{rp.header.NAME}` name the
+    /// upstream response (only `handle_response` rules have one).
+    pub fn parse_response(text: &str) -> Result<Template, String> {
+        Template::parse_with(text, true)
+    }
+
+    /// Text taken as it is, braces and all (a value rendered once already).
+    pub fn literal(text: String) -> Template {
+        let parts = if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![Part::Literal(text)]
+        };
+        Template { parts }
+    }
+
+    fn parse_with(text: &str, response: bool) -> Result<Template, String> {
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -51,8 +84,16 @@ impl Template {
                 .count();
             if len > 0 && after.as_bytes().get(len) == Some(&b'}') {
                 let name = &after[..len];
-                let p =
-                    placeholder(name).ok_or_else(|| format!("unknown placeholder {{{name}}}"))?;
+                let p = match (placeholder(name), response) {
+                    (Some(Placeholder::Response(_)), false) => {
+                        return Err(format!(
+                            "{{{name}}} names the upstream response: only handle_response rules \
+                             have one"
+                        ))
+                    }
+                    (Some(p), _) => p,
+                    (None, _) => return Err(format!("unknown placeholder {{{name}}}")),
+                };
                 if !literal.is_empty() {
                     parts.push(Part::Literal(std::mem::take(&mut literal)));
                 }
@@ -101,6 +142,15 @@ fn placeholder(name: &str) -> Option<Placeholder> {
         "uri" => Placeholder::Uri,
         "upstream_hostport" => Placeholder::UpstreamHostport,
         "worker" => Placeholder::Worker,
+        "rp.status_code" => Placeholder::Response(ResponsePart::StatusCode),
+        "rp.status_text" => Placeholder::Response(ResponsePart::StatusText),
+        _ if name.starts_with("rp.header.") => {
+            let header = &name["rp.header.".len()..];
+            if header.is_empty() {
+                return None;
+            }
+            Placeholder::Response(ResponsePart::Header(header.to_ascii_lowercase()))
+        }
         _ => {
             let header = name.strip_prefix("header.")?;
             if header.is_empty() {
@@ -266,6 +316,41 @@ mod tests {
         let mut out = b"X: ".to_vec();
         t.render(&Ctx, &mut out);
         assert_eq!(out, b"X: ip=10.0.0.1 h=host");
+    }
+
+    #[test]
+    fn response_placeholders_parse_only_where_a_response_exists() {
+        let t = Template::parse_response(
+            "{rp.status_code} {rp.status_text}{rp.header.X-Accel-Redirect}",
+        )
+        .unwrap();
+        use ResponsePart::*;
+        assert_eq!(
+            t.parts,
+            vec![
+                Part::Placeholder(Placeholder::Response(StatusCode)),
+                Part::Literal(" ".into()),
+                Part::Placeholder(Placeholder::Response(StatusText)),
+                Part::Placeholder(Placeholder::Response(Header("x-accel-redirect".into()))),
+            ]
+        );
+        let e = Template::parse("a {rp.status_code}").unwrap_err();
+        assert!(e.contains("only handle_response"), "{e}");
+        assert_eq!(
+            Template::parse_response("{rp.header.}"),
+            Err("unknown placeholder {rp.header.}".to_string())
+        );
+        assert_eq!(
+            Template::parse_response("{rp.status}"),
+            Err("unknown placeholder {rp.status}".to_string())
+        );
+    }
+
+    #[test]
+    fn literal_keeps_braces_as_text() {
+        let t = Template::literal("/a/{path}".into());
+        assert_eq!(t.as_literal(), Some("/a/{path}"));
+        assert_eq!(Template::literal(String::new()).as_literal(), Some(""));
     }
 
     #[test]

@@ -178,13 +178,13 @@ fn validate_rejects_a_bad_value_with_its_position() {
 #[test]
 fn validate_rejects_keys_that_are_not_supported_yet() {
     let dir = TempDir::new();
-    let text = format!("{GOOD}    dynamic:\n      a: {{ name: app.internal, port: 80 }}\n");
-    let f = dir.write("dyn.yaml", &text);
+    let text = format!("{GOOD}    transport:\n      proxy_protocol: v2\n");
+    let f = dir.write("pp.yaml", &text);
     let o = validate(&f);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let (line, _col, key, message) = located_error(&o, &f);
-    assert_eq!(line, 13);
-    assert!(key.ends_with("dynamic"), "key {key:?}");
+    assert_eq!(line, 14);
+    assert!(key.ends_with("proxy_protocol"), "key {key:?}");
     assert!(message.contains("not supported yet"), "message {message:?}");
 }
 
@@ -310,7 +310,8 @@ impl Running {
                         .find_map(|w| w.trim_matches('"').split("web=").nth(1).map(str::to_string));
                     self.seen.push(line);
                     if let Some(addr) = found {
-                        let addr = addr.trim_end_matches(['"', ',']);
+                        // Text lines end the value at a space, JSON lines at a quote.
+                        let addr = addr.split(['"', ',']).next().unwrap_or_default();
                         return addr
                             .parse()
                             .unwrap_or_else(|_| panic!("bad address {addr:?}"));
@@ -360,6 +361,241 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
+}
+
+#[test]
+fn validate_takes_the_file_as_a_positional_argument() {
+    let dir = TempDir::new();
+    let path = dir.write("good.yaml", GOOD);
+    let o = run(&["validate", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&format!("{}: ok", path.display())));
+    let bad = dir.write("bad.yaml", "nonsense: 1\n");
+    let o = run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown key `nonsense`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn validate_reports_every_problem_in_file_order_one_line_each() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "many.yaml",
+        "\
+admin: { listen: 127.0.0.1:9901 }
+log: { level: loud }
+listeners:
+  - name: web
+    listen: 127.0.0.1:9901
+    routes:
+      - match: { path: \"~ ^/api/(v1\" }
+        upstream: api
+      - upstream: nope
+  - name: db
+    listen: nowhere
+    routes: [{ respond: {} }]
+upstreams:
+  api:
+    targets: [127.0.0.1:9]
+    health: { active: { uri: /h, body: \"(\" } }
+",
+    );
+    let o = validate(&path);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        (
+            1,
+            "admin.listen: 127.0.0.1:9901 collides with listener \"web\"",
+        ),
+        (2, "log.level: unknown log level \"loud\""),
+        (
+            7,
+            "listeners[0].routes[0].match.path: invalid regex \"^/api/(v1\": unclosed group",
+        ),
+        (
+            9,
+            "listeners[0].routes[1].upstream: unknown upstream \"nope\"",
+        ),
+        (
+            11,
+            "listeners[1].listen: invalid listen address \"nowhere\"",
+        ),
+        (16, "upstreams.api.health.active.body: invalid regex"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (got, (line, text)) in lines.iter().zip(expected) {
+        let want = format!("{}:{line}:", path.display());
+        assert!(got.starts_with(&want), "{got:?} is not at line {line}");
+        assert!(got.contains(text), "{got:?} does not say {text:?}");
+    }
+}
+
+#[test]
+fn validate_says_tab_for_a_tab_in_the_indentation() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "tabs.yaml",
+        "listeners:\n  - listen: 127.0.0.1:0\n    routes:\n\t  - respond: {}\n",
+    );
+    let o = validate(&path);
+    assert_eq!(o.status.code(), Some(1));
+    let (line, col, _, message) = located_error(&o, &path);
+    assert_eq!((line, col), (4, 1), "{message}");
+    assert!(message.contains("tab"), "{message}");
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+}
+
+#[test]
+fn validate_refuses_an_admin_port_that_a_listener_uses() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "admin.yaml",
+        "admin: { listen: \"127.0.0.1:9901\" }\nlisteners:\n  - name: web\n    listen: 0.0.0.0:9901\n    routes: [{ respond: {} }]\n",
+    );
+    let o = validate(&path);
+    assert_eq!(o.status.code(), Some(1));
+    let (line, _, key, message) = located_error(&o, &path);
+    assert_eq!((line, key.as_str()), (1, "admin.listen"), "{message}");
+    assert!(
+        message.contains("collides with listener \"web\""),
+        "{message}"
+    );
+    // Another port, or the same port on another address, is fine.
+    for other in [
+        "admin: { listen: \"127.0.0.1:9902\" }\nlisteners:\n  - name: web\n    listen: 0.0.0.0:9901\n",
+        "admin: { listen: \"127.0.0.1:9901\" }\nlisteners:\n  - name: web\n    listen: 127.0.0.2:9901\n",
+    ] {
+        let path = dir.write("ok.yaml", &format!("{other}    routes: [{{ respond: {{}} }}]\n"));
+        let o = validate(&path);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn version_names_the_commit() {
+    let o = run(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        out.starts_with(&format!("ringway {version} (commit ")),
+        "{out}"
+    );
+    let commit = out.trim().rsplit(' ').next().unwrap().trim_end_matches(')');
+    // `git rev-parse --short HEAD` of the tree this was built from, or "unknown" without git.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        Some(head) => assert_eq!(commit, head, "{out}"),
+        None => assert_eq!(commit, "unknown", "{out}"),
+    }
+}
+
+#[test]
+fn startup_line_prints_addresses_not_debug_options() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "run.yaml",
+        "workers: 1\npin_workers: false\nadmin: { listen: 127.0.0.1:0 }\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - respond: { body: ok }\n",
+    );
+    let mut p = Running::start(&path);
+    p.wait_started();
+    let line = p
+        .seen
+        .iter()
+        .find(|l| l.contains("ringway started"))
+        .unwrap();
+    assert!(!line.contains("Some("), "{line}");
+    assert!(line.contains("admin=127.0.0.1:"), "{line}");
+    assert!(line.contains("(commit "), "{line}");
+}
+
+#[test]
+fn json_logs_have_unique_keys_and_one_line_per_dial_failure() {
+    let dir = TempDir::new();
+    let dead = refused_addr();
+    let path = dir.write(
+        "json.yaml",
+        &format!(
+            "workers: 1\npin_workers: false\nlog: {{ format: json, level: info }}\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes: [{{ upstream: gone }}]\nupstreams:\n  gone:\n    targets: [{dead}]\n"
+        ),
+    );
+    let mut p = Running::start(&path);
+    let addr = p.wait_started();
+    assert_eq!(get(addr, "/").status, 502);
+    p.signal(libc::SIGTERM);
+    p.wait_exit(Duration::from_secs(10));
+    let mut lines = p.seen.clone();
+    lines.extend(p.lines.try_iter());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        // serde_json keeps the last of two equal keys: count them in the text instead.
+        let keys = v.as_object().unwrap().keys().count();
+        let written = line.matches("\":").count();
+        assert_eq!(keys, written, "a key written twice in {line}");
+    }
+    let dial: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(&dead.to_string()) || l.contains("refused"))
+        .collect();
+    assert_eq!(dial.len(), 1, "{dial:#?}");
+    let v: serde_json::Value = serde_json::from_str(dial[0]).unwrap();
+    assert_eq!(v["upstream"], "gone", "{v}");
+    assert_eq!(v["upstream_addr"], dead.to_string(), "{v}");
+}
+
+#[test]
+fn relative_certificate_paths_resolve_against_the_config_files_directory() {
+    let dir = TempDir::new();
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    support::tls::Pki::new(&certs, "ca").server("site", &["site.test"]);
+    let yaml = "listeners:\n  - listen: 127.0.0.1:0\n    tls:\n      certificates:\n        - { cert: certs/site.pem, key: certs/site.key }\n    routes: [{ respond: {} }]\n";
+    let path = dir.write("edge.yaml", yaml);
+    // Run from elsewhere: the working directory must not matter.
+    let o = Command::new(BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A missing file: the error names the full path that was tried.
+    let path = dir.write(
+        "broken.yaml",
+        &yaml.replace("certs/site.pem", "certs/gone.pem"),
+    );
+    let o = Command::new(BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let tried = dir.path().join("certs/gone.pem");
+    assert!(
+        stderr(&o).contains(&tried.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sleep_waits_then_exits_zero_for_pre_stop_hooks() {
+    let started = Instant::now();
+    let o = run(&["sleep", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(started.elapsed() >= Duration::from_secs(1));
 }
 
 fn running_config(dir: &TempDir) -> std::path::PathBuf {

@@ -219,7 +219,8 @@ driver_tests! {
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!((lines[0]["method"].as_str(), lines[0]["uri"].as_str(), lines[0]["status"].as_u64()), (Some("GET"), Some("/one?x=1"), Some(200)));
         assert_eq!(lines[0]["client"], "127.0.0.1");
-        assert_eq!(lines[0]["upstream"], backend.target().as_str());
+        assert_eq!(lines[0]["protocol"], "HTTP/2.0");
+        assert_eq!(lines[0]["upstream_addr"], backend.target().as_str());
         assert_eq!(lines[1]["status"], 404);
     }
 

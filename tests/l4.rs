@@ -350,6 +350,7 @@ fn access_log_has_a_line_per_tcp_connection_with_bytes_each_way_and_how_it_ended
     let path = dir.join("access.log");
     let b1 = L4Backend::start(Mode::Echo);
     let dead = refused_addr().to_string();
+    let dead_addr = dead.clone();
     let yaml = format!(
         "log: {{ format: json, access_log: {} }}\n{}",
         path.display(),
@@ -369,9 +370,14 @@ fn access_log_has_a_line_per_tcp_connection_with_bytes_each_way_and_how_it_ended
         .collect();
     assert_eq!(lines.len(), 1, "{text}");
     let l = &lines[0];
-    assert_eq!(l["client"], client.as_str());
+    // The same shape as an http line: the IP, and the port beside it.
+    let client: std::net::SocketAddr = client.parse().unwrap();
+    assert_eq!(l["client"], client.ip().to_string());
+    assert_eq!(l["client_port"], client.port());
     assert_eq!(l["protocol"], "tcp");
-    assert_eq!(l["upstream"], b1.target().as_str());
+    assert_eq!(l["upstream"], "app");
+    assert_eq!(l["listener"], "web");
+    assert_eq!(l["upstream_addr"], b1.target().as_str());
     assert_eq!(
         (l["bytes_in"].as_u64(), l["bytes_out"].as_u64()),
         (Some(4), Some(7))
@@ -394,7 +400,8 @@ fn access_log_has_a_line_per_tcp_connection_with_bytes_each_way_and_how_it_ended
     let text = std::fs::read_to_string(&path2).unwrap();
     let l: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     assert_eq!(l["end"], "no_target");
-    assert!(l["upstream"].is_null(), "{l}");
+    // The target whose dial failed is named.
+    assert_eq!(l["upstream_addr"], dead_addr.as_str(), "{l}");
 }
 
 driver_tests! {

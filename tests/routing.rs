@@ -1,4 +1,5 @@
-//! Routes: host (exact and wildcard), path prefix on segment boundaries, except, methods,
+//! Routes: host (exact, wildcard, nginx forms, regex), path prefix on segment boundaries,
+//! globs, exact and regex paths, except, methods,
 //! headers, first match wins, 404 when none; strip_prefix, rewrite, method override and
 //! respond routes with placeholders. Driver-independent logic: one driver.
 
@@ -78,6 +79,47 @@ fn except_prefixes_do_not_match() {
     assert_eq!(who(&p, &get_req("/api/static/app.js", "")), "fallback");
     assert_eq!(who(&p, &get_req("/api/health", "")), "fallback");
     assert_eq!(who(&p, &get_req("/api/staticx", "")), "a");
+}
+
+#[test]
+fn glob_path_matches_everything_under_it_and_not_the_bare_prefix() {
+    let (p, _a, _f) = setup(
+        "      - match: { path: /api/*, except: [\"*.png\"] }\n        upstream: a\n      - upstream: fallback\n",
+    );
+    assert_eq!(who(&p, &get_req("/api/", "")), "a");
+    assert_eq!(who(&p, &get_req("/api/users/1?x=1", "")), "a");
+    assert_eq!(who(&p, &get_req("/api", "")), "fallback");
+    assert_eq!(who(&p, &get_req("/apix/y", "")), "fallback");
+    assert_eq!(who(&p, &get_req("/api/logo.png", "")), "fallback");
+}
+
+#[test]
+fn exact_and_regex_paths_match_as_nginx_locations() {
+    let (p, _a, _f) = setup(
+        "      - match: { path: \"= /ready\" }\n        respond: { body: exact }\n      - match: { path: \"~ ^/api/v[0-9]+/\" }\n        upstream: a\n      - match: { path: \"~* \\\\.PHP$\" }\n        respond: { body: php }\n      - upstream: fallback\n",
+    );
+    let body = |raw: &str| p.client().request(raw).text();
+    assert_eq!(body(&get_req("/ready", "")), "exact");
+    assert_eq!(who(&p, &get_req("/ready/x", "")), "fallback");
+    assert_eq!(who(&p, &get_req("/api/v2/users", "")), "a");
+    assert_eq!(who(&p, &get_req("/api/vx/users", "")), "fallback");
+    assert_eq!(who(&p, &get_req("/old/api/v2/", "")), "fallback");
+    assert_eq!(body(&get_req("/index.php", "")), "php");
+    assert_eq!(body(&get_req("/INDEX.Php?q=1", "")), "php");
+}
+
+#[test]
+fn nginx_host_forms_match_domain_trailing_wildcard_and_regex() {
+    let (p, _a, _f) = setup(
+        "      - match: { host: [.example.com, \"www.shop.*\", \"~ ^api[0-9]+\\\\.test$\"] }\n        upstream: a\n      - upstream: fallback\n",
+    );
+    assert_eq!(who(&p, &get_host("/", "example.com")), "a");
+    assert_eq!(who(&p, &get_host("/", "www.example.com:8443")), "a");
+    assert_eq!(who(&p, &get_host("/", "badexample.com")), "fallback");
+    assert_eq!(who(&p, &get_host("/", "www.shop.co.uk")), "a");
+    assert_eq!(who(&p, &get_host("/", "www.shopping.com")), "fallback");
+    assert_eq!(who(&p, &get_host("/", "API42.test")), "a");
+    assert_eq!(who(&p, &get_host("/", "api.test")), "fallback");
 }
 
 #[test]

@@ -98,7 +98,7 @@ driver_tests! {
 }
 
 #[test]
-fn plain_http_to_a_tls_listener_fails_the_handshake_is_counted_and_disturbs_nobody() {
+fn plain_http_to_a_tls_listener_gets_nginx_400_is_counted_and_disturbs_nobody() {
     let edge = Edge::new();
     let proxy = edge.start(Driver::any(), "", "");
     let config = client_config(edge.pki.roots(), None);
@@ -106,12 +106,13 @@ fn plain_http_to_a_tls_listener_fails_the_handshake_is_counted_and_disturbs_nobo
     assert_eq!(good.get("a.test", "/").unwrap().status, 200);
     let mut plain = proxy.client();
     plain.send("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
-    let answer = plain.read_until_close();
-    assert!(
-        !answer.starts_with(b"HTTP/"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
+    let answer = plain.read_response();
+    assert_eq!(answer.status, 400);
+    assert_eq!(
+        answer.text(),
+        "The plain HTTP request was sent to HTTPS port\n"
     );
+    plain.expect_closed();
     // A client trusting another CA aborts the handshake itself.
     let other = Pki::new(edge.dir.path(), "other");
     assert!(TlsClient::connect(
@@ -500,5 +501,50 @@ fn post_reload_swaps_certificates_and_metrics_count_failed_handshakes() {
     assert!(
         metrics.contains("ringway_tls_handshake_failures_total{side=\"downstream\"} 1"),
         "{metrics}"
+    );
+}
+
+#[test]
+fn failed_handshakes_and_plain_http_get_their_own_access_log_lines() {
+    let edge = Edge::new();
+    let log = edge.dir.join("access.log");
+    let mut proxy = edge.start(
+        Driver::any(),
+        "",
+        &format!("log: {{ format: json, access_log: {} }}\n", log.display()),
+    );
+    let other = Pki::new(edge.dir.path(), "other");
+    assert!(TlsClient::connect(
+        proxy.addr(),
+        client_config(other.roots(), None),
+        Some("a.test")
+    )
+    .is_err());
+    let mut plain = proxy.client();
+    plain.send("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    assert_eq!(plain.read_response().status, 400);
+    shutdown_bounded(proxy.take_server()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in &lines {
+        assert_eq!(l["event"], "tls_handshake_failed", "{l}");
+        assert_eq!(l["client"], "127.0.0.1", "{l}");
+        assert_eq!(l["listener"], "web", "{l}");
+    }
+    let reasons: Vec<&str> = lines
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("plain HTTP")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| !r.contains("plain HTTP")),
+        "{reasons:?}"
     );
 }

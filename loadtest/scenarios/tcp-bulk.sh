@@ -29,7 +29,7 @@ declare -A PORT=([ringway]=18101 [nginx]=18102 [haproxy]=18103 [ringway-base]=18
 ALL=(ringway nginx haproxy) # ringway-base joins after ringway with --baseline
 START_TIMEOUT=10   # seconds to wait for a listener
 
-seconds=10 rounds=3 conns=4 short_conns=16 build=1 pin=1
+seconds=10 rounds=3 conns=4 short_conns=16 build=1 pin=1 placement=split
 seconds_set=0 rounds_set=0 quick=0
 proxies=() proxies_given=0
 baseline=${RINGWAY_BASELINE_BIN:-}
@@ -48,6 +48,8 @@ while (($#)); do
     --baseline) [[ -n ${2:-} ]] || usage_err "$1 needs a value"; baseline=$2; shift ;;
     --no-build) build=0 ;;
     --no-pin) pin=0 ;;
+    --placement) [[ ${2:-} == split || ${2:-} == shared ]] || usage_err "--placement is split or shared"
+      placement=$2; shift ;;
     --scenario) shift ;;   # passed through by run.sh
     tcp-bulk) ;;           # run.sh's positional scenario name
     --keep-tmp) ;;         # accepted for run.sh compatibility
@@ -112,6 +114,9 @@ done
 read -ra CPUS <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))' 2>/dev/null || echo 0)"
 if ((pin)) && ((${#CPUS[@]} < 2)); then pin=0; fi
 PROXY_CPU=${CPUS[0]} GEN_CPU=${CPUS[-1]}
+# shared (run.sh --placement shared): the sink on the proxy's core, the round-1 layout.
+SINK_CPU=$GEN_CPU
+[[ $placement == shared ]] && SINK_CPU=$PROXY_CPU
 on() { local cpu=$1; shift; if ((pin)); then "$TASKSET" -c "$cpu" "$@"; else "$@"; fi; }
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -205,7 +210,7 @@ cpu_ticks() { local s f; read -r s <"/proc/$1/stat"; f=(${s##*) }); echo $((f[11
 rss_peak_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 
-start sink "$GEN_CPU" "$TCPBENCH" sink "$HOST:$SINK_PORT"
+start sink "$SINK_CPU" "$TCPBENCH" sink "$HOST:$SINK_PORT"
 wait_port "$SINK_PORT" || { echo "tcp-bulk.sh: sink did not start: $(cat "$RUN_DIR/sink.log")" >&2; exit 1; }
 for p in "${proxies[@]}"; do
   [[ -z ${STATUS[$p]:-} ]] || continue
@@ -219,7 +224,7 @@ for p in "${proxies[@]}"; do
 done
 
 echo "method:    $rounds round(s); bulk: $conns connection(s) streaming for ${seconds}s; short: $short_conns concurrent clients for ${seconds}s"
-if ((pin)); then echo "cores:     proxy on CPU $PROXY_CPU; sink and load generator on CPU $GEN_CPU"; else echo "cores:     not pinned"; fi
+if ((pin)); then echo "cores:     $placement placement: proxy on CPU $PROXY_CPU, sink on CPU $SINK_CPU, load generator on CPU $GEN_CPU"; else echo "cores:     not pinned"; fi
 echo
 
 # run name mode -> "value cpu_seconds" (bytes or connections, proxy CPU seconds)
@@ -284,7 +289,7 @@ for p in "${ALL[@]}"; do
 done
 specs+=(--proxy "caddy:skipped:Caddy's layer 4 app is not in the Debian build")
 OUT=${LOADTEST_OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)-$(hostname -s 2>/dev/null || hostname)}
-common=(--duration "$seconds" --rounds "$rounds" --pinned "$pin" --started "$(date -u +%Y%m%dT%H%M%SZ)" "${specs[@]}")
+common=(--duration "$seconds" --rounds "$rounds" --pinned "$pin" --placement "$placement" --proxy-cpu "$PROXY_CPU" --backend-cpu "$SINK_CPU" --loadgen-cpu "$GEN_CPU" --started "$(date -u +%Y%m%dT%H%M%SZ)" "${specs[@]}")
 [[ -n $baseline ]] && common+=(--ringway-bin "$RINGWAY" --ringway-base-bin "$baseline")
 touch "$RUN_DIR/bulk.jsonl" "$RUN_DIR/short.jsonl"
 python3 "$HERE/helper.py" report-runs --runs "$RUN_DIR/bulk.jsonl" --out "$OUT/tcp-bulk" --name tcp-bulk --unit MiB \

@@ -138,7 +138,7 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_IDLE_PER_WORKER: usize = 32;
 /// A target that has not finished its handshake by then is stalled.
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Targets speak HTTP unless told otherwise (FastCGI is planned).
+/// Targets speak HTTP unless told otherwise.
 pub const TRANSPORT_PROTOCOL: &str = "http";
 /// A PROXY header is sent only to targets that expect one: others would read it as data.
 pub const PROXY_PROTOCOL: &str = "off";
@@ -148,3 +148,21 @@ pub const INSECURE_SKIP_VERIFY: bool = false;
 pub const HTTP_PORT: u16 = 80;
 /// Caddy's rule: a target on 443 is dialed with TLS without being told.
 pub const HTTPS_PORT: u16 = 443;
+
+// FastCGI.
+
+/// PHP is what FastCGI serves almost everywhere (Caddy's php_fastcgi splits on .php).
+pub const FASTCGI_SPLIT_PATH: &str = ".php";
+/// The script a directory path runs, as in nginx's and Caddy's PHP setups.
+pub const FASTCGI_INDEX: &str = "index.php";
+
+// Dynamic upstreams.
+
+/// Kubernetes endpoints change within seconds; a 30 s lag is what Caddy-style setups accept.
+pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// Below this a refresh (or a record's TTL, dnsmasq's local records say 0) would hammer the server.
+pub const MIN_DNS_REFRESH: Duration = Duration::from_secs(1);
+/// The DNS port when a resolver is written as a bare IP.
+pub const DNS_PORT: u16 = 53;
+/// `srv: {service, name}` without `proto`: services behind a proxy speak TCP.
+pub const SRV_PROTO: &str = "tcp";

@@ -34,12 +34,25 @@ pub(super) struct AdminFile {
     pub(super) listen: Option<String>,
 }
 
-/// `access_log: true|false` (standard output), or a file path.
+/// `access_log: true|false` (standard output), a file path, or `{ path, format }`.
 #[derive(Deserialize)]
-#[serde(untagged, expecting = "true, false or a file path")]
+#[serde(
+    untagged,
+    expecting = "true, false, a file path or a mapping with `path` and `format`"
+)]
 pub(super) enum AccessLogFile {
     On(bool),
     Path(String),
+    Full(AccessLogFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AccessLogFull {
+    /// `stdout` (the default) or a file path.
+    pub(super) path: Option<String>,
+    /// `text`, `json`, `combined` or a `{field}` template; default: `log.format`.
+    pub(super) format: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -108,6 +121,8 @@ pub(super) struct ClientAuthFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
+    /// Shown in the access log; the route's index when absent.
+    pub(super) name: Option<String>,
     #[serde(rename = "match")]
     pub(super) matcher: Option<MatchFile>,
     pub(super) strip_prefix: Option<String>,
@@ -129,10 +144,6 @@ pub(super) struct Http2File {
     pub(super) max_resets_per_s: Option<u32>,
 }
 
-// The blocks below are refused by validation until they are built; they are parsed in full so
-// that a misspelt key inside them is still reported as unknown.
-
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct HandleResponseFile {
@@ -146,7 +157,6 @@ pub(super) struct HandleResponseFile {
     pub(super) copy_response_headers: Option<Strings>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResponseMatchFile {
@@ -154,7 +164,6 @@ pub(super) struct ResponseMatchFile {
     pub(super) headers: Option<Named<String>>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FastcgiFile {
@@ -214,17 +223,29 @@ pub(super) struct TargetMapFile {
     pub(super) max_connections: Option<u32>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DynamicFile {
-    pub(super) srv: Option<String>,
+    pub(super) srv: Option<SrvFile>,
     pub(super) a: Option<DynamicAFile>,
     pub(super) refresh: Option<Dur>,
     pub(super) resolvers: Option<Strings>,
 }
 
-#[allow(dead_code)]
+/// `srv: _api._tcp.name`, or the parts: `{service: api, proto: tcp, name: ...}`.
+pub(super) enum SrvFile {
+    Name(String),
+    Parts(SrvPartsFile),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SrvPartsFile {
+    pub(super) service: Option<String>,
+    pub(super) proto: Option<String>,
+    pub(super) name: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DynamicAFile {
@@ -428,6 +449,26 @@ impl<'de> Deserialize<'de> for TargetFile {
     }
 }
 
+impl<'de> Deserialize<'de> for SrvFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SrvFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an SRV name or a mapping with `service`, `proto` and `name`")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SrvFile, E> {
+                Ok(SrvFile::Name(s.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SrvFile, A::Error> {
+                let m = SrvPartsFile::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(SrvFile::Parts(m))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 const HEADER_OPS: &[&str] = &["set", "add", "remove", "replace"];
 pub(super) const ONE_OP: &str = "one operation per list item:";
 
@@ -562,11 +603,7 @@ mod tests {
         if let Err(e) = serde_yaml::from_str::<FileConfig>(&text) {
             panic!(
                 "{}",
-                Validator {
-                    file: CONTRACT,
-                    spans: &Spans::build(&text)
-                }
-                .serde_error(&e)
+                Validator::new(CONTRACT, &Spans::build(&text)).serde_error(&e)
             );
         }
     }

@@ -22,23 +22,73 @@ impl Config {
         Ok(config)
     }
 
-    /// Validates configuration text; `file` names it in errors.
+    /// Validates configuration text; `file` names it in errors. The error is the first
+    /// problem in file order.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::parse_all(text, file).map_err(|mut all| all.swap_remove(0))
+    }
+
+    /// Like `load`, but on failure every problem found, in file order (never empty).
+    pub fn load_all(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                file: path.display().to_string(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        let mut config = Config::parse_all(&text, &path.display().to_string())?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Like `parse`, but on failure every problem found, in file order (never empty). A YAML
+    /// syntax or type error stops the reading, so it comes alone.
+    pub fn parse_all(text: &str, file: &str) -> Result<Config, Vec<ConfigError>> {
         let spans = Spans::build(text);
-        let v = Validator {
-            file,
-            spans: &spans,
-        };
+        let v = Validator::new(file, &spans);
         // yaml-rust2 sees duplicate keys that serde would accept (maps) or place badly (structs).
         if spans.complete {
             if let Some((path, pos)) = &spans.duplicate {
                 let key = path.rsplit('.').next().unwrap_or(path);
-                return Err(v.error(path, *pos, format!("duplicate key `{key}`")));
+                return Err(vec![v.error(path, *pos, format!("duplicate key `{key}`"))]);
             }
         }
-        let raw: FileConfig = serde_yaml::from_str(text).map_err(|e| v.serde_error(&e))?;
-        v.config(raw)
+        let raw: FileConfig = match serde_yaml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => return Err(vec![tab_hint(v.serde_error(&e), text)]),
+        };
+        match v.config(raw) {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                v.keep::<()>(Err(e));
+                Err(v.take_errors())
+            }
+        }
     }
+}
+
+/// YAML forbids tabs in indentation, and the parser's words for it ("found character that
+/// cannot start any token") do not say so: name the tab when the failing line has one.
+fn tab_hint(mut e: ConfigError, text: &str) -> ConfigError {
+    let lines: Vec<&str> = text.lines().collect();
+    // The parser may stop on the line after the tab (a tab ends the indentation it measures).
+    let near = [e.line, e.line.saturating_sub(1)];
+    if let Some(&n) = near
+        .iter()
+        .find(|&&n| n > 0 && lines.get(n - 1).is_some_and(|l| l.contains('\t')))
+    {
+        let col = lines[n - 1].find('\t').map_or(1, |c| c + 1);
+        e.line = n;
+        e.column = col;
+        e.message = format!(
+            "tab character: YAML indents with spaces only ({})",
+            e.message
+        );
+    }
+    e
 }
 
 #[cfg(test)]

@@ -15,9 +15,13 @@ use regex::Regex;
 
 use crate::template::Template;
 
+pub mod access_format;
 pub mod defaults;
+pub use pattern::{HostMatch, PathMatch, Pattern};
+mod doc_keys;
 mod file;
 mod load;
+pub mod pattern;
 mod spans;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -60,6 +64,8 @@ pub struct Log {
     pub format: LogFormat,
     /// One line per request; `None` = off.
     pub access_log: Option<AccessLog>,
+    /// The shape of access log lines (defaults to `format`).
+    pub access_format: access_format::AccessFormat,
 }
 
 /// Where access log lines go: `access_log: true` -> standard output; a path -> that file.
@@ -190,33 +196,31 @@ pub enum ListenerKind {
 
 #[derive(Debug, Clone)]
 pub struct Route {
+    /// For the access log; `None` logs the route's index.
+    pub name: Option<String>,
     pub matcher: Match,
     pub strip_prefix: Option<String>,
     /// New path and query for the upstream request.
     pub rewrite: Option<Template>,
     pub method: Option<String>,
     pub action: Action,
+    /// `handle_response`: tried in order on the upstream response head.
+    pub handle_response: Vec<ResponseRule>,
+    /// `error_pages`: error answers replaced by files.
+    pub error_pages: Vec<ErrorPage>,
 }
 
 /// Every condition given must hold; an empty `Match` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct Match {
     pub hosts: Vec<HostMatch>,
-    /// Prefix on segment boundaries.
-    pub path: Option<String>,
-    pub except: Vec<String>,
+    pub path: Option<PathMatch>,
+    /// Paths that do not match, whatever else does.
+    pub except: Vec<PathMatch>,
     /// Upper-case method names.
     pub methods: Vec<String>,
     /// Exact, case-sensitive value match on a case-insensitive name.
     pub headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
-    /// Lower-case host without port.
-    Exact(String),
-    /// `*.example.com` stored as `.example.com` (lower-case): matches `a.example.com`, not `example.com`.
-    Suffix(String),
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +235,53 @@ pub struct Respond {
     pub status: u16,
     pub body: Template,
     pub headers: Vec<(String, Template)>,
+}
+
+/// One `handle_response` rule: every condition given must hold on the upstream response head.
+#[derive(Debug, Clone)]
+pub struct ResponseRule {
+    /// Empty: any status.
+    pub status: StatusSet,
+    /// Lower-case names; every one must match.
+    pub headers: Vec<(String, HeaderMatch)>,
+    pub action: RuleAction,
+    /// Lower-case names of upstream headers kept on `respond` / `upstream` answers.
+    pub copy_headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderMatch {
+    /// `"*"`: the field is present, whatever its value.
+    Present,
+    /// The exact (case-sensitive) value of one of the fields of that name.
+    Exact(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleAction {
+    /// A new status line; the upstream's headers and body stay.
+    ReplaceStatus(u16),
+    /// A local answer; the upstream body is not forwarded. Templates may use `{rp.*}`.
+    Respond(Respond),
+    /// The original request goes to another upstream (X-Accel-Redirect).
+    Upstream {
+        /// Index into `Config::upstreams`.
+        upstream: usize,
+        /// New path and query; may use `{rp.*}`.
+        rewrite: Option<Template>,
+        method: Option<String>,
+    },
+}
+
+/// An `error_pages` entry: a file read when the configuration was loaded.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    /// 4xx/5xx codes or classes the page replaces.
+    pub status: StatusSet,
+    pub path: PathBuf,
+    /// From the file name's extension.
+    pub content_type: &'static str,
+    pub body: std::sync::Arc<[u8]>,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +299,34 @@ pub struct Upstream {
     pub request_buffer: u64,
     /// Response body bytes read before the response head is sent on (0 = stream at once).
     pub response_buffer: u64,
+    /// Targets discovered from DNS by the control side, merged after the main `targets`.
+    pub dynamic: Option<Dynamic>,
+}
+
+/// `upstreams.*.dynamic`: names resolved off the data path, again every `refresh`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dynamic {
+    /// `a: {name, port}`: every A and AAAA address of `name`, at `port`.
+    pub a: Option<(String, u16)>,
+    /// An SRV name: each record's target host at the record's port.
+    pub srv: Option<String>,
+    pub refresh: Duration,
+    /// Empty: the system's `/etc/resolv.conf` (its `search` and `ndots` too).
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// Where a target came from (the admin endpoint shows it; SRV priority tiers selection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSource {
+    /// Written in `targets`, an address or a name resolved once at load.
+    #[default]
+    Static,
+    /// A `targets` hostname, re-resolved: one target per address.
+    Hostname,
+    /// `dynamic.a`.
+    A,
+    /// `dynamic.srv`: only the lowest priority with a healthy target takes traffic.
+    Srv { priority: u16 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +347,7 @@ pub struct Target {
     pub weight: u32,
     /// Across all workers; `None` = unlimited.
     pub max_connections: Option<u32>,
+    pub source: TargetSource,
 }
 
 /// Blue-green / canary: `percent` of requests go to `targets[start..]`, the rest to `targets[..start]`.
@@ -418,6 +498,23 @@ pub struct Transport {
     pub tls: Option<UpstreamTls>,
     /// PROXY protocol header sent first on each new upstream connection.
     pub proxy_protocol: ProxyProtocol,
+    /// `protocol: fastcgi`: targets are FastCGI applications (php-fpm), not HTTP servers.
+    pub fastcgi: Option<Fastcgi>,
+}
+
+/// `transport.fastcgi`: how a request becomes FastCGI parameters.
+#[derive(Debug, Clone)]
+pub struct Fastcgi {
+    /// Absolute document root; SCRIPT_FILENAME = root + script path.
+    pub root: String,
+    /// The path splits after the first of these (lower-case, each starting with `.`).
+    pub split_path: Vec<String>,
+    /// Appended to paths that end in `/`.
+    pub index: String,
+    /// Extra parameters, rendered per request.
+    pub env: Vec<(String, Template)>,
+    /// Log what the application writes to FastCGI stderr at warn (else at debug).
+    pub capture_stderr: bool,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::config::{ListenAddr, ListenerKind, Policy, TargetAddr};
+use crate::config::{ListenAddr, ListenerKind, Policy, TargetAddr, TargetSource};
 use crate::control::generation::Generation;
 use crate::control::reload::Control;
 use crate::control::state::Shared;
@@ -104,7 +104,12 @@ fn serve(mut conn: TcpStream, shared: &Shared, control: &Mutex<Control>) -> io::
             let body = crate::observe::scrape::render(shared, &shared.registry);
             respond(&mut conn, 200, "text/plain; version=0.0.4", &body)
         }
-        ("GET", "/upstreams") => respond(&mut conn, 200, "application/json", &upstreams_json(&gen)),
+        ("GET", "/upstreams") => respond(
+            &mut conn,
+            200,
+            "application/json",
+            &upstreams_json(&gen, shared),
+        ),
         ("GET", "/config") => respond(&mut conn, 200, "application/json", &config_json(&gen)),
         ("POST", "/reload") => {
             // Reloads are serialized with each other and with shutdown.
@@ -150,7 +155,7 @@ fn target_label(addr: &TargetAddr) -> String {
     }
 }
 
-fn upstreams_json(gen: &Generation) -> String {
+fn upstreams_json(gen: &Generation, shared: &Shared) -> String {
     let list: Vec<serde_json::Value> = gen
         .config
         .upstreams
@@ -169,10 +174,38 @@ fn upstreams_json(gen: &Generation) -> String {
                         "connections": s.conns.load(Ordering::Relaxed),
                         "weight": t.weight,
                         "max_connections": t.max_connections,
+                        "address": match &t.addr {
+                            TargetAddr::Tcp { addr, .. } => Some(addr.to_string()),
+                            TargetAddr::Unix(_) => None,
+                        },
+                        "source": match t.source {
+                            TargetSource::Static => "static".to_string(),
+                            TargetSource::Hostname => "dns".to_string(),
+                            TargetSource::A => "a".to_string(),
+                            TargetSource::Srv { priority } => format!("srv priority {priority}"),
+                        },
                     })
                 })
                 .collect();
-            serde_json::json!({ "name": u.name, "policy": policy_name(u.lb.policy), "targets": targets })
+            let dns: Vec<serde_json::Value> = shared
+                .dns
+                .queries_of(&u.name)
+                .into_iter()
+                .map(|(name, q)| {
+                    serde_json::json!({
+                        "name": name,
+                        "kind": q.kind,
+                        "addresses": q.addresses,
+                        "failing": q.failing,
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": u.name,
+                "policy": policy_name(u.lb.policy),
+                "targets": targets,
+                "dns": dns,
+            })
         })
         .collect();
     serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
@@ -227,6 +260,12 @@ fn config_json(gen: &Generation) -> String {
                 "retries": u.lb.retries,
                 "keepalive": u.transport.keepalive,
                 "max_idle_per_worker": u.transport.max_idle_per_worker,
+                "dynamic": u.dynamic.as_ref().map(|d| serde_json::json!({
+                    "a": d.a.as_ref().map(|(name, port)| format!("{name}:{port}")),
+                    "srv": d.srv,
+                    "refresh_ms": d.refresh.as_millis() as u64,
+                    "resolvers": d.resolvers.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+                })),
             })
         })
         .collect();

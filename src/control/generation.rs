@@ -10,7 +10,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::config::{Config, ListenAddr, Upstream};
+use crate::config::{Config, ListenAddr, TargetSource, Upstream};
 use crate::net::tls::ListenerTlsState;
 use crate::observe::metrics::GenMetrics;
 use crate::upstream::balance::SharedTargets;
@@ -24,7 +24,7 @@ pub struct Generation {
     /// `[upstream][target]` health and load, indexed like `config.upstreams`.
     pub targets: SharedTargets,
     /// Per listener (indexed like `config.listeners`): its TLS server config.
-    pub listener_tls: Vec<Option<ListenerTlsState>>,
+    pub listener_tls: Vec<Option<Arc<ListenerTlsState>>>,
     /// Per upstream: the TLS client config its TLS targets are dialed with.
     pub upstream_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
     /// Per listener: the id of the bound socket it accepts on. Socket ids outlive generations,
@@ -48,29 +48,32 @@ impl Generation {
     ) -> io::Result<Generation> {
         debug_assert_eq!(sockets.len(), config.listeners.len());
         debug_assert_eq!(addrs.len(), config.listeners.len());
-        let targets = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                (0..u.targets.len())
-                    .map(|t| {
-                        prev.and_then(|p| p.find_target(u, t)).unwrap_or_else(|| {
-                            Arc::new(TargetShared::with_max_fails(u.health.passive.max_fails))
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
         Ok(Generation {
             id,
             listener_tls: tls_states(&config)?,
             upstream_tls: tls_connectors(&config)?,
             metrics: (0..workers).map(|_| GenMetrics::new(&config)).collect(),
-            targets,
+            targets: targets_after(&config, prev),
             sockets,
             addrs,
             config,
         })
+    }
+
+    /// The generation after this one when only upstream targets changed (DNS discovery):
+    /// listeners keep their TLS state (certificates are not re-read, session tickets stay
+    /// valid) and their sockets; TLS client configs stay too (the transport did not change).
+    pub fn with_targets(&self, config: Arc<Config>, workers: usize) -> Generation {
+        Generation {
+            id: self.id + 1,
+            listener_tls: self.listener_tls.clone(),
+            upstream_tls: self.upstream_tls.clone(),
+            metrics: (0..workers).map(|_| GenMetrics::new(&config)).collect(),
+            targets: targets_after(&config, Some(self)),
+            sockets: self.sockets.clone(),
+            addrs: self.addrs.clone(),
+            config,
+        }
     }
 
     /// The shared state of the target in this generation that `new.targets[t]` continues.
@@ -98,6 +101,9 @@ impl Generation {
             shared
                 .healthy
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .unprobed
+                .store(false, std::sync::atomic::Ordering::Relaxed);
         }
         Some(shared)
     }
@@ -108,13 +114,37 @@ impl Generation {
     }
 }
 
-fn tls_states(config: &Config) -> io::Result<Vec<Option<ListenerTlsState>>> {
+/// Shared state for `config`'s targets: continued from `prev` where a target did not change.
+fn targets_after(config: &Config, prev: Option<&Generation>) -> SharedTargets {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            (0..u.targets.len())
+                .map(|t| {
+                    prev.and_then(|p| p.find_target(u, t)).unwrap_or_else(|| {
+                        let max_fails = u.health.passive.max_fails;
+                        // A discovered target is probed before it takes traffic.
+                        let discovered = u.targets[t].source != TargetSource::Static;
+                        Arc::new(if discovered && u.health.active.is_some() {
+                            TargetShared::awaiting_probe(max_fails)
+                        } else {
+                            TargetShared::with_max_fails(max_fails)
+                        })
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn tls_states(config: &Config) -> io::Result<Vec<Option<Arc<ListenerTlsState>>>> {
     config
         .listeners
         .iter()
         .map(|l| match &l.tls {
             Some(t) => ListenerTlsState::new(t)
-                .map(Some)
+                .map(|s| Some(Arc::new(s)))
                 .map_err(|e| io::Error::other(format!("listener {}: tls.{e}", l.name))),
             None => Ok(None),
         })
@@ -190,6 +220,46 @@ upstreams:
         let next = format!("{BASE}    transport:\n      dial_timeout: 7s\n");
         let new = Generation::build(2, config(&next), Some(&old), vec![0], addrs(), 1).unwrap();
         assert!(!Arc::ptr_eq(&new.targets[0][0], &old.targets[0][0]));
+    }
+
+    #[test]
+    fn a_targets_only_change_keeps_listener_sockets_and_unchanged_targets() {
+        let old = Generation::build(1, config(BASE), None, vec![3], addrs(), 1).unwrap();
+        let mut next = (*old.config).clone();
+        next.upstreams[0].targets.remove(0);
+        let new = old.with_targets(Arc::new(next), 1);
+        assert_eq!((new.id, new.sockets.clone()), (2, vec![3]));
+        assert_eq!(new.addrs, old.addrs);
+        assert_eq!(new.targets[0].len(), 1);
+        assert!(Arc::ptr_eq(&new.targets[0][0], &old.targets[0][1]));
+    }
+
+    #[test]
+    fn a_new_discovered_target_waits_for_its_first_probe_only_under_active_health() {
+        let old = Generation::build(1, config(BASE), None, vec![0], addrs(), 1).unwrap();
+        for (health, healthy) in [(false, true), (true, false)] {
+            let mut next = (*old.config).clone();
+            let u = &mut next.upstreams[0];
+            u.targets[1].source = crate::config::TargetSource::A;
+            u.targets[1].addr = crate::config::TargetAddr::Tcp {
+                host: "127.0.0.9:80".into(),
+                addr: "127.0.0.9:80".parse().unwrap(),
+            };
+            if health {
+                let yaml = format!("{BASE}    health: {{ active: {{ uri: /h }} }}\n");
+                u.health = config(&yaml).upstreams[0].health.clone();
+            }
+            let new = old.with_targets(Arc::new(next), 1);
+            let s = &new.targets[0][1];
+            assert_eq!(
+                s.healthy.load(std::sync::atomic::Ordering::Relaxed),
+                healthy
+            );
+            assert_eq!(
+                s.unprobed.load(std::sync::atomic::Ordering::Relaxed),
+                !healthy
+            );
+        }
     }
 
     #[test]

@@ -162,6 +162,16 @@ impl Probe {
     fn check(&mut self) {
         let result = probe(&self.addr, &self.host, &self.cfg, self.tls.as_ref());
         let up = self.shared.healthy.load(Ordering::Relaxed);
+        if self.shared.unprobed.swap(false, Ordering::Relaxed) && result.is_ok() {
+            // A target new from DNS: its first good probe lets it take traffic.
+            self.passes = 1;
+            self.shared.healthy.store(true, Ordering::Relaxed);
+            tracing::info!(
+                upstream = %self.upstream, target = %self.target,
+                "new target is up: its first health check passed"
+            );
+            return;
+        }
         match result {
             Ok(()) => {
                 self.fails = 0;

@@ -2,6 +2,7 @@
 //! core, and drains them on shutdown. This is the library entry point tests use.
 
 pub mod admin;
+pub mod discover;
 pub mod generation;
 pub mod health;
 pub mod reload;
@@ -23,6 +24,10 @@ use crate::net::listener::{self, BoundSocket};
 use crate::observe::metrics::{TunnelCounters, WorkerMetrics};
 use crate::observe::series::Registry;
 use crate::worker::{self, DriverKind};
+
+/// How long a start waits for the first DNS answers of dynamic upstreams (two tries at a
+/// resolver that does not answer, and some room).
+const FIRST_LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Server {
     workers: Vec<JoinHandle<()>>,
@@ -93,6 +98,7 @@ impl Server {
             tunnels: (0..workers).map(|_| TunnelCounters::default()).collect(),
             current: ArcSwap::new(gen.clone()),
             registry: Mutex::new(registry),
+            dns: Default::default(),
         });
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(workers);
@@ -158,6 +164,21 @@ impl Server {
             Err(e) => {
                 server.stop_now();
                 return Err(io::Error::new(e.kind(), format!("health checker: {e}")));
+            }
+        }
+        // Names to resolve: the first answers are in before the server counts as started
+        // (bounded: a resolver that does not answer leaves those upstreams at 503 meanwhile).
+        let follow = server
+            .control()
+            .follow_dns(Arc::downgrade(&server.control), config.clone());
+        match follow {
+            Ok(Some(ready)) => {
+                let _ = ready.recv_timeout(FIRST_LOOKUP_WAIT);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                server.stop_now();
+                return Err(io::Error::new(e.kind(), format!("DNS discovery: {e}")));
             }
         }
         if let Some(addr) = admin_addr {

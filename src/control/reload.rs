@@ -15,6 +15,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::config::{Config, ListenAddr};
+use crate::control::discover::merge::{self, Discovered};
+use crate::control::discover::Discoverer;
 use crate::control::generation::Generation;
 use crate::control::health;
 use crate::control::state::Shared;
@@ -54,6 +56,13 @@ pub struct Control {
     /// By socket id; `None` once a reload removed it.
     sockets: Vec<Option<Socket>>,
     health: Option<health::Checker>,
+    /// The configuration as its file says, before discovered targets are merged in.
+    base: Option<Arc<Config>>,
+    /// The last good DNS answers (see `control::discover`).
+    found: Discovered,
+    discoverer: Option<Discoverer>,
+    /// This control itself, as the discovery thread reaches it.
+    me: std::sync::Weak<std::sync::Mutex<Control>>,
 }
 
 /// What a successful reload did.
@@ -86,6 +95,61 @@ impl Control {
                 })
                 .collect(),
             health,
+            base: None,
+            found: Discovered::new(),
+            discoverer: None,
+            me: std::sync::Weak::new(),
+        }
+    }
+
+    /// Resolves the DNS names `base` asks for from now on (starting the discovery thread when
+    /// there are some). The receiver hears when the first lookups are done; wait for it
+    /// without holding this control's lock (the answers are applied under it).
+    pub fn follow_dns(
+        &mut self,
+        me: std::sync::Weak<std::sync::Mutex<Control>>,
+        base: Arc<Config>,
+    ) -> std::io::Result<Option<mpsc::Receiver<()>>> {
+        self.me = me;
+        let jobs = merge::jobs(&base);
+        self.base = Some(base);
+        if let Some(d) = &self.discoverer {
+            d.set_jobs(jobs);
+            return Ok(None);
+        }
+        if jobs.is_empty() {
+            return Ok(None);
+        }
+        let me = self.me.clone();
+        let sink = Box::new(move |found: Discovered| {
+            if let Some(control) = me.upgrade() {
+                let mut c = control.lock().unwrap_or_else(|e| e.into_inner());
+                c.set_discovered(found);
+            }
+        });
+        let (d, ready) = Discoverer::start(jobs, sink, self.shared.dns.clone())?;
+        self.discoverer = Some(d);
+        Ok(Some(ready))
+    }
+
+    /// New DNS answers: when they change the targets, the configuration with them merged in
+    /// is swapped into every worker (a failure keeps the running targets; the next change
+    /// tries again).
+    pub fn set_discovered(&mut self, found: Discovered) {
+        self.found = found;
+        let Some(base) = self.base.clone() else {
+            return;
+        };
+        if self.shared.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        let effective = merge::effective(&base, &self.found);
+        if merge::same_targets(&effective, &self.shared.current.load().config) {
+            return;
+        }
+        match self.install(effective, None) {
+            Ok(r) => tracing::info!(generation = r.generation, "upstream targets changed (DNS)"),
+            Err(e) => tracing::error!("DNS: the changed targets could not be swapped in: {e}"),
         }
     }
 
@@ -132,10 +196,29 @@ impl Control {
         self.swap_in(config)
     }
 
-    /// Swaps `config` in (the file was already read and validated).
+    /// Swaps `config` in (the file was already read and validated), with the targets DNS
+    /// discovered for it merged in.
     pub fn swap_in(&mut self, mut config: Config) -> Result<Reloaded, String> {
         let old = self.shared.current.load_full();
         let restart_required = keep_restart_only(&old.config, &mut config);
+        let base = Arc::new(config);
+        let reloaded =
+            self.install(merge::effective(&base, &self.found), Some(restart_required))?;
+        let me = self.me.clone();
+        if let Err(e) = self.follow_dns(me, base) {
+            tracing::error!("DNS discovery could not start: {e}");
+        }
+        Ok(reloaded)
+    }
+
+    /// Builds the generation of `config` and hands it to every worker. `restart_required` is
+    /// `None` when only discovered targets changed (the file was not read again).
+    fn install(
+        &mut self,
+        config: Config,
+        restart_required: Option<Vec<&'static str>>,
+    ) -> Result<Reloaded, String> {
+        let old = self.shared.current.load_full();
         let workers = self.workers.len();
         // Listeners at an address already bound keep their socket (and its queue); others bind.
         let mut socket_ids = Vec::with_capacity(config.listeners.len());
@@ -163,15 +246,21 @@ impl Control {
             }
         }
         let config = Arc::new(config);
-        let gen = Generation::build(
-            old.id + 1,
-            config.clone(),
-            Some(&old),
-            socket_ids.clone(),
-            addrs,
-            workers,
-        )
-        .map_err(|e| e.to_string())?;
+        let gen = if restart_required.is_none() && added.is_empty() && socket_ids == old.sockets {
+            // Only targets changed (DNS): listeners keep their TLS state.
+            old.with_targets(config.clone(), workers)
+        } else {
+            Generation::build(
+                old.id + 1,
+                config.clone(),
+                Some(&old),
+                socket_ids.clone(),
+                addrs,
+                workers,
+            )
+            .map_err(|e| e.to_string())?
+        };
+        let restart_required = restart_required.unwrap_or_default();
         let gen = Arc::new(gen);
         let removed: Vec<usize> = (0..self.sockets.len())
             .filter(|id| self.sockets[*id].is_some() && !socket_ids.contains(id))
@@ -266,6 +355,7 @@ impl Control {
         if let Some(h) = self.health.take() {
             h.stop();
         }
+        self.discoverer = None;
         self.shared.draining.store(true, Ordering::SeqCst);
         // Keep accepting meanwhile so traffic that load balancers still send (until they
         // notice) is served, not refused.

@@ -28,6 +28,8 @@ pub struct Shared {
     pub current: ArcSwap<Generation>,
     /// Every generation whose counters a scrape must still sum.
     pub registry: Mutex<Registry>,
+    /// DNS lookups of dynamic upstreams: failures and the state of each name.
+    pub dns: std::sync::Arc<crate::control::discover::stats::DnsStats>,
 }
 
 impl Shared {

@@ -7,9 +7,6 @@ pub const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Longest trailer section (all trailer lines and the final CRLF): trailers are rare and small.
 pub const MAX_TRAILER_SECTION: usize = 16 * 1024;
 
-/// Most hex digits in a chunk-size: 16 digits fill a u64, so more can only overflow.
-const MAX_SIZE_DIGITS: u32 = 16;
-
 /// Why a body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyError {
@@ -189,21 +186,21 @@ fn size_line(input: &[u8]) -> Result<Option<(usize, u64)>, BodyError> {
             Ok(None)
         }
     };
+    // The value is limited, not the digit count: leading zeros are valid (RFC 9112 §7.1) and
+    // MAX_CHUNK_LINE bounds how many there can be.
     let mut size = 0u64;
-    let mut digits = 0;
     let mut i = 0;
     while let Some(d) = scan.get(i).and_then(|&b| (b as char).to_digit(16)) {
-        if digits == MAX_SIZE_DIGITS {
-            return Err(malformed("chunk size has more than 16 hex digits"));
+        if size >> 60 != 0 {
+            return Err(malformed("chunk size overflows 64 bits"));
         }
         size = size << 4 | u64::from(d);
-        digits += 1;
         i += 1;
     }
     if i == scan.len() {
         return incomplete();
     }
-    if digits == 0 {
+    if i == 0 {
         return Err(malformed("chunk size is not hexadecimal"));
     }
     let mut st = Ext::AfterItem { name: false };
@@ -591,7 +588,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sixteen_digit_size_is_accepted_and_a_seventeenth_digit_is_refused() {
+    fn a_size_is_limited_by_its_value_not_its_digit_count() {
         let mut dec = ChunkedDecoder::new();
         let s = dec.step(b"ffffffffffffffff\r\nabc").unwrap();
         assert_eq!(
@@ -603,7 +600,12 @@ mod tests {
             }
         );
         assert_malformed(b"10000000000000000\r\n");
-        assert_malformed(b"00000000000000000\r\n");
+        assert_malformed(b"0ffffffffffffffff0\r\n");
+        let out = whole(b"00000000000000000000000000000005\r\nhello\r\n0000\r\n\r\n").unwrap();
+        assert_eq!(out.payload, b"hello");
+        let mut dec = ChunkedDecoder::new();
+        let s = dec.step(b"0000000000000000ffffffffffffffff\r\n").unwrap();
+        assert_eq!(s.consumed, 34);
     }
 
     #[test]

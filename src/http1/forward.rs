@@ -10,7 +10,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::{Forwarded, HeaderOp, NamePattern, Route, Upstream};
-use crate::http1::parse::{Framing, HeaderIdx, HeaderKind, RequestHead};
+use crate::http1::parse::{host_from_target, Framing, HeaderIdx, HeaderKind, RequestHead};
 use crate::route;
 use crate::template::{Placeholder, Placeholders};
 
@@ -90,6 +90,8 @@ impl Placeholders for ReqInfo<'_> {
             Placeholder::Worker => {
                 let _ = write!(out, "{}", self.worker);
             }
+            // A request has no response yet (validation allows these in handle_response only).
+            Placeholder::Response(_) => {}
         }
     }
 }
@@ -452,11 +454,24 @@ pub fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mode = up.forwarded;
     let ops = &up.headers.request;
+    // The upstream must read the request as ringway did: the authority it routed on is the
+    // Host (an absolute-form target's wins over the field, RFC 9112 §3.2.2), and the length it
+    // framed the body with is one canonical Content-Length, never the received lines (a list
+    // such as `5, 5` or a repeated field is read differently by some servers).
+    let authority = host_from_target(head)
+        .then(|| head.host.map(|h| h.get(buf)))
+        .flatten();
+    let copied = |h: &&HeaderIdx| {
+        !h.hop_by_hop
+            && !is_forwarding_header(h.kind, mode)
+            && h.kind != HeaderKind::ContentLength
+            && (authority.is_none() || h.kind != HeaderKind::Host)
+    };
     if ops.is_empty() {
-        for h in headers
-            .iter()
-            .filter(|h| !h.hop_by_hop && !is_forwarding_header(h.kind, mode))
-        {
+        if let Some(a) = authority {
+            Sink::Direct(out).header(b"Host", a);
+        }
+        for h in headers.iter().filter(copied) {
             write_orig(out, buf, h, head.bare_lf);
         }
         if head.host.is_none() {
@@ -473,8 +488,11 @@ pub fn write_request_head(
         );
     } else {
         list.clear();
+        if let Some(a) = authority {
+            list.push_new(b"Host", a);
+        }
         for (i, h) in headers.iter().enumerate() {
-            if !h.hop_by_hop && !is_forwarding_header(h.kind, mode) {
+            if copied(&h) {
                 list.push_orig(i);
             }
         }
@@ -485,8 +503,12 @@ pub fn write_request_head(
         list.apply(ops, buf, headers, &info, tmp);
         list.write(out, buf, headers, head.bare_lf);
     }
-    if head.framing == Framing::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    match head.framing {
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        _ => {}
     }
     if head.conn.upgrade {
         // Upgrade is hop-by-hop except when upgrading: then it must reach the upstream.

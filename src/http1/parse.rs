@@ -97,7 +97,8 @@ pub struct RequestHead {
     /// After `?`, without it; `None` when there is no `?`.
     pub query: Option<Span>,
     pub version: Version,
-    /// Value of the (single) Host field.
+    /// The authority the request is for: an absolute-form target's (which wins over the Host
+    /// field, RFC 9112 §3.2.2), else the value of the (single) Host field.
     pub host: Option<Span>,
     pub framing: Framing,
     pub conn: ConnFlags,
@@ -216,6 +217,9 @@ pub fn parse_request(
             }
             return Parse::Partial;
         }
+        Err(httparse::Error::Version) if higher_minor(buf, true).is_some() => {
+            return parse_as_http11(buf, true, |b| parse_request(b, limits, headers));
+        }
         Err(e) => return Parse::Invalid(map_error(e, buf, true)),
     };
     match request_head(buf, head_len, limits, &req, headers) {
@@ -261,6 +265,10 @@ fn request_head(
             return Err(HeadError::BadRequest("invalid Host field"));
         }
     }
+    if f.blank_host {
+        return Err(HeadError::BadRequest("Host field of only whitespace"));
+    }
+    let host = target_authority(buf, target_span).or(f.host);
     if f.te_fields > 0 && version == Version::Http10 {
         return Err(HeadError::BadRequest(
             "Transfer-Encoding in an HTTP/1.0 request",
@@ -274,7 +282,7 @@ fn request_head(
         path,
         query,
         version,
-        host: f.host,
+        host,
         framing,
         conn: f.conn,
         // RFC 9110 §10.1.1: a 100-continue expectation in HTTP/1.0 is ignored.
@@ -306,6 +314,11 @@ pub fn parse_response(
             return Parse::Invalid(HeadError::HeaderTooLarge)
         }
         Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(httparse::Error::Version) if higher_minor(buf, false).is_some() => {
+            return parse_as_http11(buf, false, |b| {
+                parse_response(b, head_request, limits, headers)
+            });
+        }
         Err(e) => return Parse::Invalid(map_error(e, buf, false)),
     };
     match response_head(buf, head_len, head_request, limits, &res, headers) {
@@ -364,6 +377,8 @@ fn response_head(
 struct Fields {
     host: Option<Span>,
     hosts: u32,
+    /// A Host line whose value is whitespace only (an empty value is allowed, blanks are not).
+    blank_host: bool,
     content_length: Option<u64>,
     te_fields: u32,
     te_chunked: bool,
@@ -421,6 +436,9 @@ fn scan_fields(
             HeaderKind::Host => {
                 f.hosts += 1;
                 f.host = Some(value);
+                // Between the colon and the line end: anything there was trimmed away as OWS.
+                let raw = &buf[name.end as usize + 1..end];
+                f.blank_host |= v.is_empty() && raw.iter().any(|&b| b == b' ' || b == b'\t');
             }
             HeaderKind::ContentLength => {
                 f.content_length = Some(content_length(v, f.content_length)?);
@@ -489,6 +507,18 @@ fn scan_fields(
         }
     }
     Ok(f)
+}
+
+/// The one length a Content-Length field value (already accepted by the parser) stands for.
+pub fn content_length_value(v: &[u8]) -> Option<u64> {
+    content_length(v, None).ok()
+}
+
+/// Whether the request's authority comes from an absolute-form target rather than from its
+/// Host field (then the Host field is not what goes upstream).
+pub fn host_from_target(head: &RequestHead) -> bool {
+    head.host
+        .is_some_and(|h| head.target.start <= h.start && h.end <= head.target.end)
 }
 
 /// Content-Length = 1*DIGIT, possibly repeated as a list; every value must agree with `prev`.
@@ -570,6 +600,69 @@ fn split_target(method: &[u8], t: &[u8], base: u32) -> Result<(Span, Option<Span
             None,
         ),
     })
+}
+
+/// The authority of an absolute-form target (`http://AUTHORITY/...`), already validated by
+/// `split_target`; `None` for the other forms.
+fn target_authority(buf: &[u8], target: Span) -> Option<Span> {
+    let t = target.get(buf);
+    let scheme = if starts_with_ignore_case(t, b"http://") {
+        7
+    } else if starts_with_ignore_case(t, b"https://") {
+        8
+    } else {
+        return None;
+    };
+    let len = t[scheme..]
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(t.len() - scheme);
+    let start = target.start + scheme as u32;
+    Some(Span {
+        start,
+        end: start + len as u32,
+    })
+}
+
+/// Where the minor digit of an `HTTP/1.N` version with N >= 2 sits: RFC 9112 §2.3 has a
+/// recipient treat a higher minor version as the highest it supports, 1.1.
+fn higher_minor(buf: &[u8], request: bool) -> Option<usize> {
+    let skipped = if request {
+        buf.len() - skip_empty_lines(buf).len()
+    } else {
+        0
+    };
+    let mut at = skipped;
+    if request {
+        // Neither the method nor the target can hold a SP.
+        for _ in 0..2 {
+            at += buf[at..].iter().position(|&b| b == b' ')? + 1;
+        }
+    }
+    let v = buf.get(at..at + 8)?;
+    // A request line ends after the version, a status line goes on with a SP.
+    let ends = match buf.get(at + 8) {
+        None => true,
+        Some(&b) if request => b == b'\r' || b == b'\n',
+        Some(&b) => b == b' ',
+    };
+    (v.starts_with(b"HTTP/1.") && (b'2'..=b'9').contains(&v[7]) && ends).then_some(at + 7)
+}
+
+/// Parses a head that says `HTTP/1.N` (N >= 2) as the same bytes saying `HTTP/1.1`: a copy
+/// with the one digit changed, so every span is valid in the original too. Rare: allocating
+/// here costs nothing on the common path.
+fn parse_as_http11<T>(
+    buf: &[u8],
+    request: bool,
+    parse: impl FnOnce(&[u8]) -> Parse<T>,
+) -> Parse<T> {
+    let Some(at) = higher_minor(buf, request) else {
+        return Parse::Invalid(HeadError::BadRequest("invalid HTTP version"));
+    };
+    let mut copy = buf.to_vec();
+    copy[at] = b'1';
+    parse(&copy)
 }
 
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2); userinfo is refused. `allow_empty` for the Host
@@ -955,8 +1048,25 @@ mod tests {
     }
 
     #[test]
-    fn versions_other_than_1_0_and_1_1_get_505() {
-        for v in ["HTTP/2.0", "HTTP/1.2", "HTTP/0.9", "HTTP/3.0"] {
+    fn a_higher_minor_version_is_read_as_http11() {
+        for v in ["HTTP/1.2", "HTTP/1.9"] {
+            let buf = "\r\nGET /p HTTP/1.1\r\nHost: a\r\n\r\n".replace("HTTP/1.1", v);
+            let (r, h) = req_ok(buf.as_bytes());
+            assert_eq!(r.version, Version::Http11, "{v}");
+            assert_eq!(r.path.get(buf.as_bytes()), b"/p");
+            assert_eq!(h[0].line.get(buf.as_bytes()), b"Host: a\r\n");
+            let buf = format!("{v} 204 No Content\r\nX-A: b\r\n\r\n");
+            let r = res_ok(buf.as_bytes());
+            assert_eq!((r.version, r.status), (Version::Http11, 204), "{v}");
+            assert_eq!(r.reason.get(buf.as_bytes()), b"No Content");
+        }
+        assert_eq!(req(b"GET / HTTP/1.2"), Parse::Partial);
+        assert_eq!(req(b"GET / HTTP/1.2\r\nHost: a\r\n"), Parse::Partial);
+    }
+
+    #[test]
+    fn versions_other_than_1_x_get_505() {
+        for v in ["HTTP/2.0", "HTTP/0.9", "HTTP/3.0"] {
             let buf = format!("GET / {v}\r\nHost: a\r\n\r\n");
             assert_eq!(
                 req(buf.as_bytes()),
@@ -1096,12 +1206,35 @@ mod tests {
             "[::1]:443",
             "[fe80::1%25eth0]",
             "a-b_c~d%41",
-            "",
         ] {
             let buf = get_with(&[&format!("Host: {h}")]);
             let (r, _) = req_ok(&buf);
             assert_eq!(r.host.unwrap().get(&buf), h.as_bytes());
         }
+        // An empty Host is what a client sends for a URI without authority (RFC 9112 §3.2).
+        let buf = get_with(&["Host:"]);
+        assert!(req_ok(&buf).0.host.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_host_of_only_whitespace_is_refused() {
+        for line in ["Host: ", "Host:   ", "Host:\t", "Host: \t "] {
+            assert_bad_request(&get_with(&[line]));
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_authority_wins_over_the_host_field() {
+        let buf = b"GET http://internal.example:81/x?q HTTP/1.1\r\nHost: public.example\r\n\r\n";
+        let (r, h) = req_ok(buf);
+        assert_eq!(r.host.unwrap().get(buf), b"internal.example:81");
+        assert_eq!(h[0].value.get(buf), b"public.example");
+        let buf = b"GET https://a.example?q HTTP/1.0\r\n\r\n";
+        assert_eq!(req_ok(buf).0.host.unwrap().get(buf), b"a.example");
+        let buf = b"GET /x HTTP/1.1\r\nHost: b\r\n\r\n";
+        assert_eq!(req_ok(buf).0.host.unwrap().get(buf), b"b");
+        // Several Host fields stay refused whatever the target says.
+        assert_bad_request(b"GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n");
     }
 
     // ---- framing ----

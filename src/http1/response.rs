@@ -5,7 +5,9 @@ use std::io::Write as _;
 use crate::config::Upstream;
 use crate::http1::body::Encode;
 use crate::http1::forward::{write_orig, HeaderList, ReqInfo, Request};
-use crate::http1::parse::{Framing, HeaderIdx, HeaderKind, ResponseHead, Version};
+use crate::http1::parse::{
+    content_length_value, Framing, HeaderIdx, HeaderKind, ResponseHead, Version,
+};
 
 /// An upstream response as it goes to the client: its head parsed in place in `rbuf`, and how
 /// the proxy frames it.
@@ -50,8 +52,13 @@ pub fn write_response_head(
     let ops = &up.headers.response;
     // Chunk re-coding changes framing: the upstream's Content-Length no longer applies.
     let drop_length = matches!(encode, Encode::Chunk | Encode::Dechunk) || zero_length;
-    let kept =
-        |h: &&HeaderIdx| !(h.hop_by_hop || drop_length && h.kind == HeaderKind::ContentLength);
+    // Content-Length goes out as the one value ringway read, never as the received lines.
+    let kept = |h: &&HeaderIdx| !(h.hop_by_hop || h.kind == HeaderKind::ContentLength);
+    let length = headers
+        .iter()
+        .find(|h| h.kind == HeaderKind::ContentLength)
+        .and_then(|h| content_length_value(h.value.get(rbuf)))
+        .filter(|_| !drop_length);
     if ops.is_empty() {
         for h in headers.iter().filter(kept) {
             write_orig(out, rbuf, h, resp.bare_lf);
@@ -75,6 +82,9 @@ pub fn write_response_head(
         };
         list.apply(ops, rbuf, headers, &info, tmp);
         list.write(out, rbuf, headers, resp.bare_lf);
+    }
+    if let Some(n) = length {
+        let _ = write!(out, "Content-Length: {n}\r\n");
     }
     if encode == Encode::Chunk || (resp.framing == Framing::Chunked && encode == Encode::Raw) {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");

@@ -32,7 +32,7 @@ use crate::observe::metrics::TunnelCounters;
 use crate::upstream::connect::{connect, Attempts, Connected, Want};
 use crate::upstream::pool::UpConn;
 use crate::upstream::retry;
-use crate::upstream::target::dial_name;
+use crate::upstream::target::dialled;
 use crate::worker::ctx::WorkerCtx;
 
 /// Buffer of the copying fallback (used when no pipe can be had, e.g. out of descriptors).
@@ -71,17 +71,28 @@ pub async fn serve(
     }
     let up = &ctx.config().upstreams[upstream];
     let started = Instant::now();
-    let client_text = source.map(|s| s.to_string()).unwrap_or_default();
+    let connect_took = std::cell::Cell::new(None);
     let log = |target: Option<usize>, end: &str, moved: [u64; 2]| {
+        let via = target.map(|_| upstream);
+        let g = ctx.gen_metrics();
+        g.add_bytes(listener, via, moved);
+        // A tcp listener counts its finished connections in the no-status class.
+        g.requests[listener][0].inc();
         if let Some(log) = ctx.access() {
-            log.record_tcp(&crate::observe::access::TcpRecord {
-                client: &client_text,
-                upstream: target.map(|t| dial_name(&up.targets[t].addr)).as_deref(),
+            log.record(&crate::observe::access::Record {
+                event: crate::observe::access::Event::Tcp,
+                protocol: "tcp",
+                client: source,
+                listener: &l.name,
+                upstream: Some(&up.name),
+                upstream_addr: target.map(|t| dialled(&up.targets[t].addr)).as_deref(),
+                upstream_connect: connect_took.get(),
                 bytes_in: moved[0],
                 bytes_out: moved[1],
                 duration: started.elapsed(),
                 end,
                 worker: ctx.id(),
+                ..Default::default()
             });
         }
     };
@@ -101,7 +112,9 @@ pub async fn serve(
         source,
         dest,
     };
-    let connected = connect(ctx, upstream, up, &mut Attempts::default(), &want).await;
+    let mut att = Attempts::default();
+    let connected = connect(ctx, upstream, up, &mut att, &want).await;
+    connect_took.set(Some(started.elapsed()));
     // The tunnel holds the connection slot and the in-flight mark for its whole life (tcp
     // counts open connections, so least_conn and max_connections see tunnels).
     let Ok(Connected {
@@ -116,7 +129,7 @@ pub async fn serve(
     }) = connected
     else {
         tracing::debug!(upstream = %up.name, "no target reachable; closing the client");
-        log(None, "no_target", [0, 0]);
+        log(att.last_failed, "no_target", [0, 0]);
         return;
     };
     ctx.tunnel_counters()
@@ -125,7 +138,7 @@ pub async fn serve(
     // Whatever the client sent after its own PROXY header goes out first.
     if !early.is_empty() {
         if let (Err(e), _) = target.write_all(early).await {
-            tracing::debug!(upstream = %up.name, target = t, "upstream write failed: {e}");
+            tracing::debug!(upstream = %up.name, upstream_addr = t, "upstream write failed: {e}");
             log(Some(t), "upstream_error", [0, 0]);
             return;
         }
@@ -168,7 +181,7 @@ pub async fn serve(
             end
         }
     };
-    tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
+    tracing::debug!(upstream = %up.name, upstream_addr = t, "tunnel ended: {end:?}");
     log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
 }
 

@@ -4,6 +4,7 @@
 pub mod duplex;
 pub mod listener;
 pub mod proxy_protocol;
+pub mod sniff;
 pub mod splice;
 pub mod stream;
 pub mod tls;

@@ -155,12 +155,17 @@ pub fn parse(buf: &[u8]) -> Parse {
 
 fn parse_v1(buf: &[u8]) -> Parse {
     let window = &buf[..buf.len().min(V1_MAX_LEN)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
-        if buf.len() >= V1_MAX_LEN || window.contains(&b'\n') {
+    // The first CR or LF decides, so that a line is judged the same however it is split
+    // across reads (an UNKNOWN line holding a bare LF was refused in pieces, accepted whole).
+    let Some(cr) = window.iter().position(|&b| b == b'\r' || b == b'\n') else {
+        if buf.len() >= V1_MAX_LEN {
             return Parse::Invalid("v1 line without CRLF within 107 bytes");
         }
         return Parse::Partial;
     };
+    if window[cr] == b'\n' {
+        return Parse::Invalid("v1 line with a bare LF");
+    }
     match window.get(cr + 1) {
         None => return Parse::Partial,
         Some(b'\n') => {}
@@ -364,6 +369,20 @@ mod tests {
         let mut out = Vec::new();
         write_header(version, s.parse().ok(), d.parse().ok(), &mut out);
         out
+    }
+
+    #[test]
+    fn a_v1_line_with_a_bare_lf_is_refused_whole_and_in_pieces() {
+        // Found by fuzz/proxy_protocol: accepted whole (UNKNOWN ignores what follows), refused
+        // when the CRLF had not arrived yet.
+        let line = b"PROXY UNKNOWN x\ny\r\n";
+        assert_eq!(parse(line), Parse::Invalid("v1 line with a bare LF"));
+        assert_eq!(parse(&line[..16]), Parse::Invalid("v1 line with a bare LF"));
+        assert_eq!(parse(&line[..15]), Parse::Partial);
+        assert_eq!(
+            parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"),
+            Parse::Invalid("v1 line with a bare LF")
+        );
     }
 
     #[test]

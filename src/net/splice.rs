@@ -210,12 +210,20 @@ mod tests {
         let data: Vec<u8> = (0..base as u32).map(|i| (i % 251) as u8).collect();
         let writer = std::thread::spawn(move || far_a.write_all(&data).map(|_| data));
         let mut moved = 0;
+        // Pipe operations do not block: the writer thread may not have written yet.
+        let retry = |r: std::io::Result<usize>| match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                0
+            }
+            r => r.unwrap(),
+        };
         while moved < base {
-            moved += p.fill(near_a.as_raw_fd(), base - moved).unwrap();
+            moved += retry(p.fill(near_a.as_raw_fd(), base - moved));
         }
         let mut out = 0;
         while out < moved {
-            out += p.drain(near_b.as_raw_fd(), moved - out).unwrap();
+            out += retry(p.drain(near_b.as_raw_fd(), moved - out));
         }
         drop(near_b);
         let mut got = Vec::new();

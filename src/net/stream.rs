@@ -2,9 +2,12 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
+};
 use monoio::net::{TcpStream, UnixStream};
 
 use crate::net::splice::Pipe;
@@ -92,6 +95,54 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsServer(..) | Stream::TlsClient(..))
     }
+
+    /// Whether an idle connection can wait for input holding no buffer: plain sockets only (a
+    /// TLS session may hold decrypted bytes that its socket no longer shows as readable).
+    pub fn can_park(&self) -> bool {
+        matches!(self, Stream::Tcp(_) | Stream::Unix(_))
+    }
+
+    /// `read_more`, giving up when nothing arrives within `quiet` (`None` then) without losing
+    /// input: the read is cancelled and its completion awaited, so bytes that raced the cancel
+    /// are kept. TLS streams read as `read_more` does.
+    pub async fn read_more_unless_quiet(
+        &mut self,
+        buf: Vec<u8>,
+        quiet: Duration,
+        canceller: &mut Canceller,
+    ) -> (Option<io::Result<usize>>, Vec<u8>) {
+        debug_assert!(buf.len() < buf.capacity(), "read_more needs spare capacity");
+        let start = buf.len();
+        let end = buf.capacity();
+        let slice = buf.slice_mut(start..end);
+        let handle = canceller.handle();
+        let (res, slice) = match self {
+            Stream::Tcp(s) => quiet_read(s.cancelable_read(slice, handle), quiet, canceller).await,
+            Stream::Unix(s) => quiet_read(s.cancelable_read(slice, handle), quiet, canceller).await,
+            _ => {
+                let (res, buf) = self.read_more(slice.into_inner()).await;
+                return (Some(res), buf);
+            }
+        };
+        (res, slice.into_inner())
+    }
+}
+
+async fn quiet_read<B>(
+    read: impl std::future::Future<Output = monoio::BufResult<usize, B>>,
+    quiet: Duration,
+    canceller: &mut Canceller,
+) -> (Option<io::Result<usize>>, B) {
+    let mut read = std::pin::pin!(read);
+    if let Ok((res, buf)) = monoio::time::timeout(quiet, read.as_mut()).await {
+        return (Some(res), buf);
+    }
+    *canceller = std::mem::take(canceller).cancel();
+    let (res, buf) = read.await;
+    match res {
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => (None, buf),
+        res => (Some(res), buf),
+    }
 }
 
 impl Stream {
@@ -119,6 +170,21 @@ impl Stream {
         };
         // 0: FIN; >0: bytes nobody asked for; <0 with EAGAIN: alive and quiet.
         n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+    }
+}
+
+impl Stream {
+    /// The local address of a TCP connection (what a FastCGI application gets as
+    /// SERVER_ADDR/SERVER_PORT); `None` for Unix sockets or when the kernel says no.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
+            Stream::Unix(_) | Stream::Mem(_) => return None,
+        };
+        // SAFETY: `fd` belongs to this stream, which outlives the borrow (used only here).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
     }
 }
 
@@ -172,7 +238,8 @@ impl Stream {
         Ok(())
     }
 
-    async fn wait_readable(&self) -> io::Result<()> {
+    /// Waits, holding no buffer, until the peer sends something or closes (plain sockets).
+    pub async fn wait_readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable(false).await,
             Stream::Unix(s) => s.readable(false).await,

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerKind};
 
 /// A counter with a single writer (its worker): load + store, not a locked read-modify-write.
 #[derive(Debug, Default)]
@@ -25,6 +25,15 @@ impl Counter {
     #[inline]
     pub fn inc(&self) {
         self.add(1);
+    }
+
+    /// For a gauge its worker raises and lowers (open connections).
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).saturating_sub(n),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
@@ -81,7 +90,9 @@ pub fn status_class(status: u16) -> usize {
 pub struct WorkerMetrics {
     pub accepted: Counter,
     pub in_flight: Counter,
-    pub request_duration: Histogram,
+    /// Downstream HTTP connections holding a receive buffer now (busy, or quiet for less than
+    /// `proxy::PARK_AFTER`); parked idle connections hold none.
+    pub receive_buffers: Counter,
     /// Body bytes moved with splice(2), client -> upstream and upstream -> client.
     pub spliced_up: Counter,
     pub spliced_down: Counter,
@@ -90,7 +101,7 @@ pub struct WorkerMetrics {
 /// One worker's counters labelled by a generation's configuration. Only that worker writes them.
 #[derive(Debug)]
 pub struct GenMetrics {
-    /// `[listener][class]`.
+    /// `[listener][class]`; a tcp listener counts its finished connections in class 0.
     pub requests: Vec<[Counter; STATUS_CLASSES]>,
     /// Responses from each target, `[upstream][target][class]`.
     pub target_responses: Vec<Vec<[Counter; STATUS_CLASSES]>>,
@@ -104,6 +115,31 @@ pub struct GenMetrics {
     pub pool_waits: Vec<Counter>,
     /// How long those requests waited, `[upstream]`.
     pub pool_wait_time: Vec<Histogram>,
+    /// Time from a complete request head to the end of its response,
+    /// `[listener][upstream + 1, 0 when answered locally][class]`; empty for tcp listeners.
+    pub request_duration: Vec<Vec<[Histogram; STATUS_CLASSES]>>,
+    /// Client connections open now, `[listener]`: a gauge raised on accept and lowered on
+    /// close in the generation that accepted the connection.
+    pub open_connections: Vec<Counter>,
+    /// Client bytes received and sent, `[listener][0: in, 1: out]`.
+    pub listener_bytes: Vec<[Counter; 2]>,
+    /// Bytes of the requests and responses (tunnels) that went through each upstream,
+    /// `[upstream][0: sent to it, 1: received from it]`.
+    pub upstream_bytes: Vec<[Counter; 2]>,
+}
+
+/// One finished request, for [`GenMetrics::request_done`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Done {
+    pub listener: usize,
+    /// The upstream group the route chose (whether or not a target answered).
+    pub upstream: Option<usize>,
+    /// The target that answered, `(upstream, target)`.
+    pub target: Option<(usize, usize)>,
+    pub status: u16,
+    pub took: Duration,
+    /// Request bytes received, response bytes sent.
+    pub bytes: [u64; 2],
 }
 
 impl GenMetrics {
@@ -116,6 +152,46 @@ impl GenMetrics {
             upstream_response_time: per_item(&config.upstreams),
             pool_waits: per_item(&config.upstreams),
             pool_wait_time: per_item(&config.upstreams),
+            request_duration: config
+                .listeners
+                .iter()
+                .map(|l| match l.kind {
+                    ListenerKind::Http { .. } => (0..=config.upstreams.len())
+                        .map(|_| Default::default())
+                        .collect(),
+                    ListenerKind::Tcp { .. } => Vec::new(),
+                })
+                .collect(),
+            open_connections: per_item(&config.listeners),
+            listener_bytes: per_item(&config.listeners),
+            upstream_bytes: per_item(&config.upstreams),
+        }
+    }
+
+    /// Counts a finished request: by listener and status class, its duration by listener,
+    /// upstream and class, its bytes, and by target when one answered.
+    pub fn request_done(&self, d: &Done) {
+        let class = status_class(d.status);
+        self.requests[d.listener][class].inc();
+        if let Some((u, t)) = d.target {
+            self.target_responses[u][t][class].inc();
+        }
+        let upstream = d.upstream.or(d.target.map(|(u, _)| u));
+        if let Some(per_upstream) = self.request_duration.get(d.listener) {
+            per_upstream[upstream.map_or(0, |u| u + 1)][class].observe(d.took);
+        }
+        self.add_bytes(d.listener, upstream, d.bytes);
+    }
+
+    /// Adds `[in, out]` client bytes to the listener, and to the upstream they went through.
+    pub fn add_bytes(&self, listener: usize, upstream: Option<usize>, bytes: [u64; 2]) {
+        let l = &self.listener_bytes[listener];
+        l[0].add(bytes[0]);
+        l[1].add(bytes[1]);
+        if let Some(u) = upstream {
+            let u = &self.upstream_bytes[u];
+            u[0].add(bytes[0]);
+            u[1].add(bytes[1]);
         }
     }
 }

@@ -36,32 +36,19 @@ pub fn render(shared: &Shared, registry: &Mutex<Registry>) -> String {
     );
     let _ = writeln!(
         out,
-        "ringway_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+        "ringway_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        env!("RINGWAY_COMMIT")
     );
     for (name, kind, help) in FAMILIES {
         header(&mut out, name, kind, help);
         series.write(&mut out, name);
     }
 
-    header(
-        &mut out,
-        "ringway_request_duration_seconds",
-        "histogram",
-        "Time from a complete request head to the end of its response.",
-    );
-    let mut total = Series::default();
-    for m in w {
-        total.hist(
-            "ringway_request_duration_seconds",
-            String::new(),
-            &m.request_duration,
-        );
-    }
-    total.write(&mut out, "ringway_request_duration_seconds");
-
+    crate::observe::process::render(&mut out);
     if let Some(g) = &current {
         target_gauges(&mut out, g);
+        crate::control::discover::stats::render(&mut out, &g.config.upstreams, &shared.dns);
     }
 
     header(
@@ -88,6 +75,19 @@ pub fn render(shared: &Shared, registry: &Mutex<Registry>) -> String {
             out,
             "ringway_worker_in_flight_requests{{worker=\"{i}\"}} {}",
             m.in_flight.get()
+        );
+    }
+    header(
+        &mut out,
+        "ringway_worker_receive_buffers",
+        "gauge",
+        "Downstream HTTP connections of each worker holding a receive buffer (idle ones hold none).",
+    );
+    for (i, m) in w.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringway_worker_receive_buffers{{worker=\"{i}\"}} {}",
+            m.receive_buffers.get()
         );
     }
     header(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use crate::config::ListenerKind;
 use crate::control::generation::Generation;
 use crate::observe::metrics::{Histogram, BUCKETS, CLASS_LABELS, LATENCY_BUCKETS};
 use crate::upstream::target::dial_name;
@@ -97,7 +98,7 @@ impl Series {
 }
 
 /// Labelled families: name, type, help.
-pub(crate) const FAMILIES: [(&str, &str, &str); 7] = [
+pub(crate) const FAMILIES: [(&str, &str, &str); 12] = [
     (
         "ringway_requests_total",
         "counter",
@@ -132,6 +133,33 @@ pub(crate) const FAMILIES: [(&str, &str, &str); 7] = [
         "ringway_pool_wait_seconds",
         "histogram",
         "How long requests waited for a free connection slot.",
+    ),
+    (
+        "ringway_request_duration_seconds",
+        "histogram",
+        "Time from a complete request head to the end of its response, by listener, upstream \
+         (empty: answered locally) and status class.",
+    ),
+    (
+        "ringway_open_connections",
+        "gauge",
+        "Client connections open now, by listener.",
+    ),
+    (
+        "ringway_listener_bytes_total",
+        "counter",
+        "Bytes received from (in) and sent to (out) clients, by listener.",
+    ),
+    (
+        "ringway_upstream_bytes_total",
+        "counter",
+        "Bytes of requests sent to (out) and responses received from (in) each upstream \
+         (tunnel payload on tcp listeners).",
+    ),
+    (
+        "ringway_tcp_connections_total",
+        "counter",
+        "Connections accepted by each tcp listener.",
     ),
 ];
 
@@ -173,19 +201,65 @@ pub(crate) fn esc(v: &str) -> String {
 /// One generation's labelled counters, summed over workers.
 pub(crate) fn labelled(g: &Generation) -> Series {
     let mut s = Series::default();
-    let [requests, responses, upstream_requests, selected, response_time, waits, wait_time] =
+    let [requests, responses, upstream_requests, selected, response_time, waits, wait_time, duration, open, listener_bytes, upstream_bytes, tcp_conns] =
         FAMILIES.map(|f| f.0);
+    let mut http_used = vec![false; g.config.upstreams.len()];
+    for l in &g.config.listeners {
+        if let ListenerKind::Http { routes } = &l.kind {
+            for r in routes {
+                if let crate::config::Action::Proxy(u) = r.action {
+                    http_used[u] = true;
+                }
+            }
+        }
+    }
     for m in &g.metrics {
         for (li, l) in g.config.listeners.iter().enumerate() {
+            let name = format!("listener=\"{}\"", esc(&l.name));
+            s.count(open, name.clone(), m.open_connections[li].get());
+            for (dir, label) in ["in", "out"].iter().enumerate() {
+                let n = m.listener_bytes[li][dir].get();
+                s.count(listener_bytes, format!("{name},direction=\"{label}\""), n);
+            }
+            if matches!(l.kind, ListenerKind::Tcp { .. }) {
+                // HTTP series would stay zero here forever: count connections instead.
+                let n: u64 = m.requests[li].iter().map(|c| c.get()).sum();
+                s.count(tcp_conns, name, n);
+                continue;
+            }
             for (class, label) in CLASS_LABELS.iter().enumerate() {
-                let labels = format!("listener=\"{}\",code=\"{label}\"", esc(&l.name));
+                let labels = format!("{name},code=\"{label}\"");
                 s.count(requests, labels, m.requests[li][class].get());
+            }
+            for (slot, per_class) in m.request_duration[li].iter().enumerate() {
+                let upstream = match slot {
+                    0 => "",
+                    u => &g.config.upstreams[u - 1].name,
+                };
+                for (class, h) in per_class.iter().enumerate() {
+                    // Only combinations that happened: listeners x upstreams x classes is large.
+                    if h.buckets.iter().all(|b| b.get() == 0) {
+                        continue;
+                    }
+                    let labels = format!(
+                        "{name},upstream=\"{}\",code=\"{}\"",
+                        esc(upstream),
+                        CLASS_LABELS[class]
+                    );
+                    s.hist(duration, labels, h);
+                }
             }
         }
         for (ui, u) in g.config.upstreams.iter().enumerate() {
             let up = format!("upstream=\"{}\"", esc(&u.name));
+            // An upstream only tcp listeners use never sees an HTTP request or response.
+            let http = http_used[ui];
             for (ti, t) in u.targets.iter().enumerate() {
                 let target = format!("{up},target=\"{}\"", esc(&dial_name(&t.addr)));
+                s.count(selected, target.clone(), m.selected[ui][ti].get());
+                if !http {
+                    continue;
+                }
                 for (class, label) in CLASS_LABELS.iter().enumerate() {
                     let n = m.target_responses[ui][ti][class].get();
                     s.count(responses, format!("{target},code=\"{label}\""), n);
@@ -198,9 +272,14 @@ pub(crate) fn labelled(g: &Generation) -> Series {
                         n,
                     );
                 }
-                s.count(selected, target, m.selected[ui][ti].get());
             }
-            s.hist(response_time, up.clone(), &m.upstream_response_time[ui]);
+            for (dir, label) in ["out", "in"].iter().enumerate() {
+                let n = m.upstream_bytes[ui][dir].get();
+                s.count(upstream_bytes, format!("{up},direction=\"{label}\""), n);
+            }
+            if http {
+                s.hist(response_time, up.clone(), &m.upstream_response_time[ui]);
+            }
             s.count(waits, up.clone(), m.pool_waits[ui].get());
             s.hist(wait_time, up, &m.pool_wait_time[ui]);
         }

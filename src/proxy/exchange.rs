@@ -9,11 +9,13 @@ use crate::http1::body::Encode;
 use crate::http1::forward::{write_orig, write_request_head, Request};
 use crate::http1::parse::{parse_response, Framing, HeaderKind, Parse, ResponseHead, Version};
 use crate::http1::response::{write_response_head, ClientResponse};
+use crate::proxy::early::{self, BodyEnd};
 use crate::proxy::relay::{fill_body, io_err, BodyLimits, Dir, Relay};
 use crate::proxy::respond::is_head;
 use crate::proxy::session::{
     timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, COALESCE_BODY, RESPONSE_LIMITS,
 };
+use crate::proxy::shape::{self, Answered, Decision};
 use crate::upstream::pool::UpConn;
 
 /// The target an attempt goes to.
@@ -42,12 +44,16 @@ struct Sent {
     upstream_head: bool,
     /// The whole request body went upstream (else the client connection cannot be reused).
     body_sent: bool,
+    /// The upstream answered early and the body was stopped part way: never send it again.
+    cut: bool,
     /// Request body bytes that rode along with the head.
     coalesced: usize,
     /// When the head went (the response time counts from here).
     at: Instant,
     /// Limits of the request body, and what of it moved.
     limits: BodyLimits,
+    /// A `handle_response` rule's new status for the response.
+    replace_status: Option<u16>,
 }
 
 /// One request/response exchange on `conn`. `seen` gets the response status and latency as
@@ -70,6 +76,30 @@ pub(crate) async fn exchange(
     sess.s.target = Some((a.u, a.t));
     if resp.status == 101 {
         return switch_protocols(sess, &mut ub, &resp, conn).await;
+    }
+    if shape::shapes(a.route) {
+        let rbuf = &ub.buf[ub.pos..];
+        let headers = &sess.s.resp_headers;
+        match shape::decide(a.route, resp.status, |name, want| {
+            shape::header_matches(rbuf, headers, name, want)
+        }) {
+            Decision::Pass => {}
+            Decision::ReplaceStatus(code) => sent.replace_status = Some(code),
+            Decision::Local(local) => {
+                let first = Answered {
+                    route: a.route,
+                    u: a.u,
+                    t: a.t,
+                    keepalive: a.up.transport.keepalive,
+                    conn,
+                    ub,
+                    resp: &resp,
+                    body_sent: sent.body_sent,
+                    upstream_head: sent.upstream_head,
+                };
+                return shape::answer(sess, first, local).await;
+            }
+        }
     }
     send_response(sess, a, conn, ub, &resp, &sent).await
 }
@@ -141,9 +171,11 @@ async fn send_head(
     // With Expect: 100-continue and no body bytes sent yet, the upstream decides first.
     let rest = rest_of_body(head.framing, coalesced);
     let has_rest = !matches!(rest, Framing::None | Framing::Length(0));
-    let body_sent = !(head.expect_continue && has_rest && sess.down.pending() == 0);
+    let mut body_sent = !(head.expect_continue && has_rest && sess.down.pending() == 0);
+    let mut cut = false;
     if body_sent {
-        send_body(sess, conn, rest, &limits).await?;
+        cut = early::send_body(sess, conn, rest, &limits).await? == BodyEnd::Cut;
+        body_sent = !cut;
     }
     let sent = Sent {
         // What the upstream was asked decides its response framing; a method override can differ.
@@ -153,9 +185,11 @@ async fn send_head(
             .as_deref()
             .map_or(client_head, |m| m == "HEAD"),
         body_sent,
+        cut,
         coalesced,
         at,
         limits,
+        replace_status: None,
     };
     Ok(sent)
 }
@@ -231,7 +265,7 @@ async fn read_response_head(
                     ub.buf = buf;
                     res.map_err(|e| io_err(Side::Downstream, e))?;
                 }
-                if r.status == 100 && !sent.body_sent {
+                if r.status == 100 && !sent.body_sent && !sent.cut {
                     let rest = rest_of_body(head.framing, sent.coalesced);
                     send_body(sess, conn, rest, &sent.limits).await?;
                     sent.body_sent = true;
@@ -359,6 +393,13 @@ async fn send_response(
         };
         write_response_head(&req, a.up, a.host(), &r, out, aux, list);
     }
+    if let Some(code) = sent.replace_status {
+        shape::replace_status_line(&mut sess.s.out, code);
+        sess.s.status = code;
+    }
+    if !sess.s.copied.is_empty() {
+        shape::insert_fields(&mut sess.s.out, &sess.s.copied);
+    }
     ub.pos += resp.head_len;
     let mut framing = resp.framing;
     if let (Framing::Length(n), false) = (framing, client_head) {
@@ -396,7 +437,10 @@ async fn send_response(
     .map_err(answered)?;
     sess.s.bytes_out += resp_limits.moved.get();
     // Bytes after a complete response mean the upstream is confused: never reuse that.
+    // An upstream that answered without the (whole) body may read what it missed as the
+    // next request, or still wait for it: never reuse that connection either.
     let up_keep = resp.keep_alive()
+        && sent.body_sent
         && tr.keepalive
         && resp.framing != Framing::CloseDelimited
         && ub.pending() == 0;

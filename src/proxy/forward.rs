@@ -1,7 +1,7 @@
 //! One request to an upstream group: pick a target, reuse or dial a connection, run the
 //! exchange, and fail over or replay when that is safe.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Route, Upstream};
 use crate::error::{ErrorKind, ProxyError};
@@ -69,7 +69,9 @@ pub(crate) async fn forward(
     );
     // Each attempt sends the body from here again (only ever replayed when fully buffered).
     let body_start = sess.down.pos;
+    sess.s.body_at = req.body_buffered.then_some(body_start);
     let mut att = Attempts::default();
+    let first_dial = Instant::now();
     loop {
         sess.down.pos = body_start;
         let want = Want {
@@ -77,34 +79,56 @@ pub(crate) async fn forward(
             reuse: Some(req.idempotent && req.body_buffered),
             ..Want::default()
         };
+        let dial_started = Instant::now();
+        let connected = connect(ctx, u, up, &mut att, &want).await;
+        let trace = &mut sess.s.trace;
+        trace.connect = Some(dial_started.elapsed());
         let Connected {
             target: t,
             conn,
-            in_flight: _in_flight,
-        } = connect(ctx, u, up, &mut att, &want).await?;
+            in_flight,
+        } = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                trace.dialed = att.last_failed;
+                trace.response = Some(first_dial.elapsed());
+                return Err(e.into());
+            }
+        };
+        trace.dialed = Some(t);
         let reused = conn.reused;
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
             && lb_key.get(&sess.down.buf) != Some(bal.cookie(t).as_bytes());
         let mut seen = None;
-        let result = exchange(
-            sess,
-            &Attempt {
-                u,
-                t,
-                up,
-                route,
-                set_cookie,
-            },
-            conn,
-            &mut seen,
-        )
-        .await;
+        let attempt = Attempt {
+            u,
+            t,
+            up,
+            route,
+            set_cookie,
+        };
+        let result = if up.transport.fastcgi.is_some() {
+            // Boxed: the HTTP path's future stays its size.
+            Box::pin(crate::fastcgi::exchange::exchange(
+                sess, &attempt, conn, &mut seen,
+            ))
+            .await
+        } else {
+            exchange(sess, &attempt, conn, &mut seen).await
+        };
+        sess.s.trace.response = Some(first_dial.elapsed());
         if let Some((status, latency)) = seen {
             note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
         }
         let f = match result {
-            Ok(next) => return Ok(next),
+            Ok(next) => match sess.s.send_on.take() {
+                Some(second) => {
+                    drop(in_flight);
+                    return Ok(send_on(sess, &second).await);
+                }
+                None => return Ok(next),
+            },
             Err(f) => f,
         };
         let failed = retry::Failed {
@@ -129,7 +153,7 @@ pub(crate) async fn forward(
         // rotation like one that refused the connection.
         if retry::counts_against_target(f.error.side, &f.error.kind, f.answered) {
             let target = dial_name(&up.targets[t].addr);
-            tracing::warn!(upstream = %up.name, %target, "{}", f.error);
+            tracing::warn!(upstream = %up.name, upstream_addr = %target, "{}", f.error);
             bal.record_failure(t);
         }
         if retry::try_another_target(req, failed) && att.may_try_again(up) {
@@ -137,6 +161,29 @@ pub(crate) async fn forward(
             continue;
         }
         return Err(f);
+    }
+}
+
+/// A `handle_response` rule's second upstream. Its failures are answered here: they are not
+/// the first target's, so they must not reach its retry loop.
+async fn send_on(sess: &mut Session<'_>, second: &Route) -> Exchange {
+    let crate::config::Action::Proxy(u) = second.action else {
+        return Exchange::Done(false);
+    };
+    // Boxed: this future sits inside the first forward's.
+    let result = Box::pin(forward(sess, u, second)).await;
+    sess.s.copied.clear();
+    match result {
+        Ok(next) => next,
+        Err(Failure { error, answered }) => {
+            if answered {
+                tracing::debug!("response cut short: {error}");
+            } else {
+                sess.s.status = error.status().unwrap_or(0);
+                crate::proxy::shape::answer_error(sess, second, &error).await;
+            }
+            Exchange::Done(false)
+        }
     }
 }
 

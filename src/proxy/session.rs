@@ -20,6 +20,13 @@ pub(crate) const INITIAL_BUF: usize = 16 * 1024;
 /// KiB each instead of every buffer they ever grew.
 pub(crate) const IDLE_READ: usize = 1024;
 
+/// A keep-alive connection quiet this long is idle rather than between the requests of a busy
+/// client (whose next request comes within a millisecond or two): it gives back its receive
+/// buffer and request state and waits on readiness alone. Short, so that the busy state of
+/// connections arriving at thousands a second never piles up; parking and waking cost one
+/// poll and one allocation, paid only by clients this slow.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
+
 /// Room for the heads a request writes (upstream request, response), reserved once.
 pub(crate) const OUT_BUF: usize = 4096;
 
@@ -110,6 +117,24 @@ impl RecvBuf {
         self.buf = buf;
         res
     }
+
+    /// `read_more` on an empty buffer between requests; `None` when the connection stayed
+    /// quiet for `quiet` (nothing was read, nothing lost).
+    pub(crate) async fn read_unless_quiet(
+        &mut self,
+        stream: &mut Stream,
+        quiet: Duration,
+        canceller: &mut monoio::io::Canceller,
+    ) -> Option<std::io::Result<usize>> {
+        debug_assert!(self.buf.is_empty());
+        if self.buf.capacity() < IDLE_READ {
+            self.buf.reserve_exact(IDLE_READ);
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let (res, buf) = stream.read_more_unless_quiet(buf, quiet, canceller).await;
+        self.buf = buf;
+        res
+    }
 }
 
 /// Per-connection scratch buffers, reused across requests.
@@ -126,6 +151,35 @@ pub(crate) struct Scratch {
     pub(crate) bytes_out: u64,
     /// The upstream target that answered, as `[upstream, target]` (access log).
     pub(crate) target: Option<(usize, usize)>,
+    /// Header lines a `handle_response` rule copies onto the answer of another upstream.
+    pub(crate) copied: Vec<u8>,
+    /// A `handle_response` rule's second route: `forward` sends the request on with it once
+    /// the first exchange has handed its connection back.
+    pub(crate) send_on: Option<Box<crate::config::Route>>,
+    /// Where the request body starts while all of it is still in the receive buffer (so a
+    /// `handle_response` rule can send it to a second upstream); `None` once it streamed.
+    pub(crate) body_at: Option<usize>,
+    /// What the access log tells beyond the status and bytes.
+    pub(crate) trace: Trace,
+}
+
+/// Where the current request went and how long the upstream took (access log only).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Trace {
+    /// The listener the request came in on (in the generation that served it).
+    pub(crate) listener: usize,
+    /// Index of the matching route in its listener.
+    pub(crate) route: Option<usize>,
+    /// The upstream group the route sent it to.
+    pub(crate) upstream: Option<usize>,
+    /// The target last dialed, also when every dial failed.
+    pub(crate) dialed: Option<usize>,
+    /// Getting a connection (pooled or dialed, failovers included).
+    pub(crate) connect: Option<Duration>,
+    /// From the first dial until the response ended or failed.
+    pub(crate) response: Option<Duration>,
+    /// The request is an HTTP/2 stream (served through an in-memory pair).
+    pub(crate) http2: bool,
 }
 
 /// One request on a downstream connection: the generation serving it, the connection's stream
@@ -152,9 +206,11 @@ impl Session<'_> {
 
 /// Sends the error's status (when the client can still be answered); the caller closes.
 pub(crate) async fn answer_error(stream: &mut Stream, out: &mut Vec<u8>, e: &ProxyError) {
+    // Upstream failures were logged where they happened, with the upstream and its address;
+    // the answer itself is in the access log.
     match e.side {
         Side::Downstream => tracing::debug!("closing client connection: {e}"),
-        _ => tracing::warn!("{e}"),
+        _ => tracing::debug!("answering the client: {e}"),
     }
     if let Some(status) = e.status() {
         out.clear();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::{Policy, Split, Target, Upstream};
+use crate::config::{Policy, Split, Target, TargetSource, Upstream};
 use crate::upstream::target::{dial_name, now_ms, TargetShared};
 
 /// Random probes before `random_available` falls back to a scan, so a mostly-down upstream
@@ -91,6 +91,8 @@ pub struct Balancer {
     fail_ms: Option<u64>,
     /// `unhealthy_request_count`.
     max_requests: Option<u32>,
+    /// Some targets carry an SRV priority: only the lowest one with a healthy target serves.
+    tiered: bool,
 }
 
 struct TargetRef {
@@ -101,6 +103,8 @@ struct TargetRef {
     hrw_seed: u64,
     /// The cookie policy's value for this target (empty for other policies).
     cookie: String,
+    /// SRV priority (lower first); `None`: in every tier.
+    tier: Option<u16>,
 }
 
 impl Balancer {
@@ -114,19 +118,32 @@ impl Balancer {
             .zip(shared)
             .map(|(t, s): (&Target, _)| {
                 let dial = dial_name(&t.addr);
+                // Addresses of one re-resolved hostname share its name: the address tells
+                // them apart.
+                let identity = match (&t.source, &t.addr) {
+                    (TargetSource::Hostname, crate::config::TargetAddr::Tcp { addr, .. }) => {
+                        format!("{dial}@{addr}")
+                    }
+                    _ => dial,
+                };
                 TargetRef {
                     shared: s.clone(),
                     weight: t.weight.max(1),
                     max_conns: t.max_connections,
-                    hrw_seed: mix64(fnv1a(dial.as_bytes())),
+                    hrw_seed: mix64(fnv1a(identity.as_bytes())),
                     cookie: if up.lb.policy == Policy::Cookie {
-                        cookie_value(&up.lb.secret, &dial)
+                        cookie_value(&up.lb.secret, &identity)
                     } else {
                         String::new()
+                    },
+                    tier: match t.source {
+                        TargetSource::Srv { priority } => Some(priority),
+                        _ => None,
                     },
                 }
             })
             .collect();
+        let tiered = targets.iter().any(|t| t.tier.is_some());
         let split = up.split.filter(|s| s.start > 0 && s.start < targets.len());
         let side_len = |side: usize| match split {
             Some(s) if side == 1 => targets.len() - s.start,
@@ -150,7 +167,18 @@ impl Balancer {
                 .fail_duration
                 .map(|d| d.as_millis().max(1) as u64),
             max_requests: up.health.passive.unhealthy_request_count,
+            tiered,
         }
+    }
+
+    /// The lowest SRV priority that has a healthy target (`None`: no tiers, or none healthy).
+    fn live_tier(&self, now: u64) -> Option<u16> {
+        let healthy = |s: &TargetShared| {
+            s.healthy.load(Ordering::Relaxed)
+                && !self.fail_ms.is_some_and(|ms| s.passive_down(now, ms))
+        };
+        let tiers = self.targets.iter().filter(|t| healthy(&t.shared));
+        tiers.filter_map(|t| t.tier).min()
     }
 
     pub fn len(&self) -> usize {
@@ -252,7 +280,18 @@ impl Balancer {
             return None;
         }
         let now = if self.fail_ms.is_some() { now_ms() } else { 0 };
-        let ok = |i: usize| self.available(i, tried, now, &has_idle);
+        let tier = if self.tiered {
+            self.live_tier(now)
+        } else {
+            None
+        };
+        let ok = |i: usize| {
+            let in_tier = match (tier, self.targets[i].tier) {
+                (Some(live), Some(t)) => t == live,
+                _ => true,
+            };
+            in_tier && self.available(i, tried, now, &has_idle)
+        };
         if self.policy == Policy::Cookie {
             // Sticky: the target the cookie names wins while it is available, on either side.
             if let Some(v) = key {
@@ -451,6 +490,7 @@ mod tests {
                     tls: false,
                     weight: w,
                     max_connections: None,
+                    source: Default::default(),
                 })
                 .collect(),
             split: None,
@@ -475,11 +515,13 @@ mod tests {
                 max_idle_per_worker: 32,
                 tls: None,
                 proxy_protocol: crate::config::ProxyProtocol::Off,
+                fastcgi: None,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,
             request_buffer: 0,
             response_buffer: 0,
+            dynamic: None,
         }
     }
 
@@ -521,6 +563,38 @@ mod tests {
         assert_eq!(b.select(tried, None, |_| false), Some(2));
         tried.insert(2);
         assert_eq!(b.select(tried, None, |_| false), None);
+    }
+
+    #[test]
+    fn only_the_lowest_srv_priority_with_a_healthy_target_serves_and_static_targets_always_do() {
+        // Targets: SRV priority 10 (two), SRV priority 20, and one without a priority.
+        let mut up = upstream(Policy::RoundRobin, &[1, 1, 1, 1]);
+        let tiers = [Some(10), Some(10), Some(20), None];
+        for (t, tier) in up.targets.iter_mut().zip(tiers) {
+            t.source = tier.map_or(TargetSource::A, |priority| TargetSource::Srv { priority });
+        }
+        let shared = shared_targets(std::slice::from_ref(&up)).remove(0);
+        let b = Balancer::new(&up, &shared, 0, 42);
+        let picks = |b: &Balancer| {
+            let mut seen: Vec<usize> = (0..8)
+                .filter_map(|_| b.select(Tried::default(), None, |_| false))
+                .collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        };
+        let cases: [(&[usize], &[usize]); 4] = [
+            (&[], &[0, 1, 3]),
+            (&[0], &[1, 3]),
+            (&[0, 1], &[2, 3]),
+            (&[0, 1, 2], &[3]),
+        ];
+        for (down, want) in cases {
+            for (i, s) in shared.iter().enumerate() {
+                s.healthy.store(!down.contains(&i), Ordering::Relaxed);
+            }
+            assert_eq!(picks(&b), want, "down: {down:?}");
+        }
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct Attempts {
     attempts: u32,
     /// Since when it waits for a target with a free slot (for the pool wait metrics).
     waiting: Option<Instant>,
+    /// The target of the last failed dial (the access log names it on a 502).
+    pub last_failed: Option<usize>,
 }
 
 impl Default for Attempts {
@@ -40,6 +42,7 @@ impl Default for Attempts {
             tried: Tried::default(),
             attempts: 0,
             waiting: None,
+            last_failed: None,
         }
     }
 }
@@ -143,7 +146,8 @@ pub async fn connect<'a>(
             }
             Err(e) => {
                 let target = dial_name(&up.targets[t].addr);
-                tracing::warn!(upstream = %up.name, %target, "{e}");
+                tracing::warn!(upstream = %up.name, upstream_addr = %target, "{e}");
+                att.last_failed = Some(t);
                 if retry::counts_against_target(e.side, &e.kind, false) {
                     bal.record_failure(t);
                 }

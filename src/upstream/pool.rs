@@ -77,6 +77,11 @@ impl UpConn {
 pub const SURPLUS_GRACE: Duration = Duration::from_secs(1);
 /// Idle connections per target per worker never exceed this, whatever the load.
 pub const HARD_CAP: usize = 4096;
+/// How often a worker checks its idle connections without traffic: a connection the upstream
+/// closed (or one past `idle_timeout`) is closed within this, instead of sitting in CLOSE-WAIT
+/// until the next request to its target. A sweep costs one non-blocking peek per idle
+/// connection, and no memory per connection (a watcher task per connection would).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Idle {
     conn: UpConn,
@@ -157,6 +162,26 @@ impl Pool {
     pub fn move_idle(&self, from: (usize, usize), to: &Pool, to_index: (usize, usize)) {
         let moved = std::mem::take(&mut *self.idle[from.0][from.1].borrow_mut());
         to.idle[to_index.0][to_index.1].borrow_mut().extend(moved);
+    }
+
+    /// Closes the idle connections of every target that are older than their upstream's
+    /// `idle_timeout` (`max_age(upstream)`) or that the upstream closed or wrote to; returns
+    /// how many were closed.
+    pub fn sweep(&self, now: Instant, max_age: impl Fn(usize) -> Option<Duration>) -> usize {
+        let mut closed = 0;
+        for (u, targets) in self.idle.iter().enumerate() {
+            let max = max_age(u);
+            for idle in targets {
+                let mut idle = idle.borrow_mut();
+                let before = idle.len();
+                idle.retain(|i| {
+                    max.is_none_or(|m| now.saturating_duration_since(i.since) <= m)
+                        && !i.conn.stream.peer_closed()
+                });
+                closed += before - idle.len();
+            }
+        }
+        closed
     }
 
     /// Idle connections held for a target (for tests and metrics).

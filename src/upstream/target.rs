@@ -41,6 +41,9 @@ pub struct TargetShared {
     /// at `fail_next` is the oldest remembered failure: the target is down while it is recent.
     fails: Box<[AtomicU64]>,
     fail_next: AtomicU32,
+    /// A target that appeared at run time (DNS) and waits for its first active probe, down
+    /// meanwhile: that probe alone decides whether it takes traffic.
+    pub unprobed: AtomicBool,
     /// Times passive failures took this target down, and times active probes did.
     pub passive_marks: AtomicU64,
     pub active_marks: AtomicU64,
@@ -62,6 +65,7 @@ impl TargetShared {
             wanted: AtomicBool::new(false),
             fails: (0..max_fails.max(1)).map(|_| AtomicU64::new(0)).collect(),
             fail_next: AtomicU32::new(0),
+            unprobed: AtomicBool::new(false),
             passive_marks: AtomicU64::new(0),
             active_marks: AtomicU64::new(0),
             ewma: AtomicU64::new(0f64.to_bits()),
@@ -125,6 +129,16 @@ impl TargetShared {
     }
 }
 
+impl TargetShared {
+    /// A target that takes no traffic before an active probe passed.
+    pub fn awaiting_probe(max_fails: u32) -> Self {
+        let s = Self::with_max_fails(max_fails);
+        s.healthy.store(false, Ordering::Relaxed);
+        s.unprobed.store(true, Ordering::Relaxed);
+        s
+    }
+}
+
 impl Default for TargetShared {
     fn default() -> Self {
         Self::new()
@@ -136,6 +150,15 @@ impl Default for TargetShared {
 pub fn dial_name(addr: &TargetAddr) -> String {
     match addr {
         TargetAddr::Tcp { host, .. } => host.clone(),
+        TargetAddr::Unix(p) => format!("unix/{}", p.display()),
+    }
+}
+
+/// The address a target was dialled at, as the access log names it: the resolved `ip:port`
+/// (a hostname target's name may stand for several addresses).
+pub fn dialled(addr: &TargetAddr) -> String {
+    match addr {
+        TargetAddr::Tcp { addr, .. } => addr.to_string(),
         TargetAddr::Unix(p) => format!("unix/{}", p.display()),
     }
 }

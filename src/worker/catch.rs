@@ -4,9 +4,9 @@
 /// buffers in `Option`s that are `expect`ed present; a TLS stream whose halves meet a protocol
 /// error while the other half is mid-write (an upgraded tunnel) panics inside the library.
 /// Requests in flight on that connection stay counted until shutdown_timeout.
-pub struct CatchPanic<F>(pub std::pin::Pin<Box<F>>);
+pub struct CatchPanic<F: ?Sized>(pub std::pin::Pin<Box<F>>);
 
-impl<F: std::future::Future<Output = ()>> std::future::Future for CatchPanic<F> {
+impl<F: std::future::Future<Output = ()> + ?Sized> std::future::Future for CatchPanic<F> {
     type Output = ();
 
     fn poll(

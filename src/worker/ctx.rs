@@ -38,6 +38,8 @@ pub struct WorkerCore {
     pub(super) accepts: RefCell<Vec<AcceptLoop>>,
     /// Whether the task that hands idle slots of capped targets to other workers runs.
     pub(super) handing_over: Cell<bool>,
+    /// Idle deadlines of parked keep-alive connections.
+    pub(super) idle: Rc<crate::worker::idle::IdleClock>,
 }
 
 pub(super) struct AcceptLoop {
@@ -111,6 +113,14 @@ impl WorkerCtx {
                     if let Some((pu, pt)) = prev.find_target(shared) {
                         prev.pool.move_idle((pu, pt), &pool, (u, t));
                     }
+                }
+            }
+            // What is left belongs to targets that are gone (DNS dropped them, a reload
+            // removed them): closed now rather than when the old generation is let go.
+            let gone = Pool::new(std::iter::once(1));
+            for (u, targets) in prev.gen.targets.iter().enumerate() {
+                for t in 0..targets.len() {
+                    prev.pool.move_idle((u, t), &gone, (0, 0));
                 }
             }
         }
@@ -195,6 +205,11 @@ impl WorkerCtx {
         self.core.count_spliced(upward, n)
     }
 
+    /// The worker's coarse clock for idle deadlines of parked connections.
+    pub fn idle_clock(&self) -> &Rc<crate::worker::idle::IdleClock> {
+        &self.core.idle
+    }
+
     /// The current generation's context when a reload replaced this one.
     pub fn newer(&self) -> Option<Rc<WorkerCtx>> {
         let current = self.core.current.borrow();
@@ -255,13 +270,15 @@ impl WorkerCtx {
         took: Duration,
         target: Option<(usize, usize)>,
     ) {
-        let class = crate::observe::metrics::status_class(status);
-        let g = self.gen_metrics();
-        g.requests[listener][class].inc();
-        if let Some((u, t)) = target {
-            g.target_responses[u][t][class].inc();
-        }
-        self.metrics().request_duration.observe(took);
+        self.gen_metrics()
+            .request_done(&crate::observe::metrics::Done {
+                listener,
+                upstream: None,
+                target,
+                status,
+                took,
+                bytes: [0, 0],
+            });
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod catch;
 pub mod closer;
 pub mod ctx;
+pub mod idle;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -100,8 +101,9 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
         shared,
     } = init;
     let core = move || {
-        let access =
-            access.map(|tx| crate::observe::access::WorkerLog::new(tx, gen.config.log.format));
+        let access = access.map(|tx| {
+            crate::observe::access::WorkerLog::new(tx, gen.config.log.access_format.clone())
+        });
         let core = Rc::new(WorkerCore {
             id,
             shared,
@@ -114,6 +116,7 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
             current: RefCell::new(None),
             accepts: RefCell::new(Vec::new()),
             handing_over: Cell::new(false),
+            idle: Rc::default(),
         });
         let ctx = WorkerCtx::new(&core, gen, None);
         *core.current.borrow_mut() = Some(Rc::new(ctx));
@@ -184,6 +187,7 @@ async fn worker_main(
         monoio::spawn(flush_access_log(core.clone()));
     }
     start_handing_over(&core);
+    monoio::spawn(sweep_idle(core.clone()));
     // The control thread writes a byte after each message and closes its end when the server
     // drains: a readable socket wakes io_uring and epoll alike, where shutdown(2) of a Unix
     // listener does not wake epoll.
@@ -341,6 +345,20 @@ async fn hand_over_idle_slots(core: Rc<WorkerCore>) {
     core.handing_over.set(false);
 }
 
+/// Closes pooled upstream connections that went stale while idle (see `pool::SWEEP_EVERY`).
+async fn sweep_idle(core: Rc<WorkerCore>) {
+    while !core.close_all.is_closed() {
+        monoio::select! {
+            _ = monoio::time::sleep(crate::upstream::pool::SWEEP_EVERY) => {},
+            _ = core.close_all.wait() => break,
+        }
+        let Some(ctx) = core.current() else { break };
+        let ups = &ctx.config.upstreams;
+        ctx.pool
+            .sweep(Instant::now(), |u| ups[u].transport.idle_timeout);
+    }
+}
+
 /// Admits a new downstream connection unless the worker is at `limits.max_connections`.
 fn admit(ctx: &WorkerCtx) -> bool {
     !matches!(ctx.config.limits.max_connections, Some(max) if ctx.core.open_conns.get() >= max)
@@ -415,11 +433,29 @@ fn spawn_conn(
 ) {
     let core = ctx.core.clone();
     core.open_conns.set(core.open_conns.get() + 1);
-    monoio::spawn(async move {
-        let serve = async {
-            // The handshake runs here, in the connection's task, so the accept loop never waits.
-            // Each part boxed on its own: a task is as large as its largest state, and an idle
-            // keep-alive connection should not carry a TLS handshake's or a tunnel's.
+    // Lowered in this same generation's counters when the connection ends.
+    ctx.gen_metrics().open_connections[listener].inc();
+    let gen = ctx.clone();
+    // Each kind boxed on its own, and a plain HTTP connection's future built here rather than
+    // inside an async block: a task keeps a block's captures beside what it moved them into, and
+    // an idle keep-alive connection should carry neither those nor a TLS handshake's state.
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = match (
+        &ctx.config.listeners[listener].kind,
+        ctx.gen.listener_tls[listener].is_some(),
+    ) {
+        // Plaintext HTTP/1 only: nothing to detect.
+        (ListenerKind::Http { .. }, false) if !ctx.config.listeners[listener].protocols.h2c => {
+            Box::pin(crate::proxy::serve(
+                ctx.clone(),
+                socket,
+                listener,
+                stream,
+                peer,
+            ))
+        }
+        _ => Box::pin(async move {
+            // The handshake runs here, in the connection's task, so the accept loop never
+            // waits.
             let stream = if ctx.gen.listener_tls[listener].is_some() {
                 match Box::pin(terminate_tls(&ctx, listener, stream, peer)).await {
                     Some(s) => s,
@@ -436,12 +472,15 @@ fn spawn_conn(
                     Box::pin(crate::l4::serve(&ctx, listener, stream, peer)).await
                 }
             }
-        };
+        }),
+    };
+    monoio::spawn(async move {
         monoio::select! {
-            _ = CatchPanic(Box::pin(serve)) => {},
+            _ = CatchPanic(serve) => {},
             _ = core.close_all.wait() => {},
         }
         core.open_conns.set(core.open_conns.get() - 1);
+        gen.gen_metrics().open_connections[listener].sub(1);
     });
 }
 
@@ -483,16 +522,36 @@ async fn terminate_tls(
         return Some(stream);
     };
     // Validation allows TLS on TCP listeners only.
-    let tcp = match stream {
+    let mut tcp = match stream {
         Stream::Tcp(tcp) => tcp,
         other => return Some(other),
     };
+    let http = matches!(
+        ctx.config.listeners[listener].kind,
+        ListenerKind::Http { .. }
+    );
+    let started = std::time::Instant::now();
+    let failed = |first| {
+        ctx.shared
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let reason = match first {
+            Some(_) => "plain HTTP sent to a TLS port (answered 400)",
+            None => "closed or timed out before the first byte",
+        };
+        log_tls_failure(ctx, listener, peer, reason, started);
+    };
+    let limit = state.settings.handshake_timeout;
+    if http && !crate::net::sniff::tls_or_refuse(&mut tcp, limit, failed).await {
+        return None;
+    }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     // Loaded once per connection: a reload applies to connections accepted after it.
     let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());
     let handshake = acceptor.accept(tcp);
     let result = match state.settings.handshake_timeout {
-        Some(limit) => monoio::time::timeout(limit, handshake)
+        // The wait for the first byte counts against the same limit.
+        Some(limit) => monoio::time::timeout(limit.saturating_sub(started.elapsed()), handshake)
             .await
             .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut).into())),
         None => handshake.await,
@@ -505,8 +564,30 @@ async fn terminate_tls(
                 .fetch_add(1, Ordering::Relaxed);
             let reason = crate::net::tls::failure_reason(&e.into());
             tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
+            log_tls_failure(ctx, listener, peer, &reason, started);
             None
         }
+    }
+}
+
+/// A failed handshake is the client's only trace: the access log gets a line for it.
+fn log_tls_failure(
+    ctx: &WorkerCtx,
+    listener: usize,
+    peer: Option<std::net::SocketAddr>,
+    reason: &str,
+    started: std::time::Instant,
+) {
+    if let Some(log) = ctx.access() {
+        log.record(&crate::observe::access::Record {
+            event: crate::observe::access::Event::TlsHandshakeFailed,
+            client: peer,
+            listener: &ctx.config.listeners[listener].name,
+            reason,
+            duration: started.elapsed(),
+            worker: ctx.id,
+            ..Default::default()
+        });
     }
 }
 

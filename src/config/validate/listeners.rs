@@ -9,7 +9,7 @@ use crate::config::spans::join;
 use crate::config::units::{dur, Dur};
 use crate::config::{
     defaults, Action, HostMatch, Http2Limits, ListenAddr, Listener, ListenerKind, ListenerTls,
-    Match, Protocols, Respond, Route,
+    Match, PathMatch, Protocols, Respond, Route,
 };
 
 /// The keys of a `protocol: tcp` listener.
@@ -36,7 +36,10 @@ impl Validator<'_> {
         for (i, l) in list.into_iter().enumerate() {
             let key = format!("listeners[{i}]");
             let named = l.name.is_some();
-            let listener = self.listener(&key, l, upstreams, has_trusted)?;
+            // A broken listener is set aside so the ones after it are still checked.
+            let Some(listener) = self.keep(self.listener(&key, l, upstreams, has_trusted)) else {
+                continue;
+            };
             let name_key = join(&key, if named { "name" } else { "listen" });
             if let Some(other) = out.iter().find(|o| o.name == listener.name) {
                 return Err(self.at_value(
@@ -160,11 +163,22 @@ impl Validator<'_> {
             };
             return Err(self.at_key(at, "an http listener needs at least one route"));
         }
-        let routes = routes
-            .into_iter()
-            .enumerate()
-            .map(|(j, r)| self.route(&format!("{routes_key}[{j}]"), r, upstreams))
-            .collect::<Res<Vec<_>>>()?;
+        let mut failed = None;
+        let mut out = Vec::new();
+        for (j, r) in routes.into_iter().enumerate() {
+            // Every route is checked; the first failure fails the listener (set aside already).
+            match self.route(&format!("{routes_key}[{j}]"), r, upstreams) {
+                Ok(route) => out.push(route),
+                Err(e) => {
+                    failed.get_or_insert(e.clone());
+                    self.keep::<()>(Err(e));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let routes = out;
         Ok(Listener {
             name,
             addr,
@@ -222,22 +236,6 @@ impl Validator<'_> {
     }
 
     pub(super) fn route(&self, key: &str, r: RouteFile, upstreams: &[&str]) -> Res<Route> {
-        for (k, written, why) in [
-            (
-                "handle_response",
-                r.handle_response.is_some(),
-                "not supported yet (handling upstream responses is planned)",
-            ),
-            (
-                "error_pages",
-                r.error_pages.is_some(),
-                "not supported yet (error pages are planned)",
-            ),
-        ] {
-            if written {
-                return Err(self.at_key(&join(key, k), why));
-            }
-        }
         let matcher = match r.matcher {
             Some(m) => self.matcher(&join(key, "match"), m)?,
             None => Match::default(),
@@ -289,12 +287,35 @@ impl Validator<'_> {
                 }
             },
         };
+        let handle_response =
+            self.handle_response(&join(key, "handle_response"), r.handle_response, upstreams)?;
+        let error_pages = self.error_pages(&join(key, "error_pages"), r.error_pages)?;
+        if matches!(action, Action::Respond(_)) {
+            for (k, set) in [
+                ("handle_response", !handle_response.is_empty()),
+                ("error_pages", !error_pages.is_empty()),
+            ] {
+                if set {
+                    return Err(self.at_key(
+                        &join(key, k),
+                        "only valid on a route with an `upstream` (a `respond` route has no \
+                         upstream response)",
+                    ));
+                }
+            }
+        }
+        if r.name.as_deref() == Some("") {
+            return Err(self.at_value(&join(key, "name"), "must not be empty"));
+        }
         Ok(Route {
+            name: r.name,
             matcher,
             strip_prefix: r.strip_prefix,
             rewrite,
             method,
             action,
+            handle_response,
+            error_pages,
         })
     }
 
@@ -302,26 +323,20 @@ impl Validator<'_> {
         let mut out = Match::default();
         if let Some(hosts) = &m.host {
             for (i, h) in hosts.items.iter().enumerate() {
-                let hm = host_match(h)
+                let hm = HostMatch::parse(h)
                     .map_err(|e| self.at_value(&hosts.item_key(&join(key, "host"), i), e))?;
                 out.hosts.push(hm);
             }
         }
         if let Some(p) = m.path {
-            if !p.starts_with('/') {
-                return Err(self.at_value(&join(key, "path"), "must start with `/`"));
-            }
-            out.path = Some(p);
+            let pm = PathMatch::parse(&p).map_err(|e| self.at_value(&join(key, "path"), e))?;
+            out.path = Some(pm);
         }
         if let Some(except) = &m.except {
             for (i, p) in except.items.iter().enumerate() {
-                if !p.starts_with('/') {
-                    return Err(self.at_value(
-                        &except.item_key(&join(key, "except"), i),
-                        "must start with `/`",
-                    ));
-                }
-                out.except.push(p.clone());
+                let pm = PathMatch::parse(p)
+                    .map_err(|e| self.at_value(&except.item_key(&join(key, "except"), i), e))?;
+                out.except.push(pm);
             }
         }
         if let Some(methods) = &m.methods {
@@ -361,37 +376,6 @@ impl Validator<'_> {
             headers,
         })
     }
-}
-
-/// `example.com` or `*.example.com`, lower-cased, no port.
-pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
-    let lower = h.to_ascii_lowercase();
-    let (name, suffix) = match lower.strip_prefix("*.") {
-        Some(rest) => (rest, true),
-        None => (lower.as_str(), false),
-    };
-    let valid = if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
-        !suffix && v6.parse::<std::net::Ipv6Addr>().is_ok()
-    } else {
-        !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    };
-    if !valid {
-        return Err(if name.contains(':') && !name.starts_with('[') {
-            format!("invalid host \"{h}\" (host matches do not include a port)")
-        } else if name.contains('*') {
-            format!("invalid host \"{h}\" (a wildcard is only allowed as a leading \"*.\")")
-        } else {
-            format!("invalid host \"{h}\"")
-        });
-    }
-    Ok(if suffix {
-        HostMatch::Suffix(format!(".{name}"))
-    } else {
-        HostMatch::Exact(lower)
-    })
 }
 
 #[cfg(test)]
@@ -690,6 +674,21 @@ mod tests {
                 "wildcard",
             ),
             ("match: { path: api }", "match.path", "must start with `/`"),
+            (
+                "match: { path: \"~ ^/api/(v1\" }",
+                "match.path",
+                "invalid regex \"^/api/(v1\": ",
+            ),
+            (
+                "match: { path: \"/api/v[0-9]+\" }",
+                "match.path",
+                "for a regex write `~ /api/v[0-9]+`",
+            ),
+            (
+                "match: { host: [\"~ [\"] }",
+                "match.host[0]",
+                "invalid regex",
+            ),
             (
                 "match: { except: [/a, b] }",
                 "match.except[1]",

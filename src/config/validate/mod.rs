@@ -4,13 +4,16 @@
 //! operations, and the keys that mean nothing on layer 4. This file holds the error
 //! helpers and the top level.
 
-use std::net::IpAddr;
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
 
+use super::access_format::AccessFormat;
 use super::defaults;
 use super::file::{AccessLogFile, AdminFile, FileConfig, LimitsFile, LogFile, Strings, ONE_OP};
+use super::pattern::one_line;
 use super::spans::{join, Pos, Spans};
 use super::units::{dur, size, Workers};
 use super::{
@@ -19,10 +22,13 @@ use super::{
 use crate::template::Template;
 
 mod addr;
+mod dynamic;
+mod fastcgi;
 mod headers;
 mod http2;
 mod layer4;
 mod listeners;
+mod shape;
 mod tls;
 mod upstreams;
 
@@ -34,9 +40,27 @@ type Res<T> = Result<T, ConfigError>;
 pub(in crate::config) struct Validator<'a> {
     pub(in crate::config) file: &'a str,
     pub(in crate::config) spans: &'a Spans,
+    /// Problems set aside by `keep` so one run reports them all.
+    pub(in crate::config) errors: RefCell<Vec<ConfigError>>,
 }
 
-impl Validator<'_> {
+/// Whether two TCP listen addresses want the same port on some interface (port 0 never does).
+pub(in crate::config) fn addrs_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl<'a> Validator<'a> {
+    pub(in crate::config) fn new(file: &'a str, spans: &'a Spans) -> Validator<'a> {
+        Validator {
+            file,
+            spans,
+            errors: RefCell::new(Vec::new()),
+        }
+    }
+
     pub(in crate::config) fn error(
         &self,
         key: &str,
@@ -48,7 +72,18 @@ impl Validator<'_> {
             line: pos.line,
             column: pos.column,
             key: key.to_string(),
-            message: message.into(),
+            // One error, one line: regex and YAML errors come with their own line breaks.
+            message: one_line(&message.into()),
+        }
+    }
+
+    /// A file named in the configuration: a relative path is taken from the configuration
+    /// file's directory (as nginx and Caddy users expect), not from the working directory.
+    pub(in crate::config) fn path(&self, p: &str) -> PathBuf {
+        let path = std::path::Path::new(p);
+        match std::path::Path::new(self.file).parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
         }
     }
 
@@ -114,54 +149,73 @@ impl Validator<'_> {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             }
         };
-        let driver = match f.driver.as_deref().unwrap_or(defaults::DRIVER) {
-            "auto" => Driver::Auto,
-            "io_uring" => Driver::IoUring,
-            "epoll" => Driver::Epoll,
-            other => {
-                return Err(self.at_value(
-                    "driver",
-                    format!("unknown driver \"{other}\" (expected auto, io_uring or epoll)"),
-                ))
-            }
-        };
+        // Each section is checked even when an earlier one failed, so `validate` can report
+        // every problem at once; the first in file order is returned.
+        let driver = self.keep(self.driver(f.driver.as_deref()));
         let shutdown_timeout =
             dur(f.shutdown_timeout, defaults::SHUTDOWN_TIMEOUT).unwrap_or_default();
         let shutdown_delay = dur(f.shutdown_delay, defaults::SHUTDOWN_DELAY).unwrap_or_default();
-        let admin = match f.admin {
-            None => None,
-            Some(AdminFile { listen: None }) => {
-                return Err(self.at_key("admin", "needs `listen` (an IP:port address)"))
-            }
-            Some(AdminFile { listen: Some(l) }) => match parse_listen(&l) {
-                Ok(ListenAddr::Tcp(a)) => Some(a),
-                Ok(ListenAddr::Unix(_)) => {
-                    return Err(self.at_value("admin.listen", "must be a TCP address (IP:port)"))
-                }
-                Err(m) => return Err(self.at_value("admin.listen", m)),
-            },
-        };
-        let log = self.log(f.log.unwrap_or_default())?;
-        let limits = self.limits(f.limits.unwrap_or_default())?;
-        let trusted_proxies = self.trusted_proxies(f.trusted_proxies)?;
+        let admin = self.keep(self.admin(f.admin));
+        let log = self.keep(self.log(f.log.unwrap_or_default()));
+        let limits = self.keep(self.limits(f.limits.unwrap_or_default()));
+        let trusted_proxies = self.keep(self.trusted_proxies(f.trusted_proxies));
 
         let upstreams_raw = f.upstreams.map(|n| n.0).unwrap_or_default();
         let names: Vec<&str> = upstreams_raw.iter().map(|(n, _)| n.as_str()).collect();
-        let has_trusted = !trusted_proxies.is_empty();
-        let listeners = self.listeners(f.listeners, &names, has_trusted)?;
-        let upstreams = upstreams_raw
+        let has_trusted = trusted_proxies.as_ref().is_some_and(|t| !t.is_empty());
+        // Taken before the listeners are checked, so a listener broken elsewhere (a bad route)
+        // still has its address compared with the admin endpoint's.
+        let addresses: Vec<(String, SocketAddr)> = f
+            .listeners
+            .iter()
+            .flatten()
+            .filter_map(|l| match parse_listen(&l.listen) {
+                Ok(ListenAddr::Tcp(a)) => Some((l.name.clone().unwrap_or(l.listen.clone()), a)),
+                _ => None,
+            })
+            .collect();
+        let listeners = self.keep(self.listeners(f.listeners, &names, has_trusted));
+        let no_listeners = Vec::new();
+        let known_listeners = listeners.as_ref().unwrap_or(&no_listeners);
+        let upstreams: Vec<_> = upstreams_raw
             .into_iter()
             .enumerate()
             .map(|(i, (name, u))| {
                 // A tcp listener's upstream is refused its HTTP-only keys, even when http
                 // routes use it too: on the tunnel they would silently do nothing.
-                let tcp_user = listeners.iter().find_map(|l| match l.kind {
+                let tcp_user = known_listeners.iter().find_map(|l| match l.kind {
                     ListenerKind::Tcp { upstream, .. } if upstream == i => Some(l.name.as_str()),
                     _ => None,
                 });
-                self.upstream(name, u, tcp_user)
+                self.keep(self.upstream(name, u, tcp_user))
             })
-            .collect::<Res<Vec<_>>>()?;
+            .collect();
+        if let Some(Some(admin)) = &admin {
+            self.keep(self.admin_port_is_free(*admin, &addresses));
+        }
+        let (
+            Some(driver),
+            Some(admin),
+            Some(log),
+            Some(limits),
+            Some(trusted_proxies),
+            Some(listeners),
+            Some(upstreams),
+        ) = (
+            driver,
+            admin,
+            log,
+            limits,
+            trusted_proxies,
+            listeners,
+            upstreams.into_iter().collect::<Option<Vec<_>>>(),
+        )
+        else {
+            return Err(self.first_error());
+        };
+        if !self.errors.borrow().is_empty() {
+            return Err(self.first_error());
+        }
         self.proxy_protocol_only_for_tcp(&listeners, &upstreams)?;
         Ok(Config {
             workers,
@@ -177,6 +231,80 @@ impl Validator<'_> {
             upstreams,
             source: None,
         })
+    }
+
+    /// Sets a failed check's error aside (see `errors`) and goes on without its value.
+    pub(in crate::config) fn keep<T>(&self, r: Res<T>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.borrow_mut().push(e);
+                None
+            }
+        }
+    }
+
+    /// Every error set aside, in file order, each once.
+    pub(in crate::config) fn take_errors(&self) -> Vec<ConfigError> {
+        let mut all = std::mem::take(&mut *self.errors.borrow_mut());
+        all.sort_by_key(|e| self.order(e));
+        all.dedup();
+        all
+    }
+
+    /// File order; a problem about a key that is not written (a missing section) has no
+    /// place of its own, so it comes after the ones that do.
+    fn order(&self, e: &ConfigError) -> (bool, usize, usize) {
+        let unwritten = !e.key.is_empty() && !self.spans.knows(&e.key);
+        (unwritten, e.line, e.column)
+    }
+
+    fn first_error(&self) -> ConfigError {
+        let errors = self.errors.borrow();
+        let first = errors.iter().min_by_key(|e| self.order(e));
+        first
+            .cloned()
+            .unwrap_or_else(|| self.error("", Pos { line: 1, column: 1 }, "invalid"))
+    }
+
+    fn driver(&self, d: Option<&str>) -> Res<Driver> {
+        match d.unwrap_or(defaults::DRIVER) {
+            "auto" => Ok(Driver::Auto),
+            "io_uring" => Ok(Driver::IoUring),
+            "epoll" => Ok(Driver::Epoll),
+            other => Err(self.at_value(
+                "driver",
+                format!("unknown driver \"{other}\" (expected auto, io_uring or epoll)"),
+            )),
+        }
+    }
+
+    fn admin(&self, a: Option<AdminFile>) -> Res<Option<SocketAddr>> {
+        match a {
+            None => Ok(None),
+            Some(AdminFile { listen: None }) => {
+                Err(self.at_key("admin", "needs `listen` (an IP:port address)"))
+            }
+            Some(AdminFile { listen: Some(l) }) => match parse_listen(&l) {
+                Ok(ListenAddr::Tcp(a)) => Ok(Some(a)),
+                Ok(ListenAddr::Unix(_)) => {
+                    Err(self.at_value("admin.listen", "must be a TCP address (IP:port)"))
+                }
+                Err(m) => Err(self.at_value("admin.listen", m)),
+            },
+        }
+    }
+
+    /// The admin endpoint binds without `SO_REUSEPORT`: sharing a listener's port fails at
+    /// startup (or, worse, on a reload), so say so now.
+    fn admin_port_is_free(&self, admin: SocketAddr, listeners: &[(String, SocketAddr)]) -> Res<()> {
+        match listeners.iter().find(|(_, a)| addrs_collide(admin, *a)) {
+            Some((name, a)) => Err(self.at_value(
+                "admin.listen",
+                format!("{admin} collides with listener \"{name}\" ({a})"),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn log(&self, l: LogFile) -> Res<Log> {
@@ -199,18 +327,42 @@ impl Validator<'_> {
                 ))
             }
         };
-        let access_log = match l.access_log {
-            None | Some(AccessLogFile::On(false)) => None,
-            Some(AccessLogFile::On(true)) => Some(AccessLog::Stdout),
+        let (access_log, access_format) = match l.access_log {
+            None | Some(AccessLogFile::On(false)) => (None, None),
+            Some(AccessLogFile::On(true)) => (Some(AccessLog::Stdout), None),
             Some(AccessLogFile::Path(p)) if p.is_empty() => {
                 return Err(self.at_value("log.access_log", "expected true, false or a file path"))
             }
-            Some(AccessLogFile::Path(p)) => Some(AccessLog::File(PathBuf::from(p))),
+            Some(AccessLogFile::Path(p)) => (Some(AccessLog::File(self.path(&p))), None),
+            Some(AccessLogFile::Full(full)) => {
+                let to = match full.path.as_deref() {
+                    None | Some("stdout") => AccessLog::Stdout,
+                    Some("") => {
+                        return Err(
+                            self.at_value("log.access_log.path", "expected stdout or a file path")
+                        )
+                    }
+                    Some(p) => AccessLog::File(self.path(p)),
+                };
+                let format = match full.format.as_deref() {
+                    None => None,
+                    Some(f) => Some(
+                        AccessFormat::parse(f)
+                            .map_err(|e| self.at_value("log.access_log.format", e))?,
+                    ),
+                };
+                (Some(to), format)
+            }
         };
+        let access_format = access_format.unwrap_or(match format {
+            LogFormat::Json => AccessFormat::Json,
+            LogFormat::Text => AccessFormat::Text,
+        });
         Ok(Log {
             level,
             format,
             access_log,
+            access_format,
         })
     }
 
@@ -498,8 +650,8 @@ mod tests {
                 HostMatch::Suffix(".example.com".into())
             ]
         );
-        assert_eq!(m.path.as_deref(), Some("/api"));
-        assert_eq!(m.except, ["/api/static"]);
+        assert_eq!(m.path, Some(PathMatch::Prefix("/api".into())));
+        assert_eq!(m.except, [PathMatch::Prefix("/api/static".into())]);
         assert_eq!(m.methods, ["GET", "POST"]);
         assert_eq!(m.headers, [("x-env".to_string(), "staging".to_string())]);
         assert_eq!(r.strip_prefix.as_deref(), Some("/api"));
@@ -624,38 +776,14 @@ mod tests {
             assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
             assert!(e.message.starts_with("not supported yet"), "{e}");
         }
-        let route = [
-            (
-                "handle_response: [{ match: { status: [5xx] }, replace_status: 503 }]",
-                "handle_response",
-            ),
-            ("error_pages: { 502: /etc/ringway/502.html }", "error_pages"),
-        ];
-        for (extra, key) in route {
-            let text = format!(
-                "listeners:\n  - listen: 127.0.0.1:8080\n    routes:\n      - respond: {{}}\n        \
-                 {extra}\n"
-            );
-            let e = Config::parse(&text, "t").expect_err(key);
-            let key = format!("listeners[0].routes[0].{key}");
-            assert_eq!((e.line, e.key.as_str()), (5, key.as_str()), "{e}");
-            assert!(e.message.starts_with("not supported yet"), "{e}");
-        }
         // Line 8 is the first line after the base file built by `with_upstream`.
         let upstream = [
-            ("transport:\n  protocol: fastcgi", 9, "transport.protocol"),
             (
                 "transport:\n  versions: [\"1.1\", \"2\"]",
                 9,
                 "transport.versions",
             ),
             ("transport:\n  versions: [\"2\"]", 9, "transport.versions"),
-            (
-                "transport:\n  fastcgi: { root: /var/www, index: index.php }",
-                9,
-                "transport.fastcgi",
-            ),
-            ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
             (
                 "transport:\n  proxy_protocol: v2",
                 9,

@@ -3,8 +3,6 @@
 //! Certificates are loaded here (through `crate::tls`) so a bad file is reported with its
 //! key at validation, not at startup.
 
-use std::path::PathBuf;
-
 use super::{Res, Validator};
 use crate::config::file::ListenerTlsFile;
 use crate::config::spans::join;
@@ -75,7 +73,7 @@ impl Validator<'_> {
                     return Err(self.at_key(&at, "client_auth needs at least one `ca` file"));
                 }
                 Some(ClientAuth {
-                    ca: ca.into_iter().map(PathBuf::from).collect(),
+                    ca: ca.iter().map(|p| self.path(p)).collect(),
                     required: a.required.unwrap_or(defaults::CLIENT_AUTH_REQUIRED),
                 })
             }
@@ -107,8 +105,8 @@ impl Validator<'_> {
         let private = private.filter(|k| !k.is_empty());
         match (cert, private) {
             (Some(cert), Some(private)) => Ok(CertificatePaths {
-                cert: cert.into(),
-                key: private.into(),
+                cert: self.path(&cert),
+                key: self.path(&private),
             }),
             (None, _) => Err(self.at_key(key, format!("missing key `{cert_name}`"))),
             (_, None) => Err(self.at_key(key, format!("missing key `{key_name}`"))),
@@ -178,7 +176,8 @@ impl Validator<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::PathBuf;
+
     use crate::config::test_support::*;
     use crate::config::*;
 

@@ -1,6 +1,5 @@
 //! Upstreams: targets, load balancing, health checks, transport.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::Regex;
@@ -43,12 +42,10 @@ impl Validator<'_> {
             targets.push(target);
             schemes.push(scheme);
         }
-        if u.dynamic.is_some() {
-            return Err(self.at_key(
-                &join(&key, "dynamic"),
-                "not supported yet (dynamic upstreams are planned)",
-            ));
-        }
+        let dynamic = match u.dynamic {
+            Some(d) => Some(self.dynamic(&join(&key, "dynamic"), d)?),
+            None => None,
+        };
         let main_targets = targets.len();
         let mut split = None;
         if let Some(sp) = u.split {
@@ -70,7 +67,7 @@ impl Validator<'_> {
                 percent,
             });
         }
-        if main_targets == 0 {
+        if main_targets == 0 && dynamic.is_none() {
             let k = join(&key, "targets");
             let at = if self.spans.knows(&k) {
                 k.as_str()
@@ -88,6 +85,9 @@ impl Validator<'_> {
         let https_ports = transport_file.https_ports.clone().unwrap_or_default();
         let mut transport = self.transport(&join(&key, "transport"), transport_file)?;
         self.upstream_tls(&key, &mut targets, &schemes, &mut transport, &https_ports)?;
+        if transport.fastcgi.is_some() {
+            self.fastcgi_upstream(&key, &u.headers, &health, &transport, &u.response_buffer)?;
+        }
         let h = u.headers.unwrap_or_default();
         let headers = HeaderOps {
             request: self.header_ops(&join(&key, "headers.request"), h.request)?,
@@ -138,6 +138,7 @@ impl Validator<'_> {
             forwarded,
             request_buffer: buffers[0],
             response_buffer: buffers[1],
+            dynamic,
         })
     }
 
@@ -163,6 +164,7 @@ impl Validator<'_> {
             tls: false,
             weight,
             max_connections: max_connections.filter(|&n| n > 0),
+            source: Default::default(),
         };
         Ok((target, scheme))
     }
@@ -364,13 +366,7 @@ impl Validator<'_> {
             .as_deref()
             .unwrap_or(defaults::TRANSPORT_PROTOCOL)
         {
-            "http" => {}
-            "fastcgi" => {
-                return Err(self.at_value(
-                    &join(key, "protocol"),
-                    "not supported yet (FastCGI is planned; use http)",
-                ))
-            }
+            "http" | "fastcgi" => {}
             other => {
                 return Err(self.at_value(
                     &join(key, "protocol"),
@@ -381,12 +377,7 @@ impl Validator<'_> {
         if let Some(versions) = &t.versions {
             self.versions(&join(key, "versions"), versions)?;
         }
-        if t.fastcgi.is_some() {
-            return Err(self.at_key(
-                &join(key, "fastcgi"),
-                "not supported yet (FastCGI is planned)",
-            ));
-        }
+        let fastcgi = self.fastcgi(key, &t)?;
         let proxy_protocol = match t
             .proxy_protocol
             .as_deref()
@@ -415,7 +406,7 @@ impl Validator<'_> {
                 Some(UpstreamTls {
                     ca: f
                         .ca
-                        .map(|c| c.items.into_iter().map(PathBuf::from).collect())
+                        .map(|c| c.items.iter().map(|p| self.path(p)).collect())
                         .unwrap_or_default(),
                     client_cert,
                     server_name: f.server_name.filter(|s| !s.is_empty()),
@@ -443,6 +434,7 @@ impl Validator<'_> {
                 .unwrap_or(defaults::MAX_IDLE_PER_WORKER),
             tls,
             proxy_protocol,
+            fastcgi,
         })
     }
 }

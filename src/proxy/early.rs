@@ -1,0 +1,194 @@
+//! Early answers: an upstream may answer (401, 403, 413...) before it has read the request
+//! body, and then stop reading. Waiting for the body to go through would end in a write
+//! timeout and a 502 in place of the upstream's answer, so while a body streams upstream the
+//! upstream socket is watched: the first response byte stops the body, and the response is
+//! relayed as usual (the exchange then closes the upstream connection, and the client side
+//! closes lingering, see `proxy::linger`).
+
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use crate::error::{ProxyError, Side};
+use crate::http1::body::Encode;
+use crate::http1::parse::Framing;
+use crate::net::stream::Stream;
+use crate::proxy::relay::{BodyLimits, Dir, Relay};
+use crate::proxy::session::Session;
+use crate::upstream::pool::UpConn;
+
+/// How a request body went upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// Every byte of it.
+    Whole,
+    /// The upstream began its response first: the rest of the body was not sent.
+    Cut,
+}
+
+/// A second descriptor of a plaintext upstream socket, only to wait for it to turn readable
+/// while the relay owns the stream.
+enum Watch {
+    Tcp(monoio::net::TcpStream),
+    Unix(monoio::net::UnixStream),
+}
+
+impl Watch {
+    /// `None` for TLS upstreams: their socket turns readable for TLS records that are no
+    /// response (a TLS 1.3 session ticket), so they keep streaming the whole body.
+    fn of(stream: &Stream) -> Option<Watch> {
+        let fd = match stream {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+            // Upstreams are sockets; an in-memory stream is only ever a client.
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => return None,
+        };
+        // SAFETY: F_DUPFD_CLOEXEC on an open descriptor has no memory effects; the new
+        // descriptor is owned by the stream built from it below and closed with it.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return None;
+        }
+        match stream {
+            Stream::Tcp(_) => {
+                // SAFETY: `dup` is a fresh descriptor of a TCP socket that nothing else owns.
+                let s = unsafe { std::net::TcpStream::from_raw_fd(dup) };
+                monoio::net::TcpStream::from_std(s).ok().map(Watch::Tcp)
+            }
+            _ => {
+                // SAFETY: `dup` is a fresh descriptor of a Unix socket that nothing else owns.
+                let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) };
+                monoio::net::UnixStream::from_std(s).ok().map(Watch::Unix)
+            }
+        }
+    }
+
+    async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Watch::Tcp(s) => s.readable(false).await,
+            Watch::Unix(s) => s.readable(false).await,
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        match self {
+            Watch::Tcp(s) => s.as_raw_fd(),
+            Watch::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Whether what arrived starts an interim (1xx) response: the upstream still wants the body.
+    fn interim_pending(&self) -> bool {
+        let (n, head) = self.peek();
+        n == head.len() && is_interim_start(&head)
+    }
+
+    /// Whether response bytes wait to be read (a write failed because the upstream answered
+    /// and closed: its answer is still readable).
+    fn response_pending(&self) -> bool {
+        self.peek().0 > 0
+    }
+
+    /// The first bytes waiting in the socket, without consuming them.
+    fn peek(&self) -> (usize, [u8; 10]) {
+        let mut head = [0u8; 10];
+        // SAFETY: recv writes at most `head.len()` bytes into `head`, which outlives the call.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                head.as_mut_ptr().cast(),
+                head.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        (n.max(0) as usize, head)
+    }
+}
+
+/// `HTTP/1.x 1`: the start of a 1xx status line.
+fn is_interim_start(b: &[u8; 10]) -> bool {
+    b.starts_with(b"HTTP/1.") && b[8] == b' ' && b[9] == b'1'
+}
+
+/// Streams the rest of the request body from the client to the upstream, as received, unless
+/// the upstream starts a final response first.
+pub(crate) async fn send_body(
+    sess: &mut Session<'_>,
+    conn: &mut UpConn,
+    rest: Framing,
+    lim: &BodyLimits,
+) -> Result<BodyEnd, ProxyError> {
+    let watch = match rest {
+        Framing::None | Framing::Length(0) => None,
+        _ => Watch::of(&conn.stream),
+    };
+    let Some(watch) = watch else {
+        relay(sess, conn, rest, lim).await?;
+        return Ok(BodyEnd::Whole);
+    };
+    // A relay stopped mid-operation takes the receive buffer with it: keep the head (which
+    // the response phase still reads) to put back.
+    let floor = sess.down.floor;
+    let head = sess.down.buf[..floor].to_vec();
+    let end = {
+        let mut body = std::pin::pin!(relay(sess, conn, rest, lim));
+        monoio::select! {
+            r = &mut body => match r {
+                Ok(()) => Ok(BodyEnd::Whole),
+                Err(e) if e.side == Side::Upstream && watch.response_pending() => Ok(BodyEnd::Cut),
+                Err(e) => Err(e),
+            },
+            r = watch.readable() => {
+                if r.is_ok() && watch.interim_pending() {
+                    // 100 Continue (to a client that sent its body at once): carry on.
+                    body.await.map(|()| BodyEnd::Whole)
+                } else {
+                    Ok(BodyEnd::Cut)
+                }
+            }
+        }
+    };
+    if matches!(end, Ok(BodyEnd::Cut)) {
+        sess.down.buf.clear();
+        sess.down.buf.extend_from_slice(&head);
+        sess.down.pos = floor;
+    }
+    end
+}
+
+async fn relay(
+    sess: &mut Session<'_>,
+    conn: &mut UpConn,
+    rest: Framing,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    Relay {
+        ctx: sess.ctx,
+        dir: Dir::Up,
+        src: sess.stream,
+        buf: sess.down,
+        dst: &mut conn.stream,
+        aux: &mut sess.s.aux,
+        lim,
+    }
+    .body(rest, Encode::Raw)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_1xx_status_line_start_is_interim() {
+        for (bytes, interim) in [
+            (b"HTTP/1.1 100", true),
+            (b"HTTP/1.0 103", true),
+            (b"HTTP/1.1 200", false),
+            (b"HTTP/1.1 401", false),
+            (b"HTTP/1.1  10", false),
+            (b"garbage!!!!!", false),
+        ] {
+            let head: [u8; 10] = bytes[..10].try_into().unwrap();
+            assert_eq!(is_interim_start(&head), interim, "{bytes:?}");
+        }
+    }
+}
