@@ -24,6 +24,9 @@
 //!   layer 4, with the pure retry decisions.
 //! - [`http1`]: head parsing straight from the receive buffer, body framing, the upstream request
 //!   head and the client response head.
+//! - [`http2`]: HTTP/2 client connections (the `h2` crate): detection by ALPN or preface, the
+//!   connection's streams, limits and GOAWAY; each stream runs through [`proxy`]'s HTTP/1 data
+//!   path as a one-request connection.
 //! - [`route`]: host/path/method/header route matching.
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection: the keep-alive loop over a
 //!   `Session`, one exchange with an upstream, body relays, local answers, and `proxy::shape`
@@ -41,6 +44,7 @@ pub mod control;
 pub mod error;
 pub mod fastcgi;
 pub mod http1;
+pub mod http2;
 pub mod l4;
 pub mod net;
 pub mod observe;

@@ -47,8 +47,19 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const LISTENER_PROTOCOL: &str = "http";
 /// TLS 1.2 is still needed by older clients; 1.0/1.1 are never offered.
 pub const TLS_MIN_VERSION: &str = "1.2";
-/// The only ALPN protocol served until HTTP/2 lands.
+/// The ALPN list of a TLS tcp listener (http listeners derive theirs from `protocols`).
 pub const ALPN: &str = "http/1.1";
+/// Browsers get HTTP/2 by ALPN and everything else HTTP/1.1, as nginx and Caddy default to.
+pub const PROTOCOLS: &[&str] = &["h1", "h2"];
+/// RFC 9113 recommends at least 100; browsers open about that many at once.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// 1 MiB per stream lets one upload run at ~100 MB/s over a 10 ms round trip.
+pub const HTTP2_INITIAL_WINDOW: u64 = 1024 * 1024;
+/// Matches the HTTP/1 head limit scale; a decoded block past it is an HPACK bomb.
+pub const HTTP2_MAX_HEADER_LIST: u64 = 64 * 1024;
+/// Far above a browser's cancellations (navigation aborts a few), far below a rapid-reset
+/// attack (CVE-2023-44487 sends thousands per second).
+pub const HTTP2_MAX_RESETS_PER_S: u32 = 100;
 /// A client that has not finished its TLS handshake by then is stalled or hostile.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Mutual TLS that lets clients without a certificate in has to be asked for explicitly.

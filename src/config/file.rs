@@ -135,10 +135,6 @@ pub(super) struct RouteFile {
     pub(super) error_pages: Option<Named<String>>,
 }
 
-// The blocks below are refused by validation until they are built; they are parsed in full so
-// that a misspelt key inside them is still reported as unknown.
-
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Http2File {

@@ -109,6 +109,32 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Each connection starts with a PROXY v1/v2 header from a `trusted_proxies` peer.
     pub proxy_protocol: bool,
+    /// `protocols`: the HTTP versions an http listener serves (unused on tcp listeners).
+    pub protocols: Protocols,
+    /// `http2`: per-connection limits for HTTP/2 clients.
+    pub http2: Http2Limits,
+}
+
+/// `listeners[].protocols`: which HTTP versions a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols {
+    pub h1: bool,
+    /// HTTP/2 offered by TLS ALPN.
+    pub h2: bool,
+    /// HTTP/2 in cleartext with prior knowledge (the connection preface).
+    pub h2c: bool,
+}
+
+/// `listeners[].http2`: each a bound per HTTP/2 connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+    /// Per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE).
+    pub initial_window: u32,
+    /// Largest decoded header block (SETTINGS_MAX_HEADER_LIST_SIZE).
+    pub max_header_list: u32,
+    /// Streams a client may reset per second before the connection is closed.
+    pub max_resets_per_s: u32,
 }
 
 /// `listeners[].tls`: files are read when the server starts and again on reload.

@@ -20,6 +20,8 @@ pub enum Stream {
     TlsServer(Box<monoio_rustls::ServerTlsStream<TcpStream>>, RawFd),
     /// An upstream we dialed with TLS (and its TCP socket's descriptor).
     TlsClient(Box<monoio_rustls::ClientTlsStream<TcpStream>>, RawFd),
+    /// One end of an in-memory pair: an HTTP/2 stream served by the HTTP/1 data path.
+    Mem(crate::net::duplex::End),
 }
 
 impl Stream {
@@ -27,6 +29,11 @@ impl Stream {
     /// `Ok(0)` is end of stream; a full buffer must be grown or drained by the caller first.
     pub async fn read_more(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         debug_assert!(buf.len() < buf.capacity(), "read_more needs spare capacity");
+        if let Stream::Mem(s) = self {
+            let mut buf = buf;
+            let res = s.read_more(&mut buf).await;
+            return (res, buf);
+        }
         let start = buf.len();
         let end = buf.capacity();
         let slice = buf.slice_mut(start..end);
@@ -35,6 +42,7 @@ impl Stream {
             Stream::Unix(s) => s.read(slice).await,
             Stream::TlsServer(s, _) => s.read(slice).await,
             Stream::TlsClient(s, _) => s.read(slice).await,
+            Stream::Mem(_) => unreachable!("read above"),
         };
         (res, slice.into_inner())
     }
@@ -48,12 +56,17 @@ impl Stream {
         if range.is_empty() {
             return (Ok(()), buf);
         }
+        if let Stream::Mem(s) = self {
+            let res = s.write_all(&buf[range]).await;
+            return (res, buf);
+        }
         let slice = buf.slice(range);
         let (res, slice) = match self {
             Stream::Tcp(s) => s.write_all(slice).await,
             Stream::Unix(s) => s.write_all(slice).await,
             Stream::TlsServer(s, _) => s.write_all(slice).await,
             Stream::TlsClient(s, _) => s.write_all(slice).await,
+            Stream::Mem(_) => unreachable!("written above"),
         };
         (res.map(|_| ()), slice.into_inner())
     }
@@ -72,6 +85,10 @@ impl Stream {
             // close_notify first, then FIN.
             Stream::TlsServer(s, _) => s.shutdown().await,
             Stream::TlsClient(s, _) => s.shutdown().await,
+            Stream::Mem(s) => {
+                s.shutdown();
+                Ok(())
+            }
         }
     }
 
@@ -138,6 +155,8 @@ impl Stream {
             Stream::Unix(s) => s.as_raw_fd(),
             // Any byte on an idle TLS connection (close_notify included) means it is done.
             Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
+            // Never pooled: an in-memory stream serves one request.
+            Stream::Mem(_) => return false,
         };
         let mut byte = 0u8;
         // SAFETY: recv writes at most 1 byte into `byte`, which outlives the call.
@@ -161,7 +180,7 @@ impl Stream {
         let fd = match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
-            Stream::Unix(_) => return None,
+            Stream::Unix(_) | Stream::Mem(_) => return None,
         };
         // SAFETY: `fd` belongs to this stream, which outlives the borrow (used only here).
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -169,7 +188,8 @@ impl Stream {
     }
 }
 
-/// TLS bytes must pass through rustls; callers check `can_splice` first.
+/// TLS bytes must pass through rustls (in-memory ones have no descriptor); callers check
+/// `can_splice` first.
 fn not_spliceable() -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, "TLS streams cannot splice")
 }
@@ -194,7 +214,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => Ok(s.as_raw_fd()),
             Stream::Unix(s) => Ok(s.as_raw_fd()),
-            Stream::TlsServer(..) | Stream::TlsClient(..) => Err(not_spliceable()),
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
         }
     }
 
@@ -223,7 +243,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable(false).await,
             Stream::Unix(s) => s.readable(false).await,
-            Stream::TlsServer(..) | Stream::TlsClient(..) => Err(not_spliceable()),
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
         }
     }
 
@@ -231,7 +251,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.writable(false).await,
             Stream::Unix(s) => s.writable(false).await,
-            Stream::TlsServer(..) | Stream::TlsClient(..) => Err(not_spliceable()),
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
         }
     }
 

@@ -29,8 +29,6 @@ use crate::config::{CertificatePaths, ListenerTls, TlsVersion, UpstreamTls};
 const SERVER_SESSION_CACHE: usize = 16 * 1024;
 /// Upstream sessions remembered per upstream for client-side resumption.
 const CLIENT_SESSION_CACHE: usize = 1024;
-/// ALPN protocols a listener may offer today (h2 arrives with HTTP/2).
-pub const SUPPORTED_ALPN: &[&str] = &["http/1.1"];
 
 /// A TLS setting that cannot be used: `key` is relative to the `tls` block
 /// (e.g. `certificates[1].key`), so config validation can point at the line.

@@ -38,7 +38,8 @@ impl Watch {
         let fd = match stream {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
-            Stream::TlsServer(..) | Stream::TlsClient(..) => return None,
+            // Upstreams are sockets; an in-memory stream is only ever a client.
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => return None,
         };
         // SAFETY: F_DUPFD_CLOEXEC on an open descriptor has no memory effects; the new
         // descriptor is owned by the stream built from it below and closed with it.

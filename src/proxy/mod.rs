@@ -113,50 +113,127 @@ pub fn serve(
         let peer = conn.client.peer;
         conn.client.trusted = is_trusted(&conn.ctx, peer);
         conn.client.ip_text = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-        loop {
-            let held = BufferHeld::new(conn.ctx.clone());
-            // Boxed: buffers, scratch and the exchange's state exist only while the connection is
-            // busy, so a parked connection's task is a few hundred bytes instead of several KiB.
-            let burst = Box::pin(busy(&mut conn)).await;
-            drop(held);
-            match burst {
-                Burst::Closed => return,
-                Burst::Upgraded(up) => {
-                    // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
-                    let active = conn.ctx.active();
-                    let UpConn {
-                        stream: up, slot, ..
-                    } = *up;
-                    let r = Box::pin(crate::l4::upgrade::run(conn.stream, up, None)).await;
-                    tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
-                    drop(slot);
-                    drop(active);
-                    return;
-                }
-                Burst::Quiet(left) => {
-                    conn.down = RecvBuf {
-                        buf: Vec::new(),
-                        pos: 0,
-                        floor: 0,
-                    };
-                    // No timer of its own: the worker's idle clock keeps the deadline.
-                    let woke = match left {
-                        None => conn.stream.wait_readable().await.is_ok(),
-                        Some(left) => {
-                            let deadline = conn.ctx.idle_clock().deadline(Instant::now() + left);
-                            monoio::select! {
-                                r = conn.stream.wait_readable() => r.is_ok(),
-                                _ = deadline => false,
-                            }
+        if let Some(up) = bursts(&mut conn).await {
+            Box::pin(tunnel(conn, up)).await;
+        }
+    }
+}
+
+/// Opens a downstream connection: reads its PROXY header when the listener expects one, and
+/// says who the client is. `None`: the connection is to be closed. The receive buffer returned
+/// holds whatever arrived after the header. (Listeners that may speak HTTP/2 start here; the
+/// worker then picks `serve_h1` or `http2::serve`.)
+pub(crate) async fn open(
+    ctx: &WorkerCtx,
+    listener: usize,
+    stream: &mut Stream,
+    peer: Option<SocketAddr>,
+) -> Option<(RecvBuf, Client)> {
+    let mut down = RecvBuf {
+        buf: Vec::with_capacity(INITIAL_BUF),
+        pos: 0,
+        floor: 0,
+    };
+    let mut peer = peer;
+    if ctx.config().listeners[listener].proxy_protocol {
+        // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
+        let trusted = &ctx.config().trusted_proxies;
+        let header = crate::net::proxy_protocol::accept(trusted, stream, peer, &mut down.buf);
+        match Box::pin(header).await {
+            Some(Some((source, _))) => peer = Some(source),
+            Some(None) => {}
+            None => return None,
+        }
+    }
+    let client = client_of(ctx, peer, stream.is_tls());
+    Some((down, client))
+}
+
+/// Who the client is: `peer` (the PROXY header's source when there was one), and whether it
+/// reached us over TLS.
+pub(crate) fn client_of(ctx: &WorkerCtx, peer: Option<SocketAddr>, tls: bool) -> Client {
+    Client {
+        peer,
+        trusted: is_trusted(ctx, peer),
+        ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+        scheme: if tls { "https" } else { "http" },
+    }
+}
+
+/// Serves an opened connection as `serve` does; its first bytes may already sit in `down`.
+/// HTTP/2 streams run through here too, each as a one-request connection (`http2::stream`).
+pub(crate) fn serve_h1(
+    ctx: Rc<WorkerCtx>,
+    socket: usize,
+    listener: usize,
+    stream: Stream,
+    down: RecvBuf,
+    client: Client,
+) -> impl std::future::Future<Output = ()> {
+    let mut conn = Conn {
+        ctx,
+        socket,
+        listener,
+        stream,
+        client,
+        down,
+        first: true,
+    };
+    async move {
+        if let Some(up) = bursts(&mut conn).await {
+            Box::pin(tunnel(conn, up)).await;
+        }
+    }
+}
+
+/// Serves bursts of requests, parking the connection between them, until it closes or
+/// upgrades (then the upstream connection it switched to is returned).
+async fn bursts(conn: &mut Conn) -> Option<Box<UpConn>> {
+    loop {
+        let held = BufferHeld::new(conn.ctx.clone());
+        // Boxed: buffers, scratch and the exchange's state exist only while the connection is
+        // busy, so a parked connection's task is a few hundred bytes instead of several KiB.
+        let burst = Box::pin(busy(conn)).await;
+        drop(held);
+        match burst {
+            Burst::Closed => return None,
+            Burst::Upgraded(up) => return Some(up),
+            Burst::Quiet(left) => {
+                conn.down = RecvBuf {
+                    buf: Vec::new(),
+                    pos: 0,
+                    floor: 0,
+                };
+                // No timer of its own: the worker's idle clock keeps the deadline.
+                let woke = match left {
+                    None => conn.stream.wait_readable().await.is_ok(),
+                    Some(left) => {
+                        let deadline = conn.ctx.idle_clock().deadline(Instant::now() + left);
+                        monoio::select! {
+                            r = conn.stream.wait_readable() => r.is_ok(),
+                            _ = deadline => false,
                         }
-                    };
-                    if !woke {
-                        return;
                     }
+                };
+                if !woke {
+                    return None;
                 }
             }
         }
     }
+}
+
+/// Relays an upgraded connection until both sides are done.
+async fn tunnel(conn: Conn, up: Box<UpConn>) {
+    // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
+    let active = conn.ctx.active();
+    let UpConn {
+        stream: up, slot, ..
+    } = *up;
+    let r = Box::pin(crate::l4::upgrade::run(conn.stream, up, None)).await;
+    tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
+    drop(slot);
+    drop(active);
 }
 
 /// Counts a connection in `ringway_worker_receive_buffers` while it is busy.
@@ -268,6 +345,7 @@ async fn busy(conn: &mut Conn) -> Burst {
         s.target = None;
         s.trace = Trace {
             listener: conn.listener,
+            http2: matches!(conn.stream, Stream::Mem(_)),
             ..Trace::default()
         };
         let active = ctx.active();
@@ -513,6 +591,7 @@ fn log_request(
         client: client.peer,
         listener: &config.listeners[s.trace.listener].name,
         protocol: match head.version {
+            _ if tr.http2 => "HTTP/2.0",
             crate::http1::parse::Version::Http11 => "HTTP/1.1",
             crate::http1::parse::Version::Http10 => "HTTP/1.0",
         },

@@ -178,6 +178,8 @@ pub(crate) struct Trace {
     pub(crate) connect: Option<Duration>,
     /// From the first dial until the response ended or failed.
     pub(crate) response: Option<Duration>,
+    /// The request is an HTTP/2 stream (served through an in-memory pair).
+    pub(crate) http2: bool,
 }
 
 /// One request on a downstream connection: the generation serving it, the connection's stream

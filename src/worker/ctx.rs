@@ -240,6 +240,16 @@ impl WorkerCtx {
         self.core.draining()
     }
 
+    /// Completes once the server drains (HTTP/2 connections then send GOAWAY).
+    pub(crate) fn drain_started(&self) -> crate::worker::closer::Wait<'_> {
+        self.core.stop_accepting.wait()
+    }
+
+    /// Completes when the worker ends every connection task (tasks a connection spawns too).
+    pub(crate) fn closing(&self) -> crate::worker::closer::Wait<'_> {
+        self.core.close_all.wait()
+    }
+
     /// This worker's counters that no reload renames.
     #[inline]
     pub fn metrics(&self) -> &crate::observe::metrics::WorkerMetrics {

@@ -1,6 +1,7 @@
 //! One worker per core: a pinned thread running its own monoio runtime, its own listeners,
 //! balancer replicas and connection pools. Nothing here is shared but `Shared`'s atomics.
 
+pub mod catch;
 pub mod closer;
 pub mod ctx;
 pub mod idle;
@@ -18,6 +19,7 @@ use crate::control::generation::Generation;
 use crate::control::state::Shared;
 use crate::net::listener::{self, BoundSocket};
 use crate::net::stream::Stream;
+use crate::worker::catch::CatchPanic;
 use crate::worker::closer::Closer;
 use crate::worker::ctx::{AcceptLoop, WorkerCore, WorkerCtx};
 
@@ -441,13 +443,16 @@ fn spawn_conn(
         &ctx.config.listeners[listener].kind,
         ctx.gen.listener_tls[listener].is_some(),
     ) {
-        (ListenerKind::Http { .. }, false) => Box::pin(crate::proxy::serve(
-            ctx.clone(),
-            socket,
-            listener,
-            stream,
-            peer,
-        )),
+        // Plaintext HTTP/1 only: nothing to detect.
+        (ListenerKind::Http { .. }, false) if !ctx.config.listeners[listener].protocols.h2c => {
+            Box::pin(crate::proxy::serve(
+                ctx.clone(),
+                socket,
+                listener,
+                stream,
+                peer,
+            ))
+        }
         _ => Box::pin(async move {
             // The handshake runs here, in the connection's task, so the accept loop never
             // waits.
@@ -461,7 +466,7 @@ fn spawn_conn(
             };
             match &ctx.config.listeners[listener].kind {
                 ListenerKind::Http { .. } => {
-                    crate::proxy::serve(ctx.clone(), socket, listener, stream, peer).await
+                    serve_http(ctx.clone(), socket, listener, stream, peer).await
                 }
                 ListenerKind::Tcp { .. } => {
                     Box::pin(crate::l4::serve(&ctx, listener, stream, peer)).await
@@ -479,27 +484,29 @@ fn spawn_conn(
     });
 }
 
-/// Ends one connection, not the worker, when its task panics. monoio-rustls keeps its I/O
-/// buffers in `Option`s that are `expect`ed present; a TLS stream whose halves meet a protocol
-/// error while the other half is mid-write (an upgraded tunnel) panics inside the library.
-/// Requests in flight on that connection stay counted until shutdown_timeout.
-struct CatchPanic<F: ?Sized>(std::pin::Pin<Box<F>>);
-
-impl<F: std::future::Future<Output = ()> + ?Sized> std::future::Future for CatchPanic<F> {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        let inner = self.0.as_mut();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(poll) => poll,
-            Err(_) => {
-                tracing::error!("a connection task panicked; that connection is closed");
-                std::task::Poll::Ready(())
-            }
+/// An http listener's connection: its PROXY header (if expected), then HTTP/1 or, by ALPN or
+/// the connection preface, HTTP/2.
+async fn serve_http(
+    ctx: Rc<WorkerCtx>,
+    socket: usize,
+    listener: usize,
+    mut stream: Stream,
+    peer: Option<std::net::SocketAddr>,
+) {
+    let Some((mut down, client)) = crate::proxy::open(&ctx, listener, &mut stream, peer).await
+    else {
+        return;
+    };
+    match crate::http2::detect(&ctx, listener, &mut stream, &mut down).await {
+        crate::http2::Detected::Http1 => {
+            crate::proxy::serve_h1(ctx, socket, listener, stream, down, client).await
         }
+        crate::http2::Detected::Http2 => {
+            let prefix = std::mem::take(&mut down.buf);
+            let h2 = crate::http2::serve(ctx, socket, listener, stream, prefix, client);
+            Box::pin(h2).await
+        }
+        crate::http2::Detected::Close => {}
     }
 }
 

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use super::addr::parse_listen;
 use super::{Res, Validator};
-use crate::config::file::{ListenerFile, MatchFile, RespondFile, RouteFile, Strings};
+use crate::config::file::{ListenerFile, MatchFile, RespondFile, RouteFile};
 use crate::config::spans::join;
 use crate::config::units::{dur, Dur};
 use crate::config::{
-    defaults, Action, HostMatch, ListenAddr, Listener, ListenerKind, ListenerTls, Match, PathMatch,
-    Respond, Route,
+    defaults, Action, HostMatch, Http2Limits, ListenAddr, Listener, ListenerKind, ListenerTls,
+    Match, PathMatch, Protocols, Respond, Route,
 };
 
 /// The keys of a `protocol: tcp` listener.
@@ -135,14 +135,11 @@ impl Validator<'_> {
             };
             return self.tcp_listener(key, name, addr, tcp, upstreams);
         }
-        if let Some(list) = &l.protocols {
-            self.protocols(&join(key, "protocols"), list)?;
-        }
-        if l.http2.is_some() {
-            return Err(self.at_key(
-                &join(key, "http2"),
-                "not supported yet (HTTP/2 is being built; its limits come with it)",
-            ));
+        let protocols = self.http_protocols(&join(key, "protocols"), l.protocols, tls.is_some())?;
+        let http2 = self.http2_limits(&join(key, "http2"), l.http2)?;
+        let mut tls = tls;
+        if let Some(t) = &mut tls {
+            t.alpn = super::http2::alpn(&protocols);
         }
         if l.upstream.is_some() {
             return Err(self.at_key(
@@ -188,6 +185,8 @@ impl Validator<'_> {
             kind: ListenerKind::Http { routes },
             tls,
             proxy_protocol,
+            protocols,
+            http2,
         })
     }
 
@@ -221,31 +220,19 @@ impl Validator<'_> {
             },
             tls: l.tls,
             proxy_protocol: l.proxy_protocol,
+            // Layer 4 tunnels bytes; these keys are refused on tcp listeners.
+            protocols: Protocols {
+                h1: false,
+                h2: false,
+                h2c: false,
+            },
+            http2: Http2Limits {
+                max_concurrent_streams: defaults::HTTP2_MAX_CONCURRENT_STREAMS,
+                initial_window: defaults::HTTP2_INITIAL_WINDOW as u32,
+                max_header_list: defaults::HTTP2_MAX_HEADER_LIST as u32,
+                max_resets_per_s: defaults::HTTP2_MAX_RESETS_PER_S,
+            },
         })
-    }
-
-    /// `protocols`: only HTTP/1.x is served today, so only `[h1]` is accepted.
-    fn protocols(&self, key: &str, list: &Strings) -> Res<()> {
-        if list.items.is_empty() {
-            return Err(self.at_value(key, "at least one protocol is required (use [h1])"));
-        }
-        for (i, p) in list.items.iter().enumerate() {
-            match p.as_str() {
-                "h1" => {}
-                "h2" | "h2c" => {
-                    return Err(
-                        self.at_value(key, "not supported yet (HTTP/2 is being built; use [h1])")
-                    )
-                }
-                other => {
-                    return Err(self.at_value(
-                        &list.item_key(key, i),
-                        format!("unknown protocol \"{other}\" (expected h1, h2 or h2c)"),
-                    ))
-                }
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn route(&self, key: &str, r: RouteFile, upstreams: &[&str]) -> Res<Route> {

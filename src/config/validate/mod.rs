@@ -25,6 +25,7 @@ mod addr;
 mod dynamic;
 mod fastcgi;
 mod headers;
+mod http2;
 mod layer4;
 mod listeners;
 mod shape;
@@ -771,25 +772,6 @@ mod tests {
         let top: [(&str, usize, &str); 0] = [];
         for (yaml, line, key) in top {
             let text = format!("{yaml}{}", dedent(MINIMAL));
-            let e = Config::parse(&text, "t").expect_err(key);
-            assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
-            assert!(e.message.starts_with("not supported yet"), "{e}");
-        }
-        let listener = [
-            ("protocols: [h1, h2]", 3, "listeners[0].protocols"),
-            ("protocols: [h2c]", 3, "listeners[0].protocols"),
-            ("protocols: h2", 3, "listeners[0].protocols"),
-            (
-                "http2: { max_concurrent_streams: 100 }",
-                3,
-                "listeners[0].http2",
-            ),
-        ];
-        for (extra, line, key) in listener {
-            let text = format!(
-                "listeners:\n  - listen: 127.0.0.1:8080\n    {extra}\n    \
-                 routes: [{{ respond: {{}} }}]\n"
-            );
             let e = Config::parse(&text, "t").expect_err(key);
             assert_eq!((e.line, e.key.as_str()), (line, key), "{e}");
             assert!(e.message.starts_with("not supported yet"), "{e}");

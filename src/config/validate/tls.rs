@@ -52,26 +52,14 @@ impl Validator<'_> {
                 ))
             }
         };
-        let alpn = match t.alpn {
-            Some(list) => {
-                let mut out = Vec::new();
-                for (i, p) in list.items.iter().enumerate() {
-                    let k = list.item_key(&join(key, "alpn"), i);
-                    if p == "h2" {
-                        return Err(self.at_value(&k, "not supported yet (HTTP/2 is planned)"));
-                    }
-                    if !crate::net::tls::SUPPORTED_ALPN.contains(&p.as_str()) {
-                        return Err(self.at_value(
-                            &k,
-                            format!("unknown ALPN protocol \"{p}\" (expected http/1.1)"),
-                        ));
-                    }
-                    out.push(p.clone());
-                }
-                out
-            }
-            None => vec![defaults::ALPN.to_string()],
-        };
+        if t.alpn.is_some() {
+            return Err(self.at_key(
+                &join(key, "alpn"),
+                "ALPN follows the listener's `protocols` (e.g. protocols: [h1, h2]); remove tls.alpn",
+            ));
+        }
+        // http listeners replace this with what their `protocols` offer.
+        let alpn = vec![defaults::ALPN.to_string()];
         let client_auth = match t.client_auth {
             Some(a) => {
                 let ca_key = join(key, "client_auth.ca");
@@ -253,7 +241,8 @@ mod tests {
         let tls = c.listeners[0].tls.as_ref().unwrap();
         assert_eq!(tls.certificates[0].cert, PathBuf::from(&cert));
         assert_eq!(tls.min_version, TlsVersion::V12);
-        assert_eq!(tls.alpn, ["http/1.1"]);
+        // An http listener offers HTTP/2 first by default.
+        assert_eq!(tls.alpn, ["h2", "http/1.1"]);
         assert_eq!(tls.handshake_timeout, Some(Duration::from_secs(10)));
         assert!(tls.client_auth.is_none());
         let c = ok(&tls_listener(&format!(
@@ -320,8 +309,8 @@ mod tests {
             (
                 format!("certificates: [{{ cert: {cert}, key: {key} }}]\nalpn: [h2]\n"),
                 5,
-                "alpn[0]",
-                "not supported yet",
+                "alpn",
+                "follows the listener's `protocols`",
             ),
             (
                 format!("certificates: [{{ cert: {cert}, key: {key} }}]\nclient_auth: {{ required: true }}\n"),

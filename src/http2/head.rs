@@ -1,0 +1,280 @@
+//! Pure conversions between an HTTP/2 stream's fields and the HTTP/1.1 messages the shared data
+//! path reads and writes: request head out, response head and chunked trailers back.
+
+use std::io::Write as _;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::Method;
+
+use crate::http1::parse::{HeaderIdx, HeaderKind, ResponseHead};
+
+/// How the request body travels on the HTTP/1.1 side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// END_STREAM came with the headers and no content-length: no body.
+    None,
+    /// content-length given: DATA is copied as is (h2 checks the sum against it).
+    Length,
+    /// No content-length: the DATA frames become chunks, trailers the trailer section.
+    Chunked,
+}
+
+/// Why a request cannot be turned into HTTP/1.1: the status to answer on its stream.
+pub(crate) type Refused = u16;
+
+/// Writes the HTTP/1.1 head of an HTTP/2 request into `out`. The head goes through the same
+/// parser, limits, routes and header rules as any HTTP/1 request; this only maps RFC 9113
+/// §8.3 to RFC 9112 and refuses what has no faithful mapping.
+pub(crate) fn request_head(
+    parts: &Parts,
+    end_stream: bool,
+    out: &mut Vec<u8>,
+) -> Result<BodyFraming, Refused> {
+    if parts.method == Method::CONNECT {
+        // Extended CONNECT (RFC 8441) is not offered; a plain CONNECT tunnel is not either.
+        return Err(501);
+    }
+    let Some(path) = parts.uri.path_and_query() else {
+        return Err(400);
+    };
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_str().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let authority = parts.uri.authority();
+    if let Some(a) = authority {
+        // RFC 9113 §8.3.1: :authority wins over a Host field.
+        let _ = write!(out, "Host: {a}\r\n");
+    }
+    let mut lengths = 0;
+    let mut cookies = 0;
+    for (name, value) in &parts.headers {
+        if unsafe_bytes(value.as_bytes()) {
+            return Err(400);
+        }
+        match name.as_str() {
+            "host" if authority.is_some() => continue,
+            // The only TE h2 lets through is "trailers", which HTTP/1.1 treats as hop-by-hop.
+            "te" => continue,
+            "cookie" => {
+                // RFC 9113 §8.2.3: split cookie fields are joined back with "; ".
+                cookies += 1;
+                continue;
+            }
+            "content-length" => lengths += 1,
+            _ => {}
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if lengths > 1 {
+        return Err(400);
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"cookie: ");
+        for (i, v) in parts.headers.get_all("cookie").iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let framing = if lengths == 1 {
+        BodyFraming::Length
+    } else if end_stream {
+        BodyFraming::None
+    } else {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        BodyFraming::Chunked
+    };
+    // One request per adapter connection: the data path ends it after this exchange.
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    Ok(framing)
+}
+
+/// CR, LF and NUL end or corrupt an HTTP/1.1 line; `http` already refuses them in field
+/// values, this keeps the rule where the mapping happens.
+fn unsafe_bytes(v: &[u8]) -> bool {
+    v.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0))
+}
+
+/// Fields HTTP/2 forbids in a response (RFC 9113 §8.2.2), besides those the parser marks
+/// hop-by-hop.
+fn connection_specific(kind: HeaderKind) -> bool {
+    matches!(
+        kind,
+        HeaderKind::Connection
+            | HeaderKind::KeepAlive
+            | HeaderKind::ProxyConnection
+            | HeaderKind::TransferEncoding
+            | HeaderKind::Upgrade
+            | HeaderKind::Te
+    )
+}
+
+/// The HTTP/2 response for an HTTP/1.1 response head in `buf`. `None`: a field that cannot
+/// be carried (the data path never produces one; a bug would be answered 502).
+pub(crate) fn response(
+    buf: &[u8],
+    head: &ResponseHead,
+    headers: &[HeaderIdx],
+) -> Option<http::Response<()>> {
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = http::StatusCode::from_u16(head.status).ok()?;
+    let map = resp.headers_mut();
+    map.reserve(headers.len());
+    for h in headers {
+        // Trailer announces trailers and is still meaningful in HTTP/2.
+        if connection_specific(h.kind) || (h.hop_by_hop && h.kind != HeaderKind::Trailer) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(h.name.get(buf)).ok()?;
+        let value = HeaderValue::from_bytes(h.value.get(buf)).ok()?;
+        map.append(name, value);
+    }
+    Some(resp)
+}
+
+/// The trailer fields at the end of a chunked body: `tail` holds everything the decoder
+/// consumed after the last payload byte (the CRLF ending that chunk, the last-chunk line, the
+/// trailer lines and the final CRLF), already validated by `ChunkedDecoder`. Fields HTTP/2
+/// forbids in trailers are dropped.
+pub(crate) fn trailers(tail: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let mut lines = tail
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // Up to and including the last-chunk line ("0" with optional extensions).
+    for line in lines.by_ref() {
+        if line.first() == Some(&b'0') {
+            break;
+        }
+    }
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let value = line[colon + 1..].trim_ascii();
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(line[..colon].trim_ascii()),
+            HeaderValue::from_bytes(value),
+        ) else {
+            continue;
+        };
+        if matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+                | "content-length"
+                | "host"
+                | "trailer"
+        ) {
+            continue;
+        }
+        map.append(name, value);
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::parse::{parse_response, HeadLimits, Parse};
+
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn head(p: &Parts, end: bool) -> (Result<BodyFraming, Refused>, String) {
+        let mut out = Vec::new();
+        let r = request_head(p, end, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn a_get_becomes_an_http11_head_with_host_from_authority() {
+        let p = parts(
+            "GET",
+            "https://example.com/a/b?x=1",
+            &[("host", "other"), ("accept", "*/*"), ("te", "trailers")],
+        );
+        let (r, h) = head(&p, true);
+        assert_eq!(r, Ok(BodyFraming::None));
+        assert_eq!(
+            h,
+            "GET /a/b?x=1 HTTP/1.1\r\nHost: example.com\r\naccept: */*\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn bodies_keep_their_length_or_become_chunked() {
+        let p = parts("POST", "http://a/up", &[("content-length", "5")]);
+        let (r, h) = head(&p, false);
+        assert_eq!(r, Ok(BodyFraming::Length));
+        assert!(
+            h.contains("content-length: 5\r\n") && !h.contains("chunked"),
+            "{h}"
+        );
+        let p = parts("POST", "http://a/up", &[]);
+        let (r, h) = head(&p, false);
+        assert_eq!(r, Ok(BodyFraming::Chunked));
+        assert!(h.contains("Transfer-Encoding: chunked\r\n"), "{h}");
+    }
+
+    #[test]
+    fn split_cookies_are_joined_and_bad_requests_refused() {
+        let p = parts("GET", "http://a/", &[("cookie", "a=1"), ("cookie", "b=2")]);
+        let (_, h) = head(&p, true);
+        assert!(h.contains("cookie: a=1; b=2\r\n"), "{h}");
+        let p = parts("CONNECT", "a:443", &[]);
+        assert_eq!(head(&p, true).0, Err(501));
+        let p = parts(
+            "POST",
+            "http://a/",
+            &[("content-length", "1"), ("content-length", "2")],
+        );
+        assert_eq!(head(&p, false).0, Err(400));
+    }
+
+    #[test]
+    fn response_heads_lose_connection_fields_and_keep_trailer() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n";
+        let limits = HeadLimits {
+            max_head_bytes: 4096,
+            max_uri_bytes: 4096,
+            max_headers: 64,
+        };
+        let mut idx = Vec::new();
+        let Parse::Complete(h) = parse_response(raw, false, &limits, &mut idx) else {
+            panic!("parse");
+        };
+        let r = response(raw, &h, &idx).unwrap();
+        let names: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["trailer", "content-type", "set-cookie"]);
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn chunked_trailers_become_header_fields() {
+        let m = trailers(b"\r\n0\r\ngrpc-status: 0\r\ngrpc-message: ok \r\nConnection: x\r\n\r\n");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["grpc-status"], "0");
+        assert_eq!(m["grpc-message"], "ok");
+        assert!(trailers(b"0;ext=1\r\n\r\n").is_empty());
+    }
+}
