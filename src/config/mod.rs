@@ -358,7 +358,7 @@ pub struct ActiveHealth {
 
 #[derive(Debug, Clone)]
 pub struct PassiveHealth {
-    /// `None` disables passive health.
+    /// `None` disables passive health (`fail_duration: 0s`); 10s by default.
     pub fail_duration: Option<Duration>,
     pub max_fails: u32,
     pub unhealthy_status: StatusSet,
@@ -370,7 +370,7 @@ pub struct PassiveHealth {
 impl Default for PassiveHealth {
     fn default() -> Self {
         PassiveHealth {
-            fail_duration: None,
+            fail_duration: Some(defaults::FAIL_DURATION),
             max_fails: defaults::PASSIVE_MAX_FAILS,
             unhealthy_status: StatusSet::default(),
             unhealthy_latency: None,

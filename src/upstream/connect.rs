@@ -1,7 +1,7 @@
 //! The one connector HTTP and layer 4 share: select a target -> reserve a connection slot ->
 //! (HTTP) reuse a pooled idle connection -> dial (TCP or Unix) under the dial timeout -> PROXY
-//! header -> TLS handshake for TLS targets; failing over to another target on a failed dial or
-//! handshake under `retries` / `try_duration` / `try_interval`.
+//! header -> TLS handshake for TLS targets. A failed dial or handshake always fails over to a
+//! target not yet tried; once all failed, `retries` / `try_duration` / `try_interval` decide.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -148,14 +148,26 @@ pub async fn connect<'a>(
                     bal.record_failure(t);
                 }
                 att.tried.insert(t);
-                if !att.may_try_again(up) {
-                    att.wait_end(ctx, u);
-                    return Err(e);
-                }
-                if bal.select(att.tried, want.key, has_idle).is_none() {
-                    att.tried = Tried::default();
-                    att.wait_start(ctx, u);
-                    monoio::time::sleep(up.lb.try_interval).await;
+                let untried = bal.select(att.tried, want.key, has_idle).is_some();
+                // A failed dial reached no upstream: moving on to an untried target spends no
+                // attempt (nginx's `proxy_next_upstream error`); `retries` counts the rounds.
+                let step = retry::after_connect_failure(
+                    retry::is_connect_failure(&e.kind),
+                    untried,
+                    att.may_try_again(up),
+                );
+                match step {
+                    retry::NextStep::FailOver => att.replay(),
+                    retry::NextStep::Wait => {
+                        att.tried = Tried::default();
+                        att.wait_start(ctx, u);
+                        monoio::time::sleep(up.lb.try_interval).await;
+                    }
+                    retry::NextStep::GiveUp => {
+                        att.wait_end(ctx, u);
+                        return Err(e);
+                    }
+                    retry::NextStep::Next => {}
                 }
             }
         }

@@ -20,6 +20,44 @@ pub fn may_try_again(
     }
 }
 
+/// Whether a failure happened while opening the connection (dial, dial timeout, TLS
+/// handshake): no byte of the request left, so any other target may take it.
+pub fn is_connect_failure(kind: &ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Dial(_) | ErrorKind::DialTimeout | ErrorKind::UpstreamTls(_)
+    )
+}
+
+/// What the connector does after a connection to one target failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Another untried target, without spending an attempt.
+    FailOver,
+    /// Another target, spending an attempt.
+    Next,
+    /// Every target failed this round: pause `try_interval`, then try them all again.
+    Wait,
+    /// Answer with the failure.
+    GiveUp,
+}
+
+/// After a failed connection: a failed dial or handshake always moves on to a target not yet
+/// tried (so `targets: [live, dead]` never loses a request by default); once every target
+/// failed, `retries` / `try_duration` decide whether to start another round.
+pub fn after_connect_failure(
+    connect_failure: bool,
+    untried_left: bool,
+    may_retry: bool,
+) -> NextStep {
+    match (connect_failure, untried_left, may_retry) {
+        (true, true, _) => NextStep::FailOver,
+        (false, true, true) => NextStep::Next,
+        (_, false, true) => NextStep::Wait,
+        (_, _, false) => NextStep::GiveUp,
+    }
+}
+
 /// What a request allows on failure, fixed before the first attempt.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Request {
@@ -107,6 +145,35 @@ mod tests {
                 "retries {retries}, try_duration {dur:?}, attempts {attempts}, after {elapsed:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_failed_dial_moves_to_an_untried_target_whatever_the_retries() {
+        use NextStep::*;
+        // (connect failure, untried target left, retries/try_duration allow more, step)
+        let table = [
+            (true, true, false, FailOver),
+            (true, true, true, FailOver),
+            (true, false, true, Wait),
+            (true, false, false, GiveUp),
+            (false, true, true, Next),
+            (false, true, false, GiveUp),
+            (false, false, true, Wait),
+            (false, false, false, GiveUp),
+        ];
+        for (dial, untried, may, want) in table {
+            assert_eq!(
+                after_connect_failure(dial, untried, may),
+                want,
+                "dial {dial}, untried {untried}, may retry {may}"
+            );
+        }
+        let io = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(is_connect_failure(&ErrorKind::Dial(io())));
+        assert!(is_connect_failure(&ErrorKind::DialTimeout));
+        assert!(is_connect_failure(&ErrorKind::UpstreamTls("bad".into())));
+        assert!(!is_connect_failure(&ErrorKind::UpstreamTimeout));
+        assert!(!is_connect_failure(&ErrorKind::NoTarget));
     }
 
     #[test]

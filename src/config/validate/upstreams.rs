@@ -80,10 +80,20 @@ impl Validator<'_> {
             return Err(self.at_key(at, "an upstream needs at least one target"));
         }
         let lb = self.lb(&join(&key, "lb"), u.lb.unwrap_or_default())?;
-        let health = match u.health {
+        let mut health = match u.health {
             Some(h) => self.health(&join(&key, "health"), h)?,
             None => Health::default(),
         };
+        // A lone target has nowhere else to send traffic: marking it down by default would only
+        // turn its 502s into 503s and delay its recovery (nginx never marks a lone server down).
+        // Written out, `fail_duration` applies as written.
+        if targets.len() < 2
+            && !self
+                .spans
+                .knows(&join(&key, "health.passive.fail_duration"))
+        {
+            health.passive.fail_duration = None;
+        }
         let transport_file = u.transport.unwrap_or_default();
         let https_ports = transport_file.https_ports.clone().unwrap_or_default();
         let mut transport = self.transport(&join(&key, "transport"), transport_file)?;
@@ -350,7 +360,7 @@ impl Validator<'_> {
             }
         }
         Ok(PassiveHealth {
-            fail_duration: dur(p.fail_duration, Duration::ZERO),
+            fail_duration: dur(p.fail_duration, defaults::FAIL_DURATION),
             max_fails,
             unhealthy_status,
             unhealthy_latency: dur(p.unhealthy_latency, Duration::ZERO),
@@ -526,6 +536,29 @@ mod tests {
         assert_eq!(u.forwarded, Forwarded::Xff);
         assert_eq!(u.targets[0].weight, 1);
         assert_eq!(u.targets[0].max_connections, None);
+        // Passive health is on by default (10s) for two targets or more, off for a lone one
+        // unless written; `fail_duration: 0s` turns it off.
+        assert_eq!(u.health.passive.fail_duration, None, "a lone target");
+        let two = |extra: &str| {
+            let text = with_upstream(extra)
+                .replace("[127.0.0.1:9001]", "[127.0.0.1:9001, 127.0.0.1:9002]");
+            let c = Config::parse(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+            c.upstreams[0].health.passive.fail_duration
+        };
+        let ten = Some(Duration::from_secs(10));
+        assert_eq!(two(""), ten);
+        assert_eq!(two("health: { passive: { max_fails: 2 } }"), ten);
+        assert_eq!(two("health: { passive: { fail_duration: 0s } }"), None);
+        let c = Config::parse(
+            &with_upstream("health: { passive: { fail_duration: 3s } }"),
+            "t.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.upstreams[0].health.passive.fail_duration,
+            Some(Duration::from_secs(3)),
+            "written, it applies to a lone target too"
+        );
     }
 
     #[test]
