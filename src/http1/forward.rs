@@ -22,6 +22,8 @@ pub struct Client {
     pub ip_text: String,
     /// `https` or `http`: how the client reached us.
     pub scheme: &'static str,
+    /// The address the client reached us at (`Forwarded: by=`); `None` on Unix sockets.
+    pub local: Option<SocketAddr>,
 }
 
 /// The request being forwarded, as the head writers read it: its head parsed in place in
@@ -377,6 +379,15 @@ fn forwarded_headers(
             }
             None => tmp.extend_from_slice(b"for=unknown"),
         }
+        match client.local.map(|l| l.ip()) {
+            Some(IpAddr::V6(v6)) => {
+                let _ = write!(tmp, ";by=\"[{v6}]\"");
+            }
+            Some(IpAddr::V4(v4)) => {
+                let _ = write!(tmp, ";by={v4}");
+            }
+            None => tmp.extend_from_slice(b";by=unknown"),
+        }
         if let Some(h) = host {
             tmp.extend_from_slice(b";host=\"");
             tmp.extend_from_slice(h);
@@ -386,6 +397,12 @@ fn forwarded_headers(
         tmp.extend_from_slice(client.scheme.as_bytes());
         sink.header(b"Forwarded", tmp);
     }
+}
+
+/// A route that turns a request into a GET or HEAD sends no body upstream (a body on those
+/// means nothing, and an upstream may not read it, desynchronising the connection).
+pub fn override_drops_body(route: &Route) -> bool {
+    matches!(route.method.as_deref(), Some("GET" | "HEAD"))
 }
 
 /// Appends the request line and header section sent to the upstream to `out`. `tmp` and
@@ -452,11 +469,13 @@ pub fn write_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mode = up.forwarded;
     let ops = &up.headers.request;
+    let no_body = override_drops_body(route);
+    let kept = |h: &HeaderIdx| {
+        let body_field = matches!(h.kind, HeaderKind::ContentLength | HeaderKind::Expect);
+        !(h.hop_by_hop || is_forwarding_header(h.kind, mode) || no_body && body_field)
+    };
     if ops.is_empty() {
-        for h in headers
-            .iter()
-            .filter(|h| !h.hop_by_hop && !is_forwarding_header(h.kind, mode))
-        {
+        for h in headers.iter().filter(|h| kept(h)) {
             write_orig(out, buf, h, head.bare_lf);
         }
         if head.host.is_none() {
@@ -474,7 +493,7 @@ pub fn write_request_head(
     } else {
         list.clear();
         for (i, h) in headers.iter().enumerate() {
-            if !h.hop_by_hop && !is_forwarding_header(h.kind, mode) {
+            if kept(h) {
                 list.push_orig(i);
             }
         }
@@ -485,7 +504,7 @@ pub fn write_request_head(
         list.apply(ops, buf, headers, &info, tmp);
         list.write(out, buf, headers, head.bare_lf);
     }
-    if head.framing == Framing::Chunked {
+    if head.framing == Framing::Chunked && !no_body {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
     if head.conn.upgrade {

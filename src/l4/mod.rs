@@ -125,7 +125,8 @@ pub async fn serve(
     // Whatever the client sent after its own PROXY header goes out first.
     if !early.is_empty() {
         if let (Err(e), _) = target.write_all(early).await {
-            tracing::debug!(upstream = %up.name, target = t, "upstream write failed: {e}");
+            let target = dial_name(&up.targets[t].addr);
+            tracing::warn!(upstream = %up.name, %target, "upstream write failed: {e}");
             log(Some(t), "upstream_error", [0, 0]);
             return;
         }
@@ -136,8 +137,16 @@ pub async fn serve(
     // A tunnel the upstream failed before sending a byte counts against it, recorded before
     // the client sees the end so its next connection already avoids the target.
     let judge = |end: &End, from_upstream: u64| {
-        let failed = matches!(end, End::Reset(Side::Upstream, _));
-        if retry::tunnel_counts_against_target(failed, from_upstream) {
+        let failed = match end {
+            End::Reset(Side::Upstream, e) => Some(e),
+            _ => None,
+        };
+        if let (Some(e), true) = (
+            failed,
+            retry::tunnel_counts_against_target(failed.is_some(), from_upstream),
+        ) {
+            let target = dial_name(&up.targets[t].addr);
+            tracing::warn!(upstream = %up.name, %target, "upstream failed before its first byte: {e}");
             ctx.balancer(upstream).record_failure(t);
         }
     };
@@ -168,7 +177,8 @@ pub async fn serve(
             end
         }
     };
-    tracing::debug!(upstream = %up.name, target = t, "tunnel ended: {end:?}");
+    let target = dial_name(&up.targets[t].addr);
+    tracing::debug!(upstream = %up.name, %target, "tunnel ended: {end:?}");
     log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
 }
 

@@ -202,3 +202,17 @@ impl Stream {
         matches!(self, Stream::Tcp(_) | Stream::Unix(_))
     }
 }
+
+impl Stream {
+    /// The local address of a TCP (or TLS over TCP) connection; `None` for Unix sockets.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        let fd = match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(_) => return None,
+            Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
+        };
+        // SAFETY: `fd` belongs to a socket `self` owns and keeps open for this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Route, TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http1::body::Encode;
-use crate::http1::forward::{write_orig, write_request_head, Request};
+use crate::http1::forward::{override_drops_body, write_orig, write_request_head, Request};
 use crate::http1::parse::{parse_response, Framing, HeaderKind, Parse, ResponseHead, Version};
 use crate::http1::response::{write_response_head, ClientResponse};
 use crate::proxy::relay::{fill_body, io_err, BodyLimits, Dir, Relay};
@@ -42,6 +42,8 @@ struct Sent {
     upstream_head: bool,
     /// The whole request body went upstream (else the client connection cannot be reused).
     body_sent: bool,
+    /// A method override to GET/HEAD keeps the body from the upstream.
+    drop_body: bool,
     /// Request body bytes that rode along with the head.
     coalesced: usize,
     /// When the head went (the response time counts from here).
@@ -104,6 +106,7 @@ async fn send_head(
     }
     let reused = conn.reused;
     let down = &mut *sess.down;
+    let drop_body = override_drops_body(a.route);
     // A small, fully buffered body rides along with the head in one write.
     let coalesced = match head.framing {
         Framing::Length(n) if n as usize <= COALESCE_BODY && down.pending() as u64 >= n => {
@@ -111,6 +114,14 @@ async fn send_head(
         }
         _ => 0,
     };
+    // A dropped body that is all in the buffer is skipped (the client connection stays usable);
+    // a longer one is never read, and the client connection closes after the response.
+    let (coalesced, skipped) = if drop_body {
+        (0, coalesced)
+    } else {
+        (coalesced, 0)
+    };
+    down.pos += skipped;
     sess.s
         .out
         .extend_from_slice(&down.buf[down.pos..down.pos + coalesced]);
@@ -141,8 +152,12 @@ async fn send_head(
     // With Expect: 100-continue and no body bytes sent yet, the upstream decides first.
     let rest = rest_of_body(head.framing, coalesced);
     let has_rest = !matches!(rest, Framing::None | Framing::Length(0));
-    let body_sent = !(head.expect_continue && has_rest && sess.down.pending() == 0);
-    if body_sent {
+    let body_sent = if drop_body {
+        !has_rest || skipped > 0
+    } else {
+        !(head.expect_continue && has_rest && sess.down.pending() == 0)
+    };
+    if body_sent && !drop_body {
         send_body(sess, conn, rest, &limits).await?;
     }
     let sent = Sent {
@@ -153,6 +168,7 @@ async fn send_head(
             .as_deref()
             .map_or(client_head, |m| m == "HEAD"),
         body_sent,
+        drop_body,
         coalesced,
         at,
         limits,
@@ -231,7 +247,7 @@ async fn read_response_head(
                     ub.buf = buf;
                     res.map_err(|e| io_err(Side::Downstream, e))?;
                 }
-                if r.status == 100 && !sent.body_sent {
+                if r.status == 100 && !sent.body_sent && !sent.drop_body {
                     let rest = rest_of_body(head.framing, sent.coalesced);
                     send_body(sess, conn, rest, &sent.limits).await?;
                     sent.body_sent = true;

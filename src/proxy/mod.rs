@@ -63,6 +63,7 @@ pub async fn serve(
         trusted: is_trusted(&ctx, peer),
         ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
         scheme: if stream.is_tls() { "https" } else { "http" },
+        local: stream.local_addr(),
     };
     let mut s = Scratch {
         headers: Vec::with_capacity(32),

@@ -829,7 +829,8 @@ mod tests {
             &with_upstream("").replace(
                 "targets: [127.0.0.1:9001]",
                 "targets: [\"localhost:9001\", \"[::1]:9002\", \
-                 \"http://127.0.0.1\", \"HTTP://[::1]/\"]",
+                 \"http://127.0.0.1\", \"HTTP://[::1]/\", 127.0.0.1, \"https://127.0.0.1\", \
+                 \"[::1]\"]",
             ),
             "t",
         )
@@ -847,12 +848,17 @@ mod tests {
         assert_eq!(t[1], ("[::1]:9002".into(), "[::1]:9002".parse().unwrap()));
         assert_eq!(t[2], ("127.0.0.1".into(), "127.0.0.1:80".parse().unwrap()));
         assert_eq!(t[3], ("[::1]".into(), "[::1]:80".parse().unwrap()));
+        // Without a scheme or port: 80, as Caddy; https:// without a port: 443, with TLS.
+        assert_eq!(t[4], ("127.0.0.1".into(), "127.0.0.1:80".parse().unwrap()));
+        assert_eq!(t[5], ("127.0.0.1".into(), "127.0.0.1:443".parse().unwrap()));
+        assert!(c.upstreams[0].targets[5].tls && !c.upstreams[0].targets[4].tls);
+        assert_eq!(t[6], ("[::1]".into(), "[::1]:80".parse().unwrap()));
     }
 
     #[test]
     fn bad_target_addresses_are_rejected_at_their_line() {
         for (target, message) in [
-            ("10.0.0.1", "needs a port"),
+            ("10.0.0.1:99999", "invalid target address"),
             ("ftp://10.0.0.1:21", "unknown scheme"),
             ("http://10.0.0.1:8080/api", "no path"),
             ("unix/", "needs a path"),
