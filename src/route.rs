@@ -15,7 +15,8 @@ pub fn find<'a>(
         .find(|r| matches(&r.matcher, buf, head, headers))
 }
 
-fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> bool {
+/// Whether a request meets every condition of `m` (routes, and `lb.retry_match`).
+pub fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> bool {
     if !m.methods.is_empty() {
         let method = head.method.get(buf);
         if !m.methods.iter().any(|x| x.as_bytes() == method) {

@@ -251,6 +251,7 @@ pub(super) struct LbFile {
     pub(super) try_duration: Option<Dur>,
     pub(super) try_interval: Option<Dur>,
     pub(super) retry_methods: Option<Strings>,
+    pub(super) retry_match: Option<MatchFile>,
 }
 
 #[derive(Deserialize)]

@@ -265,6 +265,8 @@ pub struct Lb {
     pub try_interval: Duration,
     /// Upper-case method names.
     pub retry_methods: Vec<String>,
+    /// A request already sent is retried only when it also matches this (path, headers...).
+    pub retry_match: Option<Match>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

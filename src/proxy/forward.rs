@@ -53,11 +53,15 @@ pub(crate) async fn forward(
         Framing::Length(n) => sess.down.pending() as u64 >= n,
         _ => false,
     };
-    let req = retry::Request {
-        body_buffered,
-        idempotent: is_idempotent(method),
-        retry_method: up.lb.retry_methods.iter().any(|m| m.as_bytes() == method),
-    };
+    let req =
+        retry::Request {
+            body_buffered,
+            idempotent: is_idempotent(method),
+            retry_method: up.lb.retry_methods.iter().any(|m| m.as_bytes() == method)
+                && up.lb.retry_match.as_ref().is_none_or(|m| {
+                    crate::route::matches(m, &sess.down.buf, head, &sess.s.headers)
+                }),
+        };
     let lb_key = LbKey::find(
         bal.policy(),
         &up.lb.key,
@@ -109,14 +113,9 @@ pub(crate) async fn forward(
         };
         let failed = retry::Failed {
             reused,
+            broke: matches!(f.error.kind, ErrorKind::UpstreamIo { .. }),
             answered: f.answered,
-            before_response: matches!(
-                f.error.kind,
-                ErrorKind::UpstreamIo {
-                    before_response: true,
-                    ..
-                }
-            ),
+            before_response: retry::failed_before_response(&f.error.kind),
             retry_safe: f.error.retry_safe,
         };
         if retry::replay_on_fresh_connection(req, failed) {

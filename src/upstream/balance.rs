@@ -464,6 +464,7 @@ mod tests {
                 try_duration: None,
                 try_interval: Duration::from_millis(250),
                 retry_methods: vec!["GET".into()],
+                retry_match: None,
             },
             transport: Transport {
                 dial_timeout: None,

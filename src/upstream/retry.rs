@@ -6,17 +6,19 @@ use std::time::Duration;
 
 use crate::error::{ErrorKind, Side};
 
-/// Whether another attempt may start: `try_duration`, when set, bounds the time spent trying;
-/// otherwise `retries` bounds the attempts after the first.
+/// Whether another attempt may start, as Caddy decides it: `retries` bounds the attempts after
+/// the first and `try_duration` the time spent trying; when both are set both limit (the first
+/// reached stops), and `retries: 0` beside a `try_duration` means no count limit.
 pub fn may_try_again(
     retries: u32,
     try_duration: Option<Duration>,
     attempts: u32,
     elapsed: Duration,
 ) -> bool {
-    match try_duration {
-        Some(d) => elapsed < d,
-        None => attempts <= retries,
+    match (try_duration, retries) {
+        (None, r) => attempts <= r,
+        (Some(d), 0) => elapsed < d,
+        (Some(d), r) => elapsed < d && attempts <= r,
     }
 }
 
@@ -74,6 +76,8 @@ pub struct Request {
 pub struct Failed {
     /// The connection came out of the pool.
     pub reused: bool,
+    /// The connection broke (reset or closed), as a stale pooled one does; not a timeout.
+    pub broke: bool,
     /// Part of a response already reached the client.
     pub answered: bool,
     /// No byte of a response arrived from the upstream.
@@ -85,7 +89,7 @@ pub struct Failed {
 /// A pooled connection the upstream had already closed: replay once on a fresh connection to
 /// the same target when nothing of the response arrived and the request is safe to repeat.
 pub fn replay_on_fresh_connection(req: Request, f: Failed) -> bool {
-    f.reused && !f.answered && f.before_response && req.body_buffered && req.idempotent
+    f.reused && f.broke && !f.answered && f.before_response && req.body_buffered && req.idempotent
 }
 
 /// Whether the request moves to another target: when the upstream cannot have acted on it, or
@@ -94,13 +98,11 @@ pub fn try_another_target(req: Request, f: Failed) -> bool {
     !f.answered && (f.retry_safe || (req.retry_method && req.body_buffered && f.before_response))
 }
 
-/// Whether a failure says the target is unwell (for passive health): it could not be reached,
-/// refused the handshake, or took a request and then hung, reset or closed before answering.
-/// A full target, a client's failure, or a failure after the response started says nothing.
-pub fn counts_against_target(side: Side, kind: &ErrorKind, answered: bool) -> bool {
-    if side != Side::Upstream || answered {
-        return false;
-    }
+/// Whether a failure left the request unanswered by the upstream: it could not be reached,
+/// refused the handshake, or took the request and then hung, reset or closed before a response
+/// head. Retries (`retry_methods`) and passive health both go by this one test, so every
+/// failure class counts the same way for both.
+pub fn failed_before_response(kind: &ErrorKind) -> bool {
     match kind {
         ErrorKind::Dial(_)
         | ErrorKind::DialTimeout
@@ -111,6 +113,13 @@ pub fn counts_against_target(side: Side, kind: &ErrorKind, answered: bool) -> bo
         } => *before_response,
         _ => false,
     }
+}
+
+/// Whether a failure says the target is unwell (for passive health): it could not be reached,
+/// refused the handshake, or took a request and then hung, reset or closed before answering.
+/// A full target, a client's failure, or a failure after the response started says nothing.
+pub fn counts_against_target(side: Side, kind: &ErrorKind, answered: bool) -> bool {
+    side == Side::Upstream && !answered && failed_before_response(kind)
 }
 
 /// Whether a layer-4 tunnel counts against its target: the upstream failed or reset before it
@@ -127,16 +136,21 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
-    fn another_attempt_is_allowed_by_retries_or_else_by_try_duration() {
+    fn retries_and_try_duration_both_limit_when_both_are_set() {
         // (retries, try_duration, attempts so far, elapsed, allowed)
         let table = [
             (0, None, 1, Duration::ZERO, false),
             (1, None, 1, Duration::ZERO, true),
             (1, None, 2, Duration::ZERO, false),
             (3, None, 3, 10 * S, true),
+            // try_duration alone: no count limit.
             (0, Some(2 * S), 1, S, true),
             (0, Some(2 * S), 50, S, true),
+            (0, Some(2 * S), 1, 2 * S, false),
+            // Both: whichever runs out first stops.
             (5, Some(2 * S), 1, 2 * S, false),
+            (2, Some(10 * S), 3, S, false),
+            (2, Some(10 * S), 2, S, true),
         ];
         for (retries, dur, attempts, elapsed, want) in table {
             assert_eq!(
@@ -185,12 +199,22 @@ mod tests {
         };
         let stale = Failed {
             reused: true,
+            broke: true,
             answered: false,
             before_response: true,
             retry_safe: false,
         };
         let table = [
             (safe, stale, true),
+            // A timeout is no stale connection: not replayed on the same target.
+            (
+                safe,
+                Failed {
+                    broke: false,
+                    ..stale
+                },
+                false,
+            ),
             (
                 safe,
                 Failed {
@@ -346,6 +370,43 @@ mod tests {
                 counts_against_target(side, &kind, answered),
                 want,
                 "{side:?} {kind:?} answered {answered}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_failure_class_counts_the_same_for_retries_and_passive_health() {
+        let io = || io::Error::from(io::ErrorKind::ConnectionReset);
+        let get = Request {
+            body_buffered: true,
+            idempotent: true,
+            retry_method: true,
+        };
+        let kinds = [
+            ErrorKind::Dial(io()),
+            ErrorKind::DialTimeout,
+            ErrorKind::UpstreamTls("unknown issuer".into()),
+            ErrorKind::UpstreamTimeout,
+            ErrorKind::UpstreamIo {
+                err: io(),
+                before_response: true,
+            },
+            ErrorKind::UpstreamIo {
+                err: io(),
+                before_response: false,
+            },
+            ErrorKind::UpstreamInvalid("malformed response head"),
+            ErrorKind::NoTarget,
+        ];
+        for kind in kinds {
+            let failed = Failed {
+                before_response: failed_before_response(&kind),
+                ..Default::default()
+            };
+            assert_eq!(
+                try_another_target(get, failed),
+                counts_against_target(Side::Upstream, &kind, false),
+                "{kind:?}"
             );
         }
     }

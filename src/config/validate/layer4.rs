@@ -27,6 +27,10 @@ impl Validator<'_> {
                 lb.is_some_and(|l| l.retry_methods.is_some()),
             ),
             (
+                "lb.retry_match",
+                lb.is_some_and(|l| l.retry_match.is_some()),
+            ),
+            (
                 "health.passive.unhealthy_status",
                 passive.is_some_and(|p| p.unhealthy_status.is_some()),
             ),
@@ -163,6 +167,7 @@ mod tests {
             ("request_buffer: 4KiB", 9, "request_buffer"),
             ("response_buffer: 0", 9, "response_buffer"),
             ("lb:\n  retry_methods: [GET]", 10, "lb.retry_methods"),
+            ("lb:\n  retry_match: { path: /x }", 10, "lb.retry_match"),
             ("lb:\n  policy: uri_hash", 10, "lb.policy"),
             ("lb:\n  policy: header\n  key: X-User", 10, "lb.policy"),
             ("lb:\n  policy: query\n  key: u", 10, "lb.policy"),

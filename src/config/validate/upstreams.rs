@@ -258,6 +258,10 @@ impl Validator<'_> {
             try_duration: dur(lb.try_duration, defaults::TRY_DURATION),
             try_interval: dur(lb.try_interval, defaults::TRY_INTERVAL).unwrap_or_default(),
             retry_methods,
+            retry_match: match lb.retry_match {
+                Some(m) => Some(self.matcher(&join(key, "retry_match"), m)?),
+                None => None,
+            },
         })
     }
 
@@ -559,6 +563,21 @@ mod tests {
             Some(Duration::from_secs(3)),
             "written, it applies to a lone target too"
         );
+    }
+
+    #[test]
+    fn retry_match_is_a_route_matcher_checked_like_one() {
+        let c = Config::parse(
+            &with_upstream("lb: { retry_match: { path: /api, headers: { X-Idem: \"1\" } } }"),
+            "t.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let m = c.upstreams[0].lb.retry_match.as_ref().expect("retry_match");
+        assert_eq!(m.path.as_deref(), Some("/api"));
+        assert_eq!(m.headers, [("x-idem".to_string(), "1".to_string())]);
+        let e = upstream_err("lb: { retry_match: { path: api } }");
+        assert_eq!(e.key, "upstreams.api.lb.retry_match.path", "{e}");
+        assert!(e.message.contains("must start with"), "{e}");
     }
 
     #[test]
