@@ -5,10 +5,9 @@
 #[macro_use]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener};
+use std::time::Duration;
 
 use support::tls::{client_config, Pki, TlsClient};
 use support::*;
@@ -152,59 +151,15 @@ fn a_layer4_warning_names_the_target_address() {
              protocol: tcp\n    upstream: db\nupstreams:\n  db:\n    targets: [\"{target}\"]\n"
         ),
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--config", config.to_str().unwrap()])
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringway");
-    let (tx, lines) = std::sync::mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    let mut addr: Option<SocketAddr> = None;
-    while addr.is_none() && Instant::now() < deadline {
-        let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        addr = line.split_whitespace().find_map(|w| {
-            w.trim_matches('"')
-                .split("web=")
-                .nth(1)
-                .and_then(|a| a.trim_end_matches(['"', ',']).parse().ok())
-        });
-        seen.push(line);
-    }
-    let Some(addr) = addr else {
-        let _ = child.kill();
-        panic!("ringway never logged its listener: {seen:#?}");
-    };
+    let mut ringway = support::process::Ringway::start(&config, &[]);
+    let addr = ringway.listener("web");
     let mut c = support::l4::connect(addr);
     let _ = c.write_all(b"ping");
     let _ = c.shutdown(Shutdown::Write);
     let _ = support::l4::read_to_end_or_error(&mut c);
-    let mut warned = None;
-    while warned.is_none() && Instant::now() < deadline {
-        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-            if line.contains("WARN") {
-                warned = Some(line.clone());
-            }
-            seen.push(line);
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let warned = warned.unwrap_or_else(|| panic!("no warning: {seen:#?}"));
+    let warned = ringway
+        .wait_line(Duration::from_secs(10), |l| l.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning: {:#?}", ringway.seen));
     assert!(
         warned.contains(&target.to_string()),
         "the warning names {target}: {warned}"

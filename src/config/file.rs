@@ -317,6 +317,8 @@ pub(super) struct TransportTlsFile {
     pub(super) insecure_skip_verify: Option<bool>,
     pub(super) handshake_timeout: Option<Dur>,
     pub(super) except_ports: Option<Vec<u16>>,
+    pub(super) renegotiation: Option<String>,
+    pub(super) curves: Option<Strings>,
 }
 
 #[derive(Deserialize, Default)]

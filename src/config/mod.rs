@@ -140,8 +140,10 @@ pub struct ClientAuth {
 /// `upstreams.*.transport.tls` (or the defaults, for `https://` targets and TLS ports).
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamTls {
-    /// Empty: the webpki roots.
+    /// Empty: the operating system's trust store (webpki roots when it has none).
     pub ca: Vec<PathBuf>,
+    /// Key exchange groups offered, in order, by their lower-case names; empty: rustls's own.
+    pub curves: Vec<String>,
     pub client_cert: Option<CertificatePaths>,
     /// SNI and verified name; `None`: the target's host.
     pub server_name: Option<String>,

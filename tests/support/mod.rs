@@ -8,6 +8,7 @@ pub mod backend;
 pub mod client;
 pub mod fixed;
 pub mod l4;
+pub mod process;
 pub mod streaming;
 pub mod targets;
 pub mod tls;

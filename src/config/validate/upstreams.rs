@@ -441,6 +441,7 @@ impl Validator<'_> {
                         defaults::UPSTREAM_TLS_HANDSHAKE_TIMEOUT,
                     ),
                     except_ports: f.except_ports.unwrap_or_default(),
+                    curves: self.curves(&join(key, "tls"), f.renegotiation, f.curves)?,
                 })
             }
             None => None,
@@ -462,6 +463,47 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    /// `transport.tls.renegotiation` (only `never` exists with rustls) and `transport.tls.curves`
+    /// (names rustls's ring provider implements), giving the curves in the order written.
+    fn curves(
+        &self,
+        key: &str,
+        renegotiation: Option<String>,
+        curves: Option<crate::config::file::Strings>,
+    ) -> Res<Vec<String>> {
+        match renegotiation.as_deref() {
+            None | Some("never") => {}
+            Some(other @ ("once" | "freely")) => {
+                return Err(self.at_value(
+                    &join(key, "renegotiation"),
+                    format!(
+                        "\"{other}\" is not possible: rustls never renegotiates (TLS 1.3 has no \
+                         renegotiation); use never"
+                    ),
+                ))
+            }
+            Some(other) => {
+                return Err(self.at_value(
+                    &join(key, "renegotiation"),
+                    format!("unknown renegotiation \"{other}\" (expected never)"),
+                ))
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(list) = curves {
+            for (i, name) in list.items.iter().enumerate() {
+                let k = list.item_key(&join(key, "curves"), i);
+                let canonical =
+                    crate::net::tls::curve_name(name).map_err(|m| self.at_value(&k, m))?;
+                out.push(canonical.to_string());
+            }
+            if out.is_empty() {
+                return Err(self.at_value(&join(key, "curves"), "name at least one curve"));
+            }
+        }
+        Ok(out)
+    }
+
     /// `transport.versions`: upstreams are spoken to in HTTP/1.1 only, so only `["1.1"]`.
     fn versions(&self, key: &str, list: &[serde_yaml::Value]) -> Res<()> {
         if list.is_empty() {
