@@ -60,7 +60,8 @@ pub async fn serve(
         _ => None,
     };
     let mut early = Vec::new();
-    if l.proxy_protocol {
+    // On a TLS listener the header came before the handshake and was read then.
+    if l.proxy_protocol && !client.is_tls() {
         match proxy_protocol::accept(&ctx.config().trusted_proxies, &mut client, peer, &mut early)
             .await
         {
@@ -100,6 +101,7 @@ pub async fn serve(
         reuse: None,
         source,
         dest,
+        proxy_header: up.transport.proxy_protocol != crate::config::ProxyProtocol::Off,
     };
     let connected = connect(ctx, upstream, up, &mut Attempts::default(), &want).await;
     // The tunnel holds the connection slot and the in-flight mark for its whole life (tcp

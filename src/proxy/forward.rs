@@ -79,7 +79,9 @@ pub(crate) async fn forward(
         let want = Want {
             key: lb_key.get(&sess.down.buf),
             reuse: Some(req.idempotent && req.body_buffered),
-            ..Want::default()
+            source: client.peer,
+            dest: client.local,
+            proxy_header: up.transport.proxy_protocol != crate::config::ProxyProtocol::Off,
         };
         let Connected {
             target: t,

@@ -48,7 +48,8 @@ pub async fn serve(
         floor: 0,
     };
     let mut peer = peer;
-    if ctx.config().listeners[listener].proxy_protocol {
+    // On a TLS listener the header came before the handshake and was read then.
+    if ctx.config().listeners[listener].proxy_protocol && !stream.is_tls() {
         // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
         let trusted = &ctx.config().trusted_proxies;
         let header = crate::net::proxy_protocol::accept(trusted, &mut stream, peer, &mut down.buf);

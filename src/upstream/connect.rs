@@ -10,7 +10,7 @@ use crate::config::{TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError};
 use crate::net::stream::Stream;
 use crate::upstream::balance::Tried;
-use crate::upstream::pool::{InFlight, UpConn};
+use crate::upstream::pool::{InFlight, Tag, UpConn};
 use crate::upstream::retry;
 use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
@@ -85,6 +85,16 @@ pub struct Want<'a> {
     /// The client's addresses for the PROXY header, when the upstream sends one.
     pub source: Option<SocketAddr>,
     pub dest: Option<SocketAddr>,
+    /// The upstream sends a PROXY header (so pooled connections are the client's own).
+    pub proxy_header: bool,
+}
+
+impl Want<'_> {
+    /// The pool tag of connections opened for this want: a PROXY header names the client, so
+    /// its connections serve that client only.
+    fn tag(&self) -> Tag {
+        self.proxy_header.then_some((self.source, self.dest))
+    }
 }
 
 /// A connection to target `target`, and the request's in-flight mark on it.
@@ -122,7 +132,7 @@ pub async fn connect<'a>(
         let in_flight = InFlight::new(bal.shared(t));
         let pooled = want
             .reuse
-            .and_then(|replayable| checkout(ctx, u, t, up, replayable));
+            .and_then(|replayable| checkout(ctx, u, t, up, replayable, want));
         let dialed = match pooled {
             Some(conn) => Ok(conn),
             None => dial(ctx, u, t, up, want).await,
@@ -183,9 +193,12 @@ fn checkout(
     t: usize,
     up: &Upstream,
     replayable: bool,
+    want: &Want<'_>,
 ) -> Option<UpConn> {
     loop {
-        let conn = ctx.pool().checkout(u, t, up.transport.idle_timeout)?;
+        let conn = ctx
+            .pool()
+            .checkout_tagged(u, t, up.transport.idle_timeout, want.tag())?;
         if replayable || !conn.stream.peer_closed() {
             return Some(conn);
         }
@@ -194,9 +207,7 @@ fn checkout(
 
 /// Closes every pooled connection to `t`: one was found stale, so the others are suspect.
 pub fn discard_idle(ctx: &WorkerCtx, u: usize, t: usize) {
-    while let Some(c) = ctx.pool().checkout(u, t, Some(Duration::ZERO)) {
-        drop(c);
-    }
+    ctx.pool().drain(u, t);
 }
 
 /// Reserves a connection slot on `t` and opens a new connection: dial, PROXY header, TLS.
@@ -251,6 +262,7 @@ async fn dial(
         stream,
         slot,
         reused: false,
+        tag: want.tag(),
     })
 }
 

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,12 +55,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Whom a pooled connection may serve: `None` for anyone; with a PROXY header, the client
+/// addresses it announced (source, destination), so it is never reused for another client.
+pub type Tag = Option<(Option<SocketAddr>, Option<SocketAddr>)>;
+
 /// An open upstream connection; counts against its target's `conns` until dropped.
 pub struct UpConn {
     pub stream: Stream,
     pub slot: ConnSlot,
     /// Came out of the pool (so it may have been closed by the upstream meanwhile).
     pub reused: bool,
+    pub tag: Tag,
 }
 
 impl UpConn {
@@ -69,6 +75,7 @@ impl UpConn {
             stream,
             slot: ConnSlot::reserved(shared),
             reused: false,
+            tag: None,
         }
     }
 }
@@ -108,6 +115,18 @@ impl Pool {
         target: usize,
         max_idle_age: Option<Duration>,
     ) -> Option<UpConn> {
+        self.checkout_tagged(upstream, target, max_idle_age, None)
+    }
+
+    /// Like [`Pool::checkout`], for a connection with tag `tag` only. Untagged pools (every
+    /// upstream without a PROXY header) take the newest at once; tagged ones search from it.
+    pub fn checkout_tagged(
+        &self,
+        upstream: usize,
+        target: usize,
+        max_idle_age: Option<Duration>,
+        tag: Tag,
+    ) -> Option<UpConn> {
         let mut idle = self.idle[upstream][target].borrow_mut();
         let now = Instant::now();
         if let Some(max) = max_idle_age {
@@ -116,9 +135,15 @@ impl Pool {
                 idle.pop_front();
             }
         }
-        let mut entry = idle.pop_back()?;
+        let at = idle.iter().rposition(|i| i.conn.tag == tag)?;
+        let mut entry = idle.remove(at)?;
         entry.conn.reused = true;
         Some(entry.conn)
+    }
+
+    /// Closes every idle connection to a target, whatever its tag.
+    pub fn drain(&self, upstream: usize, target: usize) {
+        self.idle[upstream][target].borrow_mut().clear();
     }
 
     /// Keeps `conn` for reuse. Connections beyond `max_idle` are closed once they have been

@@ -415,6 +415,18 @@ fn spawn_conn(
     core.open_conns.set(core.open_conns.get() + 1);
     monoio::spawn(async move {
         let serve = async {
+            let mut peer = peer;
+            let before_tls = ctx.gen.listener_tls[listener].is_some()
+                && ctx.config.listeners[listener].proxy_protocol;
+            if let (true, Stream::Tcp(tcp)) = (before_tls, &stream) {
+                let trusted = &ctx.config.trusted_proxies;
+                let header = crate::net::proxy_protocol::accept_before_tls(trusted, tcp, peer);
+                match Box::pin(header).await {
+                    Some(Some((source, _))) => peer = Some(source),
+                    Some(None) => {}
+                    None => return,
+                }
+            }
             // The handshake runs here, in the connection's task, so the accept loop never waits.
             // Each part boxed on its own: a task is as large as its largest state, and an idle
             // keep-alive connection should not carry a TLS handshake's or a tunnel's.

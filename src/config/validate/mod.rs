@@ -161,7 +161,6 @@ impl Validator<'_> {
                 self.upstream(name, u, tcp_user)
             })
             .collect::<Res<Vec<_>>>()?;
-        self.proxy_protocol_only_for_tcp(&listeners, &upstreams)?;
         Ok(Config {
             workers,
             pin_workers: f.pin_workers.unwrap_or(defaults::PIN_WORKERS),
@@ -674,11 +673,6 @@ mod tests {
                 "transport.fastcgi",
             ),
             ("dynamic:\n  srv: _api._tcp.example", 8, "dynamic"),
-            (
-                "transport:\n  proxy_protocol: v2",
-                9,
-                "transport.proxy_protocol",
-            ),
         ];
         for (extra, line, key) in upstream {
             let e = upstream_err(extra);
