@@ -137,6 +137,10 @@ pub const KEEPALIVE: bool = true;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Enough for bursts per worker without holding many sockets per target.
 pub const MAX_IDLE_PER_WORKER: usize = 32;
+/// A request finding every target at `max_connections` waits this long for a slot, then 503
+/// (Caddy's `max_conns_per_host` waits without bound; a bound keeps a stuck target from
+/// holding clients forever).
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A target that has not finished its handshake by then is stalled.
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Targets speak HTTP unless told otherwise (FastCGI is planned).

@@ -303,6 +303,8 @@ pub(super) struct TransportFile {
     pub(super) idle_timeout: Option<Dur>,
     pub(super) max_idle_per_worker: Option<usize>,
     pub(super) proxy_protocol: Option<String>,
+    pub(super) queue_timeout: Option<Dur>,
+    pub(super) max_connections: Option<u32>,
     pub(super) tls: Option<TransportTlsFile>,
     pub(super) https_ports: Option<Vec<u16>>,
 }

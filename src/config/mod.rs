@@ -396,6 +396,11 @@ pub struct Transport {
     pub tls: Option<UpstreamTls>,
     /// PROXY protocol header sent first on each new upstream connection.
     pub proxy_protocol: ProxyProtocol,
+    /// How long an HTTP request waits for a connection slot when every target is full;
+    /// `None`: answer 503 at once.
+    pub queue_timeout: Option<Duration>,
+    /// Connections to all targets together, across workers; `None` = unlimited.
+    pub max_connections: Option<u32>,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

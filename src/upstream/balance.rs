@@ -91,6 +91,8 @@ pub struct Balancer {
     fail_ms: Option<u64>,
     /// `unhealthy_request_count`.
     max_requests: Option<u32>,
+    /// `transport.max_connections`: connections to all targets together, across workers.
+    max_upstream_conns: Option<u32>,
 }
 
 struct TargetRef {
@@ -150,7 +152,38 @@ impl Balancer {
                 .fail_duration
                 .map(|d| d.as_millis().max(1) as u64),
             max_requests: up.health.passive.unhealthy_request_count,
+            max_upstream_conns: up.transport.max_connections,
         }
+    }
+
+    /// Whether the upstream-wide cap is reached. Sequentially consistent with the increment in
+    /// `try_reserve_conn`: of two workers reserving the last slot at once, at most one keeps it.
+    fn upstream_full(&self) -> bool {
+        self.max_upstream_conns.is_some_and(|max| {
+            let open: u32 = self
+                .targets
+                .iter()
+                .map(|t| t.shared.conns.load(Ordering::SeqCst))
+                .sum();
+            open >= max
+        })
+    }
+
+    /// Whether a request finding nothing to select should wait for a connection slot: some
+    /// target it has not tried is up but at its cap (or the upstream at its own).
+    pub fn waits_for_slot(&self, tried: Tried) -> bool {
+        let now = now_ms();
+        let upstream_full = self.upstream_full();
+        (0..self.targets.len()).any(|i| {
+            let t = &self.targets[i];
+            let s = &t.shared;
+            !tried.contains(i)
+                && s.healthy.load(Ordering::Relaxed)
+                && !self.fail_ms.is_some_and(|ms| s.passive_down(now, ms))
+                && (upstream_full
+                    || t.max_conns
+                        .is_some_and(|max| s.conns.load(Ordering::Relaxed) >= max))
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -189,7 +222,7 @@ impl Balancer {
         &self,
         i: usize,
         tried: Tried,
-        now: u64,
+        (now, upstream_full): (u64, bool),
         has_idle: &impl Fn(usize) -> bool,
     ) -> bool {
         let t = &self.targets[i];
@@ -206,6 +239,13 @@ impl Balancer {
             if s.in_flight.load(Ordering::Relaxed) >= max {
                 return false;
             }
+        }
+        if upstream_full && !has_idle(i) {
+            // Another worker's idle connection may be holding the slot: ask for it.
+            if !s.wanted.load(Ordering::Relaxed) {
+                s.wanted.store(true, Ordering::Relaxed);
+            }
+            return false;
         }
         match t.max_conns {
             Some(max) if s.conns.load(Ordering::Relaxed) >= max && !has_idle(i) => {
@@ -252,7 +292,8 @@ impl Balancer {
             return None;
         }
         let now = if self.fail_ms.is_some() { now_ms() } else { 0 };
-        let ok = |i: usize| self.available(i, tried, now, &has_idle);
+        let upstream_full = self.upstream_full();
+        let ok = |i: usize| self.available(i, tried, (now, upstream_full), &has_idle);
         if self.policy == Policy::Cookie {
             // Sticky: the target the cookie names wins while it is available, on either side.
             if let Some(v) = key {
@@ -419,11 +460,23 @@ impl Balancer {
     /// Reserves a new connection slot against `max_connections`; false when the target is full.
     pub fn try_reserve_conn(&self, i: usize) -> bool {
         let t = &self.targets[i];
-        let prev = t.shared.conns.fetch_add(1, Ordering::AcqRel);
+        let prev = t.shared.conns.fetch_add(1, Ordering::SeqCst);
+        let over_upstream = self.max_upstream_conns.is_some_and(|max| {
+            let open: u32 = self
+                .targets
+                .iter()
+                .map(|t| t.shared.conns.load(Ordering::SeqCst))
+                .sum();
+            open > max
+        });
         match t.max_conns {
             Some(max) if prev >= max => {
                 t.shared.conns.fetch_sub(1, Ordering::AcqRel);
                 t.shared.wanted.store(true, Ordering::Relaxed);
+                false
+            }
+            _ if over_upstream => {
+                t.shared.conns.fetch_sub(1, Ordering::AcqRel);
                 false
             }
             _ => true,
@@ -476,6 +529,8 @@ mod tests {
                 max_idle_per_worker: 32,
                 tls: None,
                 proxy_protocol: crate::config::ProxyProtocol::Off,
+                queue_timeout: None,
+                max_connections: None,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,

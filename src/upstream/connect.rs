@@ -31,6 +31,8 @@ pub struct Attempts {
     attempts: u32,
     /// Since when it waits for a target with a free slot (for the pool wait metrics).
     waiting: Option<Instant>,
+    /// When waiting in the connection queue ends (`transport.queue_timeout` after it began).
+    queue_deadline: Option<Instant>,
 }
 
 impl Default for Attempts {
@@ -40,6 +42,7 @@ impl Default for Attempts {
             tried: Tried::default(),
             attempts: 0,
             waiting: None,
+            queue_deadline: None,
         }
     }
 }
@@ -116,9 +119,32 @@ pub async fn connect<'a>(
 ) -> Result<Connected<'a>, ProxyError> {
     let bal = ctx.balancer(u);
     let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle(u, i);
+    // HTTP requests wait for a connection slot in a FIFO when targets are full; one arriving
+    // while others wait queues behind them instead of taking the next free slot first.
+    let queueing = want.reuse.is_some() && up.transport.queue_timeout.is_some();
+    let mut my_turn = false;
     loop {
         att.attempts += 1;
-        let Some(t) = bal.select(att.tried, want.key, has_idle) else {
+        let behind_others = queueing && !my_turn && ctx.queues().len(u) > 0;
+        my_turn = false;
+        let picked = if behind_others {
+            None
+        } else {
+            bal.select(att.tried, want.key, has_idle)
+        };
+        let Some(t) = picked else {
+            if queueing && (behind_others || bal.waits_for_slot(att.tried)) {
+                att.wait_start(ctx, u);
+                let limit = up.transport.queue_timeout.unwrap_or_default();
+                let deadline = *att.queue_deadline.get_or_insert(Instant::now() + limit);
+                if wait_for_slot(ctx, u, att.tried, want, deadline).await {
+                    att.replay();
+                    my_turn = true;
+                    continue;
+                }
+                att.wait_end(ctx, u);
+                return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
+            }
             if att.may_try_again(up) {
                 att.tried = Tried::default();
                 att.wait_start(ctx, u);
@@ -181,6 +207,35 @@ pub async fn connect<'a>(
                 }
             }
         }
+    }
+}
+
+/// Waits at the back of this worker's queue for upstream `u`, and once at its head, polls the
+/// shared counters until a target can be selected (true) or `deadline` passes (false).
+async fn wait_for_slot(
+    ctx: &WorkerCtx,
+    u: usize,
+    tried: Tried,
+    want: &Want<'_>,
+    deadline: Instant,
+) -> bool {
+    let ticket = ctx.queues().join(u);
+    let has_idle = |i| ctx.pool().has_idle(u, i);
+    let deadline = monoio::time::Instant::from_std(deadline);
+    if monoio::time::timeout_at(deadline, ticket.turn())
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    loop {
+        if ctx.balancer(u).select(tried, want.key, has_idle).is_some() {
+            return true;
+        }
+        if monoio::time::Instant::now() >= deadline {
+            return false;
+        }
+        monoio::time::sleep(crate::upstream::queue::POLL).await;
     }
 }
 

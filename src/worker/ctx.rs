@@ -86,6 +86,8 @@ pub struct WorkerCtx {
     /// One replica per upstream, indexed like `config.upstreams`.
     pub(super) balancers: Vec<Balancer>,
     pub(super) pool: Pool,
+    /// Requests waiting for a connection slot, per upstream.
+    pub(super) queues: crate::upstream::queue::Queues,
 }
 
 impl WorkerCtx {
@@ -105,6 +107,7 @@ impl WorkerCtx {
             .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
             .collect();
         let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
+        let config_upstreams = config.upstreams.len();
         if let Some(prev) = prev {
             for (u, targets) in gen.targets.iter().enumerate() {
                 for (t, shared) in targets.iter().enumerate() {
@@ -122,6 +125,7 @@ impl WorkerCtx {
             gen,
             balancers,
             pool,
+            queues: crate::upstream::queue::Queues::new(config_upstreams),
         }
     }
 
@@ -164,6 +168,10 @@ impl WorkerCtx {
     #[inline]
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn queues(&self) -> &crate::upstream::queue::Queues {
+        &self.queues
     }
 
     /// The TLS client config of upstream `u` (`None` when none of its targets is TLS).

@@ -26,6 +26,10 @@ impl Validator<'_> {
                 lb.is_some_and(|l| l.retry_methods.is_some()),
             ),
             (
+                "transport.queue_timeout",
+                t.is_some_and(|t| t.queue_timeout.is_some()),
+            ),
+            (
                 "lb.retry_match",
                 lb.is_some_and(|l| l.retry_match.is_some()),
             ),
@@ -135,6 +139,11 @@ mod tests {
             ("response_buffer: 0", 9, "response_buffer"),
             ("lb:\n  retry_methods: [GET]", 10, "lb.retry_methods"),
             ("lb:\n  retry_match: { path: /x }", 10, "lb.retry_match"),
+            (
+                "transport:\n  queue_timeout: 1s",
+                10,
+                "transport.queue_timeout",
+            ),
             ("lb:\n  policy: uri_hash", 10, "lb.policy"),
             ("lb:\n  policy: header\n  key: X-User", 10, "lb.policy"),
             ("lb:\n  policy: query\n  key: u", 10, "lb.policy"),

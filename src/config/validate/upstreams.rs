@@ -458,6 +458,8 @@ impl Validator<'_> {
                 .unwrap_or(defaults::MAX_IDLE_PER_WORKER),
             tls,
             proxy_protocol,
+            queue_timeout: dur(t.queue_timeout, defaults::QUEUE_TIMEOUT),
+            max_connections: t.max_connections.filter(|&n| n > 0),
         })
     }
 }
@@ -572,6 +574,8 @@ mod tests {
         assert_eq!(u.lb.retry_methods, ["GET"]);
         let t = &u.transport;
         assert_eq!(t.dial_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(t.queue_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(t.max_connections, None);
         assert_eq!(t.response_header_timeout, None);
         assert_eq!(t.read_timeout, None);
         assert_eq!(t.write_timeout, None);
