@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError};
-use crate::net::stream::Stream;
+use crate::net::stream::{Sock, Stream};
 use crate::upstream::balance::Tried;
 use crate::upstream::pool::{InFlight, Tag, UpConn};
 use crate::upstream::retry;
@@ -310,7 +310,10 @@ async fn dial(
     let stream = match (up.targets[t].tls, stream) {
         // Boxed: the handshake's state (a whole rustls connection) would otherwise sit in every
         // HTTP connection task, idle or plaintext ones too; a TLS dial is rare next to requests.
-        (true, Stream::Tcp(tcp)) => Box::pin(originate_tls(ctx, u, t, up, tcp)).await?,
+        (true, Stream::Tcp(tcp)) => Box::pin(originate_tls(ctx, u, t, up, Sock::Tcp(tcp))).await?,
+        (true, Stream::Unix(unix)) => {
+            Box::pin(originate_tls(ctx, u, t, up, Sock::Unix(unix))).await?
+        }
         (_, stream) => stream,
     };
     Ok(UpConn {
@@ -328,12 +331,15 @@ async fn originate_tls(
     u: usize,
     t: usize,
     up: &Upstream,
-    tcp: monoio::net::TcpStream,
+    tcp: Sock,
 ) -> Result<Stream, ProxyError> {
-    let (Some(config), Some(settings), TargetAddr::Tcp { host, .. }) =
-        (ctx.upstream_tls(u), &up.transport.tls, &up.targets[t].addr)
-    else {
-        unreachable!("validation gives every TLS target its settings and a TCP address");
+    let (Some(config), Some(settings)) = (ctx.upstream_tls(u), &up.transport.tls) else {
+        unreachable!("validation gives every TLS target its settings");
+    };
+    // A unix target has no host: validation asks for `server_name` (or skipped verification).
+    let host = match &up.targets[t].addr {
+        TargetAddr::Tcp { host, .. } => host.as_str(),
+        TargetAddr::Unix(_) => "localhost",
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     let tls_err = |why: String| ProxyError::upstream(ErrorKind::UpstreamTls(why), true);
@@ -360,9 +366,9 @@ async fn originate_tls(
 /// server's certificate) sends its alert before the connection closes, so the server learns
 /// why instead of seeing a bare end of stream.
 async fn handshake(
-    mut tcp: monoio::net::TcpStream,
+    mut tcp: Sock,
     mut tls: rustls::ClientConnection,
-) -> std::io::Result<(monoio::net::TcpStream, rustls::ClientConnection)> {
+) -> std::io::Result<(Sock, rustls::ClientConnection)> {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {

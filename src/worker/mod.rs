@@ -490,9 +490,9 @@ async fn terminate_tls(
     let Some(state) = &ctx.gen.listener_tls[listener] else {
         return Some(stream);
     };
-    // Validation allows TLS on TCP listeners only.
     let tcp = match stream {
-        Stream::Tcp(tcp) => tcp,
+        Stream::Tcp(tcp) => crate::net::stream::Sock::Tcp(tcp),
+        Stream::Unix(unix) => crate::net::stream::Sock::Unix(unix),
         other => return Some(other),
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);

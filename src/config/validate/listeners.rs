@@ -100,7 +100,7 @@ impl Validator<'_> {
             }
         }
         let tls = match l.tls {
-            Some(t) => Some(self.listener_tls(&join(key, "tls"), &addr, t)?),
+            Some(t) => Some(self.listener_tls(&join(key, "tls"), t)?),
             None => None,
         };
         if tcp {
