@@ -141,6 +141,12 @@ pub const MAX_IDLE_PER_WORKER: usize = 32;
 /// (Caddy's `max_conns_per_host` waits without bound; a bound keeps a stuck target from
 /// holding clients forever).
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Big cookies and long redirect URLs fit; a runaway header section does not.
+pub const MAX_RESPONSE_HEADER: u64 = 64 * 1024;
+/// Smallest `max_response_header`: below it ordinary responses fail.
+pub const MIN_MAX_RESPONSE_HEADER: u64 = 1024;
+/// Off: the kernel's keep-alive settings apply only to sockets that ask for them.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::ZERO;
 /// A target that has not finished its handshake by then is stalled.
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Targets speak HTTP unless told otherwise (FastCGI is planned).

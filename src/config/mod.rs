@@ -401,6 +401,14 @@ pub struct Transport {
     pub queue_timeout: Option<Duration>,
     /// Connections to all targets together, across workers; `None` = unlimited.
     pub max_connections: Option<u32>,
+    /// Largest upstream response head accepted.
+    pub max_response_header: usize,
+    /// TCP keep-alive probes on upstream connections idle this long (and then this often).
+    pub keepalive_interval: Option<Duration>,
+    /// The address upstream connections are made from.
+    pub local_address: Option<std::net::IpAddr>,
+    /// Upgraded (WebSocket) connections are closed after this long; `None` = never.
+    pub stream_timeout: Option<Duration>,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

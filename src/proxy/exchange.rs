@@ -219,11 +219,15 @@ async fn read_response_head(
         a.up.transport
             .response_header_timeout
             .map(|d| Instant::now() + d);
+    let limits = crate::http1::parse::HeadLimits {
+        max_head_bytes: a.up.transport.max_response_header,
+        ..RESPONSE_LIMITS
+    };
     loop {
         match parse_response(
             &ub.buf[ub.pos..],
             sent.upstream_head,
-            &RESPONSE_LIMITS,
+            &limits,
             &mut sess.s.resp_headers,
         ) {
             Parse::Complete(r) if r.status == 101 => {
@@ -274,7 +278,7 @@ async fn read_response_head(
         let nothing_yet = ub.buf.is_empty();
         let Some(res) = timed_at(
             deadline,
-            ub.read_more(&mut conn.stream, RESPONSE_LIMITS.max_head_bytes),
+            ub.read_more(&mut conn.stream, limits.max_head_bytes),
         )
         .await
         else {

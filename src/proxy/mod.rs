@@ -141,8 +141,33 @@ pub async fn serve(
                 let UpConn {
                     stream: up, slot, ..
                 } = conn;
-                let r = Box::pin(crate::l4::upgrade::run(stream, up, None)).await;
-                tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
+                let limit = s
+                    .target
+                    .and_then(|(u, _)| ctx.config().upstreams[u].transport.stream_timeout);
+                let relay = Box::pin(crate::l4::upgrade::run(stream, up, None));
+                // `stream_timeout`: dropping the relay closes both sides.
+                match limit {
+                    None => {
+                        let r = relay.await;
+                        tracing::debug!(
+                            sent = r.up,
+                            received = r.down,
+                            "upgraded connection closed"
+                        );
+                    }
+                    Some(d) => match monoio::time::timeout(d, relay).await {
+                        Ok(r) => {
+                            tracing::debug!(
+                                sent = r.up,
+                                received = r.down,
+                                "upgraded connection closed"
+                            )
+                        }
+                        Err(_) => {
+                            tracing::debug!("upgraded connection closed after stream_timeout")
+                        }
+                    },
+                }
                 drop(slot);
                 drop(active);
                 return;

@@ -282,8 +282,14 @@ async fn dial(
     let connect = async {
         match &up.targets[t].addr {
             TargetAddr::Tcp { addr, .. } => {
-                let s = monoio::net::TcpStream::connect_addr(*addr).await?;
+                let s = match up.transport.local_address {
+                    None => monoio::net::TcpStream::connect_addr(*addr).await?,
+                    Some(ip) => connect_from(ip, *addr).await?,
+                };
                 s.set_nodelay(true)?;
+                if let Some(every) = up.transport.keepalive_interval {
+                    s.set_tcp_keepalive(Some(every), Some(every), None)?;
+                }
                 Ok::<_, std::io::Error>(Stream::Tcp(s))
             }
             TargetAddr::Unix(p) => Ok(Stream::Unix(monoio::net::UnixStream::connect(p).await?)),
@@ -322,6 +328,33 @@ async fn dial(
         reused: false,
         tag: want.tag(),
     })
+}
+
+/// Connects to `to` from `local` (`transport.local_address`): bind first, then a non-blocking
+/// connect whose completion the runtime reports as writability.
+async fn connect_from(
+    local: std::net::IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<monoio::net::TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_cloexec(true)?;
+    socket.bind(&SockAddr::from(SocketAddr::new(local, 0)))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&SockAddr::from(to)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = monoio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    stream.writable(false).await?;
+    // SAFETY: the descriptor belongs to `stream`, open for the whole call.
+    let fd =
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
+    match socket2::SockRef::from(&fd).take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
 }
 
 /// The TLS handshake toward a TLS target, verified (unless `insecure_skip_verify`) against

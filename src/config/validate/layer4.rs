@@ -25,6 +25,11 @@ impl Validator<'_> {
                 "lb.retry_methods",
                 lb.is_some_and(|l| l.retry_methods.is_some()),
             ),
+            ("stream_timeout", u.stream_timeout.is_some()),
+            (
+                "transport.max_response_header",
+                t.is_some_and(|t| t.max_response_header.is_some()),
+            ),
             (
                 "transport.queue_timeout",
                 t.is_some_and(|t| t.queue_timeout.is_some()),

@@ -137,6 +137,10 @@ impl Validator<'_> {
                 buffers[i] = *n;
             }
         }
+        if u.stream_close_delay.is_some() {
+            return Err(self.at_key(&join(&key, "stream_close_delay"), "not supported yet"));
+        }
+        transport.stream_timeout = dur(u.stream_timeout, Duration::ZERO);
         Ok(Upstream {
             name,
             targets,
@@ -401,6 +405,26 @@ impl Validator<'_> {
                 "not supported yet (FastCGI is planned)",
             ));
         }
+        let later = [
+            (
+                "expect_continue_timeout",
+                t.expect_continue_timeout.is_some(),
+                "",
+            ),
+            (
+                "dial_fallback_delay",
+                t.dial_fallback_delay.is_some(),
+                " (happy eyeballs needs every address of a name at dial time; it comes with \
+                 dynamic upstreams)",
+            ),
+            ("read_buffer", t.read_buffer.is_some(), ""),
+            ("write_buffer", t.write_buffer.is_some(), ""),
+            ("keepalive_idle_conns", t.keepalive_idle_conns.is_some(), ""),
+            ("forward_proxy_url", t.forward_proxy_url.is_some(), ""),
+        ];
+        if let Some((k, _, why)) = later.iter().find(|(_, written, _)| *written) {
+            return Err(self.at_key(&join(key, k), format!("not supported yet{why}")));
+        }
         let proxy_protocol = match t
             .proxy_protocol
             .as_deref()
@@ -460,11 +484,38 @@ impl Validator<'_> {
             proxy_protocol,
             queue_timeout: dur(t.queue_timeout, defaults::QUEUE_TIMEOUT),
             max_connections: t.max_connections.filter(|&n| n > 0),
+            max_response_header: self.max_response_header(key, t.max_response_header)?,
+            keepalive_interval: dur(t.keepalive_interval, defaults::KEEPALIVE_INTERVAL),
+            local_address: match t.local_address.as_deref() {
+                None | Some("") => None,
+                Some(a) => Some(a.parse().map_err(|_| {
+                    self.at_value(
+                        &join(key, "local_address"),
+                        format!("\"{a}\" is not an IP address (e.g. 10.0.0.5)"),
+                    )
+                })?),
+            },
+            stream_timeout: None,
         })
     }
 }
 
 impl Validator<'_> {
+    fn max_response_header(&self, key: &str, v: Option<Size>) -> Res<usize> {
+        let n = v.map_or(defaults::MAX_RESPONSE_HEADER, |Size(n)| n);
+        if !(defaults::MIN_MAX_RESPONSE_HEADER..=defaults::MAX_BODY_BUFFER).contains(&n) {
+            return Err(self.at_value(
+                &join(key, "max_response_header"),
+                format!(
+                    "must be between {} KiB and {} MiB",
+                    defaults::MIN_MAX_RESPONSE_HEADER >> 10,
+                    defaults::MAX_BODY_BUFFER >> 20
+                ),
+            ));
+        }
+        Ok(n as usize)
+    }
+
     /// `transport.tls.renegotiation` (only `never` exists with rustls) and `transport.tls.curves`
     /// (names rustls's ring provider implements), giving the curves in the order written.
     fn curves(

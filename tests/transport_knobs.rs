@@ -1,0 +1,166 @@
+//! Caddy http transport knobs: `max_response_header`, `local_address`, `keepalive_interval`,
+//! and `stream_timeout` for upgraded connections; the ones not built yet are refused.
+
+#[macro_use]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::streaming::{bulk_proxy, connect, read_head};
+use support::*;
+
+/// A backend that answers each request on its connection with `head_extra` in the head,
+/// reports each accepted peer address, and keeps connections open.
+fn raw_backend(head_extra: String) -> (SocketAddr, mpsc::Receiver<(SocketAddr, TcpStream)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let peer = conn.peer_addr().unwrap();
+            let _ = tx.send((peer, conn.try_clone().unwrap()));
+            let extra = head_extra.clone();
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let reply =
+                            format!("HTTP/1.1 200 OK\r\n{extra}Content-Length: 3\r\n\r\nok\n");
+                        if conn.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+driver_tests! {
+    fn max_response_header_bounds_the_upstream_response_head(driver) {
+        let big = format!("X-Big: {}\r\n", "a".repeat(8 * 1024));
+        let (addr, _rx) = raw_backend(big);
+        let small = one_upstream_yaml("$B", "    transport: { max_response_header: 4KiB }\n");
+        let proxy = Proxy::start(driver, &small, &[("B", addr.to_string())]);
+        assert_eq!(proxy.get("/").status, 502);
+        let roomy = one_upstream_yaml("$B", "    transport: { max_response_header: 16KiB }\n");
+        let proxy = Proxy::start(driver, &roomy, &[("B", addr.to_string())]);
+        let r = proxy.get("/");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-big").map(str::len), Some(8 * 1024));
+    }
+
+    fn local_address_is_where_upstream_connections_come_from(driver) {
+        let (addr, rx) = raw_backend(String::new());
+        let yaml = one_upstream_yaml("$B", "    transport: { local_address: 127.0.0.3 }\n");
+        let proxy = Proxy::start(driver, &yaml, &[("B", addr.to_string())]);
+        assert_eq!(proxy.get("/").status, 200);
+        let (peer, _) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.3");
+    }
+
+    fn stream_timeout_closes_an_upgraded_connection(driver) {
+        let (proxy, _bulk) = bulk_proxy(driver, "    stream_timeout: 400ms\n");
+        let mut s = connect(&proxy);
+        s.write_all(b"GET /raw HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").unwrap();
+        let started = Instant::now();
+        let head = read_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+        assert!(took < Duration::from_secs(5), "closed only after {took:?}");
+    }
+}
+
+/// The `tr` (timer) column of /proc/net/tcp for the socket bound to `local`.
+fn tcp_timer(local: SocketAddr) -> Option<String> {
+    let SocketAddr::V4(v4) = local else {
+        return None;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.get(1) == Some(&want.as_str()))
+            .then(|| cols[5].split(':').next().unwrap().to_string())
+    })
+}
+
+#[test]
+fn keepalive_interval_turns_on_tcp_keepalive_probes_on_upstream_connections() {
+    for (extra, want) in [
+        ("    transport: { keepalive_interval: 30s }\n", "02"),
+        ("", "00"),
+    ] {
+        let (addr, rx) = raw_backend(String::new());
+        let yaml = one_upstream_yaml("$B", extra);
+        let proxy = Proxy::start(Driver::any(), &yaml, &[("B", addr.to_string())]);
+        assert_eq!(proxy.get("/").status, 200);
+        // The proxy's end of the pooled connection: the backend's peer.
+        let (peer, _conn) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        // Timer 02 is the keep-alive timer (proc(5)); 00 is none.
+        assert_eq!(tcp_timer(peer).as_deref(), Some(want), "{extra:?}");
+    }
+}
+
+#[test]
+fn transport_keys_not_built_yet_are_refused_by_name() {
+    let dir = TempDir::new();
+    for (extra, key) in [
+        (
+            "transport: { expect_continue_timeout: 1s }",
+            "expect_continue_timeout",
+        ),
+        (
+            "transport: { dial_fallback_delay: 300ms }",
+            "dial_fallback_delay",
+        ),
+        ("transport: { read_buffer: 4KiB }", "read_buffer"),
+        ("transport: { write_buffer: 4KiB }", "write_buffer"),
+        (
+            "transport: { keepalive_idle_conns: 10 }",
+            "keepalive_idle_conns",
+        ),
+        (
+            "transport: { forward_proxy_url: \"http://127.0.0.1:3128\" }",
+            "forward_proxy_url",
+        ),
+        ("stream_close_delay: 5m", "stream_close_delay"),
+    ] {
+        let path = dir.write(
+            "k.yaml",
+            &one_upstream_yaml("127.0.0.1:9", &format!("    {extra}\n")),
+        );
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args(["validate", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{extra}");
+        assert!(
+            err.contains(key) && err.contains("not supported yet"),
+            "{extra}: {err}"
+        );
+    }
+}
