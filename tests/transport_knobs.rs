@@ -1,5 +1,6 @@
 //! Caddy http transport knobs: `max_response_header`, `local_address`, `keepalive_interval`,
-//! and `stream_timeout` for upgraded connections; the ones not built yet are refused.
+//! `forward_proxy_url` (through a CONNECT proxy from tests/support), and `stream_timeout` for
+//! upgraded connections; the ones not built yet are refused.
 
 #[macro_use]
 mod support;
@@ -142,10 +143,6 @@ fn transport_keys_not_built_yet_are_refused_by_name() {
             "transport: { keepalive_idle_conns: 10 }",
             "keepalive_idle_conns",
         ),
-        (
-            "transport: { forward_proxy_url: \"http://127.0.0.1:3128\" }",
-            "forward_proxy_url",
-        ),
         ("stream_close_delay: 5m", "stream_close_delay"),
     ] {
         let path = dir.write(
@@ -163,4 +160,38 @@ fn transport_keys_not_built_yet_are_refused_by_name() {
             "{extra}: {err}"
         );
     }
+}
+
+#[test]
+fn an_https_upstream_is_reached_through_a_forward_proxy() {
+    use support::connect_proxy::ConnectProxy;
+    use support::tls::{Pki, TlsBackend};
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path(), "fp");
+    let backend = TlsBackend::start("tb", &pki.server("tb", &["127.0.0.1"]), None);
+    let forward = ConnectProxy::start(200);
+    let yaml = one_upstream_yaml(
+        "\"https://$B\"",
+        "    transport:\n      forward_proxy_url: \"http://$FP\"\n      tls: { ca: [$CA] }\n",
+    );
+    let vars = [
+        ("B", backend.addr.to_string()),
+        ("FP", forward.addr.to_string()),
+        ("CA", pki.ca_file.display().to_string()),
+    ];
+    let proxy = Proxy::start(Driver::any(), &yaml, &vars);
+    let r = proxy.get("/");
+    assert_eq!(r.status, 200, "{}", r.head_text());
+    assert!(r.text().starts_with("tb "), "{}", r.text());
+    assert_eq!(forward.seen(), [backend.addr.to_string()]);
+    // A proxy refusing the tunnel is a failed dial: 502.
+    let refusing = ConnectProxy::start(403);
+    let vars = [
+        ("B", backend.addr.to_string()),
+        ("FP", refusing.addr.to_string()),
+        ("CA", pki.ca_file.display().to_string()),
+    ];
+    let proxy = Proxy::start(Driver::any(), &yaml, &vars);
+    assert_eq!(proxy.get("/").status, 502);
+    assert_eq!(refusing.seen().len(), 1);
 }

@@ -409,6 +409,8 @@ pub struct Transport {
     pub local_address: Option<std::net::IpAddr>,
     /// Upgraded (WebSocket) connections are closed after this long; `None` = never.
     pub stream_timeout: Option<Duration>,
+    /// TCP targets are reached through this HTTP proxy's CONNECT tunnels.
+    pub forward_proxy: Option<SocketAddr>,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

@@ -432,7 +432,8 @@ pub fn server_name(tls: &UpstreamTls, host: &str) -> Result<ServerName<'static>,
 }
 
 /// `host` of `host:port` / `[v6]:port` / `host`.
-fn host_of(hostport: &str) -> &str {
+/// The host of `host[:port]` (brackets of an IPv6 literal removed).
+pub fn host_of(hostport: &str) -> &str {
     if let Some(rest) = hostport.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

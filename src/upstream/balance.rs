@@ -535,6 +535,7 @@ mod tests {
                 keepalive_interval: None,
                 local_address: None,
                 stream_timeout: None,
+                forward_proxy: None,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,

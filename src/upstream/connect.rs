@@ -281,11 +281,22 @@ async fn dial(
     let slot = crate::upstream::pool::ConnSlot::reserved(bal.shared(t).clone());
     let connect = async {
         match &up.targets[t].addr {
-            TargetAddr::Tcp { addr, .. } => {
-                let s = match up.transport.local_address {
-                    None => monoio::net::TcpStream::connect_addr(*addr).await?,
-                    Some(ip) => connect_from(ip, *addr).await?,
+            TargetAddr::Tcp { addr, host } => {
+                let first_hop = up.transport.forward_proxy.unwrap_or(*addr);
+                let mut s = match up.transport.local_address {
+                    None => monoio::net::TcpStream::connect_addr(first_hop).await?,
+                    Some(ip) => connect_from(ip, first_hop).await?,
                 };
+                if up.transport.forward_proxy.is_some() {
+                    let name = crate::net::tls::host_of(host);
+                    let authority = match addr {
+                        SocketAddr::V6(_) if name.contains(':') => {
+                            format!("[{name}]:{}", addr.port())
+                        }
+                        _ => format!("{name}:{}", addr.port()),
+                    };
+                    tunnel_through(&mut s, &authority).await?;
+                }
                 s.set_nodelay(true)?;
                 if let Some(every) = up.transport.keepalive_interval {
                     s.set_tcp_keepalive(Some(every), Some(every), None)?;
@@ -434,4 +445,60 @@ async fn handshake(
             }
         }
     }
+}
+
+/// Largest answer a forward proxy may give to CONNECT.
+const CONNECT_ANSWER_MAX: usize = 8 * 1024;
+
+/// Opens a tunnel to `authority` (`host:port`) through an HTTP forward proxy already connected
+/// on `tcp` (`transport.forward_proxy_url`): CONNECT, then a 2xx answer before any byte of ours.
+async fn tunnel_through(tcp: &mut monoio::net::TcpStream, authority: &str) -> std::io::Result<()> {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    let ask = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    let (res, _) = tcp.write_all(ask.into_bytes()).await;
+    res?;
+    let mut got = Vec::with_capacity(1024);
+    loop {
+        let buf = Vec::with_capacity(1024);
+        let (res, buf) = tcp.read(buf).await;
+        if res? == 0 {
+            return Err(std::io::Error::other(
+                "forward proxy closed before answering CONNECT",
+            ));
+        }
+        got.extend_from_slice(&buf);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let status = connect_status(&got[..end]);
+            if end + 4 != got.len() {
+                return Err(std::io::Error::other(
+                    "forward proxy sent bytes after its CONNECT answer",
+                ));
+            }
+            return match status {
+                Some(200..=299) => Ok(()),
+                Some(s) => Err(std::io::Error::other(format!(
+                    "forward proxy answered {s} to CONNECT"
+                ))),
+                None => Err(std::io::Error::other(
+                    "forward proxy sent a malformed CONNECT answer",
+                )),
+            };
+        }
+        if got.len() > CONNECT_ANSWER_MAX {
+            return Err(std::io::Error::other(
+                "forward proxy's CONNECT answer is too long",
+            ));
+        }
+    }
+}
+
+/// The status code of a response head's status line.
+fn connect_status(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let mut parts = line.split(|&b| b == b' ');
+    let version = parts.next()?;
+    if !version.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    std::str::from_utf8(parts.next()?).ok()?.parse().ok()
 }

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod connect_proxy;
 pub mod fixed;
 pub mod l4;
 pub mod process;

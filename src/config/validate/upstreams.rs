@@ -420,7 +420,6 @@ impl Validator<'_> {
             ("read_buffer", t.read_buffer.is_some(), ""),
             ("write_buffer", t.write_buffer.is_some(), ""),
             ("keepalive_idle_conns", t.keepalive_idle_conns.is_some(), ""),
-            ("forward_proxy_url", t.forward_proxy_url.is_some(), ""),
         ];
         if let Some((k, _, why)) = later.iter().find(|(_, written, _)| *written) {
             return Err(self.at_key(&join(key, k), format!("not supported yet{why}")));
@@ -496,11 +495,35 @@ impl Validator<'_> {
                 })?),
             },
             stream_timeout: None,
+            forward_proxy: self.forward_proxy(key, t.forward_proxy_url.as_deref())?,
         })
     }
 }
 
 impl Validator<'_> {
+    /// `transport.forward_proxy_url`: `http://host[:port]` (80 by default), resolved now.
+    fn forward_proxy(&self, key: &str, url: Option<&str>) -> Res<Option<std::net::SocketAddr>> {
+        let Some(url) = url.filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let k = join(key, "forward_proxy_url");
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            self.at_value(
+                &k,
+                "expected http://host:port (https:// and socks5:// proxies are not supported yet)",
+            )
+        })?;
+        if rest.contains('@') {
+            return Err(self.at_value(&k, "proxy credentials are not supported yet"));
+        }
+        match parse_target(url).map_err(|m| self.at_value(&k, m))? {
+            crate::config::TargetAddr::Tcp { addr, .. } => Ok(Some(addr)),
+            crate::config::TargetAddr::Unix(_) => {
+                Err(self.at_value(&k, "expected http://host:port"))
+            }
+        }
+    }
+
     fn max_response_header(&self, key: &str, v: Option<Size>) -> Res<usize> {
         let n = v.map_or(defaults::MAX_RESPONSE_HEADER, |Size(n)| n);
         if !(defaults::MIN_MAX_RESPONSE_HEADER..=defaults::MAX_BODY_BUFFER).contains(&n) {
@@ -660,6 +683,31 @@ mod tests {
             Some(Duration::from_secs(3)),
             "written, it applies to a lone target too"
         );
+    }
+
+    #[test]
+    fn forward_proxy_url_is_a_plain_http_proxy_address() {
+        let c = Config::parse(
+            &with_upstream("transport: { forward_proxy_url: \"http://127.0.0.1\" }"),
+            "t.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.upstreams[0].transport.forward_proxy,
+            Some("127.0.0.1:80".parse().unwrap())
+        );
+        for (url, message) in [
+            ("https://127.0.0.1:3128", "not supported yet"),
+            (
+                "http://u:p@127.0.0.1:3128",
+                "credentials are not supported yet",
+            ),
+            ("http://127.0.0.1:3128/x", "no path"),
+        ] {
+            let e = upstream_err(&format!("transport: {{ forward_proxy_url: \"{url}\" }}"));
+            assert_eq!(e.key, "upstreams.api.transport.forward_proxy_url", "{e}");
+            assert!(e.message.contains(message), "{url}: {e}");
+        }
     }
 
     #[test]
