@@ -1,6 +1,7 @@
 //! Caddy http transport knobs: `max_response_header`, `local_address`, `keepalive_interval`,
-//! `forward_proxy_url` (through a CONNECT proxy from tests/support), and `stream_timeout` for
-//! upgraded connections; the ones not built yet are refused.
+//! `forward_proxy_url` (through a CONNECT proxy from tests/support), `keepalive_idle_conns`,
+//! and `stream_timeout` / `stream_close_delay` for upgraded connections; the ones not built yet
+//! are refused.
 
 #[macro_use]
 mod support;
@@ -139,11 +140,6 @@ fn transport_keys_not_built_yet_are_refused_by_name() {
         ),
         ("transport: { read_buffer: 4KiB }", "read_buffer"),
         ("transport: { write_buffer: 4KiB }", "write_buffer"),
-        (
-            "transport: { keepalive_idle_conns: 10 }",
-            "keepalive_idle_conns",
-        ),
-        ("stream_close_delay: 5m", "stream_close_delay"),
     ] {
         let path = dir.write(
             "k.yaml",
@@ -194,4 +190,65 @@ fn an_https_upstream_is_reached_through_a_forward_proxy() {
     let proxy = Proxy::start(Driver::any(), &yaml, &vars);
     assert_eq!(proxy.get("/").status, 502);
     assert_eq!(refusing.seen().len(), 1);
+}
+
+#[test]
+fn keepalive_idle_conns_caps_the_idle_connections_of_all_targets_together() {
+    for (cap, b_conns) in [("    transport: { keepalive_idle_conns: 1 }\n", 2), ("", 1)] {
+        let a = Backend::start("a");
+        let b = Backend::start("b");
+        let yaml = format!(
+            "workers: 1\n{}",
+            one_upstream_yaml(
+                "$A, $B",
+                &format!("    lb: {{ policy: round_robin }}\n{cap}")
+            )
+        );
+        let proxy = Proxy::start(
+            Driver::any(),
+            &yaml,
+            &[("A", a.target()), ("B", b.target())],
+        );
+        let mut c = proxy.client();
+        for _ in 0..4 {
+            assert_eq!(c.request(get_req("/", "")).status, 200);
+        }
+        assert_eq!((a.requests(), b.requests()), (2, 2));
+        // With a total of one idle connection, the second target's is closed each time.
+        assert_eq!(a.connections() + b.connections(), 1 + b_conns, "{cap:?}");
+    }
+}
+
+#[test]
+fn stream_close_delay_ends_upgraded_connections_after_a_reload() {
+    let (proxy, bulk) = bulk_proxy(Driver::any(), "    stream_close_delay: 300ms\n");
+    let mut s = connect(&proxy);
+    s.write_all(b"GET /raw HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    assert!(read_head(&mut s).starts_with("HTTP/1.1 101"));
+    s.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    s.read_exact(&mut got).unwrap();
+    // Open for longer than the delay while the configuration stands.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.write_all(b"pong").unwrap();
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"pong");
+    proxy.rewrite_config(
+        &one_upstream_yaml("$B", "    stream_close_delay: 300ms\n"),
+        &[("B", bulk.target())],
+    );
+    let reloaded = Instant::now();
+    proxy.server().reload().expect("reload");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let took = reloaded.elapsed();
+    assert!(
+        took >= Duration::from_millis(250),
+        "closed {took:?} after the reload"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "closed only {took:?} after the reload"
+    );
 }

@@ -411,6 +411,11 @@ pub struct Transport {
     pub stream_timeout: Option<Duration>,
     /// TCP targets are reached through this HTTP proxy's CONNECT tunnels.
     pub forward_proxy: Option<SocketAddr>,
+    /// Idle pooled connections kept per worker across all targets; `None` = no total cap.
+    pub keepalive_idle_conns: Option<usize>,
+    /// Upgraded connections of a replaced configuration close this long after a reload;
+    /// `None`: they live on.
+    pub stream_close_delay: Option<Duration>,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

@@ -141,10 +141,15 @@ pub async fn serve(
                 let UpConn {
                     stream: up, slot, ..
                 } = conn;
-                let limit = s
-                    .target
-                    .and_then(|(u, _)| ctx.config().upstreams[u].transport.stream_timeout);
-                let relay = Box::pin(crate::l4::upgrade::run(stream, up, None));
+                let tr = s.target.map(|(u, _)| &ctx.config().upstreams[u].transport);
+                let limit = tr.and_then(|t| t.stream_timeout);
+                let relay = crate::l4::upgrade::run(stream, up, None);
+                // `stream_close_delay`: a reload ends it that long after; dropping closes both.
+                let relay = Box::pin(upgrade_until_replaced(
+                    &ctx,
+                    tr.and_then(|t| t.stream_close_delay),
+                    relay,
+                ));
                 // `stream_timeout`: dropping the relay closes both sides.
                 match limit {
                     None => {
@@ -320,4 +325,32 @@ fn log_request(
         upstream: upstream.as_deref(),
         worker: ctx.id(),
     });
+}
+
+/// How often an upgraded connection with `stream_close_delay` looks for a newer configuration.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs an upgraded connection's relay; with `close_delay`, ends it that long after a newer
+/// configuration replaced the one it was opened under.
+async fn upgrade_until_replaced(
+    ctx: &WorkerCtx,
+    close_delay: Option<std::time::Duration>,
+    relay: impl std::future::Future<Output = crate::l4::upgrade::Relayed>,
+) -> crate::l4::upgrade::Relayed {
+    let Some(delay) = close_delay else {
+        return relay.await;
+    };
+    let replaced = async {
+        while ctx.newer().is_none() {
+            monoio::time::sleep(RELOAD_POLL).await;
+        }
+        monoio::time::sleep(delay).await;
+    };
+    monoio::select! {
+        r = relay => r,
+        _ = replaced => {
+            tracing::debug!("upgraded connection closed after stream_close_delay");
+            crate::l4::upgrade::Relayed::default()
+        }
+    }
 }

@@ -536,6 +536,8 @@ mod tests {
                 local_address: None,
                 stream_timeout: None,
                 forward_proxy: None,
+                keepalive_idle_conns: None,
+                stream_close_delay: None,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,

@@ -184,6 +184,11 @@ impl Pool {
         to.idle[to_index.0][to_index.1].borrow_mut().extend(moved);
     }
 
+    /// Idle connections held for all targets of an upstream (`keepalive_idle_conns`).
+    pub fn idle_total(&self, upstream: usize) -> usize {
+        self.idle[upstream].iter().map(|t| t.borrow().len()).sum()
+    }
+
     /// Idle connections held for a target (for tests and metrics).
     pub fn idle_count(&self, upstream: usize, target: usize) -> usize {
         self.idle[upstream][target].borrow().len()

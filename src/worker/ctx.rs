@@ -217,8 +217,15 @@ impl WorkerCtx {
     pub fn checkin(&self, u: usize, t: usize, conn: UpConn) {
         match self.newer() {
             None => {
-                let max_idle = self.config.upstreams[u].transport.max_idle_per_worker;
-                self.pool.checkin(u, t, conn, max_idle);
+                let tr = &self.config.upstreams[u].transport;
+                // `keepalive_idle_conns`: past the total, the connection closes instead.
+                if tr
+                    .keepalive_idle_conns
+                    .is_some_and(|cap| self.pool.idle_total(u) >= cap)
+                {
+                    return;
+                }
+                self.pool.checkin(u, t, conn, tr.max_idle_per_worker);
             }
             Some(current) => {
                 if let Some((u, t)) = current.find_target(conn.slot.target()) {

@@ -26,6 +26,7 @@ impl Validator<'_> {
                 lb.is_some_and(|l| l.retry_methods.is_some()),
             ),
             ("stream_timeout", u.stream_timeout.is_some()),
+            ("stream_close_delay", u.stream_close_delay.is_some()),
             (
                 "transport.max_response_header",
                 t.is_some_and(|t| t.max_response_header.is_some()),

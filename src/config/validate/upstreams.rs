@@ -137,10 +137,8 @@ impl Validator<'_> {
                 buffers[i] = *n;
             }
         }
-        if u.stream_close_delay.is_some() {
-            return Err(self.at_key(&join(&key, "stream_close_delay"), "not supported yet"));
-        }
         transport.stream_timeout = dur(u.stream_timeout, Duration::ZERO);
+        transport.stream_close_delay = dur(u.stream_close_delay, Duration::ZERO);
         Ok(Upstream {
             name,
             targets,
@@ -419,7 +417,6 @@ impl Validator<'_> {
             ),
             ("read_buffer", t.read_buffer.is_some(), ""),
             ("write_buffer", t.write_buffer.is_some(), ""),
-            ("keepalive_idle_conns", t.keepalive_idle_conns.is_some(), ""),
         ];
         if let Some((k, _, why)) = later.iter().find(|(_, written, _)| *written) {
             return Err(self.at_key(&join(key, k), format!("not supported yet{why}")));
@@ -496,6 +493,8 @@ impl Validator<'_> {
             },
             stream_timeout: None,
             forward_proxy: self.forward_proxy(key, t.forward_proxy_url.as_deref())?,
+            keepalive_idle_conns: t.keepalive_idle_conns.filter(|&n| n > 0),
+            stream_close_delay: None,
         })
     }
 }
