@@ -261,6 +261,17 @@ async fn read_response_head(
             Parse::Complete(r) => {
                 let took = sent.at.elapsed();
                 *seen = Some((r.status, took));
+                // Judged before the client sees the answer, so its next request already
+                // avoids a target this response took down.
+                let bal = sess.ctx.balancer(a.u);
+                let passive = bal.passive_enabled();
+                crate::proxy::forward::note_response(
+                    bal.shared(a.t),
+                    a.up,
+                    passive,
+                    r.status,
+                    took,
+                );
                 sess.ctx.gen_metrics().upstream_response_time[a.u].observe(took);
                 sess.s.status = r.status;
                 return Ok(r);

@@ -106,9 +106,6 @@ pub(crate) async fn forward(
             &mut seen,
         )
         .await;
-        if let Some((status, latency)) = seen {
-            note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
-        }
         let f = match result {
             Ok(next) => return Ok(next),
             Err(f) => f,
