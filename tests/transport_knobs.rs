@@ -91,21 +91,30 @@ driver_tests! {
     }
 }
 
-/// The `tr` (timer) column of /proc/net/tcp for the socket bound to `local`.
-fn tcp_timer(local: SocketAddr) -> Option<String> {
-    let SocketAddr::V4(v4) = local else {
-        return None;
+/// /proc/net/tcp's form of an IPv4 socket address.
+fn proc_addr(a: SocketAddr) -> String {
+    let SocketAddr::V4(v4) = a else {
+        panic!("IPv4 only: {a}");
     };
-    let want = format!(
+    format!(
         "{:08X}:{:04X}",
         u32::from_le_bytes(v4.ip().octets()),
         v4.port()
-    );
+    )
+}
+
+/// The `tr` (timer) column of /proc/net/tcp for the established connection `local` -> `remote`
+/// (a TIME_WAIT entry of an earlier connection may share the local port).
+fn tcp_timer(local: SocketAddr, remote: SocketAddr) -> Option<String> {
+    let (local, remote) = (proc_addr(local), proc_addr(remote));
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
     table.lines().skip(1).find_map(|l| {
         let cols: Vec<&str> = l.split_whitespace().collect();
-        (cols.get(1) == Some(&want.as_str()))
-            .then(|| cols[5].split(':').next().unwrap().to_string())
+        let established = cols.get(3) == Some(&"01");
+        (established
+            && cols.get(1) == Some(&local.as_str())
+            && cols.get(2) == Some(&remote.as_str()))
+        .then(|| cols[5].split(':').next().unwrap().to_string())
     })
 }
 
@@ -122,7 +131,7 @@ fn keepalive_interval_turns_on_tcp_keepalive_probes_on_upstream_connections() {
         // The proxy's end of the pooled connection: the backend's peer.
         let (peer, _conn) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         // Timer 02 is the keep-alive timer (proc(5)); 00 is none.
-        assert_eq!(tcp_timer(peer).as_deref(), Some(want), "{extra:?}");
+        assert_eq!(tcp_timer(peer, addr).as_deref(), Some(want), "{extra:?}");
     }
 }
 

@@ -265,13 +265,7 @@ async fn read_response_head(
                 // avoids a target this response took down.
                 let bal = sess.ctx.balancer(a.u);
                 let passive = bal.passive_enabled();
-                crate::proxy::forward::note_response(
-                    bal.shared(a.t),
-                    a.up,
-                    passive,
-                    r.status,
-                    took,
-                );
+                note_response(bal.shared(a.t), a.up, passive, r.status, took);
                 sess.ctx.gen_metrics().upstream_response_time[a.u].observe(took);
                 sess.s.status = r.status;
                 return Ok(r);
@@ -490,4 +484,26 @@ async fn switch_protocols(
     }
     *sess.ubuf = std::mem::take(&mut ub.buf);
     Ok(Exchange::Upgraded(conn))
+}
+
+/// Feeds one response into the target's shared latency estimate and passive health memory.
+fn note_response(
+    shared: &crate::upstream::target::TargetShared,
+    up: &crate::config::Upstream,
+    passive: bool,
+    status: u16,
+    latency: Duration,
+) {
+    if up.lb.policy == crate::config::Policy::P2cEwma {
+        shared.observe_latency(latency);
+    }
+    let p = &up.health.passive;
+    let failed =
+        p.unhealthy_status.contains(status) || p.unhealthy_latency.is_some_and(|max| latency > max);
+    if let (true, true, Some(d)) = (passive, failed, p.fail_duration) {
+        shared.record_failure_within(
+            crate::upstream::target::now_ms(),
+            d.as_millis().max(1) as u64,
+        );
+    }
 }

@@ -1,9 +1,7 @@
 //! One request to an upstream group: pick a target, reuse or dial a connection, run the
 //! exchange, and fail over or replay when that is safe.
 
-use std::time::Duration;
-
-use crate::config::{Route, Upstream};
+use crate::config::Route;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http1::parse::Framing;
 use crate::proxy::exchange::{exchange, Attempt};
@@ -135,27 +133,5 @@ pub(crate) async fn forward(
             continue;
         }
         return Err(f);
-    }
-}
-
-/// Feeds one response into the target's shared latency estimate and passive health memory.
-pub(crate) fn note_response(
-    shared: &crate::upstream::target::TargetShared,
-    up: &Upstream,
-    passive: bool,
-    status: u16,
-    latency: Duration,
-) {
-    if up.lb.policy == crate::config::Policy::P2cEwma {
-        shared.observe_latency(latency);
-    }
-    let p = &up.health.passive;
-    let failed =
-        p.unhealthy_status.contains(status) || p.unhealthy_latency.is_some_and(|max| latency > max);
-    if let (true, true, Some(d)) = (passive, failed, p.fail_duration) {
-        shared.record_failure_within(
-            crate::upstream::target::now_ms(),
-            d.as_millis().max(1) as u64,
-        );
     }
 }
