@@ -43,6 +43,8 @@ driver_tests! {
         let order: Vec<String> = b1.recorded().into_iter().map(|r| r.target).collect();
         let want: Vec<String> = (0..5).map(|i| format!("/sleep?ms=150&i={i}")).collect();
         assert_eq!(order, want);
+        // The one connection passed from request to request (no close and redial).
+        assert_eq!(b1.connections(), 1);
         // One at a time: five 150 ms requests took at least 750 ms, within queue_timeout.
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(700), "ran side by side: {took:?}");
@@ -87,28 +89,42 @@ fn a_slot_freed_by_another_worker_lets_a_waiting_request_in() {
 
 #[test]
 fn an_upstream_wide_max_connections_caps_all_targets_together() {
-    let a = Backend::start("a");
-    let b = Backend::start("b");
-    let yaml = format!(
-        "workers: 2\n{}",
-        one_upstream_yaml(
-            "$A, $B",
-            "    lb: { policy: round_robin }\n    transport: { max_connections: 1, keepalive: false }\n"
-        )
-    );
-    let proxy = Proxy::start(
-        Driver::any(),
-        &yaml,
-        &[("A", a.target()), ("B", b.target())],
-    );
-    let started = Instant::now();
-    let results = staggered(&proxy, 4, 200, Duration::from_millis(10));
-    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
-    // One connection at a time across both targets: the four ran one after another.
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_millis(750),
-        "ran side by side: {took:?}"
-    );
-    assert_eq!(a.requests() + b.requests(), 4);
+    // Pooled (keep-alive) connections hold their slot too: a worker's idle one is handed over
+    // to another worker's waiting request.
+    for keepalive in [true, false] {
+        let a = Backend::start("a");
+        let b = Backend::start("b");
+        let yaml = format!(
+            "workers: 2\n{}",
+            one_upstream_yaml(
+                "$A, $B",
+                &format!(
+                    "    lb: {{ policy: round_robin }}\n    \
+                     transport: {{ max_connections: 1, keepalive: {keepalive} }}\n"
+                )
+            )
+        );
+        let proxy = Proxy::start(
+            Driver::any(),
+            &yaml,
+            &[("A", a.target()), ("B", b.target())],
+        );
+        let started = Instant::now();
+        let results = staggered(&proxy, 4, 200, Duration::from_millis(10));
+        assert!(
+            results.iter().all(|(s, _)| *s == 200),
+            "keepalive {keepalive}: {results:?}"
+        );
+        // One connection at a time across both targets: the four ran one after another.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(750),
+            "ran side by side: {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "keepalive {keepalive}: {took:?}"
+        );
+        assert_eq!(a.requests() + b.requests(), 4);
+    }
 }

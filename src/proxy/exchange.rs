@@ -429,8 +429,10 @@ async fn send_response(
     if up_keep {
         let bal = ctx.balancer(a.u);
         let shared = bal.shared(a.t);
-        // Another worker waits for a slot of this capped target: close instead of pooling.
+        // Another worker waits for a slot of this capped target: close instead of pooling,
+        // unless requests of this worker wait too (they reuse it without a new handshake).
         let wanted = bal.is_capped(a.t)
+            && ctx.queues().len(a.u) == 0
             && shared.wanted.load(std::sync::atomic::Ordering::Relaxed)
             && shared
                 .wanted

@@ -259,9 +259,9 @@ impl Balancer {
         }
     }
 
-    /// Whether target `i` has a `max_connections` cap.
+    /// Whether target `i` has a `max_connections` cap, its own or the upstream's.
     pub fn is_capped(&self, i: usize) -> bool {
-        self.targets[i].max_conns.is_some()
+        self.targets[i].max_conns.is_some() || self.max_upstream_conns.is_some()
     }
 
     fn next_random(&self) -> u64 {
