@@ -331,6 +331,10 @@ async fn hand_over_idle_slots(core: Rc<WorkerCore>) {
         monoio::time::sleep(HANDOVER_POLL).await;
         let Some(ctx) = core.current() else { break };
         for (u, b) in ctx.balancers.iter().enumerate() {
+            // This worker's own waiters take its idle connections first.
+            if ctx.queues.len(u) > 0 {
+                continue;
+            }
             for t in (0..b.len()).filter(|&t| b.is_capped(t)) {
                 ctx.pool.hand_over(u, t, b.shared(t));
             }
