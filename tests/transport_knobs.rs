@@ -261,3 +261,21 @@ fn stream_close_delay_ends_upgraded_connections_after_a_reload() {
         "closed only {took:?} after the reload"
     );
 }
+
+#[test]
+fn a_client_leaving_right_after_its_request_does_not_cancel_it_upstream() {
+    // Caddy cancels the upstream request when the client leaves unless flush_interval is -1;
+    // ringway never watches the client while the upstream works, so the request completes.
+    let b1 = Backend::start("b1");
+    let yaml = one_upstream_yaml("$B1", "    flush_interval: -1\n");
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("B1", b1.target())]);
+    let mut s = TcpStream::connect(proxy.addr()).unwrap();
+    s.write_all(b"POST /sleep?ms=300 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    drop(s);
+    assert!(
+        b1.wait_for_requests(1, Duration::from_secs(5)),
+        "the request never reached the upstream"
+    );
+    assert_eq!(b1.only_request().body, b"hello");
+}
