@@ -102,6 +102,38 @@ driver_tests! {
     }
 }
 
+driver_tests! {
+    fn a_capped_proxy_protocol_upstream_serves_clients_in_turn(driver) {
+        // max_connections: 1 and one pooled connection per client: the next client's request
+        // waits for the idle one of the previous client to be closed, not for queue_timeout.
+        let backend = ProxiedBackend::start();
+        let yaml = format!(
+            "workers: 1\n{}",
+            one_upstream_yaml(
+                "{ address: \"$B\", max_connections: 1 }",
+                "    transport: { proxy_protocol: v1, queue_timeout: 3s }\n",
+            )
+        );
+        let proxy = Proxy::start(driver, &yaml, &[("B", backend.addr.to_string())]);
+        let started = std::time::Instant::now();
+        let mut clients: Vec<_> = (0..3).map(|_| proxy.client()).collect();
+        let mut seen = Vec::new();
+        for round in 0..2 {
+            for c in clients.iter_mut() {
+                let r = c.request(get_req("/", ""));
+                assert_eq!(r.status, 200, "round {round}: {}", r.head_text());
+                seen.push(r.text());
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        // Each request was announced as its own client's.
+        for i in 0..3 {
+            assert_eq!(seen[i], seen[i + 3], "{seen:?}");
+        }
+        assert_ne!(seen[0], seen[1]);
+    }
+}
+
 /// A free port on 127.0.0.1 (bound and released; HAProxy binds it a moment later).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -118,7 +118,7 @@ pub async fn connect<'a>(
     want: &Want<'_>,
 ) -> Result<Connected<'a>, ProxyError> {
     let bal = ctx.balancer(u);
-    let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle(u, i);
+    let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle_tagged(u, i, want.tag());
     // HTTP requests wait for a connection slot in a FIFO when targets are full; one arriving
     // while others wait queues behind them instead of taking the next free slot first.
     let queueing = want.reuse.is_some() && up.transport.queue_timeout.is_some();
@@ -220,7 +220,7 @@ async fn wait_for_slot(
     deadline: Instant,
 ) -> bool {
     let ticket = ctx.queues().join(u);
-    let has_idle = |i| ctx.pool().has_idle(u, i);
+    let has_idle = |i| ctx.pool().has_idle_tagged(u, i, want.tag());
     let deadline = monoio::time::Instant::from_std(deadline);
     if monoio::time::timeout_at(deadline, ticket.turn())
         .await
@@ -231,6 +231,11 @@ async fn wait_for_slot(
     loop {
         if ctx.balancer(u).select(tried, want.key, has_idle).is_some() {
             return true;
+        }
+        // Another client's idle PROXY-header connection holds a slot this request cannot
+        // use: close it so the next look finds the slot free.
+        if want.tag().is_some() {
+            ctx.pool().evict_other(u, want.tag());
         }
         if monoio::time::Instant::now() >= deadline {
             return false;

@@ -104,6 +104,16 @@ impl Pool {
         }
     }
 
+    /// Whether an idle connection with tag `tag` waits for `target` (one look for untagged
+    /// pools; PROXY-header pools look for the client's own).
+    pub fn has_idle_tagged(&self, upstream: usize, target: usize, tag: Tag) -> bool {
+        let idle = self.idle[upstream][target].borrow();
+        match tag {
+            None => !idle.is_empty(),
+            Some(_) => idle.iter().any(|i| i.conn.tag == tag),
+        }
+    }
+
     pub fn has_idle(&self, upstream: usize, target: usize) -> bool {
         !self.idle[upstream][target].borrow().is_empty()
     }
@@ -139,6 +149,19 @@ impl Pool {
         let mut entry = idle.remove(at)?;
         entry.conn.reused = true;
         Some(entry.conn)
+    }
+
+    /// Closes the oldest idle connection to a target of `upstream` that a request with `tag`
+    /// cannot use (another client's PROXY-header connection), freeing its slot for it.
+    pub fn evict_other(&self, upstream: usize, tag: Tag) -> bool {
+        for target in &self.idle[upstream] {
+            let mut idle = target.borrow_mut();
+            if let Some(at) = idle.iter().position(|i| i.conn.tag != tag) {
+                idle.remove(at);
+                return true;
+            }
+        }
+        false
     }
 
     /// Closes every idle connection to a target, whatever its tag.
