@@ -26,7 +26,8 @@ pub fn find_at<'a>(
         .find(|(_, r)| matches(&r.matcher, buf, head, headers))
 }
 
-fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> bool {
+/// Whether a request meets every condition of `m` (routes, and `lb.retry_match`).
+pub fn matches(m: &Match, buf: &[u8], head: &RequestHead, headers: &[HeaderIdx]) -> bool {
     if !m.methods.is_empty() {
         let method = head.method.get(buf);
         if !m.methods.iter().any(|x| x.as_bytes() == method) {

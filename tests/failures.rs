@@ -55,7 +55,11 @@ driver_tests! {
 
     fn full_target_gets_503(driver) {
         let b1 = Backend::start("b1");
-        let yaml = one_upstream_yaml("{ address: \"$B1\", max_connections: 1 }", "");
+        // queue_timeout 0s: no waiting for a slot (tests/queue.rs covers the wait).
+        let yaml = one_upstream_yaml(
+            "{ address: \"$B1\", max_connections: 1 }",
+            "    transport: { queue_timeout: 0s }\n",
+        );
         let proxy = Proxy::start(driver, &yaml, &[("B1", b1.target())]);
         let addr = proxy.addr();
         let slow = std::thread::spawn(move || get(addr, "/sleep?ms=1000"));

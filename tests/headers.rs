@@ -123,7 +123,7 @@ fn rfc7239_mode_adds_a_forwarded_field() {
     let got = b1.only_request();
     assert_eq!(
         got.header_all("forwarded"),
-        vec!["for=127.0.0.1;host=\"site.test\";proto=http"],
+        vec!["for=127.0.0.1;by=127.0.0.1;host=\"site.test\";proto=http"],
         "an untrusted Forwarded field is replaced: {}",
         got.head_text()
     );
@@ -142,7 +142,7 @@ fn rfc7239_mode_extends_a_trusted_forwarded_chain() {
     let got = b1.only_request();
     assert_eq!(
         got.header_all("forwarded"),
-        vec!["for=6.6.6.6;proto=https, for=127.0.0.1;host=\"site.test\";proto=http"]
+        vec!["for=6.6.6.6;proto=https, for=127.0.0.1;by=127.0.0.1;host=\"site.test\";proto=http"]
     );
 }
 

@@ -148,6 +148,7 @@ impl HeadRewrite {
             trusted: false,
             ip_text: peer.ip().to_string(),
             scheme: "http",
+            local: None,
         };
         let mut headers = Vec::with_capacity(LIMITS.max_headers);
         let Parse::Complete(req) = parse_request(&head, &LIMITS, &mut headers) else {

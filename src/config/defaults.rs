@@ -88,7 +88,10 @@ pub const LB_POLICY: &str = "random_choose";
 pub const LB_CHOOSE: usize = 2;
 /// The cookie policy's cookie name when `key` is empty (Caddy's default).
 pub const DEFAULT_COOKIE: &str = "lb";
-/// No retries: a retried request may not be safe to repeat.
+/// No retries: a retried request may not be safe to repeat. A failed dial or TLS handshake is
+/// not a retry: nothing was sent, so it always moves on to a target not yet tried for this
+/// request (nginx's `proxy_next_upstream error`), whatever `retries` says. `retries` and
+/// `try_duration` count rounds over the targets after that, and exchanges that were sent.
 pub const LB_RETRIES: u32 = 0;
 /// Off: `retries` alone bounds the attempts.
 pub const TRY_DURATION: Duration = Duration::ZERO;
@@ -123,6 +126,15 @@ pub const PROBE_FAILS: u32 = 2;
 pub const PROBE_PASSES: u32 = 2;
 /// One failure within `fail_duration` marks a target down (Caddy's default).
 pub const PASSIVE_MAX_FAILS: u32 = 1;
+/// Passive health is on unless `fail_duration: 0s`: a target that refused a connection, failed
+/// its handshake, or hung or reset before answering is left alone this long (nginx's
+/// `max_fails=1 fail_timeout=10s`). Caddy and the reference contract default to 0 (off), which
+/// with `targets: [live, dead]` sends every other request to the dead target forever; a dead
+/// target now costs one failed dial per 10s. A lone target is never marked down unless
+/// `fail_duration` is written (nginx's rule): it has nowhere else to send traffic, so a mark would
+/// only turn 502s into 503s and delay recovery. Status and latency failures still need
+/// `unhealthy_status` / `unhealthy_latency`, which have no default.
+pub const FAIL_DURATION: Duration = Duration::from_secs(10);
 /// Failures one target remembers: each is an atomic timestamp in a per-target ring.
 pub const MAX_PASSIVE_FAILS: usize = 64;
 
@@ -136,6 +148,16 @@ pub const KEEPALIVE: bool = true;
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Enough for bursts per worker without holding many sockets per target.
 pub const MAX_IDLE_PER_WORKER: usize = 32;
+/// A request finding every target at `max_connections` waits this long for a slot, then 503
+/// (Caddy's `max_conns_per_host` waits without bound; a bound keeps a stuck target from
+/// holding clients forever).
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Big cookies and long redirect URLs fit; a runaway header section does not.
+pub const MAX_RESPONSE_HEADER: u64 = 64 * 1024;
+/// Smallest `max_response_header`: below it ordinary responses fail.
+pub const MIN_MAX_RESPONSE_HEADER: u64 = 1024;
+/// Off: the kernel's keep-alive settings apply only to sockets that ask for them.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::ZERO;
 /// A target that has not finished its handshake by then is stalled.
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Targets speak HTTP unless told otherwise.

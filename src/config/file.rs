@@ -208,6 +208,8 @@ pub(super) struct UpstreamFile {
     pub(super) flush_interval: Option<FlushInterval>,
     pub(super) request_buffer: Option<Size>,
     pub(super) response_buffer: Option<Size>,
+    pub(super) stream_timeout: Option<Dur>,
+    pub(super) stream_close_delay: Option<Dur>,
 }
 
 pub(super) enum TargetFile {
@@ -271,6 +273,7 @@ pub(super) struct LbFile {
     pub(super) try_duration: Option<Dur>,
     pub(super) try_interval: Option<Dur>,
     pub(super) retry_methods: Option<Strings>,
+    pub(super) retry_match: Option<MatchFile>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +325,18 @@ pub(super) struct TransportFile {
     pub(super) idle_timeout: Option<Dur>,
     pub(super) max_idle_per_worker: Option<usize>,
     pub(super) proxy_protocol: Option<String>,
+    pub(super) queue_timeout: Option<Dur>,
+    pub(super) max_connections: Option<u32>,
+    pub(super) max_response_header: Option<Size>,
+    pub(super) keepalive_interval: Option<Dur>,
+    pub(super) local_address: Option<String>,
+    // Refused with "not supported yet" when written (Caddy's http transport keys).
+    pub(super) expect_continue_timeout: Option<Dur>,
+    pub(super) dial_fallback_delay: Option<Dur>,
+    pub(super) read_buffer: Option<Size>,
+    pub(super) write_buffer: Option<Size>,
+    pub(super) keepalive_idle_conns: Option<usize>,
+    pub(super) forward_proxy_url: Option<String>,
     pub(super) tls: Option<TransportTlsFile>,
     pub(super) https_ports: Option<Vec<u16>>,
 }
@@ -336,6 +351,8 @@ pub(super) struct TransportTlsFile {
     pub(super) insecure_skip_verify: Option<bool>,
     pub(super) handshake_timeout: Option<Dur>,
     pub(super) except_ports: Option<Vec<u16>>,
+    pub(super) renegotiation: Option<String>,
+    pub(super) curves: Option<Strings>,
 }
 
 #[derive(Deserialize, Default)]

@@ -172,8 +172,10 @@ pub struct ClientAuth {
 /// `upstreams.*.transport.tls` (or the defaults, for `https://` targets and TLS ports).
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamTls {
-    /// Empty: the webpki roots.
+    /// Empty: the operating system's trust store (webpki roots when it has none).
     pub ca: Vec<PathBuf>,
+    /// Key exchange groups offered, in order, by their lower-case names; empty: rustls's own.
+    pub curves: Vec<String>,
     pub client_cert: Option<CertificatePaths>,
     /// SNI and verified name; `None`: the target's host.
     pub server_name: Option<String>,
@@ -371,6 +373,8 @@ pub struct Lb {
     pub try_interval: Duration,
     /// Upper-case method names.
     pub retry_methods: Vec<String>,
+    /// A request already sent is retried only when it also matches this (path, headers...).
+    pub retry_match: Option<Match>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,7 +468,7 @@ pub struct ActiveHealth {
 
 #[derive(Debug, Clone)]
 pub struct PassiveHealth {
-    /// `None` disables passive health.
+    /// `None` disables passive health (`fail_duration: 0s`); 10s by default.
     pub fail_duration: Option<Duration>,
     pub max_fails: u32,
     pub unhealthy_status: StatusSet,
@@ -476,7 +480,7 @@ pub struct PassiveHealth {
 impl Default for PassiveHealth {
     fn default() -> Self {
         PassiveHealth {
-            fail_duration: None,
+            fail_duration: Some(defaults::FAIL_DURATION),
             max_fails: defaults::PASSIVE_MAX_FAILS,
             unhealthy_status: StatusSet::default(),
             unhealthy_latency: None,
@@ -498,6 +502,26 @@ pub struct Transport {
     pub tls: Option<UpstreamTls>,
     /// PROXY protocol header sent first on each new upstream connection.
     pub proxy_protocol: ProxyProtocol,
+    /// How long an HTTP request waits for a connection slot when every target is full;
+    /// `None`: answer 503 at once.
+    pub queue_timeout: Option<Duration>,
+    /// Connections to all targets together, across workers; `None` = unlimited.
+    pub max_connections: Option<u32>,
+    /// Largest upstream response head accepted.
+    pub max_response_header: usize,
+    /// TCP keep-alive probes on upstream connections idle this long (and then this often).
+    pub keepalive_interval: Option<Duration>,
+    /// The address upstream connections are made from.
+    pub local_address: Option<std::net::IpAddr>,
+    /// Upgraded (WebSocket) connections are closed after this long; `None` = never.
+    pub stream_timeout: Option<Duration>,
+    /// TCP targets are reached through this HTTP proxy's CONNECT tunnels.
+    pub forward_proxy: Option<SocketAddr>,
+    /// Idle pooled connections kept per worker across all targets; `None` = no total cap.
+    pub keepalive_idle_conns: Option<usize>,
+    /// Upgraded connections of a replaced configuration close this long after a reload;
+    /// `None`: they live on.
+    pub stream_close_delay: Option<Duration>,
     /// `protocol: fastcgi`: targets are FastCGI applications (php-fpm), not HTTP servers.
     pub fastcgi: Option<Fastcgi>,
 }

@@ -22,6 +22,8 @@ pub struct Client {
     pub ip_text: String,
     /// `https` or `http`: how the client reached us.
     pub scheme: &'static str,
+    /// The address the client reached us at (`Forwarded: by=`); `None` on Unix sockets.
+    pub local: Option<SocketAddr>,
 }
 
 /// The request being forwarded, as the head writers read it: its head parsed in place in
@@ -379,6 +381,15 @@ fn forwarded_headers(
             }
             None => tmp.extend_from_slice(b"for=unknown"),
         }
+        match client.local.map(|l| l.ip()) {
+            Some(IpAddr::V6(v6)) => {
+                let _ = write!(tmp, ";by=\"[{v6}]\"");
+            }
+            Some(IpAddr::V4(v4)) => {
+                let _ = write!(tmp, ";by={v4}");
+            }
+            None => tmp.extend_from_slice(b";by=unknown"),
+        }
         if let Some(h) = host {
             tmp.extend_from_slice(b";host=\"");
             tmp.extend_from_slice(h);
@@ -388,6 +399,12 @@ fn forwarded_headers(
         tmp.extend_from_slice(client.scheme.as_bytes());
         sink.header(b"Forwarded", tmp);
     }
+}
+
+/// A route that turns a request into a GET or HEAD sends no body upstream (a body on those
+/// means nothing, and an upstream may not read it, desynchronising the connection).
+pub fn override_drops_body(route: &Route) -> bool {
+    matches!(route.method.as_deref(), Some("GET" | "HEAD"))
 }
 
 /// Appends the request line and header section sent to the upstream to `out`. `tmp` and
@@ -461,10 +478,13 @@ pub fn write_request_head(
     let authority = host_from_target(head)
         .then(|| head.host.map(|h| h.get(buf)))
         .flatten();
+    // A method override to GET/HEAD sends no body: no framing, no Expect.
+    let no_body = override_drops_body(route);
     let copied = |h: &&HeaderIdx| {
         !h.hop_by_hop
             && !is_forwarding_header(h.kind, mode)
             && h.kind != HeaderKind::ContentLength
+            && !(no_body && h.kind == HeaderKind::Expect)
             && (authority.is_none() || h.kind != HeaderKind::Host)
     };
     if ops.is_empty() {
@@ -504,6 +524,7 @@ pub fn write_request_head(
         list.write(out, buf, headers, head.bare_lf);
     }
     match head.framing {
+        _ if no_body => {}
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Length(n) => {
             let _ = write!(out, "Content-Length: {n}\r\n");

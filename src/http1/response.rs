@@ -93,7 +93,12 @@ pub fn write_response_head(
         out.extend_from_slice(b"Content-Length: 0\r\n");
     }
     if let Some((name, value)) = set_cookie {
-        let _ = write!(out, "Set-Cookie: {name}={value}; Path=/\r\n");
+        let _ = write!(out, "Set-Cookie: {name}={value}; Path=/");
+        // Over HTTPS the cookie never leaks to plain HTTP, nor rides cross-site subrequests.
+        if client.scheme == "https" {
+            out.extend_from_slice(b"; Secure; SameSite=Lax");
+        }
+        out.extend_from_slice(b"\r\n");
     }
     finish_conn_header(out, req.version, keep);
 }

@@ -112,6 +112,8 @@ pub(crate) struct Conn {
     listener: usize,
     peer: Option<SocketAddr>,
     tls: bool,
+    /// The address the client reached us at (`Forwarded: by=`).
+    local: Option<SocketAddr>,
     resets: ResetMeter,
     max_resets_per_s: u32,
     /// Fired when the client resets too many streams.
@@ -195,6 +197,7 @@ pub(crate) async fn serve(
         listener,
         peer: client.peer,
         tls,
+        local: client.local,
         resets: ResetMeter::default(),
         max_resets_per_s: limits.max_resets_per_s,
         calm: Closer::default(),

@@ -56,7 +56,7 @@ pub(super) async fn serve(
         }
     };
     let (near, far) = duplex::pair();
-    let client = crate::proxy::client_of(&conn.ctx, conn.peer, conn.tls);
+    let client = crate::proxy::client_of(&conn.ctx, conn.peer, conn.tls, conn.local);
     let down = RecvBuf {
         buf: Vec::with_capacity(INITIAL_BUF),
         pos: 0,

@@ -60,7 +60,8 @@ pub async fn serve(
         _ => None,
     };
     let mut early = Vec::new();
-    if l.proxy_protocol {
+    // On a TLS listener the header came before the handshake and was read then.
+    if l.proxy_protocol && !client.is_tls() {
         match proxy_protocol::accept(&ctx.config().trusted_proxies, &mut client, peer, &mut early)
             .await
         {
@@ -111,6 +112,7 @@ pub async fn serve(
         reuse: None,
         source,
         dest,
+        proxy_header: up.transport.proxy_protocol != crate::config::ProxyProtocol::Off,
     };
     let mut att = Attempts::default();
     let connected = connect(ctx, upstream, up, &mut att, &want).await;
@@ -138,7 +140,8 @@ pub async fn serve(
     // Whatever the client sent after its own PROXY header goes out first.
     if !early.is_empty() {
         if let (Err(e), _) = target.write_all(early).await {
-            tracing::debug!(upstream = %up.name, upstream_addr = t, "upstream write failed: {e}");
+            let addr = dialled(&up.targets[t].addr);
+            tracing::debug!(upstream = %up.name, upstream_addr = %addr, "upstream write failed: {e}");
             log(Some(t), "upstream_error", [0, 0]);
             return;
         }
@@ -149,8 +152,16 @@ pub async fn serve(
     // A tunnel the upstream failed before sending a byte counts against it, recorded before
     // the client sees the end so its next connection already avoids the target.
     let judge = |end: &End, from_upstream: u64| {
-        let failed = matches!(end, End::Reset(Side::Upstream, _));
-        if retry::tunnel_counts_against_target(failed, from_upstream) {
+        let failed = match end {
+            End::Reset(Side::Upstream, e) => Some(e),
+            _ => None,
+        };
+        if let (Some(e), true) = (
+            failed,
+            retry::tunnel_counts_against_target(failed.is_some(), from_upstream),
+        ) {
+            let addr = dialled(&up.targets[t].addr);
+            tracing::warn!(upstream = %up.name, upstream_addr = %addr, "upstream failed before its first byte: {e}");
             ctx.balancer(upstream).record_failure(t);
         }
     };
@@ -181,7 +192,8 @@ pub async fn serve(
             end
         }
     };
-    tracing::debug!(upstream = %up.name, upstream_addr = t, "tunnel ended: {end:?}");
+    let addr = dialled(&up.targets[t].addr);
+    tracing::debug!(upstream = %up.name, upstream_addr = %addr, "tunnel ended: {end:?}");
     log(Some(t), end.name(), [moved[0].get(), moved[1].get()]);
 }
 

@@ -324,6 +324,82 @@ pub async fn accept(
     }
 }
 
+/// Reads a trusted peer's header off a TCP connection without reading past it, so the TLS
+/// handshake that follows finds its first byte where it expects it (PROXY protocol before TLS,
+/// as AWS NLB or HAProxy's `send-proxy` send it). `None`: close the connection.
+pub async fn accept_before_tls(
+    trusted: &[ipnet::IpNet],
+    tcp: &monoio::net::TcpStream,
+    peer: Option<SocketAddr>,
+) -> Option<Option<(SocketAddr, SocketAddr)>> {
+    if !peer.is_some_and(|p| trusted.iter().any(|n| n.contains(&p.ip()))) {
+        tracing::debug!(
+            ?peer,
+            "PROXY protocol listener: peer is not in trusted_proxies"
+        );
+        return None;
+    }
+    let result = match monoio::time::timeout(HEADER_TIMEOUT, peek_header(tcp)).await {
+        Ok(r) => r,
+        Err(_) => Err(RefuseReason::TimedOut),
+    };
+    match result {
+        Ok(h) => Some(h.addrs),
+        Err(e) => {
+            tracing::debug!(?peer, "{e}");
+            None
+        }
+    }
+}
+
+/// Peeks at the socket until a whole header is there, then consumes exactly its bytes.
+async fn peek_header(tcp: &monoio::net::TcpStream) -> Result<Header, RefuseReason> {
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let mut buf = vec![0u8; V2_MAX_LEN];
+    let mut seen = 0;
+    loop {
+        tcp.readable(false).await.map_err(RefuseReason::Io)?;
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which outlives the call.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        let n = match n {
+            0 => return Err(RefuseReason::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            n if n < 0 => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                return Err(RefuseReason::Io(e));
+            }
+            n => n as usize,
+        };
+        match parse(&buf[..n]) {
+            Parse::Complete(h) => {
+                // The bytes are queued already: one non-blocking read takes exactly them.
+                // SAFETY: as above, at most `h.len` <= `buf.len()` bytes.
+                let got =
+                    unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), h.len, libc::MSG_DONTWAIT) };
+                if got != h.len as isize {
+                    return Err(RefuseReason::Io(std::io::Error::last_os_error()));
+                }
+                return Ok(h);
+            }
+            Parse::Invalid(why) => return Err(RefuseReason::Invalid(why)),
+            // Readiness stays set while the partial header sits unread: wait for more bytes
+            // instead of spinning on the same ones.
+            Parse::Partial if n == seen => monoio::time::sleep(Duration::from_millis(2)).await,
+            Parse::Partial => seen = n,
+        }
+    }
+}
+
 /// Reads a header from the start of `stream` into `buf` (which must be empty and have spare
 /// capacity) within `HEADER_TIMEOUT`. On success the header is drained from `buf`; bytes the
 /// peer sent after it stay in `buf` for the caller.

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
+use crate::net::stream::Sock;
 
 /// TLS records of type handshake start with this byte; a ClientHello always does.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -42,7 +42,7 @@ pub fn classify(first: u8) -> FirstByte {
 
 /// Waits (at most `limit`) for the first byte without consuming it. `None`: the peer closed,
 /// failed or the time ran out (the handshake would fail the same way).
-pub async fn peek_first(tcp: &TcpStream, limit: Option<Duration>) -> Option<u8> {
+pub async fn peek_first(tcp: &Sock, limit: Option<Duration>) -> Option<u8> {
     let wait = async {
         loop {
             let mut byte = 0u8;
@@ -80,7 +80,7 @@ pub async fn peek_first(tcp: &TcpStream, limit: Option<Duration>) -> Option<u8> 
 /// true when the handshake should go on (rustls judges anything that is not HTTP).
 /// `failed` runs before any answer is written, so whoever reads the answer sees it counted.
 pub async fn tls_or_refuse(
-    tcp: &mut TcpStream,
+    tcp: &mut Sock,
     limit: Option<Duration>,
     failed: impl FnOnce(Option<FirstByte>),
 ) -> bool {
@@ -99,7 +99,7 @@ pub async fn tls_or_refuse(
 }
 
 /// Answers a plain HTTP request on a TLS port with nginx's 400; the caller then closes.
-pub async fn refuse_plain_http(tcp: &mut TcpStream) {
+pub async fn refuse_plain_http(tcp: &mut Sock) {
     let (_, _) = tcp.write_all(PLAIN_HTTP_ON_TLS).await;
     // Lets the answer leave before the close; unread request bytes would otherwise make the
     // kernel send a reset that can destroy it in flight.

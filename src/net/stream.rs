@@ -16,12 +16,87 @@ pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     /// A client whose TLS we terminate; boxed because the session and its buffers are large.
-    /// The descriptor is the TCP socket's, for non-blocking peeks.
-    TlsServer(Box<monoio_rustls::ServerTlsStream<TcpStream>>, RawFd),
-    /// An upstream we dialed with TLS (and its TCP socket's descriptor).
-    TlsClient(Box<monoio_rustls::ClientTlsStream<TcpStream>>, RawFd),
+    /// The descriptor is the socket's, for non-blocking peeks.
+    TlsServer(Box<monoio_rustls::ServerTlsStream<Sock>>, RawFd),
+    /// An upstream we dialed with TLS (and its socket's descriptor).
+    TlsClient(Box<monoio_rustls::ClientTlsStream<Sock>>, RawFd),
     /// One end of an in-memory pair: an HTTP/2 stream served by the HTTP/1 data path.
     Mem(crate::net::duplex::End),
+}
+
+/// The socket under a TLS stream: TCP, or a Unix socket (TLS on unix listeners and to unix
+/// targets). One match per TLS record read or written; the plaintext paths never see it.
+pub enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsRawFd for Sock {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Sock {
+    /// Waits for read readiness (a TLS listener peeks its client's first byte with it).
+    pub async fn readable(&self, relaxed: bool) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.readable(relaxed).await,
+            Sock::Unix(s) => s.readable(relaxed).await,
+        }
+    }
+}
+
+// SAFETY: both sockets allow a read and a write in flight at once (monoio marks them `Split`).
+unsafe impl monoio::io::Split for Sock {}
+
+impl AsyncReadRent for Sock {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.read(buf).await,
+            Sock::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    async fn readv<T: monoio::buf::IoVecBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.readv(buf).await,
+            Sock::Unix(s) => s.readv(buf).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Sock {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.write(buf).await,
+            Sock::Unix(s) => s.write(buf).await,
+        }
+    }
+
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.writev(buf).await,
+            Sock::Unix(s) => s.writev(buf).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.flush().await,
+            Sock::Unix(s) => s.flush().await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown().await,
+            Sock::Unix(s) => s.shutdown().await,
+        }
+    }
 }
 
 impl Stream {

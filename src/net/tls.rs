@@ -327,10 +327,67 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// Builds an upstream's client config: webpki roots or the `ca` files, optional client
-/// certificate, ALPN http/1.1, a session cache for resumption. Errors name the offending key.
+/// The key exchange groups `curves` may name (Caddy's names and the usual aliases) and the
+/// canonical name each stands for, as rustls's ring provider implements them.
+const CURVES: &[(&str, &str)] = &[
+    ("x25519", "x25519"),
+    ("secp256r1", "secp256r1"),
+    ("p256", "secp256r1"),
+    ("p-256", "secp256r1"),
+    ("prime256v1", "secp256r1"),
+    ("secp384r1", "secp384r1"),
+    ("p384", "secp384r1"),
+    ("p-384", "secp384r1"),
+];
+
+/// The canonical name of a `curves` entry, or why it cannot be offered.
+pub fn curve_name(name: &str) -> Result<&'static str, String> {
+    let lower = name.to_ascii_lowercase();
+    if let Some((_, c)) = CURVES.iter().find(|(n, _)| *n == lower) {
+        return Ok(c);
+    }
+    match lower.as_str() {
+        "secp521r1" | "p521" | "p-521" | "x25519mlkem768" => Err(format!(
+            "curve \"{name}\" is not available in this build (rustls with ring offers x25519, \
+             secp256r1, secp384r1)"
+        )),
+        _ => Err(format!(
+            "unknown curve \"{name}\" (expected x25519, secp256r1 or secp384r1)"
+        )),
+    }
+}
+
+fn kx_group(canonical: &str) -> &'static dyn rustls::crypto::SupportedKxGroup {
+    use rustls::crypto::ring::kx_group;
+    match canonical {
+        "x25519" => kx_group::X25519,
+        "secp256r1" => kx_group::SECP256R1,
+        _ => kx_group::SECP384R1,
+    }
+}
+
+/// The roots an upstream is verified against without `ca`: the operating system's trust store
+/// (honouring SSL_CERT_FILE / SSL_CERT_DIR), or webpki's roots when it has none (a scratch
+/// container). Read on each (re)load, so a refreshed system store is picked up by a reload.
+fn system_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+/// Builds an upstream's client config: the system roots or the `ca` files, optional client
+/// certificate, `curves`, ALPN http/1.1, a session cache for resumption. Errors name the
+/// offending key.
 pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsError> {
-    let provider = provider();
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !tls.curves.is_empty() {
+        provider.kx_groups = tls.curves.iter().map(|c| kx_group(c)).collect();
+    }
+    let provider = Arc::new(provider);
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(|e| TlsError::new("", e.to_string()))?;
@@ -342,9 +399,7 @@ pub fn client_config(tls: &UpstreamTls) -> Result<ClientConfig, TlsError> {
             )))
     } else {
         let roots = if tls.ca.is_empty() {
-            RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            }
+            system_roots()
         } else {
             roots_from(&tls.ca, "ca")?
         };
@@ -375,7 +430,8 @@ pub fn server_name(tls: &UpstreamTls, host: &str) -> Result<ServerName<'static>,
 }
 
 /// `host` of `host:port` / `[v6]:port` / `host`.
-fn host_of(hostport: &str) -> &str {
+/// The host of `host[:port]` (brackets of an IPv6 literal removed).
+pub fn host_of(hostport: &str) -> &str {
     if let Some(rest) = hostport.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
@@ -410,6 +466,28 @@ pub fn failure_reason(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curves_take_caddy_names_and_aliases_and_refuse_the_rest_with_a_reason() {
+        let table = [
+            ("x25519", Ok("x25519")),
+            ("X25519", Ok("x25519")),
+            ("secp256r1", Ok("secp256r1")),
+            ("P-256", Ok("secp256r1")),
+            ("prime256v1", Ok("secp256r1")),
+            ("p384", Ok("secp384r1")),
+            ("secp521r1", Err("not available")),
+            ("x25519mlkem768", Err("not available")),
+            ("brainpoolP256r1", Err("unknown curve")),
+        ];
+        for (name, want) in table {
+            match (curve_name(name), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, w, "{name}"),
+                (Err(m), Err(w)) => assert!(m.contains(w), "{name}: {m}"),
+                (got, w) => panic!("{name}: {got:?}, wanted {w:?}"),
+            }
+        }
+    }
 
     #[test]
     fn upstream_certificate_failures_are_named() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Route, TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http1::body::Encode;
-use crate::http1::forward::{write_orig, write_request_head, Request};
+use crate::http1::forward::{override_drops_body, write_orig, write_request_head, Request};
 use crate::http1::parse::{parse_response, Framing, HeaderKind, Parse, ResponseHead, Version};
 use crate::http1::response::{write_response_head, ClientResponse};
 use crate::proxy::early::{self, BodyEnd};
@@ -46,6 +46,8 @@ struct Sent {
     body_sent: bool,
     /// The upstream answered early and the body was stopped part way: never send it again.
     cut: bool,
+    /// A method override to GET/HEAD keeps the body from the upstream.
+    drop_body: bool,
     /// Request body bytes that rode along with the head.
     coalesced: usize,
     /// When the head went (the response time counts from here).
@@ -134,6 +136,7 @@ async fn send_head(
     }
     let reused = conn.reused;
     let down = &mut *sess.down;
+    let drop_body = override_drops_body(a.route);
     // A small, fully buffered body rides along with the head in one write.
     let coalesced = match head.framing {
         Framing::Length(n) if n as usize <= COALESCE_BODY && down.pending() as u64 >= n => {
@@ -141,6 +144,14 @@ async fn send_head(
         }
         _ => 0,
     };
+    // A dropped body that is all in the buffer is skipped (the client connection stays usable);
+    // a longer one is never read, and the client connection closes after the response.
+    let (coalesced, skipped) = if drop_body {
+        (0, coalesced)
+    } else {
+        (coalesced, 0)
+    };
+    down.pos += skipped;
     sess.s
         .out
         .extend_from_slice(&down.buf[down.pos..down.pos + coalesced]);
@@ -171,9 +182,13 @@ async fn send_head(
     // With Expect: 100-continue and no body bytes sent yet, the upstream decides first.
     let rest = rest_of_body(head.framing, coalesced);
     let has_rest = !matches!(rest, Framing::None | Framing::Length(0));
-    let mut body_sent = !(head.expect_continue && has_rest && sess.down.pending() == 0);
+    let mut body_sent = if drop_body {
+        !has_rest || skipped > 0
+    } else {
+        !(head.expect_continue && has_rest && sess.down.pending() == 0)
+    };
     let mut cut = false;
-    if body_sent {
+    if body_sent && !drop_body {
         cut = early::send_body(sess, conn, rest, &limits).await? == BodyEnd::Cut;
         body_sent = !cut;
     }
@@ -186,6 +201,7 @@ async fn send_head(
             .map_or(client_head, |m| m == "HEAD"),
         body_sent,
         cut,
+        drop_body,
         coalesced,
         at,
         limits,
@@ -237,11 +253,15 @@ async fn read_response_head(
         a.up.transport
             .response_header_timeout
             .map(|d| Instant::now() + d);
+    let limits = crate::http1::parse::HeadLimits {
+        max_head_bytes: a.up.transport.max_response_header,
+        ..RESPONSE_LIMITS
+    };
     loop {
         match parse_response(
             &ub.buf[ub.pos..],
             sent.upstream_head,
-            &RESPONSE_LIMITS,
+            &limits,
             &mut sess.s.resp_headers,
         ) {
             Parse::Complete(r) if r.status == 101 => {
@@ -265,7 +285,7 @@ async fn read_response_head(
                     ub.buf = buf;
                     res.map_err(|e| io_err(Side::Downstream, e))?;
                 }
-                if r.status == 100 && !sent.body_sent && !sent.cut {
+                if r.status == 100 && !sent.body_sent && !sent.cut && !sent.drop_body {
                     let rest = rest_of_body(head.framing, sent.coalesced);
                     send_body(sess, conn, rest, &sent.limits).await?;
                     sent.body_sent = true;
@@ -275,6 +295,11 @@ async fn read_response_head(
             Parse::Complete(r) => {
                 let took = sent.at.elapsed();
                 *seen = Some((r.status, took));
+                // Judged before the client sees the answer, so its next request already
+                // avoids a target this response took down.
+                let bal = sess.ctx.balancer(a.u);
+                let passive = bal.passive_enabled();
+                note_response(bal.shared(a.t), a.up, passive, r.status, took);
                 sess.ctx.gen_metrics().upstream_response_time[a.u].observe(took);
                 sess.s.status = r.status;
                 return Ok(r);
@@ -292,7 +317,7 @@ async fn read_response_head(
         let nothing_yet = ub.buf.is_empty();
         let Some(res) = timed_at(
             deadline,
-            ub.read_more(&mut conn.stream, RESPONSE_LIMITS.max_head_bytes),
+            ub.read_more(&mut conn.stream, limits.max_head_bytes),
         )
         .await
         else {
@@ -448,8 +473,10 @@ async fn send_response(
     if up_keep {
         let bal = ctx.balancer(a.u);
         let shared = bal.shared(a.t);
-        // Another worker waits for a slot of this capped target: close instead of pooling.
+        // Another worker waits for a slot of this capped target: close instead of pooling,
+        // unless requests of this worker wait too (they reuse it without a new handshake).
         let wanted = bal.is_capped(a.t)
+            && ctx.queues().len(a.u) == 0
             && shared.wanted.load(std::sync::atomic::Ordering::Relaxed)
             && shared
                 .wanted
@@ -503,4 +530,26 @@ async fn switch_protocols(
     }
     *sess.ubuf = std::mem::take(&mut ub.buf);
     Ok(Exchange::Upgraded(conn))
+}
+
+/// Feeds one response into the target's shared latency estimate and passive health memory.
+pub(crate) fn note_response(
+    shared: &crate::upstream::target::TargetShared,
+    up: &crate::config::Upstream,
+    passive: bool,
+    status: u16,
+    latency: Duration,
+) {
+    if up.lb.policy == crate::config::Policy::P2cEwma {
+        shared.observe_latency(latency);
+    }
+    let p = &up.health.passive;
+    let failed =
+        p.unhealthy_status.contains(status) || p.unhealthy_latency.is_some_and(|max| latency > max);
+    if let (true, true, Some(d)) = (passive, failed, p.fail_duration) {
+        shared.record_failure_within(
+            crate::upstream::target::now_ms(),
+            d.as_millis().max(1) as u64,
+        );
+    }
 }

@@ -1,12 +1,12 @@
 //! One request to an upstream group: pick a target, reuse or dial a connection, run the
 //! exchange, and fail over or replay when that is safe.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::config::{Route, Upstream};
+use crate::config::Route;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http1::parse::Framing;
-use crate::proxy::exchange::{exchange, Attempt};
+use crate::proxy::exchange::{exchange, note_response, Attempt};
 use crate::proxy::lb_key::LbKey;
 use crate::proxy::relay::fill_body;
 use crate::proxy::session::{Exchange, Failure, Session};
@@ -53,11 +53,15 @@ pub(crate) async fn forward(
         Framing::Length(n) => sess.down.pending() as u64 >= n,
         _ => false,
     };
-    let req = retry::Request {
-        body_buffered,
-        idempotent: is_idempotent(method),
-        retry_method: up.lb.retry_methods.iter().any(|m| m.as_bytes() == method),
-    };
+    let req =
+        retry::Request {
+            body_buffered,
+            idempotent: is_idempotent(method),
+            retry_method: up.lb.retry_methods.iter().any(|m| m.as_bytes() == method)
+                && up.lb.retry_match.as_ref().is_none_or(|m| {
+                    crate::route::matches(m, &sess.down.buf, head, &sess.s.headers)
+                }),
+        };
     let lb_key = LbKey::find(
         bal.policy(),
         &up.lb.key,
@@ -77,7 +81,9 @@ pub(crate) async fn forward(
         let want = Want {
             key: lb_key.get(&sess.down.buf),
             reuse: Some(req.idempotent && req.body_buffered),
-            ..Want::default()
+            source: client.peer,
+            dest: client.local,
+            proxy_header: up.transport.proxy_protocol != crate::config::ProxyProtocol::Off,
         };
         let dial_started = Instant::now();
         let connected = connect(ctx, u, up, &mut att, &want).await;
@@ -110,17 +116,20 @@ pub(crate) async fn forward(
         };
         let result = if up.transport.fastcgi.is_some() {
             // Boxed: the HTTP path's future stays its size.
-            Box::pin(crate::fastcgi::exchange::exchange(
+            let r = Box::pin(crate::fastcgi::exchange::exchange(
                 sess, &attempt, conn, &mut seen,
             ))
-            .await
+            .await;
+            // The HTTP exchange judges its response head itself, as soon as it arrives.
+            if let Some((status, latency)) = seen {
+                let passive = bal.passive_enabled();
+                note_response(bal.shared(t), up, passive, status, latency);
+            }
+            r
         } else {
             exchange(sess, &attempt, conn, &mut seen).await
         };
         sess.s.trace.response = Some(first_dial.elapsed());
-        if let Some((status, latency)) = seen {
-            note_response(bal.shared(t), up, bal.passive_enabled(), status, latency);
-        }
         let f = match result {
             Ok(next) => match sess.s.send_on.take() {
                 Some(second) => {
@@ -133,14 +142,9 @@ pub(crate) async fn forward(
         };
         let failed = retry::Failed {
             reused,
+            broke: matches!(f.error.kind, ErrorKind::UpstreamIo { .. }),
             answered: f.answered,
-            before_response: matches!(
-                f.error.kind,
-                ErrorKind::UpstreamIo {
-                    before_response: true,
-                    ..
-                }
-            ),
+            before_response: retry::failed_before_response(&f.error.kind),
             retry_safe: f.error.retry_safe,
         };
         if retry::replay_on_fresh_connection(req, failed) {
@@ -184,27 +188,5 @@ async fn send_on(sess: &mut Session<'_>, second: &Route) -> Exchange {
             }
             Exchange::Done(false)
         }
-    }
-}
-
-/// Feeds one response into the target's shared latency estimate and passive health memory.
-pub(crate) fn note_response(
-    shared: &crate::upstream::target::TargetShared,
-    up: &Upstream,
-    passive: bool,
-    status: u16,
-    latency: Duration,
-) {
-    if up.lb.policy == crate::config::Policy::P2cEwma {
-        shared.observe_latency(latency);
-    }
-    let p = &up.health.passive;
-    let failed =
-        p.unhealthy_status.contains(status) || p.unhealthy_latency.is_some_and(|max| latency > max);
-    if let (true, true, Some(d)) = (passive, failed, p.fail_duration) {
-        shared.record_failure_within(
-            crate::upstream::target::now_ms(),
-            d.as_millis().max(1) as u64,
-        );
     }
 }

@@ -194,6 +194,7 @@ mod tests {
             trusted: trusted.iter().any(|n| n.contains(&peer.ip())),
             ip_text: peer.ip().to_string(),
             scheme: "http",
+            local: None,
         };
         let k = LbKey::find(policy, name, &trusted, &client, buf, &head, &headers);
         k.get(buf).map(|bytes| match k {

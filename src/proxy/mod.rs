@@ -57,7 +57,7 @@ enum Burst {
     Closed,
     /// The response to an upgrade was sent: the connection becomes a tunnel (boxed: rare, and
     /// a parked connection's task keeps room for this value).
-    Upgraded(Box<UpConn>),
+    Upgraded(Box<(UpConn, Option<usize>)>),
     /// No request for `PARK_AFTER`: park until input arrives, for at most this long.
     Quiet(Option<Duration>),
 }
@@ -73,6 +73,7 @@ pub fn serve(
     peer: Option<SocketAddr>,
 ) -> impl std::future::Future<Output = ()> {
     let scheme = if stream.is_tls() { "https" } else { "http" };
+    let local = stream.local_addr();
     let mut conn = Conn {
         ctx,
         socket,
@@ -83,6 +84,7 @@ pub fn serve(
             trusted: false,
             ip_text: String::new(),
             scheme,
+            local,
         },
         down: RecvBuf {
             buf: Vec::with_capacity(INITIAL_BUF),
@@ -135,7 +137,8 @@ pub(crate) async fn open(
         floor: 0,
     };
     let mut peer = peer;
-    if ctx.config().listeners[listener].proxy_protocol {
+    // On a TLS listener the header came before the handshake and was read then.
+    if ctx.config().listeners[listener].proxy_protocol && !stream.is_tls() {
         // The carried address is the client from here on (X-Forwarded-For, trust, placeholders).
         let trusted = &ctx.config().trusted_proxies;
         let header = crate::net::proxy_protocol::accept(trusted, stream, peer, &mut down.buf);
@@ -145,18 +148,24 @@ pub(crate) async fn open(
             None => return None,
         }
     }
-    let client = client_of(ctx, peer, stream.is_tls());
+    let client = client_of(ctx, peer, stream.is_tls(), stream.local_addr());
     Some((down, client))
 }
 
 /// Who the client is: `peer` (the PROXY header's source when there was one), and whether it
 /// reached us over TLS.
-pub(crate) fn client_of(ctx: &WorkerCtx, peer: Option<SocketAddr>, tls: bool) -> Client {
+pub(crate) fn client_of(
+    ctx: &WorkerCtx,
+    peer: Option<SocketAddr>,
+    tls: bool,
+    local: Option<SocketAddr>,
+) -> Client {
     Client {
         peer,
         trusted: is_trusted(ctx, peer),
         ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
         scheme: if tls { "https" } else { "http" },
+        local,
     }
 }
 
@@ -188,7 +197,7 @@ pub(crate) fn serve_h1(
 
 /// Serves bursts of requests, parking the connection between them, until it closes or
 /// upgrades (then the upstream connection it switched to is returned).
-async fn bursts(conn: &mut Conn) -> Option<Box<UpConn>> {
+async fn bursts(conn: &mut Conn) -> Option<Box<(UpConn, Option<usize>)>> {
     loop {
         let held = BufferHeld::new(conn.ctx.clone());
         // Boxed: buffers, scratch and the exchange's state exist only while the connection is
@@ -224,14 +233,25 @@ async fn bursts(conn: &mut Conn) -> Option<Box<UpConn>> {
 }
 
 /// Relays an upgraded connection until both sides are done.
-async fn tunnel(conn: Conn, up: Box<UpConn>) {
+async fn tunnel(conn: Conn, up: Box<(UpConn, Option<usize>)>) {
     // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
-    let active = conn.ctx.active();
-    let UpConn {
-        stream: up, slot, ..
-    } = *up;
-    let r = Box::pin(crate::l4::upgrade::run(conn.stream, up, None)).await;
-    tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed");
+    let ctx = &conn.ctx;
+    let active = ctx.active();
+    let (
+        UpConn {
+            stream: up, slot, ..
+        },
+        upstream,
+    ) = *up;
+    let tr = upstream.map(|u| &ctx.config().upstreams[u].transport);
+    let relay = crate::l4::upgrade::run(conn.stream, up, None);
+    // `stream_close_delay`: a reload ends it that long after; dropping closes both sides.
+    let relay = upgrade_until_replaced(ctx, tr.and_then(|t| t.stream_close_delay), relay);
+    // `stream_timeout`: dropping the relay closes both sides.
+    match timed(tr.and_then(|t| t.stream_timeout), relay).await {
+        Some(r) => tracing::debug!(sent = r.up, received = r.down, "upgraded connection closed"),
+        None => tracing::debug!("upgraded connection closed after stream_timeout"),
+    }
     drop(slot);
     drop(active);
 }
@@ -385,7 +405,9 @@ async fn busy(conn: &mut Conn) -> Burst {
         drop(active);
         let keep = match next {
             Exchange::Done(keep) => keep,
-            Exchange::Upgraded(up) => return Burst::Upgraded(Box::new(up)),
+            Exchange::Upgraded(up) => {
+                return Burst::Upgraded(Box::new((up, s.target.map(|(u, _)| u))))
+            }
         };
         if !keep && linger::unread_input(&conn.stream, &conn.down, &head) {
             linger::linger(&mut conn.stream, &mut conn.down).await;
@@ -625,5 +647,33 @@ fn body_len(out: &[u8], sent: u64) -> u64 {
     match out.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(end) => sent.saturating_sub(end as u64 + 4),
         None => sent,
+    }
+}
+
+/// How often an upgraded connection with `stream_close_delay` looks for a newer configuration.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs an upgraded connection's relay; with `close_delay`, ends it that long after a newer
+/// configuration replaced the one it was opened under.
+async fn upgrade_until_replaced(
+    ctx: &WorkerCtx,
+    close_delay: Option<std::time::Duration>,
+    relay: impl std::future::Future<Output = crate::l4::upgrade::Relayed>,
+) -> crate::l4::upgrade::Relayed {
+    let Some(delay) = close_delay else {
+        return relay.await;
+    };
+    let replaced = async {
+        while ctx.newer().is_none() {
+            monoio::time::sleep(RELOAD_POLL).await;
+        }
+        monoio::time::sleep(delay).await;
+    };
+    monoio::select! {
+        r = relay => r,
+        _ = replaced => {
+            tracing::debug!("upgraded connection closed after stream_close_delay");
+            crate::l4::upgrade::Relayed::default()
+        }
     }
 }

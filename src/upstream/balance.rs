@@ -93,6 +93,8 @@ pub struct Balancer {
     max_requests: Option<u32>,
     /// Some targets carry an SRV priority: only the lowest one with a healthy target serves.
     tiered: bool,
+    /// `transport.max_connections`: connections to all targets together, across workers.
+    max_upstream_conns: Option<u32>,
 }
 
 struct TargetRef {
@@ -168,7 +170,38 @@ impl Balancer {
                 .map(|d| d.as_millis().max(1) as u64),
             max_requests: up.health.passive.unhealthy_request_count,
             tiered,
+            max_upstream_conns: up.transport.max_connections,
         }
+    }
+
+    /// Whether the upstream-wide cap is reached. Sequentially consistent with the increment in
+    /// `try_reserve_conn`: of two workers reserving the last slot at once, at most one keeps it.
+    fn upstream_full(&self) -> bool {
+        self.max_upstream_conns.is_some_and(|max| {
+            let open: u32 = self
+                .targets
+                .iter()
+                .map(|t| t.shared.conns.load(Ordering::SeqCst))
+                .sum();
+            open >= max
+        })
+    }
+
+    /// Whether a request finding nothing to select should wait for a connection slot: some
+    /// target it has not tried is up but at its cap (or the upstream at its own).
+    pub fn waits_for_slot(&self, tried: Tried) -> bool {
+        let now = now_ms();
+        let upstream_full = self.upstream_full();
+        (0..self.targets.len()).any(|i| {
+            let t = &self.targets[i];
+            let s = &t.shared;
+            !tried.contains(i)
+                && s.healthy.load(Ordering::Relaxed)
+                && !self.fail_ms.is_some_and(|ms| s.passive_down(now, ms))
+                && (upstream_full
+                    || t.max_conns
+                        .is_some_and(|max| s.conns.load(Ordering::Relaxed) >= max))
+        })
     }
 
     /// The lowest SRV priority that has a healthy target (`None`: no tiers, or none healthy).
@@ -217,7 +250,7 @@ impl Balancer {
         &self,
         i: usize,
         tried: Tried,
-        now: u64,
+        (now, upstream_full): (u64, bool),
         has_idle: &impl Fn(usize) -> bool,
     ) -> bool {
         let t = &self.targets[i];
@@ -235,6 +268,13 @@ impl Balancer {
                 return false;
             }
         }
+        if upstream_full && !has_idle(i) {
+            // Another worker's idle connection may be holding the slot: ask for it.
+            if !s.wanted.load(Ordering::Relaxed) {
+                s.wanted.store(true, Ordering::Relaxed);
+            }
+            return false;
+        }
         match t.max_conns {
             Some(max) if s.conns.load(Ordering::Relaxed) >= max && !has_idle(i) => {
                 // Load first: a flag already raised costs no cache-line write.
@@ -247,9 +287,9 @@ impl Balancer {
         }
     }
 
-    /// Whether target `i` has a `max_connections` cap.
+    /// Whether target `i` has a `max_connections` cap, its own or the upstream's.
     pub fn is_capped(&self, i: usize) -> bool {
-        self.targets[i].max_conns.is_some()
+        self.targets[i].max_conns.is_some() || self.max_upstream_conns.is_some()
     }
 
     fn next_random(&self) -> u64 {
@@ -280,6 +320,7 @@ impl Balancer {
             return None;
         }
         let now = if self.fail_ms.is_some() { now_ms() } else { 0 };
+        let upstream_full = self.upstream_full();
         let tier = if self.tiered {
             self.live_tier(now)
         } else {
@@ -290,7 +331,7 @@ impl Balancer {
                 (Some(live), Some(t)) => t == live,
                 _ => true,
             };
-            in_tier && self.available(i, tried, now, &has_idle)
+            in_tier && self.available(i, tried, (now, upstream_full), &has_idle)
         };
         if self.policy == Policy::Cookie {
             // Sticky: the target the cookie names wins while it is available, on either side.
@@ -458,11 +499,23 @@ impl Balancer {
     /// Reserves a new connection slot against `max_connections`; false when the target is full.
     pub fn try_reserve_conn(&self, i: usize) -> bool {
         let t = &self.targets[i];
-        let prev = t.shared.conns.fetch_add(1, Ordering::AcqRel);
+        let prev = t.shared.conns.fetch_add(1, Ordering::SeqCst);
+        let over_upstream = self.max_upstream_conns.is_some_and(|max| {
+            let open: u32 = self
+                .targets
+                .iter()
+                .map(|t| t.shared.conns.load(Ordering::SeqCst))
+                .sum();
+            open > max
+        });
         match t.max_conns {
             Some(max) if prev >= max => {
                 t.shared.conns.fetch_sub(1, Ordering::AcqRel);
                 t.shared.wanted.store(true, Ordering::Relaxed);
+                false
+            }
+            _ if over_upstream => {
+                t.shared.conns.fetch_sub(1, Ordering::AcqRel);
                 false
             }
             _ => true,
@@ -504,6 +557,7 @@ mod tests {
                 try_duration: None,
                 try_interval: Duration::from_millis(250),
                 retry_methods: vec!["GET".into()],
+                retry_match: None,
             },
             transport: Transport {
                 dial_timeout: None,
@@ -516,6 +570,15 @@ mod tests {
                 tls: None,
                 proxy_protocol: crate::config::ProxyProtocol::Off,
                 fastcgi: None,
+                queue_timeout: None,
+                max_connections: None,
+                max_response_header: 64 * 1024,
+                keepalive_interval: None,
+                local_address: None,
+                stream_timeout: None,
+                forward_proxy: None,
+                keepalive_idle_conns: None,
+                stream_close_delay: None,
             },
             headers: HeaderOps::default(),
             forwarded: Forwarded::Xff,

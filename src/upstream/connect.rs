@@ -1,16 +1,16 @@
 //! The one connector HTTP and layer 4 share: select a target -> reserve a connection slot ->
 //! (HTTP) reuse a pooled idle connection -> dial (TCP or Unix) under the dial timeout -> PROXY
-//! header -> TLS handshake for TLS targets; failing over to another target on a failed dial or
-//! handshake under `retries` / `try_duration` / `try_interval`.
+//! header -> TLS handshake for TLS targets. A failed dial or handshake always fails over to a
+//! target not yet tried; once all failed, `retries` / `try_duration` / `try_interval` decide.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::{TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError};
-use crate::net::stream::Stream;
+use crate::net::stream::{Sock, Stream};
 use crate::upstream::balance::Tried;
-use crate::upstream::pool::{InFlight, UpConn};
+use crate::upstream::pool::{InFlight, Tag, UpConn};
 use crate::upstream::retry;
 use crate::upstream::target::dial_name;
 use crate::worker::ctx::WorkerCtx;
@@ -33,6 +33,8 @@ pub struct Attempts {
     waiting: Option<Instant>,
     /// The target of the last failed dial (the access log names it on a 502).
     pub last_failed: Option<usize>,
+    /// When waiting in the connection queue ends (`transport.queue_timeout` after it began).
+    queue_deadline: Option<Instant>,
 }
 
 impl Default for Attempts {
@@ -43,6 +45,7 @@ impl Default for Attempts {
             attempts: 0,
             waiting: None,
             last_failed: None,
+            queue_deadline: None,
         }
     }
 }
@@ -88,6 +91,16 @@ pub struct Want<'a> {
     /// The client's addresses for the PROXY header, when the upstream sends one.
     pub source: Option<SocketAddr>,
     pub dest: Option<SocketAddr>,
+    /// The upstream sends a PROXY header (so pooled connections are the client's own).
+    pub proxy_header: bool,
+}
+
+impl Want<'_> {
+    /// The pool tag of connections opened for this want: a PROXY header names the client, so
+    /// its connections serve that client only.
+    fn tag(&self) -> Tag {
+        self.proxy_header.then_some((self.source, self.dest))
+    }
 }
 
 /// A connection to target `target`, and the request's in-flight mark on it.
@@ -108,10 +121,33 @@ pub async fn connect<'a>(
     want: &Want<'_>,
 ) -> Result<Connected<'a>, ProxyError> {
     let bal = ctx.balancer(u);
-    let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle(u, i);
+    let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle_tagged(u, i, want.tag());
+    // HTTP requests wait for a connection slot in a FIFO when targets are full; one arriving
+    // while others wait queues behind them instead of taking the next free slot first.
+    let queueing = want.reuse.is_some() && up.transport.queue_timeout.is_some();
+    let mut my_turn = false;
     loop {
         att.attempts += 1;
-        let Some(t) = bal.select(att.tried, want.key, has_idle) else {
+        let behind_others = queueing && !my_turn && ctx.queues().len(u) > 0;
+        my_turn = false;
+        let picked = if behind_others {
+            None
+        } else {
+            bal.select(att.tried, want.key, has_idle)
+        };
+        let Some(t) = picked else {
+            if queueing && (behind_others || bal.waits_for_slot(att.tried)) {
+                att.wait_start(ctx, u);
+                let limit = up.transport.queue_timeout.unwrap_or_default();
+                let deadline = *att.queue_deadline.get_or_insert(Instant::now() + limit);
+                if wait_for_slot(ctx, u, att.tried, want, deadline).await {
+                    att.replay();
+                    my_turn = true;
+                    continue;
+                }
+                att.wait_end(ctx, u);
+                return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
+            }
             if att.may_try_again(up) {
                 att.tried = Tried::default();
                 att.wait_start(ctx, u);
@@ -125,7 +161,7 @@ pub async fn connect<'a>(
         let in_flight = InFlight::new(bal.shared(t));
         let pooled = want
             .reuse
-            .and_then(|replayable| checkout(ctx, u, t, up, replayable));
+            .and_then(|replayable| checkout(ctx, u, t, up, replayable, want));
         let dialed = match pooled {
             Some(conn) => Ok(conn),
             None => dial(ctx, u, t, up, want).await,
@@ -152,17 +188,63 @@ pub async fn connect<'a>(
                     bal.record_failure(t);
                 }
                 att.tried.insert(t);
-                if !att.may_try_again(up) {
-                    att.wait_end(ctx, u);
-                    return Err(e);
-                }
-                if bal.select(att.tried, want.key, has_idle).is_none() {
-                    att.tried = Tried::default();
-                    att.wait_start(ctx, u);
-                    monoio::time::sleep(up.lb.try_interval).await;
+                let untried = bal.select(att.tried, want.key, has_idle).is_some();
+                // A failed dial reached no upstream: moving on to an untried target spends no
+                // attempt (nginx's `proxy_next_upstream error`); `retries` counts the rounds.
+                let step = retry::after_connect_failure(
+                    retry::is_connect_failure(&e.kind),
+                    untried,
+                    att.may_try_again(up),
+                );
+                match step {
+                    retry::NextStep::FailOver => att.replay(),
+                    retry::NextStep::Wait => {
+                        att.tried = Tried::default();
+                        att.wait_start(ctx, u);
+                        monoio::time::sleep(up.lb.try_interval).await;
+                    }
+                    retry::NextStep::GiveUp => {
+                        att.wait_end(ctx, u);
+                        return Err(e);
+                    }
+                    retry::NextStep::Next => {}
                 }
             }
         }
+    }
+}
+
+/// Waits at the back of this worker's queue for upstream `u`, and once at its head, polls the
+/// shared counters until a target can be selected (true) or `deadline` passes (false).
+async fn wait_for_slot(
+    ctx: &WorkerCtx,
+    u: usize,
+    tried: Tried,
+    want: &Want<'_>,
+    deadline: Instant,
+) -> bool {
+    let ticket = ctx.queues().join(u);
+    let has_idle = |i| ctx.pool().has_idle_tagged(u, i, want.tag());
+    let deadline = monoio::time::Instant::from_std(deadline);
+    if monoio::time::timeout_at(deadline, ticket.turn())
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    loop {
+        if ctx.balancer(u).select(tried, want.key, has_idle).is_some() {
+            return true;
+        }
+        // Another client's idle PROXY-header connection holds a slot this request cannot
+        // use: close it so the next look finds the slot free.
+        if want.tag().is_some() {
+            ctx.pool().evict_other(u, want.tag());
+        }
+        if monoio::time::Instant::now() >= deadline {
+            return false;
+        }
+        monoio::time::sleep(crate::upstream::queue::POLL).await;
     }
 }
 
@@ -175,9 +257,12 @@ fn checkout(
     t: usize,
     up: &Upstream,
     replayable: bool,
+    want: &Want<'_>,
 ) -> Option<UpConn> {
     loop {
-        let conn = ctx.pool().checkout(u, t, up.transport.idle_timeout)?;
+        let conn = ctx
+            .pool()
+            .checkout_tagged(u, t, up.transport.idle_timeout, want.tag())?;
         if replayable || !conn.stream.peer_closed() {
             return Some(conn);
         }
@@ -186,9 +271,7 @@ fn checkout(
 
 /// Closes every pooled connection to `t`: one was found stale, so the others are suspect.
 pub fn discard_idle(ctx: &WorkerCtx, u: usize, t: usize) {
-    while let Some(c) = ctx.pool().checkout(u, t, Some(Duration::ZERO)) {
-        drop(c);
-    }
+    ctx.pool().drain(u, t);
 }
 
 /// Reserves a connection slot on `t` and opens a new connection: dial, PROXY header, TLS.
@@ -207,9 +290,26 @@ async fn dial(
     let slot = crate::upstream::pool::ConnSlot::reserved(bal.shared(t).clone());
     let connect = async {
         match &up.targets[t].addr {
-            TargetAddr::Tcp { addr, .. } => {
-                let s = monoio::net::TcpStream::connect_addr(*addr).await?;
+            TargetAddr::Tcp { addr, host } => {
+                let first_hop = up.transport.forward_proxy.unwrap_or(*addr);
+                let mut s = match up.transport.local_address {
+                    None => monoio::net::TcpStream::connect_addr(first_hop).await?,
+                    Some(ip) => connect_from(ip, first_hop).await?,
+                };
+                if up.transport.forward_proxy.is_some() {
+                    let name = crate::net::tls::host_of(host);
+                    let authority = match addr {
+                        SocketAddr::V6(_) if name.contains(':') => {
+                            format!("[{name}]:{}", addr.port())
+                        }
+                        _ => format!("{name}:{}", addr.port()),
+                    };
+                    tunnel_through(&mut s, &authority).await?;
+                }
                 s.set_nodelay(true)?;
+                if let Some(every) = up.transport.keepalive_interval {
+                    s.set_tcp_keepalive(Some(every), Some(every), None)?;
+                }
                 Ok::<_, std::io::Error>(Stream::Tcp(s))
             }
             TargetAddr::Unix(p) => Ok(Stream::Unix(monoio::net::UnixStream::connect(p).await?)),
@@ -236,14 +336,45 @@ async fn dial(
     let stream = match (up.targets[t].tls, stream) {
         // Boxed: the handshake's state (a whole rustls connection) would otherwise sit in every
         // HTTP connection task, idle or plaintext ones too; a TLS dial is rare next to requests.
-        (true, Stream::Tcp(tcp)) => Box::pin(originate_tls(ctx, u, t, up, tcp)).await?,
+        (true, Stream::Tcp(tcp)) => Box::pin(originate_tls(ctx, u, t, up, Sock::Tcp(tcp))).await?,
+        (true, Stream::Unix(unix)) => {
+            Box::pin(originate_tls(ctx, u, t, up, Sock::Unix(unix))).await?
+        }
         (_, stream) => stream,
     };
     Ok(UpConn {
         stream,
         slot,
         reused: false,
+        tag: want.tag(),
     })
+}
+
+/// Connects to `to` from `local` (`transport.local_address`): bind first, then a non-blocking
+/// connect whose completion the runtime reports as writability.
+async fn connect_from(
+    local: std::net::IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<monoio::net::TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_cloexec(true)?;
+    socket.bind(&SockAddr::from(SocketAddr::new(local, 0)))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&SockAddr::from(to)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = monoio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    stream.writable(false).await?;
+    // SAFETY: the descriptor belongs to `stream`, open for the whole call.
+    let fd =
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
+    match socket2::SockRef::from(&fd).take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
 }
 
 /// The TLS handshake toward a TLS target, verified (unless `insecure_skip_verify`) against
@@ -253,12 +384,15 @@ async fn originate_tls(
     u: usize,
     t: usize,
     up: &Upstream,
-    tcp: monoio::net::TcpStream,
+    tcp: Sock,
 ) -> Result<Stream, ProxyError> {
-    let (Some(config), Some(settings), TargetAddr::Tcp { host, .. }) =
-        (ctx.upstream_tls(u), &up.transport.tls, &up.targets[t].addr)
-    else {
-        unreachable!("validation gives every TLS target its settings and a TCP address");
+    let (Some(config), Some(settings)) = (ctx.upstream_tls(u), &up.transport.tls) else {
+        unreachable!("validation gives every TLS target its settings");
+    };
+    // A unix target has no host: validation asks for `server_name` (or skipped verification).
+    let host = match &up.targets[t].addr {
+        TargetAddr::Tcp { host, .. } => host.as_str(),
+        TargetAddr::Unix(_) => "localhost",
     };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     let tls_err = |why: String| ProxyError::upstream(ErrorKind::UpstreamTls(why), true);
@@ -285,9 +419,9 @@ async fn originate_tls(
 /// server's certificate) sends its alert before the connection closes, so the server learns
 /// why instead of seeing a bare end of stream.
 async fn handshake(
-    mut tcp: monoio::net::TcpStream,
+    mut tcp: Sock,
     mut tls: rustls::ClientConnection,
-) -> std::io::Result<(monoio::net::TcpStream, rustls::ClientConnection)> {
+) -> std::io::Result<(Sock, rustls::ClientConnection)> {
     use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
     let mut buf = Vec::with_capacity(16 * 1024);
     loop {
@@ -320,4 +454,60 @@ async fn handshake(
             }
         }
     }
+}
+
+/// Largest answer a forward proxy may give to CONNECT.
+const CONNECT_ANSWER_MAX: usize = 8 * 1024;
+
+/// Opens a tunnel to `authority` (`host:port`) through an HTTP forward proxy already connected
+/// on `tcp` (`transport.forward_proxy_url`): CONNECT, then a 2xx answer before any byte of ours.
+async fn tunnel_through(tcp: &mut monoio::net::TcpStream, authority: &str) -> std::io::Result<()> {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    let ask = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    let (res, _) = tcp.write_all(ask.into_bytes()).await;
+    res?;
+    let mut got = Vec::with_capacity(1024);
+    loop {
+        let buf = Vec::with_capacity(1024);
+        let (res, buf) = tcp.read(buf).await;
+        if res? == 0 {
+            return Err(std::io::Error::other(
+                "forward proxy closed before answering CONNECT",
+            ));
+        }
+        got.extend_from_slice(&buf);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let status = connect_status(&got[..end]);
+            if end + 4 != got.len() {
+                return Err(std::io::Error::other(
+                    "forward proxy sent bytes after its CONNECT answer",
+                ));
+            }
+            return match status {
+                Some(200..=299) => Ok(()),
+                Some(s) => Err(std::io::Error::other(format!(
+                    "forward proxy answered {s} to CONNECT"
+                ))),
+                None => Err(std::io::Error::other(
+                    "forward proxy sent a malformed CONNECT answer",
+                )),
+            };
+        }
+        if got.len() > CONNECT_ANSWER_MAX {
+            return Err(std::io::Error::other(
+                "forward proxy's CONNECT answer is too long",
+            ));
+        }
+    }
+}
+
+/// The status code of a response head's status line.
+fn connect_status(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&b| b == b'\r').next()?;
+    let mut parts = line.split(|&b| b == b' ');
+    let version = parts.next()?;
+    if !version.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    std::str::from_utf8(parts.next()?).ok()?.parse().ok()
 }

@@ -4,5 +4,6 @@
 pub mod balance;
 pub mod connect;
 pub mod pool;
+pub mod queue;
 pub mod retry;
 pub mod target;

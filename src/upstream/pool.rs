@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,12 +55,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Whom a pooled connection may serve: `None` for anyone; with a PROXY header, the client
+/// addresses it announced (source, destination), so it is never reused for another client.
+pub type Tag = Option<(Option<SocketAddr>, Option<SocketAddr>)>;
+
 /// An open upstream connection; counts against its target's `conns` until dropped.
 pub struct UpConn {
     pub stream: Stream,
     pub slot: ConnSlot,
     /// Came out of the pool (so it may have been closed by the upstream meanwhile).
     pub reused: bool,
+    pub tag: Tag,
 }
 
 impl UpConn {
@@ -69,6 +75,7 @@ impl UpConn {
             stream,
             slot: ConnSlot::reserved(shared),
             reused: false,
+            tag: None,
         }
     }
 }
@@ -102,6 +109,16 @@ impl Pool {
         }
     }
 
+    /// Whether an idle connection with tag `tag` waits for `target` (one look for untagged
+    /// pools; PROXY-header pools look for the client's own).
+    pub fn has_idle_tagged(&self, upstream: usize, target: usize, tag: Tag) -> bool {
+        let idle = self.idle[upstream][target].borrow();
+        match tag {
+            None => !idle.is_empty(),
+            Some(_) => idle.iter().any(|i| i.conn.tag == tag),
+        }
+    }
+
     pub fn has_idle(&self, upstream: usize, target: usize) -> bool {
         !self.idle[upstream][target].borrow().is_empty()
     }
@@ -113,6 +130,18 @@ impl Pool {
         target: usize,
         max_idle_age: Option<Duration>,
     ) -> Option<UpConn> {
+        self.checkout_tagged(upstream, target, max_idle_age, None)
+    }
+
+    /// Like [`Pool::checkout`], for a connection with tag `tag` only. Untagged pools (every
+    /// upstream without a PROXY header) take the newest at once; tagged ones search from it.
+    pub fn checkout_tagged(
+        &self,
+        upstream: usize,
+        target: usize,
+        max_idle_age: Option<Duration>,
+        tag: Tag,
+    ) -> Option<UpConn> {
         let mut idle = self.idle[upstream][target].borrow_mut();
         let now = Instant::now();
         if let Some(max) = max_idle_age {
@@ -121,9 +150,28 @@ impl Pool {
                 idle.pop_front();
             }
         }
-        let mut entry = idle.pop_back()?;
+        let at = idle.iter().rposition(|i| i.conn.tag == tag)?;
+        let mut entry = idle.remove(at)?;
         entry.conn.reused = true;
         Some(entry.conn)
+    }
+
+    /// Closes the oldest idle connection to a target of `upstream` that a request with `tag`
+    /// cannot use (another client's PROXY-header connection), freeing its slot for it.
+    pub fn evict_other(&self, upstream: usize, tag: Tag) -> bool {
+        for target in &self.idle[upstream] {
+            let mut idle = target.borrow_mut();
+            if let Some(at) = idle.iter().position(|i| i.conn.tag != tag) {
+                idle.remove(at);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Closes every idle connection to a target, whatever its tag.
+    pub fn drain(&self, upstream: usize, target: usize) {
+        self.idle[upstream][target].borrow_mut().clear();
     }
 
     /// Keeps `conn` for reuse. Connections beyond `max_idle` are closed once they have been
@@ -182,6 +230,11 @@ impl Pool {
             }
         }
         closed
+    }
+
+    /// Idle connections held for all targets of an upstream (`keepalive_idle_conns`).
+    pub fn idle_total(&self, upstream: usize) -> usize {
+        self.idle[upstream].iter().map(|t| t.borrow().len()).sum()
     }
 
     /// Idle connections held for a target (for tests and metrics).

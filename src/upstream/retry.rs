@@ -6,17 +6,57 @@ use std::time::Duration;
 
 use crate::error::{ErrorKind, Side};
 
-/// Whether another attempt may start: `try_duration`, when set, bounds the time spent trying;
-/// otherwise `retries` bounds the attempts after the first.
+/// Whether another attempt may start, as Caddy decides it: `retries` bounds the attempts after
+/// the first and `try_duration` the time spent trying; when both are set both limit (the first
+/// reached stops), and `retries: 0` beside a `try_duration` means no count limit.
 pub fn may_try_again(
     retries: u32,
     try_duration: Option<Duration>,
     attempts: u32,
     elapsed: Duration,
 ) -> bool {
-    match try_duration {
-        Some(d) => elapsed < d,
-        None => attempts <= retries,
+    match (try_duration, retries) {
+        (None, r) => attempts <= r,
+        (Some(d), 0) => elapsed < d,
+        (Some(d), r) => elapsed < d && attempts <= r,
+    }
+}
+
+/// Whether a failure happened while opening the connection (dial, dial timeout, TLS
+/// handshake): no byte of the request left, so any other target may take it.
+pub fn is_connect_failure(kind: &ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::Dial(_) | ErrorKind::DialTimeout | ErrorKind::UpstreamTls(_)
+    )
+}
+
+/// What the connector does after a connection to one target failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Another untried target, without spending an attempt.
+    FailOver,
+    /// Another target, spending an attempt.
+    Next,
+    /// Every target failed this round: pause `try_interval`, then try them all again.
+    Wait,
+    /// Answer with the failure.
+    GiveUp,
+}
+
+/// After a failed connection: a failed dial or handshake always moves on to a target not yet
+/// tried (so `targets: [live, dead]` never loses a request by default); once every target
+/// failed, `retries` / `try_duration` decide whether to start another round.
+pub fn after_connect_failure(
+    connect_failure: bool,
+    untried_left: bool,
+    may_retry: bool,
+) -> NextStep {
+    match (connect_failure, untried_left, may_retry) {
+        (true, true, _) => NextStep::FailOver,
+        (false, true, true) => NextStep::Next,
+        (_, false, true) => NextStep::Wait,
+        (_, _, false) => NextStep::GiveUp,
     }
 }
 
@@ -36,6 +76,8 @@ pub struct Request {
 pub struct Failed {
     /// The connection came out of the pool.
     pub reused: bool,
+    /// The connection broke (reset or closed), as a stale pooled one does; not a timeout.
+    pub broke: bool,
     /// Part of a response already reached the client.
     pub answered: bool,
     /// No byte of a response arrived from the upstream.
@@ -47,7 +89,7 @@ pub struct Failed {
 /// A pooled connection the upstream had already closed: replay once on a fresh connection to
 /// the same target when nothing of the response arrived and the request is safe to repeat.
 pub fn replay_on_fresh_connection(req: Request, f: Failed) -> bool {
-    f.reused && !f.answered && f.before_response && req.body_buffered && req.idempotent
+    f.reused && f.broke && !f.answered && f.before_response && req.body_buffered && req.idempotent
 }
 
 /// Whether the request moves to another target: when the upstream cannot have acted on it, or
@@ -56,13 +98,11 @@ pub fn try_another_target(req: Request, f: Failed) -> bool {
     !f.answered && (f.retry_safe || (req.retry_method && req.body_buffered && f.before_response))
 }
 
-/// Whether a failure says the target is unwell (for passive health): it could not be reached,
-/// refused the handshake, or took a request and then hung, reset or closed before answering.
-/// A full target, a client's failure, or a failure after the response started says nothing.
-pub fn counts_against_target(side: Side, kind: &ErrorKind, answered: bool) -> bool {
-    if side != Side::Upstream || answered {
-        return false;
-    }
+/// Whether a failure left the request unanswered by the upstream: it could not be reached,
+/// refused the handshake, or took the request and then hung, reset or closed before a response
+/// head. Retries (`retry_methods`) and passive health both go by this one test, so every
+/// failure class counts the same way for both.
+pub fn failed_before_response(kind: &ErrorKind) -> bool {
     match kind {
         ErrorKind::Dial(_)
         | ErrorKind::DialTimeout
@@ -73,6 +113,13 @@ pub fn counts_against_target(side: Side, kind: &ErrorKind, answered: bool) -> bo
         } => *before_response,
         _ => false,
     }
+}
+
+/// Whether a failure says the target is unwell (for passive health): it could not be reached,
+/// refused the handshake, or took a request and then hung, reset or closed before answering.
+/// A full target, a client's failure, or a failure after the response started says nothing.
+pub fn counts_against_target(side: Side, kind: &ErrorKind, answered: bool) -> bool {
+    side == Side::Upstream && !answered && failed_before_response(kind)
 }
 
 /// Whether a layer-4 tunnel counts against its target: the upstream failed or reset before it
@@ -89,16 +136,21 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
-    fn another_attempt_is_allowed_by_retries_or_else_by_try_duration() {
+    fn retries_and_try_duration_both_limit_when_both_are_set() {
         // (retries, try_duration, attempts so far, elapsed, allowed)
         let table = [
             (0, None, 1, Duration::ZERO, false),
             (1, None, 1, Duration::ZERO, true),
             (1, None, 2, Duration::ZERO, false),
             (3, None, 3, 10 * S, true),
+            // try_duration alone: no count limit.
             (0, Some(2 * S), 1, S, true),
             (0, Some(2 * S), 50, S, true),
+            (0, Some(2 * S), 1, 2 * S, false),
+            // Both: whichever runs out first stops.
             (5, Some(2 * S), 1, 2 * S, false),
+            (2, Some(10 * S), 3, S, false),
+            (2, Some(10 * S), 2, S, true),
         ];
         for (retries, dur, attempts, elapsed, want) in table {
             assert_eq!(
@@ -110,6 +162,35 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_dial_moves_to_an_untried_target_whatever_the_retries() {
+        use NextStep::*;
+        // (connect failure, untried target left, retries/try_duration allow more, step)
+        let table = [
+            (true, true, false, FailOver),
+            (true, true, true, FailOver),
+            (true, false, true, Wait),
+            (true, false, false, GiveUp),
+            (false, true, true, Next),
+            (false, true, false, GiveUp),
+            (false, false, true, Wait),
+            (false, false, false, GiveUp),
+        ];
+        for (dial, untried, may, want) in table {
+            assert_eq!(
+                after_connect_failure(dial, untried, may),
+                want,
+                "dial {dial}, untried {untried}, may retry {may}"
+            );
+        }
+        let io = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(is_connect_failure(&ErrorKind::Dial(io())));
+        assert!(is_connect_failure(&ErrorKind::DialTimeout));
+        assert!(is_connect_failure(&ErrorKind::UpstreamTls("bad".into())));
+        assert!(!is_connect_failure(&ErrorKind::UpstreamTimeout));
+        assert!(!is_connect_failure(&ErrorKind::NoTarget));
+    }
+
+    #[test]
     fn only_a_stale_pooled_connection_with_a_repeatable_request_is_replayed_on_a_fresh_one() {
         let safe = Request {
             body_buffered: true,
@@ -118,12 +199,22 @@ mod tests {
         };
         let stale = Failed {
             reused: true,
+            broke: true,
             answered: false,
             before_response: true,
             retry_safe: false,
         };
         let table = [
             (safe, stale, true),
+            // A timeout is no stale connection: not replayed on the same target.
+            (
+                safe,
+                Failed {
+                    broke: false,
+                    ..stale
+                },
+                false,
+            ),
             (
                 safe,
                 Failed {
@@ -279,6 +370,43 @@ mod tests {
                 counts_against_target(side, &kind, answered),
                 want,
                 "{side:?} {kind:?} answered {answered}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_failure_class_counts_the_same_for_retries_and_passive_health() {
+        let io = || io::Error::from(io::ErrorKind::ConnectionReset);
+        let get = Request {
+            body_buffered: true,
+            idempotent: true,
+            retry_method: true,
+        };
+        let kinds = [
+            ErrorKind::Dial(io()),
+            ErrorKind::DialTimeout,
+            ErrorKind::UpstreamTls("unknown issuer".into()),
+            ErrorKind::UpstreamTimeout,
+            ErrorKind::UpstreamIo {
+                err: io(),
+                before_response: true,
+            },
+            ErrorKind::UpstreamIo {
+                err: io(),
+                before_response: false,
+            },
+            ErrorKind::UpstreamInvalid("malformed response head"),
+            ErrorKind::NoTarget,
+        ];
+        for kind in kinds {
+            let failed = Failed {
+                before_response: failed_before_response(&kind),
+                ..Default::default()
+            };
+            assert_eq!(
+                try_another_target(get, failed),
+                counts_against_target(Side::Upstream, &kind, false),
+                "{kind:?}"
             );
         }
     }

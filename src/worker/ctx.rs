@@ -88,6 +88,8 @@ pub struct WorkerCtx {
     /// One replica per upstream, indexed like `config.upstreams`.
     pub(super) balancers: Vec<Balancer>,
     pub(super) pool: Pool,
+    /// Requests waiting for a connection slot, per upstream.
+    pub(super) queues: crate::upstream::queue::Queues,
 }
 
 impl WorkerCtx {
@@ -107,6 +109,7 @@ impl WorkerCtx {
             .map(|(u, s)| Balancer::new(u, s, id, seed_for(id)))
             .collect();
         let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
+        let config_upstreams = config.upstreams.len();
         if let Some(prev) = prev {
             for (u, targets) in gen.targets.iter().enumerate() {
                 for (t, shared) in targets.iter().enumerate() {
@@ -132,6 +135,7 @@ impl WorkerCtx {
             gen,
             balancers,
             pool,
+            queues: crate::upstream::queue::Queues::new(config_upstreams),
         }
     }
 
@@ -174,6 +178,10 @@ impl WorkerCtx {
     #[inline]
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn queues(&self) -> &crate::upstream::queue::Queues {
+        &self.queues
     }
 
     /// The TLS client config of upstream `u` (`None` when none of its targets is TLS).
@@ -224,8 +232,15 @@ impl WorkerCtx {
     pub fn checkin(&self, u: usize, t: usize, conn: UpConn) {
         match self.newer() {
             None => {
-                let max_idle = self.config.upstreams[u].transport.max_idle_per_worker;
-                self.pool.checkin(u, t, conn, max_idle);
+                let tr = &self.config.upstreams[u].transport;
+                // `keepalive_idle_conns`: past the total, the connection closes instead.
+                if tr
+                    .keepalive_idle_conns
+                    .is_some_and(|cap| self.pool.idle_total(u) >= cap)
+                {
+                    return;
+                }
+                self.pool.checkin(u, t, conn, tr.max_idle_per_worker);
             }
             Some(current) => {
                 if let Some((u, t)) = current.find_target(conn.slot.target()) {

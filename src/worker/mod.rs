@@ -337,6 +337,10 @@ async fn hand_over_idle_slots(core: Rc<WorkerCore>) {
         monoio::time::sleep(HANDOVER_POLL).await;
         let Some(ctx) = core.current() else { break };
         for (u, b) in ctx.balancers.iter().enumerate() {
+            // This worker's own waiters take its idle connections first.
+            if ctx.queues.len(u) > 0 {
+                continue;
+            }
             for t in (0..b.len()).filter(|&t| b.is_capped(t)) {
                 ctx.pool.hand_over(u, t, b.shared(t));
             }
@@ -454,6 +458,18 @@ fn spawn_conn(
             ))
         }
         _ => Box::pin(async move {
+            let mut peer = peer;
+            let before_tls = ctx.gen.listener_tls[listener].is_some()
+                && ctx.config.listeners[listener].proxy_protocol;
+            if let (true, Stream::Tcp(tcp)) = (before_tls, &stream) {
+                let trusted = &ctx.config.trusted_proxies;
+                let header = crate::net::proxy_protocol::accept_before_tls(trusted, tcp, peer);
+                match Box::pin(header).await {
+                    Some(Some((source, _))) => peer = Some(source),
+                    Some(None) => {}
+                    None => return,
+                }
+            }
             // The handshake runs here, in the connection's task, so the accept loop never
             // waits.
             let stream = if ctx.gen.listener_tls[listener].is_some() {
@@ -521,9 +537,9 @@ async fn terminate_tls(
     let Some(state) = &ctx.gen.listener_tls[listener] else {
         return Some(stream);
     };
-    // Validation allows TLS on TCP listeners only.
     let mut tcp = match stream {
-        Stream::Tcp(tcp) => tcp,
+        Stream::Tcp(tcp) => crate::net::stream::Sock::Tcp(tcp),
+        Stream::Unix(unix) => crate::net::stream::Sock::Unix(unix),
         other => return Some(other),
     };
     let http = matches!(

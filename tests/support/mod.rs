@@ -6,9 +6,11 @@
 
 pub mod backend;
 pub mod client;
+pub mod connect_proxy;
 pub mod dns;
 pub mod fixed;
 pub mod l4;
+pub mod process;
 pub mod streaming;
 pub mod targets;
 pub mod tls;

@@ -374,6 +374,27 @@ impl TlsBackend {
                 .with_single_cert(certs(&server.cert_pem), key(&server.key_pem))
                 .unwrap(),
         );
+        Self::serve_config(name, config)
+    }
+
+    /// Serves `server` with only the key exchange `groups` (to test the proxy's `curves`).
+    pub fn start_with_groups(
+        name: &str,
+        server: &Issued,
+        groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+    ) -> TlsBackend {
+        let mut p = rustls::crypto::ring::default_provider();
+        p.kx_groups = groups;
+        let config = ServerConfig::builder_with_provider(Arc::new(p))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs(&server.cert_pem), key(&server.key_pem))
+            .unwrap();
+        Self::serve_config(name, Arc::new(config))
+    }
+
+    fn serve_config(name: &str, config: Arc<ServerConfig>) -> TlsBackend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let counts = Arc::new(Counts::default());

@@ -52,7 +52,8 @@ pub(super) fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     }
 }
 
-/// `"host:port"`, `"http://host[:port]"` or `"unix//path"`.
+/// `"host[:port]"`, `"http://host[:port]"` (80 by default), `"https://host[:port]"` (443) or
+/// `"unix//path"`.
 pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
     if let Some(path) = s.strip_prefix("unix/") {
         if path.is_empty() {
@@ -62,14 +63,8 @@ pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
     }
     let (hostport, default_port) = match s.split_once("://") {
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
-            "http" => (
-                rest.strip_suffix('/').unwrap_or(rest),
-                Some(defaults::HTTP_PORT),
-            ),
-            "https" => (
-                rest.strip_suffix('/').unwrap_or(rest),
-                Some(defaults::HTTPS_PORT),
-            ),
+            "http" => (rest.strip_suffix('/').unwrap_or(rest), defaults::HTTP_PORT),
+            "https" => (rest.strip_suffix('/').unwrap_or(rest), defaults::HTTPS_PORT),
             "h2c" => return Err("not supported yet (HTTP/2 to upstreams is planned)".into()),
             _ => {
                 return Err(format!(
@@ -77,17 +72,17 @@ pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
                 ))
             }
         },
-        None => (s, None),
+        // Caddy's rule: a bare host is dialed on 80.
+        None => (s, defaults::HTTP_PORT),
     };
     if hostport.contains(['/', '?', '#']) {
         return Err(format!("a target address takes no path: \"{s}\""));
     }
-    let (host, port) = match (split_host_port(hostport), default_port) {
-        (Some(hp), _) => hp,
-        (None, None) => return Err(format!("target \"{s}\" needs a port, e.g. \"{s}:8080\"")),
-        (None, Some(p)) => match hostport.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(v6) => (v6, p),
-            None if !hostport.contains(':') => (hostport, p),
+    let (host, port) = match split_host_port(hostport) {
+        Some(hp) => hp,
+        None => match hostport.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => (v6, default_port),
+            None if !hostport.contains(':') => (hostport, default_port),
             None => return Err(format!("invalid target address \"{s}\"")),
         },
     };

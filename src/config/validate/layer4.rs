@@ -3,7 +3,6 @@
 use super::{Res, Validator};
 use crate::config::file::UpstreamFile;
 use crate::config::spans::join;
-use crate::config::{Action, Listener, ListenerKind, ProxyProtocol, Upstream};
 
 /// Policies that hash a part of an HTTP request; a tunnel has none to hash.
 const HTTP_POLICIES: &[&str] = &["uri_hash", "query", "header", "cookie"];
@@ -25,6 +24,20 @@ impl Validator<'_> {
             (
                 "lb.retry_methods",
                 lb.is_some_and(|l| l.retry_methods.is_some()),
+            ),
+            ("stream_timeout", u.stream_timeout.is_some()),
+            ("stream_close_delay", u.stream_close_delay.is_some()),
+            (
+                "transport.max_response_header",
+                t.is_some_and(|t| t.max_response_header.is_some()),
+            ),
+            (
+                "transport.queue_timeout",
+                t.is_some_and(|t| t.queue_timeout.is_some()),
+            ),
+            (
+                "lb.retry_match",
+                lb.is_some_and(|l| l.retry_match.is_some()),
             ),
             (
                 "health.passive.unhealthy_status",
@@ -91,38 +104,6 @@ impl Validator<'_> {
         }
         Ok(())
     }
-
-    /// Pooled http connections are shared by many clients, so a PROXY header naming one of
-    /// them would be wrong for the rest: only tcp listeners' upstreams may send one for now.
-    pub(super) fn proxy_protocol_only_for_tcp(
-        &self,
-        listeners: &[Listener],
-        upstreams: &[Upstream],
-    ) -> Res<()> {
-        for l in listeners {
-            let ListenerKind::Http { routes } = &l.kind else {
-                continue;
-            };
-            for r in routes {
-                let Action::Proxy(u) = r.action else {
-                    continue;
-                };
-                let up = &upstreams[u];
-                if up.transport.proxy_protocol != ProxyProtocol::Off {
-                    let key = format!("upstreams.{}.transport.proxy_protocol", up.name);
-                    return Err(self.at_value(
-                        &key,
-                        format!(
-                            "not supported yet on upstreams of http listeners (used by \
-                             listener \"{}\"); tcp listeners' upstreams support it",
-                            l.name
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -163,6 +144,12 @@ mod tests {
             ("request_buffer: 4KiB", 9, "request_buffer"),
             ("response_buffer: 0", 9, "response_buffer"),
             ("lb:\n  retry_methods: [GET]", 10, "lb.retry_methods"),
+            ("lb:\n  retry_match: { path: /x }", 10, "lb.retry_match"),
+            (
+                "transport:\n  queue_timeout: 1s",
+                10,
+                "transport.queue_timeout",
+            ),
             ("lb:\n  policy: uri_hash", 10, "lb.policy"),
             ("lb:\n  policy: header\n  key: X-User", 10, "lb.policy"),
             ("lb:\n  policy: query\n  key: u", 10, "lb.policy"),
@@ -297,13 +284,9 @@ mod tests {
     }
 
     #[test]
-    fn proxy_protocol_to_upstreams_of_http_routes_is_not_supported_yet() {
-        let e = upstream_err("transport:\n  proxy_protocol: v1");
-        assert_eq!(
-            (e.line, e.key.as_str()),
-            (9, "upstreams.api.transport.proxy_protocol")
-        );
-        assert!(e.message.starts_with("not supported yet"), "{e}");
-        assert!(e.message.contains("tcp listeners"), "{e}");
+    fn proxy_protocol_to_upstreams_of_http_routes_is_accepted() {
+        let c = Config::parse(&with_upstream("transport:\n  proxy_protocol: v1"), "t.yaml")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.upstreams[0].transport.proxy_protocol, ProxyProtocol::V1);
     }
 }

@@ -103,16 +103,9 @@ impl Validator<'_> {
             }
         }
         let tls = match l.tls {
-            Some(t) => Some(self.listener_tls(&join(key, "tls"), &addr, t)?),
+            Some(t) => Some(self.listener_tls(&join(key, "tls"), t)?),
             None => None,
         };
-        if proxy_protocol && tls.is_some() {
-            // The PROXY header comes before the TLS handshake; ours reads it after.
-            return Err(self.at_value(
-                &join(key, "proxy_protocol"),
-                "not supported yet together with tls (PROXY before TLS is planned)",
-            ));
-        }
         if tcp {
             // Layer 4 copies bytes: an HTTP version or HTTP/2 limits would mean nothing there.
             for (k, written) in [

@@ -216,7 +216,6 @@ impl<'a> Validator<'a> {
         if !self.errors.borrow().is_empty() {
             return Err(self.first_error());
         }
-        self.proxy_protocol_only_for_tcp(&listeners, &upstreams)?;
         Ok(Config {
             workers,
             pin_workers: f.pin_workers.unwrap_or(defaults::PIN_WORKERS),
@@ -784,11 +783,6 @@ mod tests {
                 "transport.versions",
             ),
             ("transport:\n  versions: [\"2\"]", 9, "transport.versions"),
-            (
-                "transport:\n  proxy_protocol: v2",
-                9,
-                "transport.proxy_protocol",
-            ),
         ];
         for (extra, line, key) in upstream {
             let e = upstream_err(extra);

@@ -8,20 +8,12 @@ use crate::config::file::ListenerTlsFile;
 use crate::config::spans::join;
 use crate::config::units::dur;
 use crate::config::{
-    defaults, CertificatePaths, ClientAuth, ListenAddr, ListenerTls, Target, TargetAddr,
-    TlsVersion, Transport, UpstreamTls,
+    defaults, CertificatePaths, ClientAuth, ListenerTls, Target, TargetAddr, TlsVersion, Transport,
+    UpstreamTls,
 };
 
 impl Validator<'_> {
-    pub(super) fn listener_tls(
-        &self,
-        key: &str,
-        addr: &ListenAddr,
-        t: ListenerTlsFile,
-    ) -> Res<ListenerTls> {
-        if matches!(addr, ListenAddr::Unix(_)) {
-            return Err(self.at_key(key, "not supported yet (TLS on unix listeners is planned)"));
-        }
+    pub(super) fn listener_tls(&self, key: &str, t: ListenerTlsFile) -> Res<ListenerTls> {
         let list_key = join(key, "certificates");
         let files = t.certificates.unwrap_or_default();
         if files.is_empty() {
@@ -133,10 +125,16 @@ impl Validator<'_> {
         let mut any = false;
         for (i, (t, scheme)) in targets.iter_mut().zip(schemes).enumerate() {
             let TargetAddr::Tcp { addr, .. } = &t.addr else {
-                if block {
+                // A unix target has no port: a `tls` block (or https://) is what asks for TLS.
+                t.tls = scheme.unwrap_or(block);
+                any |= t.tls;
+                let tls = transport.tls.as_ref();
+                let named = tls.is_some_and(|s| s.server_name.is_some() || s.insecure_skip_verify);
+                if t.tls && !named {
                     return Err(self.at_value(
                         &format!("{key}.targets[{i}]"),
-                        "not supported yet (TLS to unix sockets is planned)",
+                        "a unix target has no host name to verify: set transport.tls.server_name \
+                         (or insecure_skip_verify)",
                     ));
                 }
                 continue;
@@ -336,8 +334,8 @@ mod tests {
         }
         let unix = tls_listener(&format!("certificates: [{{ cert: {cert}, key: {key} }}]\n"))
             .replace("127.0.0.1:8443", "unix//tmp/rw.sock");
-        let e = Config::parse(&unix, "t").unwrap_err();
-        assert!(e.message.starts_with("not supported yet"), "{e}");
+        let c = Config::parse(&unix, "t").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.listeners[0].tls.is_some(), "TLS on a unix listener");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -364,7 +362,12 @@ mod tests {
         let text = with_upstream("transport:\n  tls: {}")
             .replace("[127.0.0.1:9001]", "[unix//tmp/a.sock]");
         let e = Config::parse(&text, "t").unwrap_err();
-        assert!(e.message.starts_with("not supported yet"), "{e}");
+        assert_eq!(e.key, "upstreams.api.targets[0]", "{e}");
+        assert!(e.message.contains("server_name"), "{e}");
+        let text = with_upstream("transport:\n  tls: { server_name: app.internal }")
+            .replace("[127.0.0.1:9001]", "[unix//tmp/a.sock]");
+        let c = Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.upstreams[0].targets[0].tls);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

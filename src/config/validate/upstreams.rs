@@ -77,10 +77,20 @@ impl Validator<'_> {
             return Err(self.at_key(at, "an upstream needs at least one target"));
         }
         let lb = self.lb(&join(&key, "lb"), u.lb.unwrap_or_default())?;
-        let health = match u.health {
+        let mut health = match u.health {
             Some(h) => self.health(&join(&key, "health"), h)?,
             None => Health::default(),
         };
+        // A lone target has nowhere else to send traffic: marking it down by default would only
+        // turn its 502s into 503s and delay its recovery (nginx never marks a lone server down).
+        // Written out, `fail_duration` applies as written.
+        if targets.len() < 2
+            && !self
+                .spans
+                .knows(&join(&key, "health.passive.fail_duration"))
+        {
+            health.passive.fail_duration = None;
+        }
         let transport_file = u.transport.unwrap_or_default();
         let https_ports = transport_file.https_ports.clone().unwrap_or_default();
         let mut transport = self.transport(&join(&key, "transport"), transport_file)?;
@@ -127,6 +137,8 @@ impl Validator<'_> {
                 buffers[i] = *n;
             }
         }
+        transport.stream_timeout = dur(u.stream_timeout, Duration::ZERO);
+        transport.stream_close_delay = dur(u.stream_close_delay, Duration::ZERO);
         Ok(Upstream {
             name,
             targets,
@@ -250,6 +262,10 @@ impl Validator<'_> {
             try_duration: dur(lb.try_duration, defaults::TRY_DURATION),
             try_interval: dur(lb.try_interval, defaults::TRY_INTERVAL).unwrap_or_default(),
             retry_methods,
+            retry_match: match lb.retry_match {
+                Some(m) => Some(self.matcher(&join(key, "retry_match"), m)?),
+                None => None,
+            },
         })
     }
 
@@ -352,7 +368,7 @@ impl Validator<'_> {
             }
         }
         Ok(PassiveHealth {
-            fail_duration: dur(p.fail_duration, Duration::ZERO),
+            fail_duration: dur(p.fail_duration, defaults::FAIL_DURATION),
             max_fails,
             unhealthy_status,
             unhealthy_latency: dur(p.unhealthy_latency, Duration::ZERO),
@@ -378,6 +394,24 @@ impl Validator<'_> {
             self.versions(&join(key, "versions"), versions)?;
         }
         let fastcgi = self.fastcgi(key, &t)?;
+        let later = [
+            (
+                "expect_continue_timeout",
+                t.expect_continue_timeout.is_some(),
+                "",
+            ),
+            (
+                "dial_fallback_delay",
+                t.dial_fallback_delay.is_some(),
+                " (happy eyeballs needs every address of a name at dial time; it comes with \
+                 dynamic upstreams)",
+            ),
+            ("read_buffer", t.read_buffer.is_some(), ""),
+            ("write_buffer", t.write_buffer.is_some(), ""),
+        ];
+        if let Some((k, _, why)) = later.iter().find(|(_, written, _)| *written) {
+            return Err(self.at_key(&join(key, k), format!("not supported yet{why}")));
+        }
         let proxy_protocol = match t
             .proxy_protocol
             .as_deref()
@@ -418,6 +452,7 @@ impl Validator<'_> {
                         defaults::UPSTREAM_TLS_HANDSHAKE_TIMEOUT,
                     ),
                     except_ports: f.except_ports.unwrap_or_default(),
+                    curves: self.curves(&join(key, "tls"), f.renegotiation, f.curves)?,
                 })
             }
             None => None,
@@ -434,12 +469,108 @@ impl Validator<'_> {
                 .unwrap_or(defaults::MAX_IDLE_PER_WORKER),
             tls,
             proxy_protocol,
+            queue_timeout: dur(t.queue_timeout, defaults::QUEUE_TIMEOUT),
+            max_connections: t.max_connections.filter(|&n| n > 0),
+            max_response_header: self.max_response_header(key, t.max_response_header)?,
+            keepalive_interval: dur(t.keepalive_interval, defaults::KEEPALIVE_INTERVAL),
+            local_address: match t.local_address.as_deref() {
+                None | Some("") => None,
+                Some(a) => Some(a.parse().map_err(|_| {
+                    self.at_value(
+                        &join(key, "local_address"),
+                        format!("\"{a}\" is not an IP address (e.g. 10.0.0.5)"),
+                    )
+                })?),
+            },
+            stream_timeout: None,
+            forward_proxy: self.forward_proxy(key, t.forward_proxy_url.as_deref())?,
+            keepalive_idle_conns: t.keepalive_idle_conns.filter(|&n| n > 0),
+            stream_close_delay: None,
             fastcgi,
         })
     }
 }
 
 impl Validator<'_> {
+    /// `transport.forward_proxy_url`: `http://host[:port]` (80 by default), resolved now.
+    fn forward_proxy(&self, key: &str, url: Option<&str>) -> Res<Option<std::net::SocketAddr>> {
+        let Some(url) = url.filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let k = join(key, "forward_proxy_url");
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            self.at_value(
+                &k,
+                "expected http://host:port (https:// and socks5:// proxies are not supported yet)",
+            )
+        })?;
+        if rest.contains('@') {
+            return Err(self.at_value(&k, "proxy credentials are not supported yet"));
+        }
+        match parse_target(url).map_err(|m| self.at_value(&k, m))? {
+            crate::config::TargetAddr::Tcp { addr, .. } => Ok(Some(addr)),
+            crate::config::TargetAddr::Unix(_) => {
+                Err(self.at_value(&k, "expected http://host:port"))
+            }
+        }
+    }
+
+    fn max_response_header(&self, key: &str, v: Option<Size>) -> Res<usize> {
+        let n = v.map_or(defaults::MAX_RESPONSE_HEADER, |Size(n)| n);
+        if !(defaults::MIN_MAX_RESPONSE_HEADER..=defaults::MAX_BODY_BUFFER).contains(&n) {
+            return Err(self.at_value(
+                &join(key, "max_response_header"),
+                format!(
+                    "must be between {} KiB and {} MiB",
+                    defaults::MIN_MAX_RESPONSE_HEADER >> 10,
+                    defaults::MAX_BODY_BUFFER >> 20
+                ),
+            ));
+        }
+        Ok(n as usize)
+    }
+
+    /// `transport.tls.renegotiation` (only `never` exists with rustls) and `transport.tls.curves`
+    /// (names rustls's ring provider implements), giving the curves in the order written.
+    fn curves(
+        &self,
+        key: &str,
+        renegotiation: Option<String>,
+        curves: Option<crate::config::file::Strings>,
+    ) -> Res<Vec<String>> {
+        match renegotiation.as_deref() {
+            None | Some("never") => {}
+            Some(other @ ("once" | "freely")) => {
+                return Err(self.at_value(
+                    &join(key, "renegotiation"),
+                    format!(
+                        "\"{other}\" is not possible: rustls never renegotiates (TLS 1.3 has no \
+                         renegotiation); use never"
+                    ),
+                ))
+            }
+            Some(other) => {
+                return Err(self.at_value(
+                    &join(key, "renegotiation"),
+                    format!("unknown renegotiation \"{other}\" (expected never)"),
+                ))
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(list) = curves {
+            for (i, name) in list.items.iter().enumerate() {
+                let k = list.item_key(&join(key, "curves"), i);
+                let canonical =
+                    crate::net::tls::curve_name(name).map_err(|m| self.at_value(&k, m))?;
+                out.push(canonical.to_string());
+            }
+            if out.is_empty() {
+                return Err(self.at_value(&join(key, "curves"), "name at least one curve"));
+            }
+        }
+        Ok(out)
+    }
+
     /// `transport.versions`: upstreams are spoken to in HTTP/1.1 only, so only `["1.1"]`.
     fn versions(&self, key: &str, list: &[serde_yaml::Value]) -> Res<()> {
         if list.is_empty() {
@@ -508,6 +639,8 @@ mod tests {
         assert_eq!(u.lb.retry_methods, ["GET"]);
         let t = &u.transport;
         assert_eq!(t.dial_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(t.queue_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(t.max_connections, None);
         assert_eq!(t.response_header_timeout, None);
         assert_eq!(t.read_timeout, None);
         assert_eq!(t.write_timeout, None);
@@ -518,6 +651,69 @@ mod tests {
         assert_eq!(u.forwarded, Forwarded::Xff);
         assert_eq!(u.targets[0].weight, 1);
         assert_eq!(u.targets[0].max_connections, None);
+        // Passive health is on by default (10s) for two targets or more, off for a lone one
+        // unless written; `fail_duration: 0s` turns it off.
+        assert_eq!(u.health.passive.fail_duration, None, "a lone target");
+        let two = |extra: &str| {
+            let text = with_upstream(extra)
+                .replace("[127.0.0.1:9001]", "[127.0.0.1:9001, 127.0.0.1:9002]");
+            let c = Config::parse(&text, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+            c.upstreams[0].health.passive.fail_duration
+        };
+        let ten = Some(Duration::from_secs(10));
+        assert_eq!(two(""), ten);
+        assert_eq!(two("health: { passive: { max_fails: 2 } }"), ten);
+        assert_eq!(two("health: { passive: { fail_duration: 0s } }"), None);
+        let c = Config::parse(
+            &with_upstream("health: { passive: { fail_duration: 3s } }"),
+            "t.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.upstreams[0].health.passive.fail_duration,
+            Some(Duration::from_secs(3)),
+            "written, it applies to a lone target too"
+        );
+    }
+
+    #[test]
+    fn forward_proxy_url_is_a_plain_http_proxy_address() {
+        let c = Config::parse(
+            &with_upstream("transport: { forward_proxy_url: \"http://127.0.0.1\" }"),
+            "t.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.upstreams[0].transport.forward_proxy,
+            Some("127.0.0.1:80".parse().unwrap())
+        );
+        for (url, message) in [
+            ("https://127.0.0.1:3128", "not supported yet"),
+            (
+                "http://u:p@127.0.0.1:3128",
+                "credentials are not supported yet",
+            ),
+            ("http://127.0.0.1:3128/x", "no path"),
+        ] {
+            let e = upstream_err(&format!("transport: {{ forward_proxy_url: \"{url}\" }}"));
+            assert_eq!(e.key, "upstreams.api.transport.forward_proxy_url", "{e}");
+            assert!(e.message.contains(message), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn retry_match_is_a_route_matcher_checked_like_one() {
+        let c = Config::parse(
+            &with_upstream("lb: { retry_match: { path: /api, headers: { X-Idem: \"1\" } } }"),
+            "t.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let m = c.upstreams[0].lb.retry_match.as_ref().expect("retry_match");
+        assert_eq!(m.path.as_deref(), Some("/api"));
+        assert_eq!(m.headers, [("x-idem".to_string(), "1".to_string())]);
+        let e = upstream_err("lb: { retry_match: { path: api } }");
+        assert_eq!(e.key, "upstreams.api.lb.retry_match.path", "{e}");
+        assert!(e.message.contains("must start with"), "{e}");
     }
 
     #[test]
@@ -788,7 +984,8 @@ mod tests {
             &with_upstream("").replace(
                 "targets: [127.0.0.1:9001]",
                 "targets: [\"localhost:9001\", \"[::1]:9002\", \
-                 \"http://127.0.0.1\", \"HTTP://[::1]/\"]",
+                 \"http://127.0.0.1\", \"HTTP://[::1]/\", 127.0.0.1, \"https://127.0.0.1\", \
+                 \"[::1]\"]",
             ),
             "t",
         )
@@ -806,12 +1003,17 @@ mod tests {
         assert_eq!(t[1], ("[::1]:9002".into(), "[::1]:9002".parse().unwrap()));
         assert_eq!(t[2], ("127.0.0.1".into(), "127.0.0.1:80".parse().unwrap()));
         assert_eq!(t[3], ("[::1]".into(), "[::1]:80".parse().unwrap()));
+        // Without a scheme or port: 80, as Caddy; https:// without a port: 443, with TLS.
+        assert_eq!(t[4], ("127.0.0.1".into(), "127.0.0.1:80".parse().unwrap()));
+        assert_eq!(t[5], ("127.0.0.1".into(), "127.0.0.1:443".parse().unwrap()));
+        assert!(c.upstreams[0].targets[5].tls && !c.upstreams[0].targets[4].tls);
+        assert_eq!(t[6], ("[::1]".into(), "[::1]:80".parse().unwrap()));
     }
 
     #[test]
     fn bad_target_addresses_are_rejected_at_their_line() {
         for (target, message) in [
-            ("10.0.0.1", "needs a port"),
+            ("10.0.0.1:99999", "invalid target address"),
             ("ftp://10.0.0.1:21", "unknown scheme"),
             ("http://10.0.0.1:8080/api", "no path"),
             ("unix/", "needs a path"),
