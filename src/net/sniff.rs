@@ -5,8 +5,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use crate::net::stream::Sock;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 /// TLS records of type handshake start with this byte; a ClientHello always does.
 const TLS_HANDSHAKE: u8 = 0x16;

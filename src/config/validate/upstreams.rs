@@ -709,7 +709,10 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         let m = c.upstreams[0].lb.retry_match.as_ref().expect("retry_match");
-        assert_eq!(m.path, Some(crate::config::pattern::PathMatch::Prefix("/api".into())));
+        assert_eq!(
+            m.path,
+            Some(crate::config::pattern::PathMatch::Prefix("/api".into()))
+        );
         assert_eq!(m.headers, [("x-idem".to_string(), "1".to_string())]);
         let e = upstream_err("lb: { retry_match: { path: api } }");
         assert_eq!(e.key, "upstreams.api.lb.retry_match.path", "{e}");
