@@ -481,11 +481,12 @@ pub fn write_request_head(
     // A method override to GET/HEAD sends no body: no framing, no Expect.
     let no_body = override_drops_body(route);
     let copied = |h: &&HeaderIdx| {
-        !h.hop_by_hop
-            && !is_forwarding_header(h.kind, mode)
-            && h.kind != HeaderKind::ContentLength
-            && !(no_body && h.kind == HeaderKind::Expect)
-            && (authority.is_none() || h.kind != HeaderKind::Host)
+        let dropped = h.hop_by_hop
+            || is_forwarding_header(h.kind, mode)
+            || h.kind == HeaderKind::ContentLength
+            || no_body && h.kind == HeaderKind::Expect
+            || authority.is_some() && h.kind == HeaderKind::Host;
+        !dropped
     };
     if ops.is_empty() {
         if let Some(a) = authority {
