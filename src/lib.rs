@@ -17,8 +17,9 @@
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
 //!   when io_uring is unavailable): accept loops, dispatch, and the per-generation context that
 //!   owns its balancer replicas and pools.
-//! - [`net`]: listening sockets, TCP/Unix/TLS streams, splice pipes, rustls configs, PROXY
-//!   protocol headers.
+//! - [`net`]: listening sockets, TCP/Unix/TLS streams, in-memory stream pairs (an HTTP/2
+//!   stream's way into the HTTP/1 data path), splice pipes, rustls configs, PROXY protocol
+//!   headers.
 //! - [`upstream`]: per-target shared state, balancer replicas, idle-connection pools, and the
 //!   connector (select -> reserve -> dial -> TLS -> PROXY header -> failover) shared by HTTP and
 //!   layer 4, with the pure retry decisions and the FIFO of requests waiting for a slot.

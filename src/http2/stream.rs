@@ -97,11 +97,13 @@ pub(super) async fn serve(
             }
         }
     };
-    // The write half stays open until the stream is over: a half-close would read as the
-    // client leaving.
     let mut wr = wr;
     let upload = async {
-        if let End::ResetByClient = send_request(&mut wr, head, body, framing).await {
+        let end = send_request(&mut wr, head, body, framing).await;
+        // The request is over (sent whole, or never will be): the data path reads its end
+        // instead of waiting for more (a lingering close after an early answer ends at once).
+        wr.shutdown();
+        if let End::ResetByClient = end {
             conn.note_reset();
         }
     };
