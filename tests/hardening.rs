@@ -83,6 +83,19 @@ driver_tests! {
         }
     }
 
+    fn an_upgrade_to_h2c_is_not_passed_on_and_the_request_is_served_as_http_1_1(driver) {
+        // h2c smuggling: a tunnel to the upstream's HTTP/2 would bypass every per-request rule.
+        let (proxy, b1) = proxy_to_one_backend(driver);
+        let r = proxy.client().request(
+            "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "{}", r.head_text());
+        let got = b1.only_request();
+        assert!(!got.has_header("upgrade"), "{}", got.head_text());
+        assert!(!got.has_header("http2-settings"), "{}", got.head_text());
+    }
+
     fn a_chunked_body_reaches_the_backend_under_one_canonical_transfer_encoding(driver) {
         let (proxy, b1) = proxy_to_one_backend(driver);
         let r = proxy.client().request(post("Transfer-Encoding:  CHUNKED ", "5\r\nhello\r\n0\r\n\r\n"));

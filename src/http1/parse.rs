@@ -402,6 +402,13 @@ fn framing(f: &Fields) -> Result<Option<Framing>, HeadError> {
     }
 }
 
+/// An Upgrade field whose every protocol is `h2c`.
+fn offers_only_h2c(v: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .map(trim_ows)
+        .all(|t| t.eq_ignore_ascii_case(b"h2c"))
+}
+
 /// Converts httparse's fields into `HeaderIdx` entries and checks the framing-relevant ones.
 fn scan_fields(
     buf: &[u8],
@@ -465,7 +472,10 @@ fn scan_fields(
                     }
                 }
             }
-            HeaderKind::Upgrade => has_upgrade_field = true,
+            // Offering only h2c is no upgrade: forwarded, it would let a client open an HTTP/2
+            // connection to the upstream past every per-request rule ("h2c smuggling"); the
+            // request goes on as plain HTTP/1.1, which RFC 9110 §7.8 allows a server to choose.
+            HeaderKind::Upgrade => has_upgrade_field |= !offers_only_h2c(v),
             HeaderKind::Expect => {
                 f.expect_continue |= trim_ows(v).eq_ignore_ascii_case(b"100-continue");
             }
@@ -1461,6 +1471,22 @@ mod tests {
             "Connection: close",
         ]));
         assert!(r.conn.close);
+    }
+
+    #[test]
+    fn an_upgrade_to_h2c_alone_is_not_an_upgrade() {
+        for (upgrade, is) in [
+            ("h2c", false),
+            ("H2C, h2c", false),
+            ("websocket", true),
+            ("h2c, websocket", true),
+        ] {
+            let head = format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n"
+            );
+            let (r, _) = req_ok(head.as_bytes());
+            assert_eq!(r.conn.upgrade, is, "{upgrade}");
+        }
     }
 
     #[test]
