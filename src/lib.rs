@@ -1,4 +1,4 @@
-//! ringway: a thread-per-core HTTP/1.1 and TCP reverse proxy and load balancer on io_uring.
+//! ringway: a thread-per-core HTTP/1.1, HTTP/2 and TCP reverse proxy and load balancer on io_uring.
 //!
 //! # Layout
 //!
