@@ -9,12 +9,12 @@ SCENARIO_EXPECT_BODY=$'hello world\n'
 SCENARIO_UNIT=conn
 SCENARIO_LOADGEN_NAME=idle
 SCENARIO_FRESH_PROXY=1   # RSS growth is only meaningful from a process that never held them
-IDLE_CONNS=10000
+IDLE_CONNS=${IDLE_CONNS_FULL:-10000} # idle-http sets 5,000
 ((quick)) && IDLE_CONNS=1000
 # HAProxy needs two fds per connection: with a low hard limit, hold what fits and say so.
 IDLE_FIT=$((($(ulimit -Hn) - 100) / 2 - 200))
 if ((IDLE_CONNS > IDLE_FIT)); then
-  echo "idle-10k: ulimit -Hn is $(ulimit -Hn); HAProxy needs 2 fds per connection: holding $IDLE_FIT, not $IDLE_CONNS" >&2
+  echo "$scenario: ulimit -Hn is $(ulimit -Hn); HAProxy needs 2 fds per connection: holding $IDLE_FIT, not $IDLE_CONNS" >&2
   IDLE_CONNS=$IDLE_FIT
 fi
 IDLE_TIMEOUT=180         # seconds to open, hold and close them all, even on a slow machine
