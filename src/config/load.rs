@@ -10,16 +10,7 @@ use super::{Config, ConfigError};
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
-        let mut config = Config::parse(&text, &path.display().to_string())?;
-        config.source = Some(path.to_path_buf());
-        Ok(config)
+        Config::load_all(path).map_err(|mut all| all.swap_remove(0))
     }
 
     /// Validates configuration text; `file` names it in errors. The error is the first

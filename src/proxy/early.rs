@@ -8,10 +8,9 @@
 use std::os::fd::{AsRawFd, FromRawFd};
 
 use crate::error::{ProxyError, Side};
-use crate::http1::body::Encode;
 use crate::http1::parse::Framing;
 use crate::net::stream::Stream;
-use crate::proxy::relay::{BodyLimits, Dir, Relay};
+use crate::proxy::relay::BodyLimits;
 use crate::proxy::session::Session;
 use crate::upstream::pool::UpConn;
 
@@ -121,7 +120,7 @@ pub(crate) async fn send_body(
         _ => Watch::of(&conn.stream),
     };
     let Some(watch) = watch else {
-        relay(sess, conn, rest, lim).await?;
+        crate::proxy::relay::stream_body(sess, conn, rest, lim).await?;
         return Ok(BodyEnd::Whole);
     };
     // A relay stopped mid-operation takes the receive buffer with it: keep the head (which
@@ -129,7 +128,7 @@ pub(crate) async fn send_body(
     let floor = sess.down.floor;
     let head = sess.down.buf[..floor].to_vec();
     let end = {
-        let mut body = std::pin::pin!(relay(sess, conn, rest, lim));
+        let mut body = std::pin::pin!(crate::proxy::relay::stream_body(sess, conn, rest, lim));
         monoio::select! {
             r = &mut body => match r {
                 Ok(()) => Ok(BodyEnd::Whole),
@@ -152,25 +151,6 @@ pub(crate) async fn send_body(
         sess.down.pos = floor;
     }
     end
-}
-
-async fn relay(
-    sess: &mut Session<'_>,
-    conn: &mut UpConn,
-    rest: Framing,
-    lim: &BodyLimits,
-) -> Result<(), ProxyError> {
-    Relay {
-        ctx: sess.ctx,
-        dir: Dir::Up,
-        src: sess.stream,
-        buf: sess.down,
-        dst: &mut conn.stream,
-        aux: &mut sess.s.aux,
-        lim,
-    }
-    .body(rest, Encode::Raw)
-    .await
 }
 
 #[cfg(test)]

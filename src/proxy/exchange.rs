@@ -218,26 +218,6 @@ fn rest_of_body(framing: Framing, coalesced: usize) -> Framing {
     }
 }
 
-/// Streams the rest of the request body from the client to the upstream, as received.
-async fn send_body(
-    sess: &mut Session<'_>,
-    conn: &mut UpConn,
-    rest: Framing,
-    lim: &BodyLimits,
-) -> Result<(), ProxyError> {
-    Relay {
-        ctx: sess.ctx,
-        dir: Dir::Up,
-        src: sess.stream,
-        buf: sess.down,
-        dst: &mut conn.stream,
-        aux: &mut sess.s.aux,
-        lim,
-    }
-    .body(rest, Encode::Raw)
-    .await
-}
-
 /// Reads up to the final response head, passing interim ones on to HTTP/1.1 clients and
 /// sending a held-back body on `100 Continue`.
 async fn read_response_head(
@@ -287,7 +267,7 @@ async fn read_response_head(
                 }
                 if r.status == 100 && !sent.body_sent && !sent.cut && !sent.drop_body {
                     let rest = rest_of_body(head.framing, sent.coalesced);
-                    send_body(sess, conn, rest, &sent.limits).await?;
+                    crate::proxy::relay::stream_body(sess, conn, rest, &sent.limits).await?;
                     sent.body_sent = true;
                 }
                 continue;

@@ -10,7 +10,10 @@ use crate::http1::body::{write_chunk_header, BodyError, ChunkedDecoder, Encode, 
 use crate::http1::parse::Framing;
 use crate::net::splice::Pipe;
 use crate::net::stream::{Stream, MIN_READ_SPACE};
-use crate::proxy::session::{timed, RecvBuf, BODY_CHUNK, CHUNK_FRAMING_ROOM, SPLICE_MIN_BODY};
+use crate::proxy::session::{
+    timed, RecvBuf, Session, BODY_CHUNK, CHUNK_FRAMING_ROOM, SPLICE_MIN_BODY,
+};
+use crate::upstream::pool::UpConn;
 use crate::worker::ctx::WorkerCtx;
 
 /// Errors while relaying a body, by side.
@@ -336,4 +339,25 @@ pub(crate) fn chunked_complete(bytes: &[u8]) -> bool {
             Err(_) => return true,
         }
     }
+}
+
+/// Streams the rest of the request body from the client to the upstream, as received (also
+/// under `early::send_body`'s watch for an early answer).
+pub(crate) async fn stream_body(
+    sess: &mut Session<'_>,
+    conn: &mut UpConn,
+    rest: Framing,
+    lim: &BodyLimits,
+) -> Result<(), ProxyError> {
+    Relay {
+        ctx: sess.ctx,
+        dir: Dir::Up,
+        src: sess.stream,
+        buf: sess.down,
+        dst: &mut conn.stream,
+        aux: &mut sess.s.aux,
+        lim,
+    }
+    .body(rest, Encode::Raw)
+    .await
 }
