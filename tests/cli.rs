@@ -4,11 +4,11 @@
 #[macro_use]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::process::Ringway;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringway");
@@ -265,104 +265,6 @@ fn running_with_an_invalid_config_exits_1() {
     assert!(stderr(&o).contains("bogus_key"), "{}", stderr(&o));
 }
 
-/// A running `ringway` with its stderr lines on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let mut child = Command::new(BIN)
-            .args(["--config", config.to_str().unwrap()])
-            .env("NO_COLOR", "1")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringway");
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the startup log line and returns the `web` listener's address.
-    fn wait_started(&mut self) -> std::net::SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line
-                        .split_whitespace()
-                        .find_map(|w| w.trim_matches('"').split("web=").nth(1).map(str::to_string));
-                    self.seen.push(line);
-                    if let Some(addr) = found {
-                        // Text lines end the value at a space, JSON lines at a quote.
-                        let addr = addr.split(['"', ',']).next().unwrap_or_default();
-                        return addr
-                            .parse()
-                            .unwrap_or_else(|_| panic!("bad address {addr:?}"));
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = self.child.kill();
-        panic!(
-            "ringway never logged its listeners; stderr so far: {:#?}",
-            self.seen
-        );
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill failed");
-    }
-
-    /// Waits up to `limit` for the process to exit; kills it and fails otherwise.
-    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                let rest: Vec<String> = self.lines.try_iter().collect();
-                panic!(
-                    "ringway did not exit within {limit:?}; stderr: {:#?} {rest:#?}",
-                    self.seen
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[test]
 fn validate_takes_the_file_as_a_positional_argument() {
     let dir = TempDir::new();
@@ -509,8 +411,8 @@ fn startup_line_prints_addresses_not_debug_options() {
         "run.yaml",
         "workers: 1\npin_workers: false\nadmin: { listen: 127.0.0.1:0 }\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - respond: { body: ok }\n",
     );
-    let mut p = Running::start(&path);
-    p.wait_started();
+    let mut p = Ringway::start(&path, &[]);
+    p.listener("web");
     let line = p
         .seen
         .iter()
@@ -531,13 +433,13 @@ fn json_logs_have_unique_keys_and_one_line_per_dial_failure() {
             "workers: 1\npin_workers: false\nlog: {{ format: json, level: info }}\nlisteners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes: [{{ upstream: gone }}]\nupstreams:\n  gone:\n    targets: [{dead}]\n"
         ),
     );
-    let mut p = Running::start(&path);
-    let addr = p.wait_started();
+    let mut p = Ringway::start(&path, &[]);
+    let addr = p.listener("web");
     assert_eq!(get(addr, "/").status, 502);
     p.signal(libc::SIGTERM);
     p.wait_exit(Duration::from_secs(10));
-    let mut lines = p.seen.clone();
-    lines.extend(p.lines.try_iter());
+    p.drain();
+    let lines = p.seen.clone();
     for line in &lines {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -608,8 +510,8 @@ fn running_config(dir: &TempDir) -> std::path::PathBuf {
 #[test]
 fn sigterm_stops_a_running_proxy_with_exit_code_0() {
     let dir = TempDir::new();
-    let mut p = Running::start(&running_config(&dir));
-    let addr = p.wait_started();
+    let mut p = Ringway::start(&running_config(&dir), &[]);
+    let addr = p.listener("web");
     assert_eq!(get(addr, "/").text(), "alive\n");
     p.signal(libc::SIGTERM);
     let status = p.wait_exit(Duration::from_secs(10));
@@ -623,8 +525,8 @@ fn sigterm_stops_a_running_proxy_with_exit_code_0() {
 #[test]
 fn sigint_stops_a_running_proxy_with_exit_code_0() {
     let dir = TempDir::new();
-    let mut p = Running::start(&running_config(&dir));
-    let addr = p.wait_started();
+    let mut p = Ringway::start(&running_config(&dir), &[]);
+    let addr = p.listener("web");
     assert_eq!(get(addr, "/").status, 200);
     p.signal(libc::SIGINT);
     assert_eq!(p.wait_exit(Duration::from_secs(10)).code(), Some(0));
@@ -641,8 +543,8 @@ fn sigterm_lets_an_in_flight_request_finish() {
             &[("B1", b1.target())],
         ),
     );
-    let mut p = Running::start(&cfg);
-    let addr = p.wait_started();
+    let mut p = Ringway::start(&cfg, &[]);
+    let addr = p.listener("web");
     let mut c = Client::connect(addr);
     c.send(get_req("/sleep?ms=700", ""));
     assert!(b1.wait_for_requests(1, Duration::from_secs(3)));

@@ -68,13 +68,48 @@ impl Ringway {
                 w.trim_matches('"')
                     .split(key.as_str())
                     .nth(1)
-                    .and_then(|a| a.trim_end_matches(['"', ',']).parse().ok())
+                    // Text lines end the value at a space, JSON lines at a quote.
+                    .and_then(|a| a.split(['"', ',']).next()?.parse().ok())
             })
         };
         match self.wait_line(Duration::from_secs(10), |l| find(l).is_some()) {
             Some(line) => find(&line).unwrap(),
             None => panic!("ringway never logged listener {name}: {:#?}", self.seen),
         }
+    }
+}
+
+impl Ringway {
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; kills it and fails otherwise.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.drain();
+                panic!(
+                    "ringway did not exit within {limit:?}; stderr: {:#?}",
+                    self.seen
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Moves every stderr line already written into `seen`.
+    pub fn drain(&mut self) {
+        self.seen.extend(self.lines.try_iter());
     }
 }
 
