@@ -37,6 +37,8 @@ def echo(request, context):
         context.abort(grpc.StatusCode(
             next(s for s in grpc.StatusCode if s.value[0] == int(code)).value), message)
     if request.startswith(b"sleep:"):
+        # The deadline the client set reached this server (grpc-timeout passed through).
+        event(f"deadline {context.time_remaining()}")
         time.sleep(float(request[6:].decode()))
         if not context.is_active():
             event("cancelled Echo")
