@@ -116,6 +116,50 @@ impl Drop for Nginx {
     }
 }
 
+/// `tests/grpc/reset_server.py`: a raw h2c target that resets streams; killed when dropped.
+struct Resetter {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Resetter {
+    fn start() -> Resetter {
+        use std::io::BufRead;
+        let check = peer("python3", &["-c", "import h2"]);
+        assert!(
+            check.status.success(),
+            "test peer python3 with the `h2` package is missing (pip install h2)"
+        );
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/grpc/reset_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start reset_server.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .expect("reset_server.py port");
+        Resetter {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for Resetter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -216,6 +260,34 @@ driver_tests! {
         assert!(ok, "no request succeeded after the target restarted");
         let second = curl(&["--http1.1", &url]);
         assert!(first.starts_with("HTTP/2.0 ") && second.starts_with("HTTP/2.0 "), "{first} {second}");
+        assert_eq!(nginx.connections().len(), 1);
+    }
+
+    fn an_upstream_reset_after_the_response_began_resets_the_clients_stream(driver) {
+        let target = Resetter::start();
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        let url = format!("http://{}/reset", proxy.addr());
+        // An h2 client sees its stream reset, not a complete response.
+        let o = peer("curl", &["-sS", "--max-time", "10", "--http2-prior-knowledge", &url]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "a reset response looked complete: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(err.contains("INTERNAL_ERROR") || err.contains("stream"), "{err}");
+        // An HTTP/1.1 client sees its connection closed before the chunked body ended.
+        let o = peer("curl", &["-sS", "--max-time", "10", "--http1.1", &url]);
+        assert!(!o.status.success(), "a reset response looked complete: {}", String::from_utf8_lossy(&o.stdout));
+    }
+
+    fn a_refused_stream_is_retried_on_another_target_even_for_a_post(driver) {
+        let target = Resetter::start();
+        let nginx = Nginx::start("http2", None);
+        let proxy = proxy(
+            driver,
+            &format!("[\"h2c://{}\", \"h2c://{}\"]", target.addr, nginx.addr),
+            "    lb: { policy: first, retries: 1 }\n",
+        );
+        // REFUSED_STREAM says the first target never processed it: a POST may go elsewhere.
+        let out = curl(&["--http1.1", "-d", "once", &format!("http://{}/post", proxy.addr())]);
+        assert!(out.starts_with("HTTP/2.0 "), "{out}");
         assert_eq!(nginx.connections().len(), 1);
     }
 }
