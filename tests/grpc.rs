@@ -189,4 +189,34 @@ driver_tests! {
         let conns = server.connections();
         assert!(!conns.is_empty() && conns.len() <= 2, "200 calls used {} upstream connections", conns.len());
     }
+
+    fn least_conn_counts_a_stream_held_open_on_a_shared_connection(driver) {
+        let (a, b) = (GrpcServer::start(), GrpcServer::start());
+        let yaml = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - upstream: grpc\nupstreams:\n  grpc:\n    targets: [\"$A\", \"$B\"]\n    lb: { policy: least_conn }\n";
+        let proxy = Proxy::start(driver, yaml, &[("A", a.target()), ("B", b.target())]);
+        let addr = proxy.addr().to_string();
+        let mut hold = Command::new("python3")
+            .arg(script("client.py"))
+            .arg(&addr)
+            .arg("hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run the gRPC test client");
+        let mut out = BufReader::new(hold.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "holding");
+        let (held, other) = if a.events().iter().any(|e| e.starts_with("Wait")) { (&a, &b) } else { (&b, &a) };
+        for _ in 0..6 {
+            assert_eq!(call(&addr, "unary", None), "ok unary OK");
+        }
+        let echoes = |s: &GrpcServer| s.events().iter().filter(|e| e.starts_with("Echo")).count();
+        assert_eq!((echoes(held), echoes(other)), (0, 6), "the held stream counts as in flight");
+        drop(hold.stdin.take());
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok hold");
+        assert!(hold.wait().unwrap().success());
+    }
 }

@@ -290,4 +290,18 @@ driver_tests! {
         assert!(out.starts_with("HTTP/2.0 "), "{out}");
         assert_eq!(nginx.connections().len(), 1);
     }
+
+    fn handle_response_rules_apply_to_responses_from_an_h2_target(driver) {
+        let nginx = Nginx::start("http2", None);
+        let yaml = format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - match: {{ path: /respond }}\n        upstream: app\n        handle_response:\n          - match: {{ status: [200] }}\n            respond: {{ status: 203, body: \"shaped {{rp.status_code}}\\n\" }}\n      - upstream: app\n        handle_response:\n          - match: {{ status: [200] }}\n            replace_status: 202\nupstreams:\n  app:\n    targets: [\"h2c://{}\"]\n",
+            nginx.addr
+        );
+        let proxy = Proxy::start(driver, &yaml, &[]);
+        let r = proxy.get("/respond");
+        assert_eq!((r.status, r.text().as_str()), (203, "shaped 200\n"));
+        let r = proxy.get("/other");
+        assert_eq!(r.status, 202);
+        assert!(r.text().starts_with("HTTP/2.0 "), "{}", r.text());
+    }
 }

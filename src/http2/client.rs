@@ -154,7 +154,7 @@ impl Conns {
         self.slots[u][t].borrow_mut().dialing += 1;
         Dialing {
             slot: &self.slots[u][t],
-            failed: true,
+            failed: false,
         }
     }
 
@@ -190,7 +190,6 @@ impl Conns {
         u: usize,
         t: usize,
         conn: UpConn,
-        dialing: &mut Dialing<'_>,
         idle_timeout: Option<Duration>,
     ) -> Result<H2Stream, h2::Error> {
         let UpConn {
@@ -234,7 +233,6 @@ impl Conns {
             }
             driven.closed.set(true);
         });
-        dialing.failed = false;
         let mut slot = self.slots[u][t].borrow_mut();
         slot.conns.push(Conn {
             send: send.clone(),
@@ -255,16 +253,17 @@ impl Conns {
     }
 }
 
-/// A dial under way (see [`Conns::dialing`]); failed unless [`Conns::open`] succeeded.
+/// A dial under way (see [`Conns::dialing`]). One given up with its request (the client
+/// left) is no failure: the requests waiting for it dial themselves.
 pub struct Dialing<'a> {
     slot: &'a RefCell<Slot>,
     failed: bool,
 }
 
 impl Dialing<'_> {
-    /// The dial ended without HTTP/2 but not in failure (the target chose HTTP/1.1).
-    pub fn not_failed(&mut self) {
-        self.failed = false;
+    /// The dial or the HTTP/2 handshake failed: waiting requests look at other targets.
+    pub fn fail(&mut self) {
+        self.failed = true;
     }
 }
 

@@ -773,7 +773,8 @@ mod tests {
             }
             b.body(()).unwrap().into_parts().0
         };
-        let cases: [(&[(&str, &str)], bool, &str); 4] = [
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Fields, bool, &str); 4] = [
             (
                 &[("content-type", "application/grpc")],
                 false,

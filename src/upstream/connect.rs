@@ -315,31 +315,33 @@ async fn h2_link(
         }
     }
     let mut dialing = conns.dialing(u, t);
-    let conn = dial(ctx, u, t, up, want).await?;
+    let conn = match dial(ctx, u, t, up, want).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            dialing.fail();
+            return Err(e);
+        }
+    };
     if !crate::http2::client::negotiated_h2(up.targets[t].h2c, &conn.stream) {
         if up.transport.h2_only() {
+            dialing.fail();
             let why = "the target did not agree to HTTP/2 (ALPN h2), which versions requires";
             return Err(ProxyError::upstream(
                 ErrorKind::UpstreamTls(why.into()),
                 true,
             ));
         }
-        dialing.not_failed();
         return Ok(Link::Conn(conn));
     }
-    let opened = timed(
-        up.transport.dial_timeout,
-        conns.open(u, t, conn, &mut dialing, up.transport.idle_timeout),
-    )
-    .await;
-    match opened {
-        Some(Ok(stream)) => Ok(Link::H2(stream)),
-        Some(Err(e)) => Err(ProxyError::upstream(
-            ErrorKind::Dial(std::io::Error::other(format!("HTTP/2 handshake: {e}"))),
-            true,
-        )),
-        None => Err(ProxyError::upstream(ErrorKind::DialTimeout, true)),
-    }
+    let limit = up.transport.dial_timeout;
+    let opened = timed(limit, conns.open(u, t, conn, up.transport.idle_timeout)).await;
+    let failed = match opened {
+        Some(Ok(stream)) => return Ok(Link::H2(stream)),
+        Some(Err(e)) => ErrorKind::Dial(std::io::Error::other(format!("HTTP/2 handshake: {e}"))),
+        None => ErrorKind::DialTimeout,
+    };
+    dialing.fail();
+    Err(ProxyError::upstream(failed, true))
 }
 
 /// Closes every pooled connection to `t`: one was found stale, so the others are suspect.

@@ -93,6 +93,14 @@ elif scenario == "cancel":
     check(first == b"first", first)
     call.cancel()
     print(f"ok cancel {call.code().name}")
+elif scenario == "hold":
+    # Holds one streaming call open until stdin ends (least_conn counts it).
+    call = wait(b"", timeout=20)
+    check(next(call) == b"first", "first message")
+    print("holding", flush=True)
+    sys.stdin.readline()
+    call.cancel()
+    print("ok hold")
 elif scenario == "many":
     # Many calls at once over one client connection.
     futs = [unary.future(b"n%d" % i, timeout=30) for i in range(200)]
