@@ -158,16 +158,26 @@ fn h2_request(head: &[u8], scheme: &str) -> Option<http::Request<()>> {
 
 /// The HTTP/1.1 head of an h2 response, for the data path's parser and header rules. Without
 /// a content-length, a response with a body is chunked (its trailers go in the trailer
-/// section); one that ended with its headers has length 0.
+/// section); one that ended with its headers has length 0. A gRPC response is chunked even
+/// with a length: its status comes in trailers.
 fn synth_head(parts: &http::response::Parts, end_stream: bool, out: &mut Vec<u8>) {
     let status = parts.status.as_u16();
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let mut length = false;
     for (name, value) in &parts.headers {
         if DROPPED_FIELDS.contains(&name.as_str()) {
             continue;
         }
-        length |= name == http::header::CONTENT_LENGTH;
+        if name == http::header::CONTENT_LENGTH {
+            if grpc && !end_stream {
+                continue;
+            }
+            length = true;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -774,7 +784,7 @@ mod tests {
             b.body(()).unwrap().into_parts().0
         };
         type Fields<'a> = &'a [(&'a str, &'a str)];
-        let cases: [(Fields, bool, &str); 4] = [
+        let cases: [(Fields, bool, &str); 5] = [
             (
                 &[("content-type", "application/grpc")],
                 false,
@@ -784,6 +794,15 @@ mod tests {
             // Trailers-only (a gRPC error): the status rides in the headers, no body.
             (&[("grpc-status", "5")], true, "content-length: 0\r\n"),
             (&[("content-length", "0")], true, "content-length: 0\r\n"),
+            // A gRPC response's trailers need chunked framing, whatever its length.
+            (
+                &[
+                    ("content-type", "application/grpc"),
+                    ("content-length", "9"),
+                ],
+                false,
+                "transfer-encoding: chunked\r\n",
+            ),
         ];
         for (headers, end, want) in cases {
             let mut out = Vec::new();
