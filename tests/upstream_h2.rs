@@ -46,11 +46,16 @@ struct Nginx {
 
 impl Nginx {
     fn start(listen: &str, tls: Option<&Pki>) -> Nginx {
-        Self::start_on(free_port(), listen, tls, 128)
+        Self::start_on(free_port(), listen, tls, "")
     }
 
-    /// `streams`: its http2_max_concurrent_streams.
-    fn start_on(port: u16, listen: &str, pki: Option<&Pki>, streams: u32) -> Nginx {
+    /// `extra`: more `http` block directives (http2_max_concurrent_streams 128 unless given).
+    fn start_on(port: u16, listen: &str, pki: Option<&Pki>, extra: &str) -> Nginx {
+        let extra = if extra.contains("http2_max_concurrent_streams") {
+            extra.to_string()
+        } else {
+            format!("http2_max_concurrent_streams 128; {extra}")
+        };
         let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -76,7 +81,7 @@ impl Nginx {
              log_format c '$connection $server_protocol';\n  access_log {d}/access.log c;\n  \
              client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
-             scgi_temp_path {d}/scgi;\n  http2_max_concurrent_streams {streams};\n  server {{\n    \
+             scgi_temp_path {d}/scgi;\n  {extra}\n  server {{\n    \
              listen 127.0.0.1:{port} {listen};\n{certs}    location / {{ return 200 \
              \"$server_protocol $connection\\n\"; }}\n  }}\n}}\n"
         );
@@ -232,7 +237,7 @@ driver_tests! {
 
     fn concurrent_streams_fill_an_upstream_connection_up_to_its_limit_before_another(driver) {
         // nginx allows 16 streams per connection.
-        let nginx = Nginx::start_on(free_port(), "http2", None, 16);
+        let nginx = Nginx::start_on(free_port(), "http2", None, "http2_max_concurrent_streams 16;");
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
         let url = format!("http://{}/", proxy.addr());
         // 8 client connections x 25 streams at once, 800 requests.
@@ -254,7 +259,7 @@ driver_tests! {
         let url = format!("http://{}/", proxy.addr());
         let first = curl(&["--http1.1", &url]);
         drop(nginx);
-        let nginx = Nginx::start_on(port, "http2", None, 128);
+        let nginx = Nginx::start_on(port, "http2", None, "");
         // The dead connection is dropped from the cache; the next request dials again.
         let ok = wait_for(Duration::from_secs(5), || proxy.get("/").status == 200);
         assert!(ok, "no request succeeded after the target restarted");
@@ -303,5 +308,18 @@ driver_tests! {
         let r = proxy.get("/other");
         assert_eq!(r.status, 202);
         assert!(r.text().starts_with("HTTP/2.0 "), "{}", r.text());
+    }
+
+    fn a_connection_the_target_sent_goaway_on_takes_no_new_streams(driver) {
+        // nginx sends GOAWAY after 5 requests on a connection (keepalive_requests).
+        let nginx = Nginx::start_on(free_port(), "http2", None, "keepalive_requests 5;");
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
+        let url = format!("http://{}/", proxy.addr());
+        for i in 0..20 {
+            let out = curl(&["--http1.1", &url]);
+            assert!(out.starts_with("HTTP/2.0 "), "request {i}: {out}");
+        }
+        let conns = nginx.connections().len();
+        assert!((4..=5).contains(&conns), "20 requests, GOAWAY every 5: {conns} connections");
     }
 }

@@ -19,6 +19,7 @@ use h2::client::SendRequest;
 use monoio_compat::StreamWrapper;
 
 use super::io::H2Io;
+use crate::config::Transport;
 use crate::net::stream::Stream;
 use crate::upstream::pool::{Tag, UpConn};
 
@@ -190,8 +191,9 @@ impl Conns {
         u: usize,
         t: usize,
         conn: UpConn,
-        idle_timeout: Option<Duration>,
+        tr: &Transport,
     ) -> Result<H2Stream, h2::Error> {
+        let idle_timeout = tr.idle_timeout;
         let UpConn {
             stream, slot, tag, ..
         } = conn;
@@ -201,6 +203,8 @@ impl Conns {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
             .enable_push(false)
+            // A response head larger than the data path accepts is refused by h2 already.
+            .max_header_list_size(tr.max_response_header as u32)
             .handshake::<_, Bytes>(io)
             .await?;
         let state = Rc::new(State {

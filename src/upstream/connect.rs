@@ -334,7 +334,7 @@ async fn h2_link(
         return Ok(Link::Conn(conn));
     }
     let limit = up.transport.dial_timeout;
-    let opened = timed(limit, conns.open(u, t, conn, up.transport.idle_timeout)).await;
+    let opened = timed(limit, conns.open(u, t, conn, &up.transport)).await;
     let failed = match opened {
         Some(Ok(stream)) => return Ok(Link::H2(stream)),
         Some(Err(e)) => ErrorKind::Dial(std::io::Error::other(format!("HTTP/2 handshake: {e}"))),
