@@ -346,6 +346,9 @@ pub struct Target {
     pub addr: TargetAddr,
     /// Dialed with TLS (`Transport::tls` holds the settings).
     pub tls: bool,
+    /// Spoken to in cleartext HTTP/2 with prior knowledge (`h2c://`, `unix+h2c//`, or a
+    /// plaintext target of an upstream whose `transport.versions` is `["2"]`).
+    pub h2c: bool,
     pub weight: u32,
     /// Across all workers; `None` = unlimited.
     pub max_connections: Option<u32>,
@@ -524,6 +527,38 @@ pub struct Transport {
     pub stream_close_delay: Option<Duration>,
     /// `protocol: fastcgi`: targets are FastCGI applications (php-fpm), not HTTP servers.
     pub fastcgi: Option<Fastcgi>,
+    /// `versions`: what TLS targets are offered by ALPN, most preferred first (never empty).
+    pub versions: Vec<HttpVersion>,
+}
+
+/// An HTTP version ringway speaks to upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http11,
+    Http2,
+}
+
+impl Transport {
+    /// The ALPN protocol names offered to TLS targets, in preference order.
+    pub fn alpn(&self) -> Vec<Vec<u8>> {
+        self.versions
+            .iter()
+            .map(|v| match v {
+                HttpVersion::Http11 => b"http/1.1".to_vec(),
+                HttpVersion::Http2 => b"h2".to_vec(),
+            })
+            .collect()
+    }
+
+    /// `versions: ["2"]`: HTTP/2 or nothing (plaintext targets then speak h2c).
+    pub fn h2_only(&self) -> bool {
+        !self.versions.contains(&HttpVersion::Http11)
+    }
+
+    /// Whether target `t` may be spoken to in HTTP/2 (h2c, or offered by ALPN).
+    pub fn may_speak_h2(&self, t: &Target) -> bool {
+        t.h2c || (t.tls && self.versions.contains(&HttpVersion::Http2))
+    }
 }
 
 /// `transport.fastcgi`: how a request becomes FastCGI parameters.

@@ -164,7 +164,11 @@ fn tls_connectors(config: &Config) -> io::Result<Vec<Option<Arc<rustls::ClientCo
                     );
                 }
                 crate::net::tls::client_config(t)
-                    .map(|c| Some(Arc::new(c)))
+                    .map(|mut c| {
+                        // `transport.versions`: h2 offered by ALPN, in the order written.
+                        c.alpn_protocols = u.transport.alpn();
+                        Some(Arc::new(c))
+                    })
                     .map_err(|e| {
                         io::Error::other(format!("upstream {}: transport.tls.{e}", u.name))
                     })

@@ -97,7 +97,7 @@ pub(crate) async fn exchange(
                     t: a.t,
                     // The rest of the records are not read: the connection is closed.
                     keepalive: false,
-                    conn,
+                    conn: Some(conn),
                     ub: RecvBuf {
                         buf: synth,
                         pos: 0,

@@ -421,7 +421,20 @@ impl Body<'_> {
     /// Reads more of the response; `false` at its end.
     async fn read(&mut self) -> Result<bool, BodyEnd> {
         let buf = std::mem::take(&mut self.buf);
-        let (res, buf) = read_more(&mut self.rd, buf, BODY_CHUNK).await;
+        // A client reset while the upstream is quiet (a gRPC stream waiting) ends the stream
+        // now, so the data path and its upstream stream are cancelled too.
+        let read = read_more(&mut self.rd, buf, BODY_CHUNK);
+        let tx = &mut *self.tx;
+        let reset = poll_fn(|cx| tx.poll_reset(cx));
+        let (res, buf) = monoio::select! {
+            r = read => r,
+            reason = reset => {
+                return Err(BodyEnd::Client(match reason {
+                    Ok(reason) => h2::Error::from(reason),
+                    Err(e) => e,
+                }));
+            }
+        };
         self.buf = buf;
         match res {
             Ok(0) | Err(_) => Ok(false),

@@ -29,7 +29,7 @@ use crate::net::proxy_protocol;
 use crate::net::splice::Pipe;
 use crate::net::stream::Stream;
 use crate::observe::metrics::TunnelCounters;
-use crate::upstream::connect::{connect, Attempts, Connected, Want};
+use crate::upstream::connect::{connect, Attempts, Connected, Link, Want};
 use crate::upstream::pool::UpConn;
 use crate::upstream::retry;
 use crate::upstream::target::dialled;
@@ -122,11 +122,11 @@ pub async fn serve(
     let Ok(Connected {
         target: t,
         conn:
-            UpConn {
+            Link::Conn(UpConn {
                 stream: mut target,
                 slot: _slot,
                 ..
-            },
+            }),
         in_flight: _in_flight,
     }) = connected
     else {

@@ -30,7 +30,7 @@ pub(crate) struct Attempt<'a> {
 
 impl Attempt<'_> {
     /// The Host an upstream gets when the client sent none.
-    fn host(&self) -> &str {
+    pub(crate) fn host(&self) -> &str {
         match &self.up.targets[self.t].addr {
             TargetAddr::Tcp { host, .. } => host.as_str(),
             TargetAddr::Unix(_) => "localhost",
@@ -93,7 +93,7 @@ pub(crate) async fn exchange(
                     u: a.u,
                     t: a.t,
                     keepalive: a.up.transport.keepalive,
-                    conn,
+                    conn: Some(conn),
                     ub,
                     resp: &resp,
                     body_sent: sent.body_sent,

@@ -10,7 +10,7 @@ use crate::proxy::exchange::{exchange, note_response, Attempt};
 use crate::proxy::lb_key::LbKey;
 use crate::proxy::relay::fill_body;
 use crate::proxy::session::{Exchange, Failure, Session};
-use crate::upstream::connect::{connect, discard_idle, Attempts, Connected, Want};
+use crate::upstream::connect::{connect, discard_idle, Attempts, Connected, Link, Want};
 use crate::upstream::retry;
 use crate::upstream::target::dial_name;
 
@@ -102,7 +102,10 @@ pub(crate) async fn forward(
             }
         };
         trace.dialed = Some(t);
-        let reused = conn.reused;
+        let reused = match &conn {
+            Link::Conn(c) => c.reused,
+            Link::H2(s) => s.reused,
+        };
         // The cookie policy (re)issues its cookie whenever the request did not name this target.
         let set_cookie = bal.policy() == crate::config::Policy::Cookie
             && lb_key.get(&sess.down.buf) != Some(bal.cookie(t).as_bytes());
@@ -114,20 +117,24 @@ pub(crate) async fn forward(
             route,
             set_cookie,
         };
-        let result = if up.transport.fastcgi.is_some() {
-            // Boxed: the HTTP path's future stays its size.
-            let r = Box::pin(crate::fastcgi::exchange::exchange(
-                sess, &attempt, conn, &mut seen,
-            ))
-            .await;
-            // The HTTP exchange judges its response head itself, as soon as it arrives.
-            if let Some((status, latency)) = seen {
-                let passive = bal.passive_enabled();
-                note_response(bal.shared(t), up, passive, status, latency);
+        let result = match conn {
+            // Boxed: the HTTP/1 path's future stays its size.
+            Link::H2(stream) => {
+                Box::pin(crate::http2::upstream::exchange(sess, &attempt, stream)).await
             }
-            r
-        } else {
-            exchange(sess, &attempt, conn, &mut seen).await
+            Link::Conn(conn) if up.transport.fastcgi.is_some() => {
+                let r = Box::pin(crate::fastcgi::exchange::exchange(
+                    sess, &attempt, conn, &mut seen,
+                ))
+                .await;
+                // The HTTP exchange judges its response head itself, as soon as it arrives.
+                if let Some((status, latency)) = seen {
+                    let passive = bal.passive_enabled();
+                    note_response(bal.shared(t), up, passive, status, latency);
+                }
+                r
+            }
+            Link::Conn(conn) => exchange(sess, &attempt, conn, &mut seen).await,
         };
         sess.s.trace.response = Some(first_dial.elapsed());
         let f = match result {

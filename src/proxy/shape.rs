@@ -194,7 +194,8 @@ pub(crate) struct Answered<'a> {
     pub(crate) t: usize,
     /// The upstream's `transport.keepalive`.
     pub(crate) keepalive: bool,
-    pub(crate) conn: UpConn,
+    /// `None`: an HTTP/2 stream, reset when the exchange dropped it.
+    pub(crate) conn: Option<UpConn>,
     /// The response head sits at `ub.buf[ub.pos..]`.
     pub(crate) ub: RecvBuf,
     pub(crate) resp: &'a ResponseHead,
@@ -263,7 +264,10 @@ struct Pool {
 
 /// Pools the first upstream connection when its response is complete in the buffer (nothing
 /// left to drain), else closes it.
-fn release(sess: &Session<'_>, p: &Pool, conn: UpConn, ub: &RecvBuf, resp: &ResponseHead) {
+fn release(sess: &Session<'_>, p: &Pool, conn: Option<UpConn>, ub: &RecvBuf, resp: &ResponseHead) {
+    let Some(conn) = conn else {
+        return;
+    };
     let after_head = ub.pending().saturating_sub(resp.head_len) as u64;
     let complete = p.upstream_head
         || match resp.framing {

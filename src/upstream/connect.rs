@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError};
+use crate::http2::client::{H2Stream, Waited};
 use crate::net::stream::{Sock, Stream};
 use crate::upstream::balance::Tried;
 use crate::upstream::pool::{InFlight, Tag, UpConn};
@@ -106,8 +107,16 @@ impl Want<'_> {
 /// A connection to target `target`, and the request's in-flight mark on it.
 pub struct Connected<'a> {
     pub target: usize,
-    pub conn: UpConn,
+    pub conn: Link,
     pub in_flight: InFlight<'a>,
+}
+
+/// What carries one request to its target.
+pub enum Link {
+    /// A connection of its own (HTTP/1.1, FastCGI, a tunnel).
+    Conn(UpConn),
+    /// A stream on this worker's shared HTTP/2 connection to the target.
+    H2(H2Stream),
 }
 
 /// Selects a target and connects to it (a pooled connection or a new one), failing over to
@@ -121,7 +130,10 @@ pub async fn connect<'a>(
     want: &Want<'_>,
 ) -> Result<Connected<'a>, ProxyError> {
     let bal = ctx.balancer(u);
-    let has_idle = |i| want.reuse.is_some() && ctx.pool().has_idle_tagged(u, i, want.tag());
+    let has_idle = |i| {
+        want.reuse.is_some()
+            && (ctx.pool().has_idle_tagged(u, i, want.tag()) || ctx.h2().has_room(u, i, want.tag()))
+    };
     // HTTP requests wait for a connection slot in a FIFO when targets are full; one arriving
     // while others wait queues behind them instead of taking the next free slot first.
     let queueing = want.reuse.is_some() && up.transport.queue_timeout.is_some();
@@ -159,12 +171,16 @@ pub async fn connect<'a>(
         };
         ctx.gen_metrics().selected[u][t].inc();
         let in_flight = InFlight::new(bal.shared(t));
-        let pooled = want
-            .reuse
-            .and_then(|replayable| checkout(ctx, u, t, up, replayable, want));
-        let dialed = match pooled {
-            Some(conn) => Ok(conn),
-            None => dial(ctx, u, t, up, want).await,
+        let dialed = if want.reuse.is_some() && up.transport.may_speak_h2(&up.targets[t]) {
+            h2_link(ctx, u, t, up, want).await
+        } else {
+            let pooled = want
+                .reuse
+                .and_then(|replayable| checkout(ctx, u, t, up, replayable, want));
+            match pooled {
+                Some(conn) => Ok(Link::Conn(conn)),
+                None => dial(ctx, u, t, up, want).await.map(Link::Conn),
+            }
         };
         match dialed {
             Ok(conn) => {
@@ -267,6 +283,65 @@ fn checkout(
             return Some(conn);
         }
     }
+}
+
+/// A target that may speak HTTP/2: a stream on this worker's connection to it when one has
+/// room, else a pooled HTTP/1.1 connection (a TLS target that chose http/1.1), else, once a
+/// dial another request started has ended, a new connection: HTTP/2 when the target agrees
+/// (h2c, or ALPN h2), HTTP/1.1 otherwise unless `versions` asks for HTTP/2 alone.
+async fn h2_link(
+    ctx: &WorkerCtx,
+    u: usize,
+    t: usize,
+    up: &Upstream,
+    want: &Want<'_>,
+) -> Result<Link, ProxyError> {
+    let conns = ctx.h2();
+    loop {
+        if let Some(stream) = conns.stream(u, t, want.tag()) {
+            return Ok(Link::H2(stream));
+        }
+        if let Some(conn) = want
+            .reuse
+            .and_then(|replayable| checkout(ctx, u, t, up, replayable, want))
+        {
+            return Ok(Link::Conn(conn));
+        }
+        match conns.wait_for_dial(u, t).await {
+            Waited::NoDial => break,
+            Waited::Connected => {}
+            // Treated as full, not as failed: the dialing request already counted the failure.
+            Waited::Failed => return Err(ProxyError::upstream(ErrorKind::NoTarget, true)),
+        }
+    }
+    let mut dialing = conns.dialing(u, t);
+    let conn = match dial(ctx, u, t, up, want).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            dialing.fail();
+            return Err(e);
+        }
+    };
+    if !crate::http2::client::negotiated_h2(up.targets[t].h2c, &conn.stream) {
+        if up.transport.h2_only() {
+            dialing.fail();
+            let why = "the target did not agree to HTTP/2 (ALPN h2), which versions requires";
+            return Err(ProxyError::upstream(
+                ErrorKind::UpstreamTls(why.into()),
+                true,
+            ));
+        }
+        return Ok(Link::Conn(conn));
+    }
+    let limit = up.transport.dial_timeout;
+    let opened = timed(limit, conns.open(u, t, conn, &up.transport)).await;
+    let failed = match opened {
+        Some(Ok(stream)) => return Ok(Link::H2(stream)),
+        Some(Err(e)) => ErrorKind::Dial(std::io::Error::other(format!("HTTP/2 handshake: {e}"))),
+        None => ErrorKind::DialTimeout,
+    };
+    dialing.fail();
+    Err(ProxyError::upstream(failed, true))
 }
 
 /// Closes every pooled connection to `t`: one was found stale, so the others are suspect.

@@ -90,6 +90,8 @@ pub struct WorkerCtx {
     pub(super) pool: Pool,
     /// Requests waiting for a connection slot, per upstream.
     pub(super) queues: crate::upstream::queue::Queues,
+    /// HTTP/2 connections to upstream targets, shared by this worker's requests.
+    pub(super) h2: crate::http2::client::Conns,
 }
 
 impl WorkerCtx {
@@ -110,6 +112,7 @@ impl WorkerCtx {
             .collect();
         let pool = Pool::new(config.upstreams.iter().map(|u| u.targets.len()));
         let config_upstreams = config.upstreams.len();
+        let h2 = crate::http2::client::Conns::new(config.upstreams.iter().map(|u| u.targets.len()));
         if let Some(prev) = prev {
             for (u, targets) in gen.targets.iter().enumerate() {
                 for (t, shared) in targets.iter().enumerate() {
@@ -136,6 +139,7 @@ impl WorkerCtx {
             balancers,
             pool,
             queues: crate::upstream::queue::Queues::new(config_upstreams),
+            h2,
         }
     }
 
@@ -178,6 +182,11 @@ impl WorkerCtx {
     #[inline]
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// This worker's HTTP/2 connections to upstream targets of this generation.
+    pub fn h2(&self) -> &crate::http2::client::Conns {
+        &self.h2
     }
 
     pub fn queues(&self) -> &crate::upstream::queue::Queues {

@@ -52,10 +52,13 @@ pub(super) fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     }
 }
 
-/// `"host[:port]"`, `"http://host[:port]"` (80 by default), `"https://host[:port]"` (443) or
-/// `"unix//path"`.
+/// `"host[:port]"`, `"http://host[:port]"` (80 by default), `"https://host[:port]"` (443),
+/// `"h2c://host[:port]"` (80), `"unix//path"` or `"unix+h2c//path"`.
 pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
-    if let Some(path) = s.strip_prefix("unix/") {
+    if let Some(path) = s
+        .strip_prefix("unix/")
+        .or_else(|| s.strip_prefix("unix+h2c/"))
+    {
         if path.is_empty() {
             return Err("a unix socket needs a path, e.g. \"unix//run/app.sock\"".into());
         }
@@ -65,10 +68,11 @@ pub(super) fn parse_target(s: &str) -> Result<TargetAddr, String> {
         Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
             "http" => (rest.strip_suffix('/').unwrap_or(rest), defaults::HTTP_PORT),
             "https" => (rest.strip_suffix('/').unwrap_or(rest), defaults::HTTPS_PORT),
-            "h2c" => return Err("not supported yet (HTTP/2 to upstreams is planned)".into()),
+            "h2c" => (rest.strip_suffix('/').unwrap_or(rest), defaults::HTTP_PORT),
             _ => {
                 return Err(format!(
-                    "unknown scheme \"{scheme}://\" (expected http://, https://, h2c:// or unix//)"
+                    "unknown scheme \"{scheme}://\" (expected http://, https://, h2c://, unix// or \
+                     unix+h2c//)"
                 ))
             }
         },

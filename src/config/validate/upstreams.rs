@@ -13,8 +13,8 @@ use crate::config::file::{
 use crate::config::spans::join;
 use crate::config::units::{dur, Size};
 use crate::config::{
-    defaults, ActiveHealth, Forwarded, HeaderOps, Health, Lb, PassiveHealth, Policy, ProxyProtocol,
-    Split, StatusSet, Target, Transport, Upstream, UpstreamTls,
+    defaults, ActiveHealth, Forwarded, HeaderOps, Health, HttpVersion, Lb, PassiveHealth, Policy,
+    ProxyProtocol, Split, StatusSet, Target, Transport, Upstream, UpstreamTls,
 };
 
 const POLICIES: &str = "random, random_choose, first, round_robin, weighted_round_robin, \
@@ -95,6 +95,7 @@ impl Validator<'_> {
         let https_ports = transport_file.https_ports.clone().unwrap_or_default();
         let mut transport = self.transport(&join(&key, "transport"), transport_file)?;
         self.upstream_tls(&key, &mut targets, &schemes, &mut transport, &https_ports)?;
+        self.h2_targets(&key, &mut targets, &transport, &health, tcp_user.is_some())?;
         if transport.fastcgi.is_some() {
             self.fastcgi_upstream(&key, &u.headers, &health, &transport, &u.response_buffer)?;
         }
@@ -168,12 +169,17 @@ impl Validator<'_> {
         if weight == 0 {
             return Err(self.at_value(&join(key, "weight"), "must be at least 1"));
         }
-        let scheme = address
-            .split_once("://")
-            .map(|(s, _)| s.eq_ignore_ascii_case("https"));
+        let h2c = is_h2c(&address);
+        // h2c is cleartext: an explicit "not TLS", like http://.
+        let scheme = match address.split_once("://") {
+            _ if h2c => Some(false),
+            Some((s, _)) => Some(s.eq_ignore_ascii_case("https")),
+            None => None,
+        };
         let target = Target {
             addr,
             tls: false,
+            h2c,
             weight,
             max_connections: max_connections.filter(|&n| n > 0),
             source: Default::default(),
@@ -390,9 +396,10 @@ impl Validator<'_> {
                 ))
             }
         }
-        if let Some(versions) = &t.versions {
-            self.versions(&join(key, "versions"), versions)?;
-        }
+        let versions = match &t.versions {
+            Some(list) => self.versions(&join(key, "versions"), list)?,
+            None => vec![HttpVersion::Http11],
+        };
         let fastcgi = self.fastcgi(key, &t)?;
         let later = [
             (
@@ -487,6 +494,7 @@ impl Validator<'_> {
             keepalive_idle_conns: t.keepalive_idle_conns.filter(|&n| n > 0),
             stream_close_delay: None,
             fastcgi,
+            versions,
         })
     }
 }
@@ -571,35 +579,40 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    /// `transport.versions`: upstreams are spoken to in HTTP/1.1 only, so only `["1.1"]`.
-    fn versions(&self, key: &str, list: &[serde_yaml::Value]) -> Res<()> {
+    /// `transport.versions`: "1.1" and "2", in the order ALPN offers them.
+    fn versions(&self, key: &str, list: &[serde_yaml::Value]) -> Res<Vec<HttpVersion>> {
         if list.is_empty() {
             return Err(self.at_value(key, "at least one version is required (use [\"1.1\"])"));
         }
+        let mut out = Vec::new();
         for (i, v) in list.iter().enumerate() {
             let text = match v {
                 serde_yaml::Value::String(s) => s.clone(),
                 serde_yaml::Value::Number(n) => n.to_string(),
                 other => format!("{other:?}"),
             };
-            match text.as_str() {
-                "1.1" => {}
-                "2" => {
-                    return Err(self.at_value(
-                        key,
-                        "not supported yet (HTTP/2 to upstreams is planned; use [\"1.1\"])",
-                    ))
-                }
+            let version = match text.as_str() {
+                "1.1" => HttpVersion::Http11,
+                "2" => HttpVersion::Http2,
                 _ => {
                     return Err(self.at_value(
                         &format!("{key}[{i}]"),
                         format!("unknown HTTP version \"{text}\" (expected \"1.1\" or \"2\")"),
                     ))
                 }
+            };
+            if !out.contains(&version) {
+                out.push(version);
             }
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+/// `h2c://` and `unix+h2c//` targets speak cleartext HTTP/2.
+fn is_h2c(address: &str) -> bool {
+    let a = address.as_bytes();
+    a.len() >= 6 && a[..6].eq_ignore_ascii_case(b"h2c://") || address.starts_with("unix+h2c/")
 }
 
 #[cfg(test)]

@@ -187,6 +187,12 @@ fn merge_upstream(u: &Upstream, found: &Discovered) -> Upstream {
                         .tls
                         .as_ref()
                         .is_some_and(|s| !s.except_ports.contains(&port)),
+                    // Without a scheme, only `versions: ["2"]` makes a plaintext target h2c.
+                    h2c: u.transport.h2_only()
+                        && u.transport
+                            .tls
+                            .as_ref()
+                            .is_none_or(|s| s.except_ports.contains(&port)),
                     weight: u32::from(f.weight.max(1)),
                     max_connections: None,
                     source: match f.priority {

@@ -1,0 +1,829 @@
+//! One request over an HTTP/2 stream to the upstream, in place of the HTTP/1.1 exchange (as
+//! the FastCGI transport replaces it): the HTTP/1 request the data path holds goes out as an
+//! h2 request, and the h2 response comes back to the client as an HTTP/1.1 response, chunked
+//! with trailers when the upstream sends trailers (so gRPC's grpc-status reaches an h2 client
+//! through `http2::stream`).
+//!
+//! The request head is written by the same code as for HTTP/1.1 upstreams (rewrite, header
+//! rules, X-Forwarded-*), then mapped to h2 fields. The request body streams up while the
+//! response streams down (gRPC's bidirectional calls need both at once), each under HTTP/2
+//! flow control: DATA is sent only as the upstream's window opens, and response window is
+//! released only once the bytes reached the client. A client that leaves cancels the upstream
+//! stream (RST_STREAM CANCEL, sent by `h2` when the stream's handles drop); an upstream reset
+//! after the response started closes the client connection (an h2 client sees its stream
+//! reset, see `http2::stream`).
+
+use std::future::poll_fn;
+use std::io::Write as _;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
+use http::HeaderMap;
+
+use super::client::H2Stream;
+use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
+use crate::http1::body::{write_chunk_header, ChunkedDecoder, Encode};
+use crate::http1::forward::{override_drops_body, write_request_head, Request};
+use crate::http1::parse::{parse_response, Framing, Parse, ResponseHead, Version};
+use crate::http1::response::{write_response_head, ClientResponse};
+use crate::net::stream::{reserve_read_space, Stream};
+use crate::proxy::exchange::{note_response, Attempt};
+use crate::proxy::relay::io_err;
+use crate::proxy::respond::is_head;
+use crate::proxy::session::{
+    timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, BODY_CHUNK, RESPONSE_LIMITS,
+};
+use crate::proxy::shape::{self, Answered, Decision};
+
+/// Request fields HTTP/2 forbids (RFC 9113 §8.2.2) or that ringway answers itself: `expect`
+/// (ringway sends the client its 100 Continue; flow control paces the body upstream).
+const DROPPED_FIELDS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "http2-settings",
+    "expect",
+];
+
+/// The client connection used by two futures of one task at once: the request body is read
+/// from it while the response is written to it.
+struct ClientIo<'a> {
+    stream: *mut Stream,
+    _borrow: PhantomData<&'a mut Stream>,
+}
+
+impl<'a> ClientIo<'a> {
+    fn new(stream: &'a mut Stream) -> Self {
+        ClientIo {
+            stream,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Whether a read and a write may be in flight at once: sockets allow it (monoio marks
+    /// them `Split`) and the in-memory pair's directions are separate; a TLS stream's session
+    /// may write while reading (an alert), so TLS clients get the body first, then the
+    /// response.
+    fn full_duplex(&self) -> bool {
+        // SAFETY: a shared look at the variant while no read or write is in flight.
+        !unsafe { &*self.stream }.is_tls()
+    }
+
+    async fn read_more(&self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        // SAFETY: only the upload reads and only the response writes; `full_duplex` keeps
+        // them apart on streams where the two would share state.
+        unsafe { &mut *self.stream }.read_more(buf).await
+    }
+
+    async fn write_all(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        // SAFETY: as in `read_more`.
+        unsafe { &mut *self.stream }.write_all(buf).await
+    }
+}
+
+/// RFC 9113 §8.7: a stream the upstream refused (REFUSED_STREAM), or one above the last
+/// stream id of a graceful GOAWAY, was never processed and may go to any target.
+fn unprocessed(reason: Option<Reason>, reset: bool, go_away: bool, remote: bool) -> bool {
+    remote
+        && ((reset && reason == Some(Reason::REFUSED_STREAM))
+            || (go_away && reason == Some(Reason::NO_ERROR)))
+}
+
+/// The one mapping of an upstream stream's failure onto the proxy's errors.
+fn stream_error(e: &h2::Error, before_response: bool) -> ProxyError {
+    let safe = unprocessed(e.reason(), e.is_reset(), e.is_go_away(), e.is_remote());
+    ProxyError::upstream(
+        ErrorKind::UpstreamIo {
+            err: std::io::Error::other(e.to_string()),
+            before_response,
+        },
+        safe && before_response,
+    )
+}
+
+fn invalid(why: &'static str) -> ProxyError {
+    ProxyError::upstream(ErrorKind::UpstreamInvalid(why), false)
+}
+
+/// The h2 request for the HTTP/1.1 head ringway would send (`head` as `write_request_head`
+/// writes it: a request line and `name: value` lines, CRLF-ended). `None`: something HTTP/2
+/// cannot carry.
+fn h2_request(head: &[u8], scheme: &str) -> Option<http::Request<()>> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut first = lines.next()?.splitn(3, |&b| b == b' ');
+    let method = http::Method::from_bytes(first.next()?).ok()?;
+    let target = std::str::from_utf8(first.next()?).ok()?;
+    if !target.starts_with('/') {
+        return None;
+    }
+    let mut req = http::Request::new(());
+    let mut authority = None;
+    let map = req.headers_mut();
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = http::HeaderName::from_bytes(line[..colon].trim_ascii()).ok()?;
+        let value = line[colon + 1..].trim_ascii();
+        if name == http::header::HOST {
+            authority = Some(std::str::from_utf8(value).ok()?.to_string());
+            continue;
+        }
+        if DROPPED_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        map.append(name, http::HeaderValue::from_bytes(value).ok()?);
+    }
+    // TE names what ringway, the h2 client, accepts: trailers, which it passes on.
+    map.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    let uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_deref().unwrap_or("localhost"))
+        .path_and_query(target)
+        .build()
+        .ok()?;
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = http::Version::HTTP_2;
+    Some(req)
+}
+
+/// The HTTP/1.1 head of an h2 response, for the data path's parser and header rules. Without
+/// a content-length, a response with a body is chunked (its trailers go in the trailer
+/// section); one that ended with its headers has length 0. A gRPC response is chunked even
+/// with a length: its status comes in trailers.
+fn synth_head(parts: &http::response::Parts, end_stream: bool, out: &mut Vec<u8>) {
+    let status = parts.status.as_u16();
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let mut length = false;
+    for (name, value) in &parts.headers {
+        if DROPPED_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        if name == http::header::CONTENT_LENGTH {
+            if grpc && !end_stream {
+                continue;
+            }
+            length = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !length && !matches!(status, 204 | 304) {
+        if end_stream {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        } else {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the trailer section (after the last chunk) for `trailers`.
+fn write_trailers(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the request body upload ended.
+enum Uploaded {
+    /// All of it went; bytes read past its end (a pipelined request) are handed back.
+    Done(Vec<u8>),
+    /// The upstream stopped taking it (it answered early, or reset the stream): the response
+    /// goes on, the client connection closes after it.
+    Stopped,
+}
+
+/// The request body on its way up.
+struct Upload<'a> {
+    client: &'a ClientIo<'a>,
+    tx: SendStream<Bytes>,
+    /// Body bytes read but not yet sent.
+    buf: Vec<u8>,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
+    max: Option<u64>,
+    /// Body bytes read from the client (access log).
+    moved: u64,
+}
+
+impl Upload<'_> {
+    async fn run(&mut self, framing: Framing) -> Result<Uploaded, ProxyError> {
+        let done = match framing {
+            Framing::Length(n) => self.length(n).await,
+            Framing::Chunked => self.chunked().await,
+            _ => Ok(true),
+        };
+        match done {
+            Ok(true) => Ok(Uploaded::Done(std::mem::take(&mut self.buf))),
+            Ok(false) => Ok(Uploaded::Stopped),
+            Err(e) => {
+                // The client failed: the upstream learns the request will not complete.
+                self.tx.send_reset(Reason::CANCEL);
+                Err(e)
+            }
+        }
+    }
+
+    /// `Ok(false)`: the upstream stopped taking the body.
+    async fn length(&mut self, n: u64) -> Result<bool, ProxyError> {
+        let mut left = n;
+        while left > 0 {
+            if self.buf.is_empty() && !self.read().await? {
+                return Err(ProxyError::downstream(ErrorKind::ClientIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+            let take = (self.buf.len() as u64).min(left) as usize;
+            left -= take as u64;
+            let data = Bytes::copy_from_slice(&self.buf[..take]);
+            self.buf.drain(..take);
+            if !self.send(data, left == 0).await {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn chunked(&mut self) -> Result<bool, ProxyError> {
+        let mut dec = ChunkedDecoder::new();
+        let mut tail = Vec::new();
+        let mut payload = 0u64;
+        loop {
+            let mut p = 0;
+            let mut done = false;
+            while p < self.buf.len() {
+                let step = dec.step(&self.buf[p..]).map_err(|_| {
+                    ProxyError::downstream(ErrorKind::BadBody("malformed chunked body"))
+                })?;
+                let consumed = p..p + step.consumed;
+                if let Some(r) = &step.data {
+                    let start = consumed.start;
+                    let data = Bytes::copy_from_slice(&self.buf[start + r.start..start + r.end]);
+                    payload += data.len() as u64;
+                    if self.max.is_some_and(|m| payload > m) {
+                        return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
+                    }
+                    tail.clear();
+                    tail.extend_from_slice(&self.buf[start + r.end..consumed.end]);
+                    if !self.send(data, false).await {
+                        return Ok(false);
+                    }
+                } else {
+                    tail.extend_from_slice(&self.buf[consumed.clone()]);
+                }
+                p = consumed.end;
+                if step.done {
+                    done = true;
+                    break;
+                }
+                if step.consumed == 0 {
+                    break;
+                }
+            }
+            self.buf.drain(..p);
+            if done {
+                let trailers = super::head::trailers(&tail);
+                let sent = if trailers.is_empty() {
+                    self.tx.send_data(Bytes::new(), true)
+                } else {
+                    self.tx.send_trailers(trailers)
+                };
+                return Ok(sent.is_ok());
+            }
+            if !self.read().await? {
+                return Err(ProxyError::downstream(ErrorKind::ClientIo(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+        }
+    }
+
+    /// Reads more of the body from the client; `false` at its end.
+    async fn read(&mut self) -> Result<bool, ProxyError> {
+        reserve_read_space(&mut self.buf, BODY_CHUNK);
+        let buf = std::mem::take(&mut self.buf);
+        let Some((res, buf)) = timed(self.read_timeout, self.client.read_more(buf)).await else {
+            return Err(ProxyError::downstream(ErrorKind::ClientIo(
+                std::io::ErrorKind::TimedOut.into(),
+            )));
+        };
+        self.buf = buf;
+        match res {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.moved += n as u64;
+                Ok(true)
+            }
+            Err(e) => Err(io_err(Side::Downstream, e)),
+        }
+    }
+
+    /// Sends `data` as the upstream's window allows; `false` when the upstream no longer takes
+    /// it (its window stayed shut past `write_timeout`, or the stream is gone).
+    async fn send(&mut self, mut data: Bytes, end: bool) -> bool {
+        if data.is_empty() {
+            return self.tx.send_data(data, end).is_ok();
+        }
+        while !data.is_empty() {
+            self.tx.reserve_capacity(data.len());
+            let cap = match timed(self.write_timeout, poll_fn(|cx| self.tx.poll_capacity(cx))).await
+            {
+                Some(Some(Ok(n))) => n,
+                _ => return false,
+            };
+            if cap == 0 {
+                continue;
+            }
+            let chunk = data.split_to(cap.min(data.len()));
+            if self.tx.send_data(chunk, end && data.is_empty()).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What the response phase needs besides the session's scratch.
+struct Down<'a> {
+    client: &'a ClientIo<'a>,
+    read_timeout: Option<Duration>,
+}
+
+/// Streams the response body to the client in the framing its head announced; trailers go in
+/// the chunked trailer section. Returns the bytes written.
+async fn relay_body(
+    d: &Down<'_>,
+    body: &mut RecvStream,
+    encode: Encode,
+    chunked: bool,
+    out: &mut Vec<u8>,
+) -> Result<u64, ProxyError> {
+    let mut written = 0u64;
+    loop {
+        let next = match timed(d.read_timeout, body.data()).await {
+            None => return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false)),
+            Some(next) => next,
+        };
+        let data = match next {
+            None => break,
+            Some(Err(e)) => return Err(stream_error(&e, false)),
+            Some(Ok(data)) => data,
+        };
+        let n = data.len();
+        if encode == Encode::Discard || n == 0 {
+            let _ = body.flow_control().release_capacity(n);
+            continue;
+        }
+        out.clear();
+        if chunked {
+            write_chunk_header(n, out);
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(&data);
+        }
+        let (res, b) = d.client.write_all(std::mem::take(out)).await;
+        *out = b;
+        res.map_err(|e| io_err(Side::Downstream, e))?;
+        written += out.len() as u64;
+        // Window opens for the upstream only once the bytes reached the client.
+        let _ = body.flow_control().release_capacity(n);
+    }
+    if chunked && encode != Encode::Discard {
+        let trailers = poll_fn(|cx| body.poll_trailers(cx))
+            .await
+            .map_err(|e| stream_error(&e, false))?;
+        out.clear();
+        write_trailers(trailers.as_ref(), out);
+        let (res, b) = d.client.write_all(std::mem::take(out)).await;
+        *out = b;
+        res.map_err(|e| io_err(Side::Downstream, e))?;
+        written += out.len() as u64;
+    }
+    Ok(written)
+}
+
+/// How the exchange ended, once the upload and the response are no longer polled.
+enum Outcome<'r> {
+    /// A `handle_response` rule or error page answers instead (the stream is reset).
+    Local {
+        local: shape::Local<'r>,
+        synth: Vec<u8>,
+        resp: ResponseHead,
+        body_sent: bool,
+        upstream_head: bool,
+    },
+    /// The response reached the client; `rest`: bytes read past the request body.
+    Done { keep: bool, rest: Option<Vec<u8>> },
+}
+
+/// One exchange on `link`, a stream of this worker's HTTP/2 connection to the target.
+pub(crate) async fn exchange(
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
+    mut link: H2Stream,
+) -> Result<Exchange, Failure> {
+    let (ctx, head) = (sess.ctx, sess.head);
+    if head.conn.upgrade {
+        return Err(invalid("an upgrade cannot be carried over HTTP/2 to the upstream").into());
+    }
+    let tr = &a.up.transport;
+    sess.s.out.clear();
+    {
+        let Scratch {
+            headers,
+            out,
+            aux,
+            list,
+            ..
+        } = &mut *sess.s;
+        let req = Request {
+            buf: &sess.down.buf,
+            head,
+            headers,
+            client: sess.client,
+            worker: ctx.id(),
+        };
+        write_request_head(&req, a.up, a.route, a.host(), out, aux, list);
+    }
+    let scheme = if a.up.targets[a.t].tls {
+        "https"
+    } else {
+        "http"
+    };
+    let request = h2_request(&sess.s.out, scheme)
+        .ok_or_else(|| invalid("the request cannot be carried over HTTP/2"))?;
+    let framing = if override_drops_body(a.route) {
+        Framing::None
+    } else {
+        head.framing
+    };
+    let no_body = matches!(framing, Framing::None | Framing::Length(0));
+    // Not sent yet: a connection that went away meanwhile costs nothing but a new attempt.
+    let not_sent = |e: h2::Error| {
+        ProxyError::upstream(
+            ErrorKind::UpstreamIo {
+                err: std::io::Error::other(e.to_string()),
+                before_response: true,
+            },
+            true,
+        )
+    };
+    poll_fn(|cx| link.send.poll_ready(cx))
+        .await
+        .map_err(not_sent)?;
+    let (response, tx) = link.send.send_request(request, no_body).map_err(not_sent)?;
+    ctx.gen_metrics().upstream_requests[a.u][a.t][link.reused as usize].inc();
+    let at = Instant::now();
+    // Body bytes that came with the head go first; the rest is read as it comes, and what
+    // follows the body (a pipelined request) is handed back to the receive buffer after.
+    let pending = sess.down.buf[sess.down.pos..].to_vec();
+    sess.down.pos = sess.down.buf.len();
+    let pending_len = pending.len() as u64;
+    if !no_body && head.expect_continue && pending.is_empty() && head.version == Version::Http11 {
+        let (res, _) = sess
+            .stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            .await;
+        res.map_err(|e| io_err(Side::Downstream, e))?;
+    }
+    let client_head = is_head(&sess.down.buf, head);
+    let upstream_head = a
+        .route
+        .method
+        .as_deref()
+        .map_or(client_head, |m| m == "HEAD");
+    let client = ClientIo::new(sess.stream);
+    let mut upload = Upload {
+        client: &client,
+        tx,
+        buf: pending,
+        read_timeout: ctx.config().limits.idle_timeout,
+        write_timeout: tr.write_timeout,
+        max: ctx.config().limits.max_request_body,
+        moved: 0,
+    };
+    let d = Down {
+        client: &client,
+        read_timeout: tr.read_timeout,
+    };
+    let outcome = 'ex: {
+        let mut uploaded: Option<Uploaded> = None;
+        if no_body {
+            uploaded = Some(Uploaded::Done(std::mem::take(&mut upload.buf)));
+        }
+        let mut up = std::pin::pin!(upload.run(framing));
+        if uploaded.is_none() && !client.full_duplex() {
+            uploaded = Some(up.as_mut().await.map_err(Failure::from)?);
+        }
+        let deadline = tr.response_header_timeout.map(|t| at + t);
+        let mut response = std::pin::pin!(timed_at(deadline, response));
+        let resp = loop {
+            monoio::select! {
+                r = &mut up, if uploaded.is_none() => uploaded = Some(r.map_err(Failure::from)?),
+                r = &mut response => break r,
+            }
+        };
+        let resp = match resp {
+            None => return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false).into()),
+            Some(Err(e)) => return Err(stream_error(&e, true).into()),
+            Some(Ok(resp)) => resp,
+        };
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status.as_u16();
+        let took = at.elapsed();
+        let bal = ctx.balancer(a.u);
+        note_response(bal.shared(a.t), a.up, bal.passive_enabled(), status, took);
+        ctx.gen_metrics().upstream_response_time[a.u].observe(took);
+        sess.s.status = status;
+        sess.s.target = Some((a.u, a.t));
+        let mut synth = Vec::with_capacity(512);
+        synth_head(&parts, body.is_end_stream(), &mut synth);
+        let resp = match parse_response(
+            &synth,
+            upstream_head,
+            &RESPONSE_LIMITS,
+            &mut sess.s.resp_headers,
+        ) {
+            Parse::Complete(r) => r,
+            _ => return Err(invalid("response fields cannot be carried in HTTP/1.1").into()),
+        };
+        let mut replace = None;
+        let decision = if shape::shapes(a.route) {
+            let headers = &sess.s.resp_headers;
+            shape::decide(a.route, resp.status, |n, w| {
+                shape::header_matches(&synth, headers, n, w)
+            })
+        } else {
+            Decision::Pass
+        };
+        match decision {
+            Decision::Pass => {}
+            Decision::ReplaceStatus(code) => replace = Some(code),
+            Decision::Local(local) => {
+                break 'ex Outcome::Local {
+                    local,
+                    synth,
+                    resp,
+                    body_sent: matches!(uploaded, Some(Uploaded::Done(_))),
+                    upstream_head,
+                };
+            }
+        }
+        let http10 = head.version == Version::Http10;
+        let encode = match resp.framing {
+            _ if client_head => Encode::Discard,
+            Framing::Chunked if http10 => Encode::Dechunk,
+            _ => Encode::Raw,
+        };
+        let chunked = resp.framing == Framing::Chunked && encode == Encode::Raw;
+        let unknown_len_to_10 = http10 && !client_head && resp.framing == Framing::Chunked;
+        // Decided before the body: the client connection is kept when the request will
+        // have been read whole (checked again after).
+        let keep = head.keep_alive() && !ctx.draining() && !unknown_len_to_10;
+        sess.s.out.clear();
+        {
+            let Scratch {
+                resp_headers,
+                out,
+                aux,
+                list,
+                ..
+            } = &mut *sess.s;
+            let r = ClientResponse {
+                rbuf: &synth,
+                head: &resp,
+                headers: resp_headers,
+                encode,
+                zero_length: upstream_head && !client_head && !matches!(resp.status, 204 | 304),
+                keep,
+                set_cookie: a
+                    .set_cookie
+                    .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
+            };
+            let req = Request {
+                buf: &sess.down.buf,
+                head,
+                headers: &[],
+                client: sess.client,
+                worker: ctx.id(),
+            };
+            write_response_head(&req, a.up, a.host(), &r, out, aux, list);
+        }
+        if let Some(code) = replace {
+            shape::replace_status_line(&mut sess.s.out, code);
+            sess.s.status = code;
+        }
+        if !sess.s.copied.is_empty() {
+            shape::insert_fields(&mut sess.s.out, &sess.s.copied);
+        }
+        let answered = |error| Failure {
+            error,
+            answered: true,
+        };
+        let out = &mut sess.s.out;
+        let send_down = async {
+            let head_len = out.len() as u64;
+            let (res, b) = client.write_all(std::mem::take(out)).await;
+            *out = b;
+            res.map_err(|e| io_err(Side::Downstream, e))?;
+            let with_body = !matches!(resp.framing, Framing::None) && encode != Encode::Discard;
+            let moved = if with_body {
+                relay_body(&d, &mut body, encode, chunked, out).await?
+            } else {
+                0
+            };
+            Ok::<u64, ProxyError>(head_len + moved)
+        };
+        let mut send_down = std::pin::pin!(send_down);
+        let sent = loop {
+            monoio::select! {
+                r = &mut up, if uploaded.is_none() => match r {
+                    Ok(u) => uploaded = Some(u),
+                    Err(e) => break Err(e),
+                },
+                r = &mut send_down => break r,
+            }
+        };
+        let bytes_out = sent.map_err(answered)?;
+        sess.s.bytes_out = bytes_out;
+        let rest = match uploaded {
+            Some(Uploaded::Done(rest)) => Some(rest),
+            _ => None,
+        };
+        Outcome::Done {
+            keep: keep && rest.is_some(),
+            rest,
+        }
+    };
+    sess.s.bytes_in += pending_len + upload.moved;
+    drop(upload);
+    match outcome {
+        Outcome::Done { keep, rest } => {
+            if let Some(rest) = rest.filter(|r| !r.is_empty()) {
+                sess.down.buf.extend_from_slice(&rest);
+            }
+            Ok(Exchange::Done(keep))
+        }
+        local => answer_locally(sess, a, local).await,
+    }
+}
+
+/// A `handle_response` rule's or error page's answer in place of the upstream response.
+async fn answer_locally(
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
+    outcome: Outcome<'_>,
+) -> Result<Exchange, Failure> {
+    let Outcome::Local {
+        local,
+        synth,
+        resp,
+        body_sent,
+        upstream_head,
+    } = outcome
+    else {
+        return Ok(Exchange::Done(false));
+    };
+    let first = Answered {
+        route: a.route,
+        u: a.u,
+        t: a.t,
+        keepalive: false,
+        conn: None,
+        ub: RecvBuf {
+            buf: synth,
+            pos: 0,
+            floor: 0,
+        },
+        resp: &resp,
+        body_sent,
+        upstream_head,
+    };
+    shape::answer(sess, first, local).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_streams_and_streams_past_a_graceful_goaway_are_unprocessed() {
+        use Reason as R;
+        // (reason, reset, go_away, remote, unprocessed)
+        let cases = [
+            (Some(R::REFUSED_STREAM), true, false, true, true),
+            (Some(R::NO_ERROR), false, true, true, true),
+            (Some(R::REFUSED_STREAM), true, false, false, false),
+            (Some(R::CANCEL), true, false, true, false),
+            (Some(R::INTERNAL_ERROR), true, false, true, false),
+            (Some(R::PROTOCOL_ERROR), false, true, true, false),
+            (None, false, false, false, false),
+        ];
+        for (reason, reset, go_away, remote, want) in cases {
+            assert_eq!(
+                unprocessed(reason, reset, go_away, remote),
+                want,
+                "{reason:?} reset={reset} go_away={go_away} remote={remote}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_http1_head_becomes_an_h2_request_without_connection_fields() {
+        let head = b"POST /pkg.Svc/Call?x=1 HTTP/1.1\r\nHost: api.internal:8080\r\n\
+            Content-Type: application/grpc\r\nTE: trailers\r\nConnection: close\r\n\
+            Transfer-Encoding: chunked\r\nExpect: 100-continue\r\ngrpc-timeout: 5S\r\n\
+            X-Forwarded-For: 10.0.0.1\r\n\r\n";
+        let req = h2_request(head, "http").expect("maps");
+        assert_eq!(req.method(), http::Method::POST);
+        assert_eq!(
+            req.uri().to_string(),
+            "http://api.internal:8080/pkg.Svc/Call?x=1"
+        );
+        let h = req.headers();
+        assert_eq!(h["content-type"], "application/grpc");
+        assert_eq!(h["grpc-timeout"], "5S");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["te"], "trailers");
+        for gone in ["host", "connection", "transfer-encoding", "expect"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        // Asterisk-form and absolute-form targets have no h2 path of their own.
+        assert!(h2_request(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "http").is_none());
+    }
+
+    #[test]
+    fn an_h2_response_gets_http1_framing_that_keeps_its_trailers() {
+        let resp = |headers: &[(&str, &str)]| {
+            let mut b = http::Response::builder().status(200);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Fields, bool, &str); 5] = [
+            (
+                &[("content-type", "application/grpc")],
+                false,
+                "transfer-encoding: chunked\r\n",
+            ),
+            (&[("content-length", "5")], false, "content-length: 5\r\n"),
+            // Trailers-only (a gRPC error): the status rides in the headers, no body.
+            (&[("grpc-status", "5")], true, "content-length: 0\r\n"),
+            (&[("content-length", "0")], true, "content-length: 0\r\n"),
+            // A gRPC response's trailers need chunked framing, whatever its length.
+            (
+                &[
+                    ("content-type", "application/grpc"),
+                    ("content-length", "9"),
+                ],
+                false,
+                "transfer-encoding: chunked\r\n",
+            ),
+        ];
+        for (headers, end, want) in cases {
+            let mut out = Vec::new();
+            synth_head(&resp(headers), end, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.ends_with(&format!("{want}\r\n")), "{text}");
+            assert_eq!(
+                text.matches("content-length").count() + text.matches("chunked").count(),
+                1,
+                "{text}"
+            );
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "ok".parse().unwrap());
+        let mut out = Vec::new();
+        write_trailers(Some(&trailers), &mut out);
+        assert_eq!(out, b"0\r\ngrpc-status: 0\r\ngrpc-message: ok\r\n\r\n");
+        out.clear();
+        write_trailers(None, &mut out);
+        assert_eq!(out, b"0\r\n\r\n");
+    }
+}
