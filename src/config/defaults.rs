@@ -158,6 +158,8 @@ pub const MAX_RESPONSE_HEADER: u64 = 64 * 1024;
 pub const MIN_MAX_RESPONSE_HEADER: u64 = 1024;
 /// Off: the kernel's keep-alive settings apply only to sockets that ask for them.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::ZERO;
+/// `socks5://` forward proxies without a port (RFC 1928's well-known port).
+pub const SOCKS_PORT: u16 = 1080;
 /// A target that has not finished its handshake by then is stalled.
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Targets speak HTTP unless told otherwise.

@@ -515,8 +515,8 @@ pub struct Transport {
     pub local_address: Option<std::net::IpAddr>,
     /// Upgraded (WebSocket) connections are closed after this long; `None` = never.
     pub stream_timeout: Option<Duration>,
-    /// TCP targets are reached through this HTTP proxy's CONNECT tunnels.
-    pub forward_proxy: Option<SocketAddr>,
+    /// TCP targets are reached through this forward proxy (`forward_proxy_url`).
+    pub forward_proxy: Option<ForwardProxy>,
     /// Idle pooled connections kept per worker across all targets; `None` = no total cap.
     pub keepalive_idle_conns: Option<usize>,
     /// Upgraded connections of a replaced configuration close this long after a reload;
@@ -539,6 +539,38 @@ pub struct Fastcgi {
     pub env: Vec<(String, Template)>,
     /// Log what the application writes to FastCGI stderr at warn (else at debug).
     pub capture_stderr: bool,
+}
+
+/// `transport.forward_proxy_url`: the first hop of every TCP dial.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ForwardProxy {
+    pub kind: ProxyKind,
+    /// The proxy's host as written (the TLS server name of an `https://` proxy).
+    pub host: String,
+    pub addr: SocketAddr,
+    /// Percent-decoded `user:password` of the URL.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ForwardProxy {
+    // The password stays out of logs and configuration dumps.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardProxy")
+            .field("kind", &self.kind)
+            .field("addr", &self.addr)
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// `http://`: an HTTP CONNECT tunnel.
+    Http,
+    /// `https://`: TLS to the proxy, then CONNECT inside it.
+    Https,
+    /// `socks5://`: RFC 1928 CONNECT, names resolved by the proxy.
+    Socks5,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

@@ -492,29 +492,6 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
-    /// `transport.forward_proxy_url`: `http://host[:port]` (80 by default), resolved now.
-    fn forward_proxy(&self, key: &str, url: Option<&str>) -> Res<Option<std::net::SocketAddr>> {
-        let Some(url) = url.filter(|u| !u.is_empty()) else {
-            return Ok(None);
-        };
-        let k = join(key, "forward_proxy_url");
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            self.at_value(
-                &k,
-                "expected http://host:port (https:// and socks5:// proxies are not supported yet)",
-            )
-        })?;
-        if rest.contains('@') {
-            return Err(self.at_value(&k, "proxy credentials are not supported yet"));
-        }
-        match parse_target(url).map_err(|m| self.at_value(&k, m))? {
-            crate::config::TargetAddr::Tcp { addr, .. } => Ok(Some(addr)),
-            crate::config::TargetAddr::Unix(_) => {
-                Err(self.at_value(&k, "expected http://host:port"))
-            }
-        }
-    }
-
     fn max_response_header(&self, key: &str, v: Option<Size>) -> Res<usize> {
         let n = v.map_or(defaults::MAX_RESPONSE_HEADER, |Size(n)| n);
         if !(defaults::MIN_MAX_RESPONSE_HEADER..=defaults::MAX_BODY_BUFFER).contains(&n) {
@@ -677,27 +654,34 @@ mod tests {
     }
 
     #[test]
-    fn forward_proxy_url_is_a_plain_http_proxy_address() {
+    fn forward_proxy_url_takes_http_https_and_socks5_with_credentials() {
         let c = Config::parse(
-            &with_upstream("transport: { forward_proxy_url: \"http://127.0.0.1\" }"),
+            &with_upstream("transport: { forward_proxy_url: \"socks5://u%40x:pw@127.0.0.1\" }"),
             "t.yaml",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            c.upstreams[0].transport.forward_proxy,
-            Some("127.0.0.1:80".parse().unwrap())
-        );
-        for (url, message) in [
-            ("https://127.0.0.1:3128", "not supported yet"),
+        let t = &c.upstreams[0].transport;
+        let fp = t.forward_proxy.as_ref().expect("forward proxy");
+        assert_eq!(fp.kind, crate::config::ProxyKind::Socks5);
+        assert_eq!(fp.addr, "127.0.0.1:1080".parse().unwrap());
+        assert_eq!(fp.credentials, Some(("u@x".into(), "pw".into())));
+        assert!(!format!("{fp:?}").contains("pw"), "{fp:?}");
+        for (extra, key, message) in [
             (
-                "http://u:p@127.0.0.1:3128",
-                "credentials are not supported yet",
+                "forward_proxy_url: \"ftp://127.0.0.1\"",
+                "forward_proxy_url",
+                "unknown proxy scheme",
             ),
-            ("http://127.0.0.1:3128/x", "no path"),
+            (
+                "forward_proxy_url: \"http://127.0.0.1:3128/x\"",
+                "forward_proxy_url",
+                "no path",
+            ),
         ] {
-            let e = upstream_err(&format!("transport: {{ forward_proxy_url: \"{url}\" }}"));
-            assert_eq!(e.key, "upstreams.api.transport.forward_proxy_url", "{e}");
-            assert!(e.message.contains(message), "{url}: {e}");
+            let e = upstream_err(&format!("transport: {{ {extra} }}"));
+            assert_eq!(e.key, format!("upstreams.api.transport.{key}"), "{e}");
+            assert_eq!(e.line, 8, "{e}");
+            assert!(e.message.contains(message), "{extra}: {e}");
         }
     }
 

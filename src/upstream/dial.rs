@@ -1,0 +1,78 @@
+//! The TCP part of a dial: the socket options the transport asks for (`local_address`) and
+//! the forward proxy's handshake (`upstream::forward`). TLS to the target and the PROXY header
+//! come after, in `upstream::connect`.
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::config::Transport;
+use crate::net::stream::Sock;
+use crate::upstream::forward::{self, Through};
+use crate::worker::ctx::WorkerCtx;
+
+/// Opens a connection to TCP target `addr` (written as `host`) of upstream `u`: through the
+/// forward proxy when there is one.
+pub async fn open(
+    ctx: &WorkerCtx,
+    u: usize,
+    tr: &Transport,
+    host: &str,
+    addr: SocketAddr,
+) -> io::Result<Sock> {
+    let tcp = match &tr.forward_proxy {
+        // The proxy resolves names: there is one address to dial, the proxy's.
+        Some(fp) => connect(fp.addr, tr).await?,
+        None => connect(addr, tr).await?,
+    };
+    tcp.set_nodelay(true)?;
+    if let Some(every) = tr.keepalive_interval {
+        tcp.set_tcp_keepalive(Some(every), Some(every), None)?;
+    }
+    match &tr.forward_proxy {
+        None => Ok(Sock::Tcp(tcp)),
+        Some(fp) => {
+            let to = Through {
+                host: crate::net::tls::host_of(host),
+                port: addr.port(),
+            };
+            forward::open(ctx, u, fp, tcp, &to).await
+        }
+    }
+}
+
+/// One TCP connect to `to` with the transport's socket options.
+async fn connect(to: SocketAddr, tr: &Transport) -> io::Result<monoio::net::TcpStream> {
+    if tr.local_address.is_none() {
+        return monoio::net::TcpStream::connect_addr(to).await;
+    }
+    connect_with_options(to, tr).await
+}
+
+/// Creates the socket, binds `local_address`, then connects without
+/// blocking; the runtime reports completion as writability.
+async fn connect_with_options(
+    to: SocketAddr,
+    tr: &Transport,
+) -> io::Result<monoio::net::TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_cloexec(true)?;
+    if let Some(ip) = tr.local_address {
+        socket.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
+    }
+    socket.set_nonblocking(true)?;
+    match socket.connect(&SockAddr::from(to)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = monoio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    stream.writable(false).await?;
+    // SAFETY: the descriptor belongs to `stream`, open for the whole call.
+    let fd =
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
+    match socket2::SockRef::from(&fd).take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
+}
