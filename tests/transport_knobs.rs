@@ -143,10 +143,6 @@ fn transport_keys_not_built_yet_are_refused_by_name() {
             "transport: { expect_continue_timeout: 1s }",
             "expect_continue_timeout",
         ),
-        (
-            "transport: { dial_fallback_delay: 300ms }",
-            "dial_fallback_delay",
-        ),
         ("transport: { read_buffer: 4KiB }", "read_buffer"),
         ("transport: { write_buffer: 4KiB }", "write_buffer"),
     ] {

@@ -350,6 +350,9 @@ pub struct Target {
     /// Across all workers; `None` = unlimited.
     pub max_connections: Option<u32>,
     pub source: TargetSource,
+    /// A hostname's other addresses, in resolution order, dialed after `addr` RFC 8305-style
+    /// (`transport.dial_fallback_delay`); empty otherwise.
+    pub fallbacks: Vec<SocketAddr>,
 }
 
 /// Blue-green / canary: `percent` of requests go to `targets[start..]`, the rest to `targets[..start]`.
@@ -517,6 +520,9 @@ pub struct Transport {
     pub stream_timeout: Option<Duration>,
     /// TCP targets are reached through this forward proxy (`forward_proxy_url`).
     pub forward_proxy: Option<ForwardProxy>,
+    /// `dial_fallback_delay`: a hostname target stays one target that dials all the addresses
+    /// its name resolves to, RFC 8305-style; `None`: one target per address.
+    pub fallback: Option<Fallback>,
     /// Idle pooled connections kept per worker across all targets; `None` = no total cap.
     pub keepalive_idle_conns: Option<usize>,
     /// Upgraded connections of a replaced configuration close this long after a reload;
@@ -539,6 +545,16 @@ pub struct Fastcgi {
     pub env: Vec<(String, Template)>,
     /// Log what the application writes to FastCGI stderr at warn (else at debug).
     pub capture_stderr: bool,
+}
+
+/// How a target's several addresses are dialed (`transport.dial_fallback_delay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The next address is tried this long after the previous one started (or at once when
+    /// every attempt so far failed); the first to connect wins.
+    Race(Duration),
+    /// A negative delay: one address at a time, each after the previous one failed.
+    Sequential,
 }
 
 /// `transport.forward_proxy_url`: the first hop of every TCP dial.

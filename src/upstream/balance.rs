@@ -544,6 +544,7 @@ mod tests {
                     weight: w,
                     max_connections: None,
                     source: Default::default(),
+                    fallbacks: Vec::new(),
                 })
                 .collect(),
             split: None,
@@ -577,6 +578,7 @@ mod tests {
                 local_address: None,
                 stream_timeout: None,
                 forward_proxy: None,
+                fallback: None,
                 keepalive_idle_conns: None,
                 stream_close_delay: None,
             },

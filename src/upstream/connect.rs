@@ -294,7 +294,7 @@ async fn dial(
         match &target.addr {
             TargetAddr::Tcp { addr, host } => {
                 let tr = &up.transport;
-                crate::upstream::dial::open(ctx, u, tr, host, *addr).await
+                crate::upstream::dial::open(ctx, u, tr, host, *addr, &target.fallbacks).await
             }
             TargetAddr::Unix(p) => Ok(Sock::Unix(monoio::net::UnixStream::connect(p).await?)),
         }

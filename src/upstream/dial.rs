@@ -1,28 +1,44 @@
-//! The TCP part of a dial: the socket options the transport asks for (`local_address`) and
-//! the forward proxy's handshake (`upstream::forward`). TLS to the target and the PROXY header
+//! The TCP part of a dial: the socket options the transport asks for (`local_address`), a
+//! hostname's addresses raced RFC 8305-style (`dial_fallback_delay`, see `upstream::eyeballs`)
+//! and the forward proxy's handshake (`upstream::forward`). TLS to the target and the PROXY header
 //! come after, in `upstream::connect`.
 
 use std::io;
 use std::net::SocketAddr;
 
-use crate::config::Transport;
+use crate::config::{Fallback, Transport};
 use crate::net::stream::Sock;
+use crate::upstream::eyeballs;
 use crate::upstream::forward::{self, Through};
 use crate::worker::ctx::WorkerCtx;
 
-/// Opens a connection to TCP target `addr` (written as `host`) of upstream `u`: through the
-/// forward proxy when there is one.
+/// Opens a connection to TCP target `addr` (written as `host`, with `fallbacks` its other
+/// addresses) of upstream `u`: through the forward proxy when there is one.
 pub async fn open(
     ctx: &WorkerCtx,
     u: usize,
     tr: &Transport,
     host: &str,
     addr: SocketAddr,
+    fallbacks: &[SocketAddr],
 ) -> io::Result<Sock> {
     let tcp = match &tr.forward_proxy {
         // The proxy resolves names: there is one address to dial, the proxy's.
         Some(fp) => connect(fp.addr, tr).await?,
-        None => connect(addr, tr).await?,
+        None if fallbacks.is_empty() => connect(addr, tr).await?,
+        None => {
+            let all: Vec<SocketAddr> = std::iter::once(addr)
+                .chain(fallbacks.iter().copied())
+                .collect();
+            let order = eyeballs::order(&all);
+            let (tcp, _) = match tr.fallback {
+                Some(Fallback::Race(delay)) => {
+                    eyeballs::race(&order, delay, |a| connect(a, tr)).await?
+                }
+                _ => eyeballs::one_by_one(&order, tr.dial_timeout, |a| connect(a, tr)).await?,
+            };
+            tcp
+        }
     };
     tcp.set_nodelay(true)?;
     if let Some(every) = tr.keepalive_interval {

@@ -1,10 +1,12 @@
 //! The upstream side, shared by HTTP and layer 4: per-target state, balancer replicas, pools of
 //! idle connections, and the connector that picks, dials and fails over; `dial` opens the TCP
-//! connection (socket options, a `forward` proxy, `socks` its SOCKS5 codec).
+//! connection (socket options, `eyeballs` racing a hostname's addresses, a `forward` proxy,
+//! `socks` its SOCKS5 codec).
 
 pub mod balance;
 pub mod connect;
 pub mod dial;
+pub mod eyeballs;
 pub mod forward;
 pub mod handshake;
 pub mod pool;

@@ -1,10 +1,11 @@
 //! Caddy http transport knobs that shape each dial: `forward_proxy_url` (http://, https://,
-//! socks5://, with credentials).
+//! socks5://, with credentials) and `dial_fallback_delay`.
 
 use super::addr::{resolve, split_host_port};
 use super::{Res, Validator};
 use crate::config::spans::join;
-use crate::config::{defaults, ForwardProxy, ProxyKind};
+use crate::config::units::SignedDur;
+use crate::config::{defaults, Fallback, ForwardProxy, ProxyKind};
 
 /// A forward proxy URL taken apart, before its host is resolved.
 #[derive(Debug, PartialEq, Eq)]
@@ -92,6 +93,16 @@ fn credential_problem(kind: ProxyKind, user: &str, password: &str) -> Result<(),
     }
 }
 
+/// `dial_fallback_delay`: not written -> `None`; negative -> sequential; zero -> the default
+/// (Go's reading of zero, so a Caddy value means the same here).
+pub(super) fn fallback(v: Option<SignedDur>) -> Option<Fallback> {
+    match v? {
+        SignedDur(None) => Some(Fallback::Sequential),
+        SignedDur(Some(d)) if d.is_zero() => Some(Fallback::Race(defaults::DIAL_FALLBACK_DELAY)),
+        SignedDur(Some(d)) => Some(Fallback::Race(d)),
+    }
+}
+
 impl Validator<'_> {
     /// `transport.forward_proxy_url`, its host resolved now.
     pub(super) fn forward_proxy(&self, key: &str, url: Option<&str>) -> Res<Option<ForwardProxy>> {
@@ -113,6 +124,7 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn url(kind: ProxyKind, host: &str, port: u16, creds: Option<(&str, &str)>) -> ProxyUrl {
         ProxyUrl {
@@ -163,6 +175,22 @@ mod tests {
         for (text, want) in bad {
             let e = parse_proxy_url(text).expect_err(text);
             assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn fallback_delay_reads_negative_as_sequential_and_zero_as_the_default() {
+        let ms = |n| Duration::from_millis(n);
+        for (written, want) in [
+            (None, None),
+            (Some(SignedDur(None)), Some(Fallback::Sequential)),
+            (
+                Some(SignedDur(Some(Duration::ZERO))),
+                Some(Fallback::Race(ms(300))),
+            ),
+            (Some(SignedDur(Some(ms(50)))), Some(Fallback::Race(ms(50)))),
+        ] {
+            assert_eq!(fallback(written), want);
         }
     }
 }

@@ -177,6 +177,7 @@ impl Validator<'_> {
             weight,
             max_connections: max_connections.filter(|&n| n > 0),
             source: Default::default(),
+            fallbacks: Vec::new(),
         };
         Ok((target, scheme))
     }
@@ -400,12 +401,6 @@ impl Validator<'_> {
                 t.expect_continue_timeout.is_some(),
                 "",
             ),
-            (
-                "dial_fallback_delay",
-                t.dial_fallback_delay.is_some(),
-                " (happy eyeballs needs every address of a name at dial time; it comes with \
-                 dynamic upstreams)",
-            ),
             ("read_buffer", t.read_buffer.is_some(), ""),
             ("write_buffer", t.write_buffer.is_some(), ""),
         ];
@@ -484,6 +479,7 @@ impl Validator<'_> {
             },
             stream_timeout: None,
             forward_proxy: self.forward_proxy(key, t.forward_proxy_url.as_deref())?,
+            fallback: super::knobs::fallback(t.dial_fallback_delay),
             keepalive_idle_conns: t.keepalive_idle_conns.filter(|&n| n > 0),
             stream_close_delay: None,
             fastcgi,
@@ -656,7 +652,10 @@ mod tests {
     #[test]
     fn forward_proxy_url_takes_http_https_and_socks5_with_credentials() {
         let c = Config::parse(
-            &with_upstream("transport: { forward_proxy_url: \"socks5://u%40x:pw@127.0.0.1\" }"),
+            &with_upstream(
+                "transport: { forward_proxy_url: \"socks5://u%40x:pw@127.0.0.1\", \
+                 dial_fallback_delay: -1 }",
+            ),
             "t.yaml",
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -666,6 +665,7 @@ mod tests {
         assert_eq!(fp.addr, "127.0.0.1:1080".parse().unwrap());
         assert_eq!(fp.credentials, Some(("u@x".into(), "pw".into())));
         assert!(!format!("{fp:?}").contains("pw"), "{fp:?}");
+        assert_eq!(t.fallback, Some(crate::config::Fallback::Sequential));
         for (extra, key, message) in [
             (
                 "forward_proxy_url: \"ftp://127.0.0.1\"",
