@@ -1,11 +1,14 @@
-//! Caddy http transport knobs of the dial: `dial_fallback_delay` (RFC 8305 racing of a
-//! hostname's addresses, names served by dnsmasq).
+//! Caddy http transport knobs of the dial and the request: `dial_fallback_delay` (RFC 8305
+//! racing of a hostname's addresses, names served by dnsmasq) and `expect_continue_timeout`
+//! (raw-socket backends that answer 100 late, 417, or never).
 
 #[macro_use]
 mod support;
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::dns::{port_free_on, Dnsmasq};
@@ -106,4 +109,172 @@ fn a_negative_fallback_delay_dials_the_addresses_one_at_a_time() {
     );
     assert_eq!(live.requests(), 1);
     server.shutdown();
+}
+
+/// What a raw backend does with a request that expects 100-continue.
+#[derive(Clone, Copy)]
+enum Continue {
+    /// Sends 100 after this long, then reads the body and answers 200 with it.
+    Late(Duration),
+    /// Answers 417 at once without reading the body.
+    Refuse,
+    /// Never sends 100: reads the body whenever it comes and answers 200 with it.
+    Never,
+}
+
+/// A backend acting out `how`; reports per request whether body bytes had arrived before it
+/// would have sent its 100.
+fn continue_backend(how: Continue) -> (SocketAddr, mpsc::Receiver<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).ok() != Some(1) {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                match how {
+                    Continue::Refuse => {
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        return;
+                    }
+                    Continue::Late(after) => {
+                        std::thread::sleep(after);
+                        conn.set_nonblocking(true).unwrap();
+                        let mut peek = [0u8; 1];
+                        let early = conn.peek(&mut peek).is_ok_and(|n| n > 0);
+                        conn.set_nonblocking(false).unwrap();
+                        let _ = tx.send(early);
+                        let _ = conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    Continue::Never => {}
+                }
+                let mut body = vec![0u8; len];
+                if conn.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                let _ = conn.write_all(reply.as_bytes());
+                let _ = conn.write_all(&body);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends a POST expecting 100-continue; waits for an interim or final answer, sends the body
+/// after a 100, and returns everything the proxy sent until the final response's body.
+fn post_expecting_continue(proxy: &Proxy) -> (String, Duration) {
+    let mut s = TcpStream::connect(proxy.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut body_sent = false;
+    loop {
+        let n = match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            res => res.unwrap_or(0),
+        };
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if !body_sent && text.starts_with("HTTP/1.1 100") && text.contains("\r\n\r\n") {
+            s.write_all(b"hello").unwrap();
+            body_sent = true;
+        }
+        // Done once a final response's head and (short) body are in.
+        let finals: Vec<&str> = text
+            .split("HTTP/1.1 ")
+            .filter(|p| !p.starts_with("100"))
+            .collect();
+        if let Some(last) = finals.iter().rev().find(|p| !p.is_empty()) {
+            if last.starts_with("417") && last.contains("\r\n\r\n") {
+                break;
+            }
+            if last.starts_with("200") && last.ends_with("hello") {
+                break;
+            }
+        }
+    }
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn an_upstream_slow_to_say_100_gets_the_body_after_expect_continue_timeout() {
+    let (b, seen) = continue_backend(Continue::Late(Duration::from_millis(1500)));
+    let yaml = one_upstream_yaml("$B", "    transport: { expect_continue_timeout: 200ms }\n");
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("B", b.to_string())]);
+    let (got, _) = post_expecting_continue(&proxy);
+    assert_eq!(got.matches("100 Continue").count(), 1, "{got:?}");
+    assert!(got.ends_with("hello"), "{got:?}");
+    assert_eq!(
+        seen.recv_timeout(Duration::from_secs(5)),
+        Ok(true),
+        "the body reached the upstream before its late 100"
+    );
+    // Without the key the body waits for the upstream's 100.
+    let (b, seen) = continue_backend(Continue::Late(Duration::from_millis(500)));
+    let proxy = Proxy::start(
+        Driver::any(),
+        &one_upstream_yaml("$B", ""),
+        &[("B", b.to_string())],
+    );
+    let (got, _) = post_expecting_continue(&proxy);
+    assert_eq!(got.matches("100 Continue").count(), 1, "{got:?}");
+    assert!(got.ends_with("hello"), "{got:?}");
+    assert_eq!(seen.recv_timeout(Duration::from_secs(5)), Ok(false));
+}
+
+#[test]
+fn an_upstream_refusing_the_expectation_has_its_417_relayed_and_gets_no_body() {
+    let (b, _) = continue_backend(Continue::Refuse);
+    let yaml = one_upstream_yaml("$B", "    transport: { expect_continue_timeout: 10s }\n");
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("B", b.to_string())]);
+    let (got, took) = post_expecting_continue(&proxy);
+    assert!(got.starts_with("HTTP/1.1 417"), "{got:?}");
+    assert!(!got.contains("100 Continue"), "{got:?}");
+    assert!(took < Duration::from_secs(5), "answered at once: {took:?}");
+}
+
+#[test]
+fn an_upstream_that_never_says_100_is_served_after_expect_continue_timeout() {
+    let (b, _) = continue_backend(Continue::Never);
+    let yaml = one_upstream_yaml("$B", "    transport: { expect_continue_timeout: 300ms }\n");
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("B", b.to_string())]);
+    let (got, took) = post_expecting_continue(&proxy);
+    assert!(
+        got.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+        "{got:?}"
+    );
+    assert!(got.ends_with("hello"), "{got:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
 }

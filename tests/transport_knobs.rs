@@ -139,10 +139,6 @@ fn keepalive_interval_turns_on_tcp_keepalive_probes_on_upstream_connections() {
 fn transport_keys_not_built_yet_are_refused_by_name() {
     let dir = TempDir::new();
     for (extra, key) in [
-        (
-            "transport: { expect_continue_timeout: 1s }",
-            "expect_continue_timeout",
-        ),
         ("transport: { read_buffer: 4KiB }", "read_buffer"),
         ("transport: { write_buffer: 4KiB }", "write_buffer"),
     ] {

@@ -523,6 +523,9 @@ pub struct Transport {
     /// `dial_fallback_delay`: a hostname target stays one target that dials all the addresses
     /// its name resolves to, RFC 8305-style; `None`: one target per address.
     pub fallback: Option<Fallback>,
+    /// With `Expect: 100-continue`, how long the upstream has to answer the request head
+    /// before the body is sent anyway; `None`: the body waits for its 100 (or final answer).
+    pub expect_continue_timeout: Option<Duration>,
     /// Idle pooled connections kept per worker across all targets; `None` = no total cap.
     pub keepalive_idle_conns: Option<usize>,
     /// Upgraded connections of a replaced configuration close this long after a reload;

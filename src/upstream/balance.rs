@@ -579,6 +579,7 @@ mod tests {
                 stream_timeout: None,
                 forward_proxy: None,
                 fallback: None,
+                expect_continue_timeout: None,
                 keepalive_idle_conns: None,
                 stream_close_delay: None,
             },

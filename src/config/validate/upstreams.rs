@@ -396,11 +396,6 @@ impl Validator<'_> {
         }
         let fastcgi = self.fastcgi(key, &t)?;
         let later = [
-            (
-                "expect_continue_timeout",
-                t.expect_continue_timeout.is_some(),
-                "",
-            ),
             ("read_buffer", t.read_buffer.is_some(), ""),
             ("write_buffer", t.write_buffer.is_some(), ""),
         ];
@@ -480,6 +475,7 @@ impl Validator<'_> {
             stream_timeout: None,
             forward_proxy: self.forward_proxy(key, t.forward_proxy_url.as_deref())?,
             fallback: super::knobs::fallback(t.dial_fallback_delay),
+            expect_continue_timeout: dur(t.expect_continue_timeout, Duration::ZERO),
             keepalive_idle_conns: t.keepalive_idle_conns.filter(|&n| n > 0),
             stream_close_delay: None,
             fastcgi,
