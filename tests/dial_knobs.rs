@@ -1,6 +1,7 @@
 //! Caddy http transport knobs of the dial and the request: `dial_fallback_delay` (RFC 8305
-//! racing of a hostname's addresses, names served by dnsmasq) and `expect_continue_timeout`
-//! (raw-socket backends that answer 100 late, 417, or never).
+//! racing of a hostname's addresses, names served by dnsmasq), `expect_continue_timeout`
+//! (raw-socket backends that answer 100 late, 417, or never), and `read_buffer` /
+//! `write_buffer` (SO_RCVBUF / SO_SNDBUF of upstream sockets, read back with `ss`).
 
 #[macro_use]
 mod support;
@@ -277,4 +278,91 @@ fn an_upstream_that_never_says_100_is_served_after_expect_continue_timeout() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(5),
         "{took:?}"
     );
+}
+
+/// `ss`'s socket memory line of the established connection from the proxy to `backend`:
+/// (rb, tb), the receive and send buffer sizes the kernel applies.
+fn socket_buffers(backend: SocketAddr) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("ss")
+        .args(["-tmnH", "state", "established", "dst", &backend.to_string()])
+        .output()
+        .expect("ss is not installed (iproute2): run tests/support/install-peers.sh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let skmem = text.split("skmem:(").nth(1)?;
+    let field = |name: &str| -> Option<u64> {
+        skmem
+            .split(',')
+            .find_map(|f| f.strip_prefix(name))
+            .and_then(|v| v.trim_end_matches(')').parse().ok())
+    };
+    Some((field("rb")?, field("tb")?))
+}
+
+/// A backend that answers every request on a kept-alive connection with a `head_kib` KiB
+/// response head and a `body_kib` KiB body.
+fn big_backend(head_kib: usize, body_kib: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: {}\r\n\r\n",
+                            "h".repeat(head_kib * 1024),
+                            body_kib * 1024
+                        );
+                        let body = vec![b'b'; body_kib * 1024];
+                        if conn.write_all(head.as_bytes()).is_err()
+                            || conn.write_all(&body).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn read_and_write_buffer_size_the_upstream_sockets_and_big_responses_still_flow() {
+    let b = big_backend(40, 2048);
+    let yaml = one_upstream_yaml(
+        "$B",
+        "    transport: { read_buffer: 1KiB, write_buffer: 8KiB }\n",
+    );
+    let proxy = Proxy::start(Driver::any(), &yaml, &[("B", b.to_string())]);
+    let mut c = proxy.client();
+    for _ in 0..2 {
+        let r = c.request(get_req("/", ""));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-big").map(str::len), Some(40 * 1024));
+        assert_eq!(r.body.len(), 2048 * 1024);
+    }
+    // The pooled connection: the kernel doubles what SO_RCVBUF/SO_SNDBUF ask (for its
+    // bookkeeping) and keeps a floor of about 2 KiB for the receive side.
+    let (rb, tb) = socket_buffers(b).expect("the pooled upstream connection");
+    assert!((2048..=2560).contains(&rb), "rb {rb}");
+    assert_eq!(tb, 16 * 1024, "tb");
+    // Without the keys the kernel autotunes (far larger buffers).
+    let b = big_backend(1, 1);
+    let proxy = Proxy::start(
+        Driver::any(),
+        &one_upstream_yaml("$B", ""),
+        &[("B", b.to_string())],
+    );
+    assert_eq!(proxy.get("/").status, 200);
+    let (rb, _) = socket_buffers(b).expect("the pooled upstream connection");
+    assert!(rb > 16 * 1024, "rb {rb}");
 }

@@ -526,6 +526,10 @@ pub struct Transport {
     /// With `Expect: 100-continue`, how long the upstream has to answer the request head
     /// before the body is sent anyway; `None`: the body waits for its 100 (or final answer).
     pub expect_continue_timeout: Option<Duration>,
+    /// SO_RCVBUF / SO_SNDBUF of upstream sockets (`read_buffer` / `write_buffer`); `None`:
+    /// the kernel's autotuning.
+    pub read_buffer: Option<usize>,
+    pub write_buffer: Option<usize>,
     /// Idle pooled connections kept per worker across all targets; `None` = no total cap.
     pub keepalive_idle_conns: Option<usize>,
     /// Upgraded connections of a replaced configuration close this long after a reload;

@@ -580,6 +580,8 @@ mod tests {
                 forward_proxy: None,
                 fallback: None,
                 expect_continue_timeout: None,
+                read_buffer: None,
+                write_buffer: None,
                 keepalive_idle_conns: None,
                 stream_close_delay: None,
             },

@@ -1,7 +1,9 @@
-//! The TCP part of a dial: the socket options the transport asks for (`local_address`), a
-//! hostname's addresses raced RFC 8305-style (`dial_fallback_delay`, see `upstream::eyeballs`)
-//! and the forward proxy's handshake (`upstream::forward`). TLS to the target and the PROXY header
-//! come after, in `upstream::connect`.
+//! The TCP part of a dial: the socket options the transport asks for (`local_address`,
+//! `read_buffer` / `write_buffer` as SO_RCVBUF / SO_SNDBUF, set before connecting so the
+//! window scale fits them), a hostname's addresses raced RFC 8305-style
+//! (`dial_fallback_delay`, see `upstream::eyeballs`), and the forward proxy's handshake
+//! (`upstream::forward`). TLS to the target and the PROXY header come after, in
+//! `upstream::connect`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -58,13 +60,13 @@ pub async fn open(
 
 /// One TCP connect to `to` with the transport's socket options.
 async fn connect(to: SocketAddr, tr: &Transport) -> io::Result<monoio::net::TcpStream> {
-    if tr.local_address.is_none() {
+    if tr.local_address.is_none() && tr.read_buffer.is_none() && tr.write_buffer.is_none() {
         return monoio::net::TcpStream::connect_addr(to).await;
     }
     connect_with_options(to, tr).await
 }
 
-/// Creates the socket, binds `local_address`, then connects without
+/// Creates the socket, sets the options, binds `local_address`, then connects without
 /// blocking; the runtime reports completion as writability.
 async fn connect_with_options(
     to: SocketAddr,
@@ -73,6 +75,12 @@ async fn connect_with_options(
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_cloexec(true)?;
+    if let Some(n) = tr.read_buffer {
+        socket.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = tr.write_buffer {
+        socket.set_send_buffer_size(n)?;
+    }
     if let Some(ip) = tr.local_address {
         socket.bind(&SockAddr::from(SocketAddr::new(ip, 0)))?;
     }

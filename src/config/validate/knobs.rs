@@ -1,10 +1,10 @@
 //! Caddy http transport knobs that shape each dial: `forward_proxy_url` (http://, https://,
-//! socks5://, with credentials) and `dial_fallback_delay`.
+//! socks5://, with credentials), `dial_fallback_delay` and the socket buffer sizes.
 
 use super::addr::{resolve, split_host_port};
 use super::{Res, Validator};
 use crate::config::spans::join;
-use crate::config::units::SignedDur;
+use crate::config::units::{SignedDur, Size};
 use crate::config::{defaults, Fallback, ForwardProxy, ProxyKind};
 
 /// A forward proxy URL taken apart, before its host is resolved.
@@ -103,6 +103,25 @@ pub(super) fn fallback(v: Option<SignedDur>) -> Option<Fallback> {
     }
 }
 
+/// Why a socket buffer size cannot be had: outside ringway's bounds, or above the kernel's
+/// `net.core.[rw]mem_max`, which would cap it without a word.
+pub(super) fn buffer_problem(n: u64, sysctl_max: Option<u64>, sysctl: &str) -> Option<String> {
+    if !(defaults::MIN_SOCKET_BUFFER..=defaults::MAX_SOCKET_BUFFER).contains(&n) {
+        return Some(format!(
+            "must be between {} KiB and {} MiB",
+            defaults::MIN_SOCKET_BUFFER >> 10,
+            defaults::MAX_SOCKET_BUFFER >> 20
+        ));
+    }
+    match sysctl_max {
+        Some(max) if n > max => Some(format!(
+            "{n} bytes is above net.core.{sysctl} ({max}), which the kernel would cap it to: \
+             raise the sysctl or ask for less"
+        )),
+        _ => None,
+    }
+}
+
 impl Validator<'_> {
     /// `transport.forward_proxy_url`, its host resolved now.
     pub(super) fn forward_proxy(&self, key: &str, url: Option<&str>) -> Res<Option<ForwardProxy>> {
@@ -118,6 +137,30 @@ impl Validator<'_> {
             addr,
             credentials: p.credentials,
         }))
+    }
+
+    /// `transport.read_buffer` / `write_buffer`: SO_RCVBUF / SO_SNDBUF of upstream sockets.
+    pub(super) fn socket_buffer(
+        &self,
+        key: &str,
+        name: &str,
+        v: Option<Size>,
+    ) -> Res<Option<usize>> {
+        let Some(Size(n)) = v else {
+            return Ok(None);
+        };
+        let sysctl = if name == "read_buffer" {
+            "rmem_max"
+        } else {
+            "wmem_max"
+        };
+        let max = std::fs::read_to_string(format!("/proc/sys/net/core/{sysctl}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        match buffer_problem(n, max, sysctl) {
+            Some(m) => Err(self.at_value(&join(key, name), m)),
+            None => Ok(Some(n as usize)),
+        }
     }
 }
 
@@ -191,6 +234,27 @@ mod tests {
             (Some(SignedDur(Some(ms(50)))), Some(Fallback::Race(ms(50)))),
         ] {
             assert_eq!(fallback(written), want);
+        }
+    }
+
+    #[test]
+    fn socket_buffers_are_bounded_by_ringway_and_the_kernel() {
+        for (n, max, problem) in [
+            (4096, Some(212_992), None),
+            (512, None, Some("between 1 KiB and 64 MiB")),
+            (128 << 20, None, Some("between 1 KiB and 64 MiB")),
+            (
+                1 << 20,
+                Some(212_992),
+                Some("above net.core.rmem_max (212992)"),
+            ),
+            (1 << 20, None, None),
+        ] {
+            let got = buffer_problem(n, max, "rmem_max");
+            match problem {
+                None => assert_eq!(got, None, "{n}"),
+                Some(p) => assert!(got.as_deref().unwrap_or("").contains(p), "{n}: {got:?}"),
+            }
         }
     }
 }

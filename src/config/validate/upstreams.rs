@@ -395,13 +395,6 @@ impl Validator<'_> {
             self.versions(&join(key, "versions"), versions)?;
         }
         let fastcgi = self.fastcgi(key, &t)?;
-        let later = [
-            ("read_buffer", t.read_buffer.is_some(), ""),
-            ("write_buffer", t.write_buffer.is_some(), ""),
-        ];
-        if let Some((k, _, why)) = later.iter().find(|(_, written, _)| *written) {
-            return Err(self.at_key(&join(key, k), format!("not supported yet{why}")));
-        }
         let proxy_protocol = match t
             .proxy_protocol
             .as_deref()
@@ -476,6 +469,8 @@ impl Validator<'_> {
             forward_proxy: self.forward_proxy(key, t.forward_proxy_url.as_deref())?,
             fallback: super::knobs::fallback(t.dial_fallback_delay),
             expect_continue_timeout: dur(t.expect_continue_timeout, Duration::ZERO),
+            read_buffer: self.socket_buffer(key, "read_buffer", t.read_buffer)?,
+            write_buffer: self.socket_buffer(key, "write_buffer", t.write_buffer)?,
             keepalive_idle_conns: t.keepalive_idle_conns.filter(|&n| n > 0),
             stream_close_delay: None,
             fastcgi,
@@ -650,7 +645,7 @@ mod tests {
         let c = Config::parse(
             &with_upstream(
                 "transport: { forward_proxy_url: \"socks5://u%40x:pw@127.0.0.1\", \
-                 dial_fallback_delay: -1 }",
+                 dial_fallback_delay: -1, read_buffer: 4KiB }",
             ),
             "t.yaml",
         )
@@ -662,6 +657,7 @@ mod tests {
         assert_eq!(fp.credentials, Some(("u@x".into(), "pw".into())));
         assert!(!format!("{fp:?}").contains("pw"), "{fp:?}");
         assert_eq!(t.fallback, Some(crate::config::Fallback::Sequential));
+        assert_eq!(t.read_buffer, Some(4096));
         for (extra, key, message) in [
             (
                 "forward_proxy_url: \"ftp://127.0.0.1\"",
@@ -673,6 +669,8 @@ mod tests {
                 "forward_proxy_url",
                 "no path",
             ),
+            ("read_buffer: 100", "read_buffer", "between 1 KiB"),
+            ("write_buffer: 1GiB", "write_buffer", "between 1 KiB"),
         ] {
             let e = upstream_err(&format!("transport: {{ {extra} }}"));
             assert_eq!(e.key, format!("upstreams.api.transport.{key}"), "{e}");
