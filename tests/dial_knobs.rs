@@ -30,11 +30,21 @@ fn black_hole(addr: SocketAddr) -> (TcpListener, TcpStream) {
 /// A proxy (in process) for upstream `api` with target `web.test:PORT`, resolved by `dns`
 /// (two addresses), and `extra` transport keys; waits for discovery to give the target both.
 fn hostname_proxy(dns: &Dnsmasq, port: u16, extra: &str) -> ringway::control::Server {
+    hostname_proxy_with(dns, port, extra, "")
+}
+
+/// `hostname_proxy` with `upstream_extra` lines in the upstream (indented 4).
+fn hostname_proxy_with(
+    dns: &Dnsmasq,
+    port: u16,
+    extra: &str,
+    upstream_extra: &str,
+) -> ringway::control::Server {
     let yaml = format!(
         "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - upstream: api\n\
          upstreams:\n  api:\n    targets: [127.0.0.1:{port}]\n    \
          dynamic: {{ a: {{ name: none.test, port: 1 }}, refresh: 1s, resolvers: [{}] }}\n    \
-         transport: {{ keepalive: false, {extra} }}\n\
+         transport: {{ keepalive: false, {extra} }}\n{upstream_extra}\
          workers: 1\npin_workers: false\n",
         dns.resolver(),
     );
@@ -88,6 +98,28 @@ fn a_name_whose_first_address_is_dead_is_served_within_the_fallback_delay() {
         );
     }
     assert_eq!(live.requests(), 3);
+    server.shutdown();
+}
+
+#[test]
+fn active_health_probes_of_a_raced_name_reach_its_live_address() {
+    let port = port_free_on(&["127.0.0.2", "127.0.0.3"]);
+    let _hole = black_hole(format!("127.0.0.2:{port}").parse().unwrap());
+    let live = FixedBackend::start("live", 200, format!("127.0.0.3:{port}").parse().unwrap());
+    let dns = Dnsmasq::start("127.0.0.2 web.test\n127.0.0.3 web.test\n", &[]);
+    let server = hostname_proxy_with(
+        &dns,
+        port,
+        "dial_fallback_delay: 300ms",
+        "    health: { active: { uri: /health, interval: 200ms, timeout: 5s, fails: 1 } }\n",
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), || live.requests() >= 3),
+        "probes reach the live address"
+    );
+    let addr = server.local_addr("web").unwrap();
+    let r = get(addr, "/");
+    assert_eq!(r.status, 200, "the target was never probed down");
     server.shutdown();
 }
 
