@@ -22,7 +22,9 @@
 //!   headers.
 //! - [`upstream`]: per-target shared state, balancer replicas, idle-connection pools, and the
 //!   connector (select -> reserve -> dial -> TLS -> PROXY header -> failover) shared by HTTP and
-//!   layer 4, with the pure retry decisions and the FIFO of requests waiting for a slot.
+//!   layer 4, with the pure retry decisions and the FIFO of requests waiting for a slot; the
+//!   dial itself (`upstream::dial`): socket options, RFC 8305 racing of a hostname's addresses
+//!   (`upstream::eyeballs`), forward proxies (`upstream::forward`, `upstream::socks`).
 //! - [`http1`]: head parsing straight from the receive buffer, body framing, the upstream request
 //!   head and the client response head.
 //! - [`http2`]: HTTP/2 client connections (the `h2` crate): detection by ALPN or preface, the

@@ -178,13 +178,16 @@ fn validate_rejects_a_bad_value_with_its_position() {
 #[test]
 fn validate_rejects_keys_that_are_not_supported_yet() {
     let dir = TempDir::new();
-    let text = format!("{GOOD}    transport:\n      read_buffer: 4KiB\n");
+    let text = format!(
+        "{GOOD}    transport:\n      protocol: fastcgi\n      fastcgi: {{ root: /var/www }}\n    \
+         headers:\n      request:\n        - set: {{ X-A: b }}\n"
+    );
     let f = dir.write("pp.yaml", &text);
     let o = validate(&f);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let (line, _col, key, message) = located_error(&o, &f);
-    assert_eq!(line, 14);
-    assert!(key.ends_with("read_buffer"), "key {key:?}");
+    assert_eq!(line, 17);
+    assert!(key.ends_with("headers.request"), "key {key:?}");
     assert!(message.contains("not supported yet"), "message {message:?}");
 }
 

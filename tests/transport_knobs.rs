@@ -1,7 +1,8 @@
 //! Caddy http transport knobs: `max_response_header`, `local_address`, `keepalive_interval`,
 //! `forward_proxy_url` (through a CONNECT proxy from tests/support), `keepalive_idle_conns`,
-//! and `stream_timeout` / `stream_close_delay` for upgraded connections; the ones not built yet
-//! are refused.
+//! and `stream_timeout` / `stream_close_delay` for upgraded connections (proxy credentials,
+//! https:// and socks5:// proxies: tests/forward_proxies.rs; the other dial knobs:
+//! tests/dial_knobs.rs).
 
 #[macro_use]
 mod support;
@@ -132,38 +133,6 @@ fn keepalive_interval_turns_on_tcp_keepalive_probes_on_upstream_connections() {
         let (peer, _conn) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         // Timer 02 is the keep-alive timer (proc(5)); 00 is none.
         assert_eq!(tcp_timer(peer, addr).as_deref(), Some(want), "{extra:?}");
-    }
-}
-
-#[test]
-fn transport_keys_not_built_yet_are_refused_by_name() {
-    let dir = TempDir::new();
-    for (extra, key) in [
-        (
-            "transport: { expect_continue_timeout: 1s }",
-            "expect_continue_timeout",
-        ),
-        (
-            "transport: { dial_fallback_delay: 300ms }",
-            "dial_fallback_delay",
-        ),
-        ("transport: { read_buffer: 4KiB }", "read_buffer"),
-        ("transport: { write_buffer: 4KiB }", "write_buffer"),
-    ] {
-        let path = dir.write(
-            "k.yaml",
-            &one_upstream_yaml("127.0.0.1:9", &format!("    {extra}\n")),
-        );
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
-            .args(["validate", "--config", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_ne!(o.status.code(), Some(0), "{extra}");
-        assert!(
-            err.contains(key) && err.contains("not supported yet"),
-            "{extra}: {err}"
-        );
     }
 }
 

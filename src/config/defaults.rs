@@ -158,6 +158,17 @@ pub const MAX_RESPONSE_HEADER: u64 = 64 * 1024;
 pub const MIN_MAX_RESPONSE_HEADER: u64 = 1024;
 /// Off: the kernel's keep-alive settings apply only to sockets that ask for them.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::ZERO;
+/// Caddy's (Go's) fast-fallback delay and RFC 8305's recommended Connection Attempt Delay
+/// upper range: a live address answers well within it, a dead one costs no more.
+pub const DIAL_FALLBACK_DELAY: Duration = Duration::from_millis(300);
+/// Smallest `read_buffer` / `write_buffer`: the kernel's own floor is about 2 KiB (it doubles
+/// the value asked for bookkeeping), below which it silently rounds up.
+pub const MIN_SOCKET_BUFFER: u64 = 1024;
+/// Largest `read_buffer` / `write_buffer` accepted before the sysctl check: 64 MiB is far past
+/// any bandwidth-delay product one upstream connection needs.
+pub const MAX_SOCKET_BUFFER: u64 = 64 * 1024 * 1024;
+/// `socks5://` forward proxies without a port (RFC 1928's well-known port).
+pub const SOCKS_PORT: u16 = 1080;
 /// A target that has not finished its handshake by then is stalled.
 pub const UPSTREAM_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Targets speak HTTP unless told otherwise.

@@ -330,9 +330,8 @@ pub(super) struct TransportFile {
     pub(super) max_response_header: Option<Size>,
     pub(super) keepalive_interval: Option<Dur>,
     pub(super) local_address: Option<String>,
-    // Refused with "not supported yet" when written (Caddy's http transport keys).
     pub(super) expect_continue_timeout: Option<Dur>,
-    pub(super) dial_fallback_delay: Option<Dur>,
+    pub(super) dial_fallback_delay: Option<super::units::SignedDur>,
     pub(super) read_buffer: Option<Size>,
     pub(super) write_buffer: Option<Size>,
     pub(super) keepalive_idle_conns: Option<usize>,

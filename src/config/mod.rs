@@ -353,6 +353,9 @@ pub struct Target {
     /// Across all workers; `None` = unlimited.
     pub max_connections: Option<u32>,
     pub source: TargetSource,
+    /// A hostname's other addresses, in resolution order, dialed after `addr` RFC 8305-style
+    /// (`transport.dial_fallback_delay`); empty otherwise.
+    pub fallbacks: Vec<SocketAddr>,
 }
 
 /// Blue-green / canary: `percent` of requests go to `targets[start..]`, the rest to `targets[..start]`.
@@ -518,8 +521,18 @@ pub struct Transport {
     pub local_address: Option<std::net::IpAddr>,
     /// Upgraded (WebSocket) connections are closed after this long; `None` = never.
     pub stream_timeout: Option<Duration>,
-    /// TCP targets are reached through this HTTP proxy's CONNECT tunnels.
-    pub forward_proxy: Option<SocketAddr>,
+    /// TCP targets are reached through this forward proxy (`forward_proxy_url`).
+    pub forward_proxy: Option<ForwardProxy>,
+    /// `dial_fallback_delay`: a hostname target stays one target that dials all the addresses
+    /// its name resolves to, RFC 8305-style; `None`: one target per address.
+    pub fallback: Option<Fallback>,
+    /// With `Expect: 100-continue`, how long the upstream has to answer the request head
+    /// before the body is sent anyway; `None`: the body waits for its 100 (or final answer).
+    pub expect_continue_timeout: Option<Duration>,
+    /// SO_RCVBUF / SO_SNDBUF of upstream sockets (`read_buffer` / `write_buffer`); `None`:
+    /// the kernel's autotuning.
+    pub read_buffer: Option<usize>,
+    pub write_buffer: Option<usize>,
     /// Idle pooled connections kept per worker across all targets; `None` = no total cap.
     pub keepalive_idle_conns: Option<usize>,
     /// Upgraded connections of a replaced configuration close this long after a reload;
@@ -574,6 +587,48 @@ pub struct Fastcgi {
     pub env: Vec<(String, Template)>,
     /// Log what the application writes to FastCGI stderr at warn (else at debug).
     pub capture_stderr: bool,
+}
+
+/// How a target's several addresses are dialed (`transport.dial_fallback_delay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The next address is tried this long after the previous one started (or at once when
+    /// every attempt so far failed); the first to connect wins.
+    Race(Duration),
+    /// A negative delay: one address at a time, each after the previous one failed.
+    Sequential,
+}
+
+/// `transport.forward_proxy_url`: the first hop of every TCP dial.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ForwardProxy {
+    pub kind: ProxyKind,
+    /// The proxy's host as written (the TLS server name of an `https://` proxy).
+    pub host: String,
+    pub addr: SocketAddr,
+    /// Percent-decoded `user:password` of the URL.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ForwardProxy {
+    // The password stays out of logs and configuration dumps.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardProxy")
+            .field("kind", &self.kind)
+            .field("addr", &self.addr)
+            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// `http://`: an HTTP CONNECT tunnel.
+    Http,
+    /// `https://`: TLS to the proxy, then CONNECT inside it.
+    Https,
+    /// `socks5://`: RFC 1928 CONNECT, names resolved by the proxy.
+    Socks5,
 }
 
 /// Which PROXY protocol header, if any, opens each upstream connection.

@@ -24,6 +24,10 @@ pub(super) struct FlushInterval(#[allow(dead_code)] bool);
 /// A byte count.
 pub(super) struct Size(pub(super) u64);
 
+/// `dial_fallback_delay`: a duration, or a negative one (`-1`, `"-1s"`: `None`) that turns
+/// racing off. Zero is kept as zero (validation reads it as the default, as Go does).
+pub(super) struct SignedDur(pub(super) Option<Duration>);
+
 /// The duration written, else `default`; `None` means off (written as 0).
 pub(super) fn dur(d: Option<Dur>, default: Duration) -> Option<Duration> {
     match d {
@@ -98,6 +102,44 @@ impl<'de> Deserialize<'de> for Dur {
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
                 let d = parse_duration(s).map_err(E::custom)?;
                 Ok(Dur((!d.is_zero()).then_some(d)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignedDur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SignedDur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"300ms\", or a negative one such as -1")
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<SignedDur, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Ok(SignedDur(None)),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<SignedDur, E> {
+                if n == 0 {
+                    Ok(SignedDur(Some(Duration::ZERO)))
+                } else {
+                    Err(E::custom(format!(
+                        "duration {n} needs a unit, e.g. \"{n}ms\" (or -1 to dial one address \
+                         at a time)"
+                    )))
+                }
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SignedDur, E> {
+                match s.trim().strip_prefix('-') {
+                    Some(rest) if rest.trim() == "1" => Ok(SignedDur(None)),
+                    Some(rest) => parse_duration(rest)
+                        .map_err(E::custom)
+                        .map(|_| SignedDur(None)),
+                    None => Ok(SignedDur(Some(parse_duration(s).map_err(E::custom)?))),
+                }
             }
         }
         d.deserialize_any(V)

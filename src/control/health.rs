@@ -54,7 +54,9 @@ impl Checker {
                         }
                         _ => None,
                     };
-                    Probe::new(&u.name, &t.addr, active.clone(), shared, tls)
+                    let mut probe = Probe::new(&u.name, &t.addr, active.clone(), shared, tls);
+                    probe.also_at(&t.fallbacks, active.port);
+                    probe
                 })
             })
             .collect();
@@ -96,7 +98,9 @@ impl Drop for Checker {
 }
 
 enum ProbeAddr {
-    Tcp(SocketAddr),
+    /// The target's address, then the other addresses of its name (`dial_fallback_delay`),
+    /// tried in turn in RFC 8305's order.
+    Tcp(Vec<SocketAddr>),
     Unix(PathBuf),
 }
 
@@ -122,6 +126,17 @@ struct Probe {
 }
 
 impl Probe {
+    /// Adds the other addresses of a hostname target (on the probe `port` when one is set).
+    fn also_at(&mut self, fallbacks: &[SocketAddr], port: u16) {
+        if let ProbeAddr::Tcp(addrs) = &mut self.addr {
+            addrs.extend(fallbacks.iter().map(|a| match port {
+                0 => *a,
+                p => SocketAddr::new(a.ip(), p),
+            }));
+            *addrs = crate::upstream::eyeballs::order(addrs);
+        }
+    }
+
     fn new(
         upstream: &str,
         addr: &TargetAddr,
@@ -140,7 +155,7 @@ impl Probe {
                     (0, _) | (_, None) => host.clone(),
                     (p, Some((h, _))) => format!("{h}:{p}"),
                 };
-                (ProbeAddr::Tcp(a), host)
+                (ProbeAddr::Tcp(vec![a]), host)
             }
             TargetAddr::Unix(p) => (ProbeAddr::Unix(p.clone()), "localhost".to_string()),
         };
@@ -293,6 +308,24 @@ impl Write for Conn {
     }
 }
 
+/// Connects to the first of `addrs` that answers, each given Go's share of `timeout` (a
+/// hostname target's dead first address must not use up the whole probe).
+fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> std::io::Result<TcpStream> {
+    let started = Instant::now();
+    let mut last = std::io::Error::other("no address to probe");
+    for (i, a) in addrs.iter().enumerate() {
+        let left = timeout.saturating_sub(started.elapsed());
+        let share = crate::upstream::eyeballs::attempt_limit(Some(left), addrs.len() - i)
+            .unwrap_or(left)
+            .max(Duration::from_millis(1));
+        match TcpStream::connect_timeout(a, share) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// One probe: a connect (no `uri`) or an HTTP request, all within `timeout`; `Err` says why
 /// it failed.
 fn probe(
@@ -305,7 +338,7 @@ fn probe(
     let deadline = started + cfg.timeout;
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let mut conn = match addr {
-        ProbeAddr::Tcp(a) => TcpStream::connect_timeout(a, cfg.timeout).map(Conn::Tcp),
+        ProbeAddr::Tcp(addrs) => connect_any(addrs, cfg.timeout).map(Conn::Tcp),
         ProbeAddr::Unix(p) => UnixStream::connect(p).map(Conn::Unix),
     }
     .map_err(|e| format!("connect: {e}"))?;

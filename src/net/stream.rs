@@ -29,6 +29,20 @@ pub enum Stream {
 pub enum Sock {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A tunnel through an `https://` forward proxy (TLS to the proxy), and its socket's
+    /// descriptor: a TLS target's own TLS runs inside it.
+    Tunnel(Box<monoio_rustls::ClientTlsStream<Sock>>, RawFd),
+}
+
+impl Sock {
+    /// The plaintext stream over this socket (a tunnel is already a TLS client stream).
+    pub fn into_stream(self) -> Stream {
+        match self {
+            Sock::Tcp(s) => Stream::Tcp(s),
+            Sock::Unix(s) => Stream::Unix(s),
+            Sock::Tunnel(s, fd) => Stream::TlsClient(s, fd),
+        }
+    }
 }
 
 impl AsRawFd for Sock {
@@ -36,6 +50,7 @@ impl AsRawFd for Sock {
         match self {
             Sock::Tcp(s) => s.as_raw_fd(),
             Sock::Unix(s) => s.as_raw_fd(),
+            Sock::Tunnel(_, fd) => *fd,
         }
     }
 }
@@ -46,11 +61,14 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.readable(relaxed).await,
             Sock::Unix(s) => s.readable(relaxed).await,
+            // Only listeners peek, and a tunnel is never accepted.
+            Sock::Tunnel(..) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
 
-// SAFETY: both sockets allow a read and a write in flight at once (monoio marks them `Split`).
+// SAFETY: both sockets allow a read and a write in flight at once (monoio marks them `Split`),
+// and so does a TLS stream over one (monoio-rustls marks it `Split` when its socket is).
 unsafe impl monoio::io::Split for Sock {}
 
 impl AsyncReadRent for Sock {
@@ -58,6 +76,8 @@ impl AsyncReadRent for Sock {
         match self {
             Sock::Tcp(s) => s.read(buf).await,
             Sock::Unix(s) => s.read(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.read(buf)).await,
         }
     }
 
@@ -65,6 +85,8 @@ impl AsyncReadRent for Sock {
         match self {
             Sock::Tcp(s) => s.readv(buf).await,
             Sock::Unix(s) => s.readv(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.readv(buf)).await,
         }
     }
 }
@@ -74,6 +96,8 @@ impl AsyncWriteRent for Sock {
         match self {
             Sock::Tcp(s) => s.write(buf).await,
             Sock::Unix(s) => s.write(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.write(buf)).await,
         }
     }
 
@@ -81,6 +105,8 @@ impl AsyncWriteRent for Sock {
         match self {
             Sock::Tcp(s) => s.writev(buf).await,
             Sock::Unix(s) => s.writev(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.writev(buf)).await,
         }
     }
 
@@ -88,6 +114,7 @@ impl AsyncWriteRent for Sock {
         match self {
             Sock::Tcp(s) => s.flush().await,
             Sock::Unix(s) => s.flush().await,
+            Sock::Tunnel(s, _) => Box::pin(s.flush()).await,
         }
     }
 
@@ -95,6 +122,7 @@ impl AsyncWriteRent for Sock {
         match self {
             Sock::Tcp(s) => s.shutdown().await,
             Sock::Unix(s) => s.shutdown().await,
+            Sock::Tunnel(s, _) => Box::pin(s.shutdown()).await,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::http1::forward::{override_drops_body, write_orig, write_request_head,
 use crate::http1::parse::{parse_response, Framing, HeaderKind, Parse, ResponseHead, Version};
 use crate::http1::response::{write_response_head, ClientResponse};
 use crate::proxy::early::{self, BodyEnd};
+use crate::proxy::expect;
 use crate::proxy::relay::{fill_body, io_err, BodyLimits, Dir, Relay};
 use crate::proxy::respond::is_head;
 use crate::proxy::session::{
@@ -48,6 +49,8 @@ struct Sent {
     cut: bool,
     /// A method override to GET/HEAD keeps the body from the upstream.
     drop_body: bool,
+    /// `expect_continue_timeout` passed: ringway told the client 100 and sent the body.
+    continued: bool,
     /// Request body bytes that rode along with the head.
     coalesced: usize,
     /// When the head went (the response time counts from here).
@@ -202,6 +205,7 @@ async fn send_head(
         body_sent,
         cut,
         drop_body,
+        continued: false,
         coalesced,
         at,
         limits,
@@ -237,6 +241,14 @@ async fn read_response_head(
         max_head_bytes: a.up.transport.max_response_header,
         ..RESPONSE_LIMITS
     };
+    // `expect_continue_timeout`: when a held-back body goes without the upstream's 100 (unless
+    // `response_header_timeout` ends the wait first).
+    let mut go_ahead = match a.up.transport.expect_continue_timeout {
+        Some(d) if head.expect_continue && !sent.body_sent && !sent.cut && !sent.drop_body => {
+            Some(sent.at + d).filter(|by| deadline.is_none_or(|end| *by < end))
+        }
+        _ => None,
+    };
     loop {
         match parse_response(
             &ub.buf[ub.pos..],
@@ -259,7 +271,8 @@ async fn read_response_head(
                 // Interim responses reach HTTP/1.1 clients as they are.
                 let interim = ub.pos..ub.pos + r.head_len;
                 ub.pos += r.head_len;
-                if head.version == Version::Http11 {
+                // After ringway's own 100, the upstream's late one would be a second.
+                if head.version == Version::Http11 && !(r.status == 100 && sent.continued) {
                     let buf = std::mem::take(&mut ub.buf);
                     let (res, buf) = sess.stream.write_range(buf, interim).await;
                     ub.buf = buf;
@@ -295,6 +308,17 @@ async fn read_response_head(
         }
         ub.compact();
         let nothing_yet = ub.buf.is_empty();
+        if let Some(by) = go_ahead.take_if(|_| nothing_yet && !sent.body_sent) {
+            if !expect::answered_by(&conn.stream, by).await {
+                expect::go_ahead(sess.stream, head.version == Version::Http11).await?;
+                sent.continued = true;
+                let rest = rest_of_body(head.framing, sent.coalesced);
+                let cut = early::send_body(sess, conn, rest, &sent.limits).await? == BodyEnd::Cut;
+                sent.cut = cut;
+                sent.body_sent = !cut;
+                continue;
+            }
+        }
         let Some(res) = timed_at(
             deadline,
             ub.read_more(&mut conn.stream, limits.max_head_bytes),

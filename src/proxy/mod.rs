@@ -7,6 +7,7 @@
 
 pub mod early;
 pub mod exchange;
+pub mod expect;
 pub mod forward;
 pub mod lb_key;
 pub mod linger;

@@ -545,6 +545,7 @@ mod tests {
                     weight: w,
                     max_connections: None,
                     source: Default::default(),
+                    fallbacks: Vec::new(),
                 })
                 .collect(),
             split: None,
@@ -579,6 +580,10 @@ mod tests {
                 local_address: None,
                 stream_timeout: None,
                 forward_proxy: None,
+                fallback: None,
+                expect_continue_timeout: None,
+                read_buffer: None,
+                write_buffer: None,
                 keepalive_idle_conns: None,
                 stream_close_delay: None,
             },

@@ -11,6 +11,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http2::client::{H2Stream, Waited};
 use crate::net::stream::{Sock, Stream};
 use crate::upstream::balance::Tried;
+use crate::upstream::handshake::handshake;
 use crate::upstream::pool::{InFlight, Tag, UpConn};
 use crate::upstream::retry;
 use crate::upstream::target::dial_name;
@@ -363,31 +364,14 @@ async fn dial(
     }
     // From here the slot is released by UpConn's Drop, or by this one on failure.
     let slot = crate::upstream::pool::ConnSlot::reserved(bal.shared(t).clone());
+    let target = &up.targets[t];
     let connect = async {
-        match &up.targets[t].addr {
+        match &target.addr {
             TargetAddr::Tcp { addr, host } => {
-                let first_hop = up.transport.forward_proxy.unwrap_or(*addr);
-                let mut s = match up.transport.local_address {
-                    None => monoio::net::TcpStream::connect_addr(first_hop).await?,
-                    Some(ip) => connect_from(ip, first_hop).await?,
-                };
-                if up.transport.forward_proxy.is_some() {
-                    let name = crate::net::tls::host_of(host);
-                    let authority = match addr {
-                        SocketAddr::V6(_) if name.contains(':') => {
-                            format!("[{name}]:{}", addr.port())
-                        }
-                        _ => format!("{name}:{}", addr.port()),
-                    };
-                    tunnel_through(&mut s, &authority).await?;
-                }
-                s.set_nodelay(true)?;
-                if let Some(every) = up.transport.keepalive_interval {
-                    s.set_tcp_keepalive(Some(every), Some(every), None)?;
-                }
-                Ok::<_, std::io::Error>(Stream::Tcp(s))
+                let tr = &up.transport;
+                crate::upstream::dial::open(ctx, u, tr, host, *addr, &target.fallbacks).await
             }
-            TargetAddr::Unix(p) => Ok(Stream::Unix(monoio::net::UnixStream::connect(p).await?)),
+            TargetAddr::Unix(p) => Ok(Sock::Unix(monoio::net::UnixStream::connect(p).await?)),
         }
     };
     let mut stream = match timed(up.transport.dial_timeout, connect).await {
@@ -404,18 +388,16 @@ async fn dial(
         &mut header,
     );
     if !header.is_empty() {
+        use monoio::io::AsyncWriteRentExt;
         if let (Err(e), _) = stream.write_all(header).await {
             return Err(ProxyError::upstream(ErrorKind::Dial(e), true));
         }
     }
-    let stream = match (up.targets[t].tls, stream) {
+    let stream = match target.tls {
         // Boxed: the handshake's state (a whole rustls connection) would otherwise sit in every
         // HTTP connection task, idle or plaintext ones too; a TLS dial is rare next to requests.
-        (true, Stream::Tcp(tcp)) => Box::pin(originate_tls(ctx, u, t, up, Sock::Tcp(tcp))).await?,
-        (true, Stream::Unix(unix)) => {
-            Box::pin(originate_tls(ctx, u, t, up, Sock::Unix(unix))).await?
-        }
-        (_, stream) => stream,
+        true => Box::pin(originate_tls(ctx, u, t, up, stream)).await?,
+        false => stream.into_stream(),
     };
     Ok(UpConn {
         stream,
@@ -423,33 +405,6 @@ async fn dial(
         reused: false,
         tag: want.tag(),
     })
-}
-
-/// Connects to `to` from `local` (`transport.local_address`): bind first, then a non-blocking
-/// connect whose completion the runtime reports as writability.
-async fn connect_from(
-    local: std::net::IpAddr,
-    to: SocketAddr,
-) -> std::io::Result<monoio::net::TcpStream> {
-    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_cloexec(true)?;
-    socket.bind(&SockAddr::from(SocketAddr::new(local, 0)))?;
-    socket.set_nonblocking(true)?;
-    match socket.connect(&SockAddr::from(to)) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    let stream = monoio::net::TcpStream::from_std(std::net::TcpStream::from(socket))?;
-    stream.writable(false).await?;
-    // SAFETY: the descriptor belongs to `stream`, open for the whole call.
-    let fd =
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&stream)) };
-    match socket2::SockRef::from(&fd).take_error()? {
-        Some(e) => Err(e),
-        None => Ok(stream),
-    }
 }
 
 /// The TLS handshake toward a TLS target, verified (unless `insecure_skip_verify`) against
@@ -488,101 +443,4 @@ async fn originate_tls(
         Some(Err(e)) => Err(tls_err(crate::net::tls::failure_reason(&e))),
         None => Err(tls_err("TLS handshake timed out".into())),
     }
-}
-
-/// Drives a client handshake to its end. Unlike monoio-rustls's own, a refusal (say, of the
-/// server's certificate) sends its alert before the connection closes, so the server learns
-/// why instead of seeing a bare end of stream.
-async fn handshake(
-    mut tcp: Sock,
-    mut tls: rustls::ClientConnection,
-) -> std::io::Result<(Sock, rustls::ClientConnection)> {
-    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-    let mut buf = Vec::with_capacity(16 * 1024);
-    loop {
-        while tls.wants_write() {
-            buf.clear();
-            tls.write_tls(&mut buf)?;
-            let (res, b) = tcp.write_all(buf).await;
-            buf = b;
-            res?;
-        }
-        if !tls.is_handshaking() {
-            return Ok((tcp, tls));
-        }
-        buf.clear();
-        let (res, b) = tcp.read(buf).await;
-        buf = b;
-        if res? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        // Everything read goes to rustls, records past the handshake included.
-        let mut rest = &buf[..];
-        while !rest.is_empty() {
-            tls.read_tls(&mut rest)?;
-            if let Err(e) = tls.process_new_packets() {
-                // The alert rustls queued for the failure.
-                let mut alert = Vec::new();
-                let _ = tls.write_tls(&mut alert);
-                let _ = tcp.write_all(alert).await;
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
-            }
-        }
-    }
-}
-
-/// Largest answer a forward proxy may give to CONNECT.
-const CONNECT_ANSWER_MAX: usize = 8 * 1024;
-
-/// Opens a tunnel to `authority` (`host:port`) through an HTTP forward proxy already connected
-/// on `tcp` (`transport.forward_proxy_url`): CONNECT, then a 2xx answer before any byte of ours.
-async fn tunnel_through(tcp: &mut monoio::net::TcpStream, authority: &str) -> std::io::Result<()> {
-    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-    let ask = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
-    let (res, _) = tcp.write_all(ask.into_bytes()).await;
-    res?;
-    let mut got = Vec::with_capacity(1024);
-    loop {
-        let buf = Vec::with_capacity(1024);
-        let (res, buf) = tcp.read(buf).await;
-        if res? == 0 {
-            return Err(std::io::Error::other(
-                "forward proxy closed before answering CONNECT",
-            ));
-        }
-        got.extend_from_slice(&buf);
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let status = connect_status(&got[..end]);
-            if end + 4 != got.len() {
-                return Err(std::io::Error::other(
-                    "forward proxy sent bytes after its CONNECT answer",
-                ));
-            }
-            return match status {
-                Some(200..=299) => Ok(()),
-                Some(s) => Err(std::io::Error::other(format!(
-                    "forward proxy answered {s} to CONNECT"
-                ))),
-                None => Err(std::io::Error::other(
-                    "forward proxy sent a malformed CONNECT answer",
-                )),
-            };
-        }
-        if got.len() > CONNECT_ANSWER_MAX {
-            return Err(std::io::Error::other(
-                "forward proxy's CONNECT answer is too long",
-            ));
-        }
-    }
-}
-
-/// The status code of a response head's status line.
-fn connect_status(head: &[u8]) -> Option<u16> {
-    let line = head.split(|&b| b == b'\r').next()?;
-    let mut parts = line.split(|&b| b == b' ');
-    let version = parts.next()?;
-    if !version.starts_with(b"HTTP/1.") {
-        return None;
-    }
-    std::str::from_utf8(parts.next()?).ok()?.parse().ok()
 }

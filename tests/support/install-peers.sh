@@ -2,7 +2,7 @@
 # Installs the real peers the black-box tests start: each test that needs one fails with a
 # message naming it when it is missing, so CI must have all of them before `cargo test`.
 set -euo pipefail
-apt_pkgs=(nginx haproxy curl openssl php-fpm php-cli dnsmasq nghttp2-client systemd gnuplot-nox)
+apt_pkgs=(nginx haproxy curl openssl php-fpm php-cli dnsmasq nghttp2-client systemd gnuplot-nox iproute2)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

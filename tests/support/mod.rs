@@ -11,6 +11,7 @@ pub mod dns;
 pub mod fixed;
 pub mod l4;
 pub mod process;
+pub mod socks5;
 pub mod streaming;
 pub mod targets;
 pub mod tls;

@@ -60,6 +60,11 @@ impl Validator<'_> {
                 "transport.response_header_timeout",
                 t.is_some_and(|t| t.response_header_timeout.is_some()),
             ),
+            // A tunnel has no request head to hold a body behind.
+            (
+                "transport.expect_continue_timeout",
+                t.is_some_and(|t| t.expect_continue_timeout.is_some()),
+            ),
             // Tunnels run until a side closes (the listener's idle_timeout bounds them).
             (
                 "transport.read_timeout",
@@ -174,6 +179,11 @@ mod tests {
                 "transport:\n  response_header_timeout: 5s",
                 10,
                 "transport.response_header_timeout",
+            ),
+            (
+                "transport:\n  expect_continue_timeout: 1s",
+                10,
+                "transport.expect_continue_timeout",
             ),
             (
                 "transport:\n  read_timeout: 5s",

@@ -26,6 +26,7 @@ mod dynamic;
 mod fastcgi;
 mod headers;
 mod http2;
+mod knobs;
 mod layer4;
 mod listeners;
 mod shape;

@@ -183,6 +183,7 @@ impl Validator<'_> {
             weight,
             max_connections: max_connections.filter(|&n| n > 0),
             source: Default::default(),
+            fallbacks: Vec::new(),
         };
         Ok((target, scheme))
     }
@@ -401,24 +402,6 @@ impl Validator<'_> {
             None => vec![HttpVersion::Http11],
         };
         let fastcgi = self.fastcgi(key, &t)?;
-        let later = [
-            (
-                "expect_continue_timeout",
-                t.expect_continue_timeout.is_some(),
-                "",
-            ),
-            (
-                "dial_fallback_delay",
-                t.dial_fallback_delay.is_some(),
-                " (happy eyeballs needs every address of a name at dial time; it comes with \
-                 dynamic upstreams)",
-            ),
-            ("read_buffer", t.read_buffer.is_some(), ""),
-            ("write_buffer", t.write_buffer.is_some(), ""),
-        ];
-        if let Some((k, _, why)) = later.iter().find(|(_, written, _)| *written) {
-            return Err(self.at_key(&join(key, k), format!("not supported yet{why}")));
-        }
         let proxy_protocol = match t
             .proxy_protocol
             .as_deref()
@@ -491,6 +474,10 @@ impl Validator<'_> {
             },
             stream_timeout: None,
             forward_proxy: self.forward_proxy(key, t.forward_proxy_url.as_deref())?,
+            fallback: super::knobs::fallback(t.dial_fallback_delay),
+            expect_continue_timeout: dur(t.expect_continue_timeout, Duration::ZERO),
+            read_buffer: self.socket_buffer(key, "read_buffer", t.read_buffer)?,
+            write_buffer: self.socket_buffer(key, "write_buffer", t.write_buffer)?,
             keepalive_idle_conns: t.keepalive_idle_conns.filter(|&n| n > 0),
             stream_close_delay: None,
             fastcgi,
@@ -500,29 +487,6 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
-    /// `transport.forward_proxy_url`: `http://host[:port]` (80 by default), resolved now.
-    fn forward_proxy(&self, key: &str, url: Option<&str>) -> Res<Option<std::net::SocketAddr>> {
-        let Some(url) = url.filter(|u| !u.is_empty()) else {
-            return Ok(None);
-        };
-        let k = join(key, "forward_proxy_url");
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            self.at_value(
-                &k,
-                "expected http://host:port (https:// and socks5:// proxies are not supported yet)",
-            )
-        })?;
-        if rest.contains('@') {
-            return Err(self.at_value(&k, "proxy credentials are not supported yet"));
-        }
-        match parse_target(url).map_err(|m| self.at_value(&k, m))? {
-            crate::config::TargetAddr::Tcp { addr, .. } => Ok(Some(addr)),
-            crate::config::TargetAddr::Unix(_) => {
-                Err(self.at_value(&k, "expected http://host:port"))
-            }
-        }
-    }
-
     fn max_response_header(&self, key: &str, v: Option<Size>) -> Res<usize> {
         let n = v.map_or(defaults::MAX_RESPONSE_HEADER, |Size(n)| n);
         if !(defaults::MIN_MAX_RESPONSE_HEADER..=defaults::MAX_BODY_BUFFER).contains(&n) {
@@ -690,27 +654,41 @@ mod tests {
     }
 
     #[test]
-    fn forward_proxy_url_is_a_plain_http_proxy_address() {
+    fn forward_proxy_url_takes_http_https_and_socks5_with_credentials() {
         let c = Config::parse(
-            &with_upstream("transport: { forward_proxy_url: \"http://127.0.0.1\" }"),
+            &with_upstream(
+                "transport: { forward_proxy_url: \"socks5://u%40x:pw@127.0.0.1\", \
+                 dial_fallback_delay: -1, read_buffer: 4KiB }",
+            ),
             "t.yaml",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            c.upstreams[0].transport.forward_proxy,
-            Some("127.0.0.1:80".parse().unwrap())
-        );
-        for (url, message) in [
-            ("https://127.0.0.1:3128", "not supported yet"),
+        let t = &c.upstreams[0].transport;
+        let fp = t.forward_proxy.as_ref().expect("forward proxy");
+        assert_eq!(fp.kind, crate::config::ProxyKind::Socks5);
+        assert_eq!(fp.addr, "127.0.0.1:1080".parse().unwrap());
+        assert_eq!(fp.credentials, Some(("u@x".into(), "pw".into())));
+        assert!(!format!("{fp:?}").contains("pw"), "{fp:?}");
+        assert_eq!(t.fallback, Some(crate::config::Fallback::Sequential));
+        assert_eq!(t.read_buffer, Some(4096));
+        for (extra, key, message) in [
             (
-                "http://u:p@127.0.0.1:3128",
-                "credentials are not supported yet",
+                "forward_proxy_url: \"ftp://127.0.0.1\"",
+                "forward_proxy_url",
+                "unknown proxy scheme",
             ),
-            ("http://127.0.0.1:3128/x", "no path"),
+            (
+                "forward_proxy_url: \"http://127.0.0.1:3128/x\"",
+                "forward_proxy_url",
+                "no path",
+            ),
+            ("read_buffer: 100", "read_buffer", "between 1 KiB"),
+            ("write_buffer: 1GiB", "write_buffer", "between 1 KiB"),
         ] {
-            let e = upstream_err(&format!("transport: {{ forward_proxy_url: \"{url}\" }}"));
-            assert_eq!(e.key, "upstreams.api.transport.forward_proxy_url", "{e}");
-            assert!(e.message.contains(message), "{url}: {e}");
+            let e = upstream_err(&format!("transport: {{ {extra} }}"));
+            assert_eq!(e.key, format!("upstreams.api.transport.{key}"), "{e}");
+            assert_eq!(e.line, 8, "{e}");
+            assert!(e.message.contains(message), "{extra}: {e}");
         }
     }
 

@@ -145,6 +145,20 @@ fn merge_upstream(u: &Upstream, found: &Discovered) -> Upstream {
         let into = if i >= split_at { &mut side } else { &mut main };
         let addrs = host_query(t).and_then(|q| found.get(&(u.name.clone(), q)));
         match (addrs, &t.addr) {
+            // With `dial_fallback_delay` the name stays one target that races its addresses.
+            (Some(list), TargetAddr::Tcp { host, .. })
+                if !list.is_empty() && u.transport.fallback.is_some() =>
+            {
+                into.push(Target {
+                    addr: TargetAddr::Tcp {
+                        host: host.clone(),
+                        addr: list[0].addr,
+                    },
+                    source: TargetSource::Hostname,
+                    fallbacks: list[1..].iter().map(|f| f.addr).collect(),
+                    ..t.clone()
+                });
+            }
             (Some(list), TargetAddr::Tcp { host, .. }) if !list.is_empty() => {
                 for f in list {
                     push_new(
@@ -199,6 +213,7 @@ fn merge_upstream(u: &Upstream, found: &Discovered) -> Upstream {
                         Some(priority) => TargetSource::Srv { priority },
                         None => TargetSource::A,
                     },
+                    fallbacks: Vec::new(),
                 },
             );
         }
@@ -236,7 +251,15 @@ fn push_new(into: &mut Vec<Target>, t: Target) {
 
 /// Whether two configurations have the same targets (what a swap would change).
 pub fn same_targets(a: &Config, b: &Config) -> bool {
-    let key = |t: &Target| (t.addr.clone(), t.tls, t.weight, t.source);
+    let key = |t: &Target| {
+        (
+            t.addr.clone(),
+            t.tls,
+            t.weight,
+            t.source,
+            t.fallbacks.clone(),
+        )
+    };
     a.upstreams.len() == b.upstreams.len()
         && a.upstreams.iter().zip(&b.upstreams).all(|(x, y)| {
             x.split == y.split
@@ -417,6 +440,33 @@ mod tests {
             .all(|t| t.weight == 3 && t.source == TargetSource::Hostname));
         assert!(same_targets(&e, &effective(&c, &found)));
         assert!(!same_targets(&e, &c));
+    }
+
+    #[test]
+    fn with_dial_fallback_delay_a_static_hostname_stays_one_target_holding_every_address() {
+        let mut c = ok(&with_upstream("transport: { dial_fallback_delay: 300ms }"));
+        c.upstreams[0].targets[0].addr = TargetAddr::Tcp {
+            host: "web.svc:9001".into(),
+            addr: "127.0.0.1:9001".parse().unwrap(),
+        };
+        let q = Query::Host {
+            name: "web.svc".into(),
+            port: 9001,
+        };
+        let mut found = Discovered::new();
+        let both = vec![a("127.0.0.4:9001"), a("127.0.0.5:9001")];
+        found.insert(("api".into(), q.clone()), both);
+        let e = effective(&c, &found);
+        assert_eq!(hosts(&e), ["web.svc:9001=127.0.0.4:9001"]);
+        let t = &e.upstreams[0].targets[0];
+        assert_eq!(t.fallbacks, ["127.0.0.5:9001".parse().unwrap()]);
+        assert_eq!(t.source, TargetSource::Hostname);
+        // A changed second address is a change to swap in.
+        found.insert(
+            ("api".into(), q),
+            vec![a("127.0.0.4:9001"), a("127.0.0.6:9001")],
+        );
+        assert!(!same_targets(&e, &effective(&c, &found)));
     }
 
     #[test]
