@@ -219,4 +219,28 @@ driver_tests! {
         assert_eq!(line.trim(), "ok hold");
         assert!(hold.wait().unwrap().success());
     }
+
+    fn an_http1_client_gets_grpc_trailers_in_the_chunked_trailer_section(driver) {
+        let server = GrpcServer::start();
+        let proxy = h2c_edge(driver, &server);
+        let dir = TempDir::new();
+        // One gRPC message: no compression, length 5, "hello".
+        let msg = dir.join("msg");
+        std::fs::write(&msg, b"\x00\x00\x00\x00\x05hello").unwrap();
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--raw", "--http1.1", "-D", "-"])
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg("--data-binary")
+            .arg(format!("@{}", msg.display()))
+            .arg(format!("http://{}/test.Svc/Echo", proxy.addr()))
+            .output()
+            .expect("test peer `curl` could not run; see tests/support/install-peers.sh");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout).to_lowercase();
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        // The echoed message, then the last chunk and the trailers gRPC's status rides in.
+        let tail = out.split("hello\r\n").nth(1).unwrap_or_else(|| panic!("{out}"));
+        assert!(tail.starts_with("0\r\ngrpc-status: 0\r\n"), "{tail:?}");
+        assert!(tail.contains("x-trailer: yes\r\n") && tail.ends_with("\r\n\r\n"), "{tail:?}");
+    }
 }

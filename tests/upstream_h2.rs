@@ -322,4 +322,19 @@ driver_tests! {
         let conns = nginx.connections().len();
         assert!((4..=5).contains(&conns), "20 requests, GOAWAY every 5: {conns} connections");
     }
+
+    fn http10_clients_and_upgrades_meet_an_h2_target_as_http1_allows(driver) {
+        let nginx = Nginx::start("http2", None);
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
+        // An HTTP/1.0 client gets the answer in HTTP/1.1 framing it can read, then the close.
+        let r = proxy.client().request("GET /old HTTP/1.0\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert!(r.text().starts_with("HTTP/2.0 "), "{}", r.text());
+        // An Upgrade (WebSocket) cannot ride an h2 stream to the target: 502, not a hang.
+        let r = proxy.client().request(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        );
+        assert_eq!(r.status, 502);
+    }
 }
