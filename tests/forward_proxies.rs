@@ -139,6 +139,32 @@ fn an_https_upstream_is_reached_through_an_https_proxy() {
 }
 
 #[test]
+fn a_plain_http_upstream_is_reached_through_an_https_proxy() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path(), "fp");
+    let backend = Backend::start("plain");
+    let forward = ConnectProxy::start_with(ConnectOptions {
+        tls: Some(pki.server("fp", &["127.0.0.1"])),
+        ..ConnectOptions::default()
+    });
+    let port = backend.addr().port();
+    let yaml = one_upstream_yaml(
+        "\"http://localhost:$PORT\"",
+        "    transport:\n      forward_proxy_url: \"https://$FP\"\n      tls: { ca: [$CA] }\n",
+    );
+    let vars = [
+        ("PORT", port.to_string()),
+        ("FP", forward.addr.to_string()),
+        ("CA", pki.ca_file.display().to_string()),
+    ];
+    let proxy = Proxy::start(Driver::any(), &yaml, &vars);
+    let r = proxy.get("/x");
+    assert_eq!(r.status, 200, "{}", r.head_text());
+    assert_eq!(backend.requests(), 1);
+    assert_eq!(forward.seen(), [format!("localhost:{port}")]);
+}
+
+#[test]
 fn an_https_upstream_is_reached_through_a_socks5_proxy_that_resolves_its_name() {
     let dir = TempDir::new();
     let (pki, backend) = https_backend(&dir);
