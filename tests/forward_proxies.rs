@@ -139,6 +139,32 @@ fn an_https_upstream_is_reached_through_an_https_proxy() {
 }
 
 #[test]
+fn a_plain_http_upstream_is_reached_through_an_https_proxy() {
+    let dir = TempDir::new();
+    let pki = Pki::new(dir.path(), "fp");
+    let backend = Backend::start("plain");
+    let forward = ConnectProxy::start_with(ConnectOptions {
+        tls: Some(pki.server("fp", &["127.0.0.1"])),
+        ..ConnectOptions::default()
+    });
+    let port = backend.addr().port();
+    let yaml = one_upstream_yaml(
+        "\"http://localhost:$PORT\"",
+        "    transport:\n      forward_proxy_url: \"https://$FP\"\n      tls: { ca: [$CA] }\n",
+    );
+    let vars = [
+        ("PORT", port.to_string()),
+        ("FP", forward.addr.to_string()),
+        ("CA", pki.ca_file.display().to_string()),
+    ];
+    let proxy = Proxy::start(Driver::any(), &yaml, &vars);
+    let r = proxy.get("/x");
+    assert_eq!(r.status, 200, "{}", r.head_text());
+    assert_eq!(backend.requests(), 1);
+    assert_eq!(forward.seen(), [format!("localhost:{port}")]);
+}
+
+#[test]
 fn an_https_upstream_is_reached_through_a_socks5_proxy_that_resolves_its_name() {
     let dir = TempDir::new();
     let (pki, backend) = https_backend(&dir);
@@ -168,4 +194,45 @@ fn an_https_upstream_is_reached_through_a_socks5_proxy_that_resolves_its_name() 
     });
     let proxy = start("socks5://$FP", &pki, &backend, open.addr);
     assert_eq!(proxy.get("/").status, 200);
+}
+
+#[test]
+fn active_health_probes_go_through_http_and_socks5_proxies() {
+    let dir = TempDir::new();
+    let (pki, backend) = https_backend(&dir);
+    let names = HashMap::from([("localhost".to_string(), "127.0.0.1".parse().unwrap())]);
+    let connect = ConnectProxy::start_with(ConnectOptions {
+        authorization: Some("Basic dTpw".into()),
+        ..ConnectOptions::default()
+    });
+    let socks = Socks5Proxy::start(SocksOptions {
+        credentials: Some(("u".into(), "p".into())),
+        names,
+    });
+    let health = "    health: { active: { uri: /, interval: 100ms, timeout: 2s } }\n";
+    let port = backend.addr.port();
+    for (url, addr) in [
+        ("http://u:p@$FP", connect.addr),
+        ("socks5://u:p@$FP", socks.addr),
+    ] {
+        let vars = [
+            ("PORT", port.to_string()),
+            ("FP", addr.to_string()),
+            ("CA", pki.ca_file.display().to_string()),
+        ];
+        let proxy = Proxy::start(Driver::any(), &format!("{}{health}", yaml(url)), &vars);
+        let seen = || match url.starts_with("http") {
+            true => connect.seen().len(),
+            false => socks.seen().len(),
+        };
+        assert!(
+            wait_for(Duration::from_secs(10), || seen() >= 3),
+            "{url}: probes open tunnels through the proxy"
+        );
+        assert_eq!(proxy.get("/").status, 200, "{url}");
+    }
+    assert!(connect
+        .seen()
+        .iter()
+        .all(|a| *a == format!("localhost:{port}")));
 }

@@ -41,6 +41,7 @@ impl Checker {
                 // TLS targets are probed over TLS, verified as the data path verifies them
                 // (validation already built this config once, so it cannot fail here).
                 let settings = u.transport.tls.clone();
+                let proxy = u.transport.forward_proxy.clone();
                 let client = settings
                     .as_ref()
                     .and_then(|s| crate::net::tls::client_config(s).ok())
@@ -56,6 +57,9 @@ impl Checker {
                     };
                     let mut probe = Probe::new(&u.name, &t.addr, active.clone(), shared, tls);
                     probe.also_at(&t.fallbacks, active.port);
+                    if let Some(fp) = &proxy {
+                        probe.through(fp);
+                    }
                     probe
                 })
             })
@@ -101,6 +105,8 @@ enum ProbeAddr {
     /// The target's address, then the other addresses of its name (`dial_fallback_delay`),
     /// tried in turn in RFC 8305's order.
     Tcp(Vec<SocketAddr>),
+    /// Through an `http://` or `socks5://` forward proxy, to the target's host and port.
+    Proxied(crate::config::ForwardProxy, String, u16),
     Unix(PathBuf),
 }
 
@@ -134,6 +140,18 @@ impl Probe {
                 p => SocketAddr::new(a.ip(), p),
             }));
             *addrs = crate::upstream::eyeballs::order(addrs);
+        }
+    }
+
+    /// Probes through `fp` (not for `https://` proxies: those targets are probed directly).
+    fn through(&mut self, fp: &crate::config::ForwardProxy) {
+        if fp.kind == crate::config::ProxyKind::Https {
+            return;
+        }
+        if let ProbeAddr::Tcp(addrs) = &self.addr {
+            let port = addrs[0].port();
+            let host = crate::net::tls::host_of(&self.host).to_string();
+            self.addr = ProbeAddr::Proxied(fp.clone(), host, port);
         }
     }
 
@@ -326,6 +344,21 @@ fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> std::io::Result<TcpSt
     Err(last)
 }
 
+/// A tunnel to `host:port` through `fp`, all within `timeout`.
+fn connect_through(
+    fp: &crate::config::ForwardProxy,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let mut tcp = TcpStream::connect_timeout(&fp.addr, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let to = crate::upstream::forward::Through { host, port };
+    crate::upstream::forward::open_blocking(fp, &mut tcp, &to)?;
+    Ok(tcp)
+}
+
 /// One probe: a connect (no `uri`) or an HTTP request, all within `timeout`; `Err` says why
 /// it failed.
 fn probe(
@@ -339,6 +372,9 @@ fn probe(
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let mut conn = match addr {
         ProbeAddr::Tcp(addrs) => connect_any(addrs, cfg.timeout).map(Conn::Tcp),
+        ProbeAddr::Proxied(fp, host, port) => {
+            connect_through(fp, host, *port, cfg.timeout).map(Conn::Tcp)
+        }
         ProbeAddr::Unix(p) => UnixStream::connect(p).map(Conn::Unix),
     }
     .map_err(|e| format!("connect: {e}"))?;

@@ -108,6 +108,56 @@ fn proxy_tls(ctx: &WorkerCtx, u: usize) -> io::Result<Arc<rustls::ClientConfig>>
     Ok(Arc::new(c))
 }
 
+/// The same tunnel opened on a blocking socket (the health checker's probes): `http://` and
+/// `socks5://` proxies; `https://` ones are not opened here.
+pub fn open_blocking(
+    fp: &ForwardProxy,
+    tcp: &mut std::net::TcpStream,
+    to: &Through<'_>,
+) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let creds = fp.credentials.as_ref();
+    let read_n = |tcp: &mut std::net::TcpStream, n: usize| -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; n];
+        tcp.read_exact(&mut buf)?;
+        Ok(buf)
+    };
+    match fp.kind {
+        ProxyKind::Http => {
+            tcp.write_all(connect_request(&to.authority(), creds).as_bytes())?;
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                if head.len() > CONNECT_ANSWER_MAX {
+                    return Err(io::Error::other(
+                        "forward proxy's CONNECT answer is too long",
+                    ));
+                }
+                head.push(read_n(tcp, 1)?[0]);
+            }
+            connect_verdict(&head[..head.len() - 4], false, creds.is_some())
+        }
+        ProxyKind::Socks5 => {
+            tcp.write_all(&socks::greeting(creds.is_some()))?;
+            let choice = read_n(tcp, 2)?;
+            if socks::parse_choice([choice[0], choice[1]], creds.is_some())? {
+                if let Some((user, password)) = creds {
+                    tcp.write_all(&socks::auth_request(user, password)?)?;
+                    let r = read_n(tcp, 2)?;
+                    socks::parse_auth_reply([r[0], r[1]])?;
+                }
+            }
+            tcp.write_all(&socks::connect_request(&socks::Dest::of(to.host, to.port))?)?;
+            let f = read_n(tcp, 5)?;
+            let len = socks::reply_len([f[0], f[1], f[2], f[3], f[4]])?;
+            read_n(tcp, len - 5).map(|_| ())
+        }
+        ProxyKind::Https => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "probes do not open tunnels through https:// forward proxies",
+        )),
+    }
+}
+
 /// `Proxy-Authorization: Basic` for `user:password` (RFC 7617).
 pub fn basic_auth(user: &str, password: &str) -> String {
     use base64::Engine as _;
