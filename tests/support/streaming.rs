@@ -88,6 +88,35 @@ impl BulkServer {
     }
 }
 
+/// The sha256 and length of a chunked body, or None if the client left before its end.
+fn read_chunked(r: &mut impl BufRead) -> std::io::Result<Option<(String, u64)>> {
+    let mut h = Sha256::new();
+    let mut total = 0u64;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let size = line.trim_end().split(';').next().unwrap_or("");
+        let size = u64::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            // Trailer section up to the empty line.
+            loop {
+                let mut t = String::new();
+                if r.read_line(&mut t)? == 0 || t.trim_end().is_empty() {
+                    return Ok(Some((hex(&h.finalize()), total)));
+                }
+            }
+        }
+        let mut data = vec![0u8; size as usize + 2];
+        if r.read_exact(&mut data).is_err() {
+            return Ok(None);
+        }
+        h.update(&data[..size as usize]);
+        total += size;
+    }
+}
+
 fn serve(conn: TcpStream, events: mpsc::Sender<Instant>) -> std::io::Result<()> {
     let mut w = conn.try_clone()?;
     let mut r = BufReader::with_capacity(256 * 1024, conn);
@@ -102,6 +131,7 @@ fn serve(conn: TcpStream, events: mpsc::Sender<Instant>) -> std::io::Result<()> 
             parts.next().unwrap_or("").to_string(),
         );
         let mut length = 0u64;
+        let mut chunked = false;
         let mut upgrade = false;
         loop {
             let mut h = String::new();
@@ -117,8 +147,22 @@ fn serve(conn: TcpStream, events: mpsc::Sender<Instant>) -> std::io::Result<()> 
             if name.eq_ignore_ascii_case("upgrade") {
                 upgrade = true;
             }
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.trim().eq_ignore_ascii_case("chunked");
+            }
         }
-        if method == "POST" && path == "/sink" {
+        if method == "POST" && path == "/sink" && chunked {
+            // Read the whole chunked body before answering, so no early answer races a 413.
+            let Some((digest, length)) = read_chunked(&mut r)? else {
+                return Ok(());
+            };
+            let body = format!("{digest} {length}");
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )?;
+        } else if method == "POST" && path == "/sink" {
             let mut h = Sha256::new();
             let mut left = length;
             let mut buf = vec![0u8; 256 * 1024];
