@@ -4,8 +4,9 @@
   slowread.py run --port N --pid PID --conns N --seconds S --out FILE
 
 Opens N "slow readers" (a separate process): each asks for PATH (a 1 MiB response) with a
-tiny receive window (SO_RCVBUF set before connect, as slowhttptest -X does) and then reads
-READ bytes every INTERVAL seconds, so the proxy is left holding a response it cannot hand on.
+tiny receive window (SO_RCVBUF set before connect, as slowhttptest -X does) and a remote
+client's segment size (TCP_MAXSEG), and then reads READ bytes every INTERVAL seconds, so the
+proxy is left holding a response it cannot hand on.
 Once they all stall, it counts the proxy's file descriptors and RSS per slow connection, then
 runs a normal client for S seconds: one keep-alive connection asking for NORMAL_PATH at a fixed
 pace (every BIG_EVERY-th request a 1 MiB BIG_PATH on a second keep-alive connection), and writes

@@ -108,10 +108,14 @@ impl Pipe {
     pub fn fill(&mut self, src: RawFd, dst: RawFd, len: usize) -> io::Result<usize> {
         let n = splice(src, self.w.as_raw_fd(), len.min(self.size))?;
         // A fill may stop short of the byte size when fragments leave pages part empty.
-        if n * 2 >= self.size && !self.big && !self.refused && BIG_PIPES.get() < BIG_PIPES_MAX {
-            if may_grow(send_buffer(dst)) {
-                self.grow();
-            }
+        // The budget is checked first so the getsockopt is spent only on a pipe that may grow.
+        if n * 2 >= self.size
+            && !self.big
+            && !self.refused
+            && BIG_PIPES.get() < BIG_PIPES_MAX
+            && may_grow(send_buffer(dst))
+        {
+            self.grow();
         }
         Ok(n)
     }
