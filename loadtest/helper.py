@@ -320,7 +320,8 @@ def cmd_line(a):
         print(f"{head} FAILED: {'; '.join(r['problems'])}")
         return 0
     lat = r["latency_us"]
-    extra = "".join(f"  {k} {_fmt(v, ',.1f')}" for k, v in r["extra"].items() if k.endswith("_kb"))
+    extra = "".join(f"  {k} {_fmt(v, ',.1f')}" for k, v in r["extra"].items()
+                    if k.endswith(("_kb", "_ms", "_per_conn")))
     print(f"{head} {_fmt(r['rate'])} {r['unit']}/s  p50 {_ms(lat.get('p50'))}  p99 {_ms(lat.get('p99'))} "
           f"p99.9 {_ms(lat.get('p99.9'))} ms  cpu {c['user']:.2f}u+{c['sys']:.2f}s={c['total']:.2f} us/{r['unit']}"
           f"  errors {r['errors_total']}  rss {r['rss_kb']['peak'] / 1024:.1f} MiB{extra}"
@@ -395,7 +396,7 @@ def build_scenario(settings, proxies, runs):
             ratios[p] = {"rate_ratio": _ratio(rw["rate"], peer["rate"]),
                          "cpu_per_unit_ratio": _ratio(rw["cpu_us_per_unit"]["total"], peer["cpu_us_per_unit"]["total"])}
             for k, v in rw["extra"].items():
-                if k.endswith("per_conn_kb"):
+                if k.endswith(("per_conn_kb", "_per_conn")):
                     ratios[p][k + "_ratio"] = _ratio(v, peer["extra"].get(k))
         else:
             ratios[p] = {"rate_ratio": None, "cpu_per_unit_ratio": None}
@@ -535,7 +536,7 @@ def render_scenario(doc):
          f"{st.get('workers', 1)} worker(s) per proxy; medians over valid runs. "
          f"{_placement_text(st)}\n"]
     extra_keys = sorted({k for s in summary.values() for k in s.get("extra", {})
-                         if k.endswith(("_kb", "_1w", "_2w", "_x"))})
+                         if k.endswith(("_kb", "_1w", "_2w", "_x", "_ms", "_per_conn"))})
     head = (f"| proxy | runs ok | {_unit_rate(unit)} | min–max | p50 ms | p90 ms | p99 ms | p99.9 ms "
             f"| CPU µs/{unit} user | sys | total | backend µs/{unit} | errors | peak RSS MiB |")
     head += "".join(f" {k.replace('_kb', ' KiB')} |" for k in extra_keys)
@@ -555,7 +556,7 @@ def render_scenario(doc):
     if ratios:
         L.append("")
         head = "| ringway vs | rate ratio (>1: ringway more) | CPU/unit ratio (<1: ringway cheaper) |"
-        ratio_keys = [k for k in extra_keys if k.endswith("per_conn_kb")]
+        ratio_keys = [k for k in extra_keys if k.endswith(("per_conn_kb", "_per_conn"))]
         head += "".join(f" {k.replace('_kb', '')} ratio (<1: ringway smaller) |" for k in ratio_keys)
         L.append(head)
         L.append("|---|" + "---:|" * (head.count("|") - 2))

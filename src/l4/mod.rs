@@ -366,10 +366,10 @@ enum Carrier {
 }
 
 impl Carrier {
-    /// Takes up to a chunk from `src`; `Ok(0)` is EOF.
-    fn fill(&mut self, src: RawFd) -> io::Result<usize> {
+    /// Takes up to a chunk from `src` (bound for `dst`); `Ok(0)` is EOF.
+    fn fill(&mut self, src: RawFd, dst: RawFd) -> io::Result<usize> {
         match self {
-            Carrier::Pipe(p) => p.fill(src, usize::MAX),
+            Carrier::Pipe(p) => p.fill(src, dst, usize::MAX),
             Carrier::Buffer(buf) => (&*socket(src)).read(buf),
         }
     }
@@ -395,7 +395,7 @@ async fn one_way(
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
     loop {
         let n = loop {
-            match carrier.fill(src_fd) {
+            match carrier.fill(src_fd, dst_fd) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     src.readable().await.map_err(DirError::Read)?

@@ -19,6 +19,22 @@ pub const PIPE_BULK_SIZE: usize = 1024 * 1024;
 /// default pipe-user-pages-soft, so a few workers leave the user room for default pipes.
 /// Transfers beyond it keep the default capacity.
 pub const BIG_PIPES_MAX: usize = 16;
+/// A destination's send buffer must be at least this large before a pipe feeding it grows to
+/// `PIPE_BULK_SIZE`: a big pipe only pays when the socket can take a big pipe's worth at once,
+/// and a client that cannot (a remote one's send buffer starts at tens of KiB, and a slow
+/// reader's never grows) would leave up to a MiB stranded in it. Loopback and fast links
+/// autotune their send buffers to megabytes.
+pub const GROW_MIN_SNDBUF: usize = 2 * PIPE_BULK_SIZE;
+/// How long a transfer may wait on one side, holding a pipe, before it counts as stalled: then an
+/// empty pipe goes back to the pool while it waits on, and a destination that takes nothing
+/// for this long gets the pipe's bytes through user space instead (`Pipe::spill`), so a slow
+/// reader holds two descriptors, not four. Longer than a round trip of any live client: one
+/// whose send buffer is full still frees room every round trip.
+pub const STALL_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+/// Most bytes a stalled transfer moves out of its pipe into user space to give the pipe back: a
+/// base pipe's worth (pipes that never grew hold no more). A grown pipe holding more stays with
+/// its transfer (at most `BIG_PIPES_MAX` per worker).
+pub const SPILL_MAX: usize = 64 * 1024;
 /// Empty pipes a worker keeps: creating and closing two pipes costs six syscalls per tunnel,
 /// a third of a short tunnel's work. An idle pipe holds two descriptors and no buffer pages.
 const POOL_MAX: usize = 64;
@@ -87,14 +103,50 @@ impl Pipe {
     }
 
     /// Splices up to `len` bytes (at most the capacity) from `src` into the empty pipe;
-    /// `Ok(0)` is end of stream. A splice that filled the pipe grows it for the next one.
-    pub fn fill(&mut self, src: RawFd, len: usize) -> io::Result<usize> {
+    /// `Ok(0)` is end of stream. A splice that filled the pipe grows it for the next one when
+    /// `dst`, the socket the bytes go to, can take a grown pipe's worth (`GROW_MIN_SNDBUF`).
+    pub fn fill(&mut self, src: RawFd, dst: RawFd, len: usize) -> io::Result<usize> {
         let n = splice(src, self.w.as_raw_fd(), len.min(self.size))?;
         // A fill may stop short of the byte size when fragments leave pages part empty.
-        if n * 2 >= self.size {
+        // The budget is checked first so the getsockopt is spent only on a pipe that may grow.
+        if n * 2 >= self.size
+            && !self.big
+            && !self.refused
+            && BIG_PIPES.get() < BIG_PIPES_MAX
+            && may_grow(send_buffer(dst))
+        {
             self.grow();
         }
         Ok(n)
+    }
+
+    /// Reads exactly `len` bytes the pipe holds onto the end of `out`, leaving it empty when it
+    /// held `len`: the way out for bytes whose destination stalled, so the pipe can go back.
+    pub fn spill(&mut self, out: &mut Vec<u8>, len: usize) -> io::Result<()> {
+        out.reserve(len);
+        let mut left = len;
+        while left > 0 {
+            let spare = out.spare_capacity_mut();
+            let want = left.min(spare.len());
+            // SAFETY: read(2) writes at most `want` bytes into the spare capacity, which is
+            // allocated and not aliased; the length grows only by what it wrote.
+            let n = unsafe { libc::read(self.r.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
+            match usize::try_from(n) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                // SAFETY: the kernel initialised these `n` bytes just above.
+                Ok(n) => unsafe {
+                    out.set_len(out.len() + n);
+                    left -= n;
+                },
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Splices up to `len` of the bytes the pipe holds out to `dst`.
@@ -155,6 +207,34 @@ impl Drop for Pipe {
     }
 }
 
+/// Whether a pipe feeding a socket whose send buffer is `sndbuf` bytes (`None`: not a socket)
+/// may grow to `PIPE_BULK_SIZE`.
+fn may_grow(sndbuf: Option<usize>) -> bool {
+    sndbuf.is_none_or(|b| b >= GROW_MIN_SNDBUF)
+}
+
+/// SO_SNDBUF of a socket (the kernel's doubled figure, as it accounts it); `None` if `fd` is
+/// not a socket.
+fn send_buffer(fd: RawFd) -> Option<usize> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which lives across the call.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw mut v).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        usize::try_from(v).ok()
+    } else {
+        None
+    }
+}
+
 /// Sets a pipe's capacity and returns the one the kernel chose (a power of two pages).
 fn set_pipe_size(w: &OwnedFd, size: usize) -> io::Result<usize> {
     let size = libc::c_int::try_from(size).map_err(|_| io::ErrorKind::InvalidInput)?;
@@ -202,7 +282,26 @@ mod tests {
     }
 
     #[test]
-    fn a_fill_that_fills_the_pipe_grows_it_and_the_bytes_come_out_in_order() {
+    fn a_pipe_grows_only_for_a_destination_whose_send_buffer_takes_a_grown_pipe() {
+        let table = [
+            (None, true, "not a socket"),
+            (Some(GROW_MIN_SNDBUF), true, "exactly enough"),
+            (Some(4 << 20), true, "loopback, autotuned"),
+            (Some(GROW_MIN_SNDBUF - 1), false, "one byte short"),
+            (
+                Some(373_248),
+                false,
+                "a remote client's (Ethernet MSS, small window)",
+            ),
+            (Some(212_992), false, "a Unix socket's default"),
+        ];
+        for (sndbuf, want, why) in table {
+            assert_eq!(may_grow(sndbuf), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_full_pipe_for_a_small_send_buffer_stays_small_and_spills_the_rest_in_order() {
         let (mut far_a, near_a) = UnixStream::pair().unwrap();
         let (near_b, mut far_b) = UnixStream::pair().unwrap();
         let mut p = Pipe::take().unwrap();
@@ -219,18 +318,29 @@ mod tests {
             r => r.unwrap(),
         };
         while moved < base {
-            moved += retry(p.fill(near_a.as_raw_fd(), base - moved));
+            moved += retry(p.fill(near_a.as_raw_fd(), near_b.as_raw_fd(), base - moved));
         }
+        // A Unix socket's send buffer is far below GROW_MIN_SNDBUF.
+        assert_eq!(
+            p.capacity(),
+            base,
+            "grew for a destination that cannot take it"
+        );
+        let half = moved / 2;
         let mut out = 0;
-        while out < moved {
-            out += retry(p.drain(near_b.as_raw_fd(), moved - out));
+        while out < half {
+            out += retry(p.drain(near_b.as_raw_fd(), half - out));
         }
+        let mut spilled = Vec::new();
+        p.spill(&mut spilled, moved - half).unwrap();
         drop(near_b);
         let mut got = Vec::new();
         far_b.read_to_end(&mut got).unwrap();
+        got.extend_from_slice(&spilled);
         let data = writer.join().unwrap().unwrap();
         assert!(got == data, "bytes differ");
-        // Unless the kernel refused (a user over pipe-user-pages-soft), it grew.
-        assert!(p.capacity() == base || p.capacity() >= PIPE_BULK_SIZE);
+        // Empty now: another read finds nothing (and would block).
+        let e = p.spill(&mut spilled, 1).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
     }
 }

@@ -10,8 +10,6 @@ use monoio::io::{
 };
 use monoio::net::{TcpStream, UnixStream};
 
-use crate::net::splice::Pipe;
-
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -313,7 +311,8 @@ pub fn reserve_read_space(buf: &mut Vec<u8>, cap: usize) {
 }
 
 impl Stream {
-    fn splice_fd(&self) -> io::Result<RawFd> {
+    /// The socket splices move bytes through (plaintext sockets only).
+    pub fn splice_fd(&self) -> io::Result<RawFd> {
         match self {
             Stream::Tcp(s) => Ok(s.as_raw_fd()),
             Stream::Unix(s) => Ok(s.as_raw_fd()),
@@ -350,41 +349,13 @@ impl Stream {
         }
     }
 
-    async fn wait_writable(&self) -> io::Result<()> {
+    /// Waits, holding no buffer, until the socket takes bytes again (plain sockets).
+    pub async fn wait_writable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.writable(false).await,
             Stream::Unix(s) => s.writable(false).await,
             Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
         }
-    }
-
-    /// Moves up to `len` bytes (at most the pipe's capacity) from this socket into the empty
-    /// pipe; `Ok(0)` is end of stream.
-    pub async fn splice_in(&mut self, pipe: &mut Pipe, len: usize) -> io::Result<usize> {
-        let fd = self.splice_fd()?;
-        loop {
-            match pipe.fill(fd, len) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_readable().await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Moves exactly `len` bytes out of the pipe into this socket.
-    pub async fn splice_out(&mut self, pipe: &mut Pipe, mut len: usize) -> io::Result<()> {
-        let fd = self.splice_fd()?;
-        while len > 0 {
-            match pipe.drain(fd, len) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => len -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_writable().await?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// Whether this stream's bytes can move with splice (plaintext sockets can; TLS cannot).

@@ -3,12 +3,13 @@
 
 use std::cell::Cell;
 use std::ops::Range;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, BodyError, ChunkedDecoder, Encode, LAST_CHUNK};
 use crate::http1::parse::Framing;
-use crate::net::splice::Pipe;
+use crate::net::splice::{Pipe, SPILL_MAX, STALL_GRACE};
 use crate::net::stream::{Stream, MIN_READ_SPACE};
 use crate::proxy::session::{
     timed, RecvBuf, Session, BODY_CHUNK, CHUNK_FRAMING_ROOM, SPLICE_MIN_BODY,
@@ -97,6 +98,8 @@ impl Relay<'_> {
 
     async fn length(&mut self, n: u64, encode: Encode) -> Result<(), ProxyError> {
         let mut remaining = n;
+        // Bytes copied since a splice stalled on the destination (`None`: none stalled).
+        let mut stalled: Option<u64> = None;
         loop {
             let take = (self.buf.pending() as u64).min(remaining) as usize;
             if take > 0 {
@@ -105,30 +108,42 @@ impl Relay<'_> {
                 self.buf.pos += take;
                 remaining -= take as u64;
                 self.moved(take as u64);
+                if let Some(copied) = &mut stalled {
+                    *copied += take as u64;
+                }
             }
             if remaining == 0 {
                 return Ok(());
             }
             if encode == Encode::Raw
                 && remaining >= SPLICE_MIN_BODY
+                && stalled.is_none_or(may_splice_again)
                 && self.src.can_splice()
                 && self.dst.can_splice()
             {
-                match Pipe::take() {
-                    Ok(mut pipe) => {
-                        // An error may leave bytes in the pipe: then it is dropped, not reused.
-                        self.splice(&mut pipe, remaining).await?;
-                        pipe.give_back();
-                        self.moved(remaining);
-                        return Ok(());
+                match self.splice(&mut remaining).await? {
+                    Spliced::Done => return Ok(()),
+                    // The pipe's bytes wait in `buf`; copying goes on from there.
+                    Spliced::Stalled => {
+                        stalled = Some(0);
+                        continue;
                     }
-                    Err(e) => {
-                        tracing::debug!(worker = self.ctx.id(), "no splice pipe ({e}); copying")
-                    }
+                    Spliced::NoPipe => {}
                 }
             }
             self.buf.reset();
-            self.read(BODY_CHUNK).await?;
+            let cap = match stalled {
+                // A stalled destination gets no more than a small buffer's worth at a time.
+                Some(_) => {
+                    let small = self.buf.floor + STALLED_CHUNK;
+                    if self.buf.buf.capacity() > small + STALLED_CHUNK {
+                        self.buf.buf.shrink_to(small);
+                    }
+                    STALLED_CHUNK
+                }
+                None => BODY_CHUNK,
+            };
+            self.read(cap).await?;
         }
     }
 
@@ -222,31 +237,129 @@ impl Relay<'_> {
     }
 
     /// Moves `remaining` body bytes socket -> pipe -> socket without copying them through user
-    /// space. Never reads past the body, so a pipelined next request stays in the socket.
-    async fn splice(&mut self, pipe: &mut Pipe, mut remaining: u64) -> Result<(), ProxyError> {
+    /// space, counting down `remaining` as they reach the destination. Never reads past the
+    /// body, so a pipelined next request stays in the socket. The pipe is held only while
+    /// bytes move: an empty one goes back to the pool while the source is quiet, and one whose
+    /// destination stalls is emptied into `buf` (`Spliced::Stalled`).
+    async fn splice(&mut self, remaining: &mut u64) -> Result<Spliced, ProxyError> {
         let (src_side, dst_side) = self.sides();
+        let src = self.src.splice_fd().map_err(|e| io_err(src_side, e))?;
+        let dst = self.dst.splice_fd().map_err(|e| io_err(dst_side, e))?;
         self.src.prepare_splice().map_err(|e| io_err(src_side, e))?;
         self.dst.prepare_splice().map_err(|e| io_err(dst_side, e))?;
-        while remaining > 0 {
-            // The pipe may grow after a fill that filled it, so ask for its capacity each step.
-            let want = remaining.min(pipe.capacity() as u64) as usize;
-            let n = match timed(self.lim.read_timeout, self.src.splice_in(pipe, want)).await {
+        // An error may leave bytes in the pipe: then it is dropped with this, not reused.
+        let mut pipe: Option<Pipe> = None;
+        while *remaining > 0 {
+            let filled = timed(
+                self.lim.read_timeout,
+                self.fill(&mut pipe, src, dst, *remaining),
+            );
+            let n = match filled.await {
                 None => return Err(timeout_err(src_side)),
-                Some(Ok(0)) => {
+                Some(Ok(None)) => return Ok(Spliced::NoPipe),
+                Some(Ok(Some(0))) => {
                     return Err(io_err(src_side, std::io::ErrorKind::UnexpectedEof.into()))
                 }
-                Some(Ok(n)) => n,
+                Some(Ok(Some(n))) => n,
                 Some(Err(e)) => return Err(io_err(src_side, e)),
             };
-            match timed(self.lim.write_timeout, self.dst.splice_out(pipe, n)).await {
+            let drained = timed(self.lim.write_timeout, self.drain(&mut pipe, dst, n));
+            let spilled = match drained.await {
                 None => return Err(timeout_err(dst_side)),
                 Some(Err(e)) => return Err(io_err(dst_side, e)),
-                Some(Ok(())) => {}
+                Some(Ok(spilled)) => spilled,
+            };
+            let out = (n - spilled) as u64;
+            *remaining -= out;
+            self.moved(out);
+            self.ctx.count_spliced(self.dir == Dir::Up, out);
+            if spilled > 0 {
+                return Ok(Spliced::Stalled);
             }
-            remaining -= n as u64;
-            self.ctx.count_spliced(self.dir == Dir::Up, n as u64);
         }
-        Ok(())
+        if let Some(p) = pipe {
+            p.give_back();
+        }
+        Ok(Spliced::Done)
+    }
+
+    /// Splices up to `want` bytes from the source into the pipe, taking one from the pool
+    /// when it has none (`Ok(None)`: none to be had). While the source stays quiet past
+    /// `STALL_GRACE` the empty pipe goes back to the pool.
+    async fn fill(
+        &self,
+        pipe: &mut Option<Pipe>,
+        src: RawFd,
+        dst: RawFd,
+        want: u64,
+    ) -> std::io::Result<Option<usize>> {
+        loop {
+            let p = match pipe {
+                Some(p) => p,
+                None => match Pipe::take() {
+                    Ok(p) => pipe.insert(p),
+                    Err(e) => {
+                        tracing::debug!(worker = self.ctx.id(), "no splice pipe ({e}); copying");
+                        return Ok(None);
+                    }
+                },
+            };
+            let len = want.min(p.capacity() as u64) as usize;
+            match p.fill(src, dst, len) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match monoio::time::timeout(STALL_GRACE, self.src.wait_readable()).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            if let Some(p) = pipe.take() {
+                                p.give_back();
+                            }
+                            self.src.wait_readable().await?;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Splices the `n` bytes the pipe holds out to the destination. Returns how many were
+    /// spilled instead: when the destination took nothing for `STALL_GRACE` and the rest fits
+    /// `SPILL_MAX`, it goes into `buf` (copied on from there) and the pipe back to the pool.
+    async fn drain(
+        &mut self,
+        pipe: &mut Option<Pipe>,
+        dst: RawFd,
+        n: usize,
+    ) -> std::io::Result<usize> {
+        let mut left = n;
+        while left > 0 {
+            let Some(p) = pipe.as_mut() else {
+                unreachable!("a filled pipe is held until it is drained or spilled")
+            };
+            match p.drain(dst, left) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    match monoio::time::timeout(STALL_GRACE, self.dst.wait_writable()).await {
+                        Ok(r) => r?,
+                        Err(_) if spill_on_stall(left) => {
+                            self.buf.reset();
+                            p.spill(&mut self.buf.buf, left)?;
+                            if let Some(p) = pipe.take() {
+                                p.give_back();
+                            }
+                            return Ok(left);
+                        }
+                        Err(_) => self.dst.wait_writable().await?,
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(0)
     }
 
     /// One body read; end of stream before the body ended is `UnexpectedEof` on that side.
@@ -295,6 +408,36 @@ impl Relay<'_> {
             None => Err(timeout_err(side)),
         }
     }
+}
+
+/// How a spliced body ended.
+enum Spliced {
+    /// Every byte reached the destination.
+    Done,
+    /// The destination stalled: what the pipe held waits in the relay's buffer, the pipe went
+    /// back, and the rest of the body is copied.
+    Stalled,
+    /// No pipe could be had (out of descriptors): the rest is copied.
+    NoPipe,
+}
+
+/// Reads per step once a destination stalled: the most a slow reader keeps in user space,
+/// as HAProxy's default 16 KiB buffer.
+const STALLED_CHUNK: usize = 16 * 1024;
+
+/// Bytes copied after a stall before splicing is tried again: a client that came back to speed
+/// returns to the cheap path, a slow reader (a few bytes a second) never gets this far.
+const RESPLICE_AFTER: u64 = 1024 * 1024;
+
+/// Whether a destination that took nothing for `STALL_GRACE` gets the `held` bytes of its pipe
+/// through user space, so the pipe can go back; more than `SPILL_MAX` (a grown pipe) stays put.
+fn spill_on_stall(held: usize) -> bool {
+    held <= SPILL_MAX
+}
+
+/// Whether a body whose splice stalled may splice again, `copied` bytes later.
+fn may_splice_again(copied: u64) -> bool {
+    copied >= RESPLICE_AFTER
 }
 
 /// Reads until `want` body bytes (or the whole body, if shorter) sit in `rb` after `rb.pos`,
@@ -360,4 +503,36 @@ pub(crate) async fn stream_body(
     }
     .body(rest, Encode::Raw)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_destination_gets_a_base_pipes_worth_through_user_space_and_no_more() {
+        let table = [
+            (1, true, "a few bytes"),
+            (16 * 1024, true, "a small buffer's worth"),
+            (SPILL_MAX, true, "a full base pipe"),
+            (SPILL_MAX + 1, false, "more than a base pipe holds"),
+            (1 << 20, false, "a full grown pipe"),
+        ];
+        for (held, spill, why) in table {
+            assert_eq!(spill_on_stall(held), spill, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_stalled_body_splices_again_only_after_its_reader_took_a_mib_at_copy_speed() {
+        let table = [
+            (0, false, "just stalled"),
+            (STALLED_CHUNK as u64, false, "one small buffer later"),
+            (RESPLICE_AFTER - 1, false, "one byte short"),
+            (RESPLICE_AFTER, true, "a MiB later"),
+        ];
+        for (copied, again, why) in table {
+            assert_eq!(may_splice_again(copied), again, "{why}");
+        }
+    }
 }

