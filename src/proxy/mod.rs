@@ -30,8 +30,8 @@ use crate::observe::metrics::Done;
 use crate::proxy::forward::forward;
 use crate::proxy::respond::{respond, respond_simple};
 use crate::proxy::session::{
-    answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, Trace, IDLE_READ,
-    INITIAL_BUF, OUT_BUF, PARK_AFTER,
+    answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, Trace, FIRST_READ,
+    IDLE_READ, KEEP_SCRATCH, OUT_BUF, PARK_AFTER,
 };
 use crate::route;
 use crate::upstream::pool::UpConn;
@@ -87,7 +87,7 @@ pub fn serve(
             local,
         },
         down: RecvBuf {
-            buf: Vec::with_capacity(INITIAL_BUF),
+            buf: Vec::with_capacity(FIRST_READ),
             pos: 0,
             floor: 0,
         },
@@ -132,7 +132,7 @@ pub(crate) async fn open(
     peer: Option<SocketAddr>,
 ) -> Option<(RecvBuf, Client)> {
     let mut down = RecvBuf {
-        buf: Vec::with_capacity(INITIAL_BUF),
+        buf: Vec::with_capacity(FIRST_READ),
         pos: 0,
         floor: 0,
     };
@@ -419,12 +419,20 @@ async fn busy(conn: &mut Conn) -> Burst {
         let down = &mut conn.down;
         down.floor = 0;
         down.compact();
-        if down.pending() == 0 && down.buf.capacity() > IDLE_READ {
+        // A connection that parks gives everything back then; one that cannot (TLS) may stay
+        // idle holding what is left here.
+        let parks = conn.stream.can_park();
+        if down.pending() == 0 && down.buf.capacity() > IDLE_READ && !parks {
             down.buf = Vec::with_capacity(IDLE_READ);
         }
-        ubuf = Vec::new();
-        s.out = Vec::new();
-        s.aux = Vec::new();
+        let keep_at = if parks { KEEP_SCRATCH } else { 0 };
+        for b in [&mut ubuf, &mut s.out, &mut s.aux] {
+            if b.capacity() > keep_at {
+                *b = Vec::new();
+            } else {
+                b.clear();
+            }
+        }
     }
 }
 
