@@ -73,7 +73,7 @@ pub fn serve(
     peer: Option<SocketAddr>,
 ) -> impl std::future::Future<Output = ()> {
     let scheme = if stream.is_tls() { "https" } else { "http" };
-    let local = stream.local_addr();
+    let local = local_of(&ctx, listener, &stream);
     let mut conn = Conn {
         ctx,
         socket,
@@ -148,8 +148,22 @@ pub(crate) async fn open(
             None => return None,
         }
     }
-    let client = client_of(ctx, peer, stream.is_tls(), stream.local_addr());
+    let client = client_of(ctx, peer, stream.is_tls(), local_of(ctx, listener, stream));
     Some((down, client))
+}
+
+/// The address the client reached us at: the listener's own when it is bound to one address
+/// and port, else the kernel's answer (a getsockname per connection).
+fn local_of(ctx: &WorkerCtx, listener: usize, stream: &Stream) -> Option<SocketAddr> {
+    bound_local(&ctx.config().listeners[listener].addr).or_else(|| stream.local_addr())
+}
+
+/// A listening address every connection accepted on it has as its local address.
+fn bound_local(addr: &crate::config::ListenAddr) -> Option<SocketAddr> {
+    match addr {
+        crate::config::ListenAddr::Tcp(a) if !a.ip().is_unspecified() && a.port() != 0 => Some(*a),
+        _ => None,
+    }
 }
 
 /// Who the client is: `peer` (the PROXY header's source when there was one), and whether it
@@ -682,6 +696,29 @@ async fn upgrade_until_replaced(
         _ = replaced => {
             tracing::debug!("upgraded connection closed after stream_close_delay");
             crate::l4::upgrade::Relayed::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ListenAddr;
+
+    #[test]
+    fn only_a_listener_bound_to_one_address_and_port_names_its_connections_local_address() {
+        let tcp = |s: &str| ListenAddr::Tcp(s.parse().unwrap());
+        let cases = [
+            (tcp("127.0.0.1:8080"), Some("127.0.0.1:8080")),
+            (tcp("[::1]:443"), Some("[::1]:443")),
+            (tcp("0.0.0.0:80"), None),
+            (tcp("[::]:80"), None),
+            (tcp("127.0.0.1:0"), None),
+            (ListenAddr::Unix("/tmp/x.sock".into()), None),
+        ];
+        for (addr, want) in cases {
+            let want = want.map(|w| w.parse::<SocketAddr>().unwrap());
+            assert_eq!(bound_local(&addr), want, "{addr:?}");
         }
     }
 }
