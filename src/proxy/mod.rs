@@ -248,8 +248,18 @@ async fn bursts(conn: &mut Conn) -> Option<Box<(UpConn, Option<usize>)>> {
 
 /// Relays an upgraded connection until both sides are done.
 async fn tunnel(conn: Conn, up: Box<(UpConn, Option<usize>)>) {
+    // Only the sockets go on: the receive buffer (whatever it held was forwarded before the
+    // switch) is freed rather than kept for the tunnel's life.
+    let Conn {
+        ctx,
+        stream,
+        down,
+        client,
+        ..
+    } = conn;
+    drop((down, client));
     // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
-    let ctx = &conn.ctx;
+    let ctx = &ctx;
     let active = ctx.active();
     let (
         UpConn {
@@ -258,7 +268,7 @@ async fn tunnel(conn: Conn, up: Box<(UpConn, Option<usize>)>) {
         upstream,
     ) = *up;
     let tr = upstream.map(|u| &ctx.config().upstreams[u].transport);
-    let relay = crate::l4::upgrade::run(conn.stream, up, None);
+    let relay = crate::l4::upgrade::run(stream, up, None);
     // `stream_close_delay`: a reload ends it that long after; dropping closes both sides.
     let relay = upgrade_until_replaced(ctx, tr.and_then(|t| t.stream_close_delay), relay);
     // `stream_timeout`: dropping the relay closes both sides.
