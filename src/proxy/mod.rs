@@ -31,7 +31,7 @@ use crate::proxy::forward::forward;
 use crate::proxy::respond::{respond, respond_simple};
 use crate::proxy::session::{
     answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, Trace, FIRST_READ,
-    IDLE_READ, KEEP_SCRATCH, OUT_BUF, PARK_AFTER,
+    IDLE_READ, OUT_BUF, PARK_AFTER,
 };
 use crate::route;
 use crate::upstream::pool::UpConn;
@@ -393,7 +393,13 @@ async fn busy(conn: &mut Conn) -> Burst {
             ..Trace::default()
         };
         let active = ctx.active();
+        if s.out.capacity() == 0 {
+            s.out = ctx.buffers().take();
+        }
         s.out.reserve(OUT_BUF);
+        if ubuf.capacity() == 0 {
+            ubuf = ctx.buffers().take();
+        }
         let mut sess = Session {
             ctx,
             listener: conn.listener,
@@ -443,18 +449,18 @@ async fn busy(conn: &mut Conn) -> Burst {
         let down = &mut conn.down;
         down.floor = 0;
         down.compact();
-        // A connection that parks gives everything back then; one that cannot (TLS) may stay
-        // idle holding what is left here.
-        let parks = conn.stream.can_park();
-        if down.pending() == 0 && down.buf.capacity() > IDLE_READ && !parks {
+        // A connection that parks frees its receive buffer then; one that cannot (TLS) may
+        // stay idle holding it, so it shrinks now.
+        if down.pending() == 0 && down.buf.capacity() > IDLE_READ && !conn.stream.can_park() {
             down.buf = Vec::with_capacity(IDLE_READ);
         }
-        let keep_at = if parks { KEEP_SCRATCH } else { 0 };
+        // Back to the worker's spares: the next request (on any connection) takes them, and
+        // this one holds none while it waits. Small ones stay (they cost less than a trip).
         for b in [&mut ubuf, &mut s.out, &mut s.aux] {
-            if b.capacity() > keep_at {
-                *b = Vec::new();
-            } else {
+            if b.capacity() < crate::worker::buffers::SPARE_MIN {
                 b.clear();
+            } else {
+                ctx.buffers().give(std::mem::take(b));
             }
         }
     }

@@ -19,11 +19,6 @@ pub(crate) const INITIAL_BUF: usize = 16 * 1024;
 /// it until they park, and the allocator keeps what the last of them freed.
 pub(crate) const FIRST_READ: usize = 4 * 1024;
 
-/// Scratch buffers (upstream receive buffer, heads written) a busy connection keeps from one
-/// request to the next; one that grew past this is released after its request. Parking
-/// releases them all.
-pub(crate) const KEEP_SCRATCH: usize = 16 * 1024;
-
 /// What a keep-alive connection keeps between requests: a receive buffer for the next head
 /// (most fit; a larger one grows it, as nginx's 1k `client_header_buffer_size` does). The rest
 /// is released and allocated again by the next request, so 10k idle connections cost a few
