@@ -30,8 +30,8 @@ use crate::observe::metrics::Done;
 use crate::proxy::forward::forward;
 use crate::proxy::respond::{respond, respond_simple};
 use crate::proxy::session::{
-    answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, Trace, FIRST_READ,
-    IDLE_READ, OUT_BUF, PARK_AFTER,
+    answer_error, timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, Trace, IDLE_READ,
+    INITIAL_BUF, OUT_BUF, PARK_AFTER,
 };
 use crate::route;
 use crate::upstream::pool::UpConn;
@@ -87,7 +87,7 @@ pub fn serve(
             local,
         },
         down: RecvBuf {
-            buf: Vec::with_capacity(FIRST_READ),
+            buf: Vec::with_capacity(INITIAL_BUF),
             pos: 0,
             floor: 0,
         },
@@ -132,7 +132,7 @@ pub(crate) async fn open(
     peer: Option<SocketAddr>,
 ) -> Option<(RecvBuf, Client)> {
     let mut down = RecvBuf {
-        buf: Vec::with_capacity(FIRST_READ),
+        buf: Vec::with_capacity(INITIAL_BUF),
         pos: 0,
         floor: 0,
     };
@@ -449,9 +449,7 @@ async fn busy(conn: &mut Conn) -> Burst {
         let down = &mut conn.down;
         down.floor = 0;
         down.compact();
-        // A connection that parks frees its receive buffer then; one that cannot (TLS) may
-        // stay idle holding it, so it shrinks now.
-        if down.pending() == 0 && down.buf.capacity() > IDLE_READ && !conn.stream.can_park() {
+        if down.pending() == 0 && down.buf.capacity() > IDLE_READ {
             down.buf = Vec::with_capacity(IDLE_READ);
         }
         // Back to the worker's spares: the next request (on any connection) takes them, and

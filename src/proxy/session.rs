@@ -14,11 +14,6 @@ use crate::worker::ctx::WorkerCtx;
 /// Initial receive buffer per connection side: one read takes a typical head plus a small body.
 pub(crate) const INITIAL_BUF: usize = 16 * 1024;
 
-/// A downstream connection's first receive buffer: a typical head (nginx starts at 1k); a
-/// larger one grows it. Small, because connections arriving at thousands a second each hold
-/// it until they park, and the allocator keeps what the last of them freed.
-pub(crate) const FIRST_READ: usize = 4 * 1024;
-
 /// What a keep-alive connection keeps between requests: a receive buffer for the next head
 /// (most fit; a larger one grows it, as nginx's 1k `client_header_buffer_size` does). The rest
 /// is released and allocated again by the next request, so 10k idle connections cost a few
