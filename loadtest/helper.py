@@ -241,6 +241,31 @@ def load_generator_result(base):
     return "none", None, None, {}, {}, {}, ""
 
 
+def parse_perf_stat(text):
+    """`perf stat -x,` output -> {short event name: count}, nonzero counts only."""
+    out = {}
+    for line in (text or "").splitlines():
+        f = line.split(",")
+        if len(f) < 3 or line.startswith("#"):
+            continue
+        try:
+            n = int(float(f[0]))
+        except ValueError:
+            continue  # <not counted> / <not supported>
+        name = f[2].split(":")[-1]
+        name = name[len("sys_enter_"):] if name.startswith("sys_enter_") else name
+        if n:
+            out[name] = out.get(name, 0) + n
+    return out
+
+
+# What the --syscalls table shows first: all syscalls, ring entries, ring work, wakeups.
+SYSCALL_COLUMNS = (("sys_enter", "syscalls"), ("io_uring_enter", "io_uring_enter"),
+                   ("io_uring_submit_req", "SQEs"), ("io_uring_complete", "CQEs"),
+                   ("io_uring_poll_arm", "poll arms"), ("io_uring_queue_async_work", "io-wq punts"),
+                   ("context-switches", "ctx switches"))
+
+
 def load_run(base):
     meta = _read_meta(base + ".meta")
     loadgen, units, elapsed, lat, errors, extra, raw = load_generator_result(base)
@@ -279,6 +304,9 @@ def load_run(base):
         "extra": extra,
         "raw_output": raw[-20000:],
     }
+    perf = _read(base + ".perf")
+    if perf is not None:
+        run["syscalls"] = parse_perf_stat(perf)
     # One load-generator thread can't beat the wall clock: another child was reaped meanwhile.
     if gen_cpu is not None and gen_cpu > wall * 4 + 0.1:
         run["loadgen_cpu_s"] = run["other_busy_fraction"] = None
@@ -294,6 +322,8 @@ def load_run(base):
         problems.append("proxy process died")
     run["valid"] = not problems
     run["problems"] = problems
+    if n and "syscalls" in run:
+        run["syscalls_per_unit"] = {k: v / n for k, v in run["syscalls"].items()}
     if n:
         run["cpu_us_per_unit"] = {
             "user": (u1 - u0) * tick_us / n,
@@ -328,7 +358,18 @@ def cmd_line(a):
           + (f"  (other load {r['other_busy_fraction']:.0%})"
              if (r["other_busy_fraction"] or 0) > OTHER_LOAD_WARN else "")
           + (f"  [{'; '.join(r['problems'])}]" if r["problems"] else ""))
+    if r.get("syscalls_per_unit"):
+        print(f"    per {r['unit']}: " + render_syscalls(r["syscalls_per_unit"]))
     return 0
+
+
+def render_syscalls(per):
+    """The headline counts, then the syscalls that cost at least 0.05 per unit, most first."""
+    head = [f"{label} {per.get(k, 0):.2f}" for k, label in SYSCALL_COLUMNS]
+    shown = {k for k, _ in SYSCALL_COLUMNS}
+    rest = sorted(((v, k) for k, v in per.items() if k not in shown and not k.startswith("io_uring_")
+                   and v >= 0.05), reverse=True)
+    return ", ".join(head) + "; " + (", ".join(f"{k} {v:.2f}" for v, k in rest) or "no other syscall")
 
 
 # ---------------------------------------------------------------- report
@@ -370,6 +411,9 @@ def summarize(runs):
         "max_steal_fraction": max(r.get("steal_fraction") or 0 for r in ok),
         "max_other_busy_fraction": max((r.get("other_busy_fraction") or 0) for r in ok),
     })
+    counted = [r["syscalls_per_unit"] for r in ok if r.get("syscalls_per_unit")]
+    if counted:
+        s["syscalls_per_unit"] = {k: _med(c.get(k, 0) for c in counted) for k in sorted({k for c in counted for k in c})}
     return s
 
 
@@ -564,6 +608,13 @@ def render_scenario(doc):
             row = f"| {p} | {_fmt(r['rate_ratio'], '.2f')} | {_fmt(r['cpu_per_unit_ratio'], '.2f')} |"
             row += "".join(f" {_fmt(r.get(k + '_ratio'), '.2f')} |" for k in ratio_keys)
             L.append(row)
+    counted = {p: s["syscalls_per_unit"] for p, s in summary.items() if s.get("syscalls_per_unit")}
+    if counted:
+        L.append("")
+        L.append(f"Syscalls and io_uring work per {unit} (perf stat on tracepoints, every thread of the proxy; "
+                 "medians over valid runs; perf's own cost skews this run's CPU figures a little):")
+        L.append("")
+        L.extend(f"- {p}: {render_syscalls(c)}" for p, c in counted.items())
     if "baseline" in doc:
         L.append("")
         L.append(render_baseline(doc["baseline"]))

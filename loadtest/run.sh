@@ -4,7 +4,7 @@
 #
 #   loadtest/run.sh [SCENARIO...] [--quick] [--duration SECS] [--rounds N] [--workers N]
 #                   [--connections N] [--proxies ringway,nginx,haproxy,caddy] [--scenario NAME]
-#                   [--no-build] [--no-pin] [--keep-tmp] [--baseline BIN]
+#                   [--no-build] [--no-pin] [--keep-tmp] [--baseline BIN] [--syscalls]
 #
 # Exit: 0 every selected proxy produced numbers; 3 some did not (the others are
 # still reported); 2 usage error or missing tools; 1 other setup failure.
@@ -48,6 +48,8 @@ usage() {
                      another machine; shared: proxy and backend on one core, load generator
                      on the other (the round-1 layout, which doubles the peers' costs)
   --keep-tmp         keep the temp run dir (configs, logs, raw wrk output)
+  --syscalls         count the proxy's syscalls and io_uring submissions per unit during each
+                     measured run (perf stat on tracepoints; perf's own cost skews CPU a little)
   --baseline BIN     also measure the ringway binary BIN as the peer `ringway-base`: the same
                      rendered config and placement as ringway, its own port, measured right
                      after ringway in every round; the report gives ringway / ringway-base
@@ -62,7 +64,7 @@ usage_err() { echo "run.sh: $*" >&2; echo "try: $0 --help" >&2; exit 2; }
 posint() { [[ $2 =~ ^[1-9][0-9]*$ ]] || usage_err "$1 needs a positive integer, got '$2'"; }
 
 duration=10 rounds=3 connections=64 connections_given=0 warmup=1 workers=1
-quick=0 build=1 pin=1 placement=split keep_tmp=0 scenario='' scenarios=()
+quick=0 build=1 pin=1 placement=split keep_tmp=0 scenario='' scenarios=() syscalls=0
 orig_args=("$@")
 duration_set=0 rounds_set=0
 proxies=() proxies_given=0
@@ -88,6 +90,7 @@ while (($#)); do
       [[ $2 == split || $2 == shared ]] || usage_err "--placement is split or shared, got '$2'"
       placement=$2; shift ;;
     --keep-tmp) keep_tmp=1 ;;
+    --syscalls) syscalls=1 ;;
     -h|--help) usage; exit 0 ;;
     -*) usage_err "unknown argument '$1'" ;;
     *) scenarios+=("$1") ;;
@@ -195,6 +198,7 @@ has_proxy haproxy && need HAPROXY haproxy haproxy
 need PYTHON python3 python3
 need TIMEOUT timeout coreutils
 ((pin)) && need TASKSET taskset util-linux
+((syscalls)) && need PERF perf linux-perf
 if ((${#missing[@]})); then
   echo "run.sh: missing tools. Install them (as root, after apt-get update) with:" >&2
   echo "  apt-get install -y ${missing[*]}" >&2
@@ -520,6 +524,18 @@ if [[ ${SCENARIO_LOADGEN:-wrk} == oha ]]; then
 fi
 
 # ---- measure ----------------------------------------------------------------
+# --syscalls: every syscall the proxy's threads enter (raw_syscalls plus one counter per
+# syscall) and the io_uring work it submits: SQEs (io_uring_submit_req), CQEs, internal poll
+# arms (a recv/accept not ready at submission), io-wq punts, plus context switches.
+PERF_EVENTS='raw_syscalls:sys_enter,syscalls:sys_enter_*,context-switches'
+PERF_EVENTS+=',io_uring:io_uring_submit_req,io_uring:io_uring_complete,io_uring:io_uring_poll_arm'
+PERF_EVENTS+=',io_uring:io_uring_queue_async_work,io_uring:io_uring_task_add'
+start_counting() { # pid file -> COUNTING_PID (perf stat attached to every thread of pid)
+  "$PERF" stat -x, -o "$2" -e "$PERF_EVENTS" -p "$1" >/dev/null 2>"$2.err" &
+  COUNTING_PID=$!
+  sleep 0.5 # attached before the first request (the proxy is idle meanwhile)
+}
+stop_counting() { kill -INT "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 seq=0
 measure() { # proxy round
   local p=$1 r=$2 pid=${PID[$1]} url="$SCENARIO_SCHEME://$HOST:${PORT[$1]}$SCENARIO_PATH" base rc=0
@@ -534,6 +550,8 @@ measure() { # proxy round
   if declare -F scenario_warmup >/dev/null; then scenario_warmup "$p" "$url" "$base" || true
   elif ! declare -F scenario_load >/dev/null; then "run_$LOADGEN" "$url" "$base" "$warmup" warmup || true
   fi
+  local perf_pid=''
+  if ((syscalls)); then start_counting "$pid" "$base.perf"; perf_pid=$COUNTING_PID; fi
   rss0=$(rss_kb "$pid")
   cpu0=$(cpu_ticks "$pid") bcpu0=$(cpu_ticks_all "${bpids[@]}") ns0=$(sched_ns "$pid")
   stat0=$(head -n1 /proc/stat) t0=$(date +%s.%N)
@@ -544,6 +562,7 @@ measure() { # proxy round
     "run_$LOADGEN" "$url" "$base" "$duration" || rc=$?
   fi
   times >"$base.times1"
+  [[ -n $perf_pid ]] && stop_counting "$perf_pid"
   cpu1=$(cpu_ticks "$pid") bcpu1=$(cpu_ticks_all "${bpids[@]}") ns1=$(sched_ns "$pid")
   stat1=$(head -n1 /proc/stat) t1=$(date +%s.%N)
   rss1=$(rss_kb "$pid")
@@ -603,6 +622,7 @@ connections=$connections
 loadgen_extra_args=${SCENARIO_WRK_ARGS[*]} ${SCENARIO_WRK_LUA}
 pinned=$pin
 placement=$placement
+syscalls=$syscalls
 proxy_cpu=$PROXY_CPU
 backend_cpu=$BACKEND_CPU
 loadgen_cpu=$LOADGEN_CPU

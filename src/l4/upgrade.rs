@@ -9,14 +9,35 @@
 //! mostly small messages, where a pipe only adds syscalls.
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use crate::net::stream::Stream;
 
-/// Copy buffer per direction: WebSocket frames are small; bulk flows still get full reads.
+/// Largest copy buffer per direction: bulk flows get full reads.
 const COPY_BUF: usize = 16 * 1024;
+
+/// Smallest copy buffer: what a quiet direction holds in its pending read. WebSocket frames
+/// are mostly small, and an idle tunnel should not hold 2 x `COPY_BUF` for hours.
+const MIN_COPY_BUF: usize = 1024;
+
+/// The buffer size for the next read after one of `n` bytes into `cap`: doubled (up to
+/// `COPY_BUF`) when the read filled it, down to what twice `n` needs (at least
+/// `MIN_COPY_BUF`) when it used under a quarter, else unchanged.
+fn next_copy_buf(cap: usize, n: usize) -> usize {
+    if n >= cap {
+        (cap * 2).min(COPY_BUF)
+    } else if n < cap / 4 {
+        (n * 2)
+            .next_power_of_two()
+            .clamp(MIN_COPY_BUF, cap.max(MIN_COPY_BUF))
+    } else {
+        cap
+    }
+}
 
 /// What a relay moved and how it ended.
 #[derive(Debug, Default)]
@@ -33,18 +54,25 @@ pub struct Relayed {
 }
 
 /// Relays until both directions have ended, or nothing moved for `idle` (never when `None`).
-pub async fn run(client: Stream, upstream: Stream, idle: Option<Duration>) -> Relayed {
-    // Every pairing of stream kinds; TLS streams split into halves like sockets do
-    // (monoio-rustls keeps reads independent of writes).
+/// Each pairing of stream kinds is boxed on its own, built here rather than in an async fn: a
+/// TLS pairing's state is several KiB (rustls buffers inline), and a tunnel (plain ones
+/// included) would otherwise carry the largest pairing's size, and its arguments, for life.
+pub fn run(
+    client: Stream,
+    upstream: Stream,
+    idle: Option<Duration>,
+) -> Pin<Box<dyn Future<Output = Relayed>>> {
+    // TLS streams split into halves like sockets do (monoio-rustls keeps reads independent of
+    // writes).
     macro_rules! to_upstream {
         ($a:expr) => {
             match upstream {
-                Stream::Tcp(b) => both($a, b, idle).await,
-                Stream::Unix(b) => both($a, b, idle).await,
-                Stream::TlsServer(b, _) => both($a, *b, idle).await,
-                Stream::TlsClient(b, _) => both($a, *b, idle).await,
+                Stream::Tcp(b) => Box::pin(both($a, b, idle)),
+                Stream::Unix(b) => Box::pin(both($a, b, idle)),
+                Stream::TlsServer(b, _) => Box::pin(both($a, *b, idle)),
+                Stream::TlsClient(b, _) => Box::pin(both($a, *b, idle)),
                 // HTTP/2 streams (in-memory) never carry an upgrade: nothing to relay.
-                Stream::Mem(_) => Relayed::default(),
+                Stream::Mem(_) => Box::pin(std::future::ready(Relayed::default())),
             }
         };
     }
@@ -53,7 +81,7 @@ pub async fn run(client: Stream, upstream: Stream, idle: Option<Duration>) -> Re
         Stream::Unix(a) => to_upstream!(a),
         Stream::TlsServer(a, _) => to_upstream!(*a),
         Stream::TlsClient(a, _) => to_upstream!(*a),
-        Stream::Mem(_) => Relayed::default(),
+        Stream::Mem(_) => Box::pin(std::future::ready(Relayed::default())),
     }
 }
 
@@ -95,7 +123,7 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
 ) -> (u64, bool) {
     let mut moved = 0u64;
     let mut read_failed = false;
-    let mut buf = Vec::with_capacity(COPY_BUF);
+    let mut buf = Vec::with_capacity(MIN_COPY_BUF);
     loop {
         buf.clear();
         let (res, b) = r.read(buf).await;
@@ -107,6 +135,7 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
                 break;
             }
             Ok(n) => {
+                let next = next_copy_buf(buf.capacity(), n);
                 if let Some(last) = last {
                     last.set(Instant::now());
                 }
@@ -116,6 +145,9 @@ async fn one_way<R: AsyncReadRent, W: AsyncWriteRent>(
                     break;
                 }
                 moved += n as u64;
+                if next != buf.capacity() {
+                    buf = Vec::with_capacity(next);
+                }
             }
         }
     }
@@ -135,5 +167,29 @@ pub(crate) async fn idle_watch(idle: Option<Duration>, last: &Cell<Instant>) {
             return;
         }
         monoio::time::sleep_until(due.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_buffer_grows_while_reads_fill_it_and_shrinks_when_they_are_small() {
+        let cases = [
+            // (capacity, bytes read, next capacity)
+            (MIN_COPY_BUF, MIN_COPY_BUF, 2 * MIN_COPY_BUF),
+            (8 * 1024, 8 * 1024, COPY_BUF),
+            (COPY_BUF, COPY_BUF, COPY_BUF),
+            (COPY_BUF, 6 * 1024, COPY_BUF),
+            (COPY_BUF, 3 * 1024, 8 * 1024),
+            (COPY_BUF, 128, MIN_COPY_BUF),
+            (MIN_COPY_BUF, 128, MIN_COPY_BUF),
+            (MIN_COPY_BUF, 600, MIN_COPY_BUF),
+            (4 * 1024, 100, MIN_COPY_BUF),
+        ];
+        for (cap, n, want) in cases {
+            assert_eq!(next_copy_buf(cap, n), want, "cap {cap}, read {n}");
+        }
     }
 }

@@ -250,6 +250,16 @@ impl Stream {
     /// Whether an idle connection was closed (or sent unexpected bytes) by its peer, checked
     /// with a non-blocking peek that consumes nothing.
     pub fn peer_closed(&self) -> bool {
+        !matches!(self.peek_byte(), Peeked::Quiet)
+    }
+
+    /// Whether bytes wait to be read: unlike `peer_closed`, a FIN alone is not input (closing
+    /// then loses nothing, so no lingering close is needed).
+    pub fn input_waiting(&self) -> bool {
+        matches!(self.peek_byte(), Peeked::Bytes)
+    }
+
+    fn peek_byte(&self) -> Peeked {
         use std::os::fd::AsRawFd;
         let fd = match self {
             Stream::Tcp(s) => s.as_raw_fd(),
@@ -257,7 +267,7 @@ impl Stream {
             // Any byte on an idle TLS connection (close_notify included) means it is done.
             Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
             // Never pooled: an in-memory stream serves one request.
-            Stream::Mem(_) => return false,
+            Stream::Mem(_) => return Peeked::Quiet,
         };
         let mut byte = 0u8;
         // SAFETY: recv writes at most 1 byte into `byte`, which outlives the call.
@@ -269,9 +279,25 @@ impl Stream {
                 libc::MSG_PEEK | libc::MSG_DONTWAIT,
             )
         };
-        // 0: FIN; >0: bytes nobody asked for; <0 with EAGAIN: alive and quiet.
-        n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock
+        match n {
+            1.. => Peeked::Bytes,
+            0 => Peeked::Closed,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+                Peeked::Quiet
+            }
+            _ => Peeked::Closed,
+        }
     }
+}
+
+/// What a non-blocking peek at a socket found.
+enum Peeked {
+    /// Bytes nobody asked for yet.
+    Bytes,
+    /// FIN, or an error (reset): nothing more will come.
+    Closed,
+    /// Alive, nothing waiting.
+    Quiet,
 }
 
 impl Stream {

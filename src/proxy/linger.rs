@@ -25,11 +25,12 @@ pub(crate) const LINGER_BYTES: u64 = 64 * 1024 * 1024;
 const DRAIN_READ: usize = 16 * 1024;
 
 /// Whether closing after this request leaves client input unread: a body ringway may not
-/// have read, or bytes already waiting.
+/// have read, or bytes already waiting. A client that asked to close sends nothing after its
+/// request (RFC 9112 §9.6), so only one that did not ask costs a peek at the socket.
 pub(crate) fn unread_input(stream: &Stream, down: &RecvBuf, head: &RequestHead) -> bool {
     !matches!(head.framing, Framing::None | Framing::Length(0))
         || down.pending() > 0
-        || stream.peer_closed()
+        || (head.keep_alive() && stream.input_waiting())
 }
 
 /// Sends FIN, then reads and discards input until the client closes, goes quiet for

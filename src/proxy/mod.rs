@@ -74,7 +74,7 @@ pub fn serve(
     peer: Option<SocketAddr>,
 ) -> impl std::future::Future<Output = ()> {
     let scheme = if stream.is_tls() { "https" } else { "http" };
-    let local = stream.local_addr();
+    let local = local_of(&ctx, listener, &stream);
     let mut conn = Conn {
         ctx,
         socket,
@@ -149,8 +149,22 @@ pub(crate) async fn open(
             None => return None,
         }
     }
-    let client = client_of(ctx, peer, stream.is_tls(), stream.local_addr());
+    let client = client_of(ctx, peer, stream.is_tls(), local_of(ctx, listener, stream));
     Some((down, client))
+}
+
+/// The address the client reached us at: the listener's own when it is bound to one address
+/// and port, else the kernel's answer (a getsockname per connection).
+fn local_of(ctx: &WorkerCtx, listener: usize, stream: &Stream) -> Option<SocketAddr> {
+    bound_local(&ctx.config().listeners[listener].addr).or_else(|| stream.local_addr())
+}
+
+/// A listening address every connection accepted on it has as its local address.
+fn bound_local(addr: &crate::config::ListenAddr) -> Option<SocketAddr> {
+    match addr {
+        crate::config::ListenAddr::Tcp(a) if !a.ip().is_unspecified() && a.port() != 0 => Some(*a),
+        _ => None,
+    }
 }
 
 /// Who the client is: `peer` (the PROXY header's source when there was one), and whether it
@@ -235,8 +249,18 @@ async fn bursts(conn: &mut Conn) -> Option<Box<(UpConn, Option<usize>)>> {
 
 /// Relays an upgraded connection until both sides are done.
 async fn tunnel(conn: Conn, up: Box<(UpConn, Option<usize>)>) {
+    // Only the sockets go on: the receive buffer (whatever it held was forwarded before the
+    // switch) is freed rather than kept for the tunnel's life.
+    let Conn {
+        ctx,
+        stream,
+        down,
+        client,
+        ..
+    } = conn;
+    drop((down, client));
     // The tunnel counts as in flight: a drain lets it finish up to shutdown_timeout.
-    let ctx = &conn.ctx;
+    let ctx = &ctx;
     let active = ctx.active();
     let (
         UpConn {
@@ -245,7 +269,7 @@ async fn tunnel(conn: Conn, up: Box<(UpConn, Option<usize>)>) {
         upstream,
     ) = *up;
     let tr = upstream.map(|u| &ctx.config().upstreams[u].transport);
-    let relay = crate::l4::upgrade::run(conn.stream, up, None);
+    let relay = crate::l4::upgrade::run(stream, up, None);
     // `stream_close_delay`: a reload ends it that long after; dropping closes both sides.
     let relay = upgrade_until_replaced(ctx, tr.and_then(|t| t.stream_close_delay), relay);
     // `stream_timeout`: dropping the relay closes both sides.
@@ -370,7 +394,13 @@ async fn busy(conn: &mut Conn) -> Burst {
             ..Trace::default()
         };
         let active = ctx.active();
+        if s.out.capacity() == 0 {
+            s.out = ctx.buffers().take();
+        }
         s.out.reserve(OUT_BUF);
+        if ubuf.capacity() == 0 {
+            ubuf = ctx.buffers().take();
+        }
         let mut sess = Session {
             ctx,
             listener: conn.listener,
@@ -423,9 +453,15 @@ async fn busy(conn: &mut Conn) -> Burst {
         if down.pending() == 0 && down.buf.capacity() > IDLE_READ {
             down.buf = Vec::with_capacity(IDLE_READ);
         }
-        ubuf = Vec::new();
-        s.out = Vec::new();
-        s.aux = Vec::new();
+        // Back to the worker's spares: the next request (on any connection) takes them, and
+        // this one holds none while it waits. Small ones stay (they cost less than a trip).
+        for b in [&mut ubuf, &mut s.out, &mut s.aux] {
+            if b.capacity() < crate::worker::buffers::SPARE_MIN {
+                b.clear();
+            } else {
+                ctx.buffers().give(std::mem::take(b));
+            }
+        }
     }
 }
 
@@ -675,6 +711,29 @@ async fn upgrade_until_replaced(
         _ = replaced => {
             tracing::debug!("upgraded connection closed after stream_close_delay");
             crate::l4::upgrade::Relayed::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ListenAddr;
+
+    #[test]
+    fn only_a_listener_bound_to_one_address_and_port_names_its_connections_local_address() {
+        let tcp = |s: &str| ListenAddr::Tcp(s.parse().unwrap());
+        let cases = [
+            (tcp("127.0.0.1:8080"), Some("127.0.0.1:8080")),
+            (tcp("[::1]:443"), Some("[::1]:443")),
+            (tcp("0.0.0.0:80"), None),
+            (tcp("[::]:80"), None),
+            (tcp("127.0.0.1:0"), None),
+            (ListenAddr::Unix("/tmp/x.sock".into()), None),
+        ];
+        for (addr, want) in cases {
+            let want = want.map(|w| w.parse::<SocketAddr>().unwrap());
+            assert_eq!(bound_local(&addr), want, "{addr:?}");
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct WorkerCore {
     pub(super) handing_over: Cell<bool>,
     /// Idle deadlines of parked keep-alive connections.
     pub(super) idle: Rc<crate::worker::idle::IdleClock>,
+    /// Spare scratch buffers its requests take and give back.
+    pub(super) buffers: crate::worker::buffers::Buffers,
 }
 
 pub(super) struct AcceptLoop {
@@ -225,6 +227,11 @@ impl WorkerCtx {
     /// The worker's coarse clock for idle deadlines of parked connections.
     pub fn idle_clock(&self) -> &Rc<crate::worker::idle::IdleClock> {
         &self.core.idle
+    }
+
+    /// The worker's spare scratch buffers.
+    pub fn buffers(&self) -> &crate::worker::buffers::Buffers {
+        &self.core.buffers
     }
 
     /// The current generation's context when a reload replaced this one.

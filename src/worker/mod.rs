@@ -1,6 +1,7 @@
 //! One worker per core: a pinned thread running its own monoio runtime, its own listeners,
 //! balancer replicas and connection pools. Nothing here is shared but `Shared`'s atomics.
 
+pub mod buffers;
 pub mod catch;
 pub mod closer;
 pub mod ctx;
@@ -117,6 +118,7 @@ pub fn run(init: WorkerInit, started: impl FnOnce(io::Result<DriverKind>)) {
             accepts: RefCell::new(Vec::new()),
             handing_over: Cell::new(false),
             idle: Rc::default(),
+            buffers: Default::default(),
         });
         let ctx = WorkerCtx::new(&core, gen, None);
         *core.current.borrow_mut() = Some(Rc::new(ctx));

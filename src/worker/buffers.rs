@@ -1,0 +1,75 @@
+//! A worker's spare scratch buffers (upstream receive buffer, heads written), shared by its
+//! connections: a request takes them and gives them back when done, so a keep-alive burst
+//! allocates nothing per request, and a connection between requests holds none of them.
+
+use std::cell::RefCell;
+
+/// Buffers kept: enough for the requests a worker has in flight at once; beyond, they are
+/// freed (a burst of concurrency should not stay resident).
+const SPARE_MAX: usize = 64;
+
+/// Largest buffer kept: one that grew for a large head or body is freed instead.
+const SPARE_CAP: usize = 16 * 1024;
+
+/// Smallest buffer kept: every spare must serve as any request's head buffer (`OUT_BUF`)
+/// without growing; smaller ones stay with their connection.
+pub const SPARE_MIN: usize = 4096;
+
+#[derive(Default)]
+pub struct Buffers {
+    spare: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Buffers {
+    /// An empty buffer, with the capacity of a returned one when there is one.
+    pub fn take(&self) -> Vec<u8> {
+        self.spare.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Takes `buf` back (emptied) unless it is undersized, oversized, or the pool is full.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if !keeps(buf.capacity(), self.spare.borrow().len()) {
+            return;
+        }
+        buf.clear();
+        self.spare.borrow_mut().push(buf);
+    }
+}
+
+/// Whether a buffer of `capacity` joins a pool holding `held`.
+fn keeps(capacity: usize, held: usize) -> bool {
+    (SPARE_MIN..=SPARE_CAP).contains(&capacity) && held < SPARE_MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_allocated_buffers_of_moderate_size_are_kept_and_only_up_to_the_bound() {
+        let cases = [
+            (0, 0, false),
+            (SPARE_MIN - 1, 0, false),
+            (4096, 0, true),
+            (SPARE_CAP, SPARE_MAX - 1, true),
+            (SPARE_CAP + 1, 0, false),
+            (4096, SPARE_MAX, false),
+        ];
+        for (capacity, held, want) in cases {
+            assert_eq!(keeps(capacity, held), want, "{capacity} bytes, {held} held");
+        }
+    }
+
+    #[test]
+    fn a_returned_buffer_is_handed_out_again_empty() {
+        let pool = Buffers::default();
+        let mut b = Vec::with_capacity(4096);
+        b.extend_from_slice(b"used");
+        let at = b.as_ptr();
+        pool.give(b);
+        let again = pool.take();
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), at);
+        assert_eq!(pool.take().capacity(), 0, "nothing spare left");
+    }
+}
