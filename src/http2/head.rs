@@ -11,7 +11,7 @@ use crate::http1::parse::{HeaderIdx, HeaderKind, ResponseHead};
 
 /// How the request body travels on the HTTP/1.1 side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyFraming {
+pub enum BodyFraming {
     /// END_STREAM came with the headers and no content-length: no body.
     None,
     /// content-length given: DATA is copied as is (h2 checks the sum against it).
@@ -21,12 +21,14 @@ pub(crate) enum BodyFraming {
 }
 
 /// Why a request cannot be turned into HTTP/1.1: the status to answer on its stream.
-pub(crate) type Refused = u16;
+pub type Refused = u16;
 
 /// Writes the HTTP/1.1 head of an HTTP/2 request into `out`. The head goes through the same
 /// parser, limits, routes and header rules as any HTTP/1 request; this only maps RFC 9113
-/// §8.3 to RFC 9112 and refuses what has no faithful mapping.
-pub(crate) fn request_head(
+/// §8.3 to RFC 9112 and refuses what has no faithful mapping. It does not rely on `h2`'s own
+/// checks (which refuse some of the same): nothing it writes may smuggle a second meaning past
+/// the HTTP/1 parser (fuzzed by `fuzz/fuzz_targets/h2_request.rs`).
+pub fn request_head(
     parts: &Parts,
     end_stream: bool,
     out: &mut Vec<u8>,
@@ -38,11 +40,25 @@ pub(crate) fn request_head(
     let Some(path) = parts.uri.path_and_query() else {
         return Err(400);
     };
+    // RFC 9113 §8.3.1: origin-form, or `*` for OPTIONS. Anything else would be read as an
+    // absolute-form target, whose authority overrides :authority on the HTTP/1 side.
+    let origin = path.as_str().starts_with('/');
+    if !origin && !(path.as_str() == "*" && parts.method == Method::OPTIONS) {
+        return Err(400);
+    }
+    let authority = parts.uri.authority();
+    // §8.3.1: no userinfo in :authority (the HTTP/1 Host field cannot carry it either).
+    if authority.is_some_and(|a| a.as_str().contains('@')) {
+        return Err(400);
+    }
+    if authority.is_none() && parts.headers.get_all("host").iter().count() != 1 {
+        // HTTP/1.1 needs exactly one Host.
+        return Err(400);
+    }
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let authority = parts.uri.authority();
     if let Some(a) = authority {
         // RFC 9113 §8.3.1: :authority wins over a Host field.
         let _ = write!(out, "Host: {a}\r\n");
@@ -55,14 +71,25 @@ pub(crate) fn request_head(
         }
         match name.as_str() {
             "host" if authority.is_some() => continue,
-            // The only TE h2 lets through is "trailers", which HTTP/1.1 treats as hop-by-hop.
-            "te" => continue,
+            // §8.2.2: connection-specific fields make a request malformed; on the HTTP/1 side
+            // they would frame the body or upgrade the connection.
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" => {
+                return Err(400)
+            }
+            // "trailers", the only TE HTTP/2 allows, is hop-by-hop in HTTP/1.1: dropped.
+            "te" if value.as_bytes().eq_ignore_ascii_case(b"trailers") => continue,
+            "te" => return Err(400),
             "cookie" => {
                 // RFC 9113 §8.2.3: split cookie fields are joined back with "; ".
                 cookies += 1;
                 continue;
             }
-            "content-length" => lengths += 1,
+            "content-length" => {
+                lengths += 1;
+                if !decimal(value.as_bytes()) {
+                    return Err(400);
+                }
+            }
             _ => {}
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -94,6 +121,12 @@ pub(crate) fn request_head(
     // One request per adapter connection: the data path ends it after this exchange.
     out.extend_from_slice(b"Connection: close\r\n\r\n");
     Ok(framing)
+}
+
+/// A content-length HTTP/2 accepts: one decimal number that fits in a u64 (no list, no
+/// whitespace, which HTTP/1.1 would tolerate).
+fn decimal(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit)
 }
 
 /// CR, LF and NUL end or corrupt an HTTP/1.1 line; `http` already refuses them in field
@@ -192,7 +225,13 @@ mod tests {
     use super::*;
     use crate::http1::parse::{parse_response, HeadLimits, Parse};
 
+    /// `uri` is a whole URI, or a bare :path as `h2` builds it when :authority is absent.
     fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let uri = uri.parse::<http::Uri>().unwrap_or_else(|_| {
+            let mut p = http::uri::Parts::default();
+            p.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(uri.to_owned()).unwrap());
+            http::Uri::from_parts(p).unwrap()
+        });
         let mut b = http::Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
@@ -249,6 +288,36 @@ mod tests {
             &[("content-length", "1"), ("content-length", "2")],
         );
         assert_eq!(head(&p, false).0, Err(400));
+    }
+
+    #[test]
+    fn requests_http11_would_read_differently_are_refused() {
+        let cases: &[(&str, &str, &[(&str, &str)], Result<BodyFraming, Refused>)] = &[
+            // A :path HTTP/1.1 would not read as origin-form (`http` refuses most already).
+            ("GET", "http://a/", &[], Ok(BodyFraming::None)),
+            ("OPTIONS", "*", &[("host", "a")], Ok(BodyFraming::None)),
+            ("GET", "*", &[("host", "a")], Err(400)),
+            ("GET", "?x", &[("host", "a")], Err(400)),
+            ("GET", "http://u:p@a/", &[], Err(400)),
+            // Without :authority, HTTP/1.1 needs exactly one Host.
+            ("GET", "/", &[], Err(400)),
+            ("GET", "/", &[("host", "a"), ("host", "b")], Err(400)),
+            ("GET", "/", &[("host", "a")], Ok(BodyFraming::None)),
+            ("GET", "http://a/", &[("connection", "upgrade")], Err(400)),
+            ("GET", "http://a/", &[("upgrade", "websocket")], Err(400)),
+            ("GET", "http://a/", &[("keep-alive", "1")], Err(400)),
+            ("GET", "http://a/", &[("proxy-connection", "x")], Err(400)),
+            ("POST", "http://a/", &[("transfer-encoding", "chunked")], Err(400)),
+            ("GET", "http://a/", &[("te", "gzip")], Err(400)),
+            ("GET", "http://a/", &[("te", "Trailers")], Ok(BodyFraming::None)),
+            ("POST", "http://a/", &[("content-length", "5, 5")], Err(400)),
+            ("POST", "http://a/", &[("content-length", "+5")], Err(400)),
+            ("POST", "http://a/", &[("content-length", "99999999999999999999")], Err(400)),
+        ];
+        for (method, uri, headers, want) in cases {
+            let p = parts(method, uri, headers);
+            assert_eq!(head(&p, true).0, *want, "{method} {uri} {headers:?}");
+        }
     }
 
     #[test]
