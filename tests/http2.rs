@@ -224,6 +224,31 @@ driver_tests! {
         assert_eq!(lines[1]["status"], 404);
     }
 
+    fn requests_are_counted_and_timed_by_protocol(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "admin:\n  listen: 127.0.0.1:0");
+        let admin = proxy.server().admin_addr().expect("admin enabled");
+        curl(&["--http2-prior-knowledge", &url(&proxy, "/a")]);
+        curl(&["--http2-prior-knowledge", &url(&proxy, "/status/404")]);
+        curl(&["--http1.1", &url(&proxy, "/a")]);
+        let series = |proto: &str, code: &str| {
+            format!("ringway_requests_total{{listener=\"web\",protocol=\"{proto}\",code=\"{code}\"}} 1\n")
+        };
+        let want = [series("h2", "2xx"), series("h2", "4xx"), series("h1", "2xx")];
+        let metrics = || curl(&[format!("http://{admin}/metrics")]);
+        // A request is counted just after its response went out: give the last one a moment.
+        assert!(wait_for(std::time::Duration::from_secs(5), || {
+            let page = metrics();
+            want.iter().all(|w| page.contains(w.as_str()))
+        }), "{}", metrics());
+        let page = metrics();
+        assert!(page.contains("ringway_requests_total{listener=\"web\",protocol=\"h1\",code=\"4xx\"} 0\n"), "{page}");
+        for (proto, code) in [("h2", "2xx"), ("h2", "4xx"), ("h1", "2xx")] {
+            let count = format!("ringway_request_duration_seconds_count{{listener=\"web\",protocol=\"{proto}\",upstream=\"app\",code=\"{code}\"}} 1\n");
+            assert!(page.contains(&count), "{count}\n{page}");
+        }
+    }
+
     fn request_and_response_bodies_stream_both_ways(driver) {
         let backend = Backend::start("b1");
         let proxy = h2c_proxy(driver, &backend, "", "");
