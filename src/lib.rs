@@ -27,7 +27,7 @@
 //!   head and the client response head.
 //! - [`http2`]: HTTP/2 client connections (the `h2` crate): detection by ALPN or preface, the
 //!   connection's streams, limits and GOAWAY; each stream runs through [`proxy`]'s HTTP/1 data
-//!   path as a one-request connection.
+//!   path as a one-request connection (a WebSocket's extended CONNECT as an upgrade).
 //! - [`route`]: host/path/method/header route matching.
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection: the keep-alive loop over a
 //!   `Session`, one exchange with an upstream, body relays, local answers, and `proxy::shape`

@@ -10,6 +10,7 @@
 pub mod head;
 pub(crate) mod io;
 mod stream;
+mod websocket;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -182,6 +183,10 @@ pub(crate) async fn serve(
         .max_header_list_size(limits.max_header_list)
         // Streams reset before we even saw them count against the same budget.
         .max_pending_accept_reset_streams(limits.max_resets_per_s as usize);
+    if websocket::offered(ctx.config(), listener) {
+        // RFC 8441: clients may open WebSockets with extended CONNECT.
+        builder.enable_connect_protocol();
+    }
     let handshake = builder.handshake::<_, Bytes>(io);
     let mut h2 = match timed(ctx.config().limits.header_read_timeout, handshake).await {
         Some(Ok(h2)) => h2,

@@ -48,7 +48,16 @@ pub(super) async fn serve(
     let (parts, body) = req.into_parts();
     let mut respond = respond;
     let mut head = Vec::with_capacity(512);
-    let framing = match head::request_head(&parts, body.is_end_stream(), &mut head) {
+    // Extended CONNECT (RFC 8441): the Sec-WebSocket-Accept the upstream must answer with.
+    let mut accept = None;
+    let mapped = if head::is_websocket(&parts) {
+        let key = super::websocket::new_key();
+        accept = Some(super::websocket::accept_for(&key));
+        head::websocket_head(&parts, &key, &mut head).map(|()| BodyFraming::Tunnel)
+    } else {
+        head::request_head(&parts, body.is_end_stream(), &mut head)
+    };
+    let framing = match mapped {
         Ok(f) => f,
         Err(status) => {
             answer(&mut respond, status);
@@ -80,7 +89,8 @@ pub(super) async fn serve(
     };
     let response = async {
         let mut proxied = std::pin::pin!(proxied);
-        let mut relay = std::pin::pin!(relay_response(&conn, rd, respond, head_request));
+        let relay = relay_response(&conn, rd, respond, head_request, accept.as_deref());
+        let mut relay = std::pin::pin!(relay);
         monoio::select! {
             in_flight = &mut proxied => {
                 let end = relay.await;
@@ -228,16 +238,19 @@ fn client_end(e: &h2::Error) -> End {
 }
 
 /// Reads the data path's HTTP/1.1 response from the socket pair and sends it on the stream.
+/// `accept`: the request was a WebSocket handshake, answered by this Sec-WebSocket-Accept.
 async fn relay_response(
     conn: &Conn,
     mut rd: Rd,
     mut respond: SendResponse<Bytes>,
     head_request: bool,
+    accept: Option<&str>,
 ) -> End {
     let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
     let mut idx = Vec::with_capacity(32);
     let resp = loop {
         match parse_response(&buf, head_request, &RESPONSE_LIMITS, &mut idx) {
+            Parse::Complete(r) if r.status == 101 && accept.is_some() => break r,
             // Interim responses (100 Continue, 103 Early Hints) are passed on, as to HTTP/1.1.
             Parse::Complete(r) if r.status < 200 => {
                 if let Some(interim) = head::response(&buf, &r, &idx) {
@@ -275,12 +288,29 @@ async fn relay_response(
             Ok(_) => {}
         }
     };
-    let Some(head) = head::response(&buf, &resp, &idx) else {
-        answer(&mut respond, 502);
-        return End::Aborted;
+    let tunnel = match accept.map(|a| head::handshake(&buf, &resp, &idx, a)) {
+        Some(head::Handshake::Switched(ok)) => Some(ok),
+        Some(head::Handshake::Broken) => {
+            answer(&mut respond, 502);
+            return End::Aborted;
+        }
+        Some(head::Handshake::Refused) | None => None,
+    };
+    let head = match tunnel {
+        // The upgraded connection's bytes, until the upstream closes it.
+        Some(ok) => ok,
+        None => match head::response(&buf, &resp, &idx) {
+            Some(head) => head,
+            None => {
+                answer(&mut respond, 502);
+                return End::Aborted;
+            }
+        },
     };
     let framing = if head_request {
         Framing::None
+    } else if resp.status == 101 {
+        Framing::CloseDelimited
     } else {
         resp.framing
     };

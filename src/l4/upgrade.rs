@@ -43,7 +43,7 @@ pub async fn run(client: Stream, upstream: Stream, idle: Option<Duration>) -> Re
                 Stream::Unix(b) => both($a, b, idle).await,
                 Stream::TlsServer(b, _) => both($a, *b, idle).await,
                 Stream::TlsClient(b, _) => both($a, *b, idle).await,
-                // HTTP/2 streams (in-memory) never carry an upgrade: nothing to relay.
+                // Upstreams are sockets; an in-memory pair is only ever the client side.
                 Stream::Mem(_) => Relayed::default(),
             }
         };
@@ -53,7 +53,8 @@ pub async fn run(client: Stream, upstream: Stream, idle: Option<Duration>) -> Re
         Stream::Unix(a) => to_upstream!(a),
         Stream::TlsServer(a, _) => to_upstream!(*a),
         Stream::TlsClient(a, _) => to_upstream!(*a),
-        Stream::Mem(_) => Relayed::default(),
+        // An HTTP/2 stream upgraded by extended CONNECT (RFC 8441).
+        Stream::Mem(a) => to_upstream!(a),
     }
 }
 
