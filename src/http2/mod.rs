@@ -211,12 +211,16 @@ pub(crate) async fn serve(
     });
     let mut goaway: Option<Instant> = None;
     let mut calmed = false;
+    // One timer for the connection's life, not one armed and cancelled per stream accepted.
+    let start = monoio::time::Instant::now() + TICK;
+    let mut tick = monoio::time::interval_at(start, TICK);
+    tick.set_missed_tick_behavior(monoio::time::MissedTickBehavior::Delay);
     loop {
         let event = monoio::select! {
             s = h2.accept() => Event::Stream(s),
             _ = ctx.drain_started(), if goaway.is_none() => Event::Drain,
             _ = conn.calm.wait(), if !calmed => Event::Calm,
-            _ = monoio::time::sleep(TICK) => Event::Tick,
+            _ = tick.tick() => Event::Tick,
         };
         match event {
             Event::Stream(None) => break,
