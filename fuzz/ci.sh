@@ -4,7 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 seconds="${FUZZ_SECONDS:-60}"
-for target in request_head response_head chunked proxy_protocol config; do
+for target in request_head response_head chunked proxy_protocol config h2_request; do
     echo "== fuzz $target for ${seconds}s"
     "$here/run.sh" "$target" "$seconds"
 done

@@ -29,9 +29,9 @@
 //!   head and the client response head.
 //! - [`http2`]: HTTP/2 client connections (the `h2` crate): detection by ALPN or preface, the
 //!   connection's streams, limits and GOAWAY; each stream runs through [`proxy`]'s HTTP/1 data
-//!   path as a one-request connection. Also HTTP/2 to upstreams: the worker's shared connection
-//!   per target (`http2::client`) and the exchange that replaces the HTTP/1.1 one on it
-//!   (`http2::upstream`, gRPC's path).
+//!   path as a one-request connection (a WebSocket's extended CONNECT as an upgrade). Also
+//!   HTTP/2 to upstreams: the worker's shared connection per target (`http2::client`) and the
+//!   exchange that replaces the HTTP/1.1 one on it (`http2::upstream`, gRPC's path).
 //! - [`route`]: host/path/method/header route matching.
 //! - [`proxy`]: the HTTP/1 data path of one downstream connection: the keep-alive loop over a
 //!   `Session`, one exchange with an upstream, body relays, local answers, and `proxy::shape`

@@ -47,13 +47,27 @@ fn probe_script() -> PathBuf {
 /// verdict the test checks. Fails with a clear message when python3 or its `h2` package is
 /// missing.
 fn probe(addr: std::net::SocketAddr, scenario: &str, extra: &[&str]) -> String {
+    python_h2(probe_script(), addr, scenario, extra)
+}
+
+/// Runs one scenario of `tests/h2/websocket.py` (RFC 8441 extended CONNECT) against `addr`.
+fn websocket(addr: std::net::SocketAddr, scenario: &str, extra: &[&str]) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/h2/websocket.py");
+    python_h2(script, addr, scenario, extra)
+}
+
+fn python_h2(
+    script: PathBuf,
+    addr: std::net::SocketAddr,
+    scenario: &str,
+    extra: &[&str],
+) -> String {
     let check = peer("python3", &["-c", "import h2"]);
     assert!(
         check.status.success(),
         "test peer python3 with the `h2` package is missing (pip install h2): {}",
         stderr(&check)
     );
-    let script = probe_script();
     let port = addr.port().to_string();
     let mut args = vec![script.to_str().unwrap(), scenario, "127.0.0.1", &port];
     args.extend_from_slice(extra);
@@ -68,6 +82,10 @@ fn probe(addr: std::net::SocketAddr, scenario: &str, extra: &[&str]) -> String {
     eprintln!("--- probe {scenario} ---\n{}{}", stdout(&o), stderr(&o));
     stdout(&o).lines().last().unwrap_or_default().to_string()
 }
+
+/// An h2c listener with a WebSocket echo upstream on /ws, a `respond` route on /local and the
+/// test backend elsewhere; and a listener that only answers locally.
+const WEBSOCKET: &str = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - match: { path: /ws }\n        upstream: ws\n      - match: { path: /local }\n        respond: { status: 200, body: \"not a websocket\" }\n      - upstream: app\n  - name: local\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - respond: { status: 200 }\nupstreams:\n  ws:\n    targets: [$WS]\n  app:\n    targets: [$B1]\n";
 
 const H2C: &str = "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n$HTTP2    routes:\n      - match: { path: /local }\n        respond: { status: 201, body: \"local {method} {path} {scheme}\" }\n      - match: { path: /strip }\n        strip_prefix: /strip\n        upstream: app\n      - upstream: app\n$TOP\nupstreams:\n  app:\n    targets: [$B1]\n";
 
@@ -222,6 +240,58 @@ driver_tests! {
         assert_eq!(lines[0]["protocol"], "HTTP/2.0");
         assert_eq!(lines[0]["upstream_addr"], backend.target().as_str());
         assert_eq!(lines[1]["status"], 404);
+    }
+
+    fn requests_are_counted_and_timed_by_protocol(driver) {
+        let backend = Backend::start("b1");
+        let proxy = h2c_proxy(driver, &backend, "", "admin:\n  listen: 127.0.0.1:0");
+        let admin = proxy.server().admin_addr().expect("admin enabled");
+        curl(&["--http2-prior-knowledge", &url(&proxy, "/a")]);
+        curl(&["--http2-prior-knowledge", &url(&proxy, "/status/404")]);
+        curl(&["--http1.1", &url(&proxy, "/a")]);
+        let series = |proto: &str, code: &str| {
+            format!("ringway_requests_total{{listener=\"web\",protocol=\"{proto}\",code=\"{code}\"}} 1\n")
+        };
+        let want = [series("h2", "2xx"), series("h2", "4xx"), series("h1", "2xx")];
+        let metrics = || curl(&[format!("http://{admin}/metrics")]);
+        // A request is counted just after its response went out: give the last one a moment.
+        assert!(wait_for(std::time::Duration::from_secs(5), || {
+            let page = metrics();
+            want.iter().all(|w| page.contains(w.as_str()))
+        }), "{}", metrics());
+        let page = metrics();
+        assert!(page.contains("ringway_requests_total{listener=\"web\",protocol=\"h1\",code=\"4xx\"} 0\n"), "{page}");
+        for (proto, code) in [("h2", "2xx"), ("h2", "4xx"), ("h1", "2xx")] {
+            let count = format!("ringway_request_duration_seconds_count{{listener=\"web\",protocol=\"{proto}\",upstream=\"app\",code=\"{code}\"}} 1\n");
+            assert!(page.contains(&count), "{count}\n{page}");
+        }
+    }
+
+    fn a_websocket_opened_by_extended_connect_reaches_an_http11_websocket_upstream(driver) {
+        let backend = Backend::start("b1");
+        let ws = support::streaming::start_ws_echo();
+        let proxy = Proxy::start(driver, WEBSOCKET, &[("B1", backend.target()), ("WS", ws.to_string())]);
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL, a 200, every message (one of 70 KB) echoed through
+        // the tunnel both ways, then the close handshake and END_STREAM.
+        let verdict = websocket(proxy.addr(), "echo", &["/ws", "5"]);
+        assert_eq!(verdict, "settings=1 status=200 echoes=all close=1000 end_stream");
+        // The stream was logged as one request that switched protocols, and HTTP/1 still works.
+        assert_eq!(curl(&["--http2-prior-knowledge", &url(&proxy, "/a")]), "b1\n");
+    }
+
+    fn a_websocket_upgrade_the_upstream_does_not_make_gets_its_status_or_502(driver) {
+        let backend = Backend::start("b1");
+        let ws = support::streaming::start_ws_echo();
+        let proxy = Proxy::start(driver, WEBSOCKET, &[("B1", backend.target()), ("WS", ws.to_string())]);
+        // A refusal passes on as it is.
+        assert_eq!(websocket(proxy.addr(), "answer", &["/status/403"]), "settings=1 status=403 reset=None");
+        assert_eq!(websocket(proxy.addr(), "answer", &["/status/404"]), "settings=1 status=404 reset=None");
+        // A 2xx that did not switch protocols would tell the client its tunnel is open: 502.
+        assert_eq!(websocket(proxy.addr(), "answer", &["/hello"]), "settings=1 status=502 reset=None");
+        assert_eq!(websocket(proxy.addr(), "answer", &["/local"]), "settings=1 status=502 reset=None");
+        // A listener whose routes all answer locally does not offer extended CONNECT.
+        let local = proxy.local_addr("local").unwrap();
+        assert_eq!(websocket(local, "settings", &[]), "settings=0");
     }
 
     fn request_and_response_bodies_stream_both_ways(driver) {

@@ -237,7 +237,7 @@ driver_tests! {
             assert_eq!(proxy.get("/").status, 200);
         }
         // A request is counted just after its response went out: give the last one a moment.
-        let requests = "ringway_requests_total{listener=\"web\",code=\"2xx\"}";
+        let requests = "ringway_requests_total{listener=\"web\",protocol=\"h1\",code=\"2xx\"}";
         let counted = || metric(&admin_get(admin, "/metrics"), requests) == Some(5.0);
         assert!(wait_for(Duration::from_secs(5), counted));
         let page = admin_get(admin, "/metrics");

@@ -11,38 +11,110 @@ use crate::http1::parse::{HeaderIdx, HeaderKind, ResponseHead};
 
 /// How the request body travels on the HTTP/1.1 side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyFraming {
+pub enum BodyFraming {
     /// END_STREAM came with the headers and no content-length: no body.
     None,
     /// content-length given: DATA is copied as is (h2 checks the sum against it).
     Length,
     /// No content-length: the DATA frames become chunks, trailers the trailer section.
     Chunked,
+    /// An extended CONNECT: after the upgrade, DATA is the tunnel's bytes (copied as is).
+    Tunnel,
 }
 
 /// Why a request cannot be turned into HTTP/1.1: the status to answer on its stream.
-pub(crate) type Refused = u16;
+pub type Refused = u16;
 
 /// Writes the HTTP/1.1 head of an HTTP/2 request into `out`. The head goes through the same
 /// parser, limits, routes and header rules as any HTTP/1 request; this only maps RFC 9113
-/// §8.3 to RFC 9112 and refuses what has no faithful mapping.
-pub(crate) fn request_head(
+/// §8.3 to RFC 9112 and refuses what has no faithful mapping. It does not rely on `h2`'s own
+/// checks (which refuse some of the same): nothing it writes may smuggle a second meaning past
+/// the HTTP/1 parser (fuzzed by `fuzz/fuzz_targets/h2_request.rs`).
+pub fn request_head(
     parts: &Parts,
     end_stream: bool,
     out: &mut Vec<u8>,
 ) -> Result<BodyFraming, Refused> {
     if parts.method == Method::CONNECT {
-        // Extended CONNECT (RFC 8441) is not offered; a plain CONNECT tunnel is not either.
+        // Extended CONNECT for a WebSocket goes through `websocket_head`; other tunnels are
+        // not offered.
         return Err(501);
     }
+    let lengths = head_fields(parts, parts.method.as_str(), Mode::Request, out)?;
+    let framing = if lengths == 1 {
+        BodyFraming::Length
+    } else if end_stream {
+        BodyFraming::None
+    } else {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        BodyFraming::Chunked
+    };
+    // One request per adapter connection: the data path ends it after this exchange.
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    Ok(framing)
+}
+
+/// Whether a request is an extended CONNECT opening a WebSocket (RFC 8441 §4).
+pub fn is_websocket(parts: &Parts) -> bool {
+    parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<h2::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Writes the HTTP/1.1 WebSocket handshake (RFC 6455 §4.1) for an extended CONNECT: a GET
+/// with `Upgrade: websocket` and our own `Sec-WebSocket-Key` (`key`, base64 of 16 random
+/// bytes); the client's Sec-WebSocket-Version, -Protocol and -Extensions pass as they are.
+/// After a 101 the stream's DATA is the connection's bytes both ways.
+pub fn websocket_head(parts: &Parts, key: &str, out: &mut Vec<u8>) -> Result<(), Refused> {
+    if head_fields(parts, "GET", Mode::WebSocket, out)? > 0 {
+        // A tunnel has no length.
+        return Err(400);
+    }
+    // `close`: a refused upgrade is one exchange, like any other request on the pair.
+    out.extend_from_slice(b"Connection: Upgrade, close\r\nUpgrade: websocket\r\n");
+    let _ = write!(out, "Sec-WebSocket-Key: {key}\r\n\r\n");
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Request,
+    WebSocket,
+}
+
+/// Writes the request line, Host and the fields of a request; returns how many
+/// content-length fields it had.
+fn head_fields(
+    parts: &Parts,
+    method: &str,
+    mode: Mode,
+    out: &mut Vec<u8>,
+) -> Result<usize, Refused> {
     let Some(path) = parts.uri.path_and_query() else {
         return Err(400);
     };
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    // RFC 9113 §8.3.1: origin-form, or `*` for OPTIONS. Anything else would be read as an
+    // absolute-form target, whose authority overrides :authority on the HTTP/1 side.
+    let origin = path.as_str().starts_with('/');
+    let asterisk = path.as_str() == "*" && parts.method == Method::OPTIONS;
+    if !(origin || asterisk) {
+        return Err(400);
+    }
+    let authority = parts.uri.authority();
+    // §8.3.1: no userinfo in :authority (the HTTP/1 Host field cannot carry it either).
+    if authority.is_some_and(|a| a.as_str().contains('@')) {
+        return Err(400);
+    }
+    if authority.is_none() && parts.headers.get_all("host").iter().count() != 1 {
+        // HTTP/1.1 needs exactly one Host.
+        return Err(400);
+    }
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let authority = parts.uri.authority();
     if let Some(a) = authority {
         // RFC 9113 §8.3.1: :authority wins over a Host field.
         let _ = write!(out, "Host: {a}\r\n");
@@ -55,14 +127,27 @@ pub(crate) fn request_head(
         }
         match name.as_str() {
             "host" if authority.is_some() => continue,
-            // The only TE h2 lets through is "trailers", which HTTP/1.1 treats as hop-by-hop.
-            "te" => continue,
+            // §8.2.2: connection-specific fields make a request malformed; on the HTTP/1 side
+            // they would frame the body or upgrade the connection.
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" => {
+                return Err(400)
+            }
+            // "trailers", the only TE HTTP/2 allows, is hop-by-hop in HTTP/1.1: dropped.
+            "te" if value.as_bytes().eq_ignore_ascii_case(b"trailers") => continue,
+            "te" => return Err(400),
+            // The handshake's key is ours (the client's would answer a different nonce).
+            "sec-websocket-key" | "sec-websocket-accept" if mode == Mode::WebSocket => continue,
             "cookie" => {
                 // RFC 9113 §8.2.3: split cookie fields are joined back with "; ".
                 cookies += 1;
                 continue;
             }
-            "content-length" => lengths += 1,
+            "content-length" => {
+                lengths += 1;
+                if !decimal(value.as_bytes()) {
+                    return Err(400);
+                }
+            }
             _ => {}
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -83,17 +168,13 @@ pub(crate) fn request_head(
         }
         out.extend_from_slice(b"\r\n");
     }
-    let framing = if lengths == 1 {
-        BodyFraming::Length
-    } else if end_stream {
-        BodyFraming::None
-    } else {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-        BodyFraming::Chunked
-    };
-    // One request per adapter connection: the data path ends it after this exchange.
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
-    Ok(framing)
+    Ok(lengths)
+}
+
+/// A content-length HTTP/2 accepts: one decimal number that fits in a u64 (no list, no
+/// whitespace, which HTTP/1.1 would tolerate).
+fn decimal(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit)
 }
 
 /// CR, LF and NUL end or corrupt an HTTP/1.1 line; `http` already refuses them in field
@@ -137,6 +218,69 @@ pub(crate) fn response(
         map.append(name, value);
     }
     Some(resp)
+}
+
+/// What an upstream's answer to a WebSocket handshake means for the extended CONNECT.
+#[derive(Debug)]
+pub(crate) enum Handshake {
+    /// 101 with the right accept: answer 200 (these fields) and open the tunnel.
+    Switched(http::Response<()>),
+    /// It claimed success without switching (a 2xx), or switched wrongly (no `Upgrade:
+    /// websocket`, a wrong Sec-WebSocket-Accept): answered 502, as any broken upstream.
+    Broken,
+    /// It refused (3xx, 4xx, 5xx): that response goes to the client as it is.
+    Refused,
+}
+
+/// Reads the upstream's (or the data path's) answer to `websocket_head`; `accept` is the
+/// Sec-WebSocket-Accept our key calls for.
+pub(crate) fn handshake(
+    buf: &[u8],
+    head: &ResponseHead,
+    headers: &[HeaderIdx],
+    accept: &str,
+) -> Handshake {
+    if head.status != 101 {
+        return if (200..300).contains(&head.status) {
+            Handshake::Broken
+        } else {
+            Handshake::Refused
+        };
+    }
+    let field = |kind: Option<HeaderKind>, name: &[u8]| {
+        headers
+            .iter()
+            .filter(|h| kind.map_or(h.name.get(buf).eq_ignore_ascii_case(name), |k| h.kind == k))
+            .map(|h| h.value.get(buf).trim_ascii())
+            .collect::<Vec<_>>()
+    };
+    let upgrade = field(Some(HeaderKind::Upgrade), b"");
+    let accepts = field(None, b"sec-websocket-accept");
+    if upgrade.len() != 1
+        || !upgrade[0].eq_ignore_ascii_case(b"websocket")
+        || accepts != [accept.as_bytes()]
+    {
+        return Handshake::Broken;
+    }
+    let mut resp = http::Response::new(());
+    let map = resp.headers_mut();
+    for h in headers {
+        let name = h.name.get(buf);
+        if connection_specific(h.kind)
+            || h.hop_by_hop
+            || name.eq_ignore_ascii_case(b"sec-websocket-accept")
+        {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(h.value.get(buf)),
+        ) else {
+            return Handshake::Broken;
+        };
+        map.append(name, value);
+    }
+    Handshake::Switched(resp)
 }
 
 /// The trailer fields at the end of a chunked body: `tail` holds everything the decoder
@@ -192,7 +336,13 @@ mod tests {
     use super::*;
     use crate::http1::parse::{parse_response, HeadLimits, Parse};
 
+    /// `uri` is a whole URI, or a bare :path as `h2` builds it when :authority is absent.
     fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let uri = uri.parse::<http::Uri>().unwrap_or_else(|_| {
+            let mut p = http::uri::Parts::default();
+            p.path_and_query = Some(http::uri::PathAndQuery::try_from(uri).unwrap());
+            http::Uri::from_parts(p).unwrap()
+        });
         let mut b = http::Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             b = b.header(*k, *v);
@@ -249,6 +399,110 @@ mod tests {
             &[("content-length", "1"), ("content-length", "2")],
         );
         assert_eq!(head(&p, false).0, Err(400));
+    }
+
+    #[test]
+    fn requests_http11_would_read_differently_are_refused() {
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            Result<BodyFraming, Refused>,
+        );
+        let cases: &[Case] = &[
+            // A :path HTTP/1.1 would not read as origin-form (`http` refuses most already).
+            ("GET", "http://a/", &[], Ok(BodyFraming::None)),
+            ("OPTIONS", "*", &[("host", "a")], Ok(BodyFraming::None)),
+            ("GET", "*", &[("host", "a")], Err(400)),
+            ("GET", "?x", &[("host", "a")], Err(400)),
+            ("GET", "http://u:p@a/", &[], Err(400)),
+            // Without :authority, HTTP/1.1 needs exactly one Host.
+            ("GET", "/", &[], Err(400)),
+            ("GET", "/", &[("host", "a"), ("host", "b")], Err(400)),
+            ("GET", "/", &[("host", "a")], Ok(BodyFraming::None)),
+            ("GET", "http://a/", &[("connection", "upgrade")], Err(400)),
+            ("GET", "http://a/", &[("upgrade", "websocket")], Err(400)),
+            ("GET", "http://a/", &[("keep-alive", "1")], Err(400)),
+            ("GET", "http://a/", &[("proxy-connection", "x")], Err(400)),
+            (
+                "POST",
+                "http://a/",
+                &[("transfer-encoding", "chunked")],
+                Err(400),
+            ),
+            ("GET", "http://a/", &[("te", "gzip")], Err(400)),
+            (
+                "GET",
+                "http://a/",
+                &[("te", "Trailers")],
+                Ok(BodyFraming::None),
+            ),
+            ("POST", "http://a/", &[("content-length", "5, 5")], Err(400)),
+            ("POST", "http://a/", &[("content-length", "+5")], Err(400)),
+            (
+                "POST",
+                "http://a/",
+                &[("content-length", "99999999999999999999")],
+                Err(400),
+            ),
+        ];
+        for (method, uri, headers, want) in cases {
+            let p = parts(method, uri, headers);
+            assert_eq!(head(&p, true).0, *want, "{method} {uri} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn an_extended_connect_becomes_a_websocket_handshake_with_our_key() {
+        let p = parts(
+            "CONNECT",
+            "https://a/chat?x=1",
+            &[
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "client"),
+                ("sec-websocket-protocol", "chat"),
+            ],
+        );
+        let mut out = Vec::new();
+        assert_eq!(websocket_head(&p, "KEY", &mut out), Ok(()));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /chat?x=1 HTTP/1.1\r\nHost: a\r\nsec-websocket-version: 13\r\nsec-websocket-protocol: chat\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Key: KEY\r\n\r\n"
+        );
+        let p = parts("CONNECT", "https://a/chat", &[("content-length", "0")]);
+        assert_eq!(websocket_head(&p, "KEY", &mut Vec::new()), Err(400));
+    }
+
+    #[test]
+    fn only_a_101_with_the_right_accept_opens_the_tunnel() {
+        let limits = HeadLimits {
+            max_head_bytes: 4096,
+            max_uri_bytes: 4096,
+            max_headers: 64,
+        };
+        let check = |raw: &str| {
+            let mut idx = Vec::new();
+            let Parse::Complete(h) = parse_response(raw.as_bytes(), false, &limits, &mut idx)
+            else {
+                panic!("parse {raw}");
+            };
+            handshake(raw.as_bytes(), &h, &idx, "ACCEPT")
+        };
+        let switched = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+        let Handshake::Switched(ok) = check(switched) else {
+            panic!("not switched");
+        };
+        assert_eq!(ok.status(), 200);
+        let names: Vec<_> = ok.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["sec-websocket-protocol"]);
+        let wrong = switched.replace("ACCEPT", "OTHER");
+        assert!(matches!(check(&wrong), Handshake::Broken));
+        let no_upgrade = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ACCEPT\r\n\r\n";
+        assert!(matches!(check(no_upgrade), Handshake::Broken));
+        let ok200 = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(check(ok200), Handshake::Broken));
+        let refused = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(check(refused), Handshake::Refused));
     }
 
     #[test]

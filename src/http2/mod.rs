@@ -8,10 +8,11 @@
 //! `http2.max_resets_per_s` streams in a second (rapid reset, CVE-2023-44487).
 
 pub mod client;
-pub(crate) mod head;
+pub mod head;
 pub(crate) mod io;
 mod stream;
 pub(crate) mod upstream;
+mod websocket;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -184,6 +185,10 @@ pub(crate) async fn serve(
         .max_header_list_size(limits.max_header_list)
         // Streams reset before we even saw them count against the same budget.
         .max_pending_accept_reset_streams(limits.max_resets_per_s as usize);
+    if websocket::offered(ctx.config(), listener) {
+        // RFC 8441: clients may open WebSockets with extended CONNECT.
+        builder.enable_connect_protocol();
+    }
     let handshake = builder.handshake::<_, Bytes>(io);
     let mut h2 = match timed(ctx.config().limits.header_read_timeout, handshake).await {
         Some(Ok(h2)) => h2,
@@ -208,12 +213,16 @@ pub(crate) async fn serve(
     });
     let mut goaway: Option<Instant> = None;
     let mut calmed = false;
+    // One timer for the connection's life, not one armed and cancelled per stream accepted.
+    let start = monoio::time::Instant::now() + TICK;
+    let mut tick = monoio::time::interval_at(start, TICK);
+    tick.set_missed_tick_behavior(monoio::time::MissedTickBehavior::Delay);
     loop {
         let event = monoio::select! {
             s = h2.accept() => Event::Stream(s),
             _ = ctx.drain_started(), if goaway.is_none() => Event::Drain,
             _ = conn.calm.wait(), if !calmed => Event::Calm,
-            _ = monoio::time::sleep(TICK) => Event::Tick,
+            _ = tick.tick() => Event::Tick,
         };
         match event {
             Event::Stream(None) => break,

@@ -12,6 +12,7 @@
 
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,8 +48,24 @@ pub(super) async fn serve(
 ) {
     let (parts, body) = req.into_parts();
     let mut respond = respond;
-    let mut head = Vec::with_capacity(512);
-    let framing = match head::request_head(&parts, body.is_end_stream(), &mut head) {
+    // The head goes straight into the data path's receive buffer, as if read from a socket:
+    // only body bytes cross the in-memory pair. Without a body, nothing more is read into it.
+    let cap = if body.is_end_stream() {
+        HEAD_BUF
+    } else {
+        INITIAL_BUF
+    };
+    let mut head = Vec::with_capacity(cap);
+    // Extended CONNECT (RFC 8441): the Sec-WebSocket-Accept the upstream must answer with.
+    let mut accept = None;
+    let mapped = if head::is_websocket(&parts) {
+        let key = super::websocket::new_key();
+        accept = Some(super::websocket::accept_for(&key));
+        head::websocket_head(&parts, &key, &mut head).map(|()| BodyFraming::Tunnel)
+    } else {
+        head::request_head(&parts, body.is_end_stream(), &mut head)
+    };
+    let framing = match mapped {
         Ok(f) => f,
         Err(status) => {
             answer(&mut respond, status);
@@ -58,7 +75,7 @@ pub(super) async fn serve(
     let (near, far) = duplex::pair();
     let client = crate::proxy::client_of(&conn.ctx, conn.peer, conn.tls, conn.local);
     let down = RecvBuf {
-        buf: Vec::with_capacity(INITIAL_BUF),
+        buf: head,
         pos: 0,
         floor: 0,
     };
@@ -80,7 +97,8 @@ pub(super) async fn serve(
     };
     let response = async {
         let mut proxied = std::pin::pin!(proxied);
-        let mut relay = std::pin::pin!(relay_response(&conn, rd, respond, head_request));
+        let relay = relay_response(&conn, rd, respond, head_request, accept.as_deref());
+        let mut relay = std::pin::pin!(relay);
         monoio::select! {
             in_flight = &mut proxied => {
                 let end = relay.await;
@@ -99,7 +117,7 @@ pub(super) async fn serve(
     };
     let mut wr = wr;
     let upload = async {
-        let end = send_request(&mut wr, head, body, framing).await;
+        let end = send_request(&mut wr, body, framing).await;
         // The request is over (sent whole, or never will be): the data path reads its end
         // instead of waiting for more (a lingering close after an early answer ends at once).
         wr.shutdown();
@@ -124,6 +142,13 @@ pub(super) async fn serve(
     }
 }
 
+/// The data path's receive buffer for a request without a body: a typical head (a larger
+/// one grows it).
+const HEAD_BUF: usize = 2048;
+
+/// First receive buffer for the data path's response: a small response's head and body.
+const RESPONSE_BUF: usize = 4096;
+
 /// How long, and how many request body bytes, a stream answered early keeps reading.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
@@ -136,19 +161,14 @@ fn answer(respond: &mut SendResponse<Bytes>, status: u16) {
     let _ = respond.send_response(resp, true);
 }
 
-/// Writes the request head and streams the body into the socket pair, releasing flow-control
-/// window only for bytes the data path has taken. Returns when the body is sent or cannot be.
-async fn send_request(
-    wr: &mut Wr,
-    head: Vec<u8>,
-    mut body: RecvStream,
-    framing: BodyFraming,
-) -> End {
-    let res = wr.write_all(&head).await;
-    let mut out = head;
-    if res.is_err() || framing == BodyFraming::None {
+/// Streams the request body into the pair, releasing flow-control window only for bytes the
+/// data path has taken. Returns when the body is sent or cannot be.
+async fn send_request(wr: &mut Wr, mut body: RecvStream, framing: BodyFraming) -> End {
+    if framing == BodyFraming::None {
         return End::Done;
     }
+    // Chunk framing (chunked bodies only).
+    let mut out = Vec::new();
     loop {
         let bytes = match body.data().await {
             None => break,
@@ -228,16 +248,20 @@ fn client_end(e: &h2::Error) -> End {
 }
 
 /// Reads the data path's HTTP/1.1 response from the socket pair and sends it on the stream.
+/// `accept`: the request was a WebSocket handshake, answered by this Sec-WebSocket-Accept.
 async fn relay_response(
     conn: &Conn,
     mut rd: Rd,
     mut respond: SendResponse<Bytes>,
     head_request: bool,
+    accept: Option<&str>,
 ) -> End {
-    let mut buf: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
+    // Grown by `read_more` when a head or body needs more.
+    let mut buf: Vec<u8> = Vec::with_capacity(RESPONSE_BUF);
     let mut idx = Vec::with_capacity(32);
     let resp = loop {
         match parse_response(&buf, head_request, &RESPONSE_LIMITS, &mut idx) {
+            Parse::Complete(r) if r.status == 101 && accept.is_some() => break r,
             // Interim responses (100 Continue, 103 Early Hints) are passed on, as to HTTP/1.1.
             Parse::Complete(r) if r.status < 200 => {
                 if let Some(interim) = head::response(&buf, &r, &idx) {
@@ -275,12 +299,29 @@ async fn relay_response(
             Ok(_) => {}
         }
     };
-    let Some(head) = head::response(&buf, &resp, &idx) else {
-        answer(&mut respond, 502);
-        return End::Aborted;
+    let tunnel = match accept.map(|a| head::handshake(&buf, &resp, &idx, a)) {
+        Some(head::Handshake::Switched(ok)) => Some(ok),
+        Some(head::Handshake::Broken) => {
+            answer(&mut respond, 502);
+            return End::Aborted;
+        }
+        Some(head::Handshake::Refused) | None => None,
+    };
+    let head = match tunnel {
+        // The upgraded connection's bytes, until the upstream closes it.
+        Some(ok) => ok,
+        None => match head::response(&buf, &resp, &idx) {
+            Some(head) => head,
+            None => {
+                answer(&mut respond, 502);
+                return End::Aborted;
+            }
+        },
     };
     let framing = if head_request {
         Framing::None
+    } else if resp.status == 101 {
+        Framing::CloseDelimited
     } else {
         resp.framing
     };
@@ -451,7 +492,13 @@ impl Body<'_> {
         let idle = self.conn.ctx.config().limits.idle_timeout;
         while !data.is_empty() {
             self.tx.reserve_capacity(data.len());
-            let cap = match timed(idle, poll_fn(|cx| self.tx.poll_capacity(cx))).await {
+            // Window already open (a small response, mostly): no timer to arm and cancel.
+            let ready = poll_fn(|cx| Poll::Ready(self.tx.poll_capacity(cx))).await;
+            let polled = match ready {
+                Poll::Ready(r) => Some(r),
+                Poll::Pending => timed(idle, poll_fn(|cx| self.tx.poll_capacity(cx))).await,
+            };
+            let cap = match polled {
                 None => return Err(BodyEnd::Stalled),
                 Some(None) => return Err(BodyEnd::Truncated),
                 Some(Some(Err(e))) => return Err(BodyEnd::Client(e)),

@@ -78,7 +78,7 @@ pub async fn serve(
         let g = ctx.gen_metrics();
         g.add_bytes(listener, via, moved);
         // A tcp listener counts its finished connections in the no-status class.
-        g.requests[listener][0].inc();
+        g.requests[listener][0][0].inc();
         if let Some(log) = ctx.access() {
             log.record(&crate::observe::access::Record {
                 event: crate::observe::access::Event::Tcp,

@@ -71,7 +71,7 @@ pub fn run(
                 Stream::Unix(b) => Box::pin(both($a, b, idle)),
                 Stream::TlsServer(b, _) => Box::pin(both($a, *b, idle)),
                 Stream::TlsClient(b, _) => Box::pin(both($a, *b, idle)),
-                // HTTP/2 streams (in-memory) never carry an upgrade: nothing to relay.
+                // Upstreams are sockets; an in-memory pair is only ever the client side.
                 Stream::Mem(_) => Box::pin(std::future::ready(Relayed::default())),
             }
         };
@@ -81,7 +81,8 @@ pub fn run(
         Stream::Unix(a) => to_upstream!(a),
         Stream::TlsServer(a, _) => to_upstream!(*a),
         Stream::TlsClient(a, _) => to_upstream!(*a),
-        Stream::Mem(_) => Box::pin(std::future::ready(Relayed::default())),
+        // An HTTP/2 stream upgraded by extended CONNECT (RFC 8441).
+        Stream::Mem(a) => to_upstream!(a),
     }
 }
 

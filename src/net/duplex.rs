@@ -7,7 +7,11 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split};
+use monoio::BufResult;
 
 /// Bytes one direction buffers before its writer waits (a small socket buffer's worth).
 pub const CAPACITY: usize = 64 * 1024;
@@ -90,59 +94,69 @@ impl End {
 
     /// Reads into the spare capacity of `buf` (growing its length); `Ok(0)` at end of stream.
     pub async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        let side = self.side;
         poll_fn(|cx| {
-            let mut flows = self.shared.borrow_mut();
-            let flow = &mut flows[side];
             let room = buf.capacity() - buf.len();
-            if flow.pending() > 0 && room > 0 {
-                let n = flow.pending().min(room);
-                buf.extend_from_slice(&flow.buf[flow.pos..flow.pos + n]);
-                flow.pos += n;
-                if flow.pos == flow.buf.len() {
-                    flow.buf.clear();
-                    flow.pos = 0;
-                }
-                flow.wake_writer();
-                return Poll::Ready(Ok(n));
-            }
-            if flow.eof || room == 0 {
-                return Poll::Ready(Ok(0));
-            }
-            flow.reader = Some(cx.waker().clone());
-            Poll::Pending
+            self.poll_take(cx, room, |b| buf.extend_from_slice(b))
         })
         .await
     }
 
+    /// Hands up to `room` pending bytes to `copy`; `Ok(0)` at end of stream (or for no room).
+    fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        room: usize,
+        copy: impl FnOnce(&[u8]),
+    ) -> Poll<io::Result<usize>> {
+        let mut flows = self.shared.borrow_mut();
+        let flow = &mut flows[self.side];
+        if flow.pending() > 0 && room > 0 {
+            let n = flow.pending().min(room);
+            copy(&flow.buf[flow.pos..flow.pos + n]);
+            flow.pos += n;
+            if flow.pos == flow.buf.len() {
+                flow.buf.clear();
+                flow.pos = 0;
+            }
+            flow.wake_writer();
+            return Poll::Ready(Ok(n));
+        }
+        if flow.eof || room == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        flow.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Writes all of `data`, waiting while the direction is full.
     pub async fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
-        let to = 1 - self.side;
         while !data.is_empty() {
-            let n = poll_fn(|cx| {
-                let mut flows = self.shared.borrow_mut();
-                let flow = &mut flows[to];
-                if flow.gone {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
-                }
-                let room = CAPACITY.saturating_sub(flow.pending());
-                if room == 0 {
-                    flow.writer = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                if flow.pos > 0 && flow.pos >= flow.buf.len() / 2 {
-                    flow.buf.drain(..flow.pos);
-                    flow.pos = 0;
-                }
-                let n = room.min(data.len());
-                flow.buf.extend_from_slice(&data[..n]);
-                flow.wake_reader();
-                Poll::Ready(Ok(n))
-            })
-            .await?;
+            let n = poll_fn(|cx| self.poll_put(cx, data)).await?;
             data = &data[n..];
         }
         Ok(())
+    }
+
+    /// Takes as much of `data` as the direction has room for (at least one byte).
+    fn poll_put(&self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let mut flows = self.shared.borrow_mut();
+        let flow = &mut flows[1 - self.side];
+        if flow.gone {
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+        }
+        let room = CAPACITY.saturating_sub(flow.pending());
+        if room == 0 {
+            flow.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if flow.pos > 0 && flow.pos >= flow.buf.len() / 2 {
+            flow.buf.drain(..flow.pos);
+            flow.pos = 0;
+        }
+        let n = room.min(data.len());
+        flow.buf.extend_from_slice(&data[..n]);
+        flow.wake_reader();
+        Poll::Ready(Ok(n))
     }
 
     /// Ends this side's writing: the other side reads to the end, then end of stream.
@@ -153,6 +167,63 @@ impl End {
         flow.wake_reader();
     }
 }
+
+// The owned-buffer I/O traits, so an upgraded HTTP/2 stream (WebSocket over extended CONNECT)
+// runs through the same tunnel relay as a socket (`l4::upgrade`). Vectored I/O is not offered:
+// the relay reads and writes single buffers.
+impl AsyncReadRent for End {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let room = buf.bytes_total();
+        let dst = buf.write_ptr();
+        let res = poll_fn(|cx| {
+            self.poll_take(cx, room, |b| {
+                // SAFETY: `dst` has room for `bytes_total()` bytes and `b` is at most that long;
+                // `b` is the pair's own buffer, which cannot overlap the caller's.
+                unsafe { dst.copy_from_nonoverlapping(b.as_ptr(), b.len()) }
+            })
+        })
+        .await;
+        if let Ok(n) = res {
+            // SAFETY: the first `n` bytes were just written above.
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+        (Err(io::ErrorKind::Unsupported.into()), buf)
+    }
+}
+
+impl AsyncWriteRent for End {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: an `IoBuf` holds `bytes_init()` initialised bytes at `read_ptr()`, and the
+        // caller cannot touch them while we own `buf`.
+        let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        if data.is_empty() {
+            return (Ok(0), buf);
+        }
+        let res = poll_fn(|cx| self.poll_put(cx, data)).await;
+        (res, buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        (Err(io::ErrorKind::Unsupported.into()), buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        End::shutdown(self);
+        Ok(())
+    }
+}
+
+// SAFETY: reads and writes of one end touch different directions of the pair, and each poll
+// borrows the shared state only for its own duration, so halves may run concurrently.
+unsafe impl Split for End {}
 
 impl Drop for End {
     fn drop(&mut self) {

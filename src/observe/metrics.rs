@@ -85,6 +85,18 @@ pub fn status_class(status: u16) -> usize {
     }
 }
 
+/// The protocol a client sent a request in: the `protocol` label of the request series.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    H1 = 0,
+    /// HTTP/2 over TLS (h2) or cleartext (h2c): the listener tells which.
+    H2 = 1,
+}
+
+pub const PROTOCOLS: usize = 2;
+pub(crate) const PROTOCOL_LABELS: [&str; PROTOCOLS] = ["h1", "h2"];
+
 /// One worker's counters that no configuration change renames. Only that worker writes them.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
@@ -101,8 +113,9 @@ pub struct WorkerMetrics {
 /// One worker's counters labelled by a generation's configuration. Only that worker writes them.
 #[derive(Debug)]
 pub struct GenMetrics {
-    /// `[listener][class]`; a tcp listener counts its finished connections in class 0.
-    pub requests: Vec<[Counter; STATUS_CLASSES]>,
+    /// `[listener][protocol][class]`; a tcp listener counts its finished connections in
+    /// `[0][0]`.
+    pub requests: Vec<[[Counter; STATUS_CLASSES]; PROTOCOLS]>,
     /// Responses from each target, `[upstream][target][class]`.
     pub target_responses: Vec<Vec<[Counter; STATUS_CLASSES]>>,
     /// `[upstream][target][reused as usize]`.
@@ -116,8 +129,9 @@ pub struct GenMetrics {
     /// How long those requests waited, `[upstream]`.
     pub pool_wait_time: Vec<Histogram>,
     /// Time from a complete request head to the end of its response,
-    /// `[listener][upstream + 1, 0 when answered locally][class]`; empty for tcp listeners.
-    pub request_duration: Vec<Vec<[Histogram; STATUS_CLASSES]>>,
+    /// `[listener][upstream + 1, 0 when answered locally][protocol][class]`; empty for tcp
+    /// listeners.
+    pub request_duration: Vec<Vec<[[Histogram; STATUS_CLASSES]; PROTOCOLS]>>,
     /// Client connections open now, `[listener]`: a gauge raised on accept and lowered on
     /// close in the generation that accepted the connection.
     pub open_connections: Vec<Counter>,
@@ -140,6 +154,7 @@ pub struct Done {
     pub took: Duration,
     /// Request bytes received, response bytes sent.
     pub bytes: [u64; 2],
+    pub protocol: Protocol,
 }
 
 impl GenMetrics {
@@ -172,13 +187,14 @@ impl GenMetrics {
     /// upstream and class, its bytes, and by target when one answered.
     pub fn request_done(&self, d: &Done) {
         let class = status_class(d.status);
-        self.requests[d.listener][class].inc();
+        let p = d.protocol as usize;
+        self.requests[d.listener][p][class].inc();
         if let Some((u, t)) = d.target {
             self.target_responses[u][t][class].inc();
         }
         let upstream = d.upstream.or(d.target.map(|(u, _)| u));
         if let Some(per_upstream) = self.request_duration.get(d.listener) {
-            per_upstream[upstream.map_or(0, |u| u + 1)][class].observe(d.took);
+            per_upstream[upstream.map_or(0, |u| u + 1)][p][class].observe(d.took);
         }
         self.add_bytes(d.listener, upstream, d.bytes);
     }

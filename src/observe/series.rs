@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use crate::config::ListenerKind;
 use crate::control::generation::Generation;
-use crate::observe::metrics::{Histogram, BUCKETS, CLASS_LABELS, LATENCY_BUCKETS};
+use crate::observe::metrics::{
+    Histogram, BUCKETS, CLASS_LABELS, LATENCY_BUCKETS, PROTOCOLS, PROTOCOL_LABELS,
+};
 use crate::upstream::target::dial_name;
 
 /// Generations whose counters a scrape sums: those in use, and the totals of retired ones.
@@ -102,7 +104,8 @@ pub(crate) const FAMILIES: [(&str, &str, &str); 12] = [
     (
         "ringway_requests_total",
         "counter",
-        "Requests completed, by listener and status class (none: no response sent).",
+        "Requests completed, by listener, protocol (h1, h2) and status class (none: no \
+         response sent).",
     ),
     (
         "ringway_upstream_responses_total",
@@ -137,8 +140,8 @@ pub(crate) const FAMILIES: [(&str, &str, &str); 12] = [
     (
         "ringway_request_duration_seconds",
         "histogram",
-        "Time from a complete request head to the end of its response, by listener, upstream \
-         (empty: answered locally) and status class.",
+        "Time from a complete request head to the end of its response, by listener, protocol, \
+         upstream (empty: answered locally) and status class.",
     ),
     (
         "ringway_open_connections",
@@ -223,30 +226,42 @@ pub(crate) fn labelled(g: &Generation) -> Series {
             }
             if matches!(l.kind, ListenerKind::Tcp { .. }) {
                 // HTTP series would stay zero here forever: count connections instead.
-                let n: u64 = m.requests[li].iter().map(|c| c.get()).sum();
+                let n: u64 = m.requests[li][0].iter().map(|c| c.get()).sum();
                 s.count(tcp_conns, name, n);
                 continue;
             }
-            for (class, label) in CLASS_LABELS.iter().enumerate() {
-                let labels = format!("{name},code=\"{label}\"");
-                s.count(requests, labels, m.requests[li][class].get());
+            // HTTP/2 series only where the listener serves it.
+            let protocols = if (l.protocols.h2 && l.tls.is_some()) || l.protocols.h2c {
+                PROTOCOLS
+            } else {
+                1
+            };
+            for (p, proto) in PROTOCOL_LABELS.iter().enumerate().take(protocols) {
+                for (class, label) in CLASS_LABELS.iter().enumerate() {
+                    let labels = format!("{name},protocol=\"{proto}\",code=\"{label}\"");
+                    s.count(requests, labels, m.requests[li][p][class].get());
+                }
             }
-            for (slot, per_class) in m.request_duration[li].iter().enumerate() {
+            for (slot, per_protocol) in m.request_duration[li].iter().enumerate() {
                 let upstream = match slot {
                     0 => "",
                     u => &g.config.upstreams[u - 1].name,
                 };
-                for (class, h) in per_class.iter().enumerate() {
-                    // Only combinations that happened: listeners x upstreams x classes is large.
-                    if h.buckets.iter().all(|b| b.get() == 0) {
-                        continue;
+                for (p, per_class) in per_protocol.iter().enumerate() {
+                    for (class, h) in per_class.iter().enumerate() {
+                        // Only combinations that happened: listeners x upstreams x protocols x
+                        // classes is large.
+                        if h.buckets.iter().all(|b| b.get() == 0) {
+                            continue;
+                        }
+                        let labels = format!(
+                            "{name},protocol=\"{}\",upstream=\"{}\",code=\"{}\"",
+                            PROTOCOL_LABELS[p],
+                            esc(upstream),
+                            CLASS_LABELS[class]
+                        );
+                        s.hist(duration, labels, h);
                     }
-                    let labels = format!(
-                        "{name},upstream=\"{}\",code=\"{}\"",
-                        esc(upstream),
-                        CLASS_LABELS[class]
-                    );
-                    s.hist(duration, labels, h);
                 }
             }
         }

@@ -27,7 +27,7 @@ use crate::error::{ErrorKind, ProxyError};
 use crate::http1::forward::{Client, HeaderList};
 use crate::http1::parse::{parse_request, Framing, HeadLimits, HeaderIdx, Parse, RequestHead};
 use crate::net::stream::Stream;
-use crate::observe::metrics::Done;
+use crate::observe::metrics::{Done, Protocol};
 use crate::proxy::forward::forward;
 use crate::proxy::respond::{respond, respond_simple};
 use crate::proxy::session::{
@@ -181,6 +181,14 @@ pub(crate) fn client_of(
         ip_text: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
         scheme: if tls { "https" } else { "http" },
         local,
+    }
+}
+
+/// An HTTP/2 stream reaches the data path through an in-memory pair, a client on a socket.
+fn protocol_of(stream: &Stream) -> Protocol {
+    match stream {
+        Stream::Mem(_) => Protocol::H2,
+        _ => Protocol::H1,
     }
 }
 
@@ -345,6 +353,7 @@ async fn busy(conn: &mut Conn) -> Burst {
                     listener: conn.listener,
                     status,
                     bytes: [down.buf.len() as u64, s.out.len() as u64],
+                    protocol: protocol_of(&conn.stream),
                     ..Done::default()
                 });
                 if let (Some(log), true) = (ctx.access(), status > 0) {
@@ -390,7 +399,7 @@ async fn busy(conn: &mut Conn) -> Burst {
         s.target = None;
         s.trace = Trace {
             listener: conn.listener,
-            http2: matches!(conn.stream, Stream::Mem(_)),
+            http2: protocol_of(&conn.stream) == Protocol::H2,
             ..Trace::default()
         };
         let active = ctx.active();
@@ -421,6 +430,7 @@ async fn busy(conn: &mut Conn) -> Burst {
             status: s.status,
             took: started.elapsed(),
             bytes: [s.bytes_in, s.bytes_out],
+            protocol: protocol_of(&conn.stream),
         });
         if let Some(log) = ctx.access() {
             log_request(

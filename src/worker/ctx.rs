@@ -309,6 +309,7 @@ impl WorkerCtx {
                 status,
                 took,
                 bytes: [0, 0],
+                protocol: Default::default(),
             });
     }
 }
