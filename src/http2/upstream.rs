@@ -25,11 +25,11 @@ use http::HeaderMap;
 use super::client::H2Stream;
 use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, ChunkedDecoder, Encode};
-use crate::http1::forward::{override_drops_body, write_request_head, Request};
+use crate::http1::forward::{override_drops_body, Request};
 use crate::http1::parse::{parse_response, Framing, Parse, ResponseHead, Version};
 use crate::http1::response::{write_response_head, ClientResponse};
 use crate::net::stream::{reserve_read_space, Stream};
-use crate::proxy::exchange::{note_response, Attempt};
+use crate::proxy::exchange::{note_response, write_upstream_head, Attempt};
 use crate::proxy::relay::io_err;
 use crate::proxy::respond::is_head;
 use crate::proxy::session::{
@@ -449,24 +449,7 @@ pub(crate) async fn exchange(
         return Err(invalid("an upgrade cannot be carried over HTTP/2 to the upstream").into());
     }
     let tr = &a.up.transport;
-    sess.s.out.clear();
-    {
-        let Scratch {
-            headers,
-            out,
-            aux,
-            list,
-            ..
-        } = &mut *sess.s;
-        let req = Request {
-            buf: &sess.down.buf,
-            head,
-            headers,
-            client: sess.client,
-            worker: ctx.id(),
-        };
-        write_request_head(&req, a.up, a.route, a.host(), out, aux, list);
-    }
+    write_upstream_head(sess, a);
     let scheme = if a.up.targets[a.t].tls {
         "https"
     } else {

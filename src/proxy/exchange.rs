@@ -109,6 +109,27 @@ pub(crate) async fn exchange(
     send_response(sess, a, conn, ub, &resp, &sent).await
 }
 
+/// Writes the request head this attempt sends upstream into `sess.s.out` (HTTP/1.1 bytes; the
+/// HTTP/2 exchange turns them into fields).
+pub(crate) fn write_upstream_head(sess: &mut Session<'_>, a: &Attempt<'_>) {
+    sess.s.out.clear();
+    let Scratch {
+        headers,
+        out,
+        aux,
+        list,
+        ..
+    } = &mut *sess.s;
+    let req = Request {
+        buf: &sess.down.buf,
+        head: sess.head,
+        headers,
+        client: sess.client,
+        worker: sess.ctx.id(),
+    };
+    write_request_head(&req, a.up, a.route, a.host(), out, aux, list);
+}
+
 /// Writes the request head (with a small buffered body riding along) and, unless the client
 /// expects 100-continue, the rest of the body.
 async fn send_head(
@@ -119,24 +140,7 @@ async fn send_head(
     let (ctx, head) = (sess.ctx, sess.head);
     let tr = &a.up.transport;
     let client_head = is_head(&sess.down.buf, head);
-    sess.s.out.clear();
-    {
-        let Scratch {
-            headers,
-            out,
-            aux,
-            list,
-            ..
-        } = &mut *sess.s;
-        let req = Request {
-            buf: &sess.down.buf,
-            head,
-            headers,
-            client: sess.client,
-            worker: ctx.id(),
-        };
-        write_request_head(&req, a.up, a.route, a.host(), out, aux, list);
-    }
+    write_upstream_head(sess, a);
     let reused = conn.reused;
     let down = &mut *sess.down;
     let drop_body = override_drops_body(a.route);
