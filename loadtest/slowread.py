@@ -15,7 +15,6 @@ small requests, the 1 MiB fetches' p99 and max, fds and RSS per slow connection,
 slow readers the proxy still held at the end (a proxy that dropped them did not bear the attack).
 """
 import argparse
-import glob
 import os
 import re
 import select
@@ -25,6 +24,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helper import _rss_kb, _tree  # noqa: E402  (the harness's process-tree readers)
+
 LINGER_RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER {on, 0}: close with RST, no TIME_WAIT
 OPEN_BATCH = 50      # slow readers connected at once: stays under every proxy's listen backlog
 HEAD_TIMEOUT = 20.0  # seconds for every slow reader's response head to arrive
@@ -32,22 +34,9 @@ STALL_SETTLE = 1.0   # seconds for the proxies to fill what they buffer before f
 IO_TIMEOUT = 10.0    # the normal client's socket timeout: a request this slow counts as an error
 
 
-def tree(pid):
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for t in glob.glob(f"/proc/{p}/task/*/children"):
-            try:
-                todo.extend(int(c) for c in open(t).read().split())
-            except OSError:
-                pass
-    return out
-
-
 def fds(pid):
     n = 0
-    for p in tree(pid):
+    for p in _tree(pid):
         try:
             n += len(os.listdir(f"/proc/{p}/fd"))
         except OSError:
@@ -55,18 +44,6 @@ def fds(pid):
     return n
 
 
-def rss_kb(pid):
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total
-
-
-# ---------------------------------------------------------------- slow readers (child process)
 def cmd_attack(a):
     """Connects the slow readers, prints `ready N` once each has its response head (N: how
     many did), then reads a little from each every interval until stdin closes."""
@@ -233,7 +210,7 @@ def normal_client(a):
 
 
 def cmd_run(a):
-    fds0, rss0 = fds(a.pid), rss_kb(a.pid)
+    fds0, rss0 = fds(a.pid), _rss_kb(a.pid)
     child = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "attack", "--host", a.host, "--port", str(a.port),
          "--path", a.big_path, "--conns", str(a.conns), "--window", str(a.window), "--read", str(a.read),
@@ -243,9 +220,9 @@ def cmd_run(a):
         line = child.stdout.readline().split()
         ready = int(line[1]) if len(line) == 2 and line[0] == "ready" else 0
         time.sleep(STALL_SETTLE)
-        fds1, rss1 = fds(a.pid), rss_kb(a.pid)
+        fds1, rss1 = fds(a.pid), _rss_kb(a.pid)
         small, bigs, errors, elapsed = normal_client(a)
-        fds2, rss2 = fds(a.pid), rss_kb(a.pid)
+        fds2, rss2 = fds(a.pid), _rss_kb(a.pid)
     finally:
         child.stdin.close()
         try:

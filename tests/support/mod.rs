@@ -67,6 +67,47 @@ impl Driver {
     }
 }
 
+/// Makes the test binary's global allocator the system allocator counting live heap bytes in
+/// `LIVE`: for tests that measure what the proxy (running in-process) holds.
+#[allow(unused_macros)]
+macro_rules! live_bytes_allocator {
+    () => {
+        struct Counting;
+
+        static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+        // SAFETY: forwards every call to the system allocator unchanged; only counts live bytes.
+        unsafe impl std::alloc::GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+                LIVE.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: same contract as our caller's.
+                unsafe { std::alloc::System.alloc(layout) }
+            }
+            unsafe fn realloc(
+                &self,
+                ptr: *mut u8,
+                layout: std::alloc::Layout,
+                new_size: usize,
+            ) -> *mut u8 {
+                LIVE.fetch_add(
+                    new_size as isize - layout.size() as isize,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                // SAFETY: same contract as our caller's.
+                unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+                LIVE.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: same contract as our caller's.
+                unsafe { std::alloc::System.dealloc(ptr, layout) }
+            }
+        }
+
+        #[global_allocator]
+        static GLOBAL: Counting = Counting;
+    };
+}
+
 /// Defines each test twice, as `NAME::io_uring` and `NAME::epoll`:
 ///
 /// ```ignore
