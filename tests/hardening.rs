@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use support::nginx::{free_port, Nginx};
 use support::*;
 
 /// A backend that reads one request head per connection, writes `answer` without reading
@@ -249,62 +250,15 @@ driver_tests! {
     }
 }
 
-/// An nginx on 127.0.0.1 that answers every request with 200 and closes keep-alive
-/// connections idle for `keepalive_timeout`. Stopped when dropped.
-struct Nginx {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Nginx {
-    fn start(keepalive_timeout: &str) -> Nginx {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect(
-                "this test needs nginx (the test peer `nginx`, see tests/support/install-peers.sh)",
-            );
-        let dir = TempDir::new();
-        // A free port: bound and released (nginx binds it a moment later).
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let d = dir.path().display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  keepalive_timeout {keepalive_timeout};\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200 \"nginx\\n\"; }}\n  }}\n}}\n"
-        );
-        let path = dir.write("nginx.conf", &conf);
-        let child = std::process::Command::new(bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let up = wait_for(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
-        assert!(
-            up,
-            "nginx did not listen on {addr}: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        Nginx {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An nginx answering `nginx` to every request, with this `keepalive_timeout`.
+fn nginx_with_keepalive(keepalive_timeout: &str) -> Nginx {
+    let port = free_port();
+    Nginx::start(port, |_| {
+        format!(
+            "  access_log off;\n  keepalive_timeout {keepalive_timeout};\n  server {{\n    \
+             listen 127.0.0.1:{port};\n    location / {{ return 200 \"nginx\\n\"; }}\n  }}"
+        )
+    })
 }
 
 /// TCP states (as /proc/net/tcp spells them) of this process's sockets connected to `peer`.
@@ -340,7 +294,7 @@ fn socket_states_to(peer: SocketAddr) -> Vec<&'static str> {
 
 driver_tests! {
     fn pooled_connections_an_nginx_closed_while_idle_leave_no_close_wait_socket(driver) {
-        let nginx = Nginx::start("1s");
+        let nginx = nginx_with_keepalive("1s");
         let proxy = Proxy::start(driver, &one_upstream_yaml("$N", ""), &[("N", nginx.addr.to_string())]);
         let addr = proxy.addr();
         // 40 requests from 8 clients at once, so that several connections end up pooled.
@@ -372,7 +326,7 @@ driver_tests! {
     }
 
     fn idle_timeout_closes_a_pooled_connection_without_traffic(driver) {
-        let nginx = Nginx::start("60s");
+        let nginx = nginx_with_keepalive("60s");
         let proxy = Proxy::start(
             driver,
             &one_upstream_yaml("$N", "    transport:\n      idle_timeout: 1s\n"),

@@ -7,10 +7,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use support::nginx::{free_port, Nginx};
 use support::tls::Pki;
 use support::*;
 
@@ -38,87 +39,45 @@ fn curl(args: &[&str]) -> String {
 
 /// An nginx on 127.0.0.1 answering `<protocol> <connection number>` for every request, its
 /// listener configured by `listen` (e.g. `http2`, `ssl http2`, `ssl`). Stopped when dropped.
-struct Nginx {
-    child: std::process::Child,
-    addr: SocketAddr,
-    dir: TempDir,
+fn nginx(listen: &str, tls: Option<&Pki>) -> Nginx {
+    nginx_on(free_port(), listen, tls, "")
 }
 
-impl Nginx {
-    fn start(listen: &str, tls: Option<&Pki>) -> Nginx {
-        Self::start_on(free_port(), listen, tls, "")
-    }
-
-    /// `extra`: more `http` block directives (http2_max_concurrent_streams 128 unless given).
-    fn start_on(port: u16, listen: &str, pki: Option<&Pki>, extra: &str) -> Nginx {
-        let extra = if extra.contains("http2_max_concurrent_streams") {
-            extra.to_string()
-        } else {
-            format!("http2_max_concurrent_streams 128; {extra}")
-        };
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect(
-                "this test needs nginx (the test peer `nginx`, see tests/support/install-peers.sh)",
-            );
-        let dir = TempDir::new();
-        let d = dir.path().display();
-        let certs = match pki {
-            Some(pki) => {
-                let issued = pki.server("n", &["n.test"]);
-                format!(
-                    "    ssl_certificate {};\n    ssl_certificate_key {};\n",
-                    issued.cert.display(),
-                    issued.key.display()
-                )
-            }
-            None => String::new(),
-        };
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n  \
-             log_format c '$connection $server_protocol';\n  access_log {d}/access.log c;\n  \
-             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
-             scgi_temp_path {d}/scgi;\n  {extra}\n  server {{\n    \
-             listen 127.0.0.1:{port} {listen};\n{certs}    location / {{ return 200 \
-             \"$server_protocol $connection\\n\"; }}\n  }}\n}}\n"
-        );
-        let path = dir.write("nginx.conf", &conf);
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let up = wait_for(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
-        assert!(
-            up,
-            "nginx did not listen on {addr}: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
-        Nginx { child, addr, dir }
-    }
-
-    /// The connections its requests came on, from its access log.
-    fn connections(&self) -> HashSet<String> {
-        std::fs::read_to_string(self.dir.join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').next().map(str::to_string))
-            .collect()
-    }
+/// `extra`: more `http` block directives (http2_max_concurrent_streams 128 unless given).
+fn nginx_on(port: u16, listen: &str, pki: Option<&Pki>, extra: &str) -> Nginx {
+    let extra = if extra.contains("http2_max_concurrent_streams") {
+        extra.to_string()
+    } else {
+        format!("http2_max_concurrent_streams 128; {extra}")
+    };
+    let certs = match pki {
+        Some(pki) => {
+            let issued = pki.server("n", &["n.test"]);
+            format!(
+                "    ssl_certificate {};\n    ssl_certificate_key {};\n",
+                issued.cert.display(),
+                issued.key.display()
+            )
+        }
+        None => String::new(),
+    };
+    Nginx::start(port, |dir| {
+        let d = dir.display();
+        format!(
+            "  log_format c '$connection $server_protocol';\n  access_log {d}/access.log c;\n  \
+             {extra}\n  server {{\n    listen 127.0.0.1:{port} {listen};\n{certs}    \
+             location / {{ return 200 \"$server_protocol $connection\\n\"; }}\n  }}"
+        )
+    })
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The connections an nginx's requests came on, from its access log.
+fn connections(nginx: &Nginx) -> HashSet<String> {
+    std::fs::read_to_string(nginx.dir.join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').next().map(str::to_string))
+        .collect()
 }
 
 /// `tests/grpc/reset_server.py`: a raw h2c target that resets streams; killed when dropped.
@@ -165,14 +124,6 @@ impl Drop for Resetter {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn proxy(driver: Driver, targets: &str, transport: &str) -> Proxy {
     let yaml = format!(
         "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: {targets}\n{transport}"
@@ -190,7 +141,7 @@ fn tls_transport(pki: &Pki, versions: &str) -> String {
 
 driver_tests! {
     fn curl_reaches_an_nginx_h2c_target_over_one_http2_connection(driver) {
-        let nginx = Nginx::start("http2", None);
+        let nginx = nginx("http2", None);
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
         let url = format!("http://{}/x", proxy.addr());
         for flag in ["--http1.1", "--http2-prior-knowledge", "--http1.1"] {
@@ -200,14 +151,14 @@ driver_tests! {
         // A request body goes up as DATA (nginx answers without reading it, which h2 allows).
         let out = curl(&["--http1.1", "-d", "hello", &url]);
         assert!(out.starts_with("HTTP/2.0 "), "{out}");
-        assert_eq!(nginx.connections().len(), 1, "one upstream connection for every request");
+        assert_eq!(connections(&nginx).len(), 1, "one upstream connection for every request");
     }
 
     fn versions_2_and_1_1_speak_h2_to_a_tls_http2_target_and_http11_to_one_without(driver) {
         let dir = TempDir::new();
         let pki = Pki::new(dir.path(), "up");
-        let h2 = Nginx::start("ssl http2", Some(&pki));
-        let h1 = Nginx::start("ssl", Some(&pki));
+        let h2 = nginx("ssl http2", Some(&pki));
+        let h1 = nginx("ssl", Some(&pki));
         let transport = tls_transport(&pki, "[\"2\", \"1.1\"]");
         let p2 = proxy(driver, &format!("[\"https://{}\"]", h2.addr), &transport);
         let p1 = proxy(driver, &format!("[\"https://{}\"]", h1.addr), &transport);
@@ -218,8 +169,8 @@ driver_tests! {
             assert!(out.starts_with("HTTP/1.1 "), "{out}");
         }
         // Both kept their one connection: the h2 one shared, the 1.1 one pooled.
-        assert_eq!(h2.connections().len(), 1);
-        assert_eq!(h1.connections().len(), 1);
+        assert_eq!(connections(&h2).len(), 1);
+        assert_eq!(connections(&h1).len(), 1);
         // The default (["1.1"]) never offers h2, even to a target that speaks it.
         let p = proxy(driver, &format!("[\"https://{}\"]", h2.addr), &tls_transport(&pki, "[\"1.1\"]"));
         let out = curl(&["--http1.1", &format!("http://{}/", p.addr())]);
@@ -229,7 +180,7 @@ driver_tests! {
     fn versions_2_alone_answers_502_for_a_target_that_only_speaks_http11(driver) {
         let dir = TempDir::new();
         let pki = Pki::new(dir.path(), "up");
-        let h1 = Nginx::start("ssl", Some(&pki));
+        let h1 = nginx("ssl", Some(&pki));
         let p = proxy(driver, &format!("[\"https://{}\"]", h1.addr), &tls_transport(&pki, "[\"2\"]"));
         let r = p.get("/");
         assert_eq!(r.status, 502, "{}", r.text());
@@ -237,7 +188,7 @@ driver_tests! {
 
     fn concurrent_streams_fill_an_upstream_connection_up_to_its_limit_before_another(driver) {
         // nginx allows 16 streams per connection.
-        let nginx = Nginx::start_on(free_port(), "http2", None, "http2_max_concurrent_streams 16;");
+        let nginx = nginx_on(free_port(), "http2", None, "http2_max_concurrent_streams 16;");
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
         let url = format!("http://{}/", proxy.addr());
         // 8 client connections x 25 streams at once, 800 requests.
@@ -246,26 +197,26 @@ driver_tests! {
         assert!(o.status.success(), "{out}");
         assert!(out.contains("800 succeeded, 0 failed, 0 errored"), "{out}");
         assert!(out.contains("status codes: 800 2xx"), "{out}");
-        let conns = nginx.connections().len();
+        let conns = connections(&nginx).len();
         eprintln!("800 requests used {conns} upstream connections");
         // Up to 200 streams at once need more than one connection, never one per request.
         assert!((2..=20).contains(&conns), "800 requests used {conns} upstream connections");
     }
 
     fn a_connection_the_target_closed_is_replaced_by_a_new_one(driver) {
-        let nginx = Nginx::start("http2", None);
+        let nginx = nginx("http2", None);
         let port = nginx.addr.port();
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
         let url = format!("http://{}/", proxy.addr());
         let first = curl(&["--http1.1", &url]);
         drop(nginx);
-        let nginx = Nginx::start_on(port, "http2", None, "");
+        let nginx = nginx_on(port, "http2", None, "");
         // The dead connection is dropped from the cache; the next request dials again.
         let ok = wait_for(Duration::from_secs(5), || proxy.get("/").status == 200);
         assert!(ok, "no request succeeded after the target restarted");
         let second = curl(&["--http1.1", &url]);
         assert!(first.starts_with("HTTP/2.0 ") && second.starts_with("HTTP/2.0 "), "{first} {second}");
-        assert_eq!(nginx.connections().len(), 1);
+        assert_eq!(connections(&nginx).len(), 1);
     }
 
     fn an_upstream_reset_after_the_response_began_resets_the_clients_stream(driver) {
@@ -284,7 +235,7 @@ driver_tests! {
 
     fn a_refused_stream_is_retried_on_another_target_even_for_a_post(driver) {
         let target = Resetter::start();
-        let nginx = Nginx::start("http2", None);
+        let nginx = nginx("http2", None);
         let proxy = proxy(
             driver,
             &format!("[\"h2c://{}\", \"h2c://{}\"]", target.addr, nginx.addr),
@@ -293,11 +244,11 @@ driver_tests! {
         // REFUSED_STREAM says the first target never processed it: a POST may go elsewhere.
         let out = curl(&["--http1.1", "-d", "once", &format!("http://{}/post", proxy.addr())]);
         assert!(out.starts_with("HTTP/2.0 "), "{out}");
-        assert_eq!(nginx.connections().len(), 1);
+        assert_eq!(connections(&nginx).len(), 1);
     }
 
     fn handle_response_rules_apply_to_responses_from_an_h2_target(driver) {
-        let nginx = Nginx::start("http2", None);
+        let nginx = nginx("http2", None);
         let yaml = format!(
             "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    routes:\n      - match: {{ path: /respond }}\n        upstream: app\n        handle_response:\n          - match: {{ status: [200] }}\n            respond: {{ status: 203, body: \"shaped {{rp.status_code}}\\n\" }}\n      - upstream: app\n        handle_response:\n          - match: {{ status: [200] }}\n            replace_status: 202\nupstreams:\n  app:\n    targets: [\"h2c://{}\"]\n",
             nginx.addr
@@ -312,19 +263,19 @@ driver_tests! {
 
     fn a_connection_the_target_sent_goaway_on_takes_no_new_streams(driver) {
         // nginx sends GOAWAY after 5 requests on a connection (keepalive_requests).
-        let nginx = Nginx::start_on(free_port(), "http2", None, "keepalive_requests 5;");
+        let nginx = nginx_on(free_port(), "http2", None, "keepalive_requests 5;");
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
         let url = format!("http://{}/", proxy.addr());
         for i in 0..20 {
             let out = curl(&["--http1.1", &url]);
             assert!(out.starts_with("HTTP/2.0 "), "request {i}: {out}");
         }
-        let conns = nginx.connections().len();
+        let conns = connections(&nginx).len();
         assert!((4..=5).contains(&conns), "20 requests, GOAWAY every 5: {conns} connections");
     }
 
     fn http10_clients_and_upgrades_meet_an_h2_target_as_http1_allows(driver) {
-        let nginx = Nginx::start("http2", None);
+        let nginx = nginx("http2", None);
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", nginx.addr), "");
         // An HTTP/1.0 client gets the answer in HTTP/1.1 framing it can read, then the close.
         let r = proxy.client().request("GET /old HTTP/1.0\r\nHost: x\r\n\r\n");

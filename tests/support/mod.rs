@@ -10,6 +10,7 @@ pub mod connect_proxy;
 pub mod dns;
 pub mod fixed;
 pub mod l4;
+pub mod nginx;
 pub mod process;
 pub mod socks5;
 pub mod streaming;
