@@ -9,10 +9,9 @@ use std::time::Instant;
 use crate::config::{Fastcgi, Route, TargetAddr};
 use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
 use crate::http1::body::Encode;
-use crate::http1::forward::{ReqInfo, Request};
+use crate::http1::forward::ReqInfo;
 use crate::http1::parse::{parse_response, Framing, Parse, ResponseHead, Version};
-use crate::http1::response::{write_response_head, ClientResponse};
-use crate::proxy::exchange::Attempt;
+use crate::proxy::exchange::{write_client_head, Attempt, ClientHead};
 use crate::proxy::relay::io_err;
 use crate::proxy::respond::{is_head, respond_simple};
 use crate::proxy::session::{
@@ -465,36 +464,18 @@ async fn send_response(
         TargetAddr::Tcp { host, .. } => host.as_str(),
         TargetAddr::Unix(_) => "localhost",
     };
-    sess.s.out.clear();
-    {
-        let bal = ctx.balancer(a.u);
-        let Scratch {
-            resp_headers,
-            out,
-            aux,
-            list,
-            ..
-        } = &mut *sess.s;
-        let r = ClientResponse {
+    write_client_head(
+        sess,
+        a,
+        host,
+        ClientHead {
             rbuf: o.synth,
-            head: resp,
-            headers: resp_headers,
+            resp,
             encode,
             zero_length: false,
             keep,
-            set_cookie: a
-                .set_cookie
-                .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
-        };
-        let req = Request {
-            buf: &sess.down.buf,
-            head,
-            headers: &[],
-            client: sess.client,
-            worker: ctx.id(),
-        };
-        write_response_head(&req, a.up, host, &r, out, aux, list);
-    }
+        },
+    );
     if let Some(code) = o.replace {
         shape::replace_status_line(&mut sess.s.out, code);
         sess.s.status = code;

@@ -109,6 +109,56 @@ pub(crate) async fn exchange(
     send_response(sess, a, conn, ub, &resp, &sent).await
 }
 
+/// What the client's response head is made of, besides the session and the attempt.
+pub(crate) struct ClientHead<'b> {
+    /// The bytes `resp`'s spans point into.
+    pub rbuf: &'b [u8],
+    pub resp: &'b ResponseHead,
+    pub encode: Encode,
+    /// Announce a body the upstream did not send (its answer to a HEAD made for a GET).
+    pub zero_length: bool,
+    pub keep: bool,
+}
+
+/// Writes the client's response head for this attempt's upstream answer into `sess.s.out`
+/// (every transport: HTTP/1.1, HTTP/2, FastCGI).
+pub(crate) fn write_client_head(
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
+    host: &str,
+    h: ClientHead<'_>,
+) {
+    let ctx = sess.ctx;
+    sess.s.out.clear();
+    let bal = ctx.balancer(a.u);
+    let Scratch {
+        resp_headers,
+        out,
+        aux,
+        list,
+        ..
+    } = &mut *sess.s;
+    let r = ClientResponse {
+        rbuf: h.rbuf,
+        head: h.resp,
+        headers: resp_headers,
+        encode: h.encode,
+        zero_length: h.zero_length,
+        keep: h.keep,
+        set_cookie: a
+            .set_cookie
+            .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
+    };
+    let req = Request {
+        buf: &sess.down.buf,
+        head: sess.head,
+        headers: &[],
+        client: sess.client,
+        worker: ctx.id(),
+    };
+    write_response_head(&req, a.up, host, &r, out, aux, list);
+}
+
 /// Writes the request head this attempt sends upstream into `sess.s.out` (HTTP/1.1 bytes; the
 /// HTTP/2 exchange turns them into fields).
 pub(crate) fn write_upstream_head(sess: &mut Session<'_>, a: &Attempt<'_>) {
@@ -395,37 +445,19 @@ async fn send_response(
         && !client_head
         && matches!(resp.framing, Framing::Chunked | Framing::CloseDelimited);
     let keep = head.keep_alive() && sent.body_sent && !ctx.draining() && !unknown_len_to_10;
-    sess.s.out.clear();
-    {
-        let bal = ctx.balancer(a.u);
-        let Scratch {
-            resp_headers,
-            out,
-            aux,
-            list,
-            ..
-        } = &mut *sess.s;
-        let r = ClientResponse {
+    write_client_head(
+        sess,
+        a,
+        a.host(),
+        ClientHead {
             rbuf: &ub.buf[ub.pos..],
-            head: resp,
-            headers: resp_headers,
+            resp,
             encode,
             // A HEAD sent upstream for a GET client: the client still needs a framed body.
             zero_length: sent.upstream_head && !client_head && !matches!(resp.status, 204 | 304),
             keep,
-            set_cookie: a
-                .set_cookie
-                .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
-        };
-        let req = Request {
-            buf: &sess.down.buf,
-            head,
-            headers: &[],
-            client: sess.client,
-            worker: ctx.id(),
-        };
-        write_response_head(&req, a.up, a.host(), &r, out, aux, list);
-    }
+        },
+    );
     if let Some(code) = sent.replace_status {
         shape::replace_status_line(&mut sess.s.out, code);
         sess.s.status = code;
