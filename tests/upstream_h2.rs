@@ -124,6 +124,78 @@ impl Drop for Resetter {
     }
 }
 
+/// `tests/h2/target.py`: a raw h2c target (trailers with a length, 103, REFUSED_STREAM once,
+/// a GOAWAY the stream is past) that reports its connections opening and closing; killed when
+/// dropped.
+struct RawTarget {
+    child: std::process::Child,
+    addr: SocketAddr,
+    events: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawTarget {
+    fn start() -> RawTarget {
+        use std::io::BufRead;
+        let check = peer("python3", &["-c", "import h2"]);
+        assert!(
+            check.status.success(),
+            "test peer python3 with the `h2` package is missing (pip install h2)"
+        );
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2/target.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start target.py");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let port: u16 = first
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .expect("target.py port");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = events.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        RawTarget {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            events,
+        }
+    }
+
+    /// Connection events so far ("OPEN 1", "CLOSED 1 goaway", ...).
+    fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().clone()
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|e| e.starts_with(prefix))
+            .count()
+    }
+}
+
+impl Drop for RawTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `ringway_upstream_http2_connections` gauge of upstream `app`, from the admin listener.
+fn h2_conns_gauge(proxy: &Proxy) -> Option<u64> {
+    let admin = proxy.server().admin_addr().expect("admin enabled");
+    let page = curl(&[&format!("http://{admin}/metrics")]);
+    page.lines()
+        .find_map(|l| l.strip_prefix("ringway_upstream_http2_connections{upstream=\"app\"} "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn proxy(driver: Driver, targets: &str, transport: &str) -> Proxy {
     let yaml = format!(
         "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: {targets}\n{transport}"
@@ -287,5 +359,150 @@ driver_tests! {
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         );
         assert_eq!(r.status, 502);
+    }
+
+    fn an_idle_h2_upstream_connection_is_closed_by_a_timer_after_idle_timeout(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[\"h2c://{}\"]", target.addr),
+            "    transport: { idle_timeout: 1s }\nadmin:\n  listen: 127.0.0.1:0\n",
+        );
+        assert_eq!(proxy.get("/a").text(), "ok 1 0");
+        assert_eq!(proxy.get("/b").text(), "ok 1 0", "one connection for both");
+        assert_eq!(h2_conns_gauge(&proxy), Some(1));
+        // No request follows: the driver's timer closes it, with a GOAWAY first.
+        let closed = wait_for(Duration::from_secs(10), || target.count("CLOSED") == 1);
+        assert!(closed, "the idle connection stayed open: {:?}", target.events());
+        assert_eq!(target.events().last().map(String::as_str), Some("CLOSED 1 goaway"));
+        assert!(wait_for(Duration::from_secs(5), || h2_conns_gauge(&proxy) == Some(0)));
+        // The next request dials again.
+        assert_eq!(proxy.get("/c").text(), "ok 2 0");
+    }
+
+    fn keepalive_false_closes_an_h2_upstream_connection_when_its_last_stream_ends(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[\"h2c://{}\"]", target.addr),
+            "    transport: { keepalive: false, idle_timeout: 1h }\n",
+        );
+        assert_eq!(proxy.get("/a").text(), "ok 1 0");
+        let closed = wait_for(Duration::from_secs(10), || target.count("CLOSED 1 goaway") == 1);
+        assert!(closed, "{:?}", target.events());
+        assert_eq!(proxy.get("/b").text(), "ok 2 0");
+    }
+
+    fn idle_h2_connections_past_max_idle_per_worker_close_after_a_short_grace(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[\"h2c://{}\"]", target.addr),
+            "    transport: { max_idle_per_worker: 0, idle_timeout: 1h }\n",
+        );
+        assert_eq!(proxy.get("/a").status, 200);
+        // The pool's grace for surplus connections is 1 s; idle_timeout is an hour.
+        let closed = wait_for(Duration::from_secs(10), || target.count("CLOSED") == 1);
+        assert!(closed, "{:?}", target.events());
+        // The default (32) keeps it.
+        let target = RawTarget::start();
+        let keeps = self::proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        assert_eq!(keeps.get("/a").status, 200);
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(target.count("CLOSED"), 0, "{:?}", target.events());
+    }
+
+    fn keepalive_idle_conns_caps_idle_h2_connections_across_an_upstreams_targets(driver) {
+        let (t1, t2) = (RawTarget::start(), RawTarget::start());
+        let proxy = proxy(
+            driver,
+            &format!("[\"h2c://{}\", \"h2c://{}\"]", t1.addr, t2.addr),
+            "    lb: { policy: round_robin }\n    transport: { keepalive_idle_conns: 1, idle_timeout: 1h }\n",
+        );
+        assert_eq!(proxy.get("/a").status, 200);
+        assert_eq!(proxy.get("/b").status, 200);
+        assert_eq!((t1.count("OPEN"), t2.count("OPEN")), (1, 1));
+        // Two idle connections, one allowed: one closes after the grace, the other stays.
+        let closed = || t1.count("CLOSED") + t2.count("CLOSED");
+        assert!(wait_for(Duration::from_secs(10), || closed() == 1), "{:?} {:?}", t1.events(), t2.events());
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(closed(), 1, "{:?} {:?}", t1.events(), t2.events());
+    }
+
+    fn trailers_of_an_h2_response_with_a_length_reach_clients_that_take_them(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        for path in ["/trailers", "/trailers-quiet"] {
+            // An HTTP/1.1 client that sent TE: trailers gets them in a chunked body.
+            let r = proxy.client().request(format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n"
+            ));
+            assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+            assert!(r.chunked, "{path}: {}", r.head_text());
+            assert_eq!(r.trailers, [("x-sum".to_string(), "42".to_string())], "{path}");
+            // Without TE: trailers the length stays and the trailers are dropped.
+            let r = proxy.client().request(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+            assert!(!r.chunked && r.trailers.is_empty(), "{path}: {r:?}");
+            assert_eq!(r.header("content-length"), Some("5"));
+        }
+        // An HTTP/2 client gets the trailers its response announced (Trailer: x-sum).
+        let out = curl(&["--http2-prior-knowledge", "-D", "-", &format!("http://{}/trailers", proxy.addr())]);
+        assert!(out.contains("hello") && out.contains("x-sum: 42"), "{out}");
+    }
+
+    fn early_hints_from_an_h2_target_reach_http11_and_http2_clients(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        let mut c = proxy.client();
+        let hint = c.request("GET /hints HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(hint.status, 103, "{}", hint.head_text());
+        assert_eq!(hint.header("link"), Some("</s.css>; rel=preload"));
+        let r = c.read_response();
+        assert_eq!((r.status, r.text().as_str()), (200, "hinted"));
+        // An HTTP/1.0 client gets no 1xx (RFC 9110 §15.2).
+        let r = proxy.client().request("GET /hints HTTP/1.0\r\nHost: x\r\n\r\n");
+        assert_eq!((r.status, r.text().as_str()), (200, "hinted"));
+        // An HTTP/2 client gets it as an interim HEADERS.
+        let out = curl(&["--http2-prior-knowledge", "-D", "-", &format!("http://{}/hints", proxy.addr())]);
+        assert!(out.starts_with("HTTP/2 103"), "{out}");
+        assert!(out.contains("link: </s.css>; rel=preload") && out.contains("HTTP/2 200"), "{out}");
+    }
+
+    fn a_refused_stream_or_one_past_a_graceful_goaway_is_replayed_once_even_with_retries_0(driver) {
+        let target = RawTarget::start();
+        // One target, retries 0 (the default): the replay goes to the same target.
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        let url = format!("http://{}", proxy.addr());
+        let out = curl(&["--http1.1", "-d", "once", &format!("{url}/refuse-once")]);
+        assert_eq!(out, "second");
+        // Past the GOAWAY's last stream id: never processed, so replayed on a new connection.
+        assert_eq!(curl(&["--http1.1", "-d", "once", &format!("{url}/goaway-once")]), "after goaway");
+        assert!(target.count("OPEN") >= 2, "{:?}", target.events());
+        // The request body went whole the second time.
+        assert_eq!(curl(&["--http1.1", "-d", "12345", &format!("{url}/echo")]).split(' ').nth(2), Some("5"));
+    }
+
+    fn the_access_log_shows_the_502_an_h2_websocket_client_got_for_an_unswitched_2xx(driver) {
+        let backend = Backend::start("b1");
+        let dir = TempDir::new();
+        let log = dir.join("access.log");
+        let yaml = format!(
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: [{}]\nlog: {{ format: json, access_log: {} }}\n",
+            backend.target(),
+            log.display()
+        );
+        let mut proxy = Proxy::start(driver, &yaml, &[]);
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2/websocket.py");
+        let port = proxy.addr().port().to_string();
+        let o = peer("python3", &[script.to_str().unwrap(), "answer", "127.0.0.1", &port, "/hello"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(out.lines().last(), Some("settings=1 status=502 reset=None"), "{out}");
+        shutdown_bounded(proxy.take_server()).unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(line["status"], 502, "{text}");
+        assert_eq!(line["protocol"], "HTTP/2.0", "{text}");
     }
 }

@@ -3,8 +3,10 @@
 //! another is opened. Each connection is driven by a task on the worker's own runtime; handles
 //! and counters are `Rc`/`Cell`, so nothing here is shared with another thread.
 //!
-//! A connection the peer closed, sent GOAWAY on, or that idled past `transport.idle_timeout`
-//! is marked closed and dropped from the cache at the next look. It holds its target's
+//! A connection the peer closed or sent GOAWAY on is marked closed and dropped from the cache
+//! at the next look. A connection with no open stream is idle, and the pool's keys mean for it
+//! what they mean for pooled HTTP/1.1 connections (see [`close_idle_at`]): its driver closes it
+//! (GOAWAY NO_ERROR, then the socket) by a timer, without traffic. It holds its target's
 //! connection slot (`max_connections`) until it ends; the streams count in flight per request
 //! (`upstream::pool::InFlight`, taken by the connector), which least_conn and health read.
 
@@ -21,7 +23,7 @@ use monoio_compat::StreamWrapper;
 use super::io::H2Io;
 use crate::config::Transport;
 use crate::net::stream::Stream;
-use crate::upstream::pool::{Tag, UpConn};
+use crate::upstream::pool::{Tag, UpConn, SURPLUS_GRACE};
 
 /// Streams assumed allowed before the peer's SETTINGS arrive (RFC 9113 §6.5.2 recommends
 /// servers allow at least 100).
@@ -34,8 +36,59 @@ const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window: several streams at full speed at once.
 const CONN_WINDOW: u32 = 1024 * 1024;
 
-/// How often a connection's driver looks at its idle time.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long a closing connection may take to send its GOAWAY and see the peer's close.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Idle connections held now, by one target and by its whole upstream (this worker's), for
+/// `max_idle_per_worker` and `keepalive_idle_conns`.
+#[derive(Clone, Default)]
+struct IdleCounts {
+    target: Rc<Cell<usize>>,
+    upstream: Rc<Cell<usize>>,
+}
+
+impl IdleCounts {
+    fn add(&self, n: isize) {
+        for c in [&self.target, &self.upstream] {
+            c.set(c.get().saturating_add_signed(n));
+        }
+    }
+}
+
+/// What decides when an idle connection closes (from the upstream's `transport`).
+#[derive(Debug, Clone, Copy)]
+struct IdlePolicy {
+    keepalive: bool,
+    idle_timeout: Option<Duration>,
+    max_idle_per_worker: usize,
+    keepalive_idle_conns: Option<usize>,
+}
+
+/// When a connection idle since `since` closes, `None`: not by a timer. As for pooled
+/// HTTP/1.1 connections: `keepalive: false` keeps none (it closes as its last stream ends);
+/// one past `max_idle_per_worker` of its target, or past `keepalive_idle_conns` of its
+/// upstream, goes after the pool's short grace ([`SURPLUS_GRACE`], so a burst does not redial);
+/// any other after `idle_timeout`. A connection of a replaced configuration (`retired`) closes
+/// as soon as it is idle: the new generation dials its own.
+fn close_idle_at(
+    p: IdlePolicy,
+    since: Instant,
+    idle_target: usize,
+    idle_upstream: usize,
+    retired: bool,
+) -> Option<Instant> {
+    if !p.keepalive || retired {
+        return Some(since);
+    }
+    let surplus = idle_target > p.max_idle_per_worker
+        || p.keepalive_idle_conns
+            .is_some_and(|cap| idle_upstream > cap);
+    let grace = surplus.then_some(SURPLUS_GRACE);
+    match (grace, p.idle_timeout) {
+        (Some(g), Some(t)) => Some(since + g.min(t)),
+        (g, t) => g.or(t).map(|d| since + d),
+    }
+}
 
 /// What a connection's driver and its streams share.
 struct State {
@@ -45,10 +98,37 @@ struct State {
     closed: Cell<bool>,
     /// Since when no stream is open.
     idle_since: Cell<Instant>,
+    /// Counted in `counts` as idle.
+    counted_idle: Cell<bool>,
+    counts: IdleCounts,
+    /// Its `Conns` is gone (a reload replaced the configuration).
+    retired: Cell<bool>,
+    /// The handle streams are opened from; taken when the connection closes, after which h2
+    /// sends GOAWAY NO_ERROR once no stream is left.
+    send: RefCell<Option<SendRequest<Bytes>>>,
+    /// The driver, woken when the connection turns idle or is retired.
+    driver: Cell<Option<Waker>>,
+    /// Counts those wake-ups.
+    wakeups: Cell<u64>,
+}
+
+impl State {
+    fn wake_driver(&self) {
+        self.wakeups.set(self.wakeups.get() + 1);
+        if let Some(w) = self.driver.take() {
+            w.wake();
+        }
+    }
+
+    /// Marks it idle (or not) in the counts.
+    fn set_idle(&self, idle: bool) {
+        if self.counted_idle.replace(idle) != idle {
+            self.counts.add(if idle { 1 } else { -1 });
+        }
+    }
 }
 
 struct Conn {
-    send: SendRequest<Bytes>,
     state: Rc<State>,
     /// Whom it may serve (a PROXY header names one client).
     tag: Tag,
@@ -61,13 +141,17 @@ impl Conn {
         if self.state.closed.get() {
             return false;
         }
-        let mut probe = self.send.clone();
+        let send = self.state.send.borrow();
+        let Some(send) = send.as_ref() else {
+            return false;
+        };
+        let mut probe = send.clone();
         let mut cx = std::task::Context::from_waker(Waker::noop());
         if let Poll::Ready(Err(_)) = probe.poll_ready(&mut cx) {
             self.state.closed.set(true);
             return false;
         }
-        self.state.open.get() < self.send.current_max_send_streams()
+        self.state.open.get() < send.current_max_send_streams()
     }
 }
 
@@ -75,6 +159,7 @@ impl Conn {
 #[derive(Default)]
 struct Slot {
     conns: Vec<Conn>,
+    idle: IdleCounts,
     dialing: usize,
     /// Bumped when a dial ends: requests waiting for it look again.
     dials_ended: u64,
@@ -99,6 +184,8 @@ impl Drop for H2Stream {
         self.state.open.set(open);
         if open == 0 {
             self.state.idle_since.set(Instant::now());
+            self.state.set_idle(true);
+            self.state.wake_driver();
         }
     }
 }
@@ -123,7 +210,20 @@ impl Conns {
     pub fn new(targets_per_upstream: impl Iterator<Item = usize>) -> Self {
         Conns {
             slots: targets_per_upstream
-                .map(|n| (0..n).map(|_| RefCell::default()).collect())
+                .map(|n| {
+                    let upstream = Rc::new(Cell::new(0));
+                    (0..n)
+                        .map(|_| {
+                            RefCell::new(Slot {
+                                idle: IdleCounts {
+                                    target: Rc::default(),
+                                    upstream: upstream.clone(),
+                                },
+                                ..Slot::default()
+                            })
+                        })
+                        .collect()
+                })
                 .collect(),
         }
     }
@@ -134,9 +234,11 @@ impl Conns {
         let mut slot = self.slots[u][t].borrow_mut();
         slot.conns.retain(|c| !c.state.closed.get());
         let conn = slot.conns.iter().find(|c| c.tag == tag && c.has_room())?;
+        let send = conn.state.send.borrow().clone()?;
         conn.state.open.set(conn.state.open.get() + 1);
+        conn.state.set_idle(false);
         Some(H2Stream {
-            send: conn.send.clone(),
+            send,
             reused: true,
             state: conn.state.clone(),
         })
@@ -186,14 +288,21 @@ impl Conns {
 
     /// Opens HTTP/2 on a freshly dialed connection to `t` (the preface and SETTINGS go out;
     /// the peer's SETTINGS are read by the driver), starts its driver and takes one stream.
+    /// `gauge` counts the connection open until it ends (called with +1, then -1).
     pub async fn open(
         &self,
         u: usize,
         t: usize,
         conn: UpConn,
         tr: &Transport,
+        gauge: Box<dyn Fn(isize)>,
     ) -> Result<H2Stream, h2::Error> {
-        let idle_timeout = tr.idle_timeout;
+        let policy = IdlePolicy {
+            keepalive: tr.keepalive,
+            idle_timeout: tr.idle_timeout,
+            max_idle_per_worker: tr.max_idle_per_worker,
+            keepalive_idle_conns: tr.keepalive_idle_conns,
+        };
         let UpConn {
             stream, slot, tag, ..
         } = conn;
@@ -207,39 +316,45 @@ impl Conns {
             .max_header_list_size(tr.max_response_header as u32)
             .handshake::<_, Bytes>(io)
             .await?;
+        let counts = self.slots[u][t].borrow().idle.clone();
         let state = Rc::new(State {
             open: Cell::new(1),
             closed: Cell::new(false),
             idle_since: Cell::new(Instant::now()),
+            counted_idle: Cell::new(false),
+            counts,
+            retired: Cell::new(false),
+            send: RefCell::new(Some(send.clone())),
+            driver: Cell::new(None),
+            wakeups: Cell::new(0),
         });
+        gauge(1);
         let driven = state.clone();
         monoio::spawn(async move {
             // The connection holds its target's slot for as long as it lives.
             let _slot = slot;
             let mut connection = std::pin::pin!(connection);
-            loop {
-                monoio::select! {
-                    r = &mut connection => {
-                        if let Err(e) = r {
-                            tracing::debug!("upstream HTTP/2 connection ended: {e}");
-                        }
-                        break;
+            monoio::select! {
+                r = &mut connection => {
+                    if let Err(e) = r {
+                        tracing::debug!("upstream HTTP/2 connection ended: {e}");
                     }
-                    _ = monoio::time::sleep(IDLE_CHECK) => {
-                        let idle = driven.open.get() == 0
-                            && idle_timeout.is_some_and(|d| driven.idle_since.get().elapsed() >= d);
-                        if idle {
-                            // Dropping the connection closes the socket; no stream is open.
-                            break;
-                        }
-                    }
+                }
+                _ = idle_out(&driven, policy) => {
+                    // No stream is open and none can be opened: with the last handle gone,
+                    // h2 sends GOAWAY NO_ERROR and ends the connection.
+                    driven.closed.set(true);
+                    drop(driven.send.take());
+                    let _ = monoio::time::timeout(CLOSE_GRACE, &mut connection).await;
                 }
             }
             driven.closed.set(true);
+            driven.set_idle(false);
+            drop(driven.send.take());
+            gauge(-1);
         });
         let mut slot = self.slots[u][t].borrow_mut();
         slot.conns.push(Conn {
-            send: send.clone(),
             state: state.clone(),
             tag,
         });
@@ -254,6 +369,58 @@ impl Conns {
     pub fn count(&self, u: usize, t: usize) -> usize {
         let slot = self.slots[u][t].borrow();
         slot.conns.iter().filter(|c| !c.state.closed.get()).count()
+    }
+}
+
+impl Drop for Conns {
+    /// A replaced configuration's connections close once their streams end.
+    fn drop(&mut self) {
+        for slot in self.slots.iter().flatten() {
+            for c in &slot.borrow().conns {
+                c.state.retired.set(true);
+                c.state.wake_driver();
+            }
+        }
+    }
+}
+
+/// Completes when the connection is to close for being idle (see [`close_idle_at`]).
+async fn idle_out(state: &State, p: IdlePolicy) {
+    loop {
+        let at = if state.open.get() == 0 {
+            let counts = &state.counts;
+            close_idle_at(
+                p,
+                state.idle_since.get(),
+                counts.target.get(),
+                counts.upstream.get(),
+                state.retired.get(),
+            )
+        } else {
+            None
+        };
+        if at.is_some_and(|at| at <= Instant::now()) {
+            return;
+        }
+        // Woken when the last stream ends or the connection is retired; else at the deadline.
+        let seen = state.wakeups.get();
+        let woken = poll_fn(|cx| {
+            if state.wakeups.get() != seen {
+                return Poll::Ready(());
+            }
+            state.driver.set(Some(cx.waker().clone()));
+            Poll::Pending
+        });
+        match at {
+            Some(at) => {
+                let sleep = monoio::time::sleep(at.saturating_duration_since(Instant::now()));
+                monoio::select! {
+                    _ = sleep => {}
+                    _ = woken => {}
+                }
+            }
+            None => woken.await,
+        }
     }
 }
 
@@ -289,5 +456,64 @@ pub fn negotiated_h2(h2c: bool, stream: &Stream) -> bool {
     match stream {
         Stream::TlsClient(tls, _) => tls.alpn_protocol().as_deref() == Some(b"h2"),
         _ => h2c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_closes_as_the_pool_keys_say() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let p = |keepalive, idle_timeout, max_idle, total| IdlePolicy {
+            keepalive,
+            idle_timeout,
+            max_idle_per_worker: max_idle,
+            keepalive_idle_conns: total,
+        };
+        // (policy, idle conns of its target, of its upstream, retired, closes after)
+        let cases = [
+            // The default: kept until idle_timeout.
+            (p(true, Some(s(60)), 32, None), 1, 1, false, Some(s(60))),
+            (p(true, None, 32, None), 1, 1, false, None),
+            // keepalive: false keeps no idle connection, nor does a replaced configuration.
+            (p(false, Some(s(60)), 32, None), 1, 1, false, Some(s(0))),
+            (p(true, Some(s(60)), 32, None), 1, 1, true, Some(s(0))),
+            // Past max_idle_per_worker (0 included) or keepalive_idle_conns: the short grace.
+            (
+                p(true, Some(s(60)), 1, None),
+                2,
+                2,
+                false,
+                Some(SURPLUS_GRACE),
+            ),
+            (p(true, None, 0, None), 1, 1, false, Some(SURPLUS_GRACE)),
+            (
+                p(true, Some(s(60)), 32, Some(2)),
+                1,
+                3,
+                false,
+                Some(SURPLUS_GRACE),
+            ),
+            (p(true, Some(s(60)), 32, Some(3)), 1, 3, false, Some(s(60))),
+            // An idle_timeout shorter than the grace still wins.
+            (
+                p(true, Some(Duration::from_millis(200)), 0, None),
+                1,
+                1,
+                false,
+                Some(Duration::from_millis(200)),
+            ),
+        ];
+        for (policy, target, upstream, retired, want) in cases {
+            let got = close_idle_at(policy, now, target, upstream, retired);
+            assert_eq!(
+                got,
+                want.map(|d| now + d),
+                "{policy:?} idle {target}/{upstream} retired={retired}"
+            );
+        }
     }
 }

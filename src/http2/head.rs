@@ -283,6 +283,18 @@ pub(crate) fn handshake(
     Handshake::Switched(resp)
 }
 
+/// Whether the upstream's final `status` to an HTTP/2 client's extended CONNECT (`http2` and an
+/// upgrade request: an h2 stream carries no other) claimed success without switching. The
+/// stream answers 502 for it (`head::handshake`), so the data path answers that 502 itself:
+/// the access log and metrics then show what the client got, not the upstream's 2xx.
+pub(crate) fn unswitched(
+    http2: bool,
+    head: &crate::http1::parse::RequestHead,
+    status: u16,
+) -> bool {
+    http2 && head.conn.upgrade && (200..300).contains(&status)
+}
+
 /// The trailer fields at the end of a chunked body: `tail` holds everything the decoder
 /// consumed after the last payload byte (the CRLF ending that chunk, the last-chunk line, the
 /// trailer lines and the final CRLF), already validated by `ChunkedDecoder`. Fields HTTP/2
@@ -530,5 +542,37 @@ mod tests {
         assert_eq!(m["grpc-status"], "0");
         assert_eq!(m["grpc-message"], "ok");
         assert!(trailers(b"0;ext=1\r\n\r\n").is_empty());
+    }
+
+    #[test]
+    fn only_a_2xx_to_an_http2_websocket_handshake_counts_as_not_switched() {
+        use crate::http1::parse::{parse_request, HeadLimits, Parse};
+        let limits = HeadLimits {
+            max_head_bytes: 4096,
+            max_uri_bytes: 4096,
+            max_headers: 16,
+        };
+        let parse = |text: &[u8]| match parse_request(text, &limits, &mut Vec::new()) {
+            Parse::Complete(h) => h,
+            _ => panic!("unparsed"),
+        };
+        let ws = parse(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        let plain = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        // (http2, head, status, not switched)
+        let cases = [
+            (true, &ws, 200, true),
+            (true, &ws, 204, true),
+            (true, &ws, 101, false),
+            (true, &ws, 403, false),
+            (true, &ws, 302, false),
+            // HTTP/1.1 clients may get a 200 to an Upgrade: it is theirs to read.
+            (false, &ws, 200, false),
+            (true, &plain, 200, false),
+        ];
+        for (http2, head, status, want) in cases {
+            assert_eq!(unswitched(http2, head, status), want, "{http2} {status}");
+        }
     }
 }

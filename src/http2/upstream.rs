@@ -13,12 +13,14 @@
 //! after the response started closes the client connection (an h2 client sees its stream
 //! reset, see `http2::stream`).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future as _};
 use std::io::Write as _;
 use std::marker::PhantomData;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::client::ResponseFuture;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
 
@@ -26,7 +28,9 @@ use super::client::H2Stream;
 use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, ChunkedDecoder, Encode};
 use crate::http1::forward::{override_drops_body, Request};
-use crate::http1::parse::{parse_response, Framing, Parse, ResponseHead, Version};
+use crate::http1::parse::{
+    parse_response, Framing, HeaderIdx, HeaderKind, Parse, ResponseHead, Version,
+};
 use crate::http1::response::{write_response_head, ClientResponse};
 use crate::net::stream::{reserve_read_space, Stream};
 use crate::proxy::exchange::{note_response, write_upstream_head, Attempt};
@@ -156,24 +160,68 @@ fn h2_request(head: &[u8], scheme: &str) -> Option<http::Request<()>> {
     Some(req)
 }
 
+/// Which trailers of a response with a content-length can reach the client (the HTTP/1.1
+/// data path carries trailers only in a chunked body, so such a response is re-framed as
+/// chunked when they may).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrailersTo {
+    /// None: the length is kept and trailers are dropped, as HTTP/1.1 allows for a client
+    /// that did not say it takes them (RFC 9110 §6.5.1).
+    Dropped,
+    /// Those the response announces with a `Trailer` field (RFC 9110 §6.6.2): an HTTP/2
+    /// client takes trailers, but re-framing every response would cost each one its length.
+    Announced,
+    /// Any: the client sent `TE: trailers`.
+    Any,
+}
+
+impl TrailersTo {
+    /// What the client of this request takes: `te_trailers`, it sent `TE: trailers`; `http2`,
+    /// it is an HTTP/2 stream.
+    fn of(te_trailers: bool, http2: bool) -> TrailersTo {
+        match (te_trailers, http2) {
+            (true, _) => TrailersTo::Any,
+            (false, true) => TrailersTo::Announced,
+            (false, false) => TrailersTo::Dropped,
+        }
+    }
+}
+
+/// Whether the request's `TE` field lists `trailers`.
+fn te_trailers(buf: &[u8], headers: &[HeaderIdx]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.kind == HeaderKind::Te)
+        .any(|h| {
+            h.value.get(buf).split(|&b| b == b',').any(|t| {
+                let name = t.split(|&b| b == b';').next().unwrap_or_default();
+                name.trim_ascii().eq_ignore_ascii_case(b"trailers")
+            })
+        })
+}
+
 /// The HTTP/1.1 head of an h2 response, for the data path's parser and header rules. Without
 /// a content-length, a response with a body is chunked (its trailers go in the trailer
-/// section); one that ended with its headers has length 0. A gRPC response is chunked even
-/// with a length: its status comes in trailers.
-fn synth_head(parts: &http::response::Parts, end_stream: bool, out: &mut Vec<u8>) {
+/// section); one that ended with its headers has length 0. A response with a length and a
+/// body is chunked when trailers that may follow can reach the client (`to`); a gRPC response
+/// always is: its status comes in trailers.
+fn synth_head(parts: &http::response::Parts, end_stream: bool, to: TrailersTo, out: &mut Vec<u8>) {
     let status = parts.status.as_u16();
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
     let grpc = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let announced = parts.headers.contains_key(http::header::TRAILER);
+    let rechunk = !end_stream
+        && (grpc || to == TrailersTo::Any || (to == TrailersTo::Announced && announced));
     let mut length = false;
     for (name, value) in &parts.headers {
         if DROPPED_FIELDS.contains(&name.as_str()) {
             continue;
         }
         if name == http::header::CONTENT_LENGTH {
-            if grpc && !end_stream {
+            if rechunk {
                 continue;
             }
             length = true;
@@ -191,6 +239,46 @@ fn synth_head(parts: &http::response::Parts, end_stream: bool, out: &mut Vec<u8>
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// An interim (1xx) response of the target, as the HTTP/1.1 head the client is sent.
+fn interim_head(parts: &http::response::Parts, out: &mut Vec<u8>) {
+    let status = parts.status.as_u16();
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
+    for (name, value) in &parts.headers {
+        if DROPPED_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The next response head on a stream: interim ones (1xx) first, then the final one.
+enum Head {
+    Interim(http::response::Parts),
+    Final(http::Response<RecvStream>),
+}
+
+/// Waits for the next response head. HTTP/2 has no 101 (RFC 9113 §8.6): one is skipped.
+async fn next_head(response: &mut ResponseFuture) -> Result<Head, h2::Error> {
+    poll_fn(|cx| loop {
+        match response.poll_informational(cx) {
+            Poll::Ready(Some(Ok(r))) if r.status() == http::StatusCode::SWITCHING_PROTOCOLS => {}
+            Poll::Ready(Some(Ok(r))) => return Poll::Ready(Ok(Head::Interim(r.into_parts().0))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(None) => {
+                return std::pin::Pin::new(&mut *response)
+                    .poll(cx)
+                    .map(|r| r.map(Head::Final))
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Appends the trailer section (after the last chunk) for `trailers`.
@@ -436,6 +524,8 @@ enum Outcome<'r> {
     },
     /// The response reached the client; `rest`: bytes read past the request body.
     Done { keep: bool, rest: Option<Vec<u8>> },
+    /// The stream failed before its response head.
+    Failed(ProxyError),
 }
 
 /// One exchange on `link`, a stream of this worker's HTTP/2 connection to the target.
@@ -484,7 +574,9 @@ pub(crate) async fn exchange(
     let pending = sess.down.buf[sess.down.pos..].to_vec();
     sess.down.pos = sess.down.buf.len();
     let pending_len = pending.len() as u64;
-    if !no_body && head.expect_continue && pending.is_empty() && head.version == Version::Http11 {
+    let continued =
+        !no_body && head.expect_continue && pending.is_empty() && head.version == Version::Http11;
+    if continued {
         let (res, _) = sess
             .stream
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
@@ -521,17 +613,33 @@ pub(crate) async fn exchange(
             uploaded = Some(up.as_mut().await.map_err(Failure::from)?);
         }
         let deadline = tr.response_header_timeout.map(|t| at + t);
-        let mut response = std::pin::pin!(timed_at(deadline, response));
+        let mut response = response;
         let resp = loop {
-            monoio::select! {
-                r = &mut up, if uploaded.is_none() => uploaded = Some(r.map_err(Failure::from)?),
-                r = &mut response => break r,
+            let next = timed_at(deadline, next_head(&mut response));
+            let r = monoio::select! {
+                r = &mut up, if uploaded.is_none() => {
+                    uploaded = Some(r.map_err(Failure::from)?);
+                    continue;
+                }
+                r = next => r,
+            };
+            match r {
+                None => return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false).into()),
+                Some(Err(e)) => break 'ex Outcome::Failed(stream_error(&e, true)),
+                Some(Ok(Head::Final(resp))) => break resp,
+                Some(Ok(Head::Interim(parts))) => {
+                    // Interim responses reach HTTP/1.1 clients (an h2 client's stream passes
+                    // them on as HEADERS); after ringway's own 100 the target's would be a
+                    // second one.
+                    let ours = continued && parts.status == http::StatusCode::CONTINUE;
+                    if head.version == Version::Http11 && !ours {
+                        let mut b = Vec::with_capacity(256);
+                        interim_head(&parts, &mut b);
+                        let (res, _) = client.write_all(b).await;
+                        res.map_err(|e| io_err(Side::Downstream, e))?;
+                    }
+                }
             }
-        };
-        let resp = match resp {
-            None => return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false).into()),
-            Some(Err(e)) => return Err(stream_error(&e, true).into()),
-            Some(Ok(resp)) => resp,
         };
         let (parts, mut body) = resp.into_parts();
         let status = parts.status.as_u16();
@@ -542,7 +650,11 @@ pub(crate) async fn exchange(
         sess.s.status = status;
         sess.s.target = Some((a.u, a.t));
         let mut synth = Vec::with_capacity(512);
-        synth_head(&parts, body.is_end_stream(), &mut synth);
+        let to = TrailersTo::of(
+            te_trailers(&sess.down.buf, &sess.s.headers),
+            sess.s.trace.http2,
+        );
+        synth_head(&parts, body.is_end_stream(), to, &mut synth);
         let resp = match parse_response(
             &synth,
             upstream_head,
@@ -660,8 +772,18 @@ pub(crate) async fn exchange(
             rest,
         }
     };
-    sess.s.bytes_in += pending_len + upload.moved;
+    let moved = upload.moved;
     drop(upload);
+    if let Outcome::Failed(mut e) = outcome {
+        // A request the target never processed goes again only if all of it is still here:
+        // body bytes read from the client since are gone.
+        e.retry_safe &= moved == 0;
+        if !e.retry_safe {
+            sess.s.bytes_in += pending_len + moved;
+        }
+        return Err(e.into());
+    }
+    sess.s.bytes_in += pending_len + moved;
     match outcome {
         Outcome::Done { keep, rest } => {
             if let Some(rest) = rest.filter(|r| !r.is_empty()) {
@@ -789,7 +911,7 @@ mod tests {
         ];
         for (headers, end, want) in cases {
             let mut out = Vec::new();
-            synth_head(&resp(headers), end, &mut out);
+            synth_head(&resp(headers), end, TrailersTo::Dropped, &mut out);
             let text = String::from_utf8(out).unwrap();
             assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
             assert!(text.ends_with(&format!("{want}\r\n")), "{text}");

@@ -140,6 +140,9 @@ pub struct GenMetrics {
     /// Bytes of the requests and responses (tunnels) that went through each upstream,
     /// `[upstream][0: sent to it, 1: received from it]`.
     pub upstream_bytes: Vec<[Counter; 2]>,
+    /// HTTP/2 connections open to each upstream's targets now, `[upstream]`: a gauge raised
+    /// after the handshake and lowered when the connection ends.
+    pub upstream_h2_connections: Vec<Counter>,
 }
 
 /// One finished request, for [`GenMetrics::request_done`].
@@ -180,6 +183,7 @@ impl GenMetrics {
             open_connections: per_item(&config.listeners),
             listener_bytes: per_item(&config.listeners),
             upstream_bytes: per_item(&config.upstreams),
+            upstream_h2_connections: per_item(&config.upstreams),
         }
     }
 

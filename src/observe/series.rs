@@ -100,7 +100,7 @@ impl Series {
 }
 
 /// Labelled families: name, type, help.
-pub(crate) const FAMILIES: [(&str, &str, &str); 12] = [
+pub(crate) const FAMILIES: [(&str, &str, &str); 13] = [
     (
         "ringway_requests_total",
         "counter",
@@ -164,6 +164,11 @@ pub(crate) const FAMILIES: [(&str, &str, &str); 12] = [
         "counter",
         "Connections accepted by each tcp listener.",
     ),
+    (
+        "ringway_upstream_http2_connections",
+        "gauge",
+        "HTTP/2 connections open to each upstream's targets now (each carries many streams).",
+    ),
 ];
 
 pub(crate) fn write_hist(
@@ -204,7 +209,7 @@ pub(crate) fn esc(v: &str) -> String {
 /// One generation's labelled counters, summed over workers.
 pub(crate) fn labelled(g: &Generation) -> Series {
     let mut s = Series::default();
-    let [requests, responses, upstream_requests, selected, response_time, waits, wait_time, duration, open, listener_bytes, upstream_bytes, tcp_conns] =
+    let [requests, responses, upstream_requests, selected, response_time, waits, wait_time, duration, open, listener_bytes, upstream_bytes, tcp_conns, h2_conns] =
         FAMILIES.map(|f| f.0);
     let mut http_used = vec![false; g.config.upstreams.len()];
     for l in &g.config.listeners {
@@ -294,6 +299,9 @@ pub(crate) fn labelled(g: &Generation) -> Series {
             }
             if http {
                 s.hist(response_time, up.clone(), &m.upstream_response_time[ui]);
+            }
+            if u.targets.iter().any(|t| u.transport.may_speak_h2(t)) {
+                s.count(h2_conns, up.clone(), m.upstream_h2_connections[ui].get());
             }
             s.count(waits, up.clone(), m.pool_waits[ui].get());
             s.hist(wait_time, up, &m.pool_wait_time[ui]);

@@ -348,6 +348,13 @@ async fn read_response_head(
                 let passive = bal.passive_enabled();
                 note_response(bal.shared(a.t), a.up, passive, r.status, took);
                 sess.ctx.gen_metrics().upstream_response_time[a.u].observe(took);
+                if crate::http2::head::unswitched(sess.s.trace.http2, head, r.status) {
+                    return Err(ProxyError::upstream(
+                        ErrorKind::UpstreamInvalid("a 2xx that did not switch to the WebSocket"),
+                        false,
+                    )
+                    .into());
+                }
                 sess.s.status = r.status;
                 return Ok(r);
             }

@@ -75,6 +75,7 @@ pub(crate) async fn forward(
     let body_start = sess.down.pos;
     sess.s.body_at = req.body_buffered.then_some(body_start);
     let mut att = Attempts::default();
+    let mut replayed_unprocessed = false;
     let first_dial = Instant::now();
     loop {
         sess.down.pos = body_start;
@@ -154,6 +155,19 @@ pub(crate) async fn forward(
             before_response: retry::failed_before_response(&f.error.kind),
             retry_safe: f.error.retry_safe,
         };
+        // Only HTTP/2 streams fail safely after the exchange began: refused or past a GOAWAY,
+        // or never sent.
+        let unprocessed = matches!(f.error.kind, ErrorKind::UpstreamIo { .. });
+        if retry::replay_unprocessed(failed, unprocessed, replayed_unprocessed) {
+            replayed_unprocessed = true;
+            att.replay();
+            // Another target when one is left untried, else this one again (a new stream,
+            // on a new connection after a GOAWAY).
+            if (0..up.targets.len()).any(|i| i != t && !att.tried.contains(i)) {
+                att.tried.insert(t);
+            }
+            continue;
+        }
         if retry::replay_on_fresh_connection(req, failed) {
             // Stale connections come from the pool; a fresh dial follows on the replay.
             discard_idle(ctx, u, t);

@@ -335,7 +335,11 @@ async fn h2_link(
         return Ok(Link::Conn(conn));
     }
     let limit = up.transport.dial_timeout;
-    let opened = timed(limit, conns.open(u, t, conn, &up.transport)).await;
+    let opened = timed(
+        limit,
+        conns.open(u, t, conn, &up.transport, ctx.h2_gauge(u)),
+    )
+    .await;
     let failed = match opened {
         Some(Ok(stream)) => return Ok(Link::H2(stream)),
         Some(Err(e)) => ErrorKind::Dial(std::io::Error::other(format!("HTTP/2 handshake: {e}"))),

@@ -92,6 +92,15 @@ pub fn replay_on_fresh_connection(req: Request, f: Failed) -> bool {
     f.reused && f.broke && !f.answered && f.before_response && req.body_buffered && req.idempotent
 }
 
+/// RFC 9113 §8.7: a request an HTTP/2 target said it never processed (REFUSED_STREAM, a stream
+/// past a graceful GOAWAY) goes once more even with `retries: 0`, as HTTP/2 clients do on their
+/// own (Go's transport, so Caddy; hyper and reqwest); once only, as a target that refuses every
+/// stream must not loop the request. `unprocessed`: the failure said so; `replayed`: this
+/// request already had its free replay.
+pub fn replay_unprocessed(f: Failed, unprocessed: bool, replayed: bool) -> bool {
+    unprocessed && f.retry_safe && !f.answered && !replayed
+}
+
 /// Whether the request moves to another target: when the upstream cannot have acted on it, or
 /// when `retry_methods` allows sending it again and no byte of a response came back.
 pub fn try_another_target(req: Request, f: Failed) -> bool {
@@ -261,6 +270,48 @@ mod tests {
                 replay_on_fresh_connection(req, f),
                 want,
                 "row {i}: {req:?} {f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_an_http2_target_never_processed_gets_one_free_replay() {
+        let refused = Failed {
+            before_response: true,
+            retry_safe: true,
+            ..Default::default()
+        };
+        // (failure, unprocessed, replayed before, replayed now)
+        let table = [
+            (refused, true, false, true),
+            // Once only: a target refusing every stream must not loop the request.
+            (refused, true, true, false),
+            // Any other failure spends `retries` as before.
+            (refused, false, false, false),
+            (
+                Failed {
+                    retry_safe: false,
+                    ..refused
+                },
+                true,
+                false,
+                false,
+            ),
+            (
+                Failed {
+                    answered: true,
+                    ..refused
+                },
+                true,
+                false,
+                false,
+            ),
+        ];
+        for (i, (f, unprocessed, replayed, want)) in table.into_iter().enumerate() {
+            assert_eq!(
+                replay_unprocessed(f, unprocessed, replayed),
+                want,
+                "row {i}: {f:?} unprocessed={unprocessed} replayed={replayed}"
             );
         }
     }

@@ -287,6 +287,19 @@ impl WorkerCtx {
         self.core.metrics()
     }
 
+    /// Counts upstream `u`'s HTTP/2 connections open (+1) and closed (-1), from a connection's
+    /// task, which may outlive this context.
+    pub fn h2_gauge(&self, u: usize) -> Box<dyn Fn(isize)> {
+        let (gen, id) = (self.gen.clone(), self.id);
+        Box::new(move |d| {
+            let c = &gen.metrics[id].upstream_h2_connections[u];
+            match d {
+                1.. => c.add(d as u64),
+                _ => c.sub(d.unsigned_abs() as u64),
+            }
+        })
+    }
+
     /// This worker's counters labelled by this generation's names.
     #[inline]
     pub fn gen_metrics(&self) -> &crate::observe::metrics::GenMetrics {

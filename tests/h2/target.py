@@ -1,0 +1,133 @@
+"""A raw HTTP/2 (h2c) target for tests/upstream_h2.rs, on the Python `h2` package, for what
+nginx cannot be made to do: trailers on a response with a content-length, 103 Early Hints,
+REFUSED_STREAM and a graceful GOAWAY the stream is past.
+
+Usage: target.py. Prints "PORT <n>", then one line per connection event, flushed:
+  OPEN <n>             connection n was accepted (numbered from 1)
+  CLOSED <n> <how>     it ended: "goaway" (the client sent GOAWAY, then closed), "eof"
+Each connection is served on its own thread. Paths:
+  /trailers            200, content-length 5, `trailer: x-sum`, "hello", trailers x-sum: 42
+  /trailers-quiet      the same without the `trailer` field announcing them
+  /hints               103 (link: </s.css>; rel=preload), then 200 "hinted"
+  /refuse-once         REFUSED_STREAM the first time (over all connections), then 200 "second"
+  /goaway-once         the first time: GOAWAY NO_ERROR whose last stream id is below this
+                       stream (so it was never processed), then the connection closes;
+                       after that 200 "after goaway"
+  anything else        200 "ok <connection number> <request body length>"
+Responses go out once the request ended (its body read whole).
+"""
+
+import socket
+import sys
+import threading
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+
+lock = threading.Lock()
+state = {"conns": 0, "refused": False, "goaway": False}
+
+
+def say(line):
+    with lock:
+        print(line, flush=True)
+
+
+def first(key):
+    """True the first time `key` is asked for."""
+    with lock:
+        if state[key]:
+            return False
+        state[key] = True
+        return True
+
+
+def respond(h2c, sid, path, n, body_len):
+    """Returns False when the connection is to close after sending what is queued."""
+    if path == "/trailers" or path == "/trailers-quiet":
+        headers = [(":status", "200"), ("content-length", "5"), ("content-type", "text/plain")]
+        if path == "/trailers":
+            headers.append(("trailer", "x-sum"))
+        h2c.send_headers(sid, headers)
+        h2c.send_data(sid, b"hello")
+        h2c.send_headers(sid, [("x-sum", "42")], end_stream=True)
+    elif path == "/hints":
+        h2c.send_headers(sid, [(":status", "103"), ("link", "</s.css>; rel=preload")])
+        body = b"hinted"
+        h2c.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
+        h2c.send_data(sid, body, end_stream=True)
+    elif path == "/refuse-once" and first("refused"):
+        h2c.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+    elif path == "/goaway-once" and first("goaway"):
+        h2c.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=max(0, sid - 2))
+        return False
+    else:
+        if path == "/refuse-once":
+            body = b"second"
+        elif path == "/goaway-once":
+            body = b"after goaway"
+        else:
+            body = f"ok {n} {body_len}".encode()
+        h2c.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
+        h2c.send_data(sid, body, end_stream=True)
+    return True
+
+
+def serve(conn, n):
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    h2c.initiate_connection()
+    conn.sendall(h2c.data_to_send())
+    paths, bodies = {}, {}
+    how = "eof"
+    while True:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            break
+        keep = True
+        for ev in h2c.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                paths[ev.stream_id] = dict(ev.headers).get(b":path", b"/").decode()
+                bodies[ev.stream_id] = 0
+            elif isinstance(ev, h2.events.DataReceived):
+                bodies[ev.stream_id] = bodies.get(ev.stream_id, 0) + len(ev.data)
+                h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                how = "goaway"
+            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in paths:
+                sid = ev.stream_id
+                keep = respond(h2c, sid, paths.pop(sid), n, bodies.pop(sid, 0)) and keep
+        out = h2c.data_to_send()
+        if out:
+            conn.sendall(out)
+        if not keep:
+            how = "goaway-sent"
+            break
+    say(f"CLOSED {n} {how}")
+    conn.close()
+
+
+def main():
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    say(f"PORT {sock.getsockname()[1]}")
+    while True:
+        c, _ = sock.accept()
+        with lock:
+            state["conns"] += 1
+            n = state["conns"]
+        say(f"OPEN {n}")
+        threading.Thread(target=serve, args=(c, n), daemon=True).start()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(0)
