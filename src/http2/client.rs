@@ -106,13 +106,42 @@ struct State {
     /// The handle streams are opened from; taken when the connection closes, after which h2
     /// sends GOAWAY NO_ERROR once no stream is left.
     send: RefCell<Option<SendRequest<Bytes>>>,
-    /// The driver, woken when the connection turns idle or is retired.
+    policy: IdlePolicy,
+    /// When the driver's timer fires next (`None`: it waits for a wake-up only).
+    armed: Cell<Option<Instant>>,
+    /// The driver, woken when the connection must close before its timer fires.
     driver: Cell<Option<Waker>>,
     /// Counts those wake-ups.
     wakeups: Cell<u64>,
 }
 
 impl State {
+    /// When it closes for being idle; `None` while a stream is open or without a deadline.
+    fn close_at(&self) -> Option<Instant> {
+        if self.open.get() > 0 {
+            return None;
+        }
+        let c = &self.counts;
+        close_idle_at(
+            self.policy,
+            self.idle_since.get(),
+            c.target.get(),
+            c.upstream.get(),
+            self.retired.get(),
+        )
+    }
+
+    /// Wakes the driver when the connection is to close before its timer fires. Otherwise
+    /// not: a busy connection turns idle after every request, and the timer, when it fires,
+    /// looks at the idle time then (one wake-up per idle_timeout, not one per request).
+    fn nudge(&self) {
+        if let Some(at) = self.close_at() {
+            if self.armed.get().is_none_or(|armed| at < armed) {
+                self.wake_driver();
+            }
+        }
+    }
+
     fn wake_driver(&self) {
         self.wakeups.set(self.wakeups.get() + 1);
         if let Some(w) = self.driver.take() {
@@ -185,7 +214,7 @@ impl Drop for H2Stream {
         if open == 0 {
             self.state.idle_since.set(Instant::now());
             self.state.set_idle(true);
-            self.state.wake_driver();
+            self.state.nudge();
         }
     }
 }
@@ -325,6 +354,8 @@ impl Conns {
             counts,
             retired: Cell::new(false),
             send: RefCell::new(Some(send.clone())),
+            policy,
+            armed: Cell::new(None),
             driver: Cell::new(None),
             wakeups: Cell::new(0),
         });
@@ -340,7 +371,7 @@ impl Conns {
                         tracing::debug!("upstream HTTP/2 connection ended: {e}");
                     }
                 }
-                _ = idle_out(&driven, policy) => {
+                _ = idle_out(&driven) => {
                     // No stream is open and none can be opened: with the last handle gone,
                     // h2 sends GOAWAY NO_ERROR and ends the connection.
                     driven.closed.set(true);
@@ -378,31 +409,21 @@ impl Drop for Conns {
         for slot in self.slots.iter().flatten() {
             for c in &slot.borrow().conns {
                 c.state.retired.set(true);
-                c.state.wake_driver();
+                c.state.nudge();
             }
         }
     }
 }
 
 /// Completes when the connection is to close for being idle (see [`close_idle_at`]).
-async fn idle_out(state: &State, p: IdlePolicy) {
+async fn idle_out(state: &State) {
     loop {
-        let at = if state.open.get() == 0 {
-            let counts = &state.counts;
-            close_idle_at(
-                p,
-                state.idle_since.get(),
-                counts.target.get(),
-                counts.upstream.get(),
-                state.retired.get(),
-            )
-        } else {
-            None
-        };
+        let at = state.close_at();
         if at.is_some_and(|at| at <= Instant::now()) {
             return;
         }
-        // Woken when the last stream ends or the connection is retired; else at the deadline.
+        state.armed.set(at);
+        // Woken when it must close sooner (see `State::nudge`); else at the deadline.
         let seen = state.wakeups.get();
         let woken = poll_fn(|cx| {
             if state.wakeups.get() != seen {
