@@ -135,6 +135,10 @@ struct RawTarget {
 
 impl RawTarget {
     fn start() -> RawTarget {
+        RawTarget::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> RawTarget {
         use std::io::BufRead;
         let check = peer("python3", &["-c", "import h2"]);
         assert!(
@@ -144,6 +148,7 @@ impl RawTarget {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2/target.py");
         let mut child = Command::new("python3")
             .arg(script)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start target.py");
@@ -353,7 +358,7 @@ driver_tests! {
         let r = proxy.client().request("GET /old HTTP/1.0\r\nHost: x\r\n\r\n");
         assert_eq!(r.status, 200);
         assert!(r.text().starts_with("HTTP/2.0 "), "{}", r.text());
-        // An Upgrade (WebSocket) cannot ride an h2 stream to the target: 502, not a hang.
+        // nginx does not announce extended CONNECT (RFC 8441): an Upgrade gets 502, not a hang.
         let r = proxy.client().request(
             "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -504,5 +509,57 @@ driver_tests! {
         let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(line["status"], 502, "{text}");
         assert_eq!(line["protocol"], "HTTP/2.0", "{text}");
+    }
+
+    fn a_websocket_reaches_an_h2_target_by_extended_connect_when_it_allows_it(driver) {
+        use std::io::{Read, Write};
+        let target = RawTarget::start();
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        let handshake = |path: &str| {
+            let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ).as_bytes()).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                assert_eq!(s.read(&mut byte).unwrap(), 1, "closed after {:?}", String::from_utf8_lossy(&head));
+                head.push(byte[0]);
+            }
+            (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
+        };
+        // The target's 200 is the client's 101, with the accept its key calls for (RFC 6455's
+        // example) and the target's subprotocol; then bytes go both ways through the stream.
+        let (mut s, head) = handshake("/ws");
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"), "{head}");
+        assert!(head.contains("sec-websocket-protocol: echo\r\n") && head.contains("upgrade: websocket\r\n"), "{head}");
+        for msg in [&b"hello tunnel"[..], &[7u8; 70_000][..]] {
+            s.write_all(msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert!(back == msg, "echo of {} bytes differs", msg.len());
+        }
+        // The client's end reaches the target (END_STREAM), whose end closes the tunnel.
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        // A refusal passes on with its status.
+        let (mut s, head) = handshake("/other");
+        assert!(head.starts_with("http/1.1 403 "), "{head}");
+        let mut body = [0u8; 2];
+        s.read_exact(&mut body).unwrap();
+        assert_eq!(&body, b"no");
+        // A target that does not announce SETTINGS_ENABLE_CONNECT_PROTOCOL: 502, as before.
+        let plain = RawTarget::start_with(&["--no-connect"]);
+        let p = self::proxy(driver, &format!("[\"h2c://{}\"]", plain.addr), "");
+        let r = p.client().request(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        );
+        assert_eq!(r.status, 502);
     }
 }

@@ -113,6 +113,10 @@ struct State {
     driver: Cell<Option<Waker>>,
     /// Counts those wake-ups.
     wakeups: Cell<u64>,
+    /// The peer's first SETTINGS were read (a PING's answer came back after them).
+    settled: Cell<bool>,
+    /// Streams waiting for that.
+    settle_waiters: RefCell<Vec<Waker>>,
 }
 
 impl State {
@@ -139,6 +143,14 @@ impl State {
             if self.armed.get().is_none_or(|armed| at < armed) {
                 self.wake_driver();
             }
+        }
+    }
+
+    /// Lets the streams waiting for the peer's SETTINGS go on.
+    fn settle_now(&self) {
+        self.settled.set(true);
+        for w in self.settle_waiters.borrow_mut().drain(..) {
+            w.wake();
         }
     }
 
@@ -216,6 +228,24 @@ impl Drop for H2Stream {
             self.state.set_idle(true);
             self.state.nudge();
         }
+    }
+}
+
+impl H2Stream {
+    /// Waits until the peer's first SETTINGS were read (what it allows, such as extended
+    /// CONNECT, is known then), or the connection ended.
+    pub async fn settled(&self) {
+        poll_fn(|cx| {
+            if self.state.settled.get() {
+                return Poll::Ready(());
+            }
+            self.state
+                .settle_waiters
+                .borrow_mut()
+                .push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -358,14 +388,19 @@ impl Conns {
             armed: Cell::new(None),
             driver: Cell::new(None),
             wakeups: Cell::new(0),
+            settled: Cell::new(false),
+            settle_waiters: RefCell::default(),
         });
         gauge(1);
         let driven = state.clone();
+        let mut connection = connection;
+        let ping = connection.ping_pong();
         monoio::spawn(async move {
             // The connection holds its target's slot for as long as it lives.
             let _slot = slot;
             let mut connection = std::pin::pin!(connection);
             monoio::select! {
+                _ = settle(ping, &driven) => {}
                 r = &mut connection => {
                     if let Err(e) = r {
                         tracing::debug!("upstream HTTP/2 connection ended: {e}");
@@ -382,6 +417,7 @@ impl Conns {
             driven.closed.set(true);
             driven.set_idle(false);
             drop(driven.send.take());
+            driven.settle_now();
             gauge(-1);
         });
         let mut slot = self.slots[u][t].borrow_mut();
@@ -413,6 +449,16 @@ impl Drop for Conns {
             }
         }
     }
+}
+
+/// Marks the connection settled once the peer's first SETTINGS were read: a server sends them
+/// first, so the answer to a PING sent now comes after them. Then waits forever.
+async fn settle(ping: Option<h2::PingPong>, state: &State) {
+    if let Some(mut ping) = ping {
+        let _ = ping.ping(h2::Ping::opaque()).await;
+    }
+    state.settle_now();
+    std::future::pending::<()>().await;
 }
 
 /// Completes when the connection is to close for being idle (see [`close_idle_at`]).

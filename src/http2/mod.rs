@@ -11,6 +11,7 @@ pub mod client;
 pub mod head;
 pub(crate) mod io;
 mod stream;
+mod tunnel;
 pub(crate) mod upstream;
 mod websocket;
 

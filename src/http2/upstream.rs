@@ -25,6 +25,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
 
 use super::client::H2Stream;
+use super::tunnel;
 use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, ChunkedDecoder, Encode};
 use crate::http1::forward::{override_drops_body, Request};
@@ -40,6 +41,11 @@ use crate::proxy::session::{
     timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, BODY_CHUNK, RESPONSE_LIMITS,
 };
 use crate::proxy::shape::{self, Answered, Decision};
+use crate::upstream::pool::UpConn;
+
+/// How long a WebSocket handshake waits for a new connection's first SETTINGS (whether the
+/// target allows extended CONNECT) when `response_header_timeout` does not say.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
 /// Request fields HTTP/2 forbids (RFC 9113 §8.2.2) or that ringway answers itself: `expect`
 /// (ringway sends the client its 100 Continue; flow control paces the body upstream).
@@ -279,6 +285,11 @@ async fn next_head(response: &mut ResponseFuture) -> Result<Head, h2::Error> {
         }
     })
     .await
+}
+
+/// Whether `name` is a request or response field that does not cross to or from HTTP/2.
+pub(super) fn dropped(name: &str) -> bool {
+    DROPPED_FIELDS.contains(&name)
 }
 
 /// Appends the trailer section (after the last chunk) for `trailers`.
@@ -526,6 +537,13 @@ enum Outcome<'r> {
     Done { keep: bool, rest: Option<Vec<u8>> },
     /// The stream failed before its response head.
     Failed(ProxyError),
+    /// The target accepted the extended CONNECT: the stream is the tunnel. `early`: bytes the
+    /// client sent after its handshake.
+    Switched {
+        parts: http::response::Parts,
+        body: RecvStream,
+        early: Vec<u8>,
+    },
 }
 
 /// One exchange on `link`, a stream of this worker's HTTP/2 connection to the target.
@@ -535,18 +553,36 @@ pub(crate) async fn exchange(
     mut link: H2Stream,
 ) -> Result<Exchange, Failure> {
     let (ctx, head) = (sess.ctx, sess.head);
-    if head.conn.upgrade {
-        return Err(invalid("an upgrade cannot be carried over HTTP/2 to the upstream").into());
-    }
     let tr = &a.up.transport;
+    let websocket = head.conn.upgrade;
+    if websocket {
+        // RFC 8441: a WebSocket only, to a target that allows extended CONNECT (known once
+        // its first SETTINGS were read).
+        timed(
+            Some(tr.response_header_timeout.unwrap_or(SETTLE_WAIT)),
+            link.settled(),
+        )
+        .await;
+        if !tunnel::wants_websocket(&sess.down.buf, &sess.s.headers)
+            || !link.send.is_extended_connect_protocol_enabled()
+        {
+            return Err(invalid(
+                "the HTTP/2 target takes no WebSocket (no SETTINGS_ENABLE_CONNECT_PROTOCOL)",
+            )
+            .into());
+        }
+    }
     write_upstream_head(sess, a);
     let scheme = if a.up.targets[a.t].tls {
         "https"
     } else {
         "http"
     };
-    let request = h2_request(&sess.s.out, scheme)
+    let mut request = h2_request(&sess.s.out, scheme)
         .ok_or_else(|| invalid("the request cannot be carried over HTTP/2"))?;
+    if websocket {
+        tunnel::extended_connect(&mut request);
+    }
     let framing = if override_drops_body(a.route) {
         Framing::None
     } else {
@@ -566,7 +602,9 @@ pub(crate) async fn exchange(
     poll_fn(|cx| link.send.poll_ready(cx))
         .await
         .map_err(not_sent)?;
-    let (response, tx) = link.send.send_request(request, no_body).map_err(not_sent)?;
+    // An extended CONNECT's stream stays open: it carries the tunnel.
+    let end = no_body && !websocket;
+    let (response, tx) = link.send.send_request(request, end).map_err(not_sent)?;
     ctx.gen_metrics().upstream_requests[a.u][a.t][link.reused as usize].inc();
     let at = Instant::now();
     // Body bytes that came with the head go first; the rest is read as it comes, and what
@@ -649,6 +687,13 @@ pub(crate) async fn exchange(
         ctx.gen_metrics().upstream_response_time[a.u].observe(took);
         sess.s.status = status;
         sess.s.target = Some((a.u, a.t));
+        if websocket && status == 200 {
+            let early = match uploaded {
+                Some(Uploaded::Done(rest)) => rest,
+                _ => Vec::new(),
+            };
+            break 'ex Outcome::Switched { parts, body, early };
+        }
         let mut synth = Vec::with_capacity(512);
         let to = TrailersTo::of(
             te_trailers(&sess.down.buf, &sess.s.headers),
@@ -772,8 +817,12 @@ pub(crate) async fn exchange(
             rest,
         }
     };
-    let moved = upload.moved;
-    drop(upload);
+    let Upload { moved, tx, .. } = upload;
+    if let Outcome::Switched { parts, body, early } = outcome {
+        sess.s.bytes_in += pending_len;
+        return switch(sess, a, &parts, (tx, body), link, early).await;
+    }
+    drop(tx);
     if let Outcome::Failed(mut e) = outcome {
         // A request the target never processed goes again only if all of it is still here:
         // body bytes read from the client since are gone.
@@ -793,6 +842,51 @@ pub(crate) async fn exchange(
         }
         local => answer_locally(sess, a, local).await,
     }
+}
+
+/// Answers the client's WebSocket handshake with its 101 and hands the data path the tunnel's
+/// upstream side: an in-memory pair whose far end [`tunnel::pump`] moves to and from the
+/// stream. The tunnel counts against the target's connections as an HTTP/1.1 one would.
+async fn switch(
+    sess: &mut Session<'_>,
+    a: &Attempt<'_>,
+    parts: &http::response::Parts,
+    (tx, rx): (SendStream<Bytes>, RecvStream),
+    link: H2Stream,
+    early: Vec<u8>,
+) -> Result<Exchange, Failure> {
+    let Some(key) = tunnel::client_key(&sess.down.buf, &sess.s.headers) else {
+        return Err(invalid("a WebSocket handshake without Sec-WebSocket-Key").into());
+    };
+    sess.s.status = 101;
+    sess.s.out.clear();
+    tunnel::switched_head(parts, key, &mut sess.s.out);
+    let head = std::mem::take(&mut sess.s.out);
+    let (res, head) = sess.stream.write_all(head).await;
+    sess.s.bytes_out = head.len() as u64;
+    sess.s.out = head;
+    res.map_err(|e| Failure {
+        error: io_err(Side::Downstream, e),
+        answered: true,
+    })?;
+    let (mut near, far) = crate::net::duplex::pair();
+    if !early.is_empty() {
+        // Room for it: the pair holds 64 KiB, and the head's read buffer no more than that.
+        let _ = near.write_all(&early).await;
+    }
+    let shared = sess.ctx.balancer(a.u).shared(a.t).clone();
+    shared
+        .conns
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let conn = UpConn::new(Stream::Mem(near), shared);
+    monoio::spawn(tunnel::pump(
+        far,
+        tx,
+        rx,
+        link,
+        a.up.transport.write_timeout,
+    ));
+    Ok(Exchange::Upgraded(conn))
 }
 
 /// A `handle_response` rule's or error page's answer in place of the upstream response.

@@ -71,8 +71,8 @@ pub fn run(
                 Stream::Unix(b) => Box::pin(both($a, b, idle)),
                 Stream::TlsServer(b, _) => Box::pin(both($a, *b, idle)),
                 Stream::TlsClient(b, _) => Box::pin(both($a, *b, idle)),
-                // Upstreams are sockets; an in-memory pair is only ever the client side.
-                Stream::Mem(_) => Box::pin(std::future::ready(Relayed::default())),
+                // The upstream side of a WebSocket to an HTTP/2 target (`http2::tunnel`).
+                Stream::Mem(b) => Box::pin(both($a, b, idle)),
             }
         };
     }

@@ -14,7 +14,10 @@ Each connection is served on its own thread. Paths:
                        stream (so it was never processed), then the connection closes;
                        after that 200 "after goaway"
   anything else        200 "ok <connection number> <request body length>"
-Responses go out once the request ended (its body read whole).
+Responses go out once the request ended (its body read whole). SETTINGS_ENABLE_CONNECT_PROTOCOL
+is announced (unless started with `--no-connect`); an extended CONNECT (RFC 8441) with
+`:protocol websocket` gets, on /ws, a 200 and every DATA byte echoed back (END_STREAM answered
+with END_STREAM); elsewhere a 403 with the body "no".
 """
 
 import socket
@@ -25,6 +28,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 
 lock = threading.Lock()
 state = {"conns": 0, "refused": False, "goaway": False}
@@ -78,8 +82,10 @@ def respond(h2c, sid, path, n, body_len):
 def serve(conn, n):
     h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     h2c.initiate_connection()
+    if "--no-connect" not in sys.argv:
+        h2c.update_settings({h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
     conn.sendall(h2c.data_to_send())
-    paths, bodies = {}, {}
+    paths, bodies, tunnels = {}, {}, set()
     how = "eof"
     while True:
         try:
@@ -91,13 +97,30 @@ def serve(conn, n):
         keep = True
         for ev in h2c.receive_data(data):
             if isinstance(ev, h2.events.RequestReceived):
-                paths[ev.stream_id] = dict(ev.headers).get(b":path", b"/").decode()
+                fields = dict(ev.headers)
+                path = fields.get(b":path", b"/").decode()
+                if fields.get(b":method") == b"CONNECT":
+                    ok = fields.get(b":protocol") == b"websocket" and path == "/ws"
+                    if ok:
+                        tunnels.add(ev.stream_id)
+                        h2c.send_headers(ev.stream_id, [(":status", "200"), ("sec-websocket-protocol", "echo")])
+                    else:
+                        h2c.send_headers(ev.stream_id, [(":status", "403"), ("content-length", "2")])
+                        h2c.send_data(ev.stream_id, b"no", end_stream=True)
+                    continue
+                paths[ev.stream_id] = path
                 bodies[ev.stream_id] = 0
             elif isinstance(ev, h2.events.DataReceived):
-                bodies[ev.stream_id] = bodies.get(ev.stream_id, 0) + len(ev.data)
                 h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                if ev.stream_id in tunnels:
+                    h2c.send_data(ev.stream_id, ev.data)
+                else:
+                    bodies[ev.stream_id] = bodies.get(ev.stream_id, 0) + len(ev.data)
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 how = "goaway"
+            if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in tunnels:
+                tunnels.discard(ev.stream_id)
+                h2c.end_stream(ev.stream_id)
             if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in paths:
                 sid = ev.stream_id
                 keep = respond(h2c, sid, paths.pop(sid), n, bodies.pop(sid, 0)) and keep
