@@ -553,6 +553,14 @@ driver_tests! {
         let mut body = [0u8; 2];
         s.read_exact(&mut body).unwrap();
         assert_eq!(&body, b"no");
+        // An h2 client's own extended CONNECT goes through the HTTP/1.1 handshake of the data
+        // path and up as one again: messages (one of 70 KB) echoed, the close handshake, the end.
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/h2/websocket.py");
+        let port = proxy.addr().port().to_string();
+        let o = peer("python3", &[script.to_str().unwrap(), "echo", "127.0.0.1", &port, "/ws-frames", "3"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(out.lines().last(), Some("settings=1 status=200 echoes=all close=1000 end_stream"), "{out}");
         // A target that does not announce SETTINGS_ENABLE_CONNECT_PROTOCOL: 502, as before.
         let plain = RawTarget::start_with(&["--no-connect"]);
         let p = self::proxy(driver, &format!("[\"h2c://{}\"]", plain.addr), "");

@@ -17,10 +17,12 @@ Each connection is served on its own thread. Paths:
 Responses go out once the request ended (its body read whole). SETTINGS_ENABLE_CONNECT_PROTOCOL
 is announced (unless started with `--no-connect`); an extended CONNECT (RFC 8441) with
 `:protocol websocket` gets, on /ws, a 200 and every DATA byte echoed back (END_STREAM answered
-with END_STREAM); elsewhere a 403 with the body "no".
+with END_STREAM); on /ws-frames, a 200 and a WebSocket echo (client frames unmasked and sent
+back, a close frame answered with one, then END_STREAM); elsewhere a 403 with the body "no".
 """
 
 import socket
+import struct
 import sys
 import threading
 
@@ -46,6 +48,35 @@ def first(key):
             return False
         state[key] = True
         return True
+
+
+def ws_echo(buf):
+    """Server frames echoing the complete client frames in `buf`: (bytes, rest, closed)."""
+    out, closed = b"", False
+    while len(buf) >= 2:
+        first, n, at = buf[0], buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, at = struct.unpack("!H", buf[2:4])[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, at = struct.unpack("!Q", buf[2:10])[0], 10
+        if len(buf) < at + 4 + n:
+            break
+        mask = buf[at:at + 4]
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(buf[at + 4:at + 4 + n]))
+        buf = buf[at + 4 + n:]
+        if n < 126:
+            head = bytes([first, n])
+        elif n < 65536:
+            head = bytes([first, 126]) + struct.pack("!H", n)
+        else:
+            head = bytes([first, 127]) + struct.pack("!Q", n)
+        out += head + payload
+        closed |= first & 0x0F == 0x8
+    return out, buf, closed
 
 
 def respond(h2c, sid, path, n, body_len):
@@ -85,7 +116,7 @@ def serve(conn, n):
     if "--no-connect" not in sys.argv:
         h2c.update_settings({h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
     conn.sendall(h2c.data_to_send())
-    paths, bodies, tunnels = {}, {}, set()
+    paths, bodies, tunnels, frames = {}, {}, set(), {}
     how = "eof"
     while True:
         try:
@@ -100,9 +131,11 @@ def serve(conn, n):
                 fields = dict(ev.headers)
                 path = fields.get(b":path", b"/").decode()
                 if fields.get(b":method") == b"CONNECT":
-                    ok = fields.get(b":protocol") == b"websocket" and path == "/ws"
+                    ok = fields.get(b":protocol") == b"websocket" and path in ("/ws", "/ws-frames")
                     if ok:
                         tunnels.add(ev.stream_id)
+                        if path == "/ws-frames":
+                            frames[ev.stream_id] = b""
                         h2c.send_headers(ev.stream_id, [(":status", "200"), ("sec-websocket-protocol", "echo")])
                     else:
                         h2c.send_headers(ev.stream_id, [(":status", "403"), ("content-length", "2")])
@@ -112,7 +145,17 @@ def serve(conn, n):
                 bodies[ev.stream_id] = 0
             elif isinstance(ev, h2.events.DataReceived):
                 h2c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                if ev.stream_id in tunnels:
+                if ev.stream_id in frames:
+                    out, frames[ev.stream_id], closed = ws_echo(frames[ev.stream_id] + ev.data)
+                    step = h2c.max_outbound_frame_size
+                    for i in range(0, len(out), step):
+                        h2c.send_data(ev.stream_id, out[i:i + step])
+                    if closed:
+                        h2c.end_stream(ev.stream_id)
+                    if closed:
+                        tunnels.discard(ev.stream_id)
+                        del frames[ev.stream_id]
+                elif ev.stream_id in tunnels:
                     h2c.send_data(ev.stream_id, ev.data)
                 else:
                     bodies[ev.stream_id] = bodies.get(ev.stream_id, 0) + len(ev.data)
