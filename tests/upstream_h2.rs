@@ -493,7 +493,7 @@ driver_tests! {
         let dir = TempDir::new();
         let log = dir.join("access.log");
         let yaml = format!(
-            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - upstream: app\nupstreams:\n  app:\n    targets: [{}]\nlog: {{ format: json, access_log: {} }}\n",
+            "listeners:\n  - name: web\n    listen: 127.0.0.1:0\n    protocols: [h1, h2c]\n    routes:\n      - match: {{ path: /local }}\n        respond: {{ status: 200 }}\n      - upstream: app\nupstreams:\n  app:\n    targets: [{}]\nlog: {{ format: json, access_log: {} }}\n",
             backend.target(),
             log.display()
         );
@@ -504,11 +504,18 @@ driver_tests! {
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(out.lines().last(), Some("settings=1 status=502 reset=None"), "{out}");
+        // A `respond` route's 2xx is no switch either.
+        let o = peer("python3", &[script.to_str().unwrap(), "answer", "127.0.0.1", &port, "/local"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(out.lines().last(), Some("settings=1 status=502 reset=None"), "{out}");
         shutdown_bounded(proxy.take_server()).unwrap();
         let text = std::fs::read_to_string(&log).unwrap();
-        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        assert_eq!(line["status"], 502, "{text}");
-        assert_eq!(line["protocol"], "HTTP/2.0", "{text}");
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            assert_eq!(line["status"], 502, "{text}");
+            assert_eq!(line["protocol"], "HTTP/2.0", "{text}");
+        }
     }
 
     fn a_websocket_reaches_an_h2_target_by_extended_connect_when_it_allows_it(driver) {

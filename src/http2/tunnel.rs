@@ -19,6 +19,19 @@ use crate::http1::parse::{HeaderIdx, HeaderKind};
 use crate::net::duplex::End;
 use crate::proxy::session::{timed, BODY_CHUNK};
 
+/// Fields of the target's 200 the 101 does not carry: connection-specific ones (which HTTP/2
+/// forbids anyway), a length (a 101 has no body), and an accept (ours answers the client's key).
+const NOT_COPIED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "content-length",
+    "sec-websocket-accept",
+];
+
 /// Whether the request's Upgrade field asks for a WebSocket (the only upgrade RFC 8441 maps).
 pub(super) fn wants_websocket(buf: &[u8], headers: &[HeaderIdx]) -> bool {
     headers
@@ -58,7 +71,7 @@ pub(super) fn switched_head(parts: &http::response::Parts, key: &str, out: &mut 
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if super::upstream::dropped(n) || n == "sec-websocket-accept" || n == "content-length" {
+        if NOT_COPIED.contains(&n) {
             continue;
         }
         out.extend_from_slice(n.as_bytes());
@@ -123,4 +136,30 @@ pub(super) async fn pump(
     };
     monoio::join!(up, down);
     drop(link);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_targets_200_becomes_a_101_with_the_accept_the_clients_key_calls_for() {
+        let parts = http::Response::builder()
+            .status(200)
+            .header("sec-websocket-protocol", "chat")
+            .header("content-length", "0")
+            .header("sec-websocket-accept", "forged")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut out = Vec::new();
+        switched_head(&parts, "dGhlIHNhbXBsZSBub25jZQ==", &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-protocol: chat\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
 }

@@ -287,11 +287,6 @@ async fn next_head(response: &mut ResponseFuture) -> Result<Head, h2::Error> {
     .await
 }
 
-/// Whether `name` is a request or response field that does not cross to or from HTTP/2.
-pub(super) fn dropped(name: &str) -> bool {
-    DROPPED_FIELDS.contains(&name)
-}
-
 /// Appends the trailer section (after the last chunk) for `trailers`.
 fn write_trailers(trailers: Option<&HeaderMap>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n");
@@ -971,6 +966,103 @@ mod tests {
         }
         // Asterisk-form and absolute-form targets have no h2 path of their own.
         assert!(h2_request(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", "http").is_none());
+    }
+
+    #[test]
+    fn a_websocket_handshake_maps_to_an_extended_connect_without_its_key() {
+        let head = b"GET /chat?x=1 HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\n\
+            Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+        let mut req = h2_request(head, "http").expect("maps");
+        tunnel::extended_connect(&mut req);
+        assert_eq!(req.method(), http::Method::CONNECT);
+        assert_eq!(req.uri().to_string(), "http://a.test/chat?x=1");
+        assert_eq!(
+            req.extensions()
+                .get::<h2::ext::Protocol>()
+                .map(|p| p.as_str()),
+            Some("websocket")
+        );
+        let h = req.headers();
+        assert_eq!(h["sec-websocket-protocol"], "chat");
+        assert_eq!(h["sec-websocket-version"], "13");
+        for gone in ["sec-websocket-key", "te", "upgrade", "connection"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+    }
+
+    #[test]
+    fn a_response_with_a_length_is_chunked_only_when_its_trailers_can_reach_the_client() {
+        use TrailersTo::*;
+        let resp = |headers: &[(&str, &str)]| {
+            let mut b = http::Response::builder().status(200);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let plain: &[(&str, &str)] = &[("content-length", "5")];
+        let announced: &[(&str, &str)] = &[("content-length", "5"), ("trailer", "x-sum")];
+        let grpc: &[(&str, &str)] = &[
+            ("content-length", "5"),
+            ("content-type", "application/grpc"),
+        ];
+        // (fields, stream ended with the head, what the client takes, chunked)
+        let cases = [
+            (plain, false, Dropped, false),
+            (plain, false, Announced, false),
+            (plain, false, Any, true),
+            (announced, false, Dropped, false),
+            (announced, false, Announced, true),
+            (announced, false, Any, true),
+            (grpc, false, Dropped, true),
+            // Nothing can follow a stream that ended with its head.
+            (announced, true, Any, false),
+        ];
+        for (fields, end, to, chunked) in cases {
+            let mut out = Vec::new();
+            synth_head(&resp(fields), end, to, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                text.contains("transfer-encoding: chunked"),
+                chunked,
+                "{to:?} {text}"
+            );
+            assert_eq!(
+                text.contains("content-length: 5"),
+                !chunked,
+                "{to:?} {text}"
+            );
+        }
+        // Who takes what: TE: trailers from any client; an h2 client takes announced ones.
+        assert_eq!(TrailersTo::of(true, false), Any);
+        assert_eq!(TrailersTo::of(true, true), Any);
+        assert_eq!(TrailersTo::of(false, true), Announced);
+        assert_eq!(TrailersTo::of(false, false), Dropped);
+    }
+
+    #[test]
+    fn te_lists_trailers_among_other_codings() {
+        use crate::http1::parse::{parse_request, HeadLimits, Parse};
+        let limits = HeadLimits {
+            max_head_bytes: 4096,
+            max_uri_bytes: 4096,
+            max_headers: 16,
+        };
+        for (te, want) in [
+            ("trailers", true),
+            ("gzip, Trailers", true),
+            ("trailers;q=0.5", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            let text = format!("GET / HTTP/1.1\r\nHost: a\r\nTE: {te}\r\n\r\n");
+            let mut headers = Vec::new();
+            let Parse::Complete(_) = parse_request(text.as_bytes(), &limits, &mut headers) else {
+                panic!("unparsed");
+            };
+            assert_eq!(te_trailers(text.as_bytes(), &headers), want, "{te}");
+        }
     }
 
     #[test]

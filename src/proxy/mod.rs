@@ -604,6 +604,12 @@ async fn handle(sess: &mut Session<'_>) -> Exchange {
     sess.down.pos = head.head_len;
     sess.down.floor = head.head_len;
     match &route.action {
+        // An h2 client's WebSocket told 2xx without a switch gets 502 from its stream: say so.
+        Action::Respond(r)
+            if crate::http2::head::unswitched(sess.s.trace.http2, head, r.status) =>
+        {
+            Exchange::Done(respond_simple(sess, 502).await)
+        }
         Action::Respond(r) => Exchange::Done(respond(sess, r).await),
         Action::Proxy(u) => match forward(sess, *u, route).await {
             Ok(next) => next,
