@@ -577,4 +577,21 @@ driver_tests! {
         );
         assert_eq!(r.status, 502);
     }
+
+    fn a_reload_closes_the_replaced_configurations_h2_connection_once_idle(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[\"h2c://{}\"]", target.addr),
+            "    transport: { idle_timeout: 1h }\n",
+        );
+        assert_eq!(proxy.get("/a").text(), "ok 1 0");
+        proxy.rewrite_config(&proxy.config_text(), &[]);
+        proxy.server().reload().expect("reload");
+        // The new configuration dials its own; the old one's connection goes (GOAWAY) rather
+        // than lingering for its hour of idle_timeout.
+        let closed = wait_for(Duration::from_secs(10), || target.count("CLOSED 1 goaway") == 1);
+        assert!(closed, "{:?}", target.events());
+        assert_eq!(proxy.get("/b").text(), "ok 2 0");
+    }
 }
