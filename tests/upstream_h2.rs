@@ -484,6 +484,11 @@ driver_tests! {
         // Past the GOAWAY's last stream id: never processed, so replayed on a new connection.
         assert_eq!(curl(&["--http1.1", "-d", "once", &format!("{url}/goaway-once")]), "after goaway");
         assert!(target.count("OPEN") >= 2, "{:?}", target.events());
+        // At or below the GOAWAY's last stream id it may have been processed: the connection
+        // closing before an answer is a 502, never a replay.
+        let o = peer("curl", &["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--http1.1", "-d", "x", &format!("{url}/goaway-processed")]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "502");
+        assert_eq!(target.count("REQ /goaway-processed"), 1, "{:?}", target.events());
         // The request body went whole the second time.
         assert_eq!(curl(&["--http1.1", "-d", "12345", &format!("{url}/echo")]).split(' ').nth(2), Some("5"));
     }

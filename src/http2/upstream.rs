@@ -97,7 +97,10 @@ impl<'a> ClientIo<'a> {
 }
 
 /// RFC 9113 §8.7: a stream the upstream refused (REFUSED_STREAM), or one above the last
-/// stream id of a graceful GOAWAY, was never processed and may go to any target.
+/// stream id of a graceful GOAWAY, was never processed and may go to any target. h2 gives a
+/// stream the peer's GOAWAY only when its id is above that last stream id, or it was opened
+/// after the GOAWAY (`Streams::recv_go_away`, `conn_error`); one at or below it that fails
+/// later (the peer closed early) gets an I/O error, so it is never taken for unprocessed.
 fn unprocessed(reason: Option<Reason>, reset: bool, go_away: bool, remote: bool) -> bool {
     remote
         && ((reset && reason == Some(Reason::REFUSED_STREAM))

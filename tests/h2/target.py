@@ -5,6 +5,7 @@ REFUSED_STREAM and a graceful GOAWAY the stream is past.
 Usage: target.py. Prints "PORT <n>", then one line per connection event, flushed:
   OPEN <n>             connection n was accepted (numbered from 1)
   CLOSED <n> <how>     it ended: "goaway" (the client sent GOAWAY, then closed), "eof"
+  REQ <path>           a request ended (its body read whole)
 Each connection is served on its own thread. Paths:
   /trailers            200, content-length 5, `trailer: x-sum`, "hello", trailers x-sum: 42
   /trailers-quiet      the same without the `trailer` field announcing them
@@ -13,6 +14,8 @@ Each connection is served on its own thread. Paths:
   /goaway-once         the first time: GOAWAY NO_ERROR whose last stream id is below this
                        stream (so it was never processed), then the connection closes;
                        after that 200 "after goaway"
+  /goaway-processed    GOAWAY NO_ERROR whose last stream id is this stream (processed), then
+                       the connection closes without an answer
   anything else        200 "ok <connection number> <request body length>"
 Responses go out once the request ended (its body read whole). SETTINGS_ENABLE_CONNECT_PROTOCOL
 is announced (unless started with `--no-connect`); an extended CONNECT (RFC 8441) with
@@ -95,6 +98,9 @@ def respond(h2c, sid, path, n, body_len):
         h2c.send_data(sid, body, end_stream=True)
     elif path == "/refuse-once" and first("refused"):
         h2c.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+    elif path == "/goaway-processed":
+        h2c.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=sid)
+        return False
     elif path == "/goaway-once" and first("goaway"):
         h2c.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=max(0, sid - 2))
         return False
@@ -166,6 +172,7 @@ def serve(conn, n):
                 h2c.end_stream(ev.stream_id)
             if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in paths:
                 sid = ev.stream_id
+                say(f"REQ {paths[sid]}")
                 keep = respond(h2c, sid, paths.pop(sid), n, bodies.pop(sid, 0)) and keep
         out = h2c.data_to_send()
         if out:
