@@ -2,6 +2,9 @@
 //! with `transport.versions: ["2", "1.1"]` (ALPN h2, and the fall back to HTTP/1.1 when the
 //! target only speaks that), `["2"]` alone refusing an HTTP/1.1-only target, many concurrent
 //! streams over one upstream connection, and a connection the target closed being replaced.
+//! With a raw h2 target (`tests/h2/target.py`): the pool keys on idle HTTP/2 connections and
+//! their gauge, trailers on a response with a length, 103 Early Hints, the free replay of a
+//! refused stream or one past a graceful GOAWAY, and WebSockets by extended CONNECT.
 
 #[macro_use]
 mod support;
