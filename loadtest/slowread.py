@@ -18,7 +18,8 @@ the first byte, whether it opened its connection, its client port, for matching 
 access log) to OUT.requests.tsv, lists each request slower than SLOW_MS on stderr with what the
 kernel counted meanwhile (loopback drops, retransmissions, listen queue overflows), the CPU time
 and run-queue wait of the proxy, the backend and the load generator, and how late the load
-generator itself woke up; the run's kernel counter deltas go on the line.
+generator itself woke up; the run's kernel counter deltas, and each process's CPU time and
+run-queue wait over the whole run (`proxy_wait_ms`...), go on the line.
 """
 import argparse
 import glob
@@ -209,6 +210,15 @@ class Sampler(threading.Thread):
             self.samples.append((now, c, max(0.0, now - due)))
             due = now + SAMPLE_EVERY
             self.stop.wait(SAMPLE_EVERY)
+
+    def whole(self):
+        """CPU time and run-queue wait (ms) of each watched process over the whole run: how much
+        the machine kept each from running, to compare proxies measured at different times."""
+        if len(self.samples) < 2:
+            return {}
+        seen, _ = self.window(self.samples[0][0], self.samples[-1][0])
+        return {k: v for k, v in seen.items()
+                if k.split("_")[0] in self.watch and k.endswith(("_run_ms", "_wait_ms")) and "[" not in k}
 
     def window(self, t0, t1):
         """(counter deltas, worst sampler lateness) from the last sample before t0 to the first after t1."""
@@ -426,7 +436,8 @@ def cmd_run(a):
             f"slow_conns={ready} slow_held={held} fds_idle={fds0} fds_attacked={max(fds1, fds2)} "
             f"slow_fds_per_conn={per_fd:.2f} slow_rss_per_conn_kb={per_rss:.2f} "
             f"outliers={report_outliers(records, sampler, a.out + '.requests.tsv')} "
-            + " ".join(f"{k}={v}" for k, v in sorted(diff(k0, k1).items())))
+            + " ".join(f"{k}={v}" for k, v in sorted(diff(k0, k1).items())) + " "
+            + " ".join(f"{k}={v:.0f}" for k, v in sorted(sampler.whole().items())))
     with open(a.out, "w") as f:
         f.write(line + "\n")
     print(line)
