@@ -276,7 +276,7 @@ port_open() { (: <>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 start_proc() { # name cpu cmd... (taskset execs, so $! is the server itself)
   local name=$1 cpu=$2 f; shift 2
   if ((pin)) && [[ -n $cpu ]]; then set -- "$TASKSET" -c "$cpu" "$@"; fi
-  "$@" >"$RUN_DIR/logs/$name.log" 2>&1 </dev/null &
+  "$@" >>"$RUN_DIR/logs/$name.log" 2>&1 </dev/null & # appended: a fresh proxy per run keeps the earlier runs' lines
   PID[$name]=$!
   f=($(proc_fields "${PID[$name]}")) && PSTART[$name]=${f[19]} || PSTART[$name]=gone
 }

@@ -17,11 +17,18 @@ SCENARIO_LOADGEN_NAME=slowread
 SCENARIO_CONNECTIONS=2     # the normal client's connections (the slow readers are extra)
 SCENARIO_FRESH_PROXY=1
 SLOW_SETUP_TIMEOUT=120     # seconds to connect every slow reader and tear them down again
+# SLOWREAD_TRACE=DIR (off by default, it costs CPU): ringway logs at debug level (its splices'
+# stall-grace expiries) and writes a JSON access log to DIR/ringway-access.log (client ports and
+# timings), to match with the outliers slowread.py lists on stderr.
+if [[ -n ${SLOWREAD_TRACE:-} ]]; then
+  mkdir -p "$SLOWREAD_TRACE"
+  SCENARIO_RENDER_SED=(-e "s|^log: { level: warn }|log: { level: debug, access_log: { path: \"$SLOWREAD_TRACE/ringway-access.log\", format: json } }|")
+fi
 
 scenario_setup() { # run dir -> the 1 MiB object the backend serves
   head -c 1048576 /dev/urandom >"$1/1m.bin"
 }
 scenario_load() { # proxy url base
   "$TIMEOUT" $((duration + SLOW_SETUP_TIMEOUT)) "${loadgen_prefix[@]}" "$PYTHON" "$HERE/slowread.py" run \
-    --port "${PORT[$1]}" --pid "${PID[$1]}" --conns "$SLOW_CONNS" --seconds "$duration" --out "$3.metrics" >/dev/null
+    --port "${PORT[$1]}" --pid "${PID[$1]}" --backend-pid "${PID[${BACKENDS[0]}]}" --conns "$SLOW_CONNS" --seconds "$duration" --out "$3.metrics" >/dev/null
 }

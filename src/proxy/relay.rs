@@ -311,6 +311,13 @@ impl Relay<'_> {
                     match monoio::time::timeout(STALL_GRACE, self.src.wait_readable()).await {
                         Ok(r) => r?,
                         Err(_) => {
+                            // Debug level: the loadtest's slow-read trace matches these with
+                            // the normal client's outliers.
+                            tracing::debug!(
+                                worker = self.ctx.id(),
+                                src = src,
+                                "splice source quiet for {STALL_GRACE:?}; pipe back to the pool"
+                            );
                             if let Some(p) = pipe.take() {
                                 p.give_back();
                             }
@@ -345,6 +352,11 @@ impl Relay<'_> {
                     match monoio::time::timeout(STALL_GRACE, self.dst.wait_writable()).await {
                         Ok(r) => r?,
                         Err(_) if spill_on_stall(left) => {
+                            tracing::debug!(
+                                worker = self.ctx.id(),
+                                dst = dst,
+                                "splice destination stalled for {STALL_GRACE:?}; spilling {left} bytes"
+                            );
                             self.buf.reset();
                             p.spill(&mut self.buf.buf, left)?;
                             if let Some(p) = pipe.take() {
@@ -352,7 +364,14 @@ impl Relay<'_> {
                             }
                             return Ok(left);
                         }
-                        Err(_) => self.dst.wait_writable().await?,
+                        Err(_) => {
+                            tracing::debug!(
+                                worker = self.ctx.id(),
+                                dst = dst,
+                                "splice destination stalled for {STALL_GRACE:?}; keeping a grown pipe of {left} bytes"
+                            );
+                            self.dst.wait_writable().await?
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
