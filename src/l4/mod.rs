@@ -13,9 +13,8 @@ pub mod upgrade;
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
-use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ListenerKind;
 use crate::error::Side;
-use crate::l4::pump::{one_way, Conn, DirError, Shared, Way};
+use crate::l4::pump::{one_way, socket, Conn, DirError, Shared, Way};
 use crate::l4::upgrade::idle_watch;
 use crate::net::proxy_protocol;
 use crate::net::stream::Stream;
@@ -308,13 +307,6 @@ async fn both_ways(
         watchdog.as_mut().poll(cx).map(|()| End::Idle)
     })
     .await
-}
-
-/// The socket behind `fd`, borrowed: for options, shutdown and plain reads and writes.
-fn socket(fd: RawFd) -> ManuallyDrop<socket2::Socket> {
-    // SAFETY: `fd` is an open socket owned by a stream of the calling tunnel that outlives the
-    // returned value; ManuallyDrop keeps this borrow from closing it.
-    ManuallyDrop::new(unsafe { socket2::Socket::from_raw_fd(fd) })
 }
 
 /// SO_LINGER with a zero timeout: the coming close(2) sends RST instead of FIN, which is how a

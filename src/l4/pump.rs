@@ -11,7 +11,8 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -215,7 +216,7 @@ async fn wait_readable(src: &impl Conn, way: &mut Way) -> io::Result<()> {
 fn take_pipe(way: &mut Way, shared: &Shared<'_>) -> bool {
     if !shared.nonblocking.get() {
         for fd in shared.fds {
-            if let Err(e) = super::socket(fd).set_nonblocking(true) {
+            if let Err(e) = socket(fd).set_nonblocking(true) {
                 tracing::debug!("cannot make a tunnel socket nonblocking ({e}); copying");
                 way.copy_only = true;
                 return false;
@@ -334,9 +335,16 @@ fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+/// The socket behind `fd`, borrowed: for options, shutdown and plain reads and writes.
+pub fn socket(fd: RawFd) -> ManuallyDrop<socket2::Socket> {
+    // SAFETY: `fd` is an open socket owned by a stream of the calling tunnel that outlives the
+    // returned value; ManuallyDrop keeps this borrow from closing it.
+    ManuallyDrop::new(unsafe { socket2::Socket::from_raw_fd(fd) })
+}
+
 /// Passes a direction's end on (SHUT_WR); the other direction keeps flowing.
 fn socket_shutdown(fd: RawFd) -> io::Result<()> {
-    super::socket(fd).shutdown(std::net::Shutdown::Write)
+    socket(fd).shutdown(std::net::Shutdown::Write)
 }
 
 #[cfg(test)]
