@@ -7,7 +7,8 @@
 //! takes a pipe from the worker's pool and splices (socket -> pipe -> socket, the bytes stay in
 //! the kernel), and a splice that moves less than a copy's worth goes back to copying. A bulk
 //! direction whose source stays quiet for `STALL_GRACE` gives its empty pipe back, so an idle
-//! tunnel holds its two sockets and nothing else.
+//! tunnel holds its two sockets and nothing else; one whose destination takes nothing for as
+//! long moves what the pipe holds to user space and gives the pipe back too.
 
 use std::cell::Cell;
 use std::io;
@@ -18,7 +19,7 @@ use std::time::Instant;
 
 use monoio::net::{TcpStream, UnixStream};
 
-use crate::net::splice::{Pipe, STALL_GRACE};
+use crate::net::splice::{Pipe, SPILL_MAX, STALL_GRACE};
 use crate::observe::metrics::TunnelCounters;
 
 /// The stack buffer one copy step reads into. A read that fills it marks the direction as bulk
@@ -240,20 +241,32 @@ fn take_pipe(way: &mut Way, shared: &Shared<'_>) -> bool {
     }
 }
 
-/// Splices the `n` bytes the pipe holds out to `dst`.
+/// Splices the `n` bytes the pipe holds out to `dst`. A destination that takes nothing for
+/// `STALL_GRACE` gets the rest (at most `SPILL_MAX`, a base pipe's worth) through user space
+/// instead, and the pipe goes back to the pool: a stalled reader holds no pipe.
 async fn drain_pipe(dst: &impl Conn, way: &mut Way, n: usize) -> Result<(), DirError> {
     let dst_fd = dst.as_raw_fd();
-    let mut done = 0;
-    while done < n {
+    let mut left = n;
+    while left > 0 {
         let p = way
             .pipe
             .as_mut()
             .expect("a filled pipe is held until drained");
-        match p.drain(dst_fd, n - done) {
+        match p.drain(dst_fd, left) {
             Ok(0) => return Err(DirError::Write(io::ErrorKind::WriteZero.into())),
-            Ok(m) => done += m,
+            Ok(m) => left -= m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                dst.writable().await.map_err(DirError::Write)?
+                match monoio::time::timeout(STALL_GRACE, dst.writable()).await {
+                    Ok(r) => r.map_err(DirError::Write)?,
+                    Err(_) if left <= SPILL_MAX => {
+                        p.spill(&mut way.unsent, left).map_err(DirError::Write)?;
+                        if let Some(p) = way.pipe.take() {
+                            p.give_back();
+                        }
+                        return send_unsent(dst, &mut way.unsent).await;
+                    }
+                    Err(_) => dst.writable().await.map_err(DirError::Write)?,
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(DirError::Write(e)),
@@ -357,7 +370,17 @@ mod tests {
     /// Drives `one_way` from `near_a` to `near_b` with `way` while threads write `chunks` into
     /// `far_a` (pausing `gap` between them, then FIN) and read `far_b` to its end: the bytes read
     /// and the counters.
-    fn carry(mut way: Way, chunks: Vec<Vec<u8>>, gap: Duration) -> (Vec<u8>, TunnelCounters) {
+    fn carry(way: Way, chunks: Vec<Vec<u8>>, gap: Duration) -> (Vec<u8>, TunnelCounters) {
+        carry_to(way, chunks, gap, Duration::ZERO)
+    }
+
+    /// `carry`, with the reader starting only after `stall`.
+    fn carry_to(
+        mut way: Way,
+        chunks: Vec<Vec<u8>>,
+        gap: Duration,
+        stall: Duration,
+    ) -> (Vec<u8>, TunnelCounters) {
         let (near_a, mut far_a) = StdUnix::pair().unwrap();
         let (near_b, mut far_b) = StdUnix::pair().unwrap();
         let total: usize = chunks.iter().map(Vec::len).sum();
@@ -369,6 +392,7 @@ mod tests {
             far_a.shutdown(std::net::Shutdown::Write).unwrap();
         });
         let reader = std::thread::spawn(move || {
+            std::thread::sleep(stall);
             let mut got = Vec::new();
             far_b.read_to_end(&mut got).unwrap();
             got
@@ -427,6 +451,16 @@ mod tests {
         );
         assert_eq!(copied + spliced, 3_000_000);
         assert!(spliced >= 2_000_000, "only {spliced} bytes spliced");
+    }
+
+    #[test]
+    fn a_bulk_flow_to_a_reader_that_stalls_arrives_whole_and_in_order() {
+        // Stalled past the grace: what the pipe held goes on through user space.
+        let stall = STALL_GRACE * 3;
+        let (got, counters) = carry_to(Way::default(), vec![data()], Duration::ZERO, stall);
+        assert!(got == data(), "bytes differ");
+        let moved = count(&counters.copied_bytes) + count(&counters.spliced_bytes);
+        assert_eq!(moved, 3_000_000);
     }
 
     #[test]
