@@ -459,6 +459,10 @@ fn spawn_conn(
                 peer,
             ))
         }
+        // A plaintext tunnel: one box, not a tunnel boxed inside the general path's.
+        (ListenerKind::Tcp { .. }, false) => {
+            Box::pin(async move { crate::l4::serve(&ctx, listener, stream, peer).await })
+        }
         _ => Box::pin(async move {
             let mut peer = peer;
             let before_tls = ctx.gen.listener_tls[listener].is_some()
