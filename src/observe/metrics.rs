@@ -235,7 +235,8 @@ fn per_target<T: Default>(config: &Config) -> Vec<Vec<T>> {
 pub struct TunnelCounters {
     /// Payload bytes moved with splice(2), both directions.
     pub spliced_bytes: AtomicU64,
-    /// Payload bytes moved through a user-space buffer (the fallback), both directions.
+    /// Payload bytes moved through a user-space buffer (small messages, and bulk flows when no
+    /// pipe is free), both directions.
     pub copied_bytes: AtomicU64,
     /// Tunnels that reached a target.
     pub tunnels: AtomicU64,
