@@ -6,6 +6,7 @@ pub mod catch;
 pub mod closer;
 pub mod ctx;
 pub mod idle;
+pub mod trim;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -190,6 +191,7 @@ async fn worker_main(
     }
     start_handing_over(&core);
     monoio::spawn(sweep_idle(core.clone()));
+    monoio::spawn(trim::run(core.clone()));
     // The control thread writes a byte after each message and closes its end when the server
     // drains: a readable socket wakes io_uring and epoll alike, where shutdown(2) of a Unix
     // listener does not wake epoll.
