@@ -18,6 +18,9 @@ use crate::net::sock::{quiet_read, Sock};
 /// Ciphertext read per socket read: one full TLS record (16 KiB of plaintext and its framing).
 const TLS_READ: usize = 16 * 1024 + 256;
 
+/// Largest write buffer kept between writes: two full records.
+const WRITE_KEEP: usize = 2 * TLS_READ;
+
 pub struct TlsServer {
     io: Sock,
     session: ServerConnection,
@@ -150,7 +153,11 @@ impl TlsServer {
             self.session.write_tls(&mut buf)?;
         }
         let (res, buf) = self.io.write_all(buf).await;
-        self.wbuf = buf;
+        // One that grew for a large write (up to rustls's 64 KiB send limit) is not kept for
+        // the connection's life (an upgraded connection's is its tunnel's).
+        if buf.capacity() <= WRITE_KEEP {
+            self.wbuf = buf;
+        }
         res.map(|_| ())
     }
 
