@@ -101,6 +101,8 @@ impl AsyncWriteRent for Sock {
     }
 }
 
+/// Runs a cancellable read; when nothing arrived within `quiet`, cancels it and waits for its
+/// completion: `None` if it was cancelled, else what it read (bytes that raced the cancel).
 pub(crate) async fn quiet_read<B>(
     read: impl std::future::Future<Output = monoio::BufResult<usize, B>>,
     quiet: Duration,

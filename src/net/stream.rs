@@ -8,9 +8,9 @@ use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
 };
+use monoio::net::{TcpStream, UnixStream};
 
 use crate::net::sock::quiet_read;
-use monoio::net::{TcpStream, UnixStream};
 
 pub enum Stream {
     Tcp(TcpStream),
