@@ -25,11 +25,12 @@ const IDLE_TLS_CONN_HEAP_MAX: isize = 14 * 1024;
 struct Held(Child);
 
 impl Held {
-    fn open(addr: std::net::SocketAddr, n: usize) -> Held {
+    /// `body`: bytes of a POST body per request (0: a GET).
+    fn open(addr: std::net::SocketAddr, n: usize, body: usize) -> Held {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls_idle/hold.py");
         let mut child = Command::new("python3")
             .args([script, &addr.ip().to_string(), &addr.port().to_string()])
-            .arg(n.to_string())
+            .args([n.to_string(), body.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -71,10 +72,12 @@ fn an_idle_keep_alive_tls_connection_holds_no_buffers() {
         let proxy = Proxy::start(driver, yaml, &vars);
         let admin = proxy.server().admin_addr().unwrap();
         // Warm up first: slabs, pools, the session cache and the clock's slot table grow.
-        let warm = Held::open(proxy.addr(), 300);
+        let warm = Held::open(proxy.addr(), 300, 0);
         assert!(wait_for(Duration::from_secs(10), || receive_buffers(admin) == 0));
         let before = LIVE.load(Ordering::Relaxed);
-        let held = Held::open(proxy.addr(), 500);
+        // Each sends a 20 KiB body first: full 16 KiB records grow rustls's record reader, which
+        // must shrink back before the connection parks.
+        let held = Held::open(proxy.addr(), 500, 20 * 1024);
         assert!(
             wait_for(Duration::from_secs(10), || receive_buffers(admin) == 0),
             "idle TLS connections still hold receive buffers: {}",

@@ -110,6 +110,9 @@ impl TlsServer {
         if !self.session.wants_write() {
             self.wbuf = Vec::new();
         }
+        // rustls shrinks its record reader (16 KiB after a full record) back to 4 KiB when it
+        // is empty and asked to read: a reader with nothing to give makes it do just that.
+        let _ = self.session.read_tls(&mut NothingYet);
     }
 
     /// The socket, for readiness waits while parked.
@@ -219,6 +222,15 @@ impl TlsServer {
                 }
             }
         }
+    }
+}
+
+/// A reader that has nothing yet (not an end of stream).
+struct NothingYet;
+
+impl Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
     }
 }
 
