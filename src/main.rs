@@ -45,6 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ringway::worker::trim::no_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Sleep { seconds }) => {

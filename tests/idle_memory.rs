@@ -41,19 +41,6 @@ fn open_idle(addr: std::net::SocketAddr, n: usize, held: &mut Vec<TcpStream>) {
     }
 }
 
-fn receive_buffers(admin: std::net::SocketAddr) -> u64 {
-    let mut s = TcpStream::connect(admin).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("ringway_worker_receive_buffers{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
 /// One test for both drivers, in turn: the live-byte count is process-wide, so nothing else
 /// may run beside a measurement.
 #[test]

@@ -66,7 +66,7 @@ pub(crate) async fn detect(
 ) -> Detected {
     let p = ctx.config().listeners[listener].protocols;
     if let Stream::TlsServer(tls, _) = stream {
-        if tls.alpn_protocol().as_deref() == Some(b"h2") {
+        if tls.alpn_protocol() == Some(b"h2") {
             return Detected::Http2;
         }
         return if p.h1 {

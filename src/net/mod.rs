@@ -5,6 +5,8 @@ pub mod duplex;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod sniff;
+pub mod sock;
 pub mod splice;
 pub mod stream;
 pub mod tls;
+pub mod tls_stream;

@@ -10,27 +10,21 @@ use monoio::io::{
 };
 use monoio::net::{TcpStream, UnixStream};
 
+use crate::net::sock::quiet_read;
+
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     /// A client whose TLS we terminate; boxed because the session and its buffers are large.
     /// The descriptor is the socket's, for non-blocking peeks.
-    TlsServer(Box<monoio_rustls::ServerTlsStream<Sock>>, RawFd),
+    TlsServer(Box<crate::net::tls_stream::TlsServer>, RawFd),
     /// An upstream we dialed with TLS (and its socket's descriptor).
     TlsClient(Box<monoio_rustls::ClientTlsStream<Sock>>, RawFd),
     /// One end of an in-memory pair: an HTTP/2 stream served by the HTTP/1 data path.
     Mem(crate::net::duplex::End),
 }
 
-/// The socket under a TLS stream: TCP, or a Unix socket (TLS on unix listeners and to unix
-/// targets). One match per TLS record read or written; the plaintext paths never see it.
-pub enum Sock {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-    /// A tunnel through an `https://` forward proxy (TLS to the proxy), and its socket's
-    /// descriptor: a TLS target's own TLS runs inside it.
-    Tunnel(Box<monoio_rustls::ClientTlsStream<Sock>>, RawFd),
-}
+pub use crate::net::sock::Sock;
 
 impl Sock {
     /// The plaintext stream over this socket (a tunnel is already a TLS client stream).
@@ -39,88 +33,6 @@ impl Sock {
             Sock::Tcp(s) => Stream::Tcp(s),
             Sock::Unix(s) => Stream::Unix(s),
             Sock::Tunnel(s, fd) => Stream::TlsClient(s, fd),
-        }
-    }
-}
-
-impl AsRawFd for Sock {
-    fn as_raw_fd(&self) -> RawFd {
-        match self {
-            Sock::Tcp(s) => s.as_raw_fd(),
-            Sock::Unix(s) => s.as_raw_fd(),
-            Sock::Tunnel(_, fd) => *fd,
-        }
-    }
-}
-
-impl Sock {
-    /// Waits for read readiness (a TLS listener peeks its client's first byte with it).
-    pub async fn readable(&self, relaxed: bool) -> io::Result<()> {
-        match self {
-            Sock::Tcp(s) => s.readable(relaxed).await,
-            Sock::Unix(s) => s.readable(relaxed).await,
-            // Only listeners peek, and a tunnel is never accepted.
-            Sock::Tunnel(..) => Err(io::ErrorKind::Unsupported.into()),
-        }
-    }
-}
-
-// SAFETY: both sockets allow a read and a write in flight at once (monoio marks them `Split`),
-// and so does a TLS stream over one (monoio-rustls marks it `Split` when its socket is).
-unsafe impl monoio::io::Split for Sock {}
-
-impl AsyncReadRent for Sock {
-    async fn read<T: IoBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-        match self {
-            Sock::Tcp(s) => s.read(buf).await,
-            Sock::Unix(s) => s.read(buf).await,
-            // Boxed: the tunnel's future holds one of this type's own.
-            Sock::Tunnel(s, _) => Box::pin(s.read(buf)).await,
-        }
-    }
-
-    async fn readv<T: monoio::buf::IoVecBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-        match self {
-            Sock::Tcp(s) => s.readv(buf).await,
-            Sock::Unix(s) => s.readv(buf).await,
-            // Boxed: the tunnel's future holds one of this type's own.
-            Sock::Tunnel(s, _) => Box::pin(s.readv(buf)).await,
-        }
-    }
-}
-
-impl AsyncWriteRent for Sock {
-    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-        match self {
-            Sock::Tcp(s) => s.write(buf).await,
-            Sock::Unix(s) => s.write(buf).await,
-            // Boxed: the tunnel's future holds one of this type's own.
-            Sock::Tunnel(s, _) => Box::pin(s.write(buf)).await,
-        }
-    }
-
-    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
-        match self {
-            Sock::Tcp(s) => s.writev(buf).await,
-            Sock::Unix(s) => s.writev(buf).await,
-            // Boxed: the tunnel's future holds one of this type's own.
-            Sock::Tunnel(s, _) => Box::pin(s.writev(buf)).await,
-        }
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Sock::Tcp(s) => s.flush().await,
-            Sock::Unix(s) => s.flush().await,
-            Sock::Tunnel(s, _) => Box::pin(s.flush()).await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            Sock::Tcp(s) => s.shutdown().await,
-            Sock::Unix(s) => s.shutdown().await,
-            Sock::Tunnel(s, _) => Box::pin(s.shutdown()).await,
         }
     }
 }
@@ -197,15 +109,25 @@ impl Stream {
         matches!(self, Stream::TlsServer(..) | Stream::TlsClient(..))
     }
 
-    /// Whether an idle connection can wait for input holding no buffer: plain sockets only (a
-    /// TLS session may hold decrypted bytes that its socket no longer shows as readable).
+    /// Whether an idle connection can wait for input holding no buffer: sockets, and TLS
+    /// streams we serve (whose quiet read gives up only with nothing decrypted or buffered).
     pub fn can_park(&self) -> bool {
-        matches!(self, Stream::Tcp(_) | Stream::Unix(_))
+        matches!(
+            self,
+            Stream::Tcp(_) | Stream::Unix(_) | Stream::TlsServer(..)
+        )
+    }
+
+    /// Frees what a parked connection does not need (a TLS stream's ciphertext buffers).
+    pub fn release_idle(&mut self) {
+        if let Stream::TlsServer(s, _) = self {
+            s.release_buffers();
+        }
     }
 
     /// `read_more`, giving up when nothing arrives within `quiet` (`None` then) without losing
     /// input: the read is cancelled and its completion awaited, so bytes that raced the cancel
-    /// are kept. TLS streams read as `read_more` does.
+    /// are kept. TLS client streams read as `read_more` does.
     pub async fn read_more_unless_quiet(
         &mut self,
         buf: Vec<u8>,
@@ -220,29 +142,13 @@ impl Stream {
         let (res, slice) = match self {
             Stream::Tcp(s) => quiet_read(s.cancelable_read(slice, handle), quiet, canceller).await,
             Stream::Unix(s) => quiet_read(s.cancelable_read(slice, handle), quiet, canceller).await,
+            Stream::TlsServer(s, _) => s.read_unless_quiet(slice, quiet, canceller).await,
             _ => {
                 let (res, buf) = self.read_more(slice.into_inner()).await;
                 return (Some(res), buf);
             }
         };
         (res, slice.into_inner())
-    }
-}
-
-async fn quiet_read<B>(
-    read: impl std::future::Future<Output = monoio::BufResult<usize, B>>,
-    quiet: Duration,
-    canceller: &mut Canceller,
-) -> (Option<io::Result<usize>>, B) {
-    let mut read = std::pin::pin!(read);
-    if let Ok((res, buf)) = monoio::time::timeout(quiet, read.as_mut()).await {
-        return (Some(res), buf);
-    }
-    *canceller = std::mem::take(canceller).cancel();
-    let (res, buf) = read.await;
-    match res {
-        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => (None, buf),
-        res => (Some(res), buf),
     }
 }
 
@@ -366,12 +272,14 @@ impl Stream {
         Ok(())
     }
 
-    /// Waits, holding no buffer, until the peer sends something or closes (plain sockets).
+    /// Waits, holding no buffer, until the peer sends something or closes (sockets, and TLS
+    /// streams we serve once `read_more_unless_quiet` gave up).
     pub async fn wait_readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable(false).await,
             Stream::Unix(s) => s.readable(false).await,
-            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
+            Stream::TlsServer(s, _) => s.socket().readable(false).await,
+            Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
         }
     }
 

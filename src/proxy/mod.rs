@@ -236,6 +236,7 @@ async fn bursts(conn: &mut Conn) -> Option<Box<(UpConn, Option<usize>)>> {
                     pos: 0,
                     floor: 0,
                 };
+                conn.stream.release_idle();
                 // No timer of its own: the worker's idle clock keeps the deadline.
                 let woke = match left {
                     None => conn.stream.wait_readable().await.is_ok(),

@@ -1,8 +1,9 @@
 //! A worker's spare scratch buffers (upstream receive buffer, heads written), shared by its
 //! connections: a request takes them and gives them back when done, so a keep-alive burst
-//! allocates nothing per request, and a connection between requests holds none of them.
+//! allocates nothing per request, and a connection between requests holds none of them. A
+//! worker that turns quiet lets them go (`worker::trim`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Buffers kept: enough for the requests a worker has in flight at once; beyond, they are
 /// freed (a burst of concurrency should not stay resident).
@@ -18,12 +19,25 @@ pub const SPARE_MIN: usize = 4096;
 #[derive(Default)]
 pub struct Buffers {
     spare: RefCell<Vec<Vec<u8>>>,
+    /// Buffers taken so far: about one per request, so it also tells whether a worker is busy.
+    taken: Cell<u64>,
 }
 
 impl Buffers {
     /// An empty buffer, with the capacity of a returned one when there is one.
     pub fn take(&self) -> Vec<u8> {
+        self.taken.set(self.taken.get() + 1);
         self.spare.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// How many buffers were taken so far.
+    pub fn taken(&self) -> u64 {
+        self.taken.get()
+    }
+
+    /// Frees every spare (a quiet worker's).
+    pub fn release(&self) {
+        *self.spare.borrow_mut() = Vec::new();
     }
 
     /// Takes `buf` back (emptied) unless it is undersized, oversized, or the pool is full.
@@ -71,5 +85,14 @@ mod tests {
         assert!(again.is_empty());
         assert_eq!(again.as_ptr(), at);
         assert_eq!(pool.take().capacity(), 0, "nothing spare left");
+        assert_eq!(pool.taken(), 2);
+    }
+
+    #[test]
+    fn a_released_pool_holds_nothing() {
+        let pool = Buffers::default();
+        pool.give(Vec::with_capacity(4096));
+        pool.release();
+        assert_eq!(pool.take().capacity(), 0);
     }
 }

@@ -6,6 +6,7 @@ pub mod catch;
 pub mod closer;
 pub mod ctx;
 pub mod idle;
+pub mod trim;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::rc::Rc;
@@ -190,6 +191,7 @@ async fn worker_main(
     }
     start_handing_over(&core);
     monoio::spawn(sweep_idle(core.clone()));
+    monoio::spawn(trim::run(core.clone()));
     // The control thread writes a byte after each message and closes its end when the server
     // drains: a readable socket wakes io_uring and epoll alike, where shutdown(2) of a Unix
     // listener does not wake epoll.
@@ -569,13 +571,12 @@ async fn terminate_tls(
     }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     // Loaded once per connection: a reload applies to connections accepted after it.
-    let acceptor = monoio_rustls::TlsAcceptor::from(state.current.load_full());
-    let handshake = acceptor.accept(tcp);
+    let handshake = crate::net::tls_stream::TlsServer::accept(state.current.load_full(), tcp);
     let result = match state.settings.handshake_timeout {
         // The wait for the first byte counts against the same limit.
         Some(limit) => monoio::time::timeout(limit.saturating_sub(started.elapsed()), handshake)
             .await
-            .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut).into())),
+            .unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut))),
         None => handshake.await,
     };
     match result {
@@ -584,7 +585,7 @@ async fn terminate_tls(
             ctx.shared
                 .tls_handshake_failures
                 .fetch_add(1, Ordering::Relaxed);
-            let reason = crate::net::tls::failure_reason(&e.into());
+            let reason = crate::net::tls::failure_reason(&e);
             tracing::debug!(worker = ctx.id, ?peer, "TLS handshake failed: {reason}");
             log_tls_failure(ctx, listener, peer, &reason, started);
             None

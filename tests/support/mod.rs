@@ -350,6 +350,22 @@ pub fn proxy_to_one_backend(driver: Driver) -> (Proxy, Backend) {
     (proxy, b1)
 }
 
+/// `ringway_worker_receive_buffers` summed over workers: connections holding a receive buffer
+/// (busy ones; a parked connection holds none).
+pub fn receive_buffers(admin: SocketAddr) -> u64 {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("ringway_worker_receive_buffers{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 /// Waits (polling every 5 ms, at most `timeout`) for `cond`; false when it never held.
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

@@ -1,0 +1,316 @@
+//! A TLS stream a listener terminates: rustls over a socket, with ciphertext buffers that exist
+//! only while bytes move. monoio-rustls keeps two 16 KiB buffers per connection for its whole
+//! life and cannot drop them (a read it started cannot be cancelled either), so an idle
+//! keep-alive TLS connection cost over 40 KiB; this one parks like a plain socket.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
+use monoio::io::{Canceller, Split};
+use monoio::BufResult;
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::net::sock::{quiet_read, Sock};
+
+/// Ciphertext read per socket read: one full TLS record (16 KiB of plaintext and its framing).
+const TLS_READ: usize = 16 * 1024 + 256;
+
+/// Largest write buffer kept between writes: two full records.
+const WRITE_KEEP: usize = 2 * TLS_READ;
+
+pub struct TlsServer {
+    io: Sock,
+    session: ServerConnection,
+    /// Ciphertext received and not yet taken by rustls: `rbuf[rpos..]`. Empty (unallocated)
+    /// while the connection is parked.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Ciphertext rustls produced, reused for every write; freed while parked.
+    wbuf: Vec<u8>,
+}
+
+// SAFETY: reads use `rbuf` and writes use `wbuf`, each taken out of `self` across its socket
+// operation; both halves touch the session only between awaits, on one thread. The socket
+// allows a read and a write in flight at once (`Sock` is `Split`).
+unsafe impl Split for TlsServer {}
+
+impl TlsServer {
+    /// Runs the server side of a handshake on `io`.
+    pub async fn accept(config: Arc<ServerConfig>, io: Sock) -> io::Result<TlsServer> {
+        let session = ServerConnection::new(config).map_err(invalid)?;
+        let mut s = TlsServer {
+            io,
+            session,
+            rbuf: Vec::new(),
+            rpos: 0,
+            wbuf: Vec::new(),
+        };
+        s.handshake().await?;
+        Ok(s)
+    }
+
+    async fn handshake(&mut self) -> io::Result<()> {
+        let mut eof = false;
+        while self.session.is_handshaking() {
+            if self.session.wants_write() {
+                self.write_tls().await?;
+                continue;
+            }
+            if eof || !self.session.wants_read() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tls handshake eof",
+                ));
+            }
+            match self.read_tls().await {
+                Ok(n) => eof = n == 0,
+                Err(e) => {
+                    // The client learns why: rustls queued an alert.
+                    if e.kind() == io::ErrorKind::InvalidData && self.session.wants_write() {
+                        let _ = self.write_tls().await;
+                    }
+                    return Err(e);
+                }
+            }
+            if self.session.is_handshaking() && self.peer_closed_in_handshake() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tls handshake alert",
+                ));
+            }
+        }
+        // Session tickets and the like, sent before the first request is read.
+        while self.session.wants_write() {
+            self.write_tls().await?;
+        }
+        Ok(())
+    }
+
+    fn peer_closed_in_handshake(&mut self) -> bool {
+        self.session
+            .process_new_packets()
+            .is_ok_and(|s| s.peer_has_closed())
+    }
+
+    /// The protocol ALPN chose, if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.session.alpn_protocol()
+    }
+
+    /// Frees the ciphertext buffers when they hold nothing (the next read or write allocates
+    /// them again).
+    pub fn release_buffers(&mut self) {
+        if self.rpos == self.rbuf.len() {
+            self.rbuf = Vec::new();
+            self.rpos = 0;
+        }
+        if !self.session.wants_write() {
+            self.wbuf = Vec::new();
+        }
+        // rustls shrinks its record reader (16 KiB after a full record) back to 4 KiB when it
+        // is empty and asked to read: a reader with nothing to give makes it do just that.
+        let _ = self.session.read_tls(&mut NothingYet);
+    }
+
+    /// The socket, for readiness waits while parked.
+    pub fn socket(&self) -> &Sock {
+        &self.io
+    }
+
+    /// Gives rustls what was received; reads the socket when nothing is. `Ok(0)`: end of
+    /// stream.
+    async fn read_tls(&mut self) -> io::Result<usize> {
+        if self.rpos == self.rbuf.len() {
+            let mut buf = std::mem::take(&mut self.rbuf);
+            buf.clear();
+            self.rpos = 0;
+            buf.reserve(TLS_READ);
+            let (res, buf) = self.io.read(buf).await;
+            self.rbuf = buf;
+            res?;
+        }
+        self.feed()
+    }
+
+    /// Hands `rbuf[rpos..]` (all of it, or what rustls takes) to rustls and decrypts. An empty
+    /// `rbuf` tells rustls the peer closed.
+    fn feed(&mut self) -> io::Result<usize> {
+        let n = self.session.read_tls(&mut &self.rbuf[self.rpos..])?;
+        self.rpos += n;
+        if let Err(e) = self.session.process_new_packets() {
+            // The alert rustls queued is sent with the next write (or not at all): a read
+            // never writes, since the halves of a split stream read and write independently.
+            return Err(invalid(e));
+        }
+        Ok(n)
+    }
+
+    /// Writes everything rustls has queued.
+    async fn write_tls(&mut self) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.wbuf);
+        buf.clear();
+        while self.session.wants_write() {
+            self.session.write_tls(&mut buf)?;
+        }
+        let (res, buf) = self.io.write_all(buf).await;
+        // One that grew for a large write (up to rustls's 64 KiB send limit) is not kept for
+        // the connection's life (an upgraded connection's is its tunnel's).
+        if buf.capacity() <= WRITE_KEEP {
+            self.wbuf = buf;
+        }
+        res.map(|_| ())
+    }
+
+    /// Plaintext into `slice`, reading the socket only when rustls has none.
+    fn plaintext(&mut self, slice: &mut [u8]) -> Option<io::Result<usize>> {
+        match self.session.reader().read(slice) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
+    }
+
+    /// `read`, giving up when nothing arrives within `quiet` (`None` then, and nothing is
+    /// lost: a socket read racing the cancel keeps its bytes for the next read).
+    pub async fn read_unless_quiet<T: IoBufMut>(
+        &mut self,
+        mut buf: T,
+        quiet: Duration,
+        canceller: &mut Canceller,
+    ) -> (Option<io::Result<usize>>, T) {
+        // SAFETY: `buf` owns `bytes_total` writable bytes at `write_ptr` while we hold it.
+        let slice = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+        loop {
+            if let Some(r) = self.plaintext(slice) {
+                if let Ok(n) = r {
+                    // SAFETY: rustls wrote `n` bytes into the slice.
+                    unsafe { buf.set_init(n) };
+                }
+                return (Some(r), buf);
+            }
+            if self.rpos < self.rbuf.len() {
+                if let Err(e) = self.feed() {
+                    return (Some(Err(e)), buf);
+                }
+                continue;
+            }
+            let mut rbuf = std::mem::take(&mut self.rbuf);
+            rbuf.clear();
+            self.rpos = 0;
+            rbuf.reserve(TLS_READ);
+            let handle = canceller.handle();
+            let (res, rbuf) = match &mut self.io {
+                Sock::Tcp(s) => quiet_read(s.cancelable_read(rbuf, handle), quiet, canceller).await,
+                Sock::Unix(s) => {
+                    quiet_read(s.cancelable_read(rbuf, handle), quiet, canceller).await
+                }
+                Sock::Tunnel(..) => {
+                    let (res, rbuf) = self.io.read(rbuf).await;
+                    (Some(res), rbuf)
+                }
+            };
+            self.rbuf = rbuf;
+            match res {
+                None => return (None, buf),
+                Some(Err(e)) => return (Some(Err(e)), buf),
+                Some(Ok(_)) => {
+                    if let Err(e) = self.feed() {
+                        return (Some(Err(e)), buf);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A reader that has nothing yet (not an end of stream).
+struct NothingYet;
+
+impl Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl AsyncReadRent for TlsServer {
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // SAFETY: `buf` owns `bytes_total` writable bytes at `write_ptr` while we hold it.
+        let slice = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
+        loop {
+            if let Some(r) = self.plaintext(slice) {
+                if let Ok(n) = r {
+                    // SAFETY: rustls wrote `n` bytes into the slice.
+                    unsafe { buf.set_init(n) };
+                }
+                return (r, buf);
+            }
+            if let Err(e) = self.read_tls().await {
+                return (Err(e), buf);
+            }
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        // SAFETY: the raw buffer is the first iovec of `buf`, which outlives this call.
+        let n = match unsafe { RawBuf::new_from_iovec_mut(&mut buf) } {
+            Some(raw) => self.read(raw).await.0,
+            None => Ok(0),
+        };
+        if let Ok(n) = n {
+            // SAFETY: `n` bytes were written into the first iovec.
+            unsafe { buf.set_init(n) };
+        }
+        (n, buf)
+    }
+}
+
+impl AsyncWriteRent for TlsServer {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: `buf` owns `bytes_init` readable bytes at `read_ptr` while we hold it.
+        let slice = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        if self.session.wants_write() {
+            if let Err(e) = self.write_tls().await {
+                return (Err(e), buf);
+            }
+        }
+        let n = match self.session.writer().write(slice) {
+            Ok(n) => n,
+            Err(e) => return (Err(e), buf),
+        };
+        if let Err(e) = self.write_tls().await {
+            return (Err(e), buf);
+        }
+        (Ok(n), buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: the raw buffer is the first iovec of `buf`, which outlives this call.
+        let n = match unsafe { RawBuf::new_from_iovec(&buf) } {
+            Some(raw) => self.write(raw).await.0,
+            None => Ok(0),
+        };
+        (n, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.session.writer().flush()?;
+        if self.session.wants_write() {
+            self.write_tls().await?;
+        }
+        self.io.flush().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.session.send_close_notify();
+        if self.session.wants_write() {
+            self.write_tls().await?;
+        }
+        self.io.shutdown().await
+    }
+}
