@@ -273,7 +273,9 @@ fn spawn_stream(
     conn.idle_since.set(None);
     let conn = conn.clone();
     monoio::spawn(async move {
-        let work = CatchPanic(Box::pin(stream::serve(conn.clone(), req, respond)));
+        let work = CatchPanic(crate::worker::catch::boxed(|| {
+            stream::serve(conn.clone(), req, respond)
+        }));
         monoio::select! {
             _ = work => {},
             _ = conn.ctx.closing() => {},

@@ -225,7 +225,7 @@ async fn bursts(conn: &mut Conn) -> Option<Box<(UpConn, Option<usize>)>> {
         let held = BufferHeld::new(conn.ctx.clone());
         // Boxed: buffers, scratch and the exchange's state exist only while the connection is
         // busy, so a parked connection's task is a few hundred bytes instead of several KiB.
-        let burst = Box::pin(busy(conn)).await;
+        let burst = crate::worker::catch::boxed(|| busy(conn)).await;
         drop(held);
         match burst {
             Burst::Closed => return None,
