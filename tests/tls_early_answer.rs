@@ -16,16 +16,28 @@ use support::*;
 
 const UPLOAD: usize = 20 * 1024 * 1024;
 
-/// A TLS 1.3 backend that reads one request head per connection, writes `answer` without
-/// reading anything more, then holds the connection open (still not reading) for `hold`.
-/// rustls sends two session tickets as its handshake ends.
+/// A TLS 1.3 backend that reads one request head per connection and writes `answer` at once.
+/// With `then`, it reads the whole body (`Content-Length` bytes) and answers `then`; without,
+/// it holds the connection open for `hold`, reading nothing more. rustls sends two session
+/// tickets as its handshake ends.
 struct EarlyTlsBackend {
     addr: SocketAddr,
     heads: Arc<AtomicUsize>,
+    /// Body bytes read (with `then`).
+    body: Arc<AtomicUsize>,
 }
 
 impl EarlyTlsBackend {
     fn start(server: &Issued, answer: &'static [u8], hold: Duration) -> EarlyTlsBackend {
+        Self::start_then(server, answer, None, hold)
+    }
+
+    fn start_then(
+        server: &Issued,
+        answer: &'static [u8],
+        then: Option<&'static [u8]>,
+        hold: Duration,
+    ) -> EarlyTlsBackend {
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -42,11 +54,12 @@ impl EarlyTlsBackend {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let heads = Arc::new(AtomicUsize::new(0));
-        let seen = heads.clone();
+        let body = Arc::new(AtomicUsize::new(0));
+        let (seen, got) = (heads.clone(), body.clone());
         std::thread::spawn(move || {
             for tcp in l.incoming() {
                 let Ok(tcp) = tcp else { return };
-                let (config, seen) = (config.clone(), seen.clone());
+                let (config, seen, got) = (config.clone(), seen.clone(), got.clone());
                 std::thread::spawn(move || {
                     let conn = rustls::ServerConnection::new(config).unwrap();
                     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -61,11 +74,32 @@ impl EarlyTlsBackend {
                     seen.fetch_add(1, Ordering::SeqCst);
                     let _ = tls.write_all(answer);
                     let _ = tls.flush();
+                    let Some(then) = then else {
+                        std::thread::sleep(hold);
+                        return;
+                    };
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut read = 0;
+                    while read < len {
+                        match tls.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read += n,
+                        }
+                    }
+                    got.store(read, Ordering::SeqCst);
+                    let _ = tls.write_all(then);
+                    let _ = tls.flush();
                     std::thread::sleep(hold);
                 });
             }
         });
-        EarlyTlsBackend { addr, heads }
+        EarlyTlsBackend { addr, heads, body }
     }
 }
 
@@ -140,5 +174,23 @@ driver_tests! {
         // The backend counts a request once it has read its whole body.
         assert_eq!(b.requests(), 2, "both uploads reached the backend whole");
         assert!(b.last_head.lock().unwrap().to_ascii_lowercase().contains(&format!("content-length: {UPLOAD}")));
+    }
+
+    fn an_interim_100_from_a_tls_upstream_lets_the_whole_upload_go_on(driver) {
+        let dir = TempDir::new();
+        let pki = Pki::new(dir.path(), "up");
+        let server = pki.server("backend", &["backend.test"]);
+        let b = EarlyTlsBackend::start_then(
+            &server,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            Some(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nok\n"),
+            Duration::from_secs(1),
+        );
+        let proxy = proxy_to(driver, &pki, b.addr);
+        let (mut c, writer) = start_upload(&proxy, UPLOAD);
+        let r = c.read_final_response();
+        assert_eq!((r.status, r.text().as_str()), (201, "ok\n"), "{}", r.head_text());
+        assert_eq!(writer.join().unwrap(), UPLOAD);
+        assert_eq!(b.body.load(Ordering::SeqCst), UPLOAD, "the backend read the whole upload");
     }
 }
