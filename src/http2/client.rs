@@ -521,7 +521,7 @@ impl Drop for Dialing<'_> {
 /// when ALPN chose `h2`.
 pub fn negotiated_h2(h2c: bool, stream: &Stream) -> bool {
     match stream {
-        Stream::TlsClient(tls, _) => tls.alpn_protocol().as_deref() == Some(b"h2"),
+        Stream::TlsClient(tls, _) => tls.alpn_protocol() == Some(b"h2"),
         _ => h2c,
     }
 }

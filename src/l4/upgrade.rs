@@ -62,8 +62,8 @@ pub fn run(
     upstream: Stream,
     idle: Option<Duration>,
 ) -> Pin<Box<dyn Future<Output = Relayed>>> {
-    // TLS streams split into halves like sockets do (monoio-rustls keeps reads independent of
-    // writes).
+    // TLS streams split into halves like sockets do (`tls_stream::TlsConn` keeps reads
+    // independent of writes).
     macro_rules! to_upstream {
         ($a:expr) => {
             match upstream {

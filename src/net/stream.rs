@@ -19,12 +19,12 @@ pub enum Stream {
     /// The descriptor is the socket's, for non-blocking peeks.
     TlsServer(Box<crate::net::tls_stream::TlsServer>, RawFd),
     /// An upstream we dialed with TLS (and its socket's descriptor).
-    TlsClient(Box<monoio_rustls::ClientTlsStream<Sock>>, RawFd),
+    TlsClient(Box<crate::net::tls_stream::TlsClient>, RawFd),
     /// One end of an in-memory pair: an HTTP/2 stream served by the HTTP/1 data path.
     Mem(crate::net::duplex::End),
 }
 
-pub use crate::net::sock::Sock;
+pub use crate::net::tls_stream::Sock;
 
 impl Sock {
     /// The plaintext stream over this socket (a tunnel is already a TLS client stream).

@@ -1,19 +1,117 @@
-//! A TLS stream a listener terminates: rustls over a socket, with ciphertext buffers that exist
-//! only while bytes move. monoio-rustls keeps two 16 KiB buffers per connection for its whole
-//! life and cannot drop them (a read it started cannot be cancelled either), so an idle
-//! keep-alive TLS connection cost over 40 KiB; this one parks like a plain socket.
+//! Our TLS stream, for the clients a listener terminates and the upstreams we dial, and the
+//! socket under it (one module: a tunnel's socket is itself a TLS stream): rustls over a
+//! socket, with ciphertext buffers that exist only while bytes move. monoio-rustls keeps two
+//! 16 KiB buffers per connection for its whole life and cannot drop them (a read it started
+//! cannot be cancelled either), so an idle keep-alive TLS connection cost over 40 KiB; this
+//! one parks like a plain socket. Toward upstreams it also decrypts without waiting what
+//! arrived while a body streams, to tell an early answer from a session ticket.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, RawBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent};
 use monoio::io::{Canceller, Split};
+use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData};
 
-use crate::net::sock::{quiet_read, Sock};
+use crate::net::sock::quiet_read;
+
+/// The socket under a TLS stream: TCP, or a Unix socket (TLS on unix listeners and to unix
+/// targets). One match per TLS record read or written; the plaintext paths never see it.
+pub enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    /// A tunnel through an `https://` forward proxy (TLS to the proxy), and its socket's
+    /// descriptor: a TLS target's own TLS runs inside it.
+    Tunnel(Box<TlsClient>, RawFd),
+}
+
+impl AsRawFd for Sock {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Sock::Tcp(s) => s.as_raw_fd(),
+            Sock::Unix(s) => s.as_raw_fd(),
+            Sock::Tunnel(_, fd) => *fd,
+        }
+    }
+}
+
+impl Sock {
+    /// Waits for read readiness (a TLS listener peeks its client's first byte with it).
+    pub async fn readable(&self, relaxed: bool) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.readable(relaxed).await,
+            Sock::Unix(s) => s.readable(relaxed).await,
+            // Only listeners peek, and a tunnel is never accepted.
+            Sock::Tunnel(..) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+}
+
+// SAFETY: both sockets allow a read and a write in flight at once (monoio marks them `Split`),
+// and so does our TLS stream over one (`tls_stream::TlsConn` is `Split`).
+unsafe impl monoio::io::Split for Sock {}
+
+impl AsyncReadRent for Sock {
+    async fn read<T: IoBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.read(buf).await,
+            Sock::Unix(s) => s.read(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.read(buf)).await,
+        }
+    }
+
+    async fn readv<T: monoio::buf::IoVecBufMut>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.readv(buf).await,
+            Sock::Unix(s) => s.readv(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.readv(buf)).await,
+        }
+    }
+}
+
+impl AsyncWriteRent for Sock {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.write(buf).await,
+            Sock::Unix(s) => s.write(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.write(buf)).await,
+        }
+    }
+
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        match self {
+            Sock::Tcp(s) => s.writev(buf).await,
+            Sock::Unix(s) => s.writev(buf).await,
+            // Boxed: the tunnel's future holds one of this type's own.
+            Sock::Tunnel(s, _) => Box::pin(s.writev(buf)).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.flush().await,
+            Sock::Unix(s) => s.flush().await,
+            Sock::Tunnel(s, _) => Box::pin(s.flush()).await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown().await,
+            Sock::Unix(s) => s.shutdown().await,
+            Sock::Tunnel(s, _) => Box::pin(s.shutdown()).await,
+        }
+    }
+}
 
 /// Ciphertext read per socket read: one full TLS record (16 KiB of plaintext and its framing).
 const TLS_READ: usize = 16 * 1024 + 256;
@@ -21,9 +119,10 @@ const TLS_READ: usize = 16 * 1024 + 256;
 /// Largest write buffer kept between writes: two full records.
 const WRITE_KEEP: usize = 2 * TLS_READ;
 
-pub struct TlsServer {
+/// A TLS stream of ours: a server side (`TlsServer`) or an upstream we dialed (`TlsClient`).
+pub struct TlsConn<C> {
     io: Sock,
-    session: ServerConnection,
+    session: C,
     /// Ciphertext received and not yet taken by rustls: `rbuf[rpos..]`. Empty (unallocated)
     /// while the connection is parked.
     rbuf: Vec<u8>,
@@ -35,21 +134,43 @@ pub struct TlsServer {
 // SAFETY: reads use `rbuf` and writes use `wbuf`, each taken out of `self` across its socket
 // operation; both halves touch the session only between awaits, on one thread. The socket
 // allows a read and a write in flight at once (`Sock` is `Split`).
-unsafe impl Split for TlsServer {}
+unsafe impl<C> Split for TlsConn<C> {}
+
+pub type TlsServer = TlsConn<ServerConnection>;
+/// An upstream we dialed with TLS: our own stream (not monoio-rustls) so an early answer can
+/// be told from a session ticket while a body streams (`probe_response`).
+pub type TlsClient = TlsConn<ClientConnection>;
 
 impl TlsServer {
     /// Runs the server side of a handshake on `io`.
     pub async fn accept(config: Arc<ServerConfig>, io: Sock) -> io::Result<TlsServer> {
         let session = ServerConnection::new(config).map_err(invalid)?;
-        let mut s = TlsServer {
+        let mut s = TlsConn::with(io, session);
+        s.handshake().await?;
+        Ok(s)
+    }
+}
+
+impl TlsClient {
+    /// The stream over a socket whose client handshake is done.
+    pub fn new(io: Sock, session: ClientConnection) -> TlsClient {
+        TlsConn::with(io, session)
+    }
+}
+
+impl<C, SD> TlsConn<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData + 'static,
+{
+    fn with(io: Sock, session: C) -> Self {
+        TlsConn {
             io,
             session,
             rbuf: Vec::new(),
             rpos: 0,
             wbuf: Vec::new(),
-        };
-        s.handshake().await?;
-        Ok(s)
+        }
     }
 
     async fn handshake(&mut self) -> io::Result<()> {
@@ -225,6 +346,77 @@ impl TlsServer {
     }
 }
 
+/// What a probe found decrypted: how many of the first plaintext bytes it copied, and them.
+pub type Head = (usize, [u8; 10]);
+
+impl<C, SD> TlsConn<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData + 'static,
+{
+    /// Whether `probe_plaintext` can read the socket itself (not through a tunnel's TLS).
+    pub fn can_probe(&self) -> bool {
+        !matches!(self.io, Sock::Tunnel(..))
+    }
+
+    /// Whether the socket is a Unix one (else TCP).
+    pub fn is_unix(&self) -> bool {
+        matches!(self.io, Sock::Unix(_))
+    }
+
+    /// Decrypts what socket `fd` (this stream's) holds, without waiting, and returns the
+    /// start of the plaintext it gave, leaving all of it in rustls for the next read: `None`
+    /// when the records carried none (a TLS 1.3 session ticket). An end of stream or a broken
+    /// record is an error (the next read reports it too). Only while no read is in flight;
+    /// a write may be (it touches the session only between its awaits, and not `rbuf`).
+    pub fn probe_plaintext(&mut self, fd: RawFd) -> io::Result<Option<Head>> {
+        loop {
+            if let Ok(b) = self.session.reader().fill_buf() {
+                if !b.is_empty() {
+                    let mut head = [0u8; 10];
+                    let n = b.len().min(head.len());
+                    head[..n].copy_from_slice(&b[..n]);
+                    return Ok(Some((n, head)));
+                }
+            }
+            if self.rpos < self.rbuf.len() {
+                if self.feed()? == 0 {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let mut rbuf = std::mem::take(&mut self.rbuf);
+            rbuf.clear();
+            self.rpos = 0;
+            rbuf.reserve(TLS_READ);
+            // SAFETY: recv writes at most `capacity` bytes into the vector's spare capacity.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    rbuf.as_mut_ptr().cast(),
+                    rbuf.capacity(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                self.rbuf = rbuf;
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(None),
+                    _ => Err(e),
+                };
+            }
+            // SAFETY: recv initialised the first `n` bytes.
+            unsafe { rbuf.set_len(n as usize) };
+            self.rbuf = rbuf;
+            self.feed()?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
 /// A reader that has nothing yet (not an end of stream).
 struct NothingYet;
 
@@ -238,7 +430,11 @@ fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl AsyncReadRent for TlsServer {
+impl<C, SD> AsyncReadRent for TlsConn<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData + 'static,
+{
     async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
         // SAFETY: `buf` owns `bytes_total` writable bytes at `write_ptr` while we hold it.
         let slice = unsafe { std::slice::from_raw_parts_mut(buf.write_ptr(), buf.bytes_total()) };
@@ -270,7 +466,11 @@ impl AsyncReadRent for TlsServer {
     }
 }
 
-impl AsyncWriteRent for TlsServer {
+impl<C, SD> AsyncWriteRent for TlsConn<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData + 'static,
+{
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
         // SAFETY: `buf` owns `bytes_init` readable bytes at `read_ptr` while we hold it.
         let slice = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };

@@ -5,11 +5,12 @@
 //! relayed as usual (the exchange then closes the upstream connection, and the client side
 //! closes lingering, see `proxy::linger`).
 
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 
 use crate::error::{ProxyError, Side};
 use crate::http1::parse::Framing;
 use crate::net::stream::Stream;
+use crate::net::tls_stream::{Head, TlsClient};
 use crate::proxy::relay::BodyLimits;
 use crate::proxy::session::Session;
 use crate::upstream::pool::UpConn;
@@ -23,21 +24,41 @@ pub(crate) enum BodyEnd {
     Cut,
 }
 
-/// A second descriptor of a plaintext upstream socket, only to wait for it to turn readable
-/// while the relay owns the stream.
-enum Watch {
+/// A second descriptor of an upstream socket, only to wait for it to turn readable while the
+/// relay owns the stream; for a TLS upstream, also the stream, to decrypt what arrived.
+struct Watch {
+    sock: WatchSock,
+    tls: Option<(*mut TlsClient, RawFd)>,
+}
+
+enum WatchSock {
     Tcp(monoio::net::TcpStream),
     Unix(monoio::net::UnixStream),
 }
 
+/// What turned the upstream socket readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// TLS records with no plaintext (a TLS 1.3 session ticket): keep sending, keep watching.
+    Nothing,
+    /// An interim (1xx) response: the upstream still wants the body.
+    Interim,
+    /// A final response, an end of stream or an error: stop the body.
+    Final,
+}
+
 impl Watch {
-    /// `None` for TLS upstreams: their socket turns readable for TLS records that are no
-    /// response (a TLS 1.3 session ticket), so they keep streaming the whole body.
-    fn of(stream: &Stream) -> Option<Watch> {
-        let fd = match stream {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-            // Upstreams are sockets; an in-memory stream is only ever a client.
+    /// `None` for in-memory streams and TLS through a forward proxy's tunnel (whose socket
+    /// carries the tunnel's own TLS): those keep streaming the whole body.
+    fn of(stream: &mut Stream) -> Option<Watch> {
+        let (fd, unix, tls) = match stream {
+            Stream::Tcp(s) => (s.as_raw_fd(), false, None),
+            Stream::Unix(s) => (s.as_raw_fd(), true, None),
+            Stream::TlsClient(s, fd) if s.can_probe() => {
+                let tls: *mut TlsClient = &mut **s;
+                (*fd, s.is_unix(), Some((tls, *fd)))
+            }
+            // Upstreams are sockets; a server-side stream is only ever a client.
             Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => return None,
         };
         // SAFETY: F_DUPFD_CLOEXEC on an open descriptor has no memory effects; the new
@@ -46,44 +67,57 @@ impl Watch {
         if dup < 0 {
             return None;
         }
-        match stream {
-            Stream::Tcp(_) => {
-                // SAFETY: `dup` is a fresh descriptor of a TCP socket that nothing else owns.
-                let s = unsafe { std::net::TcpStream::from_raw_fd(dup) };
-                monoio::net::TcpStream::from_std(s).ok().map(Watch::Tcp)
-            }
-            _ => {
-                // SAFETY: `dup` is a fresh descriptor of a Unix socket that nothing else owns.
-                let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) };
-                monoio::net::UnixStream::from_std(s).ok().map(Watch::Unix)
-            }
-        }
+        let sock = if unix {
+            // SAFETY: `dup` is a fresh descriptor of a Unix socket that nothing else owns.
+            let s = unsafe { std::os::unix::net::UnixStream::from_raw_fd(dup) };
+            WatchSock::Unix(monoio::net::UnixStream::from_std(s).ok()?)
+        } else {
+            // SAFETY: `dup` is a fresh descriptor of a TCP socket that nothing else owns.
+            let s = unsafe { std::net::TcpStream::from_raw_fd(dup) };
+            WatchSock::Tcp(monoio::net::TcpStream::from_std(s).ok()?)
+        };
+        Some(Watch { sock, tls })
     }
 
     async fn readable(&self) -> std::io::Result<()> {
-        match self {
-            Watch::Tcp(s) => s.readable(false).await,
-            Watch::Unix(s) => s.readable(false).await,
+        match &self.sock {
+            WatchSock::Tcp(s) => s.readable(false).await,
+            WatchSock::Unix(s) => s.readable(false).await,
         }
     }
 
     fn fd(&self) -> i32 {
-        match self {
-            Watch::Tcp(s) => s.as_raw_fd(),
-            Watch::Unix(s) => s.as_raw_fd(),
+        match &self.sock {
+            WatchSock::Tcp(s) => s.as_raw_fd(),
+            WatchSock::Unix(s) => s.as_raw_fd(),
         }
     }
 
-    /// Whether what arrived starts an interim (1xx) response: the upstream still wants the body.
-    fn interim_pending(&self) -> bool {
-        let (n, head) = self.peek();
-        n == head.len() && is_interim_start(&head)
+    /// What arrived, once the socket turned readable.
+    fn seen(&self) -> Seen {
+        let (n, head) = match self.tls {
+            None => self.peek(),
+            Some((tls, fd)) => match decrypt(tls, fd) {
+                Ok(None) => return Seen::Nothing,
+                Ok(Some(found)) => found,
+                Err(_) => return Seen::Final,
+            },
+        };
+        if n == head.len() && is_interim_start(&head) {
+            Seen::Interim
+        } else {
+            Seen::Final
+        }
     }
 
     /// Whether response bytes wait to be read (a write failed because the upstream answered
     /// and closed: its answer is still readable).
     fn response_pending(&self) -> bool {
-        self.peek().0 > 0
+        match self.tls {
+            None => self.peek().0 > 0,
+            // TLS: only plaintext is a response (a session ticket is not).
+            Some((tls, fd)) => matches!(decrypt(tls, fd), Ok(Some(_))),
+        }
     }
 
     /// The first bytes waiting in the socket, without consuming them.
@@ -102,6 +136,17 @@ impl Watch {
     }
 }
 
+/// What a TLS upstream sent, decrypted and left in its stream for the response to read.
+/// Called only while the body relay is suspended (between its polls) or done.
+fn decrypt(tls: *mut TlsClient, fd: RawFd) -> std::io::Result<Option<Head>> {
+    // SAFETY: the pointer is the upstream's boxed TLS stream, which outlives the watch (both
+    // live within `send_body`'s borrow of the connection). The relay that also holds it is
+    // suspended while this runs, on this thread, and has no read in flight (it only writes
+    // upstream); a suspended write holds only the socket and its own taken buffer, which the
+    // probe leaves alone: the contract that makes the stream `Split`.
+    unsafe { (*tls).probe_plaintext(fd) }
+}
+
 /// `HTTP/1.x 1`: the start of a 1xx status line.
 fn is_interim_start(b: &[u8; 10]) -> bool {
     b.starts_with(b"HTTP/1.") && b[8] == b' ' && b[9] == b'1'
@@ -117,7 +162,7 @@ pub(crate) async fn send_body(
 ) -> Result<BodyEnd, ProxyError> {
     let watch = match rest {
         Framing::None | Framing::Length(0) => None,
-        _ => Watch::of(&conn.stream),
+        _ => Watch::of(&mut conn.stream),
     };
     let Some(watch) = watch else {
         crate::proxy::relay::stream_body(sess, conn, rest, lim).await?;
@@ -129,19 +174,20 @@ pub(crate) async fn send_body(
     let head = sess.down.buf[..floor].to_vec();
     let end = {
         let mut body = std::pin::pin!(crate::proxy::relay::stream_body(sess, conn, rest, lim));
-        monoio::select! {
-            r = &mut body => match r {
-                Ok(()) => Ok(BodyEnd::Whole),
-                Err(e) if e.side == Side::Upstream && watch.response_pending() => Ok(BodyEnd::Cut),
-                Err(e) => Err(e),
-            },
-            r = watch.readable() => {
-                if r.is_ok() && watch.interim_pending() {
-                    // 100 Continue (to a client that sent its body at once): carry on.
-                    body.await.map(|()| BodyEnd::Whole)
-                } else {
-                    Ok(BodyEnd::Cut)
-                }
+        loop {
+            let readable = monoio::select! {
+                r = &mut body => break match r {
+                    Ok(()) => Ok(BodyEnd::Whole),
+                    Err(e) if e.side == Side::Upstream && watch.response_pending() => Ok(BodyEnd::Cut),
+                    Err(e) => Err(e),
+                },
+                r = watch.readable() => r.is_ok(),
+            };
+            match if readable { watch.seen() } else { Seen::Final } {
+                Seen::Nothing => continue,
+                // 100 Continue (to a client that sent its body at once): carry on.
+                Seen::Interim => break body.await.map(|()| BodyEnd::Whole),
+                Seen::Final => break Ok(BodyEnd::Cut),
             }
         }
     };

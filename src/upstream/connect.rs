@@ -441,7 +441,7 @@ async fn originate_tls(
     }
     match result {
         Some(Ok((tcp, session))) => Ok(Stream::TlsClient(
-            Box::new(monoio_rustls::ClientTlsStream::new(tcp, session)),
+            Box::new(crate::net::tls_stream::TlsClient::new(tcp, session)),
             fd,
         )),
         Some(Err(e)) => Err(tls_err(crate::net::tls::failure_reason(&e))),

@@ -70,7 +70,7 @@ pub async fn open(
                         ),
                     )
                 })?;
-            let mut tls = monoio_rustls::ClientTlsStream::new(sock, session);
+            let mut tls = crate::net::tls_stream::TlsClient::new(sock, session);
             connect_tunnel(&mut tls, &to.authority(), fp.credentials.as_ref()).await?;
             Ok(Sock::Tunnel(Box::new(tls), fd))
         }
