@@ -1,9 +1,9 @@
 //! Keeping a panic inside one connection's task.
 
-/// Ends one connection, not the worker, when its task panics. monoio-rustls keeps its I/O
-/// buffers in `Option`s that are `expect`ed present; a TLS stream whose halves meet a protocol
-/// error while the other half is mid-write (an upgraded tunnel) panics inside the library.
-/// Requests in flight on that connection stay counted until shutdown_timeout.
+/// Ends one connection, not the worker, when its task panics: a library's bug met by one
+/// client's bytes (monoio-rustls's split halves once panicked this way) must not take the
+/// worker's other connections with it. Requests in flight on that connection stay counted
+/// until shutdown_timeout.
 pub struct CatchPanic<F: ?Sized>(pub std::pin::Pin<Box<F>>);
 
 impl<F: std::future::Future<Output = ()> + ?Sized> std::future::Future for CatchPanic<F> {
