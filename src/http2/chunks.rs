@@ -69,9 +69,11 @@ impl Dechunk {
 mod tests {
     use super::*;
 
-    /// What a caller ends with after feeding `pieces` one after another, as the callers do:
-    /// the payload, the trailers as `name: value` lines, and the bytes left after the body.
-    fn run(pieces: &[&[u8]]) -> Result<(Vec<u8>, Vec<String>, Vec<u8>), BodyError> {
+    /// The payload, the trailers as `name: value` lines, and the bytes left after the body.
+    type Decoded = (Vec<u8>, Vec<String>, Vec<u8>);
+
+    /// What a caller ends with after feeding `pieces` one after another, as the callers do.
+    fn run(pieces: &[&[u8]]) -> Result<Decoded, BodyError> {
         let mut d = Dechunk::new();
         let mut buf = Vec::new();
         let mut payload = Vec::new();
@@ -103,7 +105,7 @@ mod tests {
     }
 
     /// `body` fed whole, split once at every point, and byte by byte: all the same.
-    fn every_split(body: &[u8]) -> Result<(Vec<u8>, Vec<String>, Vec<u8>), BodyError> {
+    fn every_split(body: &[u8]) -> Result<Decoded, BodyError> {
         let whole = run(&[body]);
         for at in 0..=body.len() {
             let (a, b) = body.split_at(at);
