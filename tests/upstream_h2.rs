@@ -3,8 +3,9 @@
 //! target only speaks that), `["2"]` alone refusing an HTTP/1.1-only target, many concurrent
 //! streams over one upstream connection, and a connection the target closed being replaced.
 //! With a raw h2 target (`tests/h2/target.py`): the pool keys on idle HTTP/2 connections and
-//! their gauge, trailers on a response with a length, 103 Early Hints, the free replay of a
-//! refused stream or one past a graceful GOAWAY, and WebSockets by extended CONNECT.
+//! their gauge, trailers on a response with a length, a chunked upload's DATA and trailers, 103
+//! Early Hints, the free replay of a refused stream or one past a graceful GOAWAY, and
+//! WebSockets by extended CONNECT.
 
 #[macro_use]
 mod support;
@@ -457,6 +458,32 @@ driver_tests! {
         // An HTTP/2 client gets the trailers its response announced (Trailer: x-sum).
         let out = curl(&["--http2-prior-knowledge", "-D", "-", &format!("http://{}/trailers", proxy.addr())]);
         assert!(out.contains("hello") && out.contains("x-sum: 42"), "{out}");
+    }
+
+    fn a_chunked_http11_upload_reaches_an_h2_target_as_data_and_trailers(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        // Sent in 3-byte pieces, so reads end inside sizes, extensions and CRLFs.
+        let body = "5;ext=1\r\nhello\r\nA\r\n, h2 world\r\n0\r\nx-sum: 15\r\n\r\n";
+        let mut c = proxy.client();
+        c.send_split(
+            format!("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}"),
+            3,
+            Duration::from_millis(2),
+        );
+        let r = c.read_response();
+        assert_eq!((r.status, r.text().as_str()), (200, "ok 1 15"), "{}", r.head_text());
+        assert!(
+            wait_for(Duration::from_secs(5), || target.count("TRAILERS /up x-sum: 15") == 1),
+            "{:?}",
+            target.events()
+        );
+        // A malformed chunk is the client's fault: 400, and the target's stream never ends (reset).
+        let r = proxy.client().request(
+            "POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        );
+        assert_eq!(r.status, 400, "{}", r.head_text());
+        assert_eq!(target.count("REQ /bad"), 0, "{:?}", target.events());
     }
 
     fn early_hints_from_an_h2_target_reach_http11_and_http2_clients(driver) {

@@ -7,6 +7,7 @@
 //! server drains, after a reload or when it idles past `limits.idle_timeout`, and GOAWAY ENHANCE_YOUR_CALM when the client resets more than
 //! `http2.max_resets_per_s` streams in a second (rapid reset, CVE-2023-44487).
 
+pub(crate) mod chunks;
 pub mod client;
 pub mod head;
 pub(crate) mod io;

@@ -19,9 +19,10 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 
+use super::chunks::{Dechunk, Next};
 use super::head::{self, BodyFraming};
 use super::Conn;
-use crate::http1::body::{write_chunk_header, ChunkedDecoder};
+use crate::http1::body::write_chunk_header;
 use crate::http1::parse::{parse_response, Framing, Parse};
 use crate::net::duplex;
 use crate::net::stream::{reserve_read_space, Stream};
@@ -416,43 +417,27 @@ impl Body<'_> {
 
     /// De-chunks the body; the trailer section becomes HTTP/2 trailers.
     async fn chunked(&mut self) -> Result<(), BodyEnd> {
-        let mut dec = ChunkedDecoder::new();
-        // Framing consumed since the last payload byte: at the end, the trailer section.
-        let mut tail = Vec::new();
+        let mut dechunk = Dechunk::new();
         loop {
             let mut p = 0;
-            let mut done = false;
-            while p < self.buf.len() {
-                let Ok(step) = dec.step(&self.buf[p..]) else {
-                    return Err(BodyEnd::Truncated);
-                };
-                let consumed = &self.buf[p..p + step.consumed];
-                match &step.data {
-                    Some(r) => {
-                        let data = Bytes::copy_from_slice(&consumed[r.clone()]);
-                        tail.clear();
-                        tail.extend_from_slice(&consumed[r.end..]);
+            loop {
+                match dechunk.next(&self.buf, &mut p) {
+                    Err(_) => return Err(BodyEnd::Truncated),
+                    Ok(Next::Data(r)) => {
+                        let data = Bytes::copy_from_slice(&self.buf[r]);
                         self.send(data, false).await?;
                     }
-                    None => tail.extend_from_slice(consumed),
-                }
-                p += step.consumed;
-                if step.done {
-                    done = true;
-                    break;
-                }
-                if step.consumed == 0 {
-                    break;
+                    Ok(Next::End(trailers)) => {
+                        self.buf.drain(..p);
+                        if trailers.is_empty() {
+                            return self.send(Bytes::new(), true).await;
+                        }
+                        return self.tx.send_trailers(trailers).map_err(BodyEnd::Client);
+                    }
+                    Ok(Next::More) => break,
                 }
             }
             self.buf.drain(..p);
-            if done {
-                let trailers = head::trailers(&tail);
-                if trailers.is_empty() {
-                    return self.send(Bytes::new(), true).await;
-                }
-                return self.tx.send_trailers(trailers).map_err(BodyEnd::Client);
-            }
             if !self.read().await? {
                 return Err(BodyEnd::Truncated);
             }

@@ -24,10 +24,11 @@ use h2::client::ResponseFuture;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
 
+use super::chunks::{Dechunk, Next};
 use super::client::H2Stream;
 use super::tunnel;
 use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
-use crate::http1::body::{write_chunk_header, ChunkedDecoder, Encode};
+use crate::http1::body::{write_chunk_header, Encode};
 use crate::http1::forward::{override_drops_body, Request};
 use crate::http1::parse::{
     parse_response, Framing, HeaderIdx, HeaderKind, Parse, ResponseHead, Version,
@@ -363,51 +364,38 @@ impl Upload<'_> {
     }
 
     async fn chunked(&mut self) -> Result<bool, ProxyError> {
-        let mut dec = ChunkedDecoder::new();
-        let mut tail = Vec::new();
+        let mut dechunk = Dechunk::new();
         let mut payload = 0u64;
         loop {
             let mut p = 0;
-            let mut done = false;
-            while p < self.buf.len() {
-                let step = dec.step(&self.buf[p..]).map_err(|_| {
+            loop {
+                let next = dechunk.next(&self.buf, &mut p).map_err(|_| {
                     ProxyError::downstream(ErrorKind::BadBody("malformed chunked body"))
                 })?;
-                let consumed = p..p + step.consumed;
-                if let Some(r) = &step.data {
-                    let start = consumed.start;
-                    let data = Bytes::copy_from_slice(&self.buf[start + r.start..start + r.end]);
-                    payload += data.len() as u64;
-                    if self.max.is_some_and(|m| payload > m) {
-                        return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
+                match next {
+                    Next::Data(r) => {
+                        payload += r.len() as u64;
+                        if self.max.is_some_and(|m| payload > m) {
+                            return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
+                        }
+                        let data = Bytes::copy_from_slice(&self.buf[r]);
+                        if !self.send(data, false).await {
+                            return Ok(false);
+                        }
                     }
-                    tail.clear();
-                    tail.extend_from_slice(&self.buf[start + r.end..consumed.end]);
-                    if !self.send(data, false).await {
-                        return Ok(false);
+                    Next::End(trailers) => {
+                        self.buf.drain(..p);
+                        let sent = if trailers.is_empty() {
+                            self.tx.send_data(Bytes::new(), true)
+                        } else {
+                            self.tx.send_trailers(trailers)
+                        };
+                        return Ok(sent.is_ok());
                     }
-                } else {
-                    tail.extend_from_slice(&self.buf[consumed.clone()]);
-                }
-                p = consumed.end;
-                if step.done {
-                    done = true;
-                    break;
-                }
-                if step.consumed == 0 {
-                    break;
+                    Next::More => break,
                 }
             }
             self.buf.drain(..p);
-            if done {
-                let trailers = super::head::trailers(&tail);
-                let sent = if trailers.is_empty() {
-                    self.tx.send_data(Bytes::new(), true)
-                } else {
-                    self.tx.send_trailers(trailers)
-                };
-                return Ok(sent.is_ok());
-            }
             if !self.read().await? {
                 return Err(ProxyError::downstream(ErrorKind::ClientIo(
                     std::io::ErrorKind::UnexpectedEof.into(),

@@ -6,6 +6,7 @@ Usage: target.py. Prints "PORT <n>", then one line per connection event, flushed
   OPEN <n>             connection n was accepted (numbered from 1)
   CLOSED <n> <how>     it ended: "goaway" (the client sent GOAWAY, then closed), "eof"
   REQ <path>           a request ended (its body read whole)
+  TRAILERS <path> <fields>  the request's trailers, as `name: value` joined by "; "
 Each connection is served on its own thread. Paths:
   /trailers            200, content-length 5, `trailer: x-sum`, "hello", trailers x-sum: 42
   /trailers-quiet      the same without the `trailer` field announcing them
@@ -165,6 +166,9 @@ def serve(conn, n):
                     h2c.send_data(ev.stream_id, ev.data)
                 else:
                     bodies[ev.stream_id] = bodies.get(ev.stream_id, 0) + len(ev.data)
+            elif isinstance(ev, h2.events.TrailersReceived) and ev.stream_id in paths:
+                fields = "; ".join(f"{k.decode()}: {v.decode()}" for k, v in ev.headers)
+                say(f"TRAILERS {paths[ev.stream_id]} {fields}")
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 how = "goaway"
             if isinstance(ev, h2.events.StreamEnded) and ev.stream_id in tunnels:
