@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,23 +140,8 @@ driver_tests! {
         );
         let proxy = Proxy::start(driver, &one_upstream_yaml("$B", ""), &[("B", b.addr.to_string())]);
         let size = 20 * 1024 * 1024;
-        let sock = TcpStream::connect(proxy.addr()).unwrap();
-        let mut w = sock.try_clone().unwrap();
-        let writer = std::thread::spawn(move || {
-            let head = format!("PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
-            let _ = w.write_all(head.as_bytes());
-            let chunk = vec![b'u'; 64 * 1024];
-            let mut sent = 0;
-            while sent < size {
-                if w.write_all(&chunk).is_err() {
-                    break;
-                }
-                sent += chunk.len();
-            }
-            sent
-        });
+        let (mut c, writer) = start_upload(proxy.addr(), size);
         let started = Instant::now();
-        let mut c = Client::from_tcp(sock);
         let r = c.try_read_response(false).unwrap_or_else(|e| panic!("the client got no answer: {e}"));
         assert_eq!((r.status, r.text().as_str()), (401, "unauthorized\n"), "{}", r.head_text());
         assert!(r.closes(), "the rest of the upload is not read: the connection closes");

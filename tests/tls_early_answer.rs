@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,27 +114,6 @@ fn proxy_to(driver: Driver, pki: &Pki, addr: SocketAddr) -> Proxy {
     )
 }
 
-/// Starts a `PUT` of `size` bytes on a fresh connection from another thread (which returns
-/// how much it could send); the client reads the answer.
-fn start_upload(proxy: &Proxy, size: usize) -> (Client, std::thread::JoinHandle<usize>) {
-    let sock = TcpStream::connect(proxy.addr()).unwrap();
-    let mut w = sock.try_clone().unwrap();
-    let writer = std::thread::spawn(move || {
-        let head = format!("PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
-        let _ = w.write_all(head.as_bytes());
-        let chunk = vec![b'u'; 64 * 1024];
-        let mut sent = 0;
-        while sent < size {
-            if w.write_all(&chunk[..chunk.len().min(size - sent)]).is_err() {
-                break;
-            }
-            sent += chunk.len().min(size - sent);
-        }
-        sent
-    });
-    (Client::from_tcp(sock), writer)
-}
-
 driver_tests! {
     fn a_tls_upstream_that_answers_401_before_reading_a_20_mb_upload_reaches_the_client(driver) {
         let dir = TempDir::new();
@@ -147,7 +126,7 @@ driver_tests! {
         );
         let proxy = proxy_to(driver, &pki, b.addr);
         let started = Instant::now();
-        let (mut c, writer) = start_upload(&proxy, UPLOAD);
+        let (mut c, writer) = start_upload(proxy.addr(), UPLOAD);
         let r = c.try_read_response(false).unwrap_or_else(|e| panic!("the client got no answer: {e}"));
         assert_eq!((r.status, r.text().as_str()), (401, "unauthorized\n"), "{}", r.head_text());
         assert!(r.closes(), "the rest of the upload is not read: the connection closes");
@@ -166,7 +145,7 @@ driver_tests! {
         let b = TlsBackend::start("tb", &server, None);
         let proxy = proxy_to(driver, &pki, b.addr);
         for _ in 0..2 {
-            let (mut c, writer) = start_upload(&proxy, UPLOAD);
+            let (mut c, writer) = start_upload(proxy.addr(), UPLOAD);
             let r = c.try_read_response(false).unwrap_or_else(|e| panic!("the client got no answer: {e}"));
             assert_eq!((r.status, r.text().as_str()), (200, "tb sni=backend.test client_cert=no\n"), "{}", r.head_text());
             assert_eq!(writer.join().unwrap(), UPLOAD);
@@ -187,7 +166,7 @@ driver_tests! {
             Duration::from_secs(1),
         );
         let proxy = proxy_to(driver, &pki, b.addr);
-        let (mut c, writer) = start_upload(&proxy, UPLOAD);
+        let (mut c, writer) = start_upload(proxy.addr(), UPLOAD);
         let r = c.read_final_response();
         assert_eq!((r.status, r.text().as_str()), (201, "ok\n"), "{}", r.head_text());
         assert_eq!(writer.join().unwrap(), UPLOAD);

@@ -480,3 +480,25 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 pub fn get_req(path: &str, extra: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n{extra}\r\n")
 }
+
+/// Starts a `PUT /upload` of `size` bytes on a fresh connection to `addr`, written from another
+/// thread as a client that sends its whole body before reading (the thread returns how much it
+/// could send); the returned client reads the answer.
+pub fn start_upload(addr: SocketAddr, size: usize) -> (Client, std::thread::JoinHandle<usize>) {
+    let sock = TcpStream::connect(addr).unwrap();
+    let mut w = sock.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let head = format!("PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+        let _ = w.write_all(head.as_bytes());
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut sent = 0;
+        while sent < size {
+            if w.write_all(&chunk[..chunk.len().min(size - sent)]).is_err() {
+                break;
+            }
+            sent += chunk.len().min(size - sent);
+        }
+        sent
+    });
+    (Client::from_tcp(sock), writer)
+}
