@@ -174,12 +174,7 @@ fn continue_backend(how: Continue) -> (SocketAddr, mpsc::Receiver<bool>) {
                     }
                     head.push(byte[0]);
                 }
-                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let len: usize = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
+                let len = head_content_length(&head);
                 match how {
                     Continue::Refuse => {
                         let _ = conn.write_all(

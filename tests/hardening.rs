@@ -142,14 +142,7 @@ driver_tests! {
         let size = 20 * 1024 * 1024;
         let (mut c, writer) = start_upload(proxy.addr(), size);
         let started = Instant::now();
-        let r = c.try_read_response(false).unwrap_or_else(|e| panic!("the client got no answer: {e}"));
-        assert_eq!((r.status, r.text().as_str()), (401, "unauthorized\n"), "{}", r.head_text());
-        assert!(r.closes(), "the rest of the upload is not read: the connection closes");
-        assert_eq!(r.header("www-authenticate"), Some("Basic"));
-        assert!(started.elapsed() < Duration::from_secs(5), "the answer waited for {:?}", started.elapsed());
-        assert!(c.is_closed_within(Duration::from_secs(15)), "the connection closes after lingering");
-        // Without a lingering close the upload would meet a reset part way.
-        assert_eq!(writer.join().unwrap(), size, "the client could send its whole upload");
+        expect_early_401(&mut c, writer, started, size);
         assert_eq!(b.heads().len(), 1, "one request reached the backend");
     }
 

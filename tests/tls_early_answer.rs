@@ -78,12 +78,7 @@ impl EarlyTlsBackend {
                         std::thread::sleep(hold);
                         return;
                     };
-                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                    let len: usize = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
+                    let len = head_content_length(&head);
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut read = 0;
                     while read < len {
@@ -127,13 +122,7 @@ driver_tests! {
         let proxy = proxy_to(driver, &pki, b.addr);
         let started = Instant::now();
         let (mut c, writer) = start_upload(proxy.addr(), UPLOAD);
-        let r = c.try_read_response(false).unwrap_or_else(|e| panic!("the client got no answer: {e}"));
-        assert_eq!((r.status, r.text().as_str()), (401, "unauthorized\n"), "{}", r.head_text());
-        assert!(r.closes(), "the rest of the upload is not read: the connection closes");
-        assert_eq!(r.header("www-authenticate"), Some("Basic"));
-        assert!(started.elapsed() < Duration::from_secs(5), "the answer waited for {:?}", started.elapsed());
-        assert!(c.is_closed_within(Duration::from_secs(15)), "the connection closes after lingering");
-        assert_eq!(writer.join().unwrap(), UPLOAD, "the client could send its whole upload");
+        expect_early_401(&mut c, writer, started, UPLOAD);
         assert_eq!(b.heads.load(Ordering::SeqCst), 1, "one request reached the backend");
     }
 

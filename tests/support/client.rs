@@ -502,3 +502,52 @@ pub fn start_upload(addr: SocketAddr, size: usize) -> (Client, std::thread::Join
     });
     (Client::from_tcp(sock), writer)
 }
+
+/// The `Content-Length` of a request head a test backend read (0 when it has none).
+pub fn head_content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Checks that an upload started by [`start_upload`] got the backend's early 401 at once, and
+/// that a lingering close let the client send all `size` bytes.
+pub fn expect_early_401(
+    c: &mut Client,
+    writer: std::thread::JoinHandle<usize>,
+    started: Instant,
+    size: usize,
+) {
+    let r = c
+        .try_read_response(false)
+        .unwrap_or_else(|e| panic!("the client got no answer: {e}"));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (401, "unauthorized\n"),
+        "{}",
+        r.head_text()
+    );
+    assert!(
+        r.closes(),
+        "the rest of the upload is not read: the connection closes"
+    );
+    assert_eq!(r.header("www-authenticate"), Some("Basic"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the answer waited for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        c.is_closed_within(Duration::from_secs(15)),
+        "the connection closes after lingering"
+    );
+    // Without a lingering close the upload would meet a reset part way.
+    assert_eq!(
+        writer.join().unwrap(),
+        size,
+        "the client could send its whole upload"
+    );
+}

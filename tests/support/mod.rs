@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use backend::{pattern, refused_addr, Backend, Options as BackendOptions, Request};
-pub use client::{get, get_req, start_upload, Client, ReadError, Response};
+pub use client::{
+    expect_early_401, get, get_req, head_content_length, start_upload, Client, ReadError, Response,
+};
 pub use fixed::FixedBackend;
 
 use ringway::control::Server;
