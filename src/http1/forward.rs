@@ -56,7 +56,7 @@ impl Placeholders for ReqInfo<'_> {
             Placeholder::ClientIp => out.extend_from_slice(self.client.ip_text.as_bytes()),
             Placeholder::ClientPort => {
                 if let Some(peer) = self.client.peer {
-                    let _ = write!(out, "{}", peer.port());
+                    out.extend_from_slice(itoa::Buffer::new().format(peer.port()).as_bytes());
                 }
             }
             Placeholder::Host => {
@@ -90,7 +90,7 @@ impl Placeholders for ReqInfo<'_> {
             }
             Placeholder::UpstreamHostport => out.extend_from_slice(self.upstream.as_bytes()),
             Placeholder::Worker => {
-                let _ = write!(out, "{}", self.worker);
+                out.extend_from_slice(itoa::Buffer::new().format(self.worker).as_bytes());
             }
             // A request has no response yet (validation allows these in handle_response only).
             Placeholder::Response(_) => {}
@@ -527,9 +527,7 @@ pub fn write_request_head(
     match head.framing {
         _ if no_body => {}
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
-        }
+        Framing::Length(n) => crate::http1::response::write_content_length(out, n),
         _ => {}
     }
     if head.conn.upgrade {

@@ -46,7 +46,9 @@ pub fn write_response_head(
     } = *r;
     let (req_buf, client, worker) = (req.buf, req.client, req.worker);
     let req = req.head;
-    let _ = write!(out, "HTTP/1.1 {} ", resp.status);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
+    out.push(b' ');
     out.extend_from_slice(resp.reason.get(rbuf));
     out.extend_from_slice(b"\r\n");
     let ops = &up.headers.response;
@@ -84,7 +86,7 @@ pub fn write_response_head(
         list.write(out, rbuf, headers, resp.bare_lf);
     }
     if let Some(n) = length {
-        let _ = write!(out, "Content-Length: {n}\r\n");
+        write_content_length(out, n);
     }
     if encode == Encode::Chunk || (resp.framing == Framing::Chunked && encode == Encode::Raw) {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -104,6 +106,14 @@ pub fn write_response_head(
 }
 
 /// `Connection` for the client: close when we will, keep-alive when a 1.0 client asked for it.
+/// `Content-Length: n` and its line end. Once per response on the hot path: `itoa` rather than
+/// `write!`, whose formatting machinery cost 3.6% of small keep-alive's user-space instructions.
+pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 pub fn finish_conn_header(out: &mut Vec<u8>, version: Version, keep: bool) {
     if !keep {
         out.extend_from_slice(b"Connection: close\r\n");
