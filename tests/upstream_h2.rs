@@ -220,6 +220,30 @@ fn tls_transport(pki: &Pki, versions: &str) -> String {
     )
 }
 
+/// Opens a WebSocket through the proxy at `addr` with an HTTP/1.1 handshake (RFC 6455's example
+/// key): the connection and the answer's head, lowercased.
+fn ws_handshake(addr: SocketAddr, path: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
 driver_tests! {
     fn curl_reaches_an_nginx_h2c_target_over_one_http2_connection(driver) {
         let nginx = nginx("http2", None);
@@ -557,21 +581,7 @@ driver_tests! {
         use std::io::{Read, Write};
         let target = RawTarget::start();
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
-        let handshake = |path: &str| {
-            let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(format!(
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            ).as_bytes()).unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                assert_eq!(s.read(&mut byte).unwrap(), 1, "closed after {:?}", String::from_utf8_lossy(&head));
-                head.push(byte[0]);
-            }
-            (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
-        };
+        let handshake = |path: &str| ws_handshake(proxy.addr(), path);
         // The target's 200 is the client's 101, with the accept its key calls for (RFC 6455's
         // example) and the target's subprotocol; then bytes go both ways through the stream.
         let (mut s, head) = handshake("/ws");
@@ -628,5 +638,45 @@ driver_tests! {
         let closed = wait_for(Duration::from_secs(10), || target.count("CLOSED 1 goaway") == 1);
         assert!(closed, "{:?}", target.events());
         assert_eq!(proxy.get("/b").text(), "ok 2 0");
+    }
+
+    fn a_websocket_to_an_h2_target_takes_a_connection_slot_only_below_max_connections(driver) {
+        use std::io::{Read, Write};
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[{{ address: \"h2c://{}\", max_connections: 2 }}]", target.addr),
+            "",
+        );
+        // The HTTP/2 connection holds one slot and the tunnel on it the other.
+        let (mut first, head) = ws_handshake(proxy.addr(), "/ws");
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        first.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        first.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+        // A second WebSocket would be a third connection: refused as a request needing a new
+        // connection is when the target is full, never sent up.
+        let (_, head) = ws_handshake(proxy.addr(), "/ws");
+        assert!(head.starts_with("http/1.1 503 "), "{head}");
+        assert_eq!(target.count("OPEN"), 1, "{:?}", target.events());
+        // Plain requests still ride the connection's streams: they need no slot of their own.
+        assert_eq!(proxy.get("/a").text(), "ok 1 0");
+        // Once the first tunnel ends, its slot takes the next WebSocket.
+        first.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).unwrap();
+        let mut next = None;
+        let switched = wait_for(Duration::from_secs(10), || {
+            let (s, head) = ws_handshake(proxy.addr(), "/ws");
+            next = Some(s);
+            head.starts_with("http/1.1 101 ")
+        });
+        assert!(switched, "the freed slot never took a WebSocket");
+        let mut s = next.unwrap();
+        s.write_all(b"pong").unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"pong");
+        assert_eq!(target.count("OPEN"), 1, "{:?}", target.events());
     }
 }

@@ -112,6 +112,7 @@ pub async fn serve(
         source,
         dest,
         proxy_header: sends_header,
+        upgrade: false,
     };
     let mut att = Attempts::default();
     let connected = connect(ctx, upstream, up, &mut att, &want).await;
