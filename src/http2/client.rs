@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use monoio_compat::StreamWrapper;
 
-use super::io::H2Io;
+use super::io::H2Transport;
 use crate::config::Transport;
 use crate::net::stream::Stream;
 use crate::upstream::pool::{ConnSlot, Tag, UpConn, SURPLUS_GRACE};
@@ -369,7 +368,7 @@ impl Conns {
         let UpConn {
             stream, slot, tag, ..
         } = conn;
-        let io = StreamWrapper::new(H2Io::new(stream, Vec::new()));
+        let io = H2Transport::new(stream, Vec::new());
         let (send, connection) = h2::client::Builder::new()
             .initial_max_send_streams(INITIAL_MAX_STREAMS)
             .initial_window_size(STREAM_WINDOW)
