@@ -19,7 +19,7 @@ use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData};
 
-use crate::net::sock::quiet_read;
+use crate::net::sock::read_until;
 
 /// The socket under a TLS stream: TCP, or a Unix socket (TLS on unix listeners and to unix
 /// targets). One match per TLS record read or written; the plaintext paths never see it.
@@ -306,8 +306,20 @@ where
     /// lost: a socket read racing the cancel keeps its bytes for the next read).
     pub async fn read_unless_quiet<T: IoBufMut>(
         &mut self,
-        mut buf: T,
+        buf: T,
         quiet: Duration,
+        canceller: &mut Canceller,
+    ) -> (Option<io::Result<usize>>, T) {
+        let quiet = std::pin::pin!(monoio::time::sleep(quiet));
+        self.read_until(buf, quiet, canceller).await
+    }
+
+    /// `read`, giving up once `quiet` completes while the socket has given nothing to decrypt
+    /// (`None` then, and nothing is lost, as in `read_unless_quiet`).
+    pub async fn read_until<T: IoBufMut, Q: std::future::Future<Output = ()>>(
+        &mut self,
+        mut buf: T,
+        mut quiet: std::pin::Pin<&mut Q>,
         canceller: &mut Canceller,
     ) -> (Option<io::Result<usize>>, T) {
         // SAFETY: `buf` owns `bytes_total` writable bytes at `write_ptr` while we hold it.
@@ -331,11 +343,10 @@ where
             self.rpos = 0;
             rbuf.reserve(TLS_READ);
             let handle = canceller.handle();
+            let q = quiet.as_mut();
             let (res, rbuf) = match &mut self.io {
-                Sock::Tcp(s) => quiet_read(s.cancelable_read(rbuf, handle), quiet, canceller).await,
-                Sock::Unix(s) => {
-                    quiet_read(s.cancelable_read(rbuf, handle), quiet, canceller).await
-                }
+                Sock::Tcp(s) => read_until(s.cancelable_read(rbuf, handle), q, canceller).await,
+                Sock::Unix(s) => read_until(s.cancelable_read(rbuf, handle), q, canceller).await,
                 Sock::Tunnel(..) => {
                     let (res, rbuf) = self.io.read(rbuf).await;
                     (Some(res), rbuf)
