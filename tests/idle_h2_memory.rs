@@ -18,12 +18,13 @@ live_bytes_allocator!();
 
 /// What an idle h2c connection may hold on the heap: the `h2` crate's own state (its codec
 /// keeps a 16 KiB write buffer, an 8 KiB read buffer and a 4 KiB HPACK buffer for life) and
-/// the connection's task; 41.4 KiB measured. With `monoio_compat`'s two 8 KiB copy buffers
+/// the connection's task; 40.9 KiB measured. With `monoio_compat`'s two 8 KiB copy buffers
 /// it was 58.6 KiB.
 const IDLE_H2C_CONN_HEAP_MAX: isize = 48 * 1024;
-/// The same over TLS: the rustls session too (64.8 KiB measured). With a pending read's
-/// ciphertext buffer and a kept write buffer it was 82.9 KiB.
-const IDLE_H2_TLS_CONN_HEAP_MAX: isize = 72 * 1024;
+/// The same over TLS: the rustls session too (48.3 KiB measured). With a pending read's
+/// ciphertext buffer, a kept write buffer and the 16 KiB receive buffer protocol detection
+/// took it was 82.9 KiB.
+const IDLE_H2_TLS_CONN_HEAP_MAX: isize = 56 * 1024;
 
 /// Connections measured (after as many again to warm up).
 const CONNS: usize = 200;

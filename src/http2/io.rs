@@ -120,6 +120,13 @@ impl Drop for Direct {
 
 impl Direct {
     fn new(stream: Stream, fd: RawFd, prefix: Vec<u8>) -> Self {
+        // An empty prefix (TLS: ALPN chose h2, nothing was read) is the receive buffer
+        // detection took: not kept for the connection's life.
+        let prefix = if prefix.is_empty() {
+            Vec::new()
+        } else {
+            prefix
+        };
         Direct {
             read_wait: None,
             write_wait: None,
