@@ -454,7 +454,8 @@ driver_tests! {
         );
         assert_eq!(proxy.get("/a").status, 200);
         assert_eq!(proxy.get("/b").status, 200);
-        assert_eq!((t1.count("OPEN"), t2.count("OPEN")), (1, 1));
+        let both = wait_for(Duration::from_secs(5), || (t1.count("OPEN"), t2.count("OPEN")) == (1, 1));
+        assert!(both, "{:?} {:?}", t1.events(), t2.events());
         // Two idle connections, one allowed: one closes after the grace, the other stays.
         let closed = || t1.count("CLOSED") + t2.count("CLOSED");
         assert!(wait_for(Duration::from_secs(10), || closed() == 1), "{:?} {:?}", t1.events(), t2.events());
@@ -681,5 +682,32 @@ driver_tests! {
         s.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"pong");
         assert_eq!(target.count("OPEN"), 1, "{:?}", target.events());
+    }
+
+    fn a_websocket_to_a_full_h2_target_waits_in_the_queue_for_a_slot(driver) {
+        use std::io::{Read, Write};
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[{{ address: \"h2c://{}\", max_connections: 2 }}]", target.addr),
+            "    transport: { queue_timeout: 10s }\n",
+        );
+        let (mut first, head) = ws_handshake(proxy.addr(), "/ws");
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        // With a queue, a WebSocket finding the target full waits as a request would...
+        let addr = proxy.addr();
+        let waiting = std::thread::spawn(move || ws_handshake(addr, "/ws"));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!waiting.is_finished(), "a second WebSocket was let past max_connections");
+        // ...and takes the slot the first one's end frees.
+        first.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).unwrap();
+        let (mut s, head) = waiting.join().unwrap();
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        s.write_all(b"late").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"late");
     }
 }
