@@ -319,6 +319,36 @@ driver_tests! {
         assert!(o.stdout == pattern(200_000), "got {} bytes", o.stdout.len());
     }
 
+    fn bodies_of_several_mib_and_many_streams_cross_an_http2_tls_connection_whole(driver) {
+        // The TLS stream is driven by readiness and nonblocking reads and writes (`http2::io`):
+        // full records, partial ones, a socket that fills up, and many streams at once.
+        let backend = Backend::start("b1");
+        let tls = TlsEdge::new();
+        let proxy = tls.proxy(driver, &backend, "");
+        let dir = TempDir::new();
+        let body = pattern(3 * 1024 * 1024 + 17);
+        let file = dir.join("body");
+        std::fs::write(&file, &body).unwrap();
+        let at = format!("@{}", file.display());
+        let u = tls.url(&proxy, "/echo-body");
+        let args = tls.args(&["-sS", "--max-time", "30", "--http2", "--data-binary", &at, &u]);
+        let o = peer("curl", &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(o.stdout == body, "echoed {} bytes of {}", o.stdout.len(), body.len());
+        let u = tls.url(&proxy, "/big?n=5000000");
+        let args = tls.args(&["-sS", "--max-time", "30", "--http2", &u]);
+        let o = peer("curl", &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.stdout == pattern(5_000_000), "got {} bytes", o.stdout.len());
+        let h2load_url = format!("https://127.0.0.1:{}/", proxy.addr().port());
+        let o = peer("h2load", &["-c", "4", "-m", "10", "-n", "2000", &h2load_url]);
+        let out = stdout(&o);
+        assert!(o.status.success(), "h2load failed: {out}{}", stderr(&o));
+        assert!(
+            out.contains("2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed, 0 errored"),
+            "{out}"
+        );
+    }
+
     fn h2load_runs_many_concurrent_streams_without_an_error(driver) {
         let backend = Backend::start("b1");
         let proxy = h2c_proxy(driver, &backend, "", "");

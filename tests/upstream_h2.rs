@@ -220,6 +220,30 @@ fn tls_transport(pki: &Pki, versions: &str) -> String {
     )
 }
 
+/// Opens a WebSocket through the proxy at `addr` with an HTTP/1.1 handshake (RFC 6455's example
+/// key): the connection and the answer's head, lowercased.
+fn ws_handshake(addr: SocketAddr, path: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
 driver_tests! {
     fn curl_reaches_an_nginx_h2c_target_over_one_http2_connection(driver) {
         let nginx = nginx("http2", None);
@@ -430,7 +454,8 @@ driver_tests! {
         );
         assert_eq!(proxy.get("/a").status, 200);
         assert_eq!(proxy.get("/b").status, 200);
-        assert_eq!((t1.count("OPEN"), t2.count("OPEN")), (1, 1));
+        let both = wait_for(Duration::from_secs(5), || (t1.count("OPEN"), t2.count("OPEN")) == (1, 1));
+        assert!(both, "{:?} {:?}", t1.events(), t2.events());
         // Two idle connections, one allowed: one closes after the grace, the other stays.
         let closed = || t1.count("CLOSED") + t2.count("CLOSED");
         assert!(wait_for(Duration::from_secs(10), || closed() == 1), "{:?} {:?}", t1.events(), t2.events());
@@ -513,12 +538,15 @@ driver_tests! {
         assert_eq!(out, "second");
         // Past the GOAWAY's last stream id: never processed, so replayed on a new connection.
         assert_eq!(curl(&["--http1.1", "-d", "once", &format!("{url}/goaway-once")]), "after goaway");
-        assert!(target.count("OPEN") >= 2, "{:?}", target.events());
+        let reopened = wait_for(Duration::from_secs(5), || target.count("OPEN") >= 2);
+        assert!(reopened, "{:?}", target.events());
         // At or below the GOAWAY's last stream id it may have been processed: the connection
         // closing before an answer is a 502, never a replay.
         let o = peer("curl", &["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--http1.1", "-d", "x", &format!("{url}/goaway-processed")]);
         assert_eq!(String::from_utf8_lossy(&o.stdout), "502");
-        assert_eq!(target.count("REQ /goaway-processed"), 1, "{:?}", target.events());
+        // (The target's events are read by a thread of ours: the line may trail the 502.)
+        let seen = wait_for(Duration::from_secs(5), || target.count("REQ /goaway-processed") == 1);
+        assert!(seen, "{:?}", target.events());
         // The request body went whole the second time.
         assert_eq!(curl(&["--http1.1", "-d", "12345", &format!("{url}/echo")]).split(' ').nth(2), Some("5"));
     }
@@ -557,21 +585,7 @@ driver_tests! {
         use std::io::{Read, Write};
         let target = RawTarget::start();
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
-        let handshake = |path: &str| {
-            let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(format!(
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-            ).as_bytes()).unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                assert_eq!(s.read(&mut byte).unwrap(), 1, "closed after {:?}", String::from_utf8_lossy(&head));
-                head.push(byte[0]);
-            }
-            (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
-        };
+        let handshake = |path: &str| ws_handshake(proxy.addr(), path);
         // The target's 200 is the client's 101, with the accept its key calls for (RFC 6455's
         // example) and the target's subprotocol; then bytes go both ways through the stream.
         let (mut s, head) = handshake("/ws");
@@ -628,5 +642,72 @@ driver_tests! {
         let closed = wait_for(Duration::from_secs(10), || target.count("CLOSED 1 goaway") == 1);
         assert!(closed, "{:?}", target.events());
         assert_eq!(proxy.get("/b").text(), "ok 2 0");
+    }
+
+    fn a_websocket_to_an_h2_target_takes_a_connection_slot_only_below_max_connections(driver) {
+        use std::io::{Read, Write};
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[{{ address: \"h2c://{}\", max_connections: 2 }}]", target.addr),
+            "",
+        );
+        // The HTTP/2 connection holds one slot and the tunnel on it the other.
+        let (mut first, head) = ws_handshake(proxy.addr(), "/ws");
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        first.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        first.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+        // A second WebSocket would be a third connection: refused as a request needing a new
+        // connection is when the target is full, never sent up.
+        let (_, head) = ws_handshake(proxy.addr(), "/ws");
+        assert!(head.starts_with("http/1.1 503 "), "{head}");
+        assert_eq!(target.count("OPEN"), 1, "{:?}", target.events());
+        // Plain requests still ride the connection's streams: they need no slot of their own.
+        assert_eq!(proxy.get("/a").text(), "ok 1 0");
+        // Once the first tunnel ends, its slot takes the next WebSocket.
+        first.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).unwrap();
+        let mut next = None;
+        let switched = wait_for(Duration::from_secs(10), || {
+            let (s, head) = ws_handshake(proxy.addr(), "/ws");
+            next = Some(s);
+            head.starts_with("http/1.1 101 ")
+        });
+        assert!(switched, "the freed slot never took a WebSocket");
+        let mut s = next.unwrap();
+        s.write_all(b"pong").unwrap();
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"pong");
+        assert_eq!(target.count("OPEN"), 1, "{:?}", target.events());
+    }
+
+    fn a_websocket_to_a_full_h2_target_waits_in_the_queue_for_a_slot(driver) {
+        use std::io::{Read, Write};
+        let target = RawTarget::start();
+        let proxy = proxy(
+            driver,
+            &format!("[{{ address: \"h2c://{}\", max_connections: 2 }}]", target.addr),
+            "    transport: { queue_timeout: 10s }\n",
+        );
+        let (mut first, head) = ws_handshake(proxy.addr(), "/ws");
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        // With a queue, a WebSocket finding the target full waits as a request would...
+        let addr = proxy.addr();
+        let waiting = std::thread::spawn(move || ws_handshake(addr, "/ws"));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!waiting.is_finished(), "a second WebSocket was let past max_connections");
+        // ...and takes the slot the first one's end frees.
+        first.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).unwrap();
+        let (mut s, head) = waiting.join().unwrap();
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        s.write_all(b"late").unwrap();
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"late");
     }
 }

@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use monoio_compat::StreamWrapper;
 
-use super::io::H2Io;
+use super::io::H2Transport;
 use crate::config::Transport;
 use crate::net::stream::Stream;
-use crate::upstream::pool::{Tag, UpConn, SURPLUS_GRACE};
+use crate::upstream::pool::{ConnSlot, Tag, UpConn, SURPLUS_GRACE};
 
 /// Streams assumed allowed before the peer's SETTINGS arrive (RFC 9113 §6.5.2 recommends
 /// servers allow at least 100).
@@ -216,6 +215,9 @@ pub struct H2Stream {
     /// The connection served streams before this one (a broken one is replayed, as a stale
     /// pooled HTTP/1.1 connection is).
     pub reused: bool,
+    /// A WebSocket's own connection slot (`max_connections`), reserved before its extended
+    /// CONNECT went out: its tunnel counts as a connection, as one over HTTP/1.1 would.
+    pub tunnel_slot: Option<ConnSlot>,
     state: Rc<State>,
 }
 
@@ -299,6 +301,7 @@ impl Conns {
         Some(H2Stream {
             send,
             reused: true,
+            tunnel_slot: None,
             state: conn.state.clone(),
         })
     }
@@ -365,7 +368,7 @@ impl Conns {
         let UpConn {
             stream, slot, tag, ..
         } = conn;
-        let io = StreamWrapper::new(H2Io::new(stream, Vec::new()));
+        let io = H2Transport::new(stream, Vec::new());
         let (send, connection) = h2::client::Builder::new()
             .initial_max_send_streams(INITIAL_MAX_STREAMS)
             .initial_window_size(STREAM_WINDOW)
@@ -428,6 +431,7 @@ impl Conns {
         Ok(H2Stream {
             send,
             reused: false,
+            tunnel_slot: None,
             state,
         })
     }

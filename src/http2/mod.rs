@@ -22,7 +22,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use monoio_compat::StreamWrapper;
 
 use crate::http1::forward::Client;
 use crate::net::stream::Stream;
@@ -177,7 +176,7 @@ pub(crate) async fn serve(
 ) {
     let limits = ctx.config().listeners[listener].http2;
     let tls = stream.is_tls();
-    let io = StreamWrapper::new(io::H2Io::new(stream, prefix));
+    let io = io::H2Transport::new(stream, prefix);
     let window = limits.initial_window as u64;
     let mut builder = h2::server::Builder::new();
     builder

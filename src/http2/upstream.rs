@@ -832,17 +832,22 @@ pub(crate) async fn exchange(
 
 /// Answers the client's WebSocket handshake with its 101 and hands the data path the tunnel's
 /// upstream side: an in-memory pair whose far end [`tunnel::pump`] moves to and from the
-/// stream. The tunnel counts against the target's connections as an HTTP/1.1 one would.
+/// stream. The tunnel counts against the target's connections as an HTTP/1.1 one would (the
+/// connector reserved its slot, `H2Stream::tunnel_slot`).
 async fn switch(
     sess: &mut Session<'_>,
     a: &Attempt<'_>,
     parts: &http::response::Parts,
     (tx, rx): (SendStream<Bytes>, RecvStream),
-    link: H2Stream,
+    mut link: H2Stream,
     early: Vec<u8>,
 ) -> Result<Exchange, Failure> {
     let Some(key) = tunnel::client_key(&sess.down.buf, &sess.s.headers) else {
         return Err(invalid("a WebSocket handshake without Sec-WebSocket-Key").into());
+    };
+    // The slot the connector reserved for this tunnel against `max_connections`.
+    let Some(slot) = link.tunnel_slot.take() else {
+        return Err(invalid("a WebSocket stream without a connection slot").into());
     };
     sess.s.status = 101;
     sess.s.out.clear();
@@ -860,11 +865,12 @@ async fn switch(
         // Room for it: the pair holds 64 KiB, and the head's read buffer no more than that.
         let _ = near.write_all(&early).await;
     }
-    let shared = sess.ctx.balancer(a.u).shared(a.t).clone();
-    shared
-        .conns
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    let conn = UpConn::new(Stream::Mem(near), shared);
+    let conn = UpConn {
+        stream: Stream::Mem(near),
+        slot,
+        reused: false,
+        tag: None,
+    };
     monoio::spawn(tunnel::pump(
         far,
         tx,

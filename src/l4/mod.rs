@@ -112,6 +112,7 @@ pub async fn serve(
         source,
         dest,
         proxy_header: sends_header,
+        upgrade: false,
     };
     let mut att = Attempts::default();
     let connected = connect(ctx, upstream, up, &mut att, &want).await;
@@ -177,7 +178,7 @@ pub async fn serve(
         (Stream::Unix(a), Stream::Unix(b)) => pump(a, b, &run).await,
         // TLS streams (a TLS target) cannot be spliced: the buffered relay.
         (client, target) => {
-            let r = upgrade::run(client, target, idle_timeout).await;
+            let r = upgrade::run(client, target, idle_timeout, ctx.idle_clock()).await;
             moved[0].set(r.up);
             moved[1].set(r.down);
             let end = if r.idle {

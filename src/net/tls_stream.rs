@@ -19,7 +19,7 @@ use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 use rustls::{ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData};
 
-use crate::net::sock::quiet_read;
+use crate::net::sock::read_until;
 
 /// The socket under a TLS stream: TCP, or a Unix socket (TLS on unix listeners and to unix
 /// targets). One match per TLS record read or written; the plaintext paths never see it.
@@ -48,6 +48,15 @@ impl Sock {
             Sock::Tcp(s) => s.readable(relaxed).await,
             Sock::Unix(s) => s.readable(relaxed).await,
             // Only listeners peek, and a tunnel is never accepted.
+            Sock::Tunnel(..) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Waits for write readiness (HTTP/2's nonblocking writes).
+    pub async fn writable(&self, relaxed: bool) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.writable(relaxed).await,
+            Sock::Unix(s) => s.writable(relaxed).await,
             Sock::Tunnel(..) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
@@ -297,8 +306,20 @@ where
     /// lost: a socket read racing the cancel keeps its bytes for the next read).
     pub async fn read_unless_quiet<T: IoBufMut>(
         &mut self,
-        mut buf: T,
+        buf: T,
         quiet: Duration,
+        canceller: &mut Canceller,
+    ) -> (Option<io::Result<usize>>, T) {
+        let quiet = std::pin::pin!(monoio::time::sleep(quiet));
+        self.read_until(buf, quiet, canceller).await
+    }
+
+    /// `read`, giving up once `quiet` completes while the socket has given nothing to decrypt
+    /// (`None` then, and nothing is lost, as in `read_unless_quiet`).
+    pub async fn read_until<T: IoBufMut, Q: std::future::Future<Output = ()>>(
+        &mut self,
+        mut buf: T,
+        mut quiet: std::pin::Pin<&mut Q>,
         canceller: &mut Canceller,
     ) -> (Option<io::Result<usize>>, T) {
         // SAFETY: `buf` owns `bytes_total` writable bytes at `write_ptr` while we hold it.
@@ -322,11 +343,10 @@ where
             self.rpos = 0;
             rbuf.reserve(TLS_READ);
             let handle = canceller.handle();
+            let q = quiet.as_mut();
             let (res, rbuf) = match &mut self.io {
-                Sock::Tcp(s) => quiet_read(s.cancelable_read(rbuf, handle), quiet, canceller).await,
-                Sock::Unix(s) => {
-                    quiet_read(s.cancelable_read(rbuf, handle), quiet, canceller).await
-                }
+                Sock::Tcp(s) => read_until(s.cancelable_read(rbuf, handle), q, canceller).await,
+                Sock::Unix(s) => read_until(s.cancelable_read(rbuf, handle), q, canceller).await,
                 Sock::Tunnel(..) => {
                     let (res, rbuf) = self.io.read(rbuf).await;
                     (Some(res), rbuf)
@@ -385,35 +405,150 @@ where
                 }
                 continue;
             }
-            let mut rbuf = std::mem::take(&mut self.rbuf);
-            rbuf.clear();
-            self.rpos = 0;
-            rbuf.reserve(TLS_READ);
-            // SAFETY: recv writes at most `capacity` bytes into the vector's spare capacity.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    rbuf.as_mut_ptr().cast(),
-                    rbuf.capacity(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                self.rbuf = rbuf;
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(None),
-                    _ => Err(e),
-                };
-            }
-            // SAFETY: recv initialised the first `n` bytes.
-            unsafe { rbuf.set_len(n as usize) };
-            self.rbuf = rbuf;
-            self.feed()?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            match self.recv_now(fd) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+                Ok(0) => {
+                    self.feed()?;
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                Ok(_) => {
+                    self.feed()?;
+                }
             }
         }
+    }
+
+    /// One nonblocking recv(2) on `fd` (this stream's socket) into an emptied `rbuf`: the bytes
+    /// received (0: end of stream), not yet given to rustls.
+    fn recv_now(&mut self, fd: RawFd) -> io::Result<usize> {
+        debug_assert!(self.rpos == self.rbuf.len());
+        self.rbuf.clear();
+        self.rpos = 0;
+        self.rbuf.reserve(TLS_READ);
+        // SAFETY: recv writes at most `capacity` bytes into the vector's spare capacity.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                self.rbuf.as_mut_ptr().cast(),
+                self.rbuf.capacity(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: recv initialised the first `n` bytes.
+        unsafe { self.rbuf.set_len(n as usize) };
+        Ok(n as usize)
+    }
+}
+
+/// What [`TlsConn::pull`] did.
+pub enum Pulled {
+    /// Ciphertext went to rustls; `more`: the socket may hold more (the read filled `rbuf`, or
+    /// it came from `rbuf`).
+    Fed { more: bool },
+    /// The socket has nothing now.
+    WouldBlock,
+}
+
+/// Nonblocking I/O for a caller that waits for the socket's readiness itself (HTTP/2's codec,
+/// `http2::io`): nothing is read until the socket has bytes, so a connection waiting for its
+/// client holds no ciphertext buffer, only rustls's session.
+impl<C, SD> TlsConn<C>
+where
+    C: DerefMut + Deref<Target = ConnectionCommon<SD>>,
+    SD: SideData + 'static,
+{
+    /// Decrypted bytes waiting: a chunk (empty after the peer's close_notify), `WouldBlock`
+    /// when there are none yet, `UnexpectedEof` after a close without close_notify.
+    pub fn plaintext_chunk(&mut self) -> io::Result<&[u8]> {
+        self.session.reader().into_first_chunk()
+    }
+
+    /// Takes `n` bytes of the chunk `plaintext_chunk` gave.
+    pub fn consume_plaintext(&mut self, n: usize) {
+        self.session.reader().consume(n);
+    }
+
+    /// Gives rustls more ciphertext: what `rbuf` still holds, else what socket `fd` (this
+    /// stream's) has now. An end of stream is given to rustls too (its reader reports it).
+    pub fn pull(&mut self, fd: RawFd) -> io::Result<Pulled> {
+        if self.rpos < self.rbuf.len() {
+            self.feed()?;
+            return Ok(Pulled::Fed { more: true });
+        }
+        match self.recv_now(fd) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Pulled::WouldBlock),
+            Err(e) => Err(e),
+            Ok(n) => {
+                self.feed()?;
+                // rustls takes a few KiB per call: what it left in `rbuf` is more too.
+                Ok(Pulled::Fed {
+                    more: n == self.rbuf.capacity() || self.rpos < self.rbuf.len(),
+                })
+            }
+        }
+    }
+
+    /// Encrypts what rustls takes of `src` (0 while it holds its limit of unsent records).
+    pub fn put_plaintext(&mut self, src: &[u8]) -> io::Result<usize> {
+        self.session.writer().write(src)
+    }
+
+    /// Sends what rustls has queued on socket `fd`, without waiting: `WouldBlock` when the
+    /// socket is full with some left.
+    pub fn push(&mut self, fd: RawFd) -> io::Result<()> {
+        while self.session.wants_write() {
+            self.session.write_tls(&mut SendNow(fd))?;
+        }
+        Ok(())
+    }
+
+    /// Queues close_notify (sent by the next `push`).
+    pub fn queue_close_notify(&mut self) {
+        self.session.send_close_notify();
+    }
+}
+
+/// Writes to a socket without waiting (its descriptor may be blocking: io_uring's are).
+struct SendNow(RawFd);
+
+impl Write for SendNow {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // SAFETY: sends from `buf`, which is valid for `buf.len()` bytes.
+        let n = unsafe {
+            libc::send(
+                self.0,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: a zeroed msghdr is valid; its iovecs point at `bufs` (IoSlice is an iovec)
+        // for the duration of the call.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+            libc::sendmsg(self.0, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -85,6 +85,7 @@ pub(crate) async fn forward(
             source: client.peer,
             dest: client.local,
             proxy_header: up.transport.proxy_protocol != crate::config::ProxyProtocol::Off,
+            upgrade: head.conn.upgrade,
         };
         let dial_started = Instant::now();
         let connected = connect(ctx, u, up, &mut att, &want).await;

@@ -278,7 +278,7 @@ async fn tunnel(conn: Conn, up: Box<(UpConn, Option<usize>)>) {
         upstream,
     ) = *up;
     let tr = upstream.map(|u| &ctx.config().upstreams[u].transport);
-    let relay = crate::l4::upgrade::run(stream, up, None);
+    let relay = crate::l4::upgrade::run(stream, up, None, ctx.idle_clock());
     // `stream_close_delay`: a reload ends it that long after; dropping closes both sides.
     let relay = upgrade_until_replaced(ctx, tr.and_then(|t| t.stream_close_delay), relay);
     // `stream_timeout`: dropping the relay closes both sides.

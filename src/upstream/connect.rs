@@ -95,6 +95,9 @@ pub struct Want<'a> {
     pub dest: Option<SocketAddr>,
     /// The upstream sends a PROXY header (so pooled connections are the client's own).
     pub proxy_header: bool,
+    /// An Upgrade (WebSocket) request: carried over HTTP/2 (RFC 8441) its tunnel needs a
+    /// connection slot of its own, which a stream on a shared connection does not spare.
+    pub upgrade: bool,
 }
 
 impl Want<'_> {
@@ -133,7 +136,8 @@ pub async fn connect<'a>(
     let bal = ctx.balancer(u);
     let has_idle = |i| {
         want.reuse.is_some()
-            && (ctx.pool().has_idle_tagged(u, i, want.tag()) || ctx.h2().has_room(u, i, want.tag()))
+            && (ctx.pool().has_idle_tagged(u, i, want.tag())
+                || (!want.upgrade && ctx.h2().has_room(u, i, want.tag())))
     };
     // HTTP requests wait for a connection slot in a FIFO when targets are full; one arriving
     // while others wait queues behind them instead of taking the next free slot first.
@@ -298,8 +302,21 @@ async fn h2_link(
     want: &Want<'_>,
 ) -> Result<Link, ProxyError> {
     let conns = ctx.h2();
+    // A WebSocket's tunnel slot, taken before anything is sent: one that finds the target
+    // full is turned away (or queued) like a request needing a new connection.
+    let mut tunnel_slot = None;
+    if want.upgrade {
+        let bal = ctx.balancer(u);
+        if !bal.try_reserve_conn(t) {
+            return Err(ProxyError::upstream(ErrorKind::NoTarget, true));
+        }
+        tunnel_slot = Some(crate::upstream::pool::ConnSlot::reserved(
+            bal.shared(t).clone(),
+        ));
+    }
     loop {
-        if let Some(stream) = conns.stream(u, t, want.tag()) {
+        if let Some(mut stream) = conns.stream(u, t, want.tag()) {
+            stream.tunnel_slot = tunnel_slot;
             return Ok(Link::H2(stream));
         }
         if let Some(conn) = want
@@ -341,7 +358,10 @@ async fn h2_link(
     )
     .await;
     let failed = match opened {
-        Some(Ok(stream)) => return Ok(Link::H2(stream)),
+        Some(Ok(mut stream)) => {
+            stream.tunnel_slot = tunnel_slot;
+            return Ok(Link::H2(stream));
+        }
         Some(Err(e)) => ErrorKind::Dial(std::io::Error::other(format!("HTTP/2 handshake: {e}"))),
         None => ErrorKind::DialTimeout,
     };

@@ -176,9 +176,14 @@ impl Pool {
 
     /// Keeps `conn` for reuse. Connections beyond `max_idle` are closed once they have been
     /// idle for `SURPLUS_GRACE`, oldest first. `max_idle == 0` keeps nothing.
-    pub fn checkin(&self, upstream: usize, target: usize, conn: UpConn, max_idle: usize) {
+    pub fn checkin(&self, upstream: usize, target: usize, mut conn: UpConn, max_idle: usize) {
         if max_idle == 0 {
             return;
+        }
+        // An idle TLS connection gives back its ciphertext buffers (its next read or write
+        // takes them again); a stale one is still found by a peek on its socket.
+        if let Stream::TlsClient(tls, _) = &mut conn.stream {
+            tls.release_buffers();
         }
         let mut idle = self.idle[upstream][target].borrow_mut();
         let now = Instant::now();

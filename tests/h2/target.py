@@ -17,9 +17,11 @@ Each connection is served on its own thread. Paths:
                        after that 200 "after goaway"
   /goaway-processed    GOAWAY NO_ERROR whose last stream id is this stream (processed), then
                        the connection closes without an answer
+  /slow                like anything else, 300 ms later (the connection's thread sleeps)
   anything else        200 "ok <connection number> <request body length>"
 Responses go out once the request ended (its body read whole). SETTINGS_ENABLE_CONNECT_PROTOCOL
-is announced (unless started with `--no-connect`); an extended CONNECT (RFC 8441) with
+is announced (unless started with `--no-connect`), and MAX_CONCURRENT_STREAMS 1 with
+`--one-stream`; an extended CONNECT (RFC 8441) with
 `:protocol websocket` gets, on /ws, a 200 and every DATA byte echoed back (END_STREAM answered
 with END_STREAM); on /ws-frames, a 200 and a WebSocket echo (client frames unmasked and sent
 back, a close frame answered with one, then END_STREAM); elsewhere a 403 with the body "no".
@@ -29,6 +31,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 import h2.config
 import h2.connection
@@ -106,6 +109,8 @@ def respond(h2c, sid, path, n, body_len):
         h2c.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=max(0, sid - 2))
         return False
     else:
+        if path == "/slow":
+            time.sleep(0.3)
         if path == "/refuse-once":
             body = b"second"
         elif path == "/goaway-once":
@@ -122,6 +127,8 @@ def serve(conn, n):
     h2c.initiate_connection()
     if "--no-connect" not in sys.argv:
         h2c.update_settings({h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
+    if "--one-stream" in sys.argv:
+        h2c.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
     conn.sendall(h2c.data_to_send())
     paths, bodies, tunnels, frames = {}, {}, set(), {}
     how = "eof"
