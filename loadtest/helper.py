@@ -31,7 +31,10 @@ UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 OTHER_LOAD_WARN = 0.05
 STEAL_WARN = 0.02  # CPU steal above this during a run makes its numbers noisy
 # ringway-base is a second ringway binary (run.sh --baseline): the build ringway is compared with.
-PROXY_ORDER = ["ringway", "ringway-base", "nginx", "haproxy", "caddy"]
+# ringfloor-VARIANT (run.sh --proxies, opt-in): loadtest/ringfloor, the io_uring floor instrument.
+RINGFLOOR = [f"ringfloor-{v}" for v in ("plain", "tuned", "acceptmulti", "recvmulti", "upmulti", "fixed",
+                                         "ringfd", "pollfirst", "notaskrun", "tuned-noupmulti")]
+PROXY_ORDER = ["ringway", "ringway-base", *RINGFLOOR, "nginx", "haproxy", "caddy"]
 BASE = "ringway-base"
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 CHART_TIMEOUT = 60  # seconds for one gnuplot call; a few small data files
@@ -878,7 +881,9 @@ def cmd_aggregate(a):
              "Numbers from a machine busy with other work (see the notes) are not worth comparing.\n")
     # ringway-base only has columns when some scenario measured it (run.sh --baseline).
     has_base = any("baseline" in doc for doc in docs.values())
-    shown = [p for p in PROXY_ORDER if p != BASE or has_base]
+    # ringfloor-* only has columns when some scenario measured it (run.sh --proxies ringfloor-...).
+    shown = [p for p in PROXY_ORDER if (p != BASE or has_base)
+             and (p not in RINGFLOOR or any(p in doc["summary"] for doc in docs.values()))]
     L.append("| scenario | unit | " + " | ".join(f"{p} rate" for p in shown)
              + " | " + " | ".join(f"{p} CPU µs/unit" for p in shown) + " |"
              + (" ringway / ringway-base CPU |" if has_base else ""))

@@ -21,6 +21,17 @@ BACKEND_PORT=18000
 # ringway-base (18009) is a second ringway binary, the build to compare with (--baseline).
 declare -A PORT=([ringway]=18001 [nginx]=18002 [haproxy]=18003 [caddy]=18006 [ringway-base]=18009)
 ALL_PROXIES=(ringway nginx haproxy caddy) # ringway-base joins after ringway with --baseline
+# ringfloor-VARIANT (opt-in, never a default): loadtest/ringfloor, a minimal single-threaded
+# io_uring relay measuring issue 18's floor (plain ring vs tuned ring, each tuning alone).
+# Only small-keepalive and new-connection, one worker; elsewhere "not applicable".
+declare -A RINGFLOOR_MODE=([plain]=plain [tuned]=tuned [acceptmulti]=plain+acceptmulti
+  [recvmulti]=plain+recvmulti [upmulti]=plain+upmulti [fixed]=plain+fixed [ringfd]=plain+ringfd
+  [pollfirst]=plain+pollfirst [notaskrun]=plain-taskrun [tuned-noupmulti]=tuned-upmulti)
+RINGFLOOR_SCENARIOS=' small-keepalive new-connection '
+rf_port=18010
+for v in plain tuned acceptmulti recvmulti upmulti fixed ringfd pollfirst notaskrun tuned-noupmulti; do
+  PORT[ringfloor-$v]=$rf_port; rf_port=$((rf_port + 1))
+done
 START_TIMEOUT=10   # seconds to wait for a listener
 STOP_TIMEOUT=5     # seconds between SIGTERM and SIGKILL
 BUILD_TIMEOUT=1800 # a cold release build on a small shared machine
@@ -38,7 +49,10 @@ usage() {
   --workers N        worker threads/processes of every proxy (default 1)
   --connections N    wrk connections (default 64; wrk always uses 1 thread)
   --proxies LIST     comma-separated subset of: ringway,nginx,haproxy,caddy (default all),
-                     and ringway-base with --baseline
+                     and ringway-base with --baseline; opt-in only: ringfloor-VARIANT
+                     (plain, tuned, acceptmulti, recvmulti, upmulti, fixed, ringfd,
+                     pollfirst, notaskrun, tuned-noupmulti), loadtest/ringfloor's relay,
+                     small-keepalive and new-connection only (see README.md)
   SCENARIO...        names from loadtest/scenarios/ (default: every scenario, in turn)
   --scenario NAME    just loadtest/scenarios/NAME.sh
   --no-build         don't run `cargo build --release`; use the existing binary
@@ -105,6 +119,7 @@ if [[ -n $baseline ]]; then
   ALL_PROXIES=(ringway ringway-base nginx haproxy caddy)
 fi
 ((proxies_given)) || proxies=("${ALL_PROXIES[@]}")
+for p in "${proxies[@]}"; do [[ $p == ringfloor-* ]] && ALL_PROXIES+=("$p"); done
 for p in "${proxies[@]}"; do
   [[ $p != ringway-base || -n $baseline ]] || usage_err "ringway-base needs --baseline BIN (or env RINGWAY_BASELINE_BIN)"
 done
@@ -156,7 +171,25 @@ scenario_file="$HERE/scenarios/$scenario.sh"
   usage_err "no scenario '$scenario' (have: $(cd "$HERE/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
 # A scenario with its own load generator (marked `# standalone-scenario`) runs on its own.
 if grep -qx '# standalone-scenario' "$scenario_file"; then
-  rc=0; bash "$scenario_file" "${ORIG_ARGS[@]}" || rc=$?
+  # ringfloor does not apply to them: take it out of --proxies (all of it: skip the scenario).
+  sa_args=() rf_out=''
+  for ((i = 0; i < ${#ORIG_ARGS[@]}; i++)); do
+    a=${ORIG_ARGS[i]}
+    if [[ $a == --proxies ]] && ((i + 1 < ${#ORIG_ARGS[@]})); then
+      i=$((i + 1)); kept=()
+      IFS=, read -ra list <<<"${ORIG_ARGS[i]}"
+      for q in "${list[@]}"; do if [[ $q == ringfloor-* ]]; then rf_out+=" $q"; else kept+=("$q"); fi; done
+      if ((${#kept[@]} == 0)); then
+        echo "$scenario: not applicable to$rf_out (loadtest/ringfloor relays small-keepalive and new-connection only)"
+        exit 0
+      fi
+      sa_args+=(--proxies "$(IFS=,; echo "${kept[*]}")")
+    else
+      sa_args+=("$a")
+    fi
+  done
+  [[ -z $rf_out ]] || echo "$scenario: not applicable to$rf_out (loadtest/ringfloor relays small-keepalive and new-connection only)"
+  rc=0; bash "$scenario_file" "${sa_args[@]}" || rc=$?
   [[ -n ${LOADTEST_NESTED:-} ]] || aggregate
   exit "$rc"
 fi
@@ -216,6 +249,14 @@ for p in "${ALL_PROXIES[@]}"; do
   # ringway-base applies wherever ringway does.
   if [[ -n $SCENARIO_PROXIES && " $SCENARIO_PROXIES " != *" ${p%-base} "* && -z ${STATUS[$p]:-} ]]; then
     STATUS[$p]=skipped REASON[$p]="does not apply to this scenario"
+  fi
+done
+for p in "${ALL_PROXIES[@]}"; do
+  [[ $p == ringfloor-* && -z ${STATUS[$p]:-} ]] || continue
+  if [[ $RINGFLOOR_SCENARIOS != *" $scenario "* ]]; then
+    STATUS[$p]=skipped REASON[$p]="not applicable: loadtest/ringfloor relays small-keepalive and new-connection only"
+  elif ((workers > 1)); then
+    STATUS[$p]=skipped REASON[$p]="not applicable: loadtest/ringfloor is single-threaded (--workers 1 only)"
   fi
 done
 if has_proxy caddy && [[ -z $CADDY && -z ${STATUS[caddy]:-} ]]; then
@@ -425,6 +466,22 @@ build_tcpbench() { # always (a no-op when up to date): --no-build is about ringw
   TCPBENCH_BUILT=1
 }
 
+# ringfloor: built like tcpbench (always; a no-op when up to date), only when it is measured.
+RINGFLOOR_DIR="$HERE/ringfloor"
+RINGFLOOR_TARGET=${RINGFLOOR_TARGET_DIR:-$RINGFLOOR_DIR/target}
+RINGFLOOR="$RINGFLOOR_TARGET/release/ringfloor"
+rf_wanted=0
+for p in "${ALL_PROXIES[@]}"; do [[ $p == ringfloor-* && -z ${STATUS[$p]:-} ]] && rf_wanted=1; done
+if ((rf_wanted)); then
+  echo "building:  ringfloor (cargo build --release in loadtest/ringfloor)"
+  if ! (cd "$RINGFLOOR_DIR" && CARGO_TARGET_DIR="$RINGFLOOR_TARGET" "$TIMEOUT" "$BUILD_TIMEOUT" cargo build --release -q) \
+    >"$RUN_DIR/logs/ringfloor-build.log" 2>&1; then
+    for p in "${ALL_PROXIES[@]}"; do
+      [[ $p == ringfloor-* && -z ${STATUS[$p]:-} ]] && fail_proxy "$p" "ringfloor build failed: $(tail -n1 "$RUN_DIR/logs/ringfloor-build.log")"
+    done
+  fi
+fi
+
 # ---- start everything (once; idle peers cost nothing while another is measured)
 probe() { # port [scheme] -> "" if the scenario's expected response comes back, else why not
   if declare -F scenario_probe >/dev/null; then scenario_probe "$1"; return; fi
@@ -468,6 +525,8 @@ start_peer() { # name -> starts it, or marks it failed
     haproxy)
       conf="$RUN_DIR/haproxy.cfg"; render "$SCENARIO_TEMPLATE_HAPROXY" "$conf" "$port"
       start_proc haproxy "$PROXY_CPU" "$HAPROXY" -db -f "$conf" ;;
+    ringfloor-*) # no config: listen, backend and mode on the command line
+      start_proc "$p" "$PROXY_CPU" "$RINGFLOOR" "$HOST:$port" "$HOST:$BACKEND_PORT" "${RINGFLOOR_MODE[${p#ringfloor-}]}" ;;
     caddy)
       conf="$RUN_DIR/Caddyfile"; render "$SCENARIO_TEMPLATE_CADDY" "$conf" "$port"
       # GOMAXPROCS is Caddy's worker count; HOME/XDG keep its state inside the run dir.
