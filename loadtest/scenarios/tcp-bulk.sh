@@ -53,6 +53,8 @@ while (($#)); do
     --scenario) shift ;;   # passed through by run.sh
     tcp-bulk) ;;           # run.sh's positional scenario name
     --keep-tmp) ;;         # accepted for run.sh compatibility
+    # run.sh --syscalls across several scenarios must not fail here; tunnels are counted apart.
+    --syscalls) echo "tcp-bulk: syscalls are not counted here; loadtest/tcp-syscalls.sh counts them for tcp tunnels" >&2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage_err "unknown argument '$1'" ;;
   esac
