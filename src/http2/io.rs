@@ -62,7 +62,7 @@ impl AsyncReadRent for H2Io {
             Stream::TlsServer(s, _) => s.read(buf).await,
             Stream::TlsClient(s, _) => s.read(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -75,7 +75,7 @@ impl AsyncReadRent for H2Io {
             Stream::TlsServer(s, _) => s.readv(buf).await,
             Stream::TlsClient(s, _) => s.readv(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 }
@@ -88,7 +88,7 @@ impl AsyncWriteRent for H2Io {
             Stream::TlsServer(s, _) => s.write(buf).await,
             Stream::TlsClient(s, _) => s.write(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -99,7 +99,7 @@ impl AsyncWriteRent for H2Io {
             Stream::TlsServer(s, _) => s.writev(buf).await,
             Stream::TlsClient(s, _) => s.writev(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -109,7 +109,7 @@ impl AsyncWriteRent for H2Io {
             Stream::Unix(s) => s.flush().await,
             Stream::TlsServer(s, _) => s.flush().await,
             Stream::TlsClient(s, _) => s.flush().await,
-            Stream::Mem(_) => Err(unsupported()),
+            Stream::Mem(_) | Stream::H2(_) => Err(unsupported()),
         }
     }
 

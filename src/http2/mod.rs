@@ -9,6 +9,7 @@
 
 pub(crate) mod chunks;
 pub mod client;
+pub mod down;
 pub mod head;
 pub(crate) mod io;
 mod stream;

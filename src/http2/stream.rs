@@ -20,6 +20,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 
 use super::chunks::{Dechunk, Next};
+use super::down::Down;
 use super::head::{self, BodyFraming};
 use super::Conn;
 use crate::http1::body::write_chunk_header;
@@ -73,13 +74,17 @@ pub(super) async fn serve(
             return;
         }
     };
-    let (near, far) = duplex::pair();
     let client = crate::proxy::client_of(&conn.ctx, conn.peer, conn.tls, conn.local);
     let down = RecvBuf {
         buf: head,
         pos: 0,
         floor: 0,
     };
+    if accept.is_none() {
+        let head_request = parts.method == http::Method::HEAD;
+        return direct(&conn, body, framing, respond, head_request, down, client).await;
+    }
+    let (near, far) = duplex::pair();
     let proxy = crate::proxy::serve_h1(
         conn.ctx.clone(),
         conn.socket,
@@ -140,6 +145,45 @@ pub(super) async fn serve(
         // more of it, so a client still sending is not cut off by a reset (curl reports a
         // stream error).
         let _ = monoio::time::timeout(LINGER, upload).await;
+    }
+}
+
+/// Serves a stream with the data path reading and writing it directly (`http2::down`).
+async fn direct(
+    conn: &Conn,
+    body: RecvStream,
+    framing: BodyFraming,
+    respond: SendResponse<Bytes>,
+    head_request: bool,
+    down: RecvBuf,
+    client: crate::http1::forward::Client,
+) {
+    let stall = conn.ctx.config().limits.idle_timeout;
+    let h2 = Down::new(body, framing, respond, head_request, stall);
+    let proxy = crate::proxy::serve_h1(
+        conn.ctx.clone(),
+        conn.socket,
+        conn.listener,
+        Stream::H2(h2.clone()),
+        down,
+        client,
+    );
+    // A client reset while the data path waits (on an upstream, mostly) ends the stream now:
+    // dropping the data path abandons its upstream connection, as for a client that left.
+    let reset = poll_fn(|cx| h2.poll_reset(cx));
+    let finished = monoio::select! {
+        _ = proxy => true,
+        _ = reset => false,
+    };
+    let ended = h2.finish();
+    if ended.reset_by_client {
+        conn.note_reset();
+    }
+    if finished && ended.unread {
+        // Answered before the whole request arrived (413, 404 of an upload): read a little
+        // more of it, so a client still sending is not cut off by a reset (curl reports a
+        // stream error).
+        let _ = monoio::time::timeout(LINGER, h2.discard(LINGER_BYTES)).await;
     }
 }
 

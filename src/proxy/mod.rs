@@ -184,10 +184,11 @@ pub(crate) fn client_of(
     }
 }
 
-/// An HTTP/2 stream reaches the data path through an in-memory pair, a client on a socket.
+/// An HTTP/2 stream reaches the data path as `Stream::H2` (a WebSocket over one through an
+/// in-memory pair), a client on a socket.
 fn protocol_of(stream: &Stream) -> Protocol {
     match stream {
-        Stream::Mem(_) => Protocol::H2,
+        Stream::Mem(_) | Stream::H2(_) => Protocol::H2,
         _ => Protocol::H1,
     }
 }
