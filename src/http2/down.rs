@@ -29,14 +29,7 @@ use h2::{Reason, RecvStream, SendStream};
 use super::chunks::{Dechunk, Next};
 use super::head::{self, BodyFraming};
 use crate::http1::body::write_chunk_header;
-use crate::http1::parse::{parse_response, Framing, HeadLimits, HeaderIdx, Parse};
-
-/// Limits of the response heads the data path writes (its own output: generous).
-const HEAD_LIMITS: HeadLimits = HeadLimits {
-    max_head_bytes: 64 * 1024,
-    max_uri_bytes: 64 * 1024,
-    max_headers: 256,
-};
+use crate::http1::parse::Framing;
 
 /// One HTTP/2 stream's end of the data path; cloning gives another handle to the same stream.
 #[derive(Clone)]
@@ -75,7 +68,6 @@ struct Tx {
     buf: Vec<u8>,
     /// Where `dechunk` stopped in `buf`.
     pos: usize,
-    idx: Vec<HeaderIdx>,
     head_request: bool,
     framing: Framing,
     /// Body bytes a content-length response still owes.
@@ -131,7 +123,6 @@ impl Down {
                 phase: Phase::Head(respond),
                 buf: Vec::new(),
                 pos: 0,
-                idx: Vec::new(),
                 head_request,
                 framing: Framing::None,
                 left: 0,
@@ -431,32 +422,27 @@ impl Tx {
     /// is incomplete.
     fn head(&mut self) -> io::Result<bool> {
         loop {
+            if !matches!(self.phase, Phase::Head(_)) {
+                return Ok(true);
+            }
+            let Some(h) =
+                head::own_response(&self.buf, self.head_request).map_err(|()| self.broken())?
+            else {
+                return Ok(false);
+            };
             let Phase::Head(respond) = &mut self.phase else {
                 return Ok(true);
             };
-            let r = match parse_response(&self.buf, self.head_request, &HEAD_LIMITS, &mut self.idx)
-            {
-                Parse::Partial => return Ok(false),
-                Parse::Complete(r) => r,
-                Parse::Invalid(_) => return Err(self.broken()),
-            };
-            let Some(head) = head::response(&self.buf, &r, &self.idx) else {
-                return Err(self.broken());
-            };
-            if r.status < 200 {
+            if h.response.status().is_informational() {
                 // Interim responses (100 Continue, 103 Early Hints) are passed on.
-                let _ = respond.send_informational(head);
-                self.buf.drain(..r.head_len);
+                let _ = respond.send_informational(h.response);
+                self.buf.drain(..h.len);
                 continue;
             }
-            let framing = if self.head_request {
-                Framing::None
-            } else {
-                r.framing
-            };
+            let framing = h.framing;
             let end = matches!(framing, Framing::None | Framing::Length(0));
-            let sent = respond.send_response(head, end);
-            self.buf.drain(..r.head_len);
+            let sent = respond.send_response(h.response, end);
+            self.buf.drain(..h.len);
             self.framing = framing;
             if let Framing::Length(n) = framing {
                 self.left = n;

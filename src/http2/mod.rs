@@ -117,9 +117,8 @@ pub(crate) struct Conn {
     socket: usize,
     listener: usize,
     peer: Option<SocketAddr>,
-    tls: bool,
-    /// The address the client reached us at (`Forwarded: by=`).
-    local: Option<SocketAddr>,
+    /// Who the client is, worked out once for all its streams (its address as text, trust).
+    client: Client,
     resets: ResetMeter,
     max_resets_per_s: u32,
     /// Fired when the client resets too many streams.
@@ -177,7 +176,6 @@ pub(crate) async fn serve(
     client: Client,
 ) {
     let limits = ctx.config().listeners[listener].http2;
-    let tls = stream.is_tls();
     let io = StreamWrapper::new(io::H2Io::new(stream, prefix));
     let window = limits.initial_window as u64;
     let mut builder = h2::server::Builder::new();
@@ -206,8 +204,7 @@ pub(crate) async fn serve(
         socket,
         listener,
         peer: client.peer,
-        tls,
-        local: client.local,
+        client,
         resets: ResetMeter::default(),
         max_resets_per_s: limits.max_resets_per_s,
         calm: Closer::default(),

@@ -24,6 +24,7 @@ use super::down::Down;
 use super::head::{self, BodyFraming};
 use super::Conn;
 use crate::http1::body::write_chunk_header;
+use crate::http1::forward::Client;
 use crate::http1::parse::{parse_response, Framing, Parse};
 use crate::net::duplex;
 use crate::net::stream::{reserve_read_space, Stream};
@@ -74,7 +75,14 @@ pub(super) async fn serve(
             return;
         }
     };
-    let client = crate::proxy::client_of(&conn.ctx, conn.peer, conn.tls, conn.local);
+    let c = &conn.client;
+    let client = Client {
+        peer: c.peer,
+        trusted: c.trusted,
+        ip_text: c.ip_text.clone(),
+        scheme: c.scheme,
+        local: c.local,
+    };
     let down = RecvBuf {
         buf: head,
         pos: 0,
@@ -156,7 +164,7 @@ async fn direct(
     respond: SendResponse<Bytes>,
     head_request: bool,
     down: RecvBuf,
-    client: crate::http1::forward::Client,
+    client: Client,
 ) {
     let stall = conn.ctx.config().limits.idle_timeout;
     let h2 = Down::new(body, framing, respond, head_request, stall);
