@@ -29,17 +29,18 @@ use super::client::H2Stream;
 use super::tunnel;
 use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, Encode};
-use crate::http1::forward::{override_drops_body, Request};
+use crate::http1::forward::override_drops_body;
 use crate::http1::parse::{
     parse_response, Framing, HeaderIdx, HeaderKind, Parse, ResponseHead, Version,
 };
-use crate::http1::response::{write_response_head, ClientResponse};
 use crate::net::stream::{reserve_read_space, Stream};
-use crate::proxy::exchange::{note_response, write_upstream_head, Attempt};
+use crate::proxy::exchange::{
+    note_response, write_client_head_from, write_upstream_head, Attempt, ClientHead, HeadFrom,
+};
 use crate::proxy::relay::io_err;
 use crate::proxy::respond::is_head;
 use crate::proxy::session::{
-    timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, BODY_CHUNK, RESPONSE_LIMITS,
+    timed, timed_at, Exchange, Failure, RecvBuf, Session, BODY_CHUNK, RESPONSE_LIMITS,
 };
 use crate::proxy::shape::{self, Answered, Decision};
 use crate::upstream::pool::UpConn;
@@ -728,35 +729,21 @@ pub(crate) async fn exchange(
         // Decided before the body: the client connection is kept when the request will
         // have been read whole (checked again after).
         let keep = head.keep_alive() && !ctx.draining() && !unknown_len_to_10;
-        sess.s.out.clear();
-        {
-            let Scratch {
-                resp_headers,
-                out,
-                aux,
-                list,
-                ..
-            } = &mut *sess.s;
-            let r = ClientResponse {
-                rbuf: &synth,
-                head: &resp,
-                headers: resp_headers,
-                encode,
-                zero_length: upstream_head && !client_head && !matches!(resp.status, 204 | 304),
-                keep,
-                set_cookie: a
-                    .set_cookie
-                    .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
-            };
-            let req = Request {
-                buf: &sess.down.buf,
-                head,
-                headers: &[],
-                client: sess.client,
-                worker: ctx.id(),
-            };
-            write_response_head(&req, a.up, a.host(), &r, out, aux, list);
-        }
+        let zero_length = upstream_head && !client_head && !matches!(resp.status, 204 | 304);
+        let h = ClientHead {
+            rbuf: &synth,
+            resp: &resp,
+            encode,
+            zero_length,
+            keep,
+        };
+        let from = HeadFrom {
+            ctx,
+            buf: &sess.down.buf,
+            head,
+            client: sess.client,
+        };
+        write_client_head_from(&from, sess.s, a, a.host(), h);
         if let Some(code) = replace {
             shape::replace_status_line(&mut sess.s.out, code);
             sess.s.status = code;
