@@ -72,6 +72,9 @@ struct Tx {
     framing: Framing,
     /// Body bytes a content-length response still owes.
     left: u64,
+    /// The writer sends the body itself (`send_body`, then `end`): the head's framing is
+    /// ignored, so trailers can follow any body.
+    direct: bool,
     dechunk: Dechunk,
 }
 
@@ -126,6 +129,7 @@ impl Down {
                 head_request,
                 framing: Framing::None,
                 left: 0,
+                direct: false,
                 dechunk: Dechunk::new(),
             }),
             reset_by_client: Cell::new(false),
@@ -164,12 +168,37 @@ impl Down {
     /// The end of a close-delimited body (the data path's only use of a shutdown here).
     pub fn shutdown(&mut self) {
         let mut tx = self.0.tx.borrow_mut();
-        if tx.framing == Framing::CloseDelimited {
+        if tx.framing == Framing::CloseDelimited && !tx.direct {
             if let Phase::Body(s) = &mut tx.phase {
                 let _ = s.send_data(Bytes::new(), true);
             }
             tx.phase = Phase::Done;
         }
+    }
+
+    /// Says the response about to be written gets its body by `send_body` and its end by
+    /// `end` (an h2 target's DATA and trailers, passed on as they are): whatever its head
+    /// says, the body is not re-framed and trailers may follow a length.
+    pub(crate) fn frames_body_itself(&self) {
+        self.0.tx.borrow_mut().direct = true;
+    }
+
+    /// Sends body bytes of a response announced by `frames_body_itself`.
+    pub(crate) async fn send_body(&self, data: Bytes) -> io::Result<()> {
+        self.send(data, false).await
+    }
+
+    /// Ends a response announced by `frames_body_itself`, with its trailers if any.
+    pub(crate) fn end(&self, trailers: Option<http::HeaderMap>) -> io::Result<()> {
+        let mut tx = self.0.tx.borrow_mut();
+        let res = match (&mut tx.phase, trailers) {
+            (Phase::Body(s), Some(t)) if !t.is_empty() => s.send_trailers(t),
+            (Phase::Body(s), _) => s.send_data(Bytes::new(), true),
+            _ => return Ok(()),
+        };
+        tx.phase = Phase::Done;
+        drop(tx);
+        res.map_err(|e| self.0.client_error(e))
     }
 
     /// Sends `data` as the client's window allows; a window that stays shut for `stall`
@@ -439,7 +468,11 @@ impl Tx {
                 self.buf.drain(..h.len);
                 continue;
             }
-            let framing = h.framing;
+            let framing = match h.framing {
+                Framing::None => Framing::None,
+                _ if self.direct => Framing::CloseDelimited,
+                f => f,
+            };
             let end = matches!(framing, Framing::None | Framing::Length(0));
             let sent = respond.send_response(h.response, end);
             self.buf.drain(..h.len);

@@ -122,6 +122,22 @@ def scenario_trailers(host, port, path):
     print("status=%s body=%s trailers=%s" % (status, body.decode(), t))
 
 
+def scenario_trailers_length(host, port, path):
+    """As `trailers`, also saying the content-length the response came with."""
+    sock, conn = connect(host, port)
+    conn.send_headers(1, request_headers(host, port, path), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events, _ = pump(sock, conn, ended(1))
+    status, body, trailers, reset = response_of(events, 1)
+    length = next(
+        (dict(e.headers).get("content-length") for e in events
+         if isinstance(e, h2.events.ResponseReceived) and e.stream_id == 1),
+        None,
+    )
+    t = ",".join("%s:%s" % (k, v) for k, v in trailers)
+    print("status=%s length=%s body=%s trailers=%s reset=%s" % (status, length, body.decode(), t, reset))
+
+
 def error_name(code):
     try:
         return h2.errors.ErrorCodes(code).name
@@ -464,6 +480,7 @@ def scenario_flood(host, port, kind, count):
 
 SCENARIOS = {
     "trailers": scenario_trailers,
+    "trailers-length": scenario_trailers_length,
     "rapid-reset": scenario_rapid_reset,
     "few-resets": scenario_few_resets,
     "continuation-flood": scenario_continuation_flood,
