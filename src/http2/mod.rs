@@ -1,7 +1,7 @@
 //! HTTP/2 client connections: detected by TLS ALPN (`h2`) or, on `h2c` listeners, by the
 //! connection preface; framed, HPACK-coded and flow-controlled by the `h2` crate (run over
 //! monoio through `monoio_compat`, on this worker's thread only); each stream served by the
-//! HTTP/1 data path (see `stream`).
+//! HTTP/1 data path (see `stream` and `down`).
 //!
 //! The connection task accepts streams and spawns one task per stream; it sends GOAWAY when the
 //! server drains, after a reload or when it idles past `limits.idle_timeout`, and GOAWAY ENHANCE_YOUR_CALM when the client resets more than

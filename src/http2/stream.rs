@@ -1,14 +1,18 @@
 //! One HTTP/2 stream, served by the HTTP/1 data path.
 //!
-//! The stream's request is written as an HTTP/1.1 request into one end of an in-memory stream
-//! pair (`net::duplex`); `proxy::serve_h1` serves the other end exactly as it serves a client
-//! connection (routes, limits, balancers, retries, header rules, access log, metrics,
-//! timeouts), and its HTTP/1.1 response is read back and sent on the stream. The cost, paid
-//! per stream: the request and response heads written and parsed once more, body bytes copied
-//! through the pair, and the data path's per-connection buffers. The benefit: one data path,
-//! so HTTP/2 can never drift from HTTP/1. Bodies stream both ways: DATA is read from `h2` only
-//! as fast as the pair takes it, and response bytes are read only as fast as the client's
-//! flow-control window opens.
+//! The stream's request head is written as an HTTP/1.1 head straight into the data path's
+//! receive buffer, and `proxy::serve_h1` serves it as a one-request connection exactly as it
+//! serves a client connection (routes, limits, balancers, retries, header rules, access log,
+//! metrics, timeouts). Its client is `Stream::H2` (`http2::down`): its reads take the request
+//! body from the stream and its writes go out as the response's frames, inside the data path's
+//! own calls, with no second task and no copy through a pair. Benefit: one data path, so
+//! HTTP/2 can never drift from HTTP/1. Cost, per stream: the request head is written and parsed
+//! once more, the response head written as text and split back into fields, and the data
+//! path's per-connection state built per stream.
+//!
+//! A WebSocket's extended CONNECT (RFC 8441) still goes through an in-memory pair
+//! (`net::duplex`): after the upgrade its tunnel relay needs a byte stream both ways, and the
+//! response relay below reads the data path's HTTP/1.1 answer back out of the pair.
 
 use std::future::poll_fn;
 use std::rc::Rc;
