@@ -222,6 +222,22 @@ def scenario_few_resets(host, port, count):
     print("status=%s goaway=%s" % (status, error_name(g.error_code) if g else "none"))
 
 
+def scenario_reset_after(host, port, ms):
+    """Cancels a request MS milliseconds after sending it (its answer not come), then makes
+    another on the same connection."""
+    sock, conn = connect(host, port)
+    conn.send_headers(1, request_headers(host, port, "/held"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    time.sleep(int(ms) / 1000)
+    conn.reset_stream(1, error_code=h2.errors.ErrorCodes.CANCEL)
+    sock.sendall(conn.data_to_send())
+    conn.send_headers(3, request_headers(host, port, "/local"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events, _ = pump(sock, conn, ended(3))
+    status, body, _, _ = response_of(events, 3)
+    print("status=%s body=%s" % (status, body.decode()))
+
+
 def scenario_continuation_flood(host, port):
     """A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION after
     CONTINUATION (CVE-2024-27316)."""
@@ -483,6 +499,7 @@ SCENARIOS = {
     "trailers-length": scenario_trailers_length,
     "rapid-reset": scenario_rapid_reset,
     "few-resets": scenario_few_resets,
+    "reset-after": scenario_reset_after,
     "continuation-flood": scenario_continuation_flood,
     "bomb-headers": lambda h, p: scenario_big_headers(h, p, "bomb"),
     "literal-headers": lambda h, p: scenario_big_headers(h, p, "literal"),
