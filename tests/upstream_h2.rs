@@ -482,6 +482,22 @@ driver_tests! {
         }
     }
 
+    fn an_h2_clients_upload_reaches_an_h2_target_as_its_data_and_trailers(driver) {
+        let target = RawTarget::start();
+        let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2/probe.py");
+        let port = proxy.addr().port().to_string();
+        let o = peer("python3", &[script, "upload-trailers", "127.0.0.1", &port, "/up"]);
+        assert!(o.status.success(), "probe.py (needs python3 with the `h2` package): {}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(out.lines().last(), Some("status=200 body=ok 1 15 reset=None"), "{out}");
+        assert!(
+            wait_for(Duration::from_secs(5), || target.count("TRAILERS /up x-sum: 15") == 1),
+            "{:?}",
+            target.events()
+        );
+    }
+
     fn a_chunked_http11_upload_reaches_an_h2_target_as_data_and_trailers(driver) {
         let target = RawTarget::start();
         let proxy = proxy(driver, &format!("[\"h2c://{}\"]", target.addr), "");

@@ -176,6 +176,56 @@ impl Down {
         }
     }
 
+    /// The request body's next DATA as it came (an h2 target's upload takes it whole: no chunk
+    /// framing, no copy); `None` at its end. Only before any `read_more`. The flow-control
+    /// window opens again by `release`, once the bytes went on.
+    pub(crate) async fn recv_data(&self) -> io::Result<Option<Bytes>> {
+        poll_fn(|cx| {
+            let mut rx = self.0.rx.borrow_mut();
+            debug_assert!(rx.pending.is_empty(), "recv_data after read_more");
+            if rx.state != RxState::Data {
+                return Poll::Ready(Ok(None));
+            }
+            match std::task::ready!(rx.body.poll_data(cx)) {
+                Some(Ok(b)) => Poll::Ready(Ok(Some(b))),
+                Some(Err(e)) => {
+                    rx.state = RxState::Done;
+                    Poll::Ready(Err(self.0.client_error(e)))
+                }
+                None => {
+                    rx.state = RxState::Trailers;
+                    Poll::Ready(Ok(None))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Opens the request's flow-control window by `n` bytes taken with `recv_data`.
+    pub(crate) fn release(&self, n: usize) {
+        let _ = self
+            .0
+            .rx
+            .borrow_mut()
+            .body
+            .flow_control()
+            .release_capacity(n);
+    }
+
+    /// The request's trailers, after `recv_data` said its body ended.
+    pub(crate) async fn recv_trailers(&self) -> io::Result<Option<http::HeaderMap>> {
+        poll_fn(|cx| {
+            let mut rx = self.0.rx.borrow_mut();
+            if rx.state != RxState::Trailers {
+                return Poll::Ready(Ok(None));
+            }
+            let polled = std::task::ready!(rx.body.poll_trailers(cx));
+            rx.state = RxState::Done;
+            Poll::Ready(polled.map_err(|e| self.0.client_error(e)))
+        })
+        .await
+    }
+
     /// Says the response about to be written gets its body by `send_body` and its end by
     /// `end` (an h2 target's DATA and trailers, passed on as they are): whatever its head
     /// says, the body is not re-framed and trailers may follow a length.

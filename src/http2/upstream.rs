@@ -324,13 +324,18 @@ struct Upload<'a> {
     max: Option<u64>,
     /// Body bytes read from the client (access log).
     moved: u64,
+    /// An HTTP/2 client: its DATA and trailers go up as they came (`upload_direct`).
+    direct: Option<H2Down>,
 }
 
 impl Upload<'_> {
     async fn run(&mut self, framing: Framing) -> Result<Uploaded, ProxyError> {
-        let done = match framing {
-            Framing::Length(n) => self.length(n).await,
-            Framing::Chunked => self.chunked().await,
+        let done = match (framing, self.direct.clone()) {
+            (Framing::Length(_) | Framing::Chunked, Some(h2)) if self.buf.is_empty() => {
+                self.upload_direct(&h2).await
+            }
+            (Framing::Length(n), _) => self.length(n).await,
+            (Framing::Chunked, _) => self.chunked().await,
             _ => Ok(true),
         };
         match done {
@@ -342,6 +347,39 @@ impl Upload<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// Sends an HTTP/2 client's DATA and trailers up as they came: no chunk framing either way,
+    /// no copy. `Ok(false)`: the upstream stopped taking the body.
+    async fn upload_direct(&mut self, h2: &H2Down) -> Result<bool, ProxyError> {
+        let client_io = |e| io_err(Side::Downstream, e);
+        loop {
+            let Some(next) = timed(self.read_timeout, h2.recv_data()).await else {
+                return Err(ProxyError::downstream(ErrorKind::ClientIo(
+                    std::io::ErrorKind::TimedOut.into(),
+                )));
+            };
+            let Some(data) = next.map_err(client_io)? else {
+                break;
+            };
+            let n = data.len();
+            self.moved += n as u64;
+            if self.max.is_some_and(|m| self.moved > m) {
+                return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
+            }
+            let sent = n == 0 || self.send(data, false).await;
+            // The client's window opens only once the upstream took the bytes.
+            h2.release(n);
+            if !sent {
+                return Ok(false);
+            }
+        }
+        let trailers = h2.recv_trailers().await.map_err(client_io)?;
+        let sent = match trailers {
+            Some(t) if !t.is_empty() => self.tx.send_trailers(t),
+            _ => self.tx.send_data(Bytes::new(), true),
+        };
+        Ok(sent.is_ok())
     }
 
     /// `Ok(false)`: the upstream stopped taking the body.
@@ -665,6 +703,7 @@ pub(crate) async fn exchange(
         write_timeout: tr.write_timeout,
         max: ctx.config().limits.max_request_body,
         moved: 0,
+        direct: direct.clone(),
     };
     let d = Down {
         client: &client,

@@ -222,6 +222,19 @@ def scenario_few_resets(host, port, count):
     print("status=%s goaway=%s" % (status, error_name(g.error_code) if g else "none"))
 
 
+def scenario_upload_trailers(host, port, path):
+    """A POST without content-length: two DATA frames, then trailers (x-sum: 15)."""
+    sock, conn = connect(host, port)
+    conn.send_headers(1, request_headers(host, port, path, method="POST"))
+    conn.send_data(1, b"hello")
+    conn.send_data(1, b", h2 world")
+    conn.send_headers(1, [("x-sum", "15")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events, _ = pump(sock, conn, ended(1))
+    status, body, _, reset = response_of(events, 1)
+    print("status=%s body=%s reset=%s" % (status, body.decode(), reset))
+
+
 def scenario_reset_after(host, port, ms):
     """Cancels a request MS milliseconds after sending it (its answer not come), then makes
     another on the same connection."""
@@ -500,6 +513,7 @@ SCENARIOS = {
     "rapid-reset": scenario_rapid_reset,
     "few-resets": scenario_few_resets,
     "reset-after": scenario_reset_after,
+    "upload-trailers": scenario_upload_trailers,
     "continuation-flood": scenario_continuation_flood,
     "bomb-headers": lambda h, p: scenario_big_headers(h, p, "bomb"),
     "literal-headers": lambda h, p: scenario_big_headers(h, p, "literal"),
