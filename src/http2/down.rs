@@ -177,9 +177,10 @@ impl Down {
     }
 
     /// The request body's next DATA as it came (an h2 target's upload takes it whole: no chunk
-    /// framing, no copy); `None` at its end. Only before any `read_more`. The flow-control
-    /// window opens again by `release`, once the bytes went on.
-    pub(crate) async fn recv_data(&self) -> io::Result<Option<Bytes>> {
+    /// framing, no copy), and whether it was the last (no trailers follow); `None` at its end.
+    /// Only before any `read_more`. The flow-control window opens again by `release`, once the
+    /// bytes went on.
+    pub(crate) async fn recv_data(&self) -> io::Result<Option<(Bytes, bool)>> {
         poll_fn(|cx| {
             let mut rx = self.0.rx.borrow_mut();
             debug_assert!(rx.pending.is_empty(), "recv_data after read_more");
@@ -187,7 +188,13 @@ impl Down {
                 return Poll::Ready(Ok(None));
             }
             match std::task::ready!(rx.body.poll_data(cx)) {
-                Some(Ok(b)) => Poll::Ready(Ok(Some(b))),
+                Some(Ok(b)) => {
+                    let last = rx.body.is_end_stream();
+                    if last {
+                        rx.state = RxState::Done;
+                    }
+                    Poll::Ready(Ok(Some((b, last))))
+                }
                 Some(Err(e)) => {
                     rx.state = RxState::Done;
                     Poll::Ready(Err(self.0.client_error(e)))

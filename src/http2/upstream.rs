@@ -359,7 +359,7 @@ impl Upload<'_> {
                     std::io::ErrorKind::TimedOut.into(),
                 )));
             };
-            let Some(data) = next.map_err(client_io)? else {
+            let Some((data, last)) = next.map_err(client_io)? else {
                 break;
             };
             let n = data.len();
@@ -367,11 +367,12 @@ impl Upload<'_> {
             if self.max.is_some_and(|m| self.moved > m) {
                 return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
             }
-            let sent = n == 0 || self.send(data, false).await;
+            // The last DATA (no trailers after it) carries END_STREAM, as the client's did.
+            let sent = (n == 0 && !last) || self.send(data, last).await;
             // The client's window opens only once the upstream took the bytes.
             h2.release(n);
-            if !sent {
-                return Ok(false);
+            if !sent || last {
+                return Ok(sent);
             }
         }
         let trailers = h2.recv_trailers().await.map_err(client_io)?;
