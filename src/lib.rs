@@ -17,9 +17,9 @@
 //! - [`worker`]: one pinned thread per core running its own monoio runtime (io_uring, or epoll
 //!   when io_uring is unavailable): accept loops, dispatch, and the per-generation context that
 //!   owns its balancer replicas and pools.
-//! - [`net`]: listening sockets, TCP/Unix/TLS streams, in-memory stream pairs (an HTTP/2
-//!   stream's way into the HTTP/1 data path), splice pipes, rustls configs, PROXY protocol
-//!   headers.
+//! - [`net`]: listening sockets, TCP/Unix/TLS streams (and `Stream::H2`, an HTTP/2 stream as
+//!   the data path's client), in-memory stream pairs (a WebSocket over an HTTP/2 stream),
+//!   splice pipes, rustls configs, PROXY protocol headers.
 //! - [`upstream`]: per-target shared state, balancer replicas, idle-connection pools, and the
 //!   connector (select -> reserve -> dial -> TLS -> PROXY header -> failover) shared by HTTP and
 //!   layer 4, with the pure retry decisions and the FIFO of requests waiting for a slot; the
@@ -29,7 +29,8 @@
 //!   head and the client response head.
 //! - [`http2`]: HTTP/2 client connections (the `h2` crate): detection by ALPN or preface, the
 //!   connection's streams, limits and GOAWAY; each stream runs through [`proxy`]'s HTTP/1 data
-//!   path as a one-request connection (a WebSocket's extended CONNECT as an upgrade). Also
+//!   path as a one-request connection whose reads and writes `http2::down` turns into the
+//!   stream's frames in place (a WebSocket's extended CONNECT as an upgrade, over a pair). Also
 //!   HTTP/2 to upstreams: the worker's shared connection per target (`http2::client`) and the
 //!   exchange that replaces the HTTP/1.1 one on it (`http2::upstream`, gRPC's path).
 //! - [`route`]: host/path/method/header route matching.

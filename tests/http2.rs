@@ -8,6 +8,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use support::tls::Pki;
 use support::*;
@@ -255,7 +256,7 @@ driver_tests! {
         let want = [series("h2", "2xx"), series("h2", "4xx"), series("h1", "2xx")];
         let metrics = || curl(&[format!("http://{admin}/metrics")]);
         // A request is counted just after its response went out: give the last one a moment.
-        assert!(wait_for(std::time::Duration::from_secs(5), || {
+        assert!(wait_for(Duration::from_secs(5), || {
             let page = metrics();
             want.iter().all(|w| page.contains(w.as_str()))
         }), "{}", metrics());
@@ -389,7 +390,7 @@ driver_tests! {
         let proxy = h2c_proxy(driver, &backend, "", "");
         let addr = proxy.addr();
         let client = std::thread::spawn(move || probe(addr, "drain", &["/sleep?ms=1500"]));
-        assert!(backend.wait_for_requests(1, std::time::Duration::from_secs(10)), "the request never reached the backend");
+        assert!(backend.wait_for_requests(1, Duration::from_secs(10)), "the request never reached the backend");
         proxy.shutdown();
         let verdict = client.join().unwrap();
         assert_eq!(verdict, "status=200 body=slept goaway=NO_ERROR");
@@ -400,7 +401,7 @@ driver_tests! {
         let proxy = h2c_proxy(driver, &backend, "", "");
         let addr = proxy.addr();
         let client = std::thread::spawn(move || probe(addr, "drain", &["/sleep?ms=2500"]));
-        assert!(backend.wait_for_requests(1, std::time::Duration::from_secs(10)), "the request never reached the backend");
+        assert!(backend.wait_for_requests(1, Duration::from_secs(10)), "the request never reached the backend");
         let vars = [
             ("B1", backend.target()),
             ("HTTP2", String::new()),
@@ -420,6 +421,44 @@ driver_tests! {
         assert_eq!(probe(proxy.addr(), "rapid-reset", &["500"]), "goaway=ENHANCE_YOUR_CALM");
         // A browser's occasional cancellations stay well inside the limit.
         assert_eq!(probe(proxy.addr(), "few-resets", &["3"]), "status=200 goaway=none");
+    }
+
+    fn a_client_reset_abandons_the_upstream_request_at_once(driver) {
+        // An upstream that reads the request and never answers, then reports whether the
+        // proxy closed its connection.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let Ok((mut s, _)) = listener.accept() else { return };
+            let (mut buf, mut head) = ([0u8; 4096], Vec::new());
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+            let verdict = match s.read(&mut buf) {
+                Ok(0) => "closed".to_string(),
+                Ok(n) => format!("{n} more bytes"),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => "still open".to_string(),
+                Err(_) => "closed".to_string(),
+            };
+            let _ = tx.send(verdict);
+        });
+        let vars = [("B1", addr.to_string()), ("HTTP2", String::new()), ("TOP", String::new())];
+        let proxy = Proxy::start(driver, H2C, &vars);
+        // The stream is reset 300 ms in; the connection goes on serving.
+        assert_eq!(probe(proxy.addr(), "reset-after", &["300"]), "status=201 body=local GET /local http");
+        let head = rx.recv_timeout(Duration::from_secs(5)).expect("the request reached the upstream");
+        assert!(head.starts_with("GET /held HTTP/1.1\r\n"), "{head}");
+        // The data path is dropped with the stream: its upstream connection closes (it would
+        // otherwise wait for an answer that never comes).
+        let verdict = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(verdict, "closed");
     }
 
     fn a_continuation_flood_is_cut_off(driver) {
@@ -502,7 +541,7 @@ driver_tests! {
         assert_eq!(verdict, "outcome=reset:CANCEL within=20s");
         // The stream's upstream connection was let go, not pinned.
         assert!(
-            backend.wait_for_no_open_connections(std::time::Duration::from_secs(10)),
+            backend.wait_for_no_open_connections(Duration::from_secs(10)),
             "the upstream connection of the timed-out stream stayed open"
         );
     }

@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::Method;
 
-use crate::http1::parse::{HeaderIdx, HeaderKind, ResponseHead};
+use crate::http1::parse::{Framing, HeaderIdx, HeaderKind, ResponseHead};
 
 /// How the request body travels on the HTTP/1.1 side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +295,95 @@ pub(crate) fn unswitched(
     http2 && head.conn.upgrade && (200..300).contains(&status)
 }
 
+/// A response head the data path wrote, read back for an HTTP/2 client.
+#[derive(Debug)]
+pub(crate) struct OwnHead {
+    pub(crate) response: http::Response<()>,
+    pub(crate) framing: Framing,
+    /// Bytes of `buf` the head took.
+    pub(crate) len: usize,
+}
+
+/// Most bytes a response head the data path writes may take (as `RESPONSE_LIMITS`).
+const OWN_HEAD_MAX: usize = 64 * 1024;
+
+/// Reads a response head the data path itself wrote into `buf` (`Ok(None)` while it is
+/// incomplete). That head went through `write_response_head` or a local answer's writer, from
+/// fields the upstream parser already checked, so this only splits lines, finds the framing and
+/// drops fields HTTP/2 forbids (RFC 9113 §8.2.2); `http` checks every name and value again, and
+/// anything it refuses (a bug) is `Err`, answered 502. Cheaper than parsing it a second time.
+pub(crate) fn own_response(buf: &[u8], head_request: bool) -> Result<Option<OwnHead>, ()> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > OWN_HEAD_MAX {
+            Err(())
+        } else {
+            Ok(None)
+        };
+    };
+    let mut lines = buf[..end]
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status_line = lines.next().ok_or(())?;
+    if !status_line.starts_with(b"HTTP/1.") || status_line.len() < 12 {
+        return Err(());
+    }
+    let status = http::StatusCode::from_bytes(&status_line[9..12]).map_err(|_| ())?;
+    let mut response = http::Response::new(());
+    *response.status_mut() = status;
+    let (mut length, mut chunked, mut options) = (None, false, None);
+    let map = response.headers_mut();
+    for line in lines {
+        let colon = line.iter().position(|&b| b == b':').ok_or(())?;
+        let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| ())?;
+        let value = line[colon + 1..].trim_ascii();
+        match name.as_str() {
+            "content-length" => {
+                let n = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                length = Some(n.ok_or(())?);
+            }
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case(b"chunked"),
+            "connection" => options = Some(value),
+            _ => {}
+        }
+        if matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+        ) {
+            continue;
+        }
+        map.append(name, HeaderValue::from_bytes(value).map_err(|_| ())?);
+    }
+    // Fields the Connection header names are hop-by-hop too (the data path names none but
+    // close and keep-alive; this keeps the rule where the mapping happens).
+    for name in options.into_iter().flat_map(|v| v.split(|&b| b == b',')) {
+        if let Ok(name) = HeaderName::from_bytes(name.trim_ascii()) {
+            if name != http::header::TRAILER {
+                map.remove(name);
+            }
+        }
+    }
+    let code = status.as_u16();
+    let framing = if head_request || code < 200 || code == 204 || code == 304 {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::CloseDelimited
+    };
+    Ok(Some(OwnHead {
+        response,
+        framing,
+        len: end + 4,
+    }))
+}
+
 /// The trailer fields at the end of a chunked body: `tail` holds everything the decoder
 /// consumed after the last payload byte (the CRLF ending that chunk, the last-chunk line, the
 /// trailer lines and the final CRLF), already validated by `ChunkedDecoder`. Fields HTTP/2
@@ -533,6 +622,66 @@ mod tests {
         let names: Vec<_> = r.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["trailer", "content-type", "set-cookie"]);
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn own_response_heads_read_back_as_the_full_parser_reads_them() {
+        let limits = HeadLimits {
+            max_head_bytes: 4096,
+            max_uri_bytes: 4096,
+            max_headers: 64,
+        };
+        let heads: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 12\r\nConnection: close\r\n\r\nhello world\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length:0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\nX-A:  padded value \t\r\n\r\n",
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nTE: trailers\r\nProxy-Connection: x\r\n\r\n",
+        ];
+        for head_request in [false, true] {
+            for raw in heads {
+                let mut idx = Vec::new();
+                let Parse::Complete(h) = parse_response(raw, head_request, &limits, &mut idx)
+                else {
+                    panic!("parse {:?}", String::from_utf8_lossy(raw));
+                };
+                let want = response(raw, &h, &idx).unwrap();
+                let own = own_response(raw, head_request).unwrap().unwrap();
+                let what = String::from_utf8_lossy(raw);
+                assert_eq!(own.len, h.head_len, "{what}");
+                assert_eq!(own.framing, h.framing, "{what}");
+                assert_eq!(own.response.status(), want.status(), "{what}");
+                assert_eq!(own.response.headers(), want.headers(), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn own_response_heads_wait_for_their_end_and_refuse_what_http2_cannot_carry() {
+        assert!(matches!(
+            own_response(b"HTTP/1.1 200 OK\r\nA: b\r\n", false),
+            Ok(None)
+        ));
+        assert!(matches!(own_response(b"", false), Ok(None)));
+        let huge = [&b"HTTP/1.1 200 OK\r\nA: "[..], &[b'a'; 70 * 1024]].concat();
+        assert!(own_response(&huge, false).is_err());
+        for bad in [
+            &b"HTTP/1.1 2x0 OK\r\n\r\n"[..],
+            b"HTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: twelve\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: x\x00y\r\n\r\n",
+        ] {
+            assert!(
+                own_response(bad, false).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

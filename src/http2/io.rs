@@ -39,7 +39,7 @@ impl H2Transport {
             Stream::Unix(s) => Some(std::os::fd::AsRawFd::as_raw_fd(s)),
             Stream::TlsServer(s, fd) => s.can_probe().then_some(*fd),
             Stream::TlsClient(s, fd) => s.can_probe().then_some(*fd),
-            Stream::Mem(_) => None,
+            Stream::Mem(_) | Stream::H2(_) => None,
         };
         match fd {
             Some(fd) => H2Transport::Direct(Direct::new(stream, fd, prefix)),
@@ -160,7 +160,7 @@ impl Direct {
                 (Stream::TlsServer(t, _), true) => t.socket().writable(false).await,
                 (Stream::TlsClient(t, _), false) => t.socket().readable(false).await,
                 (Stream::TlsClient(t, _), true) => t.socket().writable(false).await,
-                (Stream::Mem(_), _) => Err(io::ErrorKind::Unsupported.into()),
+                (Stream::Mem(_) | Stream::H2(_), _) => Err(io::ErrorKind::Unsupported.into()),
             }
         })
     }
@@ -453,7 +453,7 @@ impl AsyncReadRent for H2Io {
             Stream::TlsServer(s, _) => s.read(buf).await,
             Stream::TlsClient(s, _) => s.read(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -466,7 +466,7 @@ impl AsyncReadRent for H2Io {
             Stream::TlsServer(s, _) => s.readv(buf).await,
             Stream::TlsClient(s, _) => s.readv(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 }
@@ -479,7 +479,7 @@ impl AsyncWriteRent for H2Io {
             Stream::TlsServer(s, _) => s.write(buf).await,
             Stream::TlsClient(s, _) => s.write(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -490,7 +490,7 @@ impl AsyncWriteRent for H2Io {
             Stream::TlsServer(s, _) => s.writev(buf).await,
             Stream::TlsClient(s, _) => s.writev(buf).await,
             // HTTP/2 clients arrive on sockets, never on an in-memory pair.
-            Stream::Mem(_) => (Err(unsupported()), buf),
+            Stream::Mem(_) | Stream::H2(_) => (Err(unsupported()), buf),
         }
     }
 
@@ -500,7 +500,7 @@ impl AsyncWriteRent for H2Io {
             Stream::Unix(s) => s.flush().await,
             Stream::TlsServer(s, _) => s.flush().await,
             Stream::TlsClient(s, _) => s.flush().await,
-            Stream::Mem(_) => Err(unsupported()),
+            Stream::Mem(_) | Stream::H2(_) => Err(unsupported()),
         }
     }
 

@@ -1,7 +1,7 @@
 //! HTTP/2 client connections: detected by TLS ALPN (`h2`) or, on `h2c` listeners, by the
 //! connection preface; framed, HPACK-coded and flow-controlled by the `h2` crate (run over
 //! monoio through `monoio_compat`, on this worker's thread only); each stream served by the
-//! HTTP/1 data path (see `stream`).
+//! HTTP/1 data path (see `stream` and `down`).
 //!
 //! The connection task accepts streams and spawns one task per stream; it sends GOAWAY when the
 //! server drains, after a reload or when it idles past `limits.idle_timeout`, and GOAWAY ENHANCE_YOUR_CALM when the client resets more than
@@ -9,6 +9,7 @@
 
 pub(crate) mod chunks;
 pub mod client;
+pub mod down;
 pub mod head;
 pub(crate) mod io;
 mod stream;
@@ -115,9 +116,8 @@ pub(crate) struct Conn {
     socket: usize,
     listener: usize,
     peer: Option<SocketAddr>,
-    tls: bool,
-    /// The address the client reached us at (`Forwarded: by=`).
-    local: Option<SocketAddr>,
+    /// Who the client is, worked out once for all its streams (its address as text, trust).
+    client: Client,
     resets: ResetMeter,
     max_resets_per_s: u32,
     /// Fired when the client resets too many streams.
@@ -175,7 +175,6 @@ pub(crate) async fn serve(
     client: Client,
 ) {
     let limits = ctx.config().listeners[listener].http2;
-    let tls = stream.is_tls();
     let io = io::H2Transport::new(stream, prefix);
     let window = limits.initial_window as u64;
     let mut builder = h2::server::Builder::new();
@@ -204,8 +203,7 @@ pub(crate) async fn serve(
         socket,
         listener,
         peer: client.peer,
-        tls,
-        local: client.local,
+        client,
         resets: ResetMeter::default(),
         max_resets_per_s: limits.max_resets_per_s,
         calm: Closer::default(),

@@ -1,14 +1,18 @@
 //! One HTTP/2 stream, served by the HTTP/1 data path.
 //!
-//! The stream's request is written as an HTTP/1.1 request into one end of an in-memory stream
-//! pair (`net::duplex`); `proxy::serve_h1` serves the other end exactly as it serves a client
-//! connection (routes, limits, balancers, retries, header rules, access log, metrics,
-//! timeouts), and its HTTP/1.1 response is read back and sent on the stream. The cost, paid
-//! per stream: the request and response heads written and parsed once more, body bytes copied
-//! through the pair, and the data path's per-connection buffers. The benefit: one data path,
-//! so HTTP/2 can never drift from HTTP/1. Bodies stream both ways: DATA is read from `h2` only
-//! as fast as the pair takes it, and response bytes are read only as fast as the client's
-//! flow-control window opens.
+//! The stream's request head is written as an HTTP/1.1 head straight into the data path's
+//! receive buffer, and `proxy::serve_h1` serves it as a one-request connection exactly as it
+//! serves a client connection (routes, limits, balancers, retries, header rules, access log,
+//! metrics, timeouts). Its client is `Stream::H2` (`http2::down`): its reads take the request
+//! body from the stream and its writes go out as the response's frames, inside the data path's
+//! own calls, with no second task and no copy through a pair. Benefit: one data path, so
+//! HTTP/2 can never drift from HTTP/1. Cost, per stream: the request head is written and parsed
+//! once more, the response head written as text and split back into fields, and the data
+//! path's per-connection state built per stream.
+//!
+//! A WebSocket's extended CONNECT (RFC 8441) still goes through an in-memory pair
+//! (`net::duplex`): after the upgrade its tunnel relay needs a byte stream both ways, and the
+//! response relay below reads the data path's HTTP/1.1 answer back out of the pair.
 
 use std::future::poll_fn;
 use std::rc::Rc;
@@ -20,9 +24,11 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 
 use super::chunks::{Dechunk, Next};
+use super::down::Down;
 use super::head::{self, BodyFraming};
 use super::Conn;
 use crate::http1::body::write_chunk_header;
+use crate::http1::forward::Client;
 use crate::http1::parse::{parse_response, Framing, Parse};
 use crate::net::duplex;
 use crate::net::stream::{reserve_read_space, Stream};
@@ -73,13 +79,24 @@ pub(super) async fn serve(
             return;
         }
     };
-    let (near, far) = duplex::pair();
-    let client = crate::proxy::client_of(&conn.ctx, conn.peer, conn.tls, conn.local);
+    let c = &conn.client;
+    let client = Client {
+        peer: c.peer,
+        trusted: c.trusted,
+        ip_text: c.ip_text.clone(),
+        scheme: c.scheme,
+        local: c.local,
+    };
     let down = RecvBuf {
         buf: head,
         pos: 0,
         floor: 0,
     };
+    if accept.is_none() {
+        let head_request = parts.method == http::Method::HEAD;
+        return direct(&conn, body, framing, respond, head_request, down, client).await;
+    }
+    let (near, far) = duplex::pair();
     let proxy = crate::proxy::serve_h1(
         conn.ctx.clone(),
         conn.socket,
@@ -140,6 +157,45 @@ pub(super) async fn serve(
         // more of it, so a client still sending is not cut off by a reset (curl reports a
         // stream error).
         let _ = monoio::time::timeout(LINGER, upload).await;
+    }
+}
+
+/// Serves a stream with the data path reading and writing it directly (`http2::down`).
+async fn direct(
+    conn: &Conn,
+    body: RecvStream,
+    framing: BodyFraming,
+    respond: SendResponse<Bytes>,
+    head_request: bool,
+    down: RecvBuf,
+    client: Client,
+) {
+    let stall = conn.ctx.config().limits.idle_timeout;
+    let h2 = Down::new(body, framing, respond, head_request, stall);
+    let proxy = crate::proxy::serve_h1(
+        conn.ctx.clone(),
+        conn.socket,
+        conn.listener,
+        Stream::H2(h2.clone()),
+        down,
+        client,
+    );
+    // A client reset while the data path waits (on an upstream, mostly) ends the stream now:
+    // dropping the data path abandons its upstream connection, as for a client that left.
+    let reset = poll_fn(|cx| h2.poll_reset(cx));
+    let finished = monoio::select! {
+        _ = proxy => true,
+        _ = reset => false,
+    };
+    let ended = h2.finish();
+    if ended.reset_by_client {
+        conn.note_reset();
+    }
+    if finished && ended.unread {
+        // Answered before the whole request arrived (413, 404 of an upload): read a little
+        // more of it, so a client still sending is not cut off by a reset (curl reports a
+        // stream error).
+        let _ = monoio::time::timeout(LINGER, h2.discard(LINGER_BYTES)).await;
     }
 }
 

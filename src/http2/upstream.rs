@@ -26,20 +26,22 @@ use http::HeaderMap;
 
 use super::chunks::{Dechunk, Next};
 use super::client::H2Stream;
+use super::down::Down as H2Down;
 use super::tunnel;
 use crate::error::{reason_phrase, ErrorKind, ProxyError, Side};
 use crate::http1::body::{write_chunk_header, Encode};
-use crate::http1::forward::{override_drops_body, Request};
+use crate::http1::forward::override_drops_body;
 use crate::http1::parse::{
     parse_response, Framing, HeaderIdx, HeaderKind, Parse, ResponseHead, Version,
 };
-use crate::http1::response::{write_response_head, ClientResponse};
 use crate::net::stream::{reserve_read_space, Stream};
-use crate::proxy::exchange::{note_response, write_upstream_head, Attempt};
+use crate::proxy::exchange::{
+    note_response, write_client_head_from, write_upstream_head, Attempt, ClientHead, HeadFrom,
+};
 use crate::proxy::relay::io_err;
 use crate::proxy::respond::is_head;
 use crate::proxy::session::{
-    timed, timed_at, Exchange, Failure, RecvBuf, Scratch, Session, BODY_CHUNK, RESPONSE_LIMITS,
+    timed, timed_at, Exchange, Failure, RecvBuf, Session, BODY_CHUNK, RESPONSE_LIMITS,
 };
 use crate::proxy::shape::{self, Answered, Decision};
 use crate::upstream::pool::UpConn;
@@ -178,20 +180,20 @@ enum TrailersTo {
     /// None: the length is kept and trailers are dropped, as HTTP/1.1 allows for a client
     /// that did not say it takes them (RFC 9110 §6.5.1).
     Dropped,
-    /// Those the response announces with a `Trailer` field (RFC 9110 §6.6.2): an HTTP/2
-    /// client takes trailers, but re-framing every response would cost each one its length.
-    Announced,
-    /// Any: the client sent `TE: trailers`.
+    /// Any: the HTTP/1.1 client sent `TE: trailers` (the body is re-framed as chunked).
     Any,
+    /// Any, beside the body: an HTTP/2 client gets DATA and trailers as the target sent
+    /// them (`down::Down::frames_body_itself`), so the length stays.
+    Direct,
 }
 
 impl TrailersTo {
-    /// What the client of this request takes: `te_trailers`, it sent `TE: trailers`; `http2`,
-    /// it is an HTTP/2 stream.
-    fn of(te_trailers: bool, http2: bool) -> TrailersTo {
-        match (te_trailers, http2) {
-            (true, _) => TrailersTo::Any,
-            (false, true) => TrailersTo::Announced,
+    /// What the client of this request takes: `te_trailers`, it sent `TE: trailers`; `h2`,
+    /// it is an HTTP/2 stream the exchange sends the body to directly.
+    fn of(te_trailers: bool, h2: bool) -> TrailersTo {
+        match (te_trailers, h2) {
+            (_, true) => TrailersTo::Direct,
+            (true, false) => TrailersTo::Any,
             (false, false) => TrailersTo::Dropped,
         }
     }
@@ -213,8 +215,9 @@ fn te_trailers(buf: &[u8], headers: &[HeaderIdx]) -> bool {
 /// The HTTP/1.1 head of an h2 response, for the data path's parser and header rules. Without
 /// a content-length, a response with a body is chunked (its trailers go in the trailer
 /// section); one that ended with its headers has length 0. A response with a length and a
-/// body is chunked when trailers that may follow can reach the client (`to`); a gRPC response
-/// always is: its status comes in trailers.
+/// body is chunked when trailers that may follow can reach an HTTP/1.1 client (`to`); a gRPC
+/// response always is: its status comes in trailers. An HTTP/2 client's body is never
+/// re-framed: it goes beside this head (`TrailersTo::Direct`).
 fn synth_head(parts: &http::response::Parts, end_stream: bool, to: TrailersTo, out: &mut Vec<u8>) {
     let status = parts.status.as_u16();
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason_phrase(status));
@@ -222,9 +225,7 @@ fn synth_head(parts: &http::response::Parts, end_stream: bool, to: TrailersTo, o
         .headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let announced = parts.headers.contains_key(http::header::TRAILER);
-    let rechunk = !end_stream
-        && (grpc || to == TrailersTo::Any || (to == TrailersTo::Announced && announced));
+    let rechunk = !end_stream && to != TrailersTo::Direct && (grpc || to == TrailersTo::Any);
     let mut length = false;
     for (name, value) in &parts.headers {
         if DROPPED_FIELDS.contains(&name.as_str()) {
@@ -323,13 +324,18 @@ struct Upload<'a> {
     max: Option<u64>,
     /// Body bytes read from the client (access log).
     moved: u64,
+    /// An HTTP/2 client: its DATA and trailers go up as they came (`upload_direct`).
+    direct: Option<H2Down>,
 }
 
 impl Upload<'_> {
     async fn run(&mut self, framing: Framing) -> Result<Uploaded, ProxyError> {
-        let done = match framing {
-            Framing::Length(n) => self.length(n).await,
-            Framing::Chunked => self.chunked().await,
+        let done = match (framing, self.direct.clone()) {
+            (Framing::Length(_) | Framing::Chunked, Some(h2)) if self.buf.is_empty() => {
+                self.upload_direct(&h2).await
+            }
+            (Framing::Length(n), _) => self.length(n).await,
+            (Framing::Chunked, _) => self.chunked().await,
             _ => Ok(true),
         };
         match done {
@@ -341,6 +347,40 @@ impl Upload<'_> {
                 Err(e)
             }
         }
+    }
+
+    /// Sends an HTTP/2 client's DATA and trailers up as they came: no chunk framing either way,
+    /// no copy. `Ok(false)`: the upstream stopped taking the body.
+    async fn upload_direct(&mut self, h2: &H2Down) -> Result<bool, ProxyError> {
+        let client_io = |e| io_err(Side::Downstream, e);
+        loop {
+            let Some(next) = timed(self.read_timeout, h2.recv_data()).await else {
+                return Err(ProxyError::downstream(ErrorKind::ClientIo(
+                    std::io::ErrorKind::TimedOut.into(),
+                )));
+            };
+            let Some((data, last)) = next.map_err(client_io)? else {
+                break;
+            };
+            let n = data.len();
+            self.moved += n as u64;
+            if self.max.is_some_and(|m| self.moved > m) {
+                return Err(ProxyError::downstream(ErrorKind::BodyTooLarge));
+            }
+            // The last DATA (no trailers after it) carries END_STREAM, as the client's did.
+            let sent = (n == 0 && !last) || self.send(data, last).await;
+            // The client's window opens only once the upstream took the bytes.
+            h2.release(n);
+            if !sent || last {
+                return Ok(sent);
+            }
+        }
+        let trailers = h2.recv_trailers().await.map_err(client_io)?;
+        let sent = match trailers {
+            Some(t) if !t.is_empty() => self.tx.send_trailers(t),
+            _ => self.tx.send_data(Bytes::new(), true),
+        };
+        Ok(sent.is_ok())
     }
 
     /// `Ok(false)`: the upstream stopped taking the body.
@@ -453,6 +493,8 @@ impl Upload<'_> {
 struct Down<'a> {
     client: &'a ClientIo<'a>,
     read_timeout: Option<Duration>,
+    /// An HTTP/2 client: the body and trailers go to its stream as they are.
+    direct: Option<H2Down>,
 }
 
 /// Streams the response body to the client in the framing its head announced; trailers go in
@@ -464,6 +506,9 @@ async fn relay_body(
     chunked: bool,
     out: &mut Vec<u8>,
 ) -> Result<u64, ProxyError> {
+    if let Some(h2) = &d.direct {
+        return relay_direct(h2, d.read_timeout, body).await;
+    }
     let mut written = 0u64;
     loop {
         let next = match timed(d.read_timeout, body.data()).await {
@@ -506,6 +551,38 @@ async fn relay_body(
         res.map_err(|e| io_err(Side::Downstream, e))?;
         written += out.len() as u64;
     }
+    Ok(written)
+}
+
+/// Passes the body and trailers on to an HTTP/2 client's stream as the target sent them: no
+/// chunk framing and no copy. Returns the body bytes sent.
+async fn relay_direct(
+    h2: &H2Down,
+    read_timeout: Option<Duration>,
+    body: &mut RecvStream,
+) -> Result<u64, ProxyError> {
+    let mut written = 0u64;
+    loop {
+        let data = match timed(read_timeout, body.data()).await {
+            None => return Err(ProxyError::upstream(ErrorKind::UpstreamTimeout, false)),
+            Some(None) => break,
+            Some(Some(Err(e))) => return Err(stream_error(&e, false)),
+            Some(Some(Ok(data))) => data,
+        };
+        let n = data.len();
+        if n > 0 {
+            h2.send_body(data)
+                .await
+                .map_err(|e| io_err(Side::Downstream, e))?;
+            written += n as u64;
+        }
+        // Window opens for the upstream only once the client's window took the bytes.
+        let _ = body.flow_control().release_capacity(n);
+    }
+    let trailers = poll_fn(|cx| body.poll_trailers(cx))
+        .await
+        .map_err(|e| stream_error(&e, false))?;
+    h2.end(trailers).map_err(|e| io_err(Side::Downstream, e))?;
     Ok(written)
 }
 
@@ -613,6 +690,11 @@ pub(crate) async fn exchange(
         .method
         .as_deref()
         .map_or(client_head, |m| m == "HEAD");
+    // An HTTP/2 client (not asking for a HEAD) gets the body and trailers beside the head.
+    let direct = match &*sess.stream {
+        Stream::H2(h2) if !client_head => Some(h2.clone()),
+        _ => None,
+    };
     let client = ClientIo::new(sess.stream);
     let mut upload = Upload {
         client: &client,
@@ -622,10 +704,12 @@ pub(crate) async fn exchange(
         write_timeout: tr.write_timeout,
         max: ctx.config().limits.max_request_body,
         moved: 0,
+        direct: direct.clone(),
     };
     let d = Down {
         client: &client,
         read_timeout: tr.read_timeout,
+        direct,
     };
     let outcome = 'ex: {
         let mut uploaded: Option<Uploaded> = None;
@@ -683,7 +767,7 @@ pub(crate) async fn exchange(
         let mut synth = Vec::with_capacity(512);
         let to = TrailersTo::of(
             te_trailers(&sess.down.buf, &sess.s.headers),
-            sess.s.trace.http2,
+            d.direct.is_some(),
         );
         synth_head(&parts, body.is_end_stream(), to, &mut synth);
         let resp = match parse_response(
@@ -723,40 +807,27 @@ pub(crate) async fn exchange(
             Framing::Chunked if http10 => Encode::Dechunk,
             _ => Encode::Raw,
         };
-        let chunked = resp.framing == Framing::Chunked && encode == Encode::Raw;
+        let chunked =
+            resp.framing == Framing::Chunked && encode == Encode::Raw && d.direct.is_none();
         let unknown_len_to_10 = http10 && !client_head && resp.framing == Framing::Chunked;
         // Decided before the body: the client connection is kept when the request will
         // have been read whole (checked again after).
         let keep = head.keep_alive() && !ctx.draining() && !unknown_len_to_10;
-        sess.s.out.clear();
-        {
-            let Scratch {
-                resp_headers,
-                out,
-                aux,
-                list,
-                ..
-            } = &mut *sess.s;
-            let r = ClientResponse {
-                rbuf: &synth,
-                head: &resp,
-                headers: resp_headers,
-                encode,
-                zero_length: upstream_head && !client_head && !matches!(resp.status, 204 | 304),
-                keep,
-                set_cookie: a
-                    .set_cookie
-                    .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
-            };
-            let req = Request {
-                buf: &sess.down.buf,
-                head,
-                headers: &[],
-                client: sess.client,
-                worker: ctx.id(),
-            };
-            write_response_head(&req, a.up, a.host(), &r, out, aux, list);
-        }
+        let zero_length = upstream_head && !client_head && !matches!(resp.status, 204 | 304);
+        let h = ClientHead {
+            rbuf: &synth,
+            resp: &resp,
+            encode,
+            zero_length,
+            keep,
+        };
+        let from = HeadFrom {
+            ctx,
+            buf: &sess.down.buf,
+            head,
+            client: sess.client,
+        };
+        write_client_head_from(&from, sess.s, a, a.host(), h);
         if let Some(code) = replace {
             shape::replace_status_line(&mut sess.s.out, code);
             sess.s.status = code;
@@ -769,12 +840,21 @@ pub(crate) async fn exchange(
             answered: true,
         };
         let out = &mut sess.s.out;
+        let ended = body.is_end_stream();
         let send_down = async {
             let head_len = out.len() as u64;
+            // A response that ended with its head goes as it is (gRPC's trailers-only
+            // answer must stay one HEADERS frame).
+            if let (Some(h2), false) = (&d.direct, ended) {
+                h2.frames_body_itself();
+            }
             let (res, b) = client.write_all(std::mem::take(out)).await;
             *out = b;
             res.map_err(|e| io_err(Side::Downstream, e))?;
-            let with_body = !matches!(resp.framing, Framing::None) && encode != Encode::Discard;
+            // A direct response always ends by `relay_direct` (an empty body, or after a HEAD
+            // made for a GET, too).
+            let with_body = (!matches!(resp.framing, Framing::None) && encode != Encode::Discard)
+                || d.direct.is_some();
             let moved = if with_body {
                 relay_body(&d, &mut body, encode, chunked, out).await?
             } else {
@@ -1007,12 +1087,13 @@ mod tests {
         // (fields, stream ended with the head, what the client takes, chunked)
         let cases = [
             (plain, false, Dropped, false),
-            (plain, false, Announced, false),
             (plain, false, Any, true),
+            (plain, false, Direct, false),
             (announced, false, Dropped, false),
-            (announced, false, Announced, true),
             (announced, false, Any, true),
+            (announced, false, Direct, false),
             (grpc, false, Dropped, true),
+            (grpc, false, Direct, false),
             // Nothing can follow a stream that ended with its head.
             (announced, true, Any, false),
         ];
@@ -1031,10 +1112,11 @@ mod tests {
                 "{to:?} {text}"
             );
         }
-        // Who takes what: TE: trailers from any client; an h2 client takes announced ones.
+        // Who takes what: an h2 client all of them, beside the body; an HTTP/1.1 client
+        // those of a chunked body, when it sent TE: trailers.
         assert_eq!(TrailersTo::of(true, false), Any);
-        assert_eq!(TrailersTo::of(true, true), Any);
-        assert_eq!(TrailersTo::of(false, true), Announced);
+        assert_eq!(TrailersTo::of(true, true), Direct);
+        assert_eq!(TrailersTo::of(false, true), Direct);
         assert_eq!(TrailersTo::of(false, false), Dropped);
     }
 

@@ -96,6 +96,8 @@ pub fn run(
                 Stream::TlsClient(b, _) => Box::pin(both($a, *b, idle, clock)),
                 // The upstream side of a WebSocket to an HTTP/2 target (`http2::tunnel`).
                 Stream::Mem(b) => Box::pin(both($a, b, idle, clock)),
+                // Upstreams are never HTTP/2 client streams.
+                Stream::H2(_) => Box::pin(async { Relayed::default() }),
             }
         };
     }
@@ -106,6 +108,8 @@ pub fn run(
         Stream::TlsClient(a, _) => to_upstream!(*a),
         // An HTTP/2 stream upgraded by extended CONNECT (RFC 8441).
         Stream::Mem(a) => to_upstream!(a),
+        // Only a WebSocket over HTTP/2 upgrades, and it comes through the pair above.
+        Stream::H2(_) => Box::pin(async { Relayed::default() }),
     }
 }
 

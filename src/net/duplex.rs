@@ -1,6 +1,8 @@
-//! In-memory byte stream pairs within one worker: what an HTTP/2 stream uses to hand its
-//! request to the HTTP/1 data path as if it were a client connection, without a socket pair's
-//! system calls. Each direction holds at most `CAPACITY` bytes: a writer waits while it is
+//! In-memory byte stream pairs within one worker: what a WebSocket over HTTP/2 uses as a byte
+//! stream, on the client side (an extended CONNECT handed to the HTTP/1 data path as if it were
+//! a client connection, `http2::stream`) and on the target side (`http2::tunnel`), without a
+//! socket pair's system calls. Other HTTP/2 streams enter the data path directly
+//! (`http2::down`). Each direction holds at most `CAPACITY` bytes: a writer waits while it is
 //! full, as on a socket, so bodies keep their back-pressure.
 
 use std::cell::RefCell;

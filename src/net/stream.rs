@@ -20,8 +20,11 @@ pub enum Stream {
     TlsServer(Box<crate::net::tls_stream::TlsServer>, RawFd),
     /// An upstream we dialed with TLS (and its socket's descriptor).
     TlsClient(Box<crate::net::tls_stream::TlsClient>, RawFd),
-    /// One end of an in-memory pair: an HTTP/2 stream served by the HTTP/1 data path.
+    /// One end of an in-memory pair: a WebSocket over an HTTP/2 stream (either side).
     Mem(crate::net::duplex::End),
+    /// An HTTP/2 stream served by the HTTP/1 data path: reads take its request body, writes
+    /// send its response (`http2::down`).
+    H2(crate::http2::down::Down),
 }
 
 pub use crate::net::tls_stream::Sock;
@@ -47,6 +50,11 @@ impl Stream {
             let res = s.read_more(&mut buf).await;
             return (res, buf);
         }
+        if let Stream::H2(s) = self {
+            let mut buf = buf;
+            let res = s.read_more(&mut buf).await;
+            return (res, buf);
+        }
         let start = buf.len();
         let end = buf.capacity();
         let slice = buf.slice_mut(start..end);
@@ -55,7 +63,7 @@ impl Stream {
             Stream::Unix(s) => s.read(slice).await,
             Stream::TlsServer(s, _) => s.read(slice).await,
             Stream::TlsClient(s, _) => s.read(slice).await,
-            Stream::Mem(_) => unreachable!("read above"),
+            Stream::Mem(_) | Stream::H2(_) => unreachable!("read above"),
         };
         (res, slice.into_inner())
     }
@@ -73,13 +81,17 @@ impl Stream {
             let res = s.write_all(&buf[range]).await;
             return (res, buf);
         }
+        if let Stream::H2(s) = self {
+            let res = s.write_all(&buf[range]).await;
+            return (res, buf);
+        }
         let slice = buf.slice(range);
         let (res, slice) = match self {
             Stream::Tcp(s) => s.write_all(slice).await,
             Stream::Unix(s) => s.write_all(slice).await,
             Stream::TlsServer(s, _) => s.write_all(slice).await,
             Stream::TlsClient(s, _) => s.write_all(slice).await,
-            Stream::Mem(_) => unreachable!("written above"),
+            Stream::Mem(_) | Stream::H2(_) => unreachable!("written above"),
         };
         (res.map(|_| ()), slice.into_inner())
     }
@@ -99,6 +111,10 @@ impl Stream {
             Stream::TlsServer(s, _) => s.shutdown().await,
             Stream::TlsClient(s, _) => s.shutdown().await,
             Stream::Mem(s) => {
+                s.shutdown();
+                Ok(())
+            }
+            Stream::H2(s) => {
                 s.shutdown();
                 Ok(())
             }
@@ -173,7 +189,7 @@ impl Stream {
             // Any byte on an idle TLS connection (close_notify included) means it is done.
             Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
             // Never pooled: an in-memory stream serves one request.
-            Stream::Mem(_) => return Peeked::Quiet,
+            Stream::Mem(_) | Stream::H2(_) => return Peeked::Quiet,
         };
         let mut byte = 0u8;
         // SAFETY: recv writes at most 1 byte into `byte`, which outlives the call.
@@ -213,7 +229,7 @@ impl Stream {
         let fd = match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::TlsServer(_, fd) | Stream::TlsClient(_, fd) => *fd,
-            Stream::Unix(_) | Stream::Mem(_) => return None,
+            Stream::Unix(_) | Stream::Mem(_) | Stream::H2(_) => return None,
         };
         // SAFETY: `fd` belongs to this stream, which outlives the borrow (used only here).
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
@@ -248,7 +264,9 @@ impl Stream {
         match self {
             Stream::Tcp(s) => Ok(s.as_raw_fd()),
             Stream::Unix(s) => Ok(s.as_raw_fd()),
-            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) | Stream::H2(_) => {
+                Err(not_spliceable())
+            }
         }
     }
 
@@ -279,7 +297,7 @@ impl Stream {
             Stream::Tcp(s) => s.readable(false).await,
             Stream::Unix(s) => s.readable(false).await,
             Stream::TlsServer(s, _) => s.socket().readable(false).await,
-            Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
+            Stream::TlsClient(..) | Stream::Mem(_) | Stream::H2(_) => Err(not_spliceable()),
         }
     }
 
@@ -288,7 +306,9 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.writable(false).await,
             Stream::Unix(s) => s.writable(false).await,
-            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => Err(not_spliceable()),
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) | Stream::H2(_) => {
+                Err(not_spliceable())
+            }
         }
     }
 

@@ -59,7 +59,9 @@ impl Watch {
                 (*fd, s.is_unix(), Some((tls, *fd)))
             }
             // Upstreams are sockets; a server-side stream is only ever a client.
-            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) => return None,
+            Stream::TlsServer(..) | Stream::TlsClient(..) | Stream::Mem(_) | Stream::H2(_) => {
+                return None
+            }
         };
         // SAFETY: F_DUPFD_CLOEXEC on an open descriptor has no memory effects; the new
         // descriptor is owned by the stream built from it below and closed with it.

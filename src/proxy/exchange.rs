@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use crate::config::{Route, TargetAddr, Upstream};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http1::body::Encode;
-use crate::http1::forward::{override_drops_body, write_orig, write_request_head, Request};
-use crate::http1::parse::{parse_response, Framing, HeaderKind, Parse, ResponseHead, Version};
+use crate::http1::forward::{override_drops_body, write_orig, write_request_head, Client, Request};
+use crate::http1::parse::{
+    parse_response, Framing, HeaderKind, Parse, RequestHead, ResponseHead, Version,
+};
 use crate::http1::response::{write_response_head, ClientResponse};
 use crate::proxy::early::{self, BodyEnd};
 use crate::proxy::expect;
@@ -18,6 +20,7 @@ use crate::proxy::session::{
 };
 use crate::proxy::shape::{self, Answered, Decision};
 use crate::upstream::pool::UpConn;
+use crate::worker::ctx::WorkerCtx;
 
 /// The target an attempt goes to.
 pub(crate) struct Attempt<'a> {
@@ -128,8 +131,35 @@ pub(crate) fn write_client_head(
     host: &str,
     h: ClientHead<'_>,
 ) {
-    let ctx = sess.ctx;
-    sess.s.out.clear();
+    let from = HeadFrom {
+        ctx: sess.ctx,
+        buf: &sess.down.buf,
+        head: sess.head,
+        client: sess.client,
+    };
+    write_client_head_from(&from, sess.s, a, host, h);
+}
+
+/// What of a session the client's response head is written from (borrowed apart from its
+/// stream, which an exchange may be using meanwhile).
+pub(crate) struct HeadFrom<'s> {
+    pub(crate) ctx: &'s WorkerCtx,
+    /// The client's receive buffer, which `head` points into.
+    pub(crate) buf: &'s [u8],
+    pub(crate) head: &'s RequestHead,
+    pub(crate) client: &'s Client,
+}
+
+/// `write_client_head`, from the parts of a session it reads.
+pub(crate) fn write_client_head_from(
+    from: &HeadFrom<'_>,
+    s: &mut Scratch,
+    a: &Attempt<'_>,
+    host: &str,
+    h: ClientHead<'_>,
+) {
+    let ctx = from.ctx;
+    s.out.clear();
     let bal = ctx.balancer(a.u);
     let Scratch {
         resp_headers,
@@ -137,7 +167,7 @@ pub(crate) fn write_client_head(
         aux,
         list,
         ..
-    } = &mut *sess.s;
+    } = s;
     let r = ClientResponse {
         rbuf: h.rbuf,
         head: h.resp,
@@ -150,10 +180,10 @@ pub(crate) fn write_client_head(
             .then(|| (a.up.lb.key.as_str(), bal.cookie(a.t))),
     };
     let req = Request {
-        buf: &sess.down.buf,
-        head: sess.head,
+        buf: from.buf,
+        head: from.head,
         headers: &[],
-        client: sess.client,
+        client: from.client,
         worker: ctx.id(),
     };
     write_response_head(&req, a.up, host, &r, out, aux, list);

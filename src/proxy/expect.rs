@@ -29,7 +29,7 @@ pub(crate) async fn answered_by(stream: &Stream, by: Instant) -> bool {
             None => true,
         },
         // Upstreams are sockets.
-        Stream::TlsServer(..) | Stream::Mem(_) => true,
+        Stream::TlsServer(..) | Stream::Mem(_) | Stream::H2(_) => true,
     }
 }
 

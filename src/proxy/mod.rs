@@ -184,10 +184,11 @@ pub(crate) fn client_of(
     }
 }
 
-/// An HTTP/2 stream reaches the data path through an in-memory pair, a client on a socket.
+/// An HTTP/2 stream reaches the data path as `Stream::H2` (a WebSocket over one through an
+/// in-memory pair), a client on a socket.
 fn protocol_of(stream: &Stream) -> Protocol {
     match stream {
-        Stream::Mem(_) => Protocol::H2,
+        Stream::Mem(_) | Stream::H2(_) => Protocol::H2,
         _ => Protocol::H1,
     }
 }
@@ -451,6 +452,16 @@ async fn busy(conn: &mut Conn) -> Burst {
                 return Burst::Upgraded(Box::new((up, s.target.map(|(u, _)| u))))
             }
         };
+        // Back to the worker's spares, also when the connection closes (an HTTP/2 stream
+        // always does): the next request (on any connection) takes them, and this one holds
+        // none while it waits. Small ones stay (they cost less than a trip).
+        for b in [&mut ubuf, &mut s.out, &mut s.aux] {
+            if b.capacity() < crate::worker::buffers::SPARE_MIN {
+                b.clear();
+            } else {
+                ctx.buffers().give(std::mem::take(b));
+            }
+        }
         if !keep && linger::unread_input(&conn.stream, &conn.down, &head) {
             linger::linger(&mut conn.stream, &mut conn.down).await;
             return Burst::Closed;
@@ -463,15 +474,6 @@ async fn busy(conn: &mut Conn) -> Burst {
         down.compact();
         if down.pending() == 0 && down.buf.capacity() > IDLE_READ {
             down.buf = Vec::with_capacity(IDLE_READ);
-        }
-        // Back to the worker's spares: the next request (on any connection) takes them, and
-        // this one holds none while it waits. Small ones stay (they cost less than a trip).
-        for b in [&mut ubuf, &mut s.out, &mut s.aux] {
-            if b.capacity() < crate::worker::buffers::SPARE_MIN {
-                b.clear();
-            } else {
-                ctx.buffers().give(std::mem::take(b));
-            }
         }
     }
 }

@@ -178,7 +178,7 @@ pub(crate) struct Trace {
     pub(crate) connect: Option<Duration>,
     /// From the first dial until the response ended or failed.
     pub(crate) response: Option<Duration>,
-    /// The request is an HTTP/2 stream (served through an in-memory pair).
+    /// The request is an HTTP/2 stream (`Stream::H2`, or a WebSocket's in-memory pair).
     pub(crate) http2: bool,
 }
 

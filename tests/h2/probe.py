@@ -122,6 +122,22 @@ def scenario_trailers(host, port, path):
     print("status=%s body=%s trailers=%s" % (status, body.decode(), t))
 
 
+def scenario_trailers_length(host, port, path):
+    """As `trailers`, also saying the content-length the response came with."""
+    sock, conn = connect(host, port)
+    conn.send_headers(1, request_headers(host, port, path), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events, _ = pump(sock, conn, ended(1))
+    status, body, trailers, reset = response_of(events, 1)
+    length = next(
+        (dict(e.headers).get("content-length") for e in events
+         if isinstance(e, h2.events.ResponseReceived) and e.stream_id == 1),
+        None,
+    )
+    t = ",".join("%s:%s" % (k, v) for k, v in trailers)
+    print("status=%s length=%s body=%s trailers=%s reset=%s" % (status, length, body.decode(), t, reset))
+
+
 def error_name(code):
     try:
         return h2.errors.ErrorCodes(code).name
@@ -204,6 +220,35 @@ def scenario_few_resets(host, port, count):
     status, body, _, _ = response_of(events, sid)
     g = goaway(events)
     print("status=%s goaway=%s" % (status, error_name(g.error_code) if g else "none"))
+
+
+def scenario_upload_trailers(host, port, path):
+    """A POST without content-length: two DATA frames, then trailers (x-sum: 15)."""
+    sock, conn = connect(host, port)
+    conn.send_headers(1, request_headers(host, port, path, method="POST"))
+    conn.send_data(1, b"hello")
+    conn.send_data(1, b", h2 world")
+    conn.send_headers(1, [("x-sum", "15")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events, _ = pump(sock, conn, ended(1))
+    status, body, _, reset = response_of(events, 1)
+    print("status=%s body=%s reset=%s" % (status, body.decode(), reset))
+
+
+def scenario_reset_after(host, port, ms):
+    """Cancels a request MS milliseconds after sending it (its answer not come), then makes
+    another on the same connection."""
+    sock, conn = connect(host, port)
+    conn.send_headers(1, request_headers(host, port, "/held"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    time.sleep(int(ms) / 1000)
+    conn.reset_stream(1, error_code=h2.errors.ErrorCodes.CANCEL)
+    sock.sendall(conn.data_to_send())
+    conn.send_headers(3, request_headers(host, port, "/local"), end_stream=True)
+    sock.sendall(conn.data_to_send())
+    events, _ = pump(sock, conn, ended(3))
+    status, body, _, _ = response_of(events, 3)
+    print("status=%s body=%s" % (status, body.decode()))
 
 
 def scenario_continuation_flood(host, port):
@@ -464,8 +509,11 @@ def scenario_flood(host, port, kind, count):
 
 SCENARIOS = {
     "trailers": scenario_trailers,
+    "trailers-length": scenario_trailers_length,
     "rapid-reset": scenario_rapid_reset,
     "few-resets": scenario_few_resets,
+    "reset-after": scenario_reset_after,
+    "upload-trailers": scenario_upload_trailers,
     "continuation-flood": scenario_continuation_flood,
     "bomb-headers": lambda h, p: scenario_big_headers(h, p, "bomb"),
     "literal-headers": lambda h, p: scenario_big_headers(h, p, "literal"),
