@@ -239,13 +239,14 @@ async fn pump<A: Conn, B: Conn>(a: A, b: B, run: &Tunnel<'_>) -> End {
         judge,
     } = *run;
     let last = Cell::new(Instant::now());
-    let (nonblocking, ended) = (Cell::new(false), Cell::new(0));
+    let (nonblocking, ended, gave_up) = (Cell::new(false), Cell::new(0), Cell::new(false));
     let shared = Shared {
         last: &last,
         counters,
         nonblocking: &nonblocking,
         fds: [a.as_raw_fd(), b.as_raw_fd()],
         ended: &ended,
+        gave_up: &gave_up,
     };
     let (mut up, mut down) = (Way::default(), Way::default());
     let end = both_ways(
@@ -260,10 +261,19 @@ async fn pump<A: Conn, B: Conn>(a: A, b: B, run: &Tunnel<'_>) -> End {
         abort_on_close(a.as_raw_fd());
         abort_on_close(b.as_raw_fd());
     }
-    drop((a, b));
+    // After a clean end both directions ran to completion, so no op on either socket is in
+    // flight unless a wait was given up: close(2) then, without the two ring entries per
+    // socket the runtime's close costs. Otherwise the other direction's pending wait was just
+    // dropped and still holds its socket.
+    let clean = matches!(end, End::Closed);
+    if clean && !gave_up.get() {
+        crate::net::close::close_settled(a);
+        crate::net::close::close_settled(b);
+    } else {
+        drop((a, b));
+    }
     // After a clean end both pipes are empty (each direction drains its pipe before reading
     // again); after anything else one may still hold bytes, so it is closed instead.
-    let clean = matches!(end, End::Closed);
     up.finish(clean);
     down.finish(clean);
     end

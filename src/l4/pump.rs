@@ -12,8 +12,8 @@
 
 use std::cell::Cell;
 use std::io;
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -32,8 +32,9 @@ pub const COPY_CHUNK: usize = 16 * 1024;
 const SPLICE_MIN: usize = COPY_CHUNK / 4;
 
 /// A connection the tunnel drives: readiness from the runtime (an io_uring poll, or epoll), the
-/// data moved by nonblocking syscalls on the raw descriptor.
-pub trait Conn: AsRawFd {
+/// data moved by nonblocking syscalls on the raw descriptor; closed with close(2) after a clean
+/// end (`net::close`).
+pub trait Conn: AsRawFd + IntoRawFd {
     async fn readable(&self) -> io::Result<()>;
     async fn writable(&self) -> io::Result<()>;
 }
@@ -77,6 +78,9 @@ pub struct Shared<'a> {
     pub fds: [RawFd; 2],
     /// Directions that reached their source's EOF.
     pub ended: &'a Cell<u8>,
+    /// A readiness wait was given up on a timeout: its op may still be in flight (holding its
+    /// socket) until the runtime reaps its cancel, so the sockets are closed the runtime's way.
+    pub gave_up: &'a Cell<bool>,
 }
 
 /// One direction's state between steps.
@@ -133,7 +137,9 @@ pub async fn one_way(
     let mut try_read = try_first;
     loop {
         if !try_read {
-            wait_readable(src, way).await.map_err(DirError::Read)?;
+            wait_readable(src, way, shared.gave_up)
+                .await
+                .map_err(DirError::Read)?;
         }
         try_read = true;
         let splicing = way.bulk && !way.copy_only && take_pipe(way, shared);
@@ -165,7 +171,7 @@ pub async fn one_way(
         };
         shared.last.set(Instant::now());
         if splicing {
-            drain_pipe(dst, way, n).await?;
+            drain_pipe(dst, way, n, shared.gave_up).await?;
             // A short splice: the flow has slowed to messages, which copying serves without a
             // pipe. Well under a copy's worth, so that a bulk flow's splices, which stop short
             // of a round size where segments end, do not flip it back and forth.
@@ -197,13 +203,14 @@ pub async fn one_way(
 
 /// Waits until `src` is readable. A held (empty) pipe goes back to the pool once the source
 /// has been quiet for `STALL_GRACE`: an idle tunnel holds no pipe.
-async fn wait_readable(src: &impl Conn, way: &mut Way) -> io::Result<()> {
+async fn wait_readable(src: &impl Conn, way: &mut Way, gave_up: &Cell<bool>) -> io::Result<()> {
     if way.pipe.is_none() {
         return src.readable().await;
     }
     match monoio::time::timeout(STALL_GRACE, src.readable()).await {
         Ok(r) => r,
         Err(_) => {
+            gave_up.set(true);
             if let Some(p) = way.pipe.take() {
                 p.give_back();
             }
@@ -244,7 +251,12 @@ fn take_pipe(way: &mut Way, shared: &Shared<'_>) -> bool {
 /// Splices the `n` bytes the pipe holds out to `dst`. A destination that takes nothing for
 /// `STALL_GRACE` gets the rest (at most `SPILL_MAX`, a base pipe's worth) through user space
 /// instead, and the pipe goes back to the pool: a stalled reader holds no pipe.
-async fn drain_pipe(dst: &impl Conn, way: &mut Way, n: usize) -> Result<(), DirError> {
+async fn drain_pipe(
+    dst: &impl Conn,
+    way: &mut Way,
+    n: usize,
+    gave_up: &Cell<bool>,
+) -> Result<(), DirError> {
     let dst_fd = dst.as_raw_fd();
     let mut left = n;
     while left > 0 {
@@ -256,7 +268,9 @@ async fn drain_pipe(dst: &impl Conn, way: &mut Way, n: usize) -> Result<(), DirE
             Ok(0) => return Err(DirError::Write(io::ErrorKind::WriteZero.into())),
             Ok(m) => left -= m,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match monoio::time::timeout(STALL_GRACE, dst.writable()).await {
+                let waited = monoio::time::timeout(STALL_GRACE, dst.writable()).await;
+                gave_up.set(gave_up.get() || waited.is_err());
+                match waited {
                     Ok(r) => r.map_err(DirError::Write)?,
                     Err(_) if left <= SPILL_MAX => {
                         p.spill(&mut way.unsent, left).map_err(DirError::Write)?;
@@ -286,12 +300,15 @@ fn classify(e: io::Error) -> io::Result<Step> {
 /// Reads up to `COPY_CHUNK` bytes from `src` into a stack buffer and sends what `dst` takes at
 /// once; the rest goes to `unsent` (which is empty on entry).
 fn copy_once(src: RawFd, dst: RawFd, unsent: &mut Vec<u8>) -> Result<Step, DirError> {
-    let mut buf = [0u8; COPY_CHUNK];
-    let n = match recv(src, &mut buf) {
-        Ok(0) => return Ok(Step::Eof),
-        Ok(n) => n,
+    // Left uninitialised: zeroing 16 KiB for every message (and for each EOF) cost more than
+    // the copy of a small one.
+    let mut space = [MaybeUninit::<u8>::uninit(); COPY_CHUNK];
+    let buf = match recv(src, &mut space) {
+        Ok([]) => return Ok(Step::Eof),
+        Ok(buf) => buf,
         Err(e) => return classify(e).map_err(DirError::Read),
     };
+    let n = buf.len();
     let mut done = 0;
     while done < n {
         match send(dst, &buf[done..n]) {
@@ -330,12 +347,21 @@ async fn send_unsent(dst: &impl Conn, unsent: &mut Vec<u8>) -> Result<(), DirErr
     Ok(())
 }
 
-/// One nonblocking recv(2), whatever the socket's own mode.
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: recv writes at most `buf.len()` bytes into `buf`, which is ours and live across
-    // the call; `fd` is an open socket of the calling tunnel.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+/// One nonblocking recv(2) into `space`, whatever the socket's own mode: the bytes received.
+fn recv(fd: RawFd, space: &mut [MaybeUninit<u8>]) -> io::Result<&[u8]> {
+    // SAFETY: recv writes at most `space.len()` bytes into `space`, which is ours and live
+    // across the call; `fd` is an open socket of the calling tunnel.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            space.as_mut_ptr().cast(),
+            space.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: recv initialised the first `n` bytes (n <= space.len()).
+    Ok(unsafe { std::slice::from_raw_parts(space.as_ptr().cast::<u8>(), n) })
 }
 
 /// One nonblocking send(2), whatever the socket's own mode; a peer gone is an error, not
@@ -408,12 +434,14 @@ mod tests {
             let last = Cell::new(Instant::now());
             let nonblocking = Cell::new(false);
             let ended = Cell::new(0);
+            let gave_up = Cell::new(false);
             let shared = Shared {
                 last: &last,
                 counters: &counters,
                 nonblocking: &nonblocking,
                 fds: [a.as_raw_fd(), b.as_raw_fd()],
                 ended: &ended,
+                gave_up: &gave_up,
             };
             let moved = Cell::new(0);
             let r = one_way(&a, &b, &mut way, &shared, &moved, false).await;

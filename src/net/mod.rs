@@ -1,6 +1,7 @@
 //! Sockets and what wraps them: listening sockets, TCP/Unix/TLS streams, in-memory stream
 //! pairs, splice pipes, rustls configs, PROXY protocol headers.
 
+pub mod close;
 pub mod duplex;
 pub mod listener;
 pub mod proxy_protocol;
