@@ -527,7 +527,7 @@ pub fn write_request_head(
     match head.framing {
         _ if no_body => {}
         Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::Length(n) => crate::http1::response::write_content_length(out, n),
+        Framing::Length(n) => write_content_length(out, n),
         _ => {}
     }
     if head.conn.upgrade {
@@ -539,5 +539,13 @@ pub fn write_request_head(
     } else if !up.transport.keepalive {
         out.extend_from_slice(b"Connection: close\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Content-Length: n` and its line end. Once per response on the hot path: `itoa` rather than
+/// `write!`, whose formatting machinery cost 3.6% of small keep-alive's user-space instructions.
+pub fn write_content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
