@@ -24,7 +24,9 @@ pub(crate) const IDLE_READ: usize = 1024;
 /// client (whose next request comes within a millisecond or two): it gives back its receive
 /// buffer and request state and waits on readiness alone. Short, so that the busy state of
 /// connections arriving at thousands a second never piles up; parking and waking cost one
-/// poll and one allocation, paid only by clients this slow.
+/// poll and one allocation, paid only by clients this slow. Kept by the worker's idle clock
+/// (up to `worker::idle::TICK` late): a timer entry per request cost more than the rest of
+/// the wait.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Room for the heads a request writes (upstream request, response), reserved once.
@@ -119,11 +121,11 @@ impl RecvBuf {
     }
 
     /// `read_more` on an empty buffer between requests; `None` when the connection stayed
-    /// quiet for `quiet` (nothing was read, nothing lost).
-    pub(crate) async fn read_unless_quiet(
+    /// quiet until `quiet` completed (nothing was read, nothing lost).
+    pub(crate) async fn read_unless_quiet<Q: std::future::Future<Output = ()>>(
         &mut self,
         stream: &mut Stream,
-        quiet: Duration,
+        quiet: std::pin::Pin<&mut Q>,
         canceller: &mut monoio::io::Canceller,
     ) -> Option<std::io::Result<usize>> {
         debug_assert!(self.buf.is_empty());
@@ -131,7 +133,7 @@ impl RecvBuf {
             self.buf.reserve_exact(IDLE_READ);
         }
         let buf = std::mem::take(&mut self.buf);
-        let (res, buf) = stream.read_more_unless_quiet(buf, quiet, canceller).await;
+        let (res, buf) = stream.read_more_until(buf, quiet, canceller).await;
         self.buf = buf;
         res
     }
