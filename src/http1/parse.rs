@@ -299,6 +299,10 @@ pub fn parse_response(
     headers: &mut Vec<HeaderIdx>,
 ) -> Parse<ResponseHead> {
     headers.clear();
+    // The exchange looks before its first read: nothing to parse yet.
+    if buf.is_empty() && limits.max_head_bytes > 0 {
+        return Parse::Partial;
+    }
     let mut raw = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let n = limits.max_headers.min(MAX_HEADERS);

@@ -2,28 +2,8 @@
 //! (a leaf: `stream` and `tls_stream` both use it).
 
 use std::io;
-use std::time::Duration;
 
 use monoio::io::Canceller;
-
-/// Runs a cancellable read; when nothing arrived within `quiet`, cancels it and waits for its
-/// completion: `None` if it was cancelled, else what it read (bytes that raced the cancel).
-pub(crate) async fn quiet_read<B>(
-    read: impl std::future::Future<Output = monoio::BufResult<usize, B>>,
-    quiet: Duration,
-    canceller: &mut Canceller,
-) -> (Option<io::Result<usize>>, B) {
-    let mut read = std::pin::pin!(read);
-    if let Ok((res, buf)) = monoio::time::timeout(quiet, read.as_mut()).await {
-        return (Some(res), buf);
-    }
-    *canceller = std::mem::take(canceller).cancel();
-    let (res, buf) = read.await;
-    match res {
-        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => (None, buf),
-        res => (Some(res), buf),
-    }
-}
 
 /// Runs a cancellable read until `quiet` completes first; then cancels it and waits for its
 /// completion: `None` if it was cancelled, else what it read (bytes that raced the cancel).

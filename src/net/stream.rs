@@ -2,7 +2,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
@@ -10,7 +9,7 @@ use monoio::io::{
 };
 use monoio::net::{TcpStream, UnixStream};
 
-use crate::net::sock::quiet_read;
+use crate::net::sock::read_until;
 
 pub enum Stream {
     Tcp(TcpStream),
@@ -141,13 +140,14 @@ impl Stream {
         }
     }
 
-    /// `read_more`, giving up when nothing arrives within `quiet` (`None` then) without losing
-    /// input: the read is cancelled and its completion awaited, so bytes that raced the cancel
-    /// are kept. TLS client streams read as `read_more` does.
-    pub async fn read_more_unless_quiet(
+    /// `read_more`, giving up once `quiet` completes with nothing read (`None` then) without
+    /// losing input: the read is cancelled and its completion awaited, so bytes that raced the
+    /// cancel are kept. `quiet` may be a deadline of the worker's idle clock (no timer entry of
+    /// its own). TLS client streams read as `read_more` does.
+    pub async fn read_more_until<Q: std::future::Future<Output = ()>>(
         &mut self,
         buf: Vec<u8>,
-        quiet: Duration,
+        quiet: std::pin::Pin<&mut Q>,
         canceller: &mut Canceller,
     ) -> (Option<io::Result<usize>>, Vec<u8>) {
         debug_assert!(buf.len() < buf.capacity(), "read_more needs spare capacity");
@@ -156,9 +156,9 @@ impl Stream {
         let slice = buf.slice_mut(start..end);
         let handle = canceller.handle();
         let (res, slice) = match self {
-            Stream::Tcp(s) => quiet_read(s.cancelable_read(slice, handle), quiet, canceller).await,
-            Stream::Unix(s) => quiet_read(s.cancelable_read(slice, handle), quiet, canceller).await,
-            Stream::TlsServer(s, _) => s.read_unless_quiet(slice, quiet, canceller).await,
+            Stream::Tcp(s) => read_until(s.cancelable_read(slice, handle), quiet, canceller).await,
+            Stream::Unix(s) => read_until(s.cancelable_read(slice, handle), quiet, canceller).await,
+            Stream::TlsServer(s, _) => s.read_until(slice, quiet, canceller).await,
             _ => {
                 let (res, buf) = self.read_more(slice.into_inner()).await;
                 return (Some(res), buf);
@@ -291,7 +291,7 @@ impl Stream {
     }
 
     /// Waits, holding no buffer, until the peer sends something or closes (sockets, and TLS
-    /// streams we serve once `read_more_unless_quiet` gave up).
+    /// streams we serve once `read_more_until` gave up).
     pub async fn wait_readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable(false).await,

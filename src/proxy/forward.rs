@@ -77,6 +77,8 @@ pub(crate) async fn forward(
     let mut att = Attempts::default();
     let mut replayed_unprocessed = false;
     let first_dial = Instant::now();
+    // The first attempt's dial starts with the request's (one clock read fewer).
+    let mut dial_started = Some(first_dial);
     loop {
         sess.down.pos = body_start;
         let want = Want {
@@ -87,7 +89,7 @@ pub(crate) async fn forward(
             proxy_header: up.transport.proxy_protocol != crate::config::ProxyProtocol::Off,
             upgrade: head.conn.upgrade,
         };
-        let dial_started = Instant::now();
+        let dial_started = dial_started.take().unwrap_or_else(Instant::now);
         let connected = connect(ctx, u, up, &mut att, &want).await;
         let trace = &mut sess.s.trace;
         trace.connect = Some(dial_started.elapsed());

@@ -326,6 +326,8 @@ async fn busy(conn: &mut Conn) -> Burst {
     };
     let mut ubuf: Vec<u8> = Vec::new();
     let mut canceller = Canceller::new();
+    // When the last request ended (read once for its metrics): the quiet read's clock starts.
+    let mut ended = None;
     loop {
         let ctx = &conn.ctx;
         let limits = HeadLimits {
@@ -341,6 +343,7 @@ async fn busy(conn: &mut Conn) -> Burst {
             headers: &mut s.headers,
             first: conn.first,
             canceller: &mut canceller,
+            since: ended.take(),
         };
         let head = match reader.read().await {
             Ok(HeadRead::Head(h)) => h,
@@ -425,25 +428,20 @@ async fn busy(conn: &mut Conn) -> Burst {
         // Not boxed, though its state is most of this task's size: building the future and
         // moving it into a box copied ~7 KiB per request (3% of the CPU in small-keepalive).
         let next = handle(&mut sess).await;
+        let now = Instant::now();
+        let took = now - started;
+        ended = Some(now);
         ctx.gen_metrics().request_done(&Done {
             listener: conn.listener,
             upstream: s.trace.upstream,
             target: s.target,
             status: s.status,
-            took: started.elapsed(),
+            took,
             bytes: [s.bytes_in, s.bytes_out],
             protocol: protocol_of(&conn.stream),
         });
         if let Some(log) = ctx.access() {
-            log_request(
-                ctx,
-                log,
-                &conn.client,
-                &conn.down.buf,
-                &head,
-                &s,
-                started.elapsed(),
-            );
+            log_request(ctx, log, &conn.client, &conn.down.buf, &head, &s, took);
         }
         drop(active);
         let keep = match next {
@@ -508,6 +506,8 @@ struct HeadReader<'a> {
     headers: &'a mut Vec<HeaderIdx>,
     first: bool,
     canceller: &'a mut Canceller,
+    /// A clock reading taken just before this read began, if the caller had one.
+    since: Option<Instant>,
 }
 
 impl HeadReader<'_> {
@@ -572,11 +572,14 @@ impl HeadReader<'_> {
             let read = self.down.read_more(self.stream, self.limits.max_head_bytes);
             return timed(idle_timeout, read).await.ok_or(HeadRead::Closed);
         }
+        let since = self.since.unwrap_or_else(Instant::now);
+        let quiet = std::pin::pin!(self.ctx.idle_clock().deadline(since + PARK_AFTER));
         let read = self
             .down
-            .read_unless_quiet(self.stream, PARK_AFTER, self.canceller);
+            .read_unless_quiet(self.stream, quiet, self.canceller);
+        // The idle clock ends the quiet wait up to a tick late: what is left counts from `since`.
         read.await
-            .ok_or_else(|| HeadRead::Quiet(idle_timeout.map(|d| d - PARK_AFTER)))
+            .ok_or_else(|| HeadRead::Quiet(idle_timeout.map(|d| d.saturating_sub(since.elapsed()))))
     }
 }
 

@@ -1,7 +1,10 @@
 //! The state of one downstream connection and of the request it is serving: receive buffers,
 //! scratch space reused across requests, and how an exchange ended.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::{write_error_response, ProxyError, Side};
@@ -24,7 +27,9 @@ pub(crate) const IDLE_READ: usize = 1024;
 /// client (whose next request comes within a millisecond or two): it gives back its receive
 /// buffer and request state and waits on readiness alone. Short, so that the busy state of
 /// connections arriving at thousands a second never piles up; parking and waking cost one
-/// poll and one allocation, paid only by clients this slow.
+/// poll and one allocation, paid only by clients this slow. Kept by the worker's idle clock
+/// (up to `worker::idle::TICK` late): a timer entry per request cost more than the rest of
+/// the wait.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Room for the heads a request writes (upstream request, response), reserved once.
@@ -52,23 +57,45 @@ pub const SPLICE_MIN_BODY: u64 = 64 * 1024;
 pub(crate) const CHUNK_FRAMING_ROOM: usize = 32 * 1024;
 
 /// Runs `f` under an optional timeout; `None` when it ran out.
-pub(crate) async fn timed<T>(
-    limit: Option<Duration>,
-    f: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    match limit {
-        Some(d) => monoio::time::timeout(d, f).await.ok(),
-        None => Some(f.await),
+pub(crate) fn timed<F: Future>(limit: Option<Duration>, f: F) -> Timed<F> {
+    Timed {
+        f,
+        limit: limit.map(monoio::time::sleep),
     }
 }
 
-pub(crate) async fn timed_at<T>(
-    deadline: Option<Instant>,
-    f: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    match deadline {
-        Some(d) => monoio::time::timeout_at(d.into(), f).await.ok(),
-        None => Some(f.await),
+/// Runs `f` until an optional deadline; `None` when it passed.
+pub(crate) fn timed_at<F: Future>(deadline: Option<Instant>, f: F) -> Timed<F> {
+    Timed {
+        f,
+        limit: deadline.map(|d| monoio::time::sleep_until(d.into())),
+    }
+}
+
+/// `f` and its optional timer as one plain future rather than an async fn around monoio's
+/// `Timeout`: that moved `f` twice more per await (into the async fn, then into the
+/// `Timeout`), several times per request, and took the timer path when there was no limit.
+pub(crate) struct Timed<F> {
+    f: F,
+    limit: Option<monoio::time::Sleep>,
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: neither field is ever moved out of the pinned value; both are only polled
+        // in place (structural pinning), and `Timed` has no Drop of its own.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: see above; `f` stays where it is until `Timed` is dropped.
+        if let Poll::Ready(v) = unsafe { Pin::new_unchecked(&mut this.f) }.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        match &mut this.limit {
+            // SAFETY: as for `f`.
+            Some(sleep) => unsafe { Pin::new_unchecked(sleep) }.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -119,11 +146,11 @@ impl RecvBuf {
     }
 
     /// `read_more` on an empty buffer between requests; `None` when the connection stayed
-    /// quiet for `quiet` (nothing was read, nothing lost).
-    pub(crate) async fn read_unless_quiet(
+    /// quiet until `quiet` completed (nothing was read, nothing lost).
+    pub(crate) async fn read_unless_quiet<Q: std::future::Future<Output = ()>>(
         &mut self,
         stream: &mut Stream,
-        quiet: Duration,
+        quiet: std::pin::Pin<&mut Q>,
         canceller: &mut monoio::io::Canceller,
     ) -> Option<std::io::Result<usize>> {
         debug_assert!(self.buf.is_empty());
@@ -131,7 +158,7 @@ impl RecvBuf {
             self.buf.reserve_exact(IDLE_READ);
         }
         let buf = std::mem::take(&mut self.buf);
-        let (res, buf) = stream.read_more_unless_quiet(buf, quiet, canceller).await;
+        let (res, buf) = stream.read_more_until(buf, quiet, canceller).await;
         self.buf = buf;
         res
     }
