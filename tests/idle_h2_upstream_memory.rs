@@ -19,11 +19,12 @@ live_bytes_allocator!();
 /// What an idle upstream HTTP/2 connection may hold on the heap: the `h2` crate's state and
 /// the connection's driver task, no I/O buffer of ours (39.6 KiB measured; 57.5 KiB with
 /// `monoio_compat`'s two 8 KiB copy buffers).
+const IDLE_H2_UPSTREAM_CONN_HEAP_MAX: isize = 48 * 1024;
+
 /// Measure once the worker has trimmed (its quiet check runs every second): a burst leaves
 /// up to `SPARE_MAX` spare buffers behind until then, which are the worker's, not the
 /// connections'.
 const TRIMMED: Duration = Duration::from_millis(2500);
-const IDLE_H2_UPSTREAM_CONN_HEAP_MAX: isize = 48 * 1024;
 
 /// Requests sent at once, each taking an upstream connection of its own.
 const CONNS: usize = 50;

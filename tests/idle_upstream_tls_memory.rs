@@ -21,11 +21,12 @@ live_bytes_allocator!();
 /// What a pooled idle TLS upstream connection may hold on the heap: its rustls session and
 /// socket, no ciphertext buffer (8.3 KiB measured; 25.0 KiB while it kept its 16 KiB read
 /// buffer and its write buffer).
+const POOLED_TLS_CONN_HEAP_MAX: isize = 12 * 1024;
+
 /// Measure once the worker has trimmed (its quiet check runs every second): a burst leaves
 /// up to `SPARE_MAX` spare buffers behind until then, which are the worker's, not the
 /// connections'.
 const TRIMMED: Duration = Duration::from_millis(2500);
-const POOLED_TLS_CONN_HEAP_MAX: isize = 12 * 1024;
 
 /// Requests sent at once, each taking an upstream connection of its own.
 const CONNS: usize = 100;
