@@ -345,15 +345,7 @@ pub(crate) fn own_response(buf: &[u8], head_request: bool) -> Result<Option<OwnH
             "connection" => options = Some(value),
             _ => {}
         }
-        if matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "te"
-        ) {
+        if hop_by_hop(&name) {
             continue;
         }
         map.append(name, HeaderValue::from_bytes(value).map_err(|_| ())?);
@@ -413,23 +405,20 @@ pub(crate) fn trailers(tail: &[u8]) -> HeaderMap {
         ) else {
             continue;
         };
-        if matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "upgrade"
-                | "te"
-                | "content-length"
-                | "host"
-                | "trailer"
-        ) {
+        if hop_by_hop(&name) || matches!(name.as_str(), "content-length" | "host" | "trailer") {
             continue;
         }
         map.append(name, value);
     }
     map
+}
+
+/// Connection-specific fields an HTTP/1.1 head may carry and HTTP/2 forbids (RFC 9113 §8.2.2).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te"
+    )
 }
 
 #[cfg(test)]

@@ -224,40 +224,30 @@ pub(crate) trait Source {
     async fn wait_input(&mut self) -> io::Result<()>;
 }
 
-impl Source for OwnedReadHalf<TcpStream> {
-    async fn read_until(
-        &mut self,
-        buf: Vec<u8>,
-        quiet: Pin<&mut Deadline>,
-        canceller: &mut Canceller,
-    ) -> (Option<io::Result<usize>>, Vec<u8>) {
-        let handle = canceller.handle();
-        read_until(self.cancelable_read(buf, handle), quiet, canceller).await
-    }
+/// Plain sockets: a cancellable read, and readiness from the descriptor's registration.
+macro_rules! socket_source {
+    ($($io:ty),*) => {$(
+        impl Source for OwnedReadHalf<$io> {
+            async fn read_until(
+                &mut self,
+                buf: Vec<u8>,
+                quiet: Pin<&mut Deadline>,
+                canceller: &mut Canceller,
+            ) -> (Option<io::Result<usize>>, Vec<u8>) {
+                let handle = canceller.handle();
+                read_until(self.cancelable_read(buf, handle), quiet, canceller).await
+            }
 
-    async fn wait_input(&mut self) -> io::Result<()> {
-        // SAFETY: the halves share the stream as monoio's own halves do; readiness touches
-        // only the descriptor's registration, never what the write half uses.
-        unsafe { &*self.0.get() }.readable(false).await
-    }
+            async fn wait_input(&mut self) -> io::Result<()> {
+                // SAFETY: the halves share the stream as monoio's own halves do; readiness
+                // touches only the descriptor's registration, never what the write half uses.
+                unsafe { &*self.0.get() }.readable(false).await
+            }
+        }
+    )*};
 }
 
-impl Source for OwnedReadHalf<UnixStream> {
-    async fn read_until(
-        &mut self,
-        buf: Vec<u8>,
-        quiet: Pin<&mut Deadline>,
-        canceller: &mut Canceller,
-    ) -> (Option<io::Result<usize>>, Vec<u8>) {
-        let handle = canceller.handle();
-        read_until(self.cancelable_read(buf, handle), quiet, canceller).await
-    }
-
-    async fn wait_input(&mut self) -> io::Result<()> {
-        // SAFETY: as for TCP above.
-        unsafe { &*self.0.get() }.readable(false).await
-    }
-}
+socket_source!(TcpStream, UnixStream);
 
 impl<C, SD> Source for OwnedReadHalf<TlsConn<C>>
 where
